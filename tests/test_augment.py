@@ -1,0 +1,56 @@
+"""Batch pipeline: matches a per-sample torchvision reference; timm's Mixup and erasing behave as configured."""
+
+import pytest
+import torch
+from torchvision.transforms import v2 as T
+
+from tiny_transformers.augment import BatchAugment
+from tiny_transformers.config import AugmentConfig
+from tiny_transformers.models import IMAGENET_MEAN, IMAGENET_STD
+
+OFF = AugmentConfig(mixup_alpha=0.0, cutmix_alpha=0.0, label_smoothing=0.0, random_erasing=0.0)
+
+
+def test_batch_resize_normalize_matches_per_sample_torchvision():
+    images = torch.randint(0, 256, (6, 3, 64, 64), dtype=torch.uint8)
+    reference = T.Compose([
+        T.ToDtype(torch.float32, scale=True),
+        T.Resize(384, interpolation=T.InterpolationMode.BICUBIC, antialias=True),
+        T.Lambda(lambda x: x.clamp(0, 1)),  # an image stays an image: bicubic overshoot is clipped as PIL does
+        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+    expected = torch.stack([reference(img) for img in images])
+    batch = BatchAugment(384, IMAGENET_MEAN, IMAGENET_STD, 10, OFF).resize_normalize(images)
+    assert batch.shape == (6, 3, 384, 384) and batch.dtype == torch.float32
+    assert (batch - expected).abs().max().item() < 1e-3
+
+
+def test_without_mixing_targets_are_smoothed_one_hot():
+    aug = BatchAugment(32, IMAGENET_MEAN, IMAGENET_STD, 4, AugmentConfig(mixup_alpha=0, cutmix_alpha=0, label_smoothing=0.1, random_erasing=0))
+    _, targets = aug.train(torch.zeros(2, 3, 64, 64, dtype=torch.uint8), torch.tensor([1, 3]))
+    expected = torch.full((2, 4), 0.1 / 4)
+    expected[0, 1] = expected[1, 3] = 1 - 0.1 + 0.1 / 4
+    assert torch.allclose(targets, expected)
+
+
+@pytest.mark.parametrize("batch", [4, 5])
+def test_mixup_targets_are_distributions_for_even_and_odd_batches(batch):
+    torch.manual_seed(0)
+    aug = BatchAugment(32, IMAGENET_MEAN, IMAGENET_STD, 10, AugmentConfig(random_erasing=0))
+    images = torch.randint(0, 256, (batch, 3, 64, 64), dtype=torch.uint8)
+    labels = torch.arange(batch)
+    x, targets = aug.train(images, labels)
+    assert x.shape == (batch, 3, 32, 32) and targets.shape == (batch, 10)
+    assert torch.allclose(targets.sum(dim=1), torch.ones(batch))
+    # each image keeps at least the lam share of its own label (lam >= 0 with smoothing), and mixes in its partner's
+    own = targets[torch.arange(batch), labels]
+    assert (own > 0.1 / 10).all()
+
+
+def test_random_erasing_probability_one_changes_every_image_with_noise():
+    aug = BatchAugment(32, (0.0,) * 3, (1.0,) * 3, 10, AugmentConfig(mixup_alpha=0, cutmix_alpha=0, random_erasing=1.0))
+    images = torch.full((8, 3, 32, 32), 128, dtype=torch.uint8)
+    x, _ = aug.train(images, torch.zeros(8, dtype=torch.long))
+    changed = (x != 128 / 255).flatten(1)
+    assert changed.any(dim=1).all()  # every image erased somewhere
+    assert (changed.float().mean(dim=1) < 0.5).all()  # timm's default max area is 1/3 of the image

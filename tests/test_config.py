@@ -1,0 +1,122 @@
+"""Config: dotted overrides, validation messages, derived numbers, the recipes' paper values."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tiny_transformers import FinetuneConfig, TrainConfig, paper_config
+from tiny_transformers.cli import parse_config
+from tiny_transformers.config import Plan, validate
+from tiny_transformers.errors import ConfigError
+from tiny_transformers.paper import PAPER_MODELS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_dotted_overrides_reach_nested_fields():
+    config, show = parse_config(
+        FinetuneConfig(),
+        ["--train.epochs", "1", "--data.source", "./tiny-imagenet-200", "--optim.lr", "5e-4",
+         "--model.pretrained", "False", "--model.train_mode", "full", "--train.log_with", "tensorboard"],
+    )
+    assert (config.train.epochs, config.data.source, config.optim.lr) == (1, "./tiny-imagenet-200", 5e-4)
+    assert config.model.pretrained is False and config.model.train_mode == "full"
+    assert config.train.log_with == ("tensorboard",)
+    assert show is False
+    assert config.augment.mixup_alpha == 0.8  # untouched fields keep the default
+
+
+@pytest.mark.parametrize("value,expected", [("false", False), ("TRUE", True), ("0", False), ("yes", True)])
+def test_booleans_accept_common_spellings(value, expected):
+    config, _ = parse_config(FinetuneConfig(), ["--model.pretrained", value])
+    assert config.model.pretrained is expected
+
+
+def test_mistyped_field_names_the_closest(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(FinetuneConfig(), ["--train.epoch", "2"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr()
+    assert "--train.epochs" in err.out + err.err
+
+
+def test_invalid_choice_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(FinetuneConfig(), ["--model.train_mode", "hed"])
+    assert "head" in "".join(capsys.readouterr())
+
+
+def test_batch_size_that_does_not_divide_suggests_valid_values():
+    config = FinetuneConfig(train=TrainConfig(batch_size=100, micro_batch_size=32, mixed_precision="no"))
+    with pytest.raises(ConfigError, match=r"train.batch_size 100 is not a multiple of .* = 64; use 64 or 128"):
+        validate(config, num_processes=2)
+    validate(FinetuneConfig(train=TrainConfig(batch_size=128, micro_batch_size=32, mixed_precision="no")), 2)
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("augment.random_erasing", 1.5, "augment.random_erasing is a probability"),
+        ("train.epochs", 0, "train.epochs must be positive"),
+        ("data.num_workers", -1, "data.num_workers must be zero or positive"),
+        ("train.resume", "/no/such/checkpoint", "train.resume '/no/such/checkpoint' does not exist"),
+        ("model.checkpoint", "/no/such/weights.safetensors", "model.checkpoint '/no/such/weights.safetensors' does not exist"),
+    ],
+)
+def test_bad_values_get_one_sentence(field, value, message):
+    config = FinetuneConfig(train=TrainConfig(mixed_precision="no"))
+    section, name = field.split(".")
+    setattr(getattr(config, section), name, value)
+    with pytest.raises(ConfigError, match=message):
+        validate(config, num_processes=1)
+
+
+def test_fp16_without_gpu_names_the_fix():
+    with pytest.raises(ConfigError, match="--train.mixed_precision bf16"):
+        validate(FinetuneConfig(train=TrainConfig(mixed_precision="fp16")), num_processes=1, cuda_available=False)
+
+
+def test_plan_for_the_paper_setting():
+    plan = Plan.build(paper_config("swin_l"), num_processes=1, train_samples=100_000)
+    assert plan.accumulation_steps == 4  # 128 / (32 x 1)
+    assert plan.micro_batches_per_epoch == 3125
+    assert plan.steps_per_epoch == 782  # ceil(3125 / 4)
+    assert plan.total_steps == 782 * 30
+    two = Plan.build(paper_config("swin_l"), num_processes=2, train_samples=100_000)
+    assert (two.accumulation_steps, two.steps_per_epoch, two.total_steps) == (2, 782, 782 * 30)
+
+
+def test_config_round_trips_through_json():
+    config = paper_config("deit_b_distilled")
+    config.train.log_with = ("tensorboard",)
+    assert FinetuneConfig.from_dict(json.loads(config.to_json())) == config
+    with pytest.raises(ConfigError, match="train.epoch"):
+        FinetuneConfig.from_dict({"train": {"epoch": 3}})
+
+
+@pytest.mark.parametrize("name", list(PAPER_MODELS))
+def test_recipe_prints_the_paper_values(name):
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / f"{name}.py"), "--print-config"],
+        capture_output=True, text=True, check=True, timeout=120,
+    ).stdout
+    printed = json.loads(out)
+    paper = PAPER_MODELS[name]
+    assert printed["model"] == {
+        "name": name, "pretrained": True, "checkpoint": None, "train_mode": "head",
+        "drop_path_rate": paper.drop_path_rate,
+    }
+    assert printed["optim"]["name"] == "adamw" and printed["optim"]["lr"] == 1e-3
+    assert printed["optim"]["weight_decay"] == 0.05
+    assert printed["train"]["epochs"] == 30 and printed["train"]["batch_size"] == 128
+    assert printed["train"]["micro_batch_size"] == paper.micro_batch_size
+    assert printed["data"]["image_size"] == 384 and printed["data"]["normalization"] == "imagenet"
+    assert printed["augment"] == {
+        "mixup_alpha": 0.8, "cutmix_alpha": 1.0, "mixup_prob": 1.0, "switch_prob": 0.5, "label_smoothing": 0.1,
+        "random_erasing": 0.25, "randaugment_ops": 0, "randaugment_magnitude": 9,
+    }
+    # the recipe file and `tiny-transformers train NAME` describe the same run
+    assert FinetuneConfig.from_dict(printed) == paper_config(name)

@@ -1,0 +1,49 @@
+"""tiny_transformers: fine-tune vision transformers on Tiny ImageNet with Accelerate, datasets and timm.
+
+>>> from tiny_transformers import FinetuneConfig, finetune
+>>> config = FinetuneConfig()  # the paper's recipe for ViT-L/16
+>>> config.optim.lr
+0.001
+"""
+
+from .config import (
+    AugmentConfig,
+    DataConfig,
+    FinetuneConfig,
+    ModelConfig,
+    OptimConfig,
+    TrainConfig,
+    paper_config,
+)
+from .errors import TinyTransformersError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AugmentConfig",
+    "DataConfig",
+    "FinetuneConfig",
+    "FinetuneResult",
+    "ModelConfig",
+    "OptimConfig",
+    "TinyTransformersError",
+    "TrainConfig",
+    "evaluate_checkpoint",
+    "finetune",
+    "paper_config",
+    "run",
+]
+
+
+def __getattr__(name: str):
+    # torch, timm and datasets load only when training or evaluation is asked for, so that
+    # `--print-config` and config building stay instant.
+    if name in ("finetune", "FinetuneResult", "evaluate_checkpoint"):
+        from . import train
+
+        return getattr(train, name)
+    if name == "run":
+        from .cli import run
+
+        return run
+    raise AttributeError(f"module 'tiny_transformers' has no attribute '{name}'")

@@ -1,0 +1,84 @@
+"""Batch transforms on the training device: upscale, normalize, Mixup/CutMix, random erasing.
+
+The loader hands over 64x64 uint8 images (12 KB each); everything that grows them to 384x384 float
+(1.77 MB each) happens here, batched, on the device that trains. Mixup/CutMix and random erasing are
+timm's own implementations.
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.data import Mixup
+from timm.data.random_erasing import RandomErasing
+from timm.data.mixup import mixup_target
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from .config import AugmentConfig
+
+
+class BatchAugment:
+    """Turns uint8 batches into model inputs (and soft targets when training).
+
+    >>> aug = BatchAugment(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3, num_classes=10, augment=AugmentConfig())
+    >>> x, y = aug.train(torch.zeros(4, 3, 64, 64, dtype=torch.uint8), torch.arange(4))
+    >>> tuple(x.shape), tuple(y.shape)
+    ((4, 3, 32, 32), (4, 10))
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        num_classes: int,
+        augment: AugmentConfig,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.image_size = image_size
+        self.mean = list(mean)
+        self.std = list(std)
+        self.num_classes = num_classes
+        self.label_smoothing = augment.label_smoothing
+        self.mixup = None
+        if augment.mixup_alpha > 0 or augment.cutmix_alpha > 0:
+            self.mixup = Mixup(
+                mixup_alpha=augment.mixup_alpha,
+                cutmix_alpha=augment.cutmix_alpha,
+                prob=augment.mixup_prob,
+                switch_prob=augment.switch_prob,
+                mode="batch",
+                label_smoothing=augment.label_smoothing,
+                num_classes=num_classes,
+            )
+        self.erasing = None
+        if augment.random_erasing > 0:
+            self.erasing = RandomErasing(probability=augment.random_erasing, mode="pixel", device=str(device))
+
+    def resize_normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, h, w) -> float32 (B, 3, S, S): bicubic resize, clamped to [0, 1] as an image is, normalized."""
+        x = images.float().div_(255)
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = TF.resize(x, [self.image_size, self.image_size], interpolation=InterpolationMode.BICUBIC, antialias=True)
+            x = x.clamp_(0, 1)
+        return TF.normalize(x, self.mean, self.std)
+
+    def train(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model inputs and soft targets (B, num_classes) for one training micro-batch."""
+        x = self.resize_normalize(images)
+        if self.mixup is not None:
+            x, targets = self._mix(x, labels)
+        else:
+            targets = mixup_target(labels, self.num_classes, lam=1.0, smoothing=self.label_smoothing)
+        if self.erasing is not None:
+            x = self.erasing(x)
+        return x, targets
+
+    def _mix(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # timm's batch Mixup pairs image i with image B-1-i and needs an even batch; an epoch's last
+        # micro-batch can be odd (e.g. 100,000 % 64 = 32 is even, but other datasets differ), so mix it
+        # with its first image appended and drop that extra row afterwards: every image is still mixed once.
+        if len(x) % 2:
+            x, targets = self.mixup(torch.cat([x, x[:1]]), torch.cat([labels, labels[:1]]))
+            return x[:-1], targets[:-1]
+        return self.mixup(x, labels)

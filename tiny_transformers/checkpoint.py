@@ -1,0 +1,170 @@
+"""Training checkpoints: Accelerate's ``save_state`` written atomically, found again, resumed safely.
+
+Layout of ``output_dir/checkpoints/step_00001234/``: what ``accelerator.save_state`` writes (model,
+optimizer, scheduler, scaler, RNG) plus ``trainer_state.json``, written last. A checkpoint is written
+into ``.tmp-step_...`` and renamed into place only when complete, so a run killed mid-write leaves a
+temporary folder that is never loaded (and is cleaned up by the next save).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+
+from .config import FinetuneConfig
+from .errors import CheckpointError
+
+STATE_FILE = "trainer_state.json"
+FORMAT_VERSION = 1  # bump when the checkpoint contents change incompatibly
+
+# Fields that may change between the run that wrote a checkpoint and the run resuming it:
+# they do not change the optimisation trajectory.
+RESUMABLE_CHANGES = {
+    "train.output_dir",
+    "train.resume",
+    "train.epochs",
+    "train.log_with",
+    "train.progress",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.eval_batch_size",
+    "data.num_workers",
+    "data.max_eval_samples",
+}
+
+
+@dataclass
+class TrainerState:
+    """Where the run stands: the next (epoch, step) to run and what it has measured so far."""
+
+    epoch: int = 0  # next epoch to run (0-based)
+    step_in_epoch: int = 0  # next optimizer step within that epoch
+    global_step: int = 0  # optimizer updates done
+    best_top1: float = float("-inf")
+    history: list[dict[str, Any]] = field(default_factory=list)  # one dict of metrics per finished epoch
+    running_loss_sum: float = 0.0  # training loss of the unfinished epoch, summed over its images
+    running_samples: int = 0
+
+
+def _flatten(config: dict[str, Any]) -> dict[str, Any]:
+    return {f"{section}.{key}": value for section, values in config.items() for key, value in values.items()}
+
+
+def trajectory_differences(saved: dict[str, Any], current: FinetuneConfig) -> list[str]:
+    """Dotted names of fields that differ and would change the training trajectory."""
+    old, new = _flatten(saved), _flatten(current.to_dict())
+    return sorted(
+        name
+        for name in old.keys() | new.keys()
+        if name not in RESUMABLE_CHANGES and _normal(old.get(name)) != _normal(new.get(name))
+    )
+
+
+def _normal(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def checkpoint_dir(output_dir: Path) -> Path:
+    return output_dir / "checkpoints"
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints in ``output_dir``, oldest first."""
+    root = checkpoint_dir(output_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("step_*") if (p / STATE_FILE).is_file())
+
+
+def read_state(folder: Path) -> tuple[TrainerState, dict[str, Any]]:
+    """(trainer state, saved config dict) of a checkpoint; CheckpointError if it is not one of ours."""
+    state_file = folder / STATE_FILE
+    if not state_file.is_file():
+        raise CheckpointError(
+            f"'{folder}' is not a tiny_transformers checkpoint (no {STATE_FILE}); point train.resume at a folder "
+            "under <output_dir>/checkpoints/, or use 'auto'."
+        )
+    try:
+        payload = json.loads(state_file.read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"Checkpoint '{folder}' is corrupt ({STATE_FILE} unreadable: {error}).") from error
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"Checkpoint '{folder}' was written by an incompatible tiny_transformers (format "
+            f"{payload.get('format_version')}, this version reads {FORMAT_VERSION}); resume it with the version "
+            "that wrote it, or start afresh with --train.resume never and a new train.output_dir."
+        )
+    return TrainerState(**payload["state"]), payload["config"]
+
+
+def find_resume_checkpoint(config: FinetuneConfig, output_dir: Path) -> Path | None:
+    """The checkpoint to resume from per ``train.resume``; checks it belongs to this run's trajectory."""
+    resume = config.train.resume
+    if resume == "never":
+        if list_checkpoints(output_dir):
+            raise CheckpointError(
+                f"train.output_dir '{output_dir}' already holds checkpoints of a run and train.resume is 'never'; "
+                "choose a new train.output_dir, or resume with --train.resume auto."
+            )
+        return None
+    folder = list_checkpoints(output_dir)[-1] if resume == "auto" and list_checkpoints(output_dir) else None
+    if resume not in ("auto", "never"):
+        folder = Path(resume).expanduser().resolve()
+        if not folder.is_dir():
+            raise CheckpointError(f"train.resume '{resume}' is not a folder; give a checkpoint folder, 'auto' or 'never'.")
+    if folder is None:
+        return None
+    _, saved_config = read_state(folder)
+    differences = trajectory_differences(saved_config, config)
+    if differences:
+        raise CheckpointError(
+            f"Checkpoint '{folder}' was written with a different config ({', '.join(differences)}); resuming would "
+            "change the run. Restore those values, or start afresh in a new train.output_dir."
+        )
+    return folder
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: TrainerState, config: FinetuneConfig, keep: int) -> Path:
+    """Write a complete checkpoint atomically and keep the ``keep`` newest. Call on every process."""
+    root = checkpoint_dir(output_dir)
+    final = root / f"step_{state.global_step:08d}"
+    temporary = root / f".tmp-step_{state.global_step:08d}"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".tmp-step_*"):
+            shutil.rmtree(stale, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(temporary))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        payload = {"format_version": FORMAT_VERSION, "state": asdict(state), "config": config.to_dict()}
+        with open(temporary / STATE_FILE, "w") as handle:
+            json.dump(payload, handle, indent=2)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if final.exists():  # the same step saved twice (epoch end right after a periodic save)
+            shutil.rmtree(final)
+        os.replace(temporary, final)
+        for old in list_checkpoints(output_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator: Accelerator, folder: Path) -> TrainerState:
+    """Restore model, optimizer, scheduler, scaler and RNG from ``folder``; return the trainer state."""
+    state, _ = read_state(folder)
+    try:
+        accelerator.load_state(str(folder))
+    except Exception as error:  # noqa: BLE001 - any failure to read tensors means the same thing to the user
+        raise CheckpointError(
+            f"Checkpoint '{folder}' could not be loaded ({type(error).__name__}: {error}); delete it to fall back "
+            "to the previous one, or start afresh in a new train.output_dir."
+        ) from error
+    return state

@@ -1,0 +1,284 @@
+"""Configuration as data: nested dataclasses whose defaults are the paper's recipe.
+
+Every field can be overridden on the command line by its dotted name
+(``--train.epochs 1 --optim.lr 5e-4``); see ``tiny_transformers.cli``. All validation lives in
+:func:`validate`, which runs before any process group or data loader starts, and all derived
+numbers (accumulation steps, steps per epoch, schedule length) live in :class:`Plan`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from .errors import ConfigError
+from .paper import PAPER_MODELS
+
+
+@dataclass
+class ModelConfig:
+    """Which network to fine-tune and how much of it trains."""
+
+    name: str = "vit_l"  # a paper short name (vit_l, cait_s36, deit_b_distilled, swin_l) or any timm model name
+    pretrained: bool = True  # start from ImageNet weights (from the Hub, or from `checkpoint`)
+    checkpoint: Optional[str] = None  # local weights: .safetensors/.pth file, or a folder written by timm save_for_hf
+    train_mode: Literal["head", "full"] = "head"  # head: frozen backbone, as the official code; full: every parameter
+    drop_path_rate: float = 0.1  # stochastic depth inside the backbone (paper 2.2)
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and the size the model sees."""
+
+    source: str = "zh-plus/tiny-imagenet"  # Hub id, Stanford folder or zip, imagefolder, save_to_disk folder, parquet
+    image_size: int = 384  # pixels per side given to the model, bicubic upscaling on the training device
+    native_size: int = 64  # pixels per side of the uint8 images the loader hands over (Tiny ImageNet is 64x64)
+    normalization: Literal["imagenet", "model"] = "imagenet"  # imagenet: the paper's mean/std for all four models
+    num_workers: int = 4  # loader processes per training process (decode + RGB conversion only: cheap)
+    skip_corrupt: bool = False  # False: stop at the first unreadable image, naming it; True: scan, skip and count them
+    max_train_samples: Optional[int] = None  # use only the first N training images (quick experiments)
+    max_eval_samples: Optional[int] = None  # use only the first N evaluation images
+
+
+@dataclass
+class AugmentConfig:
+    """Batch augmentation on the training device (timm Mixup/CutMix, random erasing) and RandAugment."""
+
+    mixup_alpha: float = 0.8  # Beta(alpha, alpha) for Mixup; 0 switches it off
+    cutmix_alpha: float = 1.0  # Beta(alpha, alpha) for CutMix; 0 switches it off
+    mixup_prob: float = 1.0  # probability that a batch is mixed at all
+    switch_prob: float = 0.5  # probability of CutMix instead of Mixup when both are on
+    label_smoothing: float = 0.1  # applied inside Mixup's soft targets, as timm does
+    random_erasing: float = 0.25  # probability per image, 'pixel' mode (per-pixel normal noise), after Mixup
+    randaugment_ops: int = 0  # RandAugment ops per image in the loader; 0 = off (the paper's final setting)
+    randaugment_magnitude: int = 9  # RandAugment magnitude when on (the paper's first runs: 2 ops, magnitude 9)
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and cosine schedule (stepped once per optimizer update, no warmup)."""
+
+    name: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 1e-3  # peak learning rate, cosine-annealed to min_lr over all optimizer updates
+    weight_decay: float = 0.05
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = True  # sgd only
+    min_lr: float = 0.0  # end of the cosine
+
+
+@dataclass
+class TrainConfig:
+    """Length, batch arithmetic, precision and where outputs go."""
+
+    epochs: int = 30
+    batch_size: int = 128  # effective images per optimizer update, over all processes and accumulation steps
+    micro_batch_size: int = 64  # images per forward pass on one device
+    eval_batch_size: Optional[int] = None  # images per evaluation forward pass; default: micro_batch_size
+    mixed_precision: Literal["bf16", "fp16", "no"] = "bf16"  # autocast dtype; fp16 adds a gradient scaler
+    seed: int = 0
+    output_dir: str = "outputs/run"  # checkpoints, metrics.jsonl, config.json, best/ and last/
+    resume: str = "auto"  # auto: newest checkpoint in output_dir if any; never: start fresh; or a checkpoint path
+    checkpoint_every: int = 0  # also save every N optimizer updates; 0: only at epoch ends
+    keep_checkpoints: int = 3  # newest checkpoints kept in output_dir/checkpoints
+    log_with: tuple[str, ...] = ()  # Accelerate trackers, e.g. tensorboard wandb
+    progress: bool = True  # tqdm bars on the main process
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything one fine-tuning run needs; defaults are the paper's recipe for ViT-L/16.
+
+    >>> cfg = FinetuneConfig(model=ModelConfig(name="swin_l"), train=TrainConfig(micro_batch_size=32))
+    >>> cfg.optim.lr, cfg.train.batch_size
+    (0.001, 128)
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as nested plain data (what ``--print-config`` and ``config.json`` show)."""
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FinetuneConfig":
+        """Rebuild a config from :meth:`to_dict` output; unknown keys are an error naming them."""
+        sections = {f.name: f.type for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for section, values in data.items():
+            if section not in sections:
+                raise ConfigError(f"Unknown config section '{section}'; expected one of {sorted(sections)}.")
+            section_cls = {f.name: f.default_factory for f in dataclasses.fields(cls)}[section]
+            known = {f.name for f in dataclasses.fields(section_cls)}
+            unknown = sorted(set(values) - known)
+            if unknown:
+                raise ConfigError(f"Unknown config field(s) {', '.join(f'{section}.{k}' for k in unknown)}.")
+            if "log_with" in values:
+                values = {**values, "log_with": tuple(values["log_with"])}
+            kwargs[section] = section_cls(**values)
+        return cls(**kwargs)
+
+
+def paper_config(name: str) -> FinetuneConfig:
+    """The paper's recipe for one of its four models (``vit_l``, ``cait_s36``, ``deit_b_distilled``, ``swin_l``).
+
+    >>> paper_config("cait_s36").train.micro_batch_size
+    128
+    """
+    if name not in PAPER_MODELS:
+        raise ConfigError(f"'{name}' is not a paper recipe; choose one of {', '.join(PAPER_MODELS)}.")
+    paper = PAPER_MODELS[name]
+    return FinetuneConfig(
+        model=ModelConfig(name=name, train_mode="head", drop_path_rate=paper.drop_path_rate),
+        train=TrainConfig(micro_batch_size=paper.micro_batch_size, mixed_precision="fp16", output_dir=f"outputs/{name}"),
+    )
+
+
+def world_size_from_env() -> int:
+    """Processes in this launch, read before any process group exists (accelerate launch and torchrun set it)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _valid_batch_sizes(micro_batch_size: int, num_processes: int, around: int) -> list[int]:
+    unit = micro_batch_size * num_processes
+    below = max(unit, (around // unit) * unit)
+    return sorted({below, below + unit})
+
+
+def validate(config: FinetuneConfig, num_processes: int | None = None, cuda_available: bool | None = None) -> None:
+    """Check every field before anything starts; raise :class:`ConfigError` with one sentence on the first problem.
+
+    >>> validate(FinetuneConfig(train=TrainConfig(batch_size=100, micro_batch_size=64)), num_processes=1)
+    Traceback (most recent call last):
+    ...
+    tiny_transformers.errors.ConfigError: train.batch_size 100 is not a multiple of train.micro_batch_size 64 x 1 process(es) = 64; use 64 or 128, or change train.micro_batch_size.
+    """
+    num_processes = num_processes or world_size_from_env()
+    m, d, a, o, t = config.model, config.data, config.augment, config.optim, config.train
+
+    positive = {
+        "data.image_size": d.image_size,
+        "data.native_size": d.native_size,
+        "train.epochs": t.epochs,
+        "train.batch_size": t.batch_size,
+        "train.micro_batch_size": t.micro_batch_size,
+        "train.keep_checkpoints": t.keep_checkpoints,
+        "optim.lr": o.lr,
+    }
+    for name, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{name} must be positive, got {value}.")
+    for name, value in {
+        "train.eval_batch_size": t.eval_batch_size,
+        "data.max_train_samples": d.max_train_samples,
+        "data.max_eval_samples": d.max_eval_samples,
+    }.items():
+        if value is not None and value <= 0:
+            raise ConfigError(f"{name} must be positive or unset, got {value}.")
+    non_negative = {
+        "data.num_workers": d.num_workers,
+        "train.checkpoint_every": t.checkpoint_every,
+        "optim.weight_decay": o.weight_decay,
+        "optim.min_lr": o.min_lr,
+        "augment.mixup_alpha": a.mixup_alpha,
+        "augment.cutmix_alpha": a.cutmix_alpha,
+        "augment.randaugment_ops": a.randaugment_ops,
+        "augment.randaugment_magnitude": a.randaugment_magnitude,
+    }
+    for name, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"{name} must be zero or positive, got {value}.")
+    for name, value in {
+        "model.drop_path_rate": m.drop_path_rate,
+        "augment.mixup_prob": a.mixup_prob,
+        "augment.switch_prob": a.switch_prob,
+        "augment.label_smoothing": a.label_smoothing,
+        "augment.random_erasing": a.random_erasing,
+    }.items():
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{name} is a probability and must lie in [0, 1], got {value}.")
+    if o.min_lr > o.lr:
+        raise ConfigError(f"optim.min_lr {o.min_lr} is above optim.lr {o.lr}; the cosine must decay.")
+
+    unit = t.micro_batch_size * num_processes
+    if t.batch_size % unit:
+        raise ConfigError(
+            f"train.batch_size {t.batch_size} is not a multiple of train.micro_batch_size {t.micro_batch_size} "
+            f"x {num_processes} process(es) = {unit}; use "
+            f"{' or '.join(map(str, _valid_batch_sizes(t.micro_batch_size, num_processes, t.batch_size)))}, "
+            "or change train.micro_batch_size."
+        )
+
+    if t.mixed_precision == "fp16":
+        if cuda_available is None:
+            import torch
+
+            cuda_available = torch.cuda.is_available()
+        if not cuda_available:
+            raise ConfigError(
+                "train.mixed_precision fp16 needs a CUDA GPU and none is visible; "
+                "use --train.mixed_precision bf16 (or no) on this machine."
+            )
+
+    if t.resume not in ("auto", "never") and not Path(t.resume).expanduser().exists():
+        raise ConfigError(
+            f"train.resume '{t.resume}' does not exist; give a checkpoint folder, 'auto' (newest in "
+            "train.output_dir) or 'never'."
+        )
+    if m.checkpoint is not None and not m.checkpoint.startswith("hf-hub:"):
+        if not Path(m.checkpoint).expanduser().exists():
+            raise ConfigError(
+                f"model.checkpoint '{m.checkpoint}' does not exist; give a .safetensors/.pth file or a folder "
+                "with model.safetensors and config.json."
+            )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Numbers derived once from the config, the process count and the data size; printed at start."""
+
+    num_processes: int
+    micro_batch_size: int  # per process
+    accumulation_steps: int  # micro-batches per process per optimizer update
+    effective_batch_size: int  # images per optimizer update, all processes
+    train_samples: int
+    micro_batches_per_epoch: int  # over all processes; the last may be partial
+    steps_per_epoch: int  # optimizer updates; the last window of an epoch may be short
+    total_steps: int  # length of the cosine schedule
+
+    @classmethod
+    def build(cls, config: FinetuneConfig, num_processes: int, train_samples: int) -> "Plan":
+        t = config.train
+        accumulation = t.batch_size // (t.micro_batch_size * num_processes)
+        micro_batches = math.ceil(train_samples / t.micro_batch_size)
+        # ceil(batches / accumulation), as the official code's T_max: the last short window still steps.
+        steps = math.ceil(micro_batches / (accumulation * num_processes))
+        return cls(
+            num_processes=num_processes,
+            micro_batch_size=t.micro_batch_size,
+            accumulation_steps=accumulation,
+            effective_batch_size=t.batch_size,
+            train_samples=train_samples,
+            micro_batches_per_epoch=micro_batches,
+            steps_per_epoch=steps,
+            total_steps=steps * t.epochs,
+        )
+
+    def describe(self) -> str:
+        return (
+            f"{self.num_processes} process(es) x micro-batch {self.micro_batch_size} x "
+            f"{self.accumulation_steps} accumulation step(s) = effective batch {self.effective_batch_size}; "
+            f"{self.train_samples} training images = {self.steps_per_epoch} optimizer steps per epoch, "
+            f"{self.total_steps} in all"
+        )

@@ -1,0 +1,195 @@
+"""One training epoch and one evaluation pass, as plain loops over Accelerate-prepared objects."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from torch import nn
+from tqdm.auto import tqdm
+
+from .augment import BatchAugment
+from .checkpoint import TrainerState
+from .config import Plan
+from .metrics import TopKAccuracy
+from .models import unwrap_logits
+from .sampler import derive_seed, window_sample_count
+
+
+@contextlib.contextmanager
+def keyed_rng(device: torch.device, *key: int) -> Iterator[None]:
+    """Seed Python, NumPy and torch (CPU and ``device``) from ``key`` inside the block, restoring them after.
+
+    Mixup, CutMix, random erasing and drop path draw from these global generators; keying them by
+    (seed, epoch, global micro-batch) makes every draw independent of process count and of resumes.
+    """
+    seed = derive_seed(*key)
+    py_state, np_state = random.getstate(), np.random.get_state()
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+@dataclass
+class StepStats:
+    loss_sum: float  # training loss summed over this process's images of the window
+    samples: int
+
+
+def train_one_epoch(
+    accelerator: Accelerator,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loader: torch.utils.data.DataLoader,
+    augment: BatchAugment,
+    plan: Plan,
+    state: TrainerState,
+    seed: int,
+    after_step: Callable[[TrainerState], bool],
+    progress: bool = True,
+) -> bool:
+    """Run optimizer steps from ``state.step_in_epoch`` to the end of ``state.epoch``, updating ``state``.
+
+    Each process runs ``plan.accumulation_steps`` micro-batches per optimizer step. A micro-batch's loss is
+    the sum of its per-image losses divided by the images in the whole window (all processes), times the
+    process count that DDP's gradient averaging divides by again: every image weighs 1/window, whatever
+    the layout. ``after_step`` runs after every update (checkpoints, stop signals); returning True stops
+    the epoch early. Returns True when the epoch ran to its end.
+    """
+    model.train()
+    n, k = plan.num_processes, plan.accumulation_steps
+    rank, device = accelerator.process_index, accelerator.device
+    batches = iter(loader)
+    bar = tqdm(
+        total=plan.steps_per_epoch,
+        initial=state.step_in_epoch,
+        desc=f"epoch {state.epoch + 1}",
+        disable=not (progress and accelerator.is_main_process),
+        dynamic_ncols=True,
+    )
+    started, images_seen = time.perf_counter(), 0
+    for step in range(state.step_in_epoch, plan.steps_per_epoch):
+        window_images = window_sample_count(plan, step)
+        stats = StepStats(0.0, 0)
+        for j in range(k):
+            g = (step * k + j) * n + rank  # global micro-batch index (see sampler.py)
+            real = g < plan.micro_batches_per_epoch
+            if not real and n == 1:
+                break
+            if real:
+                images, labels = next(batches)
+                images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            else:
+                # The epoch's last window is short: a process without data still runs a zero-weight pass so
+                # that every process joins DDP's gradient all-reduce the same number of times.
+                images = torch.zeros(1, 3, augment.image_size, augment.image_size, dtype=torch.uint8, device=device)
+                labels = torch.zeros(1, dtype=torch.long, device=device)
+            # Gradients are all-reduced once per update: on the window's last micro-batch.
+            context = contextlib.nullcontext() if j == k - 1 else accelerator.no_sync(model)
+            with context, keyed_rng(device, seed, state.epoch, g):
+                x, targets = augment.train(images, labels)
+                with accelerator.autocast():
+                    logits = unwrap_logits(model(x))
+                per_image = loss_fn_per_image(logits.float(), targets)
+                weight = (n / window_images) if real else 0.0
+                accelerator.backward(per_image.sum() * weight)
+            if real:
+                stats.loss_sum += per_image.detach().sum().item()
+                stats.samples += len(labels)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        state.step_in_epoch = step + 1
+        state.global_step += 1
+        state.running_loss_sum += stats.loss_sum
+        state.running_samples += stats.samples
+        images_seen += window_images
+        if bar.n < bar.total:
+            bar.update(1)
+        bar.set_postfix(
+            loss=f"{stats.loss_sum / max(stats.samples, 1):.4f}",
+            lr=f"{scheduler.get_last_lr()[0]:.2e}",
+            img_s=f"{images_seen / (time.perf_counter() - started):.1f}",
+        )
+        if after_step(state):
+            bar.close()
+            return state.step_in_epoch == plan.steps_per_epoch
+    bar.close()
+    return True
+
+
+def loss_fn_per_image(logits: torch.Tensor, soft_targets: torch.Tensor) -> torch.Tensor:
+    """Soft-target cross-entropy per image (timm's SoftTargetCrossEntropy before its mean)."""
+    return torch.sum(-soft_targets * F.log_softmax(logits, dim=-1), dim=-1)
+
+
+@torch.no_grad()
+def evaluate(
+    accelerator: Accelerator,
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    augment: BatchAugment,
+    num_classes: int,
+    progress: bool = True,
+    collect_predictions: bool = False,
+) -> dict:
+    """Top-1, top-5 (percent) and mean cross-entropy over the whole eval split, each image counted once.
+
+    ``gather_for_metrics`` drops the duplicates that even sharding adds on the last batch, so the
+    count equals the split's size on any number of processes. With ``collect_predictions`` the
+    result also holds ``predictions`` and ``references`` (top-1 class per image, in split order).
+    """
+    model.eval()
+    metric = TopKAccuracy(k=min(5, num_classes))
+    top1_predictions, references = [], []
+    for images, labels in tqdm(
+        loader, desc="evaluate", disable=not (progress and accelerator.is_main_process), dynamic_ncols=True, leave=False
+    ):
+        x = augment.resize_normalize(images)
+        with accelerator.autocast():
+            logits = unwrap_logits(model(x)).float()
+        losses = F.cross_entropy(logits, labels, reduction="none")
+        topk = logits.topk(metric.k, dim=-1).indices
+        topk, labels, losses = accelerator.gather_for_metrics((topk, labels, losses))
+        if accelerator.is_main_process:
+            metric.add_batch(predictions=topk.cpu().numpy(), references=labels.cpu().numpy(), losses=losses.cpu().numpy())
+        if collect_predictions:
+            top1_predictions.append(topk[:, 0].cpu())
+            references.append(labels.cpu())
+    result = {}
+    if accelerator.is_main_process:
+        computed = metric.compute()
+        result = {"top1": computed["top1"], "top5": computed[f"top{metric.k}"], "loss": computed["loss"], "count": computed["count"]}
+    result = _broadcast(accelerator, result)
+    if collect_predictions:
+        result["predictions"] = torch.cat(top1_predictions).tolist() if top1_predictions else []
+        result["references"] = torch.cat(references).tolist() if references else []
+    model.train()
+    return result
+
+
+def _broadcast(accelerator: Accelerator, result: dict) -> dict:
+    """The main process's metrics on every process (so each returns the same FinetuneResult)."""
+    if accelerator.num_processes == 1:
+        return result
+    from accelerate.utils import broadcast_object_list
+
+    payload = [result]
+    broadcast_object_list(payload, from_process=0)
+    return payload[0]

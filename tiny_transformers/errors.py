@@ -1,0 +1,39 @@
+"""Errors a user can fix: each carries one sentence naming the thing and the fix."""
+
+from __future__ import annotations
+
+
+class TinyTransformersError(Exception):
+    """Base class for problems with the user's input (config, data, weights, checkpoints).
+
+    The command-line entry points print only the message of these errors, never a traceback.
+    """
+
+
+class ConfigError(TinyTransformersError, ValueError):
+    """A config value is invalid or inconsistent with the machine."""
+
+
+class DataError(TinyTransformersError):
+    """A data source is missing, in no known layout, or holds unusable files."""
+
+
+class ModelError(TinyTransformersError):
+    """A model name or weights file cannot be used."""
+
+
+class CheckpointError(TinyTransformersError):
+    """A training checkpoint cannot be resumed from."""
+
+
+def clean_message(error: BaseException) -> str:
+    """The user-facing sentence of ``error``, also when a DataLoader worker re-raised it.
+
+    PyTorch re-raises worker exceptions with the worker's traceback pasted into the message;
+    our sentence is its last line, after the class name.
+    """
+    text = str(error)
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text

@@ -1,0 +1,244 @@
+"""Building timm models for fine-tuning: name resolution, weights, the new head, head-only training."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import timm
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .errors import ModelError
+from .paper import PAPER_MODELS, resolve_model_name
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _check_name(timm_name: str) -> None:
+    if timm.is_model(timm_name):
+        return
+    known = list(PAPER_MODELS) + timm.list_models()
+    close = difflib.get_close_matches(timm_name, known, n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(close)}?" if close else " See timm.list_models() for the names."
+    raise ModelError(f"model.name '{timm_name}' is neither a paper model ({', '.join(PAPER_MODELS)}) nor a timm model.{hint}")
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def _create(timm_name: str, image_size: int, **kwargs) -> nn.Module:
+    """timm.create_model at ``image_size`` when the architecture takes ``img_size`` (ViT, DeiT, CaiT, Swin...)."""
+    try:
+        return timm.create_model(timm_name, img_size=image_size, **kwargs)
+    except TypeError as error:
+        if "img_size" not in str(error):
+            raise
+        return timm.create_model(timm_name, **kwargs)
+
+
+def _is_classifier_key(key: str, model: nn.Module) -> bool:
+    classifier = model.pretrained_cfg.get("classifier", "head")
+    names = classifier if isinstance(classifier, (list, tuple)) else [classifier]
+    return any(key.startswith(f"{name}.") for name in names)
+
+
+def _load_weights_file(model: nn.Module, path: Path, keep_head: bool) -> None:
+    """Load a .safetensors/.pth state dict; drop classifier weights whose shape no longer fits (1000 -> N classes)."""
+    try:
+        state = timm.models.load_state_dict(str(path))
+    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same sentence
+        raise ModelError(f"model.checkpoint '{path}' could not be read as a weights file ({error}).") from error
+    own = model.state_dict()
+    for key in list(state):
+        if _is_classifier_key(key, model) and (not keep_head or own.get(key, state[key]).shape != state[key].shape):
+            del state[key]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not _is_classifier_key(k, model)]
+    if missing or unexpected:
+        raise ModelError(
+            f"model.checkpoint '{path}' does not fit {model.pretrained_cfg.get('architecture')}: "
+            f"{len(missing)} missing keys (e.g. {missing[:3]}) and {len(unexpected)} unexpected (e.g. {unexpected[:3]}); "
+            "check model.name."
+        )
+
+
+def build_model(cfg: ModelConfig, num_classes: int, image_size: int) -> nn.Module:
+    """Create the network with a fresh ``num_classes`` head at ``image_size``; freeze the backbone in head mode.
+
+    Weights: ``cfg.checkpoint`` if given, else the Hub's pretrained weights when ``cfg.pretrained``, else random.
+
+    >>> model = build_model(ModelConfig(name="test_vit", pretrained=False), num_classes=10, image_size=32)
+    >>> sum(p.numel() for p in trainable_parameters(model))
+    650
+    """
+    timm_name = resolve_model_name(cfg.name)
+    _check_name(timm_name)
+    kwargs = dict(num_classes=num_classes, drop_path_rate=cfg.drop_path_rate)
+    checkpoint = Path(cfg.checkpoint).expanduser() if cfg.checkpoint else None
+
+    if checkpoint is not None and checkpoint.is_dir():
+        model = _create_from_folder(checkpoint, timm_name, num_classes, image_size, kwargs)
+    elif checkpoint is not None:
+        model = _create(timm_name, image_size, pretrained=False, **kwargs)
+        _load_weights_file(model, checkpoint, keep_head=True)
+    elif cfg.pretrained:
+        try:
+            model = _create(timm_name, image_size, pretrained=True, **kwargs)
+        except Exception as error:  # noqa: BLE001 - huggingface_hub raises several types when offline
+            if _hub_offline() or "connect" in str(error).lower() or "offline" in str(error).lower():
+                raise ModelError(
+                    f"Pretrained weights for '{timm_name}' must come from the Hugging Face Hub, which cannot be "
+                    "reached; set model.checkpoint to a local .safetensors/.pth file or save_for_hf folder, "
+                    "or model.pretrained false for random weights."
+                ) from error
+            raise
+    else:
+        model = _create(timm_name, image_size, pretrained=False, **kwargs)
+
+    if cfg.train_mode == "head":
+        freeze_backbone(model)
+    return model
+
+
+def _create_from_folder(folder: Path, timm_name: str, num_classes: int, image_size: int, kwargs: dict) -> nn.Module:
+    """A folder written by timm's ``save_for_hf`` (this library's best/ and last/): keep its head if it fits."""
+    config_file = folder / "config.json"
+    weights = [folder / name for name in ("model.safetensors", "pytorch_model.bin") if (folder / name).exists()]
+    if not config_file.exists() or not weights:
+        raise ModelError(
+            f"model.checkpoint '{folder}' is not a timm weights folder; it needs config.json and model.safetensors "
+            "(as written by timm.models.save_for_hf or this library's best/ and last/)."
+        )
+    saved = json.loads(config_file.read_text())
+    if saved.get("architecture") != timm_name:
+        raise ModelError(
+            f"model.checkpoint '{folder}' holds a '{saved.get('architecture')}' but model.name resolves to "
+            f"'{timm_name}'; set --model.name {saved.get('architecture')}."
+        )
+    model = _create(timm_name, image_size, pretrained=False, **kwargs)
+    _load_weights_file(model, weights[0], keep_head=saved.get("num_classes") == num_classes)
+    return model
+
+
+def head_modules(model: nn.Module) -> list[nn.Module]:
+    """The classifier head(s): one for most models, two for distilled DeiT (``head`` and ``head_dist``)."""
+    head = model.get_classifier()
+    return list(head) if isinstance(head, (tuple, list)) else [head]
+
+
+def freeze_backbone(model: nn.Module) -> None:
+    """Train only the classifier head(s), as the paper's official code does (every other weight frozen)."""
+    model.requires_grad_(False)
+    for module in head_modules(model):
+        module.requires_grad_(True)
+
+
+def trainable_parameters(model: nn.Module) -> Iterable[nn.Parameter]:
+    return (p for p in model.parameters() if p.requires_grad)
+
+
+def normalization(model: nn.Module, mode: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std): ImageNet's for every model (the paper's choice) or the model's own pretrained_cfg."""
+    if mode == "imagenet":
+        return IMAGENET_MEAN, IMAGENET_STD
+    cfg = model.pretrained_cfg
+    return tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(all parameters, trainable parameters)."""
+    return sum(p.numel() for p in model.parameters()), sum(p.numel() for p in trainable_parameters(model))
+
+
+def save_for_timm(
+    model: nn.Module,
+    folder: Path,
+    class_ids: list[str],
+    class_names: list[str],
+    image_size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+) -> None:
+    """Write ``model.safetensors`` + ``config.json`` loadable by ``timm.create_model("local-dir:<folder>", pretrained=True)``.
+
+    The config carries the class ids, readable names and the preprocessing used in training.
+    """
+    descriptions = dict(zip(class_ids, class_names))
+    timm.models.save_for_hf(
+        model,
+        str(folder),
+        model_config={"label_names": list(class_ids), "label_descriptions": descriptions},
+        safe_serialization=True,
+        data_config={
+            "input_size": (3, image_size, image_size),
+            "interpolation": "bicubic",
+            "mean": tuple(mean),
+            "std": tuple(std),
+            "crop_pct": 1.0,
+        },
+    )
+
+
+def unwrap_logits(output: torch.Tensor | tuple) -> torch.Tensor:
+    """Logits from a forward pass; distilled DeiT returns (head, head_dist) only in distillation training."""
+    if isinstance(output, (tuple, list)):
+        return (output[0] + output[1]) / 2
+    return output
+
+
+@dataclass(frozen=True)
+class TrainedWeights:
+    """What a trained-weights location says about the model it holds and how it was fed."""
+
+    timm_name: str
+    weights_file: Path
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_ids: list[str] | None  # the label order the head was trained with, when recorded
+
+
+def describe_trained_weights(location: str | Path) -> TrainedWeights:
+    """Read an exported folder (``best/``, ``last/``, timm ``save_for_hf``) or a training checkpoint folder.
+
+    >>> describe_trained_weights("outputs/run/best").timm_name  # doctest: +SKIP
+    'vit_large_patch16_384'
+    """
+    folder = Path(location).expanduser()
+    weights = folder / "model.safetensors"
+    state_file, config_file = folder / "trainer_state.json", folder / "config.json"
+    if weights.is_file() and state_file.is_file():  # a training checkpoint: our trainer_state.json holds the config
+        saved = json.loads(state_file.read_text())["config"]
+        labels_file = folder.parent.parent / "labels.json"
+        class_ids = json.loads(labels_file.read_text())["class_ids"] if labels_file.is_file() else None
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD)
+        if saved["data"]["normalization"] != "imagenet":
+            cfg = timm.models.get_pretrained_cfg(resolve_model_name(saved["model"]["name"]))
+            mean, std = tuple(cfg.mean), tuple(cfg.std)
+        return TrainedWeights(
+            resolve_model_name(saved["model"]["name"]), weights, saved["data"]["image_size"], mean, std, class_ids
+        )
+    if weights.is_file() and config_file.is_file():
+        saved = json.loads(config_file.read_text())
+        pretrained_cfg = saved.get("pretrained_cfg", {})
+        labels = saved.get("label_names")
+        return TrainedWeights(
+            saved["architecture"],
+            weights,
+            int(pretrained_cfg.get("input_size", (3, 224, 224))[-1]),
+            tuple(pretrained_cfg.get("mean", IMAGENET_MEAN)),
+            tuple(pretrained_cfg.get("std", IMAGENET_STD)),
+            list(labels) if isinstance(labels, (list, tuple)) else None,
+        )
+    raise ModelError(
+        f"model.checkpoint '{folder}' holds no trained model; give an exported folder (model.safetensors + "
+        "config.json, e.g. <output_dir>/best) or a training checkpoint (<output_dir>/checkpoints/step_...)."
+    )
