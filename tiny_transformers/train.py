@@ -144,7 +144,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         (output_dir / "config.json").write_text(config.to_json())
         (output_dir / "labels.json").write_text(json.dumps({"class_ids": data.class_ids, "class_names": data.class_names}))
     accelerator.print(
-        f"tiny_transformers: {config.model.name} ({total / 1e6:.1f}M parameters, {trainable / 1e6:.3f}M trainable, "
+        f"tiny_transformers: {config.model.name} ({_count(total)} parameters, {_count(trainable)} trainable, "
         f"{config.model.train_mode} mode) on {data.source_kind} data: {len(data.train)} train / {len(data.eval)} eval "
         f"images, {data.num_classes} classes\n{plan.describe()}\noutputs: {output_dir}"
         + (f"\nresuming from {resume_from.name}: epoch {state.epoch + 1}, step {state.step_in_epoch}" if resume_from else "")
@@ -240,6 +240,10 @@ def _resume(accelerator: Accelerator, folder: Path, config: FinetuneConfig, outp
         except CheckpointError as error:
             accelerator.print(f"warning: {error} Falling back to the previous checkpoint.")
     return load_checkpoint(accelerator, candidates[-1])
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,}"
 
 
 def _gathered_mean(accelerator: Accelerator, total: float, count: int) -> float:

@@ -1,0 +1,122 @@
+"""finetune(): two epochs with accumulation, checkpoints, best/ and last/, exact resume, evaluation."""
+
+import json
+import shutil
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+from tiny_transformers import DataConfig, FinetuneConfig, ModelConfig, TrainConfig, evaluate_checkpoint, finetune
+from tiny_transformers.errors import CheckpointError
+from tiny_transformers.models import describe_trained_weights
+
+
+def untimed(history):
+    return [{k: v for k, v in h.items() if k != "epoch_seconds"} for h in history]
+
+
+def tiny_config(source, output_dir, **train) -> FinetuneConfig:
+    """test_vit (0.3M parameters) at 32 px on the 24-image fixture: 3 optimizer steps per epoch."""
+    return FinetuneConfig(
+        model=ModelConfig(name="test_vit", pretrained=False, train_mode="full"),
+        data=DataConfig(source=str(source), image_size=32, num_workers=0),
+        train=TrainConfig(
+            **{"epochs": 2, "batch_size": 8, "micro_batch_size": 4, "mixed_precision": "no",
+               "output_dir": str(output_dir), "progress": False, **train}
+        ),
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(stanford_dir, tmp_path_factory):
+    """One uninterrupted two-epoch run, shared by the tests below (they only read it)."""
+    out = tmp_path_factory.mktemp("run") / "out"
+    config = tiny_config(stanford_dir, out)
+    return config, finetune(config)
+
+
+def test_two_epochs_with_accumulation_write_every_output(trained):
+    config, result = trained
+    out = result.output_dir
+    assert result.epochs_completed == 2 and len(result.history) == 2
+    assert [h["step"] for h in result.history] == [3, 6]  # 24 images / (4 x 2 accumulation) = 3 steps
+    assert result.top1 == result.history[-1]["top1"] and result.top5 == result.history[-1]["top5"]
+    assert result.best_top1 == max(h["top1"] for h in result.history)
+    assert all(0 <= h["top1"] <= h["top5"] <= 100 for h in result.history)
+    assert result.history[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # the cosine ends at min_lr
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert logged == result.history
+    assert FinetuneConfig.from_dict(json.loads((out / "config.json").read_text())) == config
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000003", "step_00000006"]
+    for folder in ("best", "last"):
+        assert {p.name for p in (out / folder).iterdir()} == {"model.safetensors", "config.json"}
+    saved = json.loads((out / "last" / "config.json").read_text())
+    assert saved["label_names"] == json.loads((out / "labels.json").read_text())["class_ids"]
+    assert saved["pretrained_cfg"]["input_size"] == [3, 32, 32]
+
+
+def test_best_round_trips_through_plain_timm(trained):
+    _, result = trained
+    out = result.output_dir
+    best_epoch = max(range(2), key=lambda i: result.history[i]["top1"])  # first best wins on ties
+    checkpoint = load_file(out / "checkpoints" / f"step_{3 * (best_epoch + 1):08d}" / "model.safetensors")
+    model = timm.create_model(f"local-dir:{out / 'best'}", pretrained=True).eval()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in checkpoint.items())
+    reference = timm.create_model("test_vit", num_classes=4, img_size=32).eval()
+    reference.load_state_dict(checkpoint)
+    x = torch.randn(3, 3, 32, 32)
+    assert torch.equal(model(x), reference(x))
+
+
+def test_evaluate_reproduces_the_runs_final_numbers(trained):
+    config, result = trained
+    config = FinetuneConfig.from_dict(config.to_dict())
+    config.model.checkpoint = str(result.output_dir / "last")
+    metrics = evaluate_checkpoint(config)
+    assert metrics["count"] == 12
+    assert metrics["top1"] == result.top1 and metrics["top5"] == result.top5
+    assert metrics["loss"] == pytest.approx(result.loss, rel=1e-6)
+    # the training checkpoint itself evaluates the same way
+    config.model.checkpoint = str(result.output_dir / "checkpoints" / "step_00000006")
+    assert describe_trained_weights(config.model.checkpoint).class_ids == metrics["class_ids"]
+    assert evaluate_checkpoint(config)["top1"] == result.top1
+
+
+def test_resume_after_an_interruption_ends_with_the_same_weights(trained, tmp_path):
+    config, result = trained
+    out = tmp_path / "out"
+    shutil.copytree(result.output_dir, out)
+    # what a crash during epoch 2 leaves behind: only the epoch-1 checkpoint and its metrics line
+    for leftover in ("best", "last", "checkpoints/step_00000006"):
+        shutil.rmtree(out / leftover)
+    (out / "metrics.jsonl").write_text((out / "metrics.jsonl").read_text().splitlines()[0] + "\n")
+    resumed = finetune(tiny_config(config.data.source, out))
+    assert untimed(resumed.history) == untimed(result.history)
+    expected = load_file(result.output_dir / "last" / "model.safetensors")
+    actual = load_file(out / "last" / "model.safetensors")
+    assert all(torch.equal(actual[k], expected[k]) for k in expected)
+
+
+def test_resume_refuses_a_config_that_changes_the_run(trained):
+    config, result = trained
+    changed = tiny_config(config.data.source, result.output_dir)
+    changed.optim.lr, changed.augment.mixup_alpha = 5e-4, 0.0
+    with pytest.raises(CheckpointError, match=r"different config \(augment.mixup_alpha, optim.lr\)"):
+        finetune(changed)
+    never = tiny_config(config.data.source, result.output_dir, resume="never")
+    with pytest.raises(CheckpointError, match="already holds checkpoints .* new train.output_dir"):
+        finetune(never)
+
+
+def test_resume_skips_a_corrupt_newest_checkpoint(trained, tmp_path):
+    config, result = trained
+    out = tmp_path / "out"
+    shutil.copytree(result.output_dir, out)
+    (out / "checkpoints" / "step_00000006" / "model.safetensors").write_bytes(b"not a tensor file")
+    # three epochs: the newest (corrupt) checkpoint is skipped, the run continues from step 3
+    resumed = finetune(tiny_config(config.data.source, out, epochs=3))
+    assert resumed.epochs_completed == 3
+    assert untimed(resumed.history)[0] == untimed(result.history)[0]
+    assert [h["step"] for h in resumed.history] == [3, 6, 9]
