@@ -1,4 +1,4 @@
-"""The whole pipeline in about two minutes on a CPU, with no network: a first look at tiny_transformers.
+"""The whole pipeline in under a minute on a CPU, with no network: a first look at tiny_transformers.
 
     accelerate launch recipes/demo.py        (or: python recipes/demo.py)
 

@@ -41,8 +41,8 @@ class DataConfig:
     normalization: Literal["imagenet", "model"] = "imagenet"  # imagenet: the paper's mean/std for all four models
     num_workers: int = 4  # loader processes per training process (decode + RGB conversion only: cheap)
     skip_corrupt: bool = False  # False: stop at the first unreadable image, naming it; True: scan, skip and count them
-    max_train_samples: Optional[int] = None  # use only the first N training images (quick experiments)
-    max_eval_samples: Optional[int] = None  # use only the first N evaluation images
+    max_train_samples: Optional[int] = None  # use a fixed random subset of N training images (quick experiments)
+    max_eval_samples: Optional[int] = None  # use a fixed random subset of N evaluation images
 
 
 @dataclass
