@@ -1,0 +1,152 @@
+"""One run, any hardware: the same weights on 1 or 2 processes, and after SIGKILL/SIGTERM and resume.
+
+Everything here launches the user's real command, `accelerate launch [--multi_gpu --num_processes 2]
+recipes/vit_l.py ...`, on CPU (gloo), with Mixup, CutMix, random erasing, drop path and shuffling on,
+in `full` mode so every weight moves.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS_PER_EPOCH = 5  # 40 images / effective batch 8
+EPOCHS = 2
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, data_tools):
+    """10 images per class: 40 training images, 5 optimizer steps per epoch."""
+    return data_tools.make_stanford(tmp_path_factory.mktemp("resilience"), n_train=10, n_val=2)
+
+
+def command(source: Path, out: Path, processes: int, *extra: str) -> list[str]:
+    layout = ["--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    if processes > 1:
+        layout = ["--multi_gpu", *layout]
+    return [
+        sys.executable, "-m", "accelerate.commands.launch", *layout, str(ROOT / "recipes" / "vit_l.py"),
+        "--model.name", "test_vit", "--model.pretrained", "false", "--model.train_mode", "full",
+        "--data.source", str(source), "--data.image_size", "32", "--data.num_workers", "0",
+        "--train.epochs", str(EPOCHS), "--train.batch_size", "8", "--train.micro_batch_size", "4",
+        "--train.mixed_precision", "no", "--train.output_dir", str(out), "--train.progress", "false",
+        "--train.checkpoint_every", "1", "--train.keep_checkpoints", "100", *extra,
+    ]
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def run(source, out, processes, *extra, timeout=300):
+    done = subprocess.run(command(source, out, processes, *extra), capture_output=True, text=True, env=ENV, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "model.safetensors")
+
+
+def assert_close(actual, expected, rel=0.0):
+    for key, value in expected.items():
+        tolerance = rel * value.abs().max().item()
+        assert (actual[key] - value).abs().max().item() <= tolerance, key
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory):
+    """An uninterrupted run on 1 process with 2 accumulation steps, a checkpoint after every update."""
+    out = tmp_path_factory.mktemp("reference") / "out"
+    run(data, out, 1)
+    return out
+
+
+def test_checkpoint_after_every_update(reference):
+    names = sorted(p.name for p in (reference / "checkpoints").iterdir())
+    assert names == [f"step_{s:08d}" for s in range(1, STEPS_PER_EPOCH * EPOCHS + 1)]
+
+
+def test_two_processes_give_the_same_weights_after_every_step(data, reference, tmp_path):
+    """1 process x accumulation 2 vs 2 processes x accumulation 1, 10 updates across an epoch boundary."""
+    out = tmp_path / "out"
+    done = run(data, out, 2)
+    assert "2 process(es) x micro-batch 4 x 1 accumulation step(s) = effective batch 8" in done.stdout
+    for step in range(1, STEPS_PER_EPOCH * EPOCHS + 1):
+        name = f"step_{step:08d}"
+        assert_close(weights(out / "checkpoints" / name), weights(reference / "checkpoints" / name), rel=1e-5)
+    assert_close(weights(out / "last"), weights(reference / "last"), rel=1e-5)
+
+
+def start(source, out, processes):
+    return subprocess.Popen(
+        command(source, out, processes), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+        start_new_session=True,  # its own process group: the launcher and its workers are signalled together
+    )
+
+
+def wait_for(predicate, process, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if process.poll() is not None:
+            pytest.fail(f"the run ended (status {process.returncode}) before the signal: {process.communicate()[1][-3000:]}")
+        assert time.monotonic() < deadline, "timed out waiting for the run"
+        time.sleep(0.0005)
+
+
+def checkpoints(out: Path) -> list[str]:
+    root = out / "checkpoints"
+    return sorted(p.name for p in root.iterdir() if p.name.startswith("step_")) if root.is_dir() else []
+
+
+def kill(process, sig=signal.SIGKILL):
+    os.killpg(process.pid, sig)
+    return process.communicate(timeout=120)
+
+
+def test_sigkill_anywhere_then_resume_ends_with_the_same_weights(data, reference, tmp_path):
+    out = tmp_path / "out"
+    # 1. killed at a random step after the third update
+    process = start(data, out, 1)
+    wait_for(lambda: len(checkpoints(out)) >= 3, process)
+    kill(process)
+    assert process.returncode == -signal.SIGKILL
+    # 2. resumed, then killed while a checkpoint is being written
+    process = start(data, out, 1)
+    seen = len(checkpoints(out))
+    wait_for(lambda: len(checkpoints(out)) > seen and any(p.name.startswith(".tmp") for p in (out / "checkpoints").iterdir()), process)
+    kill(process)
+    # 3. resumed to the end: bitwise the uninterrupted run's weights, and the same metrics
+    done = run(data, out, 1)
+    assert "resuming from step_" in done.stdout
+    assert_close(weights(out / "last"), weights(reference / "last"))
+    assert (out / "metrics.jsonl").read_text().count("\n") == EPOCHS
+    assert not any(p.name.startswith(".tmp") for p in (out / "checkpoints").iterdir())
+
+
+def test_resume_on_another_process_count_continues_the_trajectory(data, reference, tmp_path):
+    out = tmp_path / "out"
+    process = start(data, out, 2)  # two processes...
+    wait_for(lambda: len(checkpoints(out)) >= 4, process)
+    kill(process)
+    run(data, out, 1)  # ...then one
+    assert_close(weights(out / "last"), weights(reference / "last"), rel=1e-5)
+
+
+def test_sigterm_saves_a_checkpoint_and_prints_the_resume_command(data, reference, tmp_path):
+    out = tmp_path / "out"
+    process = start(data, out, 1)
+    wait_for(lambda: len(checkpoints(out)) >= 2, process)
+    _, stderr = kill(process, signal.SIGTERM)
+    assert process.returncode != 0
+    assert "Training stopped by SIGTERM" in stderr and "Resume with accelerate launch" in stderr
+    stopped_at = checkpoints(out)[-1]
+    assert f"step {int(stopped_at.split('_')[1]) % STEPS_PER_EPOCH or STEPS_PER_EPOCH}" in stderr or "step 0" in stderr
+    run(data, out, 1)
+    assert_close(weights(out / "last"), weights(reference / "last"))
