@@ -84,9 +84,12 @@ def _resume_command() -> str:
     return "the same command again"
 
 
-def _write_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a") as handle:
-        handle.write(json.dumps(record) + "\n")
+def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
+    """Rewrite the whole log from the run's history (restored with each checkpoint), atomically: a run
+    killed after logging an epoch but before checkpointing it logs that epoch once, not twice, on resume."""
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text("".join(json.dumps(record) + "\n" for record in history))
+    temporary.replace(path)
 
 
 def finetune(config: FinetuneConfig) -> FinetuneResult:
@@ -207,7 +210,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
                 f"{record['eval_loss']:.4f}, top-1 {record['top1']:.2f}%, top-5 {record['top5']:.2f}%"
             )
             if accelerator.is_main_process:
-                _write_jsonl(output_dir / "metrics.jsonl", record)
+                _write_metrics(output_dir / "metrics.jsonl", state.history)
                 if improved:
                     _export(accelerator, model, output_dir / "best", data, config, mean, std)
             save_checkpoint(accelerator, output_dir, state, config, config.train.keep_checkpoints)
