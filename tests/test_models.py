@@ -70,3 +70,16 @@ def test_folder_of_another_architecture_is_refused(tmp_path):
     save_for_timm(source, tmp_path / "export", list("abcde"), list("abcde"), 32, (0.5,) * 3, (0.5,) * 3)
     with pytest.raises(ModelError, match="holds a 'test_vit' .* --model.name test_vit"):
         build_model(ModelConfig(name="test_vit2", checkpoint=str(tmp_path / "export")), 5, 32)
+
+
+def test_export_config_names_the_class_count_once(tmp_path):
+    """transformers' timm wrapper passes top-level num_classes and model_args together: one copy only."""
+    import json
+
+    source = build_model(ModelConfig(name="test_vit", pretrained=False), 5, image_size=32)
+    save_for_timm(source, tmp_path / "export", list("abcde"), list("ABCDE"), 32, (0.5,) * 3, (0.5,) * 3)
+    config = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert config["num_classes"] == 5 and "num_classes" not in config["model_args"]
+    assert config["model_args"]["img_size"] == [32, 32]
+    assert config["label_names"] == list("abcde") and config["label_descriptions"] == dict(zip("abcde", "ABCDE"))
+    assert config["pretrained_cfg"]["mean"] == [0.5] * 3 and config["pretrained_cfg"]["interpolation"] == "bicubic"

@@ -185,6 +185,13 @@ def save_for_timm(
             "crop_pct": 1.0,
         },
     )
+    # timm records num_classes both at the top of config.json and inside model_args; transformers'
+    # TimmWrapper passes both to timm.create_model and fails ("got multiple values for keyword argument
+    # 'num_classes'"). The top-level value is the one timm's loader reads, so model_args drops its copy.
+    config_file = Path(folder) / "config.json"
+    config = json.loads(config_file.read_text())
+    config.get("model_args", {}).pop("num_classes", None)
+    config_file.write_text(json.dumps(config, indent=2))
 
 
 def unwrap_logits(output: torch.Tensor | tuple) -> torch.Tensor:
