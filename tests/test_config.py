@@ -120,3 +120,10 @@ def test_recipe_prints_the_paper_values(name):
     }
     # the recipe file and `tiny-transformers train NAME` describe the same run
     assert FinetuneConfig.from_dict(printed) == paper_config(name)
+
+
+@pytest.mark.parametrize("variable,plugin", [("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"), ("ACCELERATE_USE_FSDP", "FSDP")])
+def test_unsupported_accelerate_plugins_are_refused_before_training(monkeypatch, variable, plugin):
+    monkeypatch.setenv(variable, "true")
+    with pytest.raises(ConfigError, match=f"configured for {plugin}, which tiny_transformers does not support"):
+        validate(FinetuneConfig(train=TrainConfig(mixed_precision="no")), num_processes=1)

@@ -54,6 +54,9 @@ class BatchAugment:
         self.erasing = None
         if augment.random_erasing > 0:
             self.erasing = RandomErasing(probability=augment.random_erasing, mode="pixel", device=str(device))
+        # Host generators that train() draws from besides torch's (for engine.keyed_rng): timm's Mixup/CutMix
+        # use NumPy's global generator, its RandomErasing Python's `random` (and torch's for the noise).
+        self.host_generators = {"numpy": self.mixup is not None, "python": self.erasing is not None}
 
     def resize_normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, h, w) -> float32 (B, 3, S, S): bicubic resize, clamped to [0, 1] as an image is, normalized."""

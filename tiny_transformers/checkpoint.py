@@ -36,6 +36,13 @@ RESUMABLE_CHANGES = {
     "train.eval_batch_size",
     "data.num_workers",
     "data.max_eval_samples",
+    # publishing happens after the optimizer steps it reports on
+    "hub.push",
+    "hub.model_id",
+    "hub.private",
+    "hub.strategy",
+    "hub.weights",
+    "hub.license",
 }
 
 

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -26,7 +27,7 @@ class ModelConfig:
 
     name: str = "vit_l"  # a paper short name (vit_l, cait_s36, deit_b_distilled, swin_l) or any timm model name
     pretrained: bool = True  # start from ImageNet weights (from the Hub, or from `checkpoint`)
-    checkpoint: Optional[str] = None  # local weights: .safetensors/.pth file, or a folder written by timm save_for_hf
+    checkpoint: Optional[str] = None  # .safetensors/.pth file, a folder written by timm save_for_hf, or hf-hub:owner/name
     train_mode: Literal["head", "full"] = "head"  # head: frozen backbone, as the official code; full: every parameter
     drop_path_rate: float = 0.1  # stochastic depth inside the backbone (paper 2.2)
 
@@ -69,6 +70,7 @@ class OptimConfig:
     momentum: float = 0.9  # sgd only
     nesterov: bool = True  # sgd only
     min_lr: float = 0.0  # end of the cosine
+    fused: bool = False  # torch's fused optimizer kernel (fused=True); off until docs/benchmarks.md shows a gain
 
 
 @dataclass
@@ -87,6 +89,19 @@ class TrainConfig:
     keep_checkpoints: int = 3  # newest checkpoints kept in output_dir/checkpoints
     log_with: tuple[str, ...] = ()  # Accelerate trackers, e.g. tensorboard wandb
     progress: bool = True  # tqdm bars on the main process
+    compile: bool = False  # torch.compile the model in place (first steps compile); off until docs/benchmarks.md shows a gain
+
+
+@dataclass
+class HubConfig:
+    """Publishing the trained model to the Hugging Face Hub (docs/publishing.md); never changes training."""
+
+    push: bool = False  # upload the exported folder (weights, model card, curves, metrics) to hub.model_id
+    model_id: Optional[str] = None  # Hub repo 'owner/name'; created when missing
+    private: bool = False  # visibility of a repo that the push creates (an existing repo keeps its own)
+    strategy: Literal["end", "epoch"] = "end"  # end: push once after training; epoch: also after every epoch
+    weights: Literal["last", "best"] = "last"  # last: the final epoch (the run's reported numbers); best: top-1 epoch
+    license: str = "apache-2.0"  # the model card's license (a Hub license id)
 
 
 @dataclass
@@ -103,6 +118,7 @@ class FinetuneConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as nested plain data (what ``--print-config`` and ``config.json`` show)."""
@@ -154,6 +170,30 @@ def _valid_batch_sizes(micro_batch_size: int, num_processes: int, around: int) -
     unit = micro_batch_size * num_processes
     below = max(unit, (around // unit) * unit)
     return sorted({below, below + unit})
+
+
+def _check_speed_options(o: OptimConfig, t: TrainConfig, cuda_available: bool | None) -> None:
+    """optim.fused and train.compile need a torch (and, for compile on the CPU, a C++ compiler) that has them.
+
+    >>> _check_speed_options(OptimConfig(fused=True), TrainConfig(), cuda_available=False)  # torch >= 2.4 here
+    """
+    import shutil
+
+    import torch
+
+    if cuda_available is None:
+        cuda_available = torch.cuda.is_available()
+    version = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
+    if o.fused and not cuda_available and version < (2, 4):
+        raise ConfigError(
+            f"optim.fused on the CPU needs torch 2.4 or newer (this is {torch.__version__}); "
+            "use --optim.fused false, or run on a CUDA GPU."
+        )
+    if t.compile and not hasattr(torch.nn.Module, "compile"):
+        raise ConfigError(f"train.compile needs torch 2.2 or newer (this is {torch.__version__}); use --train.compile false.")
+    if t.compile and not cuda_available and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        # Inductor writes C++ for the CPU and compiles it at the first step; fail now, not there.
+        raise ConfigError("train.compile on the CPU needs a C++ compiler (g++ or clang++) on PATH; install one or use --train.compile false.")
 
 
 def validate(config: FinetuneConfig, num_processes: int | None = None, cuda_available: bool | None = None) -> None:
@@ -211,6 +251,15 @@ def validate(config: FinetuneConfig, num_processes: int | None = None, cuda_avai
     if o.min_lr > o.lr:
         raise ConfigError(f"optim.min_lr {o.min_lr} is above optim.lr {o.lr}; the cosine must decay.")
 
+    for variable, plugin in (("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"), ("ACCELERATE_USE_FSDP", "FSDP")):
+        if os.environ.get(variable, "false").lower() == "true":
+            # DeepSpeed's engine owns accumulation and steps inside backward(); FSDP shards what best/ and
+            # last/ export. Neither can run here (no GPU) to be verified: refuse rather than train wrongly.
+            raise ConfigError(
+                f"accelerate launch was configured for {plugin}, which tiny_transformers does not support yet; "
+                "launch with plain data parallelism (accelerate config: 'multi-GPU', no FSDP/DeepSpeed), see docs/scaling.md."
+            )
+
     unit = t.micro_batch_size * num_processes
     if t.batch_size % unit:
         raise ConfigError(
@@ -230,6 +279,8 @@ def validate(config: FinetuneConfig, num_processes: int | None = None, cuda_avai
                 "train.mixed_precision fp16 needs a CUDA GPU and none is visible; "
                 "use --train.mixed_precision bf16 (or no) on this machine."
             )
+    if o.fused or t.compile:
+        _check_speed_options(o, t, cuda_available)
 
     if t.resume not in ("auto", "never") and not Path(t.resume).expanduser().exists():
         raise ConfigError(
@@ -242,6 +293,34 @@ def validate(config: FinetuneConfig, num_processes: int | None = None, cuda_avai
                 f"model.checkpoint '{m.checkpoint}' does not exist; give a .safetensors/.pth file or a folder "
                 "with model.safetensors and config.json."
             )
+    validate_hub(config.hub)
+
+
+# A Hub model id: 'owner/name', each part letters, digits, '-', '_' or '.', as huggingface_hub accepts them.
+_HUB_ID = re.compile(r"^[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9])?/[A-Za-z0-9_](?:[\w.-]{0,94}[\w])?$")
+
+
+def validate_hub(hub: HubConfig) -> None:
+    """Check the ``hub`` section: a push needs an ``owner/name`` model id; raise :class:`ConfigError` otherwise.
+
+    >>> validate_hub(HubConfig(push=True))
+    Traceback (most recent call last):
+    ...
+    tiny_transformers.errors.ConfigError: hub.push is on but hub.model_id is not set; add --hub.model_id your-user/model-name (or --hub.push false).
+    """
+    if hub.push and not hub.model_id:
+        raise ConfigError(
+            "hub.push is on but hub.model_id is not set; add --hub.model_id your-user/model-name (or --hub.push false)."
+        )
+    if hub.model_id is not None and (
+        not _HUB_ID.match(hub.model_id) or ".." in hub.model_id or "--" in hub.model_id or hub.model_id.endswith(".git")
+    ):
+        raise ConfigError(
+            f"hub.model_id '{hub.model_id}' is not a Hub model id; write it as owner/name (your user or organisation, "
+            "a slash, then letters, digits, '-', '_' or '.'), e.g. --hub.model_id your-user/vit-l-tiny-imagenet."
+        )
+    if not hub.license.strip():
+        raise ConfigError("hub.license is empty; give a Hub license id such as apache-2.0, mit or other.")
 
 
 @dataclass(frozen=True)

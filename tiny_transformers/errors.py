@@ -26,6 +26,10 @@ class CheckpointError(TinyTransformersError):
     """A training checkpoint cannot be resumed from."""
 
 
+class PublishError(TinyTransformersError):
+    """A run cannot be exported, or its push to the Hugging Face Hub failed (the message says how to retry)."""
+
+
 def clean_message(error: BaseException) -> str:
     """The user-facing sentence of ``error``, also when a DataLoader worker re-raised it.
 

@@ -83,6 +83,10 @@ def build_model(cfg: ModelConfig, num_classes: int, image_size: int) -> nn.Modul
     _check_name(timm_name)
     kwargs = dict(num_classes=num_classes, drop_path_rate=cfg.drop_path_rate)
     checkpoint = Path(cfg.checkpoint).expanduser() if cfg.checkpoint else None
+    if cfg.checkpoint and cfg.checkpoint.startswith("hf-hub:"):  # a model pushed by this library (or any timm folder)
+        from .hub import download_model
+
+        checkpoint = download_model(cfg.checkpoint)
 
     if checkpoint is not None and checkpoint.is_dir():
         model = _create_from_folder(checkpoint, timm_name, num_classes, image_size, kwargs)
@@ -166,10 +170,13 @@ def save_for_timm(
     image_size: int,
     mean: tuple[float, ...],
     std: tuple[float, ...],
+    native_size: int | None = None,
 ) -> None:
     """Write ``model.safetensors`` + ``config.json`` loadable by ``timm.create_model("local-dir:<folder>", pretrained=True)``.
 
-    The config carries the class ids, readable names and the preprocessing used in training.
+    The config carries the class ids, readable names and the preprocessing used in training; with
+    ``native_size``, also the size images were decoded to before upscaling (under ``tiny_transformers``,
+    a key timm and transformers ignore), so ``predict`` and ``evaluate`` feed new images the same way.
     """
     descriptions = dict(zip(class_ids, class_names))
     timm.models.save_for_hf(
@@ -191,6 +198,8 @@ def save_for_timm(
     config_file = Path(folder) / "config.json"
     config = json.loads(config_file.read_text())
     config.get("model_args", {}).pop("num_classes", None)
+    if native_size is not None:
+        config["tiny_transformers"] = {"native_size": native_size}
     config_file.write_text(json.dumps(config, indent=2))
 
 
@@ -211,39 +220,54 @@ class TrainedWeights:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_ids: list[str] | None  # the label order the head was trained with, when recorded
+    class_names: list[str] | None = None  # readable names in the same order, when recorded
+    num_classes: int | None = None
+    native_size: int | None = None  # images were decoded to this size before upscaling, when recorded
 
 
 def describe_trained_weights(location: str | Path) -> TrainedWeights:
-    """Read an exported folder (``best/``, ``last/``, timm ``save_for_hf``) or a training checkpoint folder.
+    """Read an exported folder (``best/``, ``last/``, ``export/``, timm ``save_for_hf``), a training checkpoint
+    folder, or a model on the Hub (``hf-hub:owner/name``, downloaded to the Hugging Face cache).
 
     >>> describe_trained_weights("outputs/run/best").timm_name  # doctest: +SKIP
     'vit_large_patch16_384'
     """
+    if str(location).startswith("hf-hub:"):
+        from .hub import download_model  # huggingface_hub's download path, only when asked for
+
+        location = download_model(str(location))
     folder = Path(location).expanduser()
     weights = folder / "model.safetensors"
     state_file, config_file = folder / "trainer_state.json", folder / "config.json"
     if weights.is_file() and state_file.is_file():  # a training checkpoint: our trainer_state.json holds the config
         saved = json.loads(state_file.read_text())["config"]
         labels_file = folder.parent.parent / "labels.json"
-        class_ids = json.loads(labels_file.read_text())["class_ids"] if labels_file.is_file() else None
+        labels = json.loads(labels_file.read_text()) if labels_file.is_file() else {}
+        class_ids, class_names = labels.get("class_ids"), labels.get("class_names")
         mean, std = (IMAGENET_MEAN, IMAGENET_STD)
         if saved["data"]["normalization"] != "imagenet":
             cfg = timm.models.get_pretrained_cfg(resolve_model_name(saved["model"]["name"]))
             mean, std = tuple(cfg.mean), tuple(cfg.std)
         return TrainedWeights(
-            resolve_model_name(saved["model"]["name"]), weights, saved["data"]["image_size"], mean, std, class_ids
+            resolve_model_name(saved["model"]["name"]), weights, saved["data"]["image_size"], mean, std, class_ids,
+            class_names, len(class_ids) if class_ids else None, saved["data"]["native_size"],
         )
     if weights.is_file() and config_file.is_file():
         saved = json.loads(config_file.read_text())
         pretrained_cfg = saved.get("pretrained_cfg", {})
         labels = saved.get("label_names")
+        labels = list(labels) if isinstance(labels, (list, tuple)) else None
+        descriptions = saved.get("label_descriptions") or {}
         return TrainedWeights(
             saved["architecture"],
             weights,
             int(pretrained_cfg.get("input_size", (3, 224, 224))[-1]),
             tuple(pretrained_cfg.get("mean", IMAGENET_MEAN)),
             tuple(pretrained_cfg.get("std", IMAGENET_STD)),
-            list(labels) if isinstance(labels, (list, tuple)) else None,
+            labels,
+            [descriptions.get(label, label) for label in labels] if labels else None,
+            saved.get("num_classes"),
+            saved.get("tiny_transformers", {}).get("native_size"),
         )
     raise ModelError(
         f"model.checkpoint '{folder}' holds no trained model; give an exported folder (model.safetensors + "

@@ -33,7 +33,9 @@ from .config import AugmentConfig, FinetuneConfig, ModelConfig, OptimConfig, Pla
 from .data import DataBundle, collate, eval_transform, load_data, train_transform
 from .engine import evaluate, train_one_epoch
 from .errors import CheckpointError, ConfigError, DataError, TinyTransformersError
+from .hub import publish_after_training, push_warnings
 from .models import build_model, count_parameters, describe_trained_weights, normalization, save_for_timm
+from .report import write_run_report
 from .sampler import MicroBatchSampler
 
 
@@ -58,6 +60,8 @@ def build_optimizer(cfg: OptimConfig, model: torch.nn.Module) -> torch.optim.Opt
     """timm's optimizer factory over the trainable parameters (no weight decay on biases and norms)."""
     name = "adamw" if cfg.name == "adamw" else ("sgd" if cfg.nesterov else "momentum")  # timm's 'sgd' is Nesterov
     kwargs = {"momentum": cfg.momentum} if cfg.name == "sgd" else {}
+    if cfg.fused:
+        kwargs["fused"] = True  # passed through to torch's AdamW/SGD: one kernel for all parameters
     return timm.optim.create_optimizer_v2(model, opt=name, lr=cfg.lr, weight_decay=cfg.weight_decay, **kwargs)
 
 
@@ -112,6 +116,8 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
 
     set_seed(config.train.seed)  # the new head's initialisation, identical on every process
     model = build_model(config.model, data.num_classes, config.data.image_size)
+    if config.train.compile:
+        model.compile()  # in place: same module, same state_dict keys, so checkpoints and exports are unchanged
     mean, std = normalization(model, config.data.normalization)
     optimizer = build_optimizer(config.optim, model)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=plan.total_steps, eta_min=config.optim.min_lr)
@@ -153,12 +159,17 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         + (f"\nresuming from {resume_from.name}: epoch {state.epoch + 1}, step {state.step_in_epoch}" if resume_from else "")
     )
     accelerator.init_trackers("tiny_transformers", config={k: str(v) for k, v in config.to_dict().items()})
+    for warning in push_warnings(output_dir, config.hub) if accelerator.is_main_process else []:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
 
     with _stop_signals() as received:
 
         def after_step(state: TrainerState) -> bool:
-            stop = torch.tensor(float(received["signal"] is not None), device=accelerator.device)
-            if accelerator.reduce(stop, reduction="sum").item() > 0:  # any process signalled: all stop together
+            stopping = received["signal"] is not None
+            if accelerator.num_processes > 1:  # any process signalled: all stop together (one device round trip)
+                stop = torch.tensor(float(stopping), device=accelerator.device)
+                stopping = accelerator.reduce(stop, reduction="sum").item() > 0
+            if stopping:
                 save_checkpoint(accelerator, output_dir, state, config, config.train.keep_checkpoints)
                 return True
             every = config.train.checkpoint_every
@@ -214,9 +225,20 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
                 if improved:
                     _export(accelerator, model, output_dir / "best", data, config, mean, std)
             save_checkpoint(accelerator, output_dir, state, config, config.train.keep_checkpoints)
+            hub = config.hub
+            if hub.push and hub.strategy == "epoch" and epoch + 1 < config.train.epochs and accelerator.is_main_process:
+                if hub.weights == "last":  # the pushed weights must be this epoch's, as the card's numbers are
+                    _export(accelerator, model, output_dir / "last", data, config, mean, std)
+                publish_after_training(output_dir, hub)  # prints why and how to retry on failure; never raises
 
     if accelerator.is_main_process:
         _export(accelerator, model, output_dir / "last", data, config, mean, std)
+        write_run_report(
+            output_dir, config, state.history, accelerator.unwrap_model(model), data.eval, data.class_names,
+            augment.resize_normalize, accelerator.autocast,
+        )
+        if config.hub.push:
+            publish_after_training(output_dir, config.hub)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     last = state.history[-1] if state.history else {"top1": float("nan"), "top5": float("nan"), "eval_loss": float("nan")}
@@ -256,12 +278,17 @@ def _gathered_mean(accelerator: Accelerator, total: float, count: int) -> float:
 
 def _export(accelerator: Accelerator, model, folder: Path, data: DataBundle, config: FinetuneConfig, mean, std) -> None:
     save_for_timm(
-        accelerator.unwrap_model(model), folder, data.class_ids, data.class_names, config.data.image_size, mean, std
+        accelerator.unwrap_model(model), folder, data.class_ids, data.class_names, config.data.image_size, mean, std,
+        native_size=config.data.native_size,
     )
 
 
 def evaluate_checkpoint(config: FinetuneConfig) -> dict[str, Any]:
     """Top-1, top-5 and loss of the trained model at ``config.model.checkpoint`` on ``config.data``'s eval split.
+
+    ``model.checkpoint`` is an exported folder (``best/``, ``last/``, ``export/``), a training checkpoint
+    folder or ``hf-hub:owner/name``. The result also holds per-image ``predictions`` and ``references`` and
+    the ``class_ids``/``class_names`` they index.
 
     Uses the image size and normalization the model was trained with; refuses data whose classes differ
     from the ones the head was trained on (that would be a silently wrong score).
@@ -289,7 +316,8 @@ def evaluate_checkpoint(config: FinetuneConfig) -> dict[str, Any]:
     )
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.train.mixed_precision)
     loader = DataLoader(
-        data.eval.with_transform(eval_transform(config.data.native_size)),
+        # decoded as in training: the run recorded its native size (64 for Tiny ImageNet)
+        data.eval.with_transform(eval_transform(weights.native_size or config.data.native_size)),
         batch_size=config.train.eval_batch_size or config.train.micro_batch_size,
         num_workers=config.data.num_workers,
         collate_fn=collate,
@@ -298,4 +326,5 @@ def evaluate_checkpoint(config: FinetuneConfig) -> dict[str, Any]:
     augment = BatchAugment(weights.image_size, weights.mean, weights.std, data.num_classes, AugmentConfig(), accelerator.device)
     result = evaluate(accelerator, model, loader, augment, data.num_classes, config.train.progress, collect_predictions=True)
     result["class_ids"] = data.class_ids
+    result["class_names"] = data.class_names  # for the per-class table (report.per_class_accuracy)
     return result

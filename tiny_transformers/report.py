@@ -1,0 +1,469 @@
+"""What a finished run shows people: training curves, a prediction grid, ``results.md``, per-class accuracy.
+
+Figures are drawn on standalone :class:`matplotlib.figure.Figure` objects and written with the Agg
+renderer, never through ``pyplot``: no display is needed, no global backend is switched (a notebook's
+stays as it was) and no figure lingers in pyplot's registry.
+
+Files written into a run's output directory at the end of training (main process only):
+
+- ``training_curves.png``: train and eval loss, top-1/top-5 and learning rate against epochs;
+- ``predictions.png``: a fixed, seeded sample of eval images at their native resolution, upscaled with
+  nearest-neighbour for viewing, titled with the true and predicted class, wrong predictions in red;
+- ``results.md``: this run's top-1/top-5 beside the paper's number for the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Literal, Sequence
+
+import numpy as np
+
+from .config import FinetuneConfig
+from .errors import PublishError
+from .paper import CITATION, PAPER_MODELS, PaperModel, paper_model_for, resolve_model_name
+
+CURVES_FILE = "training_curves.png"
+GRID_FILE = "predictions.png"
+RESULTS_FILE = "results.md"
+PER_CLASS_FILE = "per_class_accuracy.csv"
+
+CURVES_DPI = 100
+CURVES_SIZE = (1500, 420)  # pixels (width, height) of training_curves.png
+GRID_IMAGES = 16  # images in the prediction grid written after training
+GRID_COLUMNS = 4
+_GRID_DPI = 100
+_GRID_MIN_CELL = 160  # native images are upscaled by a whole factor to at least this many pixels a side
+_GRID_TITLE = 34  # pixels above each image for its two title lines
+_GRID_PAD = 8  # pixels around each image
+_WRONG = "#c62828"  # red: title and frame of a wrong prediction
+_RIGHT = "#1b5e20"
+
+
+# --------------------------------------------------------------------------------------------------
+# A finished run, read back from its output directory
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """A run as its output directory records it: config, per-epoch metrics and class names."""
+
+    output_dir: Path
+    config: FinetuneConfig
+    history: list[dict[str, Any]]  # metrics.jsonl, one dict per finished epoch
+    class_ids: list[str]
+    class_names: list[str]
+
+    @property
+    def final(self) -> dict[str, Any]:
+        """The last epoch's metrics: what the run reports and what ``last/`` holds."""
+        return self.history[-1]
+
+    @property
+    def best(self) -> dict[str, Any]:
+        """The epoch of highest top-1, the first on ties (the one whose weights are in ``best/``)."""
+        return best_record(self.history)
+
+    def record_for(self, weights: Literal["last", "best"]) -> dict[str, Any]:
+        return self.best if weights == "best" else self.final
+
+    @property
+    def paper(self) -> PaperModel | None:
+        return paper_model_for(self.config.model.name)
+
+
+def best_record(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The first epoch with the highest top-1, as ``finetune`` chooses ``best/``.
+
+    >>> best_record([{"epoch": 1, "top1": 50.0}, {"epoch": 2, "top1": 60.0}, {"epoch": 3, "top1": 60.0}])["epoch"]
+    2
+    """
+    return max(history, key=lambda record: record["top1"])  # max() keeps the first of equal keys
+
+
+def read_run(output_dir: str | Path) -> RunSummary:
+    """Read ``config.json``, ``metrics.jsonl`` and ``labels.json`` of a run's output directory.
+
+    >>> read_run("outputs/run").final["top1"]  # doctest: +SKIP
+    86.5
+    """
+    folder = Path(output_dir).expanduser().resolve()
+    files = {name: folder / name for name in ("config.json", "metrics.jsonl", "labels.json")}
+    missing = [name for name, path in files.items() if not path.is_file()]
+    if missing:
+        raise PublishError(
+            f"'{folder}' is not the output directory of a finished run (no {', '.join(missing)}); give the "
+            "train.output_dir of a run that trained at least one epoch."
+        )
+    history = [json.loads(line) for line in files["metrics.jsonl"].read_text().splitlines() if line.strip()]
+    if not history:
+        raise PublishError(f"'{folder}/metrics.jsonl' is empty; train at least one epoch before exporting or pushing.")
+    labels = json.loads(files["labels.json"].read_text())
+    config = FinetuneConfig.from_dict(json.loads(files["config.json"].read_text()))
+    return RunSummary(folder, config, history, list(labels["class_ids"]), list(labels["class_names"]))
+
+
+# --------------------------------------------------------------------------------------------------
+# Training curves
+# --------------------------------------------------------------------------------------------------
+
+
+def training_curves_figure(history: Sequence[dict[str, Any]], x: Literal["epoch", "step"] = "epoch"):
+    """Three panels against epochs (or optimizer steps): losses, top-1/top-5 accuracy, learning rate.
+
+    >>> fig = training_curves_figure([{"epoch": 1, "step": 3, "train_loss": 1.2, "eval_loss": 1.1, "top1": 40.0,
+    ...                                "top5": 90.0, "lr": 5e-4}])
+    >>> [ax.get_title() for ax in fig.axes]
+    ['Loss', 'Eval accuracy (%)', 'Learning rate']
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(CURVES_SIZE[0] / CURVES_DPI, CURVES_SIZE[1] / CURVES_DPI), dpi=CURVES_DPI, layout="constrained")
+    loss_ax, acc_ax, lr_ax = fig.subplots(1, 3)
+    xs = [record[x] for record in history]
+    style = dict(marker="o", markersize=4, linewidth=1.5)
+    loss_ax.plot(xs, [r["train_loss"] for r in history], label="train", **style)
+    loss_ax.plot(xs, [r["eval_loss"] for r in history], label="eval", **style)
+    acc_ax.plot(xs, [r["top1"] for r in history], label="top-1", **style)
+    acc_ax.plot(xs, [r["top5"] for r in history], label="top-5", **style)
+    lr_ax.plot(xs, [r["lr"] for r in history], color="tab:gray", **style)
+    for ax, title in ((loss_ax, "Loss"), (acc_ax, "Eval accuracy (%)"), (lr_ax, "Learning rate")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch" if x == "epoch" else "optimizer step")
+        ax.grid(alpha=0.3)
+        if x == "epoch":
+            ax.xaxis.get_major_locator().set_params(integer=True)
+    loss_ax.legend()
+    acc_ax.legend()
+    lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))  # 1e-3 .. 0 reads better in powers of ten
+    return fig
+
+
+def plot_training_curves(
+    history: Sequence[dict[str, Any]], path: str | Path, x: Literal["epoch", "step"] = "epoch"
+) -> Path:
+    """Write :func:`training_curves_figure` as a PNG of :data:`CURVES_SIZE` pixels.
+
+    >>> plot_training_curves(read_run("outputs/run").history, "curves.png")  # doctest: +SKIP
+    PosixPath('curves.png')
+    """
+    path = Path(path)
+    # No bbox_inches="tight": the PNG keeps the figure's exact pixel size.
+    training_curves_figure(history, x).savefig(path, dpi=CURVES_DPI)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Prediction grid
+# --------------------------------------------------------------------------------------------------
+
+
+def _short(name: str, limit: int = 24) -> str:
+    return name if len(name) <= limit else name[: limit - 1].rstrip() + "…"
+
+
+def grid_scale(native_size: int) -> int:
+    """Whole upscaling factor of the grid's cells: every image pixel becomes a scale x scale square.
+
+    >>> grid_scale(64), grid_scale(32), grid_scale(384)
+    (3, 5, 1)
+    """
+    return max(1, math.ceil(_GRID_MIN_CELL / native_size))
+
+
+def grid_pixel_size(count: int, native_size: int, columns: int = GRID_COLUMNS) -> tuple[int, int]:
+    """(width, height) in pixels of the PNG :func:`plot_prediction_grid` writes.
+
+    >>> grid_pixel_size(16, 64)
+    (832, 936)
+    """
+    side = native_size * grid_scale(native_size)
+    columns = min(columns, count)
+    rows = math.ceil(count / columns)
+    return columns * (side + 2 * _GRID_PAD), rows * (side + _GRID_TITLE + _GRID_PAD)
+
+
+def prediction_grid_figure(
+    images: np.ndarray | Sequence[Any],
+    true_names: Sequence[str],
+    predicted_names: Sequence[str],
+    columns: int = GRID_COLUMNS,
+):
+    """One cell per image: the image upscaled by a whole factor (nearest, so its pixels stay visible), titled
+    ``true: ...`` / ``pred: ...``; a wrong prediction gets a red title and a red frame.
+
+    ``images`` are uint8 RGB, (N, 3, H, W) or (N, H, W, 3), all square and of the same size.
+
+    >>> fig = prediction_grid_figure(np.zeros((2, 3, 8, 8), np.uint8), ["cat", "dog"], ["cat", "cat"])
+    >>> [ax.get_title() for ax in fig.axes]
+    ['true: cat\\npred: cat', 'true: dog\\npred: cat']
+    """
+    from matplotlib.figure import Figure
+
+    array = np.asarray(images)
+    if array.ndim == 4 and array.shape[1] == 3 and array.shape[-1] != 3:
+        array = array.transpose(0, 2, 3, 1)  # (N, 3, H, W) -> (N, H, W, 3) for imshow
+    if not (array.ndim == 4 and array.shape[-1] == 3 and array.shape[1] == array.shape[2]):
+        raise ValueError(f"prediction_grid_figure takes square RGB images, got an array of shape {array.shape}.")
+    if not len(array) == len(true_names) == len(predicted_names):
+        raise ValueError(
+            f"prediction_grid_figure got {len(array)} images, {len(true_names)} true and {len(predicted_names)} "
+            "predicted names; give one of each per image."
+        )
+    count, native = len(array), array.shape[1]
+    width, height = grid_pixel_size(count, native, columns)
+    columns = min(columns, count)
+    side = native * grid_scale(native)
+    fig = Figure(figsize=(width / _GRID_DPI, height / _GRID_DPI), dpi=_GRID_DPI)
+    for i, (image, truth, predicted) in enumerate(zip(array, true_names, predicted_names)):
+        row, column = divmod(i, columns)
+        # Axes placed in whole pixels, the image filling them exactly: each source pixel maps to a
+        # scale x scale block of the PNG, so the picture shows the 64x64 data the model was given.
+        left = column * (side + 2 * _GRID_PAD) + _GRID_PAD
+        top = row * (side + _GRID_TITLE + _GRID_PAD) + _GRID_TITLE
+        ax = fig.add_axes((left / width, 1 - (top + side) / height, side / width, side / height))
+        ax.imshow(image, interpolation="nearest", aspect="auto")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        wrong = truth != predicted
+        colour = _WRONG if wrong else _RIGHT
+        ax.set_title(f"true: {_short(truth)}\npred: {_short(predicted)}", fontsize=8, color=colour, pad=3, linespacing=1.2)
+        for spine in ax.spines.values():
+            spine.set_visible(wrong)
+            spine.set_color(_WRONG)
+            spine.set_linewidth(3)
+    return fig
+
+
+def plot_prediction_grid(
+    images: np.ndarray | Sequence[Any],
+    true_names: Sequence[str],
+    predicted_names: Sequence[str],
+    path: str | Path,
+    columns: int = GRID_COLUMNS,
+) -> Path:
+    """Write :func:`prediction_grid_figure` as a PNG of :func:`grid_pixel_size` pixels.
+
+    >>> plot_prediction_grid(np.zeros((2, 3, 64, 64), np.uint8), ["cat", "dog"], ["cat", "cat"], "grid.png")  # doctest: +SKIP
+    PosixPath('grid.png')
+    """
+    path = Path(path)
+    prediction_grid_figure(images, true_names, predicted_names, columns).savefig(path, dpi=_GRID_DPI)
+    return path
+
+
+def grid_sample(num_images: int, count: int = GRID_IMAGES, seed: int = 0) -> list[int]:
+    """The eval-split indices shown in the grid: a fixed random sample, sorted, the same for every run with ``seed``.
+
+    >>> grid_sample(12, count=4, seed=0) == grid_sample(12, count=4, seed=0)
+    True
+    >>> grid_sample(3, count=16)
+    [0, 1, 2]
+    """
+    return sorted(random.Random(seed).sample(range(num_images), min(count, num_images)))
+
+
+def sample_predictions(
+    model: Any,
+    eval_dataset: Any,
+    native_size: int,
+    preprocess: Callable[[Any], Any],
+    count: int = GRID_IMAGES,
+    seed: int = 0,
+    autocast: Callable[[], ContextManager[Any]] = contextlib.nullcontext,
+) -> tuple[np.ndarray, list[int], list[int]]:
+    """(uint8 images (N, 3, S, S), true labels, top-1 predictions) of the :func:`grid_sample` of ``eval_dataset``.
+
+    ``preprocess`` turns a uint8 batch into the model's input (``BatchAugment.resize_normalize``: the
+    evaluation preprocessing) and ``autocast`` is evaluation's precision context (``accelerator.autocast``),
+    so the predictions are the ones evaluation counts.
+
+    >>> images, labels, predicted = sample_predictions(model, data.eval, 64, augment.resize_normalize)  # doctest: +SKIP
+    """
+    import torch
+
+    from .data import decode_image
+    from .models import unwrap_logits
+
+    indices = grid_sample(len(eval_dataset), count, seed)
+    rows = eval_dataset[indices]  # raw rows: Image(decode=False) dicts and int labels
+    images = torch.stack([decode_image(image, native_size) for image in rows["image"]])
+    parameter = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), autocast():
+            x = preprocess(images.to(parameter.device)).to(parameter.dtype)
+            predicted = unwrap_logits(model(x)).float().argmax(dim=-1).cpu().tolist()
+    finally:
+        model.train(was_training)
+    return images.numpy(), [int(label) for label in rows["label"]], predicted
+
+
+# --------------------------------------------------------------------------------------------------
+# results.md and the per-class table
+# --------------------------------------------------------------------------------------------------
+
+
+def results_table(config: FinetuneConfig, history: Sequence[dict[str, Any]]) -> str:
+    """Markdown table: this run's final and best epochs beside the paper's top-1 for the model.
+
+    >>> print(results_table(FinetuneConfig(), [{"epoch": 1, "top1": 80.0, "top5": 95.0, "eval_loss": 0.9}]))
+    | | top-1 (%) | top-5 (%) | eval loss | epochs |
+    |---|---:|---:|---:|---:|
+    | this run, final (epoch 1) | 80.00 | 95.00 | 0.9000 | 1 |
+    | this run, best top-1 (epoch 1) | 80.00 | 95.00 | 0.9000 | 1 |
+    | paper: ViT-L/16 (Huynh 2022) | 86.43 | – | – | 30 |
+    """
+    final, best = history[-1], best_record(history)
+    lines = [
+        "| | top-1 (%) | top-5 (%) | eval loss | epochs |",
+        "|---|---:|---:|---:|---:|",
+        f"| this run, final (epoch {final['epoch']}) | {final['top1']:.2f} | {final['top5']:.2f} | "
+        f"{final['eval_loss']:.4f} | {len(history)} |",
+        f"| this run, best top-1 (epoch {best['epoch']}) | {best['top1']:.2f} | {best['top5']:.2f} | "
+        f"{best['eval_loss']:.4f} | {len(history)} |",
+    ]
+    paper = paper_model_for(config.model.name)
+    if paper is not None:
+        # the paper's protocol: 30 epochs (the official recipe), top-1 on the Tiny ImageNet validation set
+        lines.append(f"| paper: {paper.title} (Huynh 2022) | {paper.paper_top1:.2f} | – | – | 30 |")
+    return "\n".join(lines)
+
+
+def results_markdown(config: FinetuneConfig, history: Sequence[dict[str, Any]]) -> str:
+    """The text of ``results.md``: the results table, the gap to the paper and what was measured.
+
+    >>> results_markdown(FinetuneConfig(), [{"epoch": 1, "top1": 80.0, "top5": 95.0, "eval_loss": 0.9}]).splitlines()[0]
+    '# Results: vit_l (vit_large_patch16_384)'
+    """
+    final = history[-1]
+    paper = paper_model_for(config.model.name)
+    text = [
+        f"# Results: {config.model.name} ({resolve_model_name(config.model.name)})",
+        "",
+        results_table(config, history),
+        "",
+    ]
+    if paper is not None:
+        gap = final["top1"] - paper.paper_top1
+        text.append(
+            f"Final top-1 is {abs(gap):.2f} points {'above' if gap >= 0 else 'below'} the paper's {paper.paper_top1:.2f}% "
+            f"for {paper.title}."
+        )
+    else:
+        text.append(
+            f"The paper reports no number for {config.model.name}; it covers "
+            f"{', '.join(PAPER_MODELS)}."
+        )
+    text += [
+        "",
+        f"Measured on the eval split of `{public_value(config.data.source)}` at {config.data.image_size} px "
+        f"({config.data.native_size} px images upscaled bicubic), {config.model.train_mode} fine-tuning, "
+        f"{len(history)} of {config.train.epochs} epochs. The paper's numbers are top-1 on the Tiny ImageNet "
+        "validation set after 30 epochs at 384 px (official README).",
+        "",
+        f"Pictures: [{CURVES_FILE}]({CURVES_FILE}), [{GRID_FILE}]({GRID_FILE}).",
+        "",
+        "```bibtex",
+        CITATION,
+        "```",
+        "",
+    ]
+    return "\n".join(text)
+
+
+def public_value(value: Any) -> Any:
+    """A local path shortened to its last part (cards and reports are shared; the full path is private).
+
+    >>> public_value("/home/me/data/tiny-imagenet-200"), public_value("zh-plus/tiny-imagenet"), public_value(384)
+    ('…/tiny-imagenet-200', 'zh-plus/tiny-imagenet', 384)
+    """
+    if isinstance(value, str) and (value.startswith(("/", "~", ".")) or Path(value).expanduser().exists()):
+        return f"…/{Path(value).name}" if Path(value).name else value
+    return value
+
+
+def per_class_accuracy(
+    references: Sequence[int], predictions: Sequence[int], class_ids: Sequence[str], class_names: Sequence[str]
+) -> list[dict[str, Any]]:
+    """One row per class: id, name, eval images, correct top-1 predictions and top-1 accuracy (%; None without images).
+
+    >>> per_class_accuracy([0, 0, 1], [0, 1, 1], ["a", "b"], ["ant", "bee"])[0]
+    {'class_id': 'a', 'class_name': 'ant', 'images': 2, 'correct': 1, 'top1': 50.0}
+    """
+    images = np.bincount(np.asarray(references, dtype=np.int64), minlength=len(class_ids))
+    hits = np.asarray(references) == np.asarray(predictions)
+    correct = np.bincount(np.asarray(references, dtype=np.int64)[hits], minlength=len(class_ids))
+    return [
+        {
+            "class_id": class_id,
+            "class_name": name,
+            "images": int(images[i]),
+            "correct": int(correct[i]),
+            "top1": float(correct[i] / images[i] * 100) if images[i] else None,
+        }
+        for i, (class_id, name) in enumerate(zip(class_ids, class_names))
+    ]
+
+
+def write_per_class_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Write :func:`per_class_accuracy` rows as CSV (a class without eval images has an empty top1).
+
+    >>> write_per_class_csv(per_class_accuracy([0], [0], ["a"], ["ant"]), "per_class_accuracy.csv")  # doctest: +SKIP
+    PosixPath('per_class_accuracy.csv')
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["class_id", "class_name", "images", "correct", "top1"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "top1": "" if row["top1"] is None else f"{row['top1']:.4f}"})
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Everything at the end of a run
+# --------------------------------------------------------------------------------------------------
+
+
+def write_run_report(
+    output_dir: str | Path,
+    config: FinetuneConfig,
+    history: Sequence[dict[str, Any]],
+    model: Any,
+    eval_dataset: Any,
+    class_names: Sequence[str],
+    preprocess: Callable[[Any], Any],
+    autocast: Callable[[], ContextManager[Any]] = contextlib.nullcontext,
+) -> dict[str, Path]:
+    """Write the training curves, the prediction grid (of the model as it is now) and ``results.md``.
+
+    Called by ``finetune`` on the main process after the last epoch; returns the written paths by kind.
+
+    >>> write_run_report("outputs/run", config, result.history, model, data.eval, data.class_names,
+    ...                  augment.resize_normalize, accelerator.autocast)  # doctest: +SKIP
+    {'curves': PosixPath('outputs/run/training_curves.png'), ...}
+    """
+    output_dir = Path(output_dir)
+    written: dict[str, Path] = {}
+    if history:
+        written["curves"] = plot_training_curves(history, output_dir / CURVES_FILE)
+        (output_dir / RESULTS_FILE).write_text(results_markdown(config, history))
+        written["results"] = output_dir / RESULTS_FILE
+    if len(eval_dataset):
+        images, labels, predicted = sample_predictions(
+            model, eval_dataset, config.data.native_size, preprocess, GRID_IMAGES, config.train.seed, autocast
+        )
+        written["grid"] = plot_prediction_grid(
+            images, [class_names[i] for i in labels], [class_names[i] for i in predicted], output_dir / GRID_FILE
+        )
+    return written
