@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
@@ -60,12 +59,6 @@ def keyed_rng(device: torch.device, *key: int, python: bool = True, numpy: bool 
                 np.random.set_state(np_state)
 
 
-@dataclass
-class StepStats:
-    loss_sum: float  # training loss summed over this process's images of the window
-    samples: int
-
-
 def train_one_epoch(
     accelerator: Accelerator,
     model: nn.Module,
@@ -76,7 +69,7 @@ def train_one_epoch(
     plan: Plan,
     state: TrainerState,
     seed: int,
-    after_step: Callable[[TrainerState], bool],
+    after_step: Callable[[TrainerState, Callable[[], None]], bool],
     progress: bool = True,
 ) -> bool:
     """Run optimizer steps from ``state.step_in_epoch`` to the end of ``state.epoch``, updating ``state``.
@@ -84,8 +77,13 @@ def train_one_epoch(
     Each process runs ``plan.accumulation_steps`` micro-batches per optimizer step. A micro-batch's loss is
     the sum of its per-image losses divided by the images in the whole window (all processes), times the
     process count that DDP's gradient averaging divides by again: every image weighs 1/window, whatever
-    the layout. ``after_step`` runs after every update (checkpoints, stop signals); returning True stops
-    the epoch early. Returns True when the epoch ran to its end.
+    the layout. ``after_step(state, settle)`` runs after every update (checkpoints, stop signals);
+    returning True stops the epoch early. Returns True when the epoch ran to its end.
+
+    The training loss stays on the device until someone needs the number: ``state.running_loss_sum`` is
+    brought up to date at the end of the epoch and whenever ``after_step`` calls ``settle()`` (before it
+    saves a checkpoint). Reading it every step would be a host-device sync that lets the GPU run dry
+    while the CPU prepares the next micro-batch.
     """
     model.train()
     n, k = plan.num_processes, plan.accumulation_steps
@@ -98,11 +96,15 @@ def train_one_epoch(
         disable=not (progress and accelerator.is_main_process),
         dynamic_ncols=True,
     )
-    started, images_seen = time.perf_counter(), 0
+    started, images_seen, shown = time.perf_counter(), 0, 0.0
+    pending = torch.zeros((), dtype=torch.float64, device=device)  # loss not yet in state.running_loss_sum
+
+    def settle() -> None:
+        state.running_loss_sum += pending.item()
+        pending.zero_()
+
     for step in range(state.step_in_epoch, plan.steps_per_epoch):
         window_images = window_sample_count(plan, step)
-        # Summed on the device and read once per step: an .item() per micro-batch would stall the GPU queue.
-        loss_sum, samples = torch.zeros((), dtype=torch.float64, device=device), 0
         for j in range(k):
             g = (step * k + j) * n + rank  # global micro-batch index (see sampler.py)
             real = g < plan.micro_batches_per_epoch
@@ -126,30 +128,31 @@ def train_one_epoch(
                 weight = (n / window_images) if real else 0.0
                 accelerator.backward(per_image.sum() * weight)
             if real:
-                loss_sum += per_image.detach().sum().double()  # float32 sums added in float64, as before
-                samples += len(labels)
+                pending += per_image.detach().sum().double()  # float32 sums added in float64
+                state.running_samples += len(labels)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        stats = StepStats(loss_sum.item(), samples)
 
         state.step_in_epoch = step + 1
         state.global_step += 1
-        state.running_loss_sum += stats.loss_sum
-        state.running_samples += stats.samples
         images_seen += window_images
-        if not bar.disable:
+        now = time.perf_counter()
+        if not bar.disable and now - shown >= 1.0:  # the loss shown costs a sync: once a second is plenty
+            shown = now
             bar.set_postfix(
-                loss=f"{stats.loss_sum / max(stats.samples, 1):.4f}",
+                loss=f"{(state.running_loss_sum + pending.item()) / max(state.running_samples, 1):.4f}",
                 lr=f"{scheduler.get_last_lr()[0]:.2e}",
-                img_s=f"{images_seen / (time.perf_counter() - started):.1f}",
+                img_s=f"{images_seen / (now - started):.1f}",
                 refresh=False,  # tqdm's default redraws the bar on every call; update() redraws at its own pace
             )
         if bar.n < bar.total:
             bar.update(1)
-        if after_step(state):
+        if after_step(state, settle):
+            settle()
             bar.close()
             return state.step_in_epoch == plan.steps_per_epoch
+    settle()
     bar.close()
     return True
 

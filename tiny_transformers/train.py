@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import timm.optim
 import torch
@@ -164,18 +164,16 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
 
     with _stop_signals() as received:
 
-        def after_step(state: TrainerState) -> bool:
+        def after_step(state: TrainerState, settle: Callable[[], None]) -> bool:
             stopping = received["signal"] is not None
             if accelerator.num_processes > 1:  # any process signalled: all stop together (one device round trip)
                 stop = torch.tensor(float(stopping), device=accelerator.device)
                 stopping = accelerator.reduce(stop, reduction="sum").item() > 0
-            if stopping:
-                save_checkpoint(accelerator, output_dir, state, config, config.train.keep_checkpoints)
-                return True
             every = config.train.checkpoint_every
-            if every and state.global_step % every == 0 and state.step_in_epoch < plan.steps_per_epoch:
+            if stopping or (every and state.global_step % every == 0 and state.step_in_epoch < plan.steps_per_epoch):
+                settle()  # the loss still on the device goes into the state the checkpoint saves
                 save_checkpoint(accelerator, output_dir, state, config, config.train.keep_checkpoints)
-            return False
+            return stopping
 
         for epoch in range(state.epoch, config.train.epochs):
             state.epoch = epoch

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# GPU figures for docs/benchmarks.md, in one JSON file: training throughput, MFU and peak memory of the
+# paper's four models in head and full mode (bf16, their paper micro-batches, 384 px, random weights,
+# synthetic 64x64 images), pure bf16 inference for each, the data-path comparison with 0 and 8 loader
+# workers, and the speed options (fp32, fused AdamW, timm fused attention off, torch.compile, pinned
+# memory) on DeiT-B; torch.compile last, as it spends a minute or more compiling. Nothing is downloaded.
+# Sized (6 timed steps x 3 repeats) to finish within 8 minutes on one H100, not yet timed end to end in
+# this form; the JSON is rewritten after every measurement, so a run cut short keeps what it measured. A mode that runs out of memory is retried at
+# half the micro-batch. Add --isolate (below) to run each measurement in its own process.
+#
+# Figures and how to read them: docs/benchmarks.md.
+#
+#   bash benchmarks/gpu.sh [OUT.json]        # default: $OUT/gpu.json, or ./gpu.json without $OUT
+#
+# Needs the package importable (pip install -e . or this checkout on PYTHONPATH, as set below).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-${OUT:-.}/gpu.json}"
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+python="${PYTHON:-python3}"
+"$python" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "benchmarks/gpu.sh: no CUDA GPU visible to torch")'
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
+workers=$(( $("$python" -c 'import os; print(len(os.sched_getaffinity(0)))') / 2 ))
+workers=$(( workers < 1 ? 1 : (workers > 8 ? 8 : workers) ))
+exec "$python" -m tiny_transformers.benchmark \
+  --model vit_l cait_s36 deit_b_distilled swin_l --mode head full --precision bf16 \
+  --sections data train options --options-model deit_b_distilled --workers 0 "$workers" \
+  --steps 6 --warmup 2 --repeats 3 --min-seconds 0.5 --json "$out"

@@ -1,0 +1,114 @@
+"""`tiny-transformers benchmark` runs on a CPU in seconds and reports every figure it promises.
+
+No timing is asserted anywhere: only that each figure exists and is a positive finite number, and the
+behaviour the figures rest on (head mode keeps nothing of the backbone for backward; measuring leaks nothing).
+"""
+
+import contextlib
+import gc
+import io
+import json
+import math
+import weakref
+
+import pytest
+import torch
+
+from tiny_transformers.benchmark import main, saved_for_backward_bytes
+from tiny_transformers.cli import main as cli_main
+from tiny_transformers.config import ModelConfig
+from tiny_transformers.models import build_model, head_modules
+
+
+def positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One `--quick` run of the whole command (data path, loop overhead, test_vit throughput), its JSON and report."""
+    path = tmp_path_factory.mktemp("bench") / "bench.json"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        cli_main(["benchmark", "--quick", "--json", str(path)])
+    return json.loads(path.read_text()), printed.getvalue()
+
+
+def test_machine_is_described(quick_run):
+    results, report = quick_run
+    machine = results["machine"]
+    assert machine["cpu"] and positive(machine["cpu_cores"]) and machine["torch"] == torch.__version__
+    assert machine["gpu"] is None and results["device"] == "cpu"  # this suite runs on CPUs
+    assert report.startswith(f"machine: {machine['cpu']}, {machine['cpu_cores']} cores")
+    assert "command: tiny-transformers benchmark --quick --json" in report
+
+
+def test_data_path_figures(quick_run):
+    results, report = quick_run
+    (data,) = results["data_path"]  # --quick: 0 workers only
+    assert data["num_workers"] == 0 and data["image_size"] == 384 and data["native_size"] == 64
+    for measure in ("ready", "loader_only"):
+        for side in ("paper", "library"):
+            assert positive(data[measure][f"{side}_images_per_s"])
+            assert data[measure][f"{side}_images_per_s_per_core"] == data[measure][f"{side}_images_per_s"]
+            assert positive(data[measure][f"{side}_first_batch_s"])
+        assert data[measure]["ratio"] == pytest.approx(
+            data[measure]["library_images_per_s"] / data[measure]["paper_images_per_s"]
+        )
+    assert "ready for the model  paper" in report and "loader output only   paper" in report
+
+
+def test_loop_overhead_figures(quick_run):
+    results, report = quick_run
+    loop = results["loop_overhead"]
+    for key in ("finetune_cpu_seconds_per_step", "bare_cpu_seconds_per_step", "ratio",
+                "finetune_wall_seconds_per_step", "bare_wall_seconds_per_step", "ratio_wall"):
+        assert positive(loop[key]), key
+    assert len(loop["ratio_per_repeat"]) == loop["repeats"] and all(map(positive, loop["ratio_per_repeat"]))
+    assert "2. loop overhead" in report and "finetune()" in report and "bare PyTorch loop" in report
+
+
+def test_training_throughput_figures(quick_run):
+    results, report = quick_run
+    (model,) = results["training"]
+    assert model["model"] == "test_vit" and positive(model["inference"]["images_per_s"])
+    for mode in ("head", "full"):
+        figures = model[mode]
+        assert figures["mode"] == mode and figures["micro_batch"] == 8 and figures["image_size"] == 32
+        for key in ("images_per_s", "seconds_per_step", "flops_per_image", "achieved_tflops", "saved_for_backward_mib"):
+            assert positive(figures[key]), (mode, key)
+        assert figures["mfu"] is None and figures["peak_memory_gib"] is None  # GPU-only figures
+    # full mode counts the backward of every layer: about three forward passes to head mode's one
+    assert model["full"]["flops_per_image"] > 2.5 * model["head"]["flops_per_image"]
+    assert positive(model["head_over_inference"]) and model["full_over_head_saved_memory"] > 10
+    for label in ("inference  micro-batch 8", "head       micro-batch 8", "full       micro-batch 8",
+                  "GFLOP/img", "MFU n/a (no GPU)", "head-mode training / inference throughput"):
+        assert label in report
+
+
+def test_head_mode_keeps_only_the_heads_input_for_backward():
+    x = torch.zeros(2, 3, 32, 32)
+    head = build_model(ModelConfig(name="test_vit", pretrained=False, train_mode="head"), 10, 32)
+    full = build_model(ModelConfig(name="test_vit", pretrained=False, train_mode="full"), 10, 32)
+    # test_vit at 32 px: 4 patches + class token = 5 tokens of width 64; the head reads the class token,
+    # a view that holds the final (2, 5, 64) float32 tensor: nothing else of the frozen backbone is kept.
+    assert saved_for_backward_bytes(head, x, contextlib.nullcontext) == 2 * 5 * 64 * 4
+    assert saved_for_backward_bytes(full, x, contextlib.nullcontext) > 50 * 2 * 5 * 64 * 4
+    head(x).sum().backward()
+    with_grad = {id(p) for p in head.parameters() if p.grad is not None}
+    assert with_grad == {id(p) for module in head_modules(head) for p in module.parameters()}
+
+
+def test_measuring_saved_activations_leaks_nothing():
+    model = build_model(ModelConfig(name="test_vit", pretrained=False, train_mode="full"), 10, 32)
+    saved_for_backward_bytes(model, torch.zeros(2, 3, 32, 32), contextlib.nullcontext)
+    alive = weakref.ref(model.patch_embed.proj.weight)
+    del model
+    gc.collect()
+    assert alive() is None  # a leaked autograd graph would keep every weight (and activation) alive
+
+
+def test_sections_and_json_are_optional(capsys):
+    results = main(["--quick", "--sections", "train", "--mode", "head", "--model", "test_vit"])
+    assert set(results) >= {"machine", "training"} and "data_path" not in results and "full" not in results["training"][0]
+    assert "3. training throughput: test_vit" in capsys.readouterr().out
