@@ -120,3 +120,16 @@ def test_resume_skips_a_corrupt_newest_checkpoint(trained, tmp_path):
     assert resumed.epochs_completed == 3
     assert untimed(resumed.history)[0] == untimed(result.history)[0]
     assert [h["step"] for h in resumed.history] == [3, 6, 9]
+
+
+def test_a_checkpoint_from_before_a_field_existed_still_resumes(trained):
+    """Fields added later (e.g. optim.fused) are absent from old checkpoints: absent means the default."""
+    from tiny_transformers.checkpoint import trajectory_differences
+
+    config, _ = trained
+    saved = config.to_dict()
+    del saved["optim"]["fused"], saved["train"]["compile"]
+    assert trajectory_differences(saved, config) == []
+    config_changed = FinetuneConfig.from_dict(config.to_dict())
+    config_changed.optim.fused = True
+    assert trajectory_differences(saved, config_changed) == ["optim.fused"]

@@ -64,8 +64,12 @@ def _flatten(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def trajectory_differences(saved: dict[str, Any], current: FinetuneConfig) -> list[str]:
-    """Dotted names of fields that differ and would change the training trajectory."""
-    old, new = _flatten(saved), _flatten(current.to_dict())
+    """Dotted names of fields that differ and would change the training trajectory.
+
+    A field the saved config lacks (written before the field existed) counts as its default.
+    """
+    old = {**_flatten(FinetuneConfig().to_dict()), **_flatten(saved)}
+    new = _flatten(current.to_dict())
     return sorted(
         name
         for name in old.keys() | new.keys()
