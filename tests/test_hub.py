@@ -189,9 +189,11 @@ def test_exported_folder_loads_in_plain_timm_with_the_trained_logits(published):
 def test_evaluate_an_exported_folder_reproduces_the_final_metrics(published, stanford_dir, tmp_path, capsys):
     _, result, _ = published
     csv_path = tmp_path / "classes.csv"
+    # no --train.mixed_precision: evaluate takes the precision the export records (fp32 here), not bf16
+    assert json.loads((result.output_dir / "export" / "config.json").read_text())["tiny_transformers"] == {
+        "native_size": 64, "mixed_precision": "no"}
     main(["evaluate", "--model.checkpoint", str(result.output_dir / "export"), "--data.source", str(stanford_dir),
-          "--train.mixed_precision", "no", "--data.num_workers", "0", "--train.progress", "false",
-          "--output", str(csv_path)])
+          "--data.num_workers", "0", "--train.progress", "false", "--output", str(csv_path)])
     printed = json.loads(capsys.readouterr().out)
     assert printed["count"] == 12
     assert printed["top1"] == result.top1 and printed["top5"] == result.top5

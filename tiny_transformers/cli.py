@@ -149,7 +149,9 @@ def _pop_option(args: list[str], name: str) -> tuple[list[str], str | None]:
 def _evaluate(args: list[str]) -> None:
     """``evaluate``: prints {"top1", "top5", "loss", "count"} as JSON; writes per-class accuracy to ``--output``."""
     args, output = _pop_option(args, "--output")
-    config, show = parse_config(FinetuneConfig(), args, prog="tiny-transformers evaluate [--output CSV]")
+    default = FinetuneConfig()
+    default.train.mixed_precision = _training_precision(args) or default.train.mixed_precision
+    config, show = parse_config(default, args, prog="tiny-transformers evaluate [--output CSV]")
     if show:
         print(config.to_json())
         return
@@ -164,6 +166,24 @@ def _evaluate(args: list[str]) -> None:
     path = write_per_class_csv(rows, output or PER_CLASS_FILE)
     print(json.dumps({k: result[k] for k in ("top1", "top5", "loss", "count")}))
     print(f"per-class accuracy: {path}", file=sys.stderr)  # stdout stays one JSON line for scripts
+
+
+def _training_precision(args: list[str]) -> str | None:
+    """The autocast the model in ``--model.checkpoint`` was trained with, to evaluate it the same way by
+    default (bf16 on a model trained in fp32 moves the loss and can flip a top-1); ``--train.mixed_precision``
+    still overrides it. fp16 needs CUDA, so a CPU falls back to fp32."""
+    _, location = _pop_option(list(args), "--model.checkpoint")
+    if location is None:
+        return None
+    from .models import describe_trained_weights
+
+    try:
+        precision = describe_trained_weights(location).mixed_precision
+    except (TinyTransformersError, OSError, ValueError, KeyError):
+        return None  # evaluate_checkpoint reports what is wrong with the location
+    import torch
+
+    return "no" if precision == "fp16" and not torch.cuda.is_available() else precision
 
 
 @dataclass

@@ -171,12 +171,14 @@ def save_for_timm(
     mean: tuple[float, ...],
     std: tuple[float, ...],
     native_size: int | None = None,
+    mixed_precision: str | None = None,
 ) -> None:
     """Write ``model.safetensors`` + ``config.json`` loadable by ``timm.create_model("local-dir:<folder>", pretrained=True)``.
 
     The config carries the class ids, readable names and the preprocessing used in training; with
-    ``native_size``, also the size images were decoded to before upscaling (under ``tiny_transformers``,
-    a key timm and transformers ignore), so ``predict`` and ``evaluate`` feed new images the same way.
+    ``native_size`` and ``mixed_precision``, also the size images were decoded to before upscaling and the
+    autocast used in training (under ``tiny_transformers``, a key timm and transformers ignore), so
+    ``predict`` and ``evaluate`` feed new images the same way and reproduce the run's numbers.
     """
     descriptions = dict(zip(class_ids, class_names))
     timm.models.save_for_hf(
@@ -198,8 +200,9 @@ def save_for_timm(
     config_file = Path(folder) / "config.json"
     config = json.loads(config_file.read_text())
     config.get("model_args", {}).pop("num_classes", None)
-    if native_size is not None:
-        config["tiny_transformers"] = {"native_size": native_size}
+    recorded = {"native_size": native_size, "mixed_precision": mixed_precision}
+    if any(value is not None for value in recorded.values()):
+        config["tiny_transformers"] = {k: v for k, v in recorded.items() if v is not None}
     config_file.write_text(json.dumps(config, indent=2))
 
 
@@ -223,6 +226,7 @@ class TrainedWeights:
     class_names: list[str] | None = None  # readable names in the same order, when recorded
     num_classes: int | None = None
     native_size: int | None = None  # images were decoded to this size before upscaling, when recorded
+    mixed_precision: str | None = None  # the autocast of training, when recorded
 
 
 def describe_trained_weights(location: str | Path) -> TrainedWeights:
@@ -251,6 +255,7 @@ def describe_trained_weights(location: str | Path) -> TrainedWeights:
         return TrainedWeights(
             resolve_model_name(saved["model"]["name"]), weights, saved["data"]["image_size"], mean, std, class_ids,
             class_names, len(class_ids) if class_ids else None, saved["data"]["native_size"],
+            saved["train"]["mixed_precision"],
         )
     if weights.is_file() and config_file.is_file():
         saved = json.loads(config_file.read_text())
@@ -268,6 +273,7 @@ def describe_trained_weights(location: str | Path) -> TrainedWeights:
             [descriptions.get(label, label) for label in labels] if labels else None,
             saved.get("num_classes"),
             saved.get("tiny_transformers", {}).get("native_size"),
+            saved.get("tiny_transformers", {}).get("mixed_precision"),
         )
     raise ModelError(
         f"model.checkpoint '{folder}' holds no trained model; give an exported folder (model.safetensors + "

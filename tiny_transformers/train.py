@@ -277,7 +277,7 @@ def _gathered_mean(accelerator: Accelerator, total: float, count: int) -> float:
 def _export(accelerator: Accelerator, model, folder: Path, data: DataBundle, config: FinetuneConfig, mean, std) -> None:
     save_for_timm(
         accelerator.unwrap_model(model), folder, data.class_ids, data.class_names, config.data.image_size, mean, std,
-        native_size=config.data.native_size,
+        native_size=config.data.native_size, mixed_precision=config.train.mixed_precision,
     )
 
 
