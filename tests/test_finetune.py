@@ -133,3 +133,20 @@ def test_a_checkpoint_from_before_a_field_existed_still_resumes(trained):
     config_changed = FinetuneConfig.from_dict(config.to_dict())
     config_changed.optim.fused = True
     assert trajectory_differences(saved, config_changed) == ["optim.fused"]
+
+
+def test_resume_from_a_folder_that_is_not_a_usable_checkpoint_touches_nothing(trained, tmp_path):
+    config, result = trained
+    out = tmp_path / "out"
+    not_a_checkpoint = tmp_path / "somewhere"
+    not_a_checkpoint.mkdir()
+    with pytest.raises(CheckpointError, match="is not a tiny_transformers checkpoint .* use 'auto'"):
+        finetune(tiny_config(config.data.source, out, resume=str(not_a_checkpoint)))
+    future = tmp_path / "future"
+    shutil.copytree(result.output_dir / "checkpoints" / "step_00000006", future)
+    state = json.loads((future / "trainer_state.json").read_text())
+    state["format_version"] = 99
+    (future / "trainer_state.json").write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match="incompatible tiny_transformers \\(format 99, this version reads 1\\)"):
+        finetune(tiny_config(config.data.source, out, resume=str(future)))
+    assert not out.exists()  # refused before anything was written
