@@ -1,6 +1,5 @@
 """Speed options (docs/benchmarks.md): off by default, validated up front, and the same results when on."""
 
-import os
 import shutil
 
 import pytest
@@ -53,8 +52,9 @@ def test_compile_keeps_the_modules_and_their_state_dict_keys():
     assert list(model.state_dict()) == keys and type(model).__name__ == "VisionTransformer"
 
 
-@pytest.mark.skipif(not os.environ.get("TINY_TRANSFORMERS_SLOW_TESTS"), reason="compiling on a CPU takes ~1 min; set TINY_TRANSFORMERS_SLOW_TESTS=1")
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="torch.compile on a CPU needs a C++ compiler")
 def test_compiled_model_computes_what_the_eager_one_does():
+    """About 25 s on 2 CPU cores (inductor compiles C++): worth it, train.compile must not change results."""
     torch.manual_seed(0)
     eager = timm.create_model("test_vit", num_classes=4, img_size=32).eval()
     compiled = timm.create_model("test_vit", num_classes=4, img_size=32).eval()
