@@ -150,3 +150,16 @@ def test_resume_from_a_folder_that_is_not_a_usable_checkpoint_touches_nothing(tr
     with pytest.raises(CheckpointError, match="incompatible tiny_transformers \\(format 99, this version reads 1\\)"):
         finetune(tiny_config(config.data.source, out, resume=str(future)))
     assert not out.exists()  # refused before anything was written
+
+
+def test_log_with_passes_metrics_to_accelerate_trackers(stanford_dir, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = finetune(tiny_config(stanford_dir, tmp_path / "out", epochs=1, log_with=("tensorboard",)))
+    run_logs = tmp_path / "out" / "tiny_transformers"  # Accelerate's project_dir / the run name
+    assert len(list(run_logs.glob("events.out.tfevents.*"))) == 1
+    events = EventAccumulator(str(run_logs))
+    events.Reload()
+    top1 = events.Scalars("top1")
+    assert [(e.step, e.value) for e in top1] == [(3, pytest.approx(result.top1))]
