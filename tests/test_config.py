@@ -127,3 +127,14 @@ def test_unsupported_accelerate_plugins_are_refused_before_training(monkeypatch,
     monkeypatch.setenv(variable, "true")
     with pytest.raises(ConfigError, match=f"configured for {plugin}, which tiny_transformers does not support"):
         validate(FinetuneConfig(train=TrainConfig(mixed_precision="no")), num_processes=1)
+
+
+def test_unknown_command_suggests_the_closest(capsys):
+    from tiny_transformers.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["trian", "swin_l"])
+    assert exit_info.value.code == 2
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first == ("error: unknown command 'trian'; choose one of train, evaluate, export, push, predict, "
+                     "benchmark. Did you mean 'train'?")

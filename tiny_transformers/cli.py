@@ -6,6 +6,7 @@ with its type, default and comment as help, and a mistyped name is answered with
 
 from __future__ import annotations
 
+import difflib
 import json
 import sys
 from dataclasses import dataclass
@@ -295,7 +296,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     command = COMMANDS.get(argv[0])
     if command is None:
-        print(f"error: unknown command '{argv[0]}'; choose one of {', '.join(COMMANDS)}.\n\n{USAGE}", file=sys.stderr)
+        close = difflib.get_close_matches(argv[0], list(COMMANDS), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        print(f"error: unknown command '{argv[0]}'; choose one of {', '.join(COMMANDS)}.{hint}\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)
     command(argv[1:])
 
