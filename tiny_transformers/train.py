@@ -128,13 +128,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         log_with=list(config.train.log_with) or None,
         project_dir=str(output_dir),
     )
-    eval_loader = DataLoader(
-        data.eval.with_transform(eval_transform(config.data.native_size)),
-        batch_size=config.train.eval_batch_size or config.train.micro_batch_size,
-        num_workers=config.data.num_workers,
-        collate_fn=collate,
-        pin_memory=accelerator.device.type == "cuda",
-    )
+    eval_loader = _eval_loader(data, config, config.data.native_size, accelerator)
     # The scheduler is not prepared: Accelerate would step it once per process, and the schedule must
     # advance once per optimizer update whatever the process count. It is still checkpointed.
     model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
@@ -265,6 +259,17 @@ def _resume(accelerator: Accelerator, folder: Path, config: FinetuneConfig, outp
     return load_checkpoint(accelerator, candidates[-1])
 
 
+def _eval_loader(data: DataBundle, config: FinetuneConfig, native_size: int, accelerator: Accelerator) -> DataLoader:
+    """The eval split in order, decoded to ``native_size`` uint8 (not yet prepared by Accelerate)."""
+    return DataLoader(
+        data.eval.with_transform(eval_transform(native_size)),
+        batch_size=config.train.eval_batch_size or config.train.micro_batch_size,
+        num_workers=config.data.num_workers,
+        collate_fn=collate,
+        pin_memory=accelerator.device.type == "cuda",
+    )
+
+
 def _count(n: int) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,}"
 
@@ -313,13 +318,8 @@ def evaluate_checkpoint(config: FinetuneConfig) -> dict[str, Any]:
         weights.image_size,
     )
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.train.mixed_precision)
-    loader = DataLoader(
-        # decoded as in training: the run recorded its native size (64 for Tiny ImageNet)
-        data.eval.with_transform(eval_transform(weights.native_size or config.data.native_size)),
-        batch_size=config.train.eval_batch_size or config.train.micro_batch_size,
-        num_workers=config.data.num_workers,
-        collate_fn=collate,
-    )
+    # decoded as in training: the run recorded its native size (64 for Tiny ImageNet)
+    loader = _eval_loader(data, config, weights.native_size or config.data.native_size, accelerator)
     model, loader = accelerator.prepare(model, loader)
     augment = BatchAugment(weights.image_size, weights.mean, weights.std, data.num_classes, AugmentConfig(), accelerator.device)
     result = evaluate(accelerator, model, loader, augment, data.num_classes, config.train.progress, collect_predictions=True)
