@@ -112,3 +112,18 @@ def test_sections_and_json_are_optional(capsys):
     results = main(["--quick", "--sections", "train", "--mode", "head", "--model", "test_vit"])
     assert set(results) >= {"machine", "training"} and "data_path" not in results and "full" not in results["training"][0]
     assert "3. training throughput: test_vit" in capsys.readouterr().out
+
+
+def test_results_are_reported_after_every_measurement():
+    """A run cut short keeps what it measured: the partial results (what --json writes) grow one measurement
+    at a time, inference before head mode, and each speed option as soon as it is measured."""
+    from tiny_transformers.benchmark import _parser, run_benchmark
+
+    snapshots = []
+    args = _parser().parse_args(["--quick", "--sections", "train", "options", "--model", "test_vit", "--no-compile"])
+    final = run_benchmark(args, on_progress=lambda partial: snapshots.append(json.loads(json.dumps(partial))))
+    trained = [set(s["training"][0]) & {"inference", "head", "full"} for s in snapshots if "training" in s]
+    assert trained[:3] == [{"inference"}, {"inference", "head"}, {"inference", "head", "full"}]
+    options = [[o["option"] for o in s["options"]] for s in snapshots if "options" in s]
+    assert options == [[o["option"] for o in final["options"]][:n] for n in range(1, len(final["options"]) + 1)]
+    assert len(final["options"]) == 3  # fp32/bf16, fused AdamW, timm fused attention off (compile left out)

@@ -817,9 +817,11 @@ def model_throughput(
     warmup: int = 3,
     repeats: int = 3,
     isolate: bool = False,
+    on_progress: Optional[Callable[[dict], None]] = None,
 ) -> dict[str, Any]:
     """Inference, then training in each mode, for one model; a mode that runs out of memory is retried at
     half the micro-batch (down to 1) and the failure recorded. ``isolate``: each in its own process.
+    ``on_progress`` gets the partial result after each measurement.
 
     >>> model_throughput("test_vit", 2, 32, device="cpu", precision="no", steps=1, warmup=1, repeats=1)["head"]["mode"]  # doctest: +SKIP
     'head'
@@ -828,7 +830,9 @@ def model_throughput(
     result: dict[str, Any] = {"model": model, "timm_name": resolve_model_name(model)}
     common = dict(model=model, image_size=image_size, device=device, precision=precision, steps=steps,
                   warmup=warmup, repeats=repeats)
+    report = on_progress or (lambda _: None)
     result["inference"] = _measure(inference_throughput, isolate, micro_batch=micro_batch, **common)
+    report(result)
     for mode in modes:
         batch, failures = micro_batch, []
         while True:
@@ -840,6 +844,7 @@ def model_throughput(
             break
         if failures:
             result[mode]["out_of_memory_at"] = failures
+        report(result)
     inference = result["inference"].get("images_per_s")
     head = result.get("head", {})
     if inference and head.get("images_per_s") and head.get("micro_batch") == micro_batch:
@@ -865,10 +870,12 @@ def option_effects(
     repeats: int = 3,
     compile: bool = True,
     isolate: bool = False,
+    on_effect: Optional[Callable[[dict], None]] = None,
 ) -> list[dict[str, Any]]:
     """Full-mode training images/s with one option changed at a time against the defaults (``precision``,
     timm's fused attention on, unfused optimizer, no compile), each variant measured right after its own
-    baseline run; ``speedup`` > 1 means the option is faster.
+    baseline run; ``speedup`` > 1 means the option is faster. ``on_effect`` gets each option's figures
+    as soon as they are measured.
 
     >>> option_effects("test_vit", 2, 32, "cpu", "no", steps=1, warmup=1, repeats=1, compile=False)[0]["option"]  # doctest: +SKIP
     'bf16 autocast instead of fp32'
@@ -890,9 +897,9 @@ def option_effects(
         baseline = _measure(train_throughput, isolate, **common)
         variant = _measure(train_throughput, isolate, **{**common, **change})
         if "error" in baseline or "error" in variant:
-            effects.append({"option": name, "error": baseline.get("error") or variant["error"]})
-            continue
-        effects.append({
+            effect = {"option": name, "error": baseline.get("error") or variant["error"]}
+        else:
+            effect = {
             "option": name,
             "model": model,
             "micro_batch": micro_batch,
@@ -903,7 +910,10 @@ def option_effects(
             "warmup_seconds": variant["warmup_seconds"],
             "baseline_peak_memory_gib": baseline["peak_memory_gib"],
             "peak_memory_gib": variant["peak_memory_gib"],
-        })
+        }
+        effects.append(effect)
+        if on_effect is not None:
+            on_effect(effect)
     return effects
 
 
@@ -982,11 +992,15 @@ def run_benchmark(args: argparse.Namespace, command: str = "", on_progress: Opti
         results["training"] = []
         for model in args.model:
             micro_batch, image_size = _model_defaults(model, args.micro_batch, args.image_size)
+            results["training"].append({"model": model})
+
+            def partial(result: dict[str, Any]) -> None:
+                results["training"][-1] = result
+                report(results)
+
             with compute_threads():
-                results["training"].append(model_throughput(
-                    model, micro_batch, image_size, args.mode, device, precision, steps, warmup, repeats, isolate
-                ))
-            report(results)
+                partial(model_throughput(model, micro_batch, image_size, args.mode, device, precision, steps,
+                                         warmup, repeats, isolate, on_progress=partial))
     if "options" in args.sections:
         results["options"] = []
         if device.type == "cuda":
@@ -1005,9 +1019,9 @@ def run_benchmark(args: argparse.Namespace, command: str = "", on_progress: Opti
         micro_batch, image_size = _model_defaults(model, args.micro_batch, args.image_size)
         with compute_threads():
             # compile runs last: the slowest to measure (it compiles first), and the JSON keeps the rest if cut short
-            results["options"] += option_effects(model, micro_batch, image_size, device, precision, steps, warmup,
-                                                 repeats, compile=not args.no_compile, isolate=isolate)
-        report(results)
+            option_effects(model, micro_batch, image_size, device, precision, steps, warmup, repeats,
+                           compile=not args.no_compile, isolate=isolate,
+                           on_effect=lambda effect: (results["options"].append(effect), report(results)))
     return results
 
 
