@@ -3,6 +3,7 @@
 import pytest
 import torch
 from torchvision.transforms import v2 as T
+from torchvision.transforms.v2 import functional as TF
 
 from tiny_transformers.augment import BatchAugment
 from tiny_transformers.config import AugmentConfig
@@ -23,6 +24,22 @@ def test_batch_resize_normalize_matches_per_sample_torchvision():
     batch = BatchAugment(384, IMAGENET_MEAN, IMAGENET_STD, 10, OFF).resize_normalize(images)
     assert batch.shape == (6, 3, 384, 384) and batch.dtype == torch.float32
     assert (batch - expected).abs().max().item() < 1e-3
+
+
+def test_normalization_is_torchvisions_arithmetic_and_leaves_the_input_alone():
+    """The statistics are device tensors made once (no host-to-device copy per batch); the result is the one
+    torchvision's normalize gives, bit for bit, on every call, at the native size and after upscaling."""
+    augment = BatchAugment(64, IMAGENET_MEAN, IMAGENET_STD, 10, OFF)
+    for size in (64, 32):  # 64: no resize; 32: upscaled to 64
+        images = torch.randint(0, 256, (4, 3, size, size), dtype=torch.uint8)
+        kept = images.clone()
+        scaled = images.float() / 255
+        if size != 64:
+            scaled = TF.resize(scaled, [64, 64], interpolation=T.InterpolationMode.BICUBIC, antialias=True).clamp(0, 1)
+        expected = TF.normalize(scaled, IMAGENET_MEAN, IMAGENET_STD)
+        for _ in range(2):
+            assert torch.equal(augment.resize_normalize(images), expected)
+        assert torch.equal(images, kept)
 
 
 def test_without_mixing_targets_are_smoothed_one_hot():
