@@ -3,10 +3,11 @@
 # paper's four models in head and full mode (bf16, their paper micro-batches, 384 px, random weights,
 # synthetic 64x64 images), pure bf16 inference for each, the data-path comparison with 0 and 8 loader
 # workers, and the speed options (fp32, fused AdamW, timm fused attention off, torch.compile, pinned
-# memory) on DeiT-B; torch.compile last, as it spends a minute or more compiling. Nothing is downloaded.
-# Sized (6 timed steps x 3 repeats) to finish within 8 minutes on one H100, not yet timed end to end in
-# this form; the JSON is rewritten after every measurement, so a run cut short keeps what it measured. A mode that runs out of memory is retried at
-# half the micro-batch. Add --isolate (below) to run each measurement in its own process.
+# memory) on DeiT-B; torch.compile last, as it compiles first (21 s on an H200). Nothing is downloaded.
+# Sized (6 timed steps x 3 repeats) for the 8 minutes on one H100: it ran in 179 s on an H200
+# (2026-11-26). The JSON is rewritten after every measurement, so a run cut short keeps what it measured.
+# A mode that runs out of memory is retried at half the micro-batch. Add --isolate (below) to run each
+# measurement in its own process.
 #
 # Figures and how to read them: docs/benchmarks.md.
 #
