@@ -64,6 +64,7 @@ def test_batch_size_that_does_not_divide_suggests_valid_values():
         ("data.num_workers", -1, "data.num_workers must be zero or positive"),
         ("train.resume", "/no/such/checkpoint", "train.resume '/no/such/checkpoint' does not exist"),
         ("model.checkpoint", "/no/such/weights.safetensors", "model.checkpoint '/no/such/weights.safetensors' does not exist"),
+        ("data.source", " ", "data.source is empty; give a Hub dataset id"),
     ],
 )
 def test_bad_values_get_one_sentence(field, value, message):

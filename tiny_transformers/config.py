@@ -250,6 +250,12 @@ def validate(config: FinetuneConfig, num_processes: int | None = None, cuda_avai
             raise ConfigError(f"{name} is a probability and must lie in [0, 1], got {value}.")
     if o.min_lr > o.lr:
         raise ConfigError(f"optim.min_lr {o.min_lr} is above optim.lr {o.lr}; the cosine must decay.")
+    if not config.data.source.strip():
+        # An empty path means the working directory to pathlib, which would be searched for a dataset layout.
+        raise ConfigError(
+            "data.source is empty; give a Hub dataset id (zh-plus/tiny-imagenet) or a local path "
+            "(./tiny-imagenet-200, tiny-imagenet-200.zip)."
+        )
 
     for variable, plugin in (("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"), ("ACCELERATE_USE_FSDP", "FSDP")):
         if os.environ.get(variable, "false").lower() == "true":
