@@ -900,17 +900,17 @@ def option_effects(
             effect = {"option": name, "error": baseline.get("error") or variant["error"]}
         else:
             effect = {
-            "option": name,
-            "model": model,
-            "micro_batch": micro_batch,
-            "precision": variant["precision"],
-            "baseline_images_per_s": baseline["images_per_s"],
-            "images_per_s": variant["images_per_s"],
-            "speedup": variant["images_per_s"] / baseline["images_per_s"],
-            "warmup_seconds": variant["warmup_seconds"],
-            "baseline_peak_memory_gib": baseline["peak_memory_gib"],
-            "peak_memory_gib": variant["peak_memory_gib"],
-        }
+                "option": name,
+                "model": model,
+                "micro_batch": micro_batch,
+                "precision": variant["precision"],
+                "baseline_images_per_s": baseline["images_per_s"],
+                "images_per_s": variant["images_per_s"],
+                "speedup": variant["images_per_s"] / baseline["images_per_s"],
+                "warmup_seconds": variant["warmup_seconds"],
+                "baseline_peak_memory_gib": baseline["peak_memory_gib"],
+                "peak_memory_gib": variant["peak_memory_gib"],
+            }
         effects.append(effect)
         if on_effect is not None:
             on_effect(effect)
