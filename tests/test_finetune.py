@@ -1,7 +1,11 @@
 """finetune(): two epochs with accumulation, checkpoints, best/ and last/, exact resume, evaluation."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import timm
@@ -163,3 +167,35 @@ def test_log_with_passes_metrics_to_accelerate_trackers(stanford_dir, tmp_path):
     events.Reload()
     top1 = events.Scalars("top1")
     assert [(e.step, e.value) for e in top1] == [(3, pytest.approx(result.top1))]
+
+
+def test_a_second_run_in_another_precision_is_refused_before_it_starts(stanford_dir, tmp_path):
+    """Accelerate fixes the precision once per Python process (a notebook): a second finetune() or evaluation
+    in another precision gets one sentence with the fix, before any data loads or any file is written.
+    In its own process, as a notebook is, whatever precision earlier tests in this one used."""
+    script = f"""
+import sys
+from pathlib import Path
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_finetune import tiny_config
+from tiny_transformers import evaluate_checkpoint, finetune
+from tiny_transformers.errors import ConfigError
+first = tiny_config({str(stanford_dir)!r}, {str(tmp_path / "no")!r}, epochs=1)
+finetune(first)
+second = tiny_config({str(stanford_dir)!r}, {str(tmp_path / "bf16")!r}, epochs=1, mixed_precision="bf16")
+evaluation = tiny_config({str(stanford_dir)!r}, {str(tmp_path / "no")!r}, mixed_precision="bf16")
+evaluation.model.checkpoint = {str(tmp_path / "no" / "best")!r}
+for call, config in ((finetune, second), (evaluate_checkpoint, evaluation)):
+    try:
+        call(config)
+    except ConfigError as error:
+        print("refused:", error)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    refusals = [line for line in done.stdout.splitlines() if line.startswith("refused:")]
+    expected = ("refused: train.mixed_precision 'bf16' differs from the 'no' this Python process already runs with, "
+                "and Accelerate fixes it once per process; use 'no' here or run this in a new process")
+    assert len(refusals) == 2 and all(line.startswith(expected) for line in refusals)
+    assert not (tmp_path / "bf16").exists()

@@ -96,6 +96,23 @@ def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     temporary.replace(path)
 
 
+def _check_process_precision(mixed_precision: str) -> None:
+    """Refuse, with the fix, a precision other than the one this Python process already trained or evaluated in.
+
+    Accelerate fixes the autocast precision once per process; a second ``finetune()`` in a notebook with
+    another ``train.mixed_precision`` would otherwise fail deep inside ``Accelerator()`` after the data loaded.
+    """
+    from accelerate.state import AcceleratorState, is_initialized
+
+    if is_initialized() and AcceleratorState().mixed_precision != mixed_precision:
+        current = AcceleratorState().mixed_precision
+        raise ConfigError(
+            f"train.mixed_precision '{mixed_precision}' differs from the '{current}' this Python process already "
+            f"runs with, and Accelerate fixes it once per process; use '{current}' here or run this in a new process "
+            "(e.g. restart the notebook kernel)."
+        )
+
+
 def finetune(config: FinetuneConfig) -> FinetuneResult:
     """Fine-tune ``config.model`` on ``config.data`` and return what it measured; resumable and multi-process.
 
@@ -109,6 +126,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     91.2
     """
     validate(config)  # every check that needs no data, before any process group starts
+    _check_process_precision(config.train.mixed_precision)
     output_dir = Path(config.train.output_dir).expanduser().resolve()
     resume_from = find_resume_checkpoint(config, output_dir)
     data: DataBundle = load_data(config.data)
@@ -304,6 +322,7 @@ def evaluate_checkpoint(config: FinetuneConfig) -> dict[str, Any]:
     if not config.model.checkpoint:
         raise ConfigError("evaluate needs --model.checkpoint: an exported folder (e.g. outputs/run/best) or a checkpoint.")
     validate(config)
+    _check_process_precision(config.train.mixed_precision)
     weights = describe_trained_weights(config.model.checkpoint)
     data = load_data(config.data)
     if weights.class_ids is not None and list(weights.class_ids) != list(data.class_ids):
