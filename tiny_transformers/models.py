@@ -263,6 +263,7 @@ def describe_trained_weights(location: str | Path) -> TrainedWeights:
         labels = saved.get("label_names")
         labels = list(labels) if isinstance(labels, (list, tuple)) else None
         descriptions = saved.get("label_descriptions") or {}
+        recorded = saved.get("tiny_transformers", {})  # written by save_for_timm
         return TrainedWeights(
             saved["architecture"],
             weights,
@@ -272,10 +273,21 @@ def describe_trained_weights(location: str | Path) -> TrainedWeights:
             labels,
             [descriptions.get(label, label) for label in labels] if labels else None,
             saved.get("num_classes"),
-            saved.get("tiny_transformers", {}).get("native_size"),
-            saved.get("tiny_transformers", {}).get("mixed_precision"),
+            recorded.get("native_size"),
+            recorded.get("mixed_precision"),
         )
     raise ModelError(
         f"model.checkpoint '{folder}' holds no trained model; give an exported folder (model.safetensors + "
         "config.json, e.g. <output_dir>/best) or a training checkpoint (<output_dir>/checkpoints/step_...)."
     )
+
+
+def build_trained_model(weights: TrainedWeights, num_classes: int | None = None) -> nn.Module:
+    """The model in ``weights`` with its trained head, for inference (no drop path); ``num_classes`` defaults to
+    the recorded one.
+
+    >>> model = build_trained_model(describe_trained_weights("outputs/run/best")).eval()  # doctest: +SKIP
+    """
+    cfg = ModelConfig(name=weights.timm_name, pretrained=False, checkpoint=str(weights.weights_file), train_mode="full",
+                      drop_path_rate=0.0)
+    return build_model(cfg, num_classes if num_classes is not None else weights.num_classes, weights.image_size)

@@ -11,10 +11,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .augment import BatchAugment
-from .config import AugmentConfig, ModelConfig
+from .config import AugmentConfig
 from .data import decode_image
 from .errors import DataError, ModelError
-from .models import build_model, describe_trained_weights, unwrap_logits
+from .models import build_trained_model, describe_trained_weights, unwrap_logits
 
 
 @dataclass
@@ -67,11 +67,7 @@ class Predictor:
         class_ids = weights.class_ids or [str(i) for i in range(weights.num_classes)]
         class_names = weights.class_names or class_ids
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model = build_model(
-            ModelConfig(name=weights.timm_name, pretrained=False, checkpoint=str(weights.weights_file), train_mode="full", drop_path_rate=0.0),
-            weights.num_classes,
-            weights.image_size,
-        )
+        model = build_trained_model(weights)
         augment = BatchAugment(weights.image_size, weights.mean, weights.std, weights.num_classes, AugmentConfig(), device)
         return cls(
             model.to(device).eval(), augment, weights.native_size or weights.image_size, class_ids, class_names, device

@@ -29,12 +29,12 @@ from .checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from .config import AugmentConfig, FinetuneConfig, ModelConfig, OptimConfig, Plan, validate, world_size_from_env
+from .config import AugmentConfig, FinetuneConfig, OptimConfig, Plan, validate, world_size_from_env
 from .data import DataBundle, collate, eval_transform, load_data, train_transform
 from .engine import evaluate, train_one_epoch
 from .errors import CheckpointError, ConfigError, DataError, TinyTransformersError
 from .hub import publish_after_training, push_warnings
-from .models import build_model, count_parameters, describe_trained_weights, normalization, save_for_timm
+from .models import build_model, build_trained_model, count_parameters, describe_trained_weights, normalization, save_for_timm
 from .report import write_run_report
 from .sampler import MicroBatchSampler
 
@@ -104,8 +104,8 @@ def _check_process_precision(mixed_precision: str) -> None:
     """
     from accelerate.state import AcceleratorState, is_initialized
 
-    if is_initialized() and AcceleratorState().mixed_precision != mixed_precision:
-        current = AcceleratorState().mixed_precision
+    current = AcceleratorState().mixed_precision if is_initialized() else mixed_precision
+    if current != mixed_precision:
         raise ConfigError(
             f"train.mixed_precision '{mixed_precision}' differs from the '{current}' this Python process already "
             f"runs with, and Accelerate fixes it once per process; use '{current}' here or run this in a new process "
@@ -331,11 +331,7 @@ def evaluate_checkpoint(config: FinetuneConfig) -> dict[str, Any]:
             f"not the {len(weights.class_ids)} classes model.checkpoint was trained on (starting "
             f"{weights.class_ids[:3]}); evaluate on the dataset it was trained with."
         )
-    model = build_model(
-        ModelConfig(name=weights.timm_name, pretrained=False, checkpoint=str(weights.weights_file), train_mode="full", drop_path_rate=0.0),
-        data.num_classes,
-        weights.image_size,
-    )
+    model = build_trained_model(weights, data.num_classes)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.train.mixed_precision)
     # decoded as in training: the run recorded its native size (64 for Tiny ImageNet)
     loader = _eval_loader(data, config, weights.native_size or config.data.native_size, accelerator)
