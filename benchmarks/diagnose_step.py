@@ -38,7 +38,11 @@ steps, syncs = 5, collections.Counter()
 
 
 def record_sync(message, category, filename, lineno, file=None, line=None):
-    frames = [f for f in traceback.extract_stack() if "/site-packages/torch/" not in f.filename and "warnings" not in f.filename]
+    frames = [
+        f
+        for f in traceback.extract_stack()
+        if "/site-packages/torch/" not in f.filename and "warnings" not in f.filename
+    ]
     syncs[" <- ".join(f"{f.filename.split('/')[-1]}:{f.lineno}" for f in frames[-4:])] += 1
 
 
@@ -64,7 +68,7 @@ def watched_epoch(*a, **kw):
     calls.append(1)
     if len(calls) != 3:  # 1: warm-up, 2: first timed epoch, 3: watched
         return real_epoch(*a, **kw)
-    with watch_syncs(), (profile(activities=activities) if args.profile else contextlib.nullcontext()) as prof:
+    with watch_syncs(), profile(activities=activities) if args.profile else contextlib.nullcontext() as prof:
         result = real_epoch(*a, **kw)
         benchmark._sync(device)
     if prof is not None:
@@ -74,7 +78,9 @@ def watched_epoch(*a, **kw):
 
 
 engine.train_one_epoch = watched_epoch
-benchmark.train_throughput(args.model, args.mode, micro_batch, image_size, device, precision, steps=steps, warmup=2, repeats=2)
+benchmark.train_throughput(
+    args.model, args.mode, micro_batch, image_size, device, precision, steps=steps, warmup=2, repeats=2
+)
 if cuda:
     print(f"{args.model} ({args.mode} mode): host-device syncs in {steps} training steps: {sum(syncs.values())}")
     for where, count in syncs.most_common(5):

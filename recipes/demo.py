@@ -58,9 +58,13 @@ def write_digits(root: Path, size: int = 32, val_fraction: float = 0.2) -> Path:
 here = Path(__file__).resolve().parent.parent
 config = FinetuneConfig(
     model=ModelConfig(name="test_vit", pretrained=False, train_mode="full", drop_path_rate=0.0),
-    data=DataConfig(source=str(here / "outputs" / "demo-data" / "digits-200"), image_size=32, native_size=32, num_workers=0),
+    data=DataConfig(
+        source=str(here / "outputs" / "demo-data" / "digits-200"), image_size=32, native_size=32, num_workers=0
+    ),
     optim=OptimConfig(lr=1e-3, weight_decay=0.05),
-    train=TrainConfig(epochs=6, batch_size=32, micro_batch_size=32, mixed_precision="no", output_dir=str(here / "outputs" / "demo")),
+    train=TrainConfig(
+        epochs=6, batch_size=32, micro_batch_size=32, mixed_precision="no", output_dir=str(here / "outputs" / "demo")
+    ),
 )
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ config = FinetuneConfig(
     model=ModelConfig(name="swin_l", train_mode="head", drop_path_rate=0.1),
     data=DataConfig(image_size=384, normalization="imagenet"),
     optim=OptimConfig(name="adamw", lr=1e-3, weight_decay=0.05),
-    train=TrainConfig(epochs=30, batch_size=128, micro_batch_size=32, mixed_precision="fp16", output_dir="outputs/swin_l"),
+    train=TrainConfig(
+        epochs=30, batch_size=128, micro_batch_size=32, mixed_precision="fp16", output_dir="outputs/swin_l"
+    ),
 )
 
 if __name__ == "__main__":

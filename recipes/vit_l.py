@@ -13,7 +13,9 @@ config = FinetuneConfig(
     model=ModelConfig(name="vit_l", train_mode="head", drop_path_rate=0.1),
     data=DataConfig(image_size=384, normalization="imagenet"),
     optim=OptimConfig(name="adamw", lr=1e-3, weight_decay=0.05),
-    train=TrainConfig(epochs=30, batch_size=128, micro_batch_size=64, mixed_precision="fp16", output_dir="outputs/vit_l"),
+    train=TrainConfig(
+        epochs=30, batch_size=128, micro_batch_size=64, mixed_precision="fp16", output_dir="outputs/vit_l"
+    ),
 )
 
 if __name__ == "__main__":

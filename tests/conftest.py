@@ -16,9 +16,9 @@ import os
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable
 
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="tiny-transformers-tests-"))
 atexit.register(shutil.rmtree, _SESSION_DIR, ignore_errors=True)
@@ -95,7 +95,7 @@ def make_stanford(
     assert len(wnids) == n_classes
     listed = wnids[1:][::-1] + wnids[:1]  # not sorted (for n_classes > 1): labels must not follow file order
     (folder / "wnids.txt").write_text("".join(f"{w}\n" for w in listed))
-    words = [f"n09999999\tunrelated thing, other\n"]
+    words = ["n09999999\tunrelated thing, other\n"]
     words += [f"{w}\t{_NAMES[i % len(_NAMES)]}, alias {i}\n" for i, w in enumerate(wnids)]
     (folder / "words.txt").write_text("".join(words[::-1]))
 
@@ -160,7 +160,7 @@ def make_imagefolder(folder: Path, out: Path) -> Path:
     return out
 
 
-def make_hf_splits(folder: Path) -> "datasets.DatasetDict":  # noqa: F821
+def make_hf_splits(folder: Path) -> datasets.DatasetDict:  # noqa: F821
     """A Stanford folder as an in-memory DatasetDict (train, valid) with image bytes embedded and
     ``ClassLabel(names=sorted wnids)``, the features of zh-plus/tiny-imagenet."""
     import datasets

@@ -14,12 +14,14 @@ OFF = AugmentConfig(mixup_alpha=0.0, cutmix_alpha=0.0, label_smoothing=0.0, rand
 
 def test_batch_resize_normalize_matches_per_sample_torchvision():
     images = torch.randint(0, 256, (6, 3, 64, 64), dtype=torch.uint8)
-    reference = T.Compose([
-        T.ToDtype(torch.float32, scale=True),
-        T.Resize(384, interpolation=T.InterpolationMode.BICUBIC, antialias=True),
-        T.Lambda(lambda x: x.clamp(0, 1)),  # an image stays an image: bicubic overshoot is clipped as PIL does
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    reference = T.Compose(
+        [
+            T.ToDtype(torch.float32, scale=True),
+            T.Resize(384, interpolation=T.InterpolationMode.BICUBIC, antialias=True),
+            T.Lambda(lambda x: x.clamp(0, 1)),  # an image stays an image: bicubic overshoot is clipped as PIL does
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
     expected = torch.stack([reference(img) for img in images])
     batch = BatchAugment(384, IMAGENET_MEAN, IMAGENET_STD, 10, OFF).resize_normalize(images)
     assert batch.shape == (6, 3, 384, 384) and batch.dtype == torch.float32
@@ -43,7 +45,13 @@ def test_normalization_is_torchvisions_arithmetic_and_leaves_the_input_alone():
 
 
 def test_without_mixing_targets_are_smoothed_one_hot():
-    aug = BatchAugment(32, IMAGENET_MEAN, IMAGENET_STD, 4, AugmentConfig(mixup_alpha=0, cutmix_alpha=0, label_smoothing=0.1, random_erasing=0))
+    aug = BatchAugment(
+        32,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        4,
+        AugmentConfig(mixup_alpha=0, cutmix_alpha=0, label_smoothing=0.1, random_erasing=0),
+    )
     _, targets = aug.train(torch.zeros(2, 3, 64, 64, dtype=torch.uint8), torch.tensor([1, 3]))
     expected = torch.full((2, 4), 0.1 / 4)
     expected[0, 1] = expected[1, 3] = 1 - 0.1 + 0.1 / 4

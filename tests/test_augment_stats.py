@@ -77,7 +77,9 @@ def test_paper_mixup_cutmix_switch_probability_and_lambdas():
 
 def erased_boxes(images: int = 1600, size: int = 64, seed: int = 0):
     """Per image of a constant grey batch after the pipeline's erasing: (top, left, h, w) or None, and the noise."""
-    aug = BatchAugment(size, (0.0,) * 3, (1.0,) * 3, 10, AugmentConfig(mixup_alpha=0, cutmix_alpha=0, random_erasing=0.25))
+    aug = BatchAugment(
+        size, (0.0,) * 3, (1.0,) * 3, 10, AugmentConfig(mixup_alpha=0, cutmix_alpha=0, random_erasing=0.25)
+    )
     grey = torch.full((32, 3, size, size), 128, dtype=torch.uint8)
     boxes, noise = [], []
     for g in range(images // 32):

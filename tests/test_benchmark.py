@@ -61,8 +61,14 @@ def test_data_path_figures(quick_run):
 def test_loop_overhead_figures(quick_run):
     results, report = quick_run
     loop = results["loop_overhead"]
-    for key in ("finetune_cpu_seconds_per_step", "bare_cpu_seconds_per_step", "ratio",
-                "finetune_wall_seconds_per_step", "bare_wall_seconds_per_step", "ratio_wall"):
+    for key in (
+        "finetune_cpu_seconds_per_step",
+        "bare_cpu_seconds_per_step",
+        "ratio",
+        "finetune_wall_seconds_per_step",
+        "bare_wall_seconds_per_step",
+        "ratio_wall",
+    ):
         assert positive(loop[key]), key
     assert len(loop["ratio_per_repeat"]) == loop["repeats"] and all(map(positive, loop["ratio_per_repeat"]))
     assert "2. loop overhead" in report and "finetune()" in report and "bare PyTorch loop" in report
@@ -81,8 +87,14 @@ def test_training_throughput_figures(quick_run):
     # full mode counts the backward of every layer: about three forward passes to head mode's one
     assert model["full"]["flops_per_image"] > 2.5 * model["head"]["flops_per_image"]
     assert positive(model["head_over_inference"]) and model["full_over_head_saved_memory"] > 10
-    for label in ("inference  micro-batch 8", "head       micro-batch 8", "full       micro-batch 8",
-                  "GFLOP/img", "MFU n/a (no GPU)", "head-mode training / inference throughput"):
+    for label in (
+        "inference  micro-batch 8",
+        "head       micro-batch 8",
+        "full       micro-batch 8",
+        "GFLOP/img",
+        "MFU n/a (no GPU)",
+        "head-mode training / inference throughput",
+    ):
         assert label in report
 
 
@@ -110,7 +122,9 @@ def test_measuring_saved_activations_leaks_nothing():
 
 def test_sections_and_json_are_optional(capsys):
     results = main(["--quick", "--sections", "train", "--mode", "head", "--model", "test_vit"])
-    assert set(results) >= {"machine", "training"} and "data_path" not in results and "full" not in results["training"][0]
+    assert (
+        set(results) >= {"machine", "training"} and "data_path" not in results and "full" not in results["training"][0]
+    )
     assert "3. training throughput: test_vit" in capsys.readouterr().out
 
 

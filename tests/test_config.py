@@ -19,8 +19,20 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_dotted_overrides_reach_nested_fields():
     config, show = parse_config(
         FinetuneConfig(),
-        ["--train.epochs", "1", "--data.source", "./tiny-imagenet-200", "--optim.lr", "5e-4",
-         "--model.pretrained", "False", "--model.train_mode", "full", "--train.log_with", "tensorboard"],
+        [
+            "--train.epochs",
+            "1",
+            "--data.source",
+            "./tiny-imagenet-200",
+            "--optim.lr",
+            "5e-4",
+            "--model.pretrained",
+            "False",
+            "--model.train_mode",
+            "full",
+            "--train.log_with",
+            "tensorboard",
+        ],
     )
     assert (config.train.epochs, config.data.source, config.optim.lr) == (1, "./tiny-imagenet-200", 5e-4)
     assert config.model.pretrained is False and config.model.train_mode == "full"
@@ -63,7 +75,11 @@ def test_batch_size_that_does_not_divide_suggests_valid_values():
         ("train.epochs", 0, "train.epochs must be positive"),
         ("data.num_workers", -1, "data.num_workers must be zero or positive"),
         ("train.resume", "/no/such/checkpoint", "train.resume '/no/such/checkpoint' does not exist"),
-        ("model.checkpoint", "/no/such/weights.safetensors", "model.checkpoint '/no/such/weights.safetensors' does not exist"),
+        (
+            "model.checkpoint",
+            "/no/such/weights.safetensors",
+            "model.checkpoint '/no/such/weights.safetensors' does not exist",
+        ),
         ("data.source", " ", "data.source is empty; give a Hub dataset id"),
     ],
 )
@@ -102,12 +118,18 @@ def test_config_round_trips_through_json():
 def test_recipe_prints_the_paper_values(name):
     out = subprocess.run(
         [sys.executable, str(ROOT / "recipes" / f"{name}.py"), "--print-config"],
-        capture_output=True, text=True, check=True, timeout=120,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     ).stdout
     printed = json.loads(out)
     paper = PAPER_MODELS[name]
     assert printed["model"] == {
-        "name": name, "pretrained": True, "checkpoint": None, "train_mode": "head",
+        "name": name,
+        "pretrained": True,
+        "checkpoint": None,
+        "train_mode": "head",
         "drop_path_rate": paper.drop_path_rate,
     }
     assert printed["optim"]["name"] == "adamw" and printed["optim"]["lr"] == 1e-3
@@ -116,14 +138,22 @@ def test_recipe_prints_the_paper_values(name):
     assert printed["train"]["micro_batch_size"] == paper.micro_batch_size
     assert printed["data"]["image_size"] == 384 and printed["data"]["normalization"] == "imagenet"
     assert printed["augment"] == {
-        "mixup_alpha": 0.8, "cutmix_alpha": 1.0, "mixup_prob": 1.0, "switch_prob": 0.5, "label_smoothing": 0.1,
-        "random_erasing": 0.25, "randaugment_ops": 0, "randaugment_magnitude": 9,
+        "mixup_alpha": 0.8,
+        "cutmix_alpha": 1.0,
+        "mixup_prob": 1.0,
+        "switch_prob": 0.5,
+        "label_smoothing": 0.1,
+        "random_erasing": 0.25,
+        "randaugment_ops": 0,
+        "randaugment_magnitude": 9,
     }
     # the recipe file and `tiny-transformers train NAME` describe the same run
     assert FinetuneConfig.from_dict(printed) == paper_config(name)
 
 
-@pytest.mark.parametrize("variable,plugin", [("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"), ("ACCELERATE_USE_FSDP", "FSDP")])
+@pytest.mark.parametrize(
+    "variable,plugin", [("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"), ("ACCELERATE_USE_FSDP", "FSDP")]
+)
 def test_unsupported_accelerate_plugins_are_refused_before_training(monkeypatch, variable, plugin):
     monkeypatch.setenv(variable, "true")
     with pytest.raises(ConfigError, match=f"configured for {plugin}, which tiny_transformers does not support"):
@@ -137,5 +167,7 @@ def test_unknown_command_suggests_the_closest(capsys):
         main(["trian", "swin_l"])
     assert exit_info.value.code == 2
     first = capsys.readouterr().err.splitlines()[0]
-    assert first == ("error: unknown command 'trian'; choose one of train, evaluate, export, push, predict, "
-                     "benchmark. Did you mean 'train'?")
+    assert first == (
+        "error: unknown command 'trian'; choose one of train, evaluate, export, push, predict, "
+        "benchmark. Did you mean 'train'?"
+    )

@@ -42,9 +42,7 @@ def _raw_bytes(image: dict) -> bytes:
 def _file_pairs(split: datasets.Dataset) -> Counter:
     """Multiset of (class id, sha256 of the image file): equal iff every image carries the same label."""
     names = split.features["label"].names
-    return Counter(
-        (names[row["label"]], hashlib.sha256(_raw_bytes(row["image"])).hexdigest()) for row in split
-    )
+    return Counter((names[row["label"]], hashlib.sha256(_raw_bytes(row["image"])).hexdigest()) for row in split)
 
 
 @pytest.fixture(scope="module")
@@ -177,14 +175,19 @@ def _saved_variant(tmp_path: Path, dd: datasets.DatasetDict, change) -> Path:
     return out
 
 
-def test_unsorted_classlabel_names_are_remapped_by_name(stanford_dir: Path, tmp_path: Path, expected, data_tools) -> None:
+def test_unsorted_classlabel_names_are_remapped_by_name(
+    stanford_dir: Path, tmp_path: Path, expected, data_tools
+) -> None:
     def reverse_names(dd: datasets.DatasetDict) -> datasets.DatasetDict:
         names = dd["train"].features["label"].names
         reversed_names = names[::-1]
         features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=reversed_names)})
         n = len(names)
         return datasets.DatasetDict(
-            {k: ds.cast(features.copy()).map(lambda r: {"label": n - 1 - r["label"]}, features=features) for k, ds in dd.items()}
+            {
+                k: ds.cast(features.copy()).map(lambda r: {"label": n - 1 - r["label"]}, features=features)
+                for k, ds in dd.items()
+            }
         )
 
     variant = _saved_variant(tmp_path, data_tools.make_hf_splits(stanford_dir), reverse_names)
@@ -196,13 +199,20 @@ def test_unsorted_classlabel_names_are_remapped_by_name(stanford_dir: Path, tmp_
     assert _file_pairs(bundle.eval) == expected["val"]
 
 
-def test_plain_int_and_string_labels_and_alternative_column_names(stanford_dir: Path, tmp_path: Path, expected, data_tools) -> None:
+def test_plain_int_and_string_labels_and_alternative_column_names(
+    stanford_dir: Path, tmp_path: Path, expected, data_tools
+) -> None:
     def as_ints(dd: datasets.DatasetDict) -> datasets.DatasetDict:
         return datasets.DatasetDict(
-            {k: ds.cast_column("label", datasets.Value("int64")).rename_columns({"image": "img", "label": "labels"}) for k, ds in dd.items()}
+            {
+                k: ds.cast_column("label", datasets.Value("int64")).rename_columns({"image": "img", "label": "labels"})
+                for k, ds in dd.items()
+            }
         )
 
-    bundle = load_data(DataConfig(source=str(_saved_variant(tmp_path / "ints", data_tools.make_hf_splits(stanford_dir), as_ints))))
+    bundle = load_data(
+        DataConfig(source=str(_saved_variant(tmp_path / "ints", data_tools.make_hf_splits(stanford_dir), as_ints)))
+    )
     assert bundle.class_ids == ["0", "1", "2", "3"]
     wnids = sorted((stanford_dir / "wnids.txt").read_text().split())
     relabelled = Counter((wnids[int(c)], h) for c, h in _file_pairs(bundle.train).elements())
@@ -213,11 +223,17 @@ def test_plain_int_and_string_labels_and_alternative_column_names(stanford_dir: 
         for k, ds in dd.items():
             names = ds.features["label"].names
             ds = ds.cast_column("label", datasets.Value("int64"))
-            out[k] = ds.map(lambda r: {"label": names[r["label"]]}, features=datasets.Features(
-                {"image": datasets.Image(), "label": datasets.Value("string")}))
+            out[k] = ds.map(
+                lambda r: {"label": names[r["label"]]},
+                features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("string")}),
+            )
         return datasets.DatasetDict(out)
 
-    bundle = load_data(DataConfig(source=str(_saved_variant(tmp_path / "strings", data_tools.make_hf_splits(stanford_dir), as_strings))))
+    bundle = load_data(
+        DataConfig(
+            source=str(_saved_variant(tmp_path / "strings", data_tools.make_hf_splits(stanford_dir), as_strings))
+        )
+    )
     assert bundle.class_ids == wnids
     assert _file_pairs(bundle.eval) == expected["val"]
 

@@ -52,7 +52,9 @@ def test_compile_keeps_the_modules_and_their_state_dict_keys():
     assert list(model.state_dict()) == keys and type(model).__name__ == "VisionTransformer"
 
 
-@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="torch.compile on a CPU needs a C++ compiler")
+@pytest.mark.skipif(
+    shutil.which("c++") is None and shutil.which("g++") is None, reason="torch.compile on a CPU needs a C++ compiler"
+)
 def test_compiled_model_computes_what_the_eager_one_does():
     """About 25 s on 2 CPU cores (inductor compiles C++): worth it, train.compile must not change results."""
     torch.manual_seed(0)

@@ -27,8 +27,15 @@ def tiny_config(source, output_dir, **train) -> FinetuneConfig:
         model=ModelConfig(name="test_vit", pretrained=False, train_mode="full"),
         data=DataConfig(source=str(source), image_size=32, num_workers=0),
         train=TrainConfig(
-            **{"epochs": 2, "batch_size": 8, "micro_batch_size": 4, "mixed_precision": "no",
-               "output_dir": str(output_dir), "progress": False, **train}
+            **{
+                "epochs": 2,
+                "batch_size": 8,
+                "micro_batch_size": 4,
+                "mixed_precision": "no",
+                "output_dir": str(output_dir),
+                "progress": False,
+                **train,
+            }
         ),
     )
 
@@ -191,11 +198,18 @@ for call, config in ((finetune, second), (evaluate_checkpoint, evaluation)):
     except ConfigError as error:
         print("refused:", error)
 """
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     refusals = [line for line in done.stdout.splitlines() if line.startswith("refused:")]
-    expected = ("refused: train.mixed_precision 'bf16' differs from the 'no' this Python process already runs with, "
-                "and Accelerate fixes it once per process; use 'no' here or run this in a new process")
+    expected = (
+        "refused: train.mixed_precision 'bf16' differs from the 'no' this Python process already runs with, "
+        "and Accelerate fixes it once per process; use 'no' here or run this in a new process"
+    )
     assert len(refusals) == 2 and all(line.startswith(expected) for line in refusals)
     assert not (tmp_path / "bf16").exists()

@@ -49,16 +49,26 @@ class FakeHfApi:
     def upload_folder(self, **kwargs):
         folder = Path(kwargs["folder_path"])
         names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-        sent = sorted(filter_repo_objects(names, allow_patterns=kwargs.get("allow_patterns"),
-                                          ignore_patterns=kwargs.get("ignore_patterns")))
-        self.calls.append(("upload_folder", {
-            **kwargs,
-            "sent": sent,
-            "sha256": {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in sent},
-            "weights": load_file(folder / "model.safetensors"),
-            "card": (folder / "README.md").read_text(),
-        }))
-        return type("CommitInfo", (), {"commit_url": f"https://huggingface.co/{kwargs['repo_id']}/commit/{len(self.calls)}"})()
+        sent = sorted(
+            filter_repo_objects(
+                names, allow_patterns=kwargs.get("allow_patterns"), ignore_patterns=kwargs.get("ignore_patterns")
+            )
+        )
+        self.calls.append(
+            (
+                "upload_folder",
+                {
+                    **kwargs,
+                    "sent": sent,
+                    "sha256": {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in sent},
+                    "weights": load_file(folder / "model.safetensors"),
+                    "card": (folder / "README.md").read_text(),
+                },
+            )
+        )
+        return type(
+            "CommitInfo", (), {"commit_url": f"https://huggingface.co/{kwargs['repo_id']}/commit/{len(self.calls)}"}
+        )()
 
     def named(self, name: str) -> list[dict]:
         return [kwargs for call, kwargs in self.calls if call == name]
@@ -69,8 +79,9 @@ def tiny_config(source, output_dir, **hub_fields) -> FinetuneConfig:
     return FinetuneConfig(
         model=ModelConfig(name="test_vit", pretrained=False, train_mode="full"),
         data=DataConfig(source=str(source), image_size=32, num_workers=0),
-        train=TrainConfig(epochs=2, batch_size=8, micro_batch_size=4, mixed_precision="no",
-                          output_dir=str(output_dir), progress=False),
+        train=TrainConfig(
+            epochs=2, batch_size=8, micro_batch_size=4, mixed_precision="no", output_dir=str(output_dir), progress=False
+        ),
         hub=HubConfig(**hub_fields),
     )
 
@@ -191,9 +202,24 @@ def test_evaluate_an_exported_folder_reproduces_the_final_metrics(published, sta
     csv_path = tmp_path / "classes.csv"
     # no --train.mixed_precision: evaluate takes the precision the export records (fp32 here), not bf16
     assert json.loads((result.output_dir / "export" / "config.json").read_text())["tiny_transformers"] == {
-        "native_size": 64, "mixed_precision": "no"}
-    main(["evaluate", "--model.checkpoint", str(result.output_dir / "export"), "--data.source", str(stanford_dir),
-          "--data.num_workers", "0", "--train.progress", "false", "--output", str(csv_path)])
+        "native_size": 64,
+        "mixed_precision": "no",
+    }
+    main(
+        [
+            "evaluate",
+            "--model.checkpoint",
+            str(result.output_dir / "export"),
+            "--data.source",
+            str(stanford_dir),
+            "--data.num_workers",
+            "0",
+            "--train.progress",
+            "false",
+            "--output",
+            str(csv_path),
+        ]
+    )
     printed = json.loads(capsys.readouterr().out)
     assert printed["count"] == 12
     assert printed["top1"] == result.top1 and printed["top5"] == result.top5
@@ -225,8 +251,17 @@ def test_evaluate_an_hf_hub_model_from_the_local_cache(published, stanford_dir):
 
 def test_evaluate_an_hf_hub_model_offline_names_the_fix(stanford_dir, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["evaluate", "--model.checkpoint", "hf-hub:tester/not-downloaded", "--data.source", str(stanford_dir),
-              "--train.mixed_precision", "no"])
+        main(
+            [
+                "evaluate",
+                "--model.checkpoint",
+                "hf-hub:tester/not-downloaded",
+                "--data.source",
+                str(stanford_dir),
+                "--train.mixed_precision",
+                "no",
+            ]
+        )
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
@@ -244,9 +279,18 @@ def test_a_failed_push_keeps_every_local_file_and_prints_the_retry_command(stanf
     result = finetune(config)  # returns its result: a failed push is reported, not raised
     assert result.epochs_completed == 1 and result.top1 == result.history[0]["top1"]
     local = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
-    assert {"config.json", "labels.json", "metrics.jsonl", "results.md", "training_curves.png", "predictions.png",
-            "best/model.safetensors", "last/model.safetensors", "checkpoints/step_00000003/model.safetensors",
-            *(f"export/{name}" for name in hub.EXPORT_FILES)} <= local
+    assert {
+        "config.json",
+        "labels.json",
+        "metrics.jsonl",
+        "results.md",
+        "training_curves.png",
+        "predictions.png",
+        "best/model.safetensors",
+        "last/model.safetensors",
+        "checkpoints/step_00000003/model.safetensors",
+        *(f"export/{name}" for name in hub.EXPORT_FILES),
+    } <= local
     err = capsys.readouterr().err
     assert "warning: hub.push is on but HF_HUB_OFFLINE is set" in err  # told before training, not only after
     assert (
@@ -261,7 +305,8 @@ def test_push_command_retries_with_the_runs_settings_and_fails_cleanly(published
     out = result.output_dir
     before = files_of(out, skip="export")
     forbidden = hf_errors.HfHubHTTPError(
-        "403 Forbidden", response=httpx2.Response(403, request=httpx2.Request("POST", "https://huggingface.co/api/repos/create"))
+        "403 Forbidden",
+        response=httpx2.Response(403, request=httpx2.Request("POST", "https://huggingface.co/api/repos/create")),
     )
     failing = FakeHfApi(fail_with=forbidden)
     monkeypatch.setattr(hub, "HfApi", failing)
@@ -269,7 +314,9 @@ def test_push_command_retries_with_the_runs_settings_and_fails_cleanly(published
         main(["push", str(out)])  # model id and privacy come from the run's config.json
     assert exit_info.value.code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith(f"error: Pushing '{out}' to the Hub as '{MODEL_ID}' failed: the token may not write to 'tester'")
+    assert line.startswith(
+        f"error: Pushing '{out}' to the Hub as '{MODEL_ID}' failed: the token may not write to 'tester'"
+    )
     assert line.endswith(f"retry with: tiny-transformers push {out} --hub.model_id {MODEL_ID} --hub.private true")
     assert failing.named("create_repo")[0]["private"] is True
     assert files_of(out, skip="export") == before  # nothing local changed
@@ -279,8 +326,12 @@ def test_push_command_retries_with_the_runs_settings_and_fails_cleanly(published
     monkeypatch.setattr(hub, "HfApi", succeeding)
     main(["push", str(out), "--hub.model_id", "tester/other-name", "--hub.private", "false"])
     assert "pushed to https://huggingface.co/tester/other-name" in capsys.readouterr().out
-    assert succeeding.named("create_repo")[0] == {"repo_id": "tester/other-name", "private": False,
-                                                   "repo_type": "model", "exist_ok": True}
+    assert succeeding.named("create_repo")[0] == {
+        "repo_id": "tester/other-name",
+        "private": False,
+        "repo_type": "model",
+        "exist_ok": True,
+    }
 
 
 def test_export_command_writes_the_folder_and_protects_other_files(published, tmp_path, capsys):
@@ -288,7 +339,9 @@ def test_export_command_writes_the_folder_and_protects_other_files(published, tm
     target = tmp_path / "shared"
     main(["export", str(result.output_dir), "--to", str(target), "--hub.weights", "best"])
     assert sorted(p.name for p in target.iterdir()) == sorted(hub.EXPORT_FILES)
-    assert (target / "model.safetensors").read_bytes() == (result.output_dir / "best" / "model.safetensors").read_bytes()
+    assert (target / "model.safetensors").read_bytes() == (
+        result.output_dir / "best" / "model.safetensors"
+    ).read_bytes()
     assert (target / "metrics.jsonl").read_text() == (result.output_dir / "metrics.jsonl").read_text()
     capsys.readouterr()
     (target / "notes.txt").write_text("mine")

@@ -7,8 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
 from tiny_transformers.paper import PAPER_MODELS
 
@@ -18,19 +16,47 @@ ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch"]
 
 def tiny_overrides(source: Path, output_dir: Path, *extra: str) -> list[str]:
     return [
-        "--model.name", "test_vit", "--model.pretrained", "false",
-        "--data.source", str(source), "--data.image_size", "32", "--data.num_workers", "0",
-        "--train.batch_size", "8", "--train.micro_batch_size", "4", "--train.mixed_precision", "no",
-        "--train.output_dir", str(output_dir), "--train.progress", "false", *extra,
+        "--model.name",
+        "test_vit",
+        "--model.pretrained",
+        "false",
+        "--data.source",
+        str(source),
+        "--data.image_size",
+        "32",
+        "--data.num_workers",
+        "0",
+        "--train.batch_size",
+        "8",
+        "--train.micro_batch_size",
+        "4",
+        "--train.mixed_precision",
+        "no",
+        "--train.output_dir",
+        str(output_dir),
+        "--train.progress",
+        "false",
+        *extra,
     ]
 
 
 def launch(args: list[str], processes: int = 1, timeout: int = 300) -> subprocess.CompletedProcess:
-    layout = ["--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    layout = [
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
     if processes > 1:
         layout = ["--multi_gpu", *layout]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([*ACCELERATE, *layout, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    return subprocess.run(
+        [*ACCELERATE, *layout, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
+    )
 
 
 @pytest.mark.parametrize("name", list(PAPER_MODELS))
@@ -50,8 +76,15 @@ def test_recipe_trains_one_short_epoch_under_accelerate_launch(name, stanford_di
 
 
 def test_bad_input_is_one_sentence_not_a_traceback(tmp_path):
-    args = [str(ROOT / "recipes" / "swin_l.py"), "--data.source", str(tmp_path / "missing"),
-            "--train.mixed_precision", "no", "--train.output_dir", str(tmp_path / "out")]
+    args = [
+        str(ROOT / "recipes" / "swin_l.py"),
+        "--data.source",
+        str(tmp_path / "missing"),
+        "--train.mixed_precision",
+        "no",
+        "--train.output_dir",
+        str(tmp_path / "out"),
+    ]
     plain = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120)
     assert plain.returncode == 2
     lines = plain.stderr.strip().splitlines()

@@ -23,12 +23,18 @@ transformers = pytest.importorskip("transformers")
 def exported(stanford_dir, tmp_path_factory):
     """A tiny trained run and its `tiny-transformers export` folder."""
     out = tmp_path_factory.mktemp("predict") / "out"
-    finetune(FinetuneConfig(
-        model=ModelConfig(name="test_vit", pretrained=False, train_mode="full"),
-        data=DataConfig(source=str(stanford_dir), image_size=32, num_workers=0),
-        train=TrainConfig(epochs=1, batch_size=8, micro_batch_size=4, mixed_precision="no", output_dir=str(out), progress=False),
-    ))
-    done = subprocess.run([sys.executable, "-m", "tiny_transformers.cli", "export", str(out)], capture_output=True, text=True)
+    finetune(
+        FinetuneConfig(
+            model=ModelConfig(name="test_vit", pretrained=False, train_mode="full"),
+            data=DataConfig(source=str(stanford_dir), image_size=32, num_workers=0),
+            train=TrainConfig(
+                epochs=1, batch_size=8, micro_batch_size=4, mixed_precision="no", output_dir=str(out), progress=False
+            ),
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "tiny_transformers.cli", "export", str(out)], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     return out, out / "export"
 
@@ -73,9 +79,21 @@ def test_predict_matches_the_evaluation_path_and_reports_bad_files(exported, tmp
     run_dir, folder = exported
     images = make_images(tmp_path / "images")
     done = subprocess.run(
-        [sys.executable, "-m", "tiny_transformers.cli", "predict", "--model.checkpoint", str(run_dir),
-         str(images), "--json", "true", "--top_k", "3"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tiny_transformers.cli",
+            "predict",
+            "--model.checkpoint",
+            str(run_dir),
+            str(images),
+            "--json",
+            "true",
+            "--top_k",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0, done.stderr
     assert "skipped" in done.stderr and "notes.jpg: not a readable image" in done.stderr
@@ -100,18 +118,30 @@ def test_predict_matches_the_evaluation_path_and_reports_bad_files(exported, tmp
 def test_predict_names_a_missing_input(exported, tmp_path):
     run_dir, _ = exported
     done = subprocess.run(
-        [sys.executable, "-m", "tiny_transformers.cli", "predict", "--model.checkpoint", str(run_dir), str(tmp_path / "nope.jpg")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tiny_transformers.cli",
+            "predict",
+            "--model.checkpoint",
+            str(run_dir),
+            str(tmp_path / "nope.jpg"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 2
-    assert done.stderr.strip() == f"error: '{tmp_path / 'nope.jpg'}' does not exist; give image files or folders of images."
+    assert (
+        done.stderr.strip()
+        == f"error: '{tmp_path / 'nope.jpg'}' does not exist; give image files or folders of images."
+    )
 
 
 def test_model_card_pipeline_example_runs_as_written(exported, tmp_path, monkeypatch):
     _, folder = exported
     card = (folder / "README.md").read_text()
     assert "AutoModelForImageClassification.from_pretrained" in card and "tiny-transformers predict" in card
-    snippet = card.split('```python\nfrom transformers import pipeline', 1)[1].split("```", 1)[0]
+    snippet = card.split("```python\nfrom transformers import pipeline", 1)[1].split("```", 1)[0]
     assert len([line for line in snippet.splitlines() if line.strip()]) == 3  # three lines after the import
     Image.fromarray(np.full((64, 64, 3), 90, dtype=np.uint8)).save(tmp_path / "photo.jpg")
     monkeypatch.chdir(tmp_path)

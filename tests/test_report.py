@@ -31,8 +31,14 @@ def run(stanford_dir, tmp_path_factory):
     config = FinetuneConfig(
         model=ModelConfig(name="test_vit", pretrained=False, train_mode="full"),
         data=DataConfig(source=str(stanford_dir), image_size=32, num_workers=0),
-        train=TrainConfig(epochs=2, batch_size=8, micro_batch_size=4, mixed_precision="no",
-                          output_dir=str(tmp_path_factory.mktemp("report") / "out"), progress=False),
+        train=TrainConfig(
+            epochs=2,
+            batch_size=8,
+            micro_batch_size=4,
+            mixed_precision="no",
+            output_dir=str(tmp_path_factory.mktemp("report") / "out"),
+            progress=False,
+        ),
     )
     return config, finetune(config)
 
@@ -77,8 +83,11 @@ def test_prediction_grid_of_the_run_shows_its_eval_images_and_evaluations_predic
     data = load_data(config.data)
     indices = grid_sample(len(data.eval), 16, config.train.seed)
     assert indices == list(range(12))
-    evaluated = evaluate_checkpoint(FinetuneConfig.from_dict({**config.to_dict(), "model": {
-        **config.to_dict()["model"], "checkpoint": str(result.output_dir / "last")}}))
+    evaluated = evaluate_checkpoint(
+        FinetuneConfig.from_dict(
+            {**config.to_dict(), "model": {**config.to_dict()["model"], "checkpoint": str(result.output_dir / "last")}}
+        )
+    )
     for i, index in enumerate(indices):
         left, top, side = cell_box(i, 4, 64)
         native = decode_image(data.eval[index]["image"], 64).permute(1, 2, 0).numpy()
@@ -118,8 +127,10 @@ def test_results_md_compares_with_the_paper(run):
     assert text.startswith("# Results: test_vit (test_vit)\n")
     assert f"| this run, final (epoch 2) | {result.top1:.2f} | {result.top5:.2f} | {result.loss:.4f} | 2 |" in text
     assert "The paper reports no number for test_vit" in text
-    history = [{"epoch": 1, "top1": 80.0, "top5": 95.0, "eval_loss": 0.9},
-                {"epoch": 2, "top1": 85.93, "top5": 97.5, "eval_loss": 0.7}]
+    history = [
+        {"epoch": 1, "top1": 80.0, "top5": 95.0, "eval_loss": 0.9},
+        {"epoch": 2, "top1": 85.93, "top5": 97.5, "eval_loss": 0.7},
+    ]
     paper = results_markdown(FinetuneConfig(model=ModelConfig(name="swin_l")), history)
     assert "| paper: Swin-L/4 (Huynh 2022) | 91.35 | – | – | 30 |" in paper
     assert "Final top-1 is 5.42 points below the paper's 91.35% for Swin-L/4." in paper
@@ -137,7 +148,10 @@ def test_per_class_table_counts_each_class(tmp_path):
     ]
     path = write_per_class_csv(rows, tmp_path / "deep" / "per_class.csv")
     assert path.read_text().splitlines() == [
-        "class_id,class_name,images,correct,top1", "a,ant,3,2,66.6667", "b,bee,0,0,", "c,cat,2,1,50.0000",
+        "class_id,class_name,images,correct,top1",
+        "a,ant,3,2,66.6667",
+        "b,bee,0,0,",
+        "c,cat,2,1,50.0000",
     ]
 
 

@@ -28,16 +28,53 @@ def data(tmp_path_factory, data_tools):
 
 
 def command(source: Path, out: Path, processes: int, *extra: str) -> list[str]:
-    layout = ["--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    layout = [
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
     if processes > 1:
         layout = ["--multi_gpu", *layout]
     return [
-        sys.executable, "-m", "accelerate.commands.launch", *layout, str(ROOT / "recipes" / "vit_l.py"),
-        "--model.name", "test_vit", "--model.pretrained", "false", "--model.train_mode", "full",
-        "--data.source", str(source), "--data.image_size", "32", "--data.num_workers", "0",
-        "--train.epochs", str(EPOCHS), "--train.batch_size", "8", "--train.micro_batch_size", "4",
-        "--train.mixed_precision", "no", "--train.output_dir", str(out), "--train.progress", "false",
-        "--train.checkpoint_every", "1", "--train.keep_checkpoints", "100", *extra,
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        *layout,
+        str(ROOT / "recipes" / "vit_l.py"),
+        "--model.name",
+        "test_vit",
+        "--model.pretrained",
+        "false",
+        "--model.train_mode",
+        "full",
+        "--data.source",
+        str(source),
+        "--data.image_size",
+        "32",
+        "--data.num_workers",
+        "0",
+        "--train.epochs",
+        str(EPOCHS),
+        "--train.batch_size",
+        "8",
+        "--train.micro_batch_size",
+        "4",
+        "--train.mixed_precision",
+        "no",
+        "--train.output_dir",
+        str(out),
+        "--train.progress",
+        "false",
+        "--train.checkpoint_every",
+        "1",
+        "--train.keep_checkpoints",
+        "100",
+        *extra,
     ]
 
 
@@ -45,7 +82,9 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def run(source, out, processes, *extra, timeout=300):
-    done = subprocess.run(command(source, out, processes, *extra), capture_output=True, text=True, env=ENV, timeout=timeout)
+    done = subprocess.run(
+        command(source, out, processes, *extra), capture_output=True, text=True, env=ENV, timeout=timeout
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -86,7 +125,11 @@ def test_two_processes_give_the_same_weights_after_every_step(data, reference, t
 
 def start(source, out, processes):
     return subprocess.Popen(
-        command(source, out, processes), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+        command(source, out, processes),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
         start_new_session=True,  # its own process group: the launcher and its workers are signalled together
     )
 
@@ -95,7 +138,9 @@ def wait_for(predicate, process, timeout=120.0):
     deadline = time.monotonic() + timeout
     while not predicate():
         if process.poll() is not None:
-            pytest.fail(f"the run ended (status {process.returncode}) before the signal: {process.communicate()[1][-3000:]}")
+            pytest.fail(
+                f"the run ended (status {process.returncode}) before the signal: {process.communicate()[1][-3000:]}"
+            )
         assert time.monotonic() < deadline, "timed out waiting for the run"
         time.sleep(0.0005)
 
@@ -120,7 +165,12 @@ def test_sigkill_anywhere_then_resume_ends_with_the_same_weights(data, reference
     # 2. resumed, then killed while a checkpoint is being written
     process = start(data, out, 1)
     seen = len(checkpoints(out))
-    wait_for(lambda: len(checkpoints(out)) > seen and any(p.name.startswith(".tmp") for p in (out / "checkpoints").iterdir()), process)
+    wait_for(
+        lambda: (
+            len(checkpoints(out)) > seen and any(p.name.startswith(".tmp") for p in (out / "checkpoints").iterdir())
+        ),
+        process,
+    )
     kill(process)
     # 3. resumed to the end: bitwise the uninterrupted run's weights, and the same metrics
     done = run(data, out, 1)

@@ -7,7 +7,9 @@ from tiny_transformers.sampler import MicroBatchSampler, window_sample_count
 
 
 def plan(num_processes, train_samples=37, micro=3, batch=12):
-    return Plan.build(FinetuneConfig(train=TrainConfig(batch_size=batch, micro_batch_size=micro)), num_processes, train_samples)
+    return Plan.build(
+        FinetuneConfig(train=TrainConfig(batch_size=batch, micro_batch_size=micro)), num_processes, train_samples
+    )
 
 
 def per_step(plan_, epoch=0, start_step=0):

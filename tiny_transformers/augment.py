@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 from timm.data import Mixup
-from timm.data.random_erasing import RandomErasing
 from timm.data.mixup import mixup_target
+from timm.data.random_erasing import RandomErasing
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
@@ -66,7 +66,9 @@ class BatchAugment:
         """uint8 (B, 3, h, w) -> float32 (B, 3, S, S): bicubic resize, clamped to [0, 1] as an image is, normalized."""
         x = images.to(torch.float32, copy=True).div_(255)  # a copy: the steps below work in place
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            x = TF.resize(x, [self.image_size, self.image_size], interpolation=InterpolationMode.BICUBIC, antialias=True)
+            x = TF.resize(
+                x, [self.image_size, self.image_size], interpolation=InterpolationMode.BICUBIC, antialias=True
+            )
             x = x.clamp_(0, 1)
         key = (x.device, x.dtype)
         if key not in self._statistics:

@@ -27,8 +27,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -44,7 +45,12 @@ from .paper import paper_model_for, resolve_model_name
 # A GPU not listed here gets MFU against the bf16 matrix-product rate measured on it instead.
 # Matched in this order against torch.cuda.get_device_name() (so "H100 PCIe" wins over "H100").
 DATASHEET_BF16_FLOPS = {
-    "H200": 989.4e12, "H100 PCIe": 756.5e12, "H100": 989.4e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12
+    "H200": 989.4e12,
+    "H100 PCIe": 756.5e12,
+    "H100": 989.4e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "L4": 121e12,
 }
 
 OFF = AugmentConfig(mixup_alpha=0.0, cutmix_alpha=0.0, random_erasing=0.0)  # label smoothing stays (cheap)
@@ -119,7 +125,7 @@ def _threads(n: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _fresh_accelerator(device: torch.device, mixed_precision: str) -> "Accelerator":  # noqa: F821
+def _fresh_accelerator(device: torch.device, mixed_precision: str) -> Accelerator:  # noqa: F821
     """An Accelerator with this precision even if another precision was used earlier in this process.
 
     Accelerate keeps one process-wide state and refuses a second precision; a benchmark compares
@@ -170,11 +176,13 @@ class PaperSamples(Dataset):
         from torchvision import transforms as T
 
         self.jpegs = jpegs
-        self.transform = T.Compose([
-            T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC),
-            T.ToTensor(),
-            T.Normalize(mean, std),
-        ])
+        self.transform = T.Compose(
+            [
+                T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC),
+                T.ToTensor(),
+                T.Normalize(mean, std),
+            ]
+        )
 
     def __len__(self) -> int:
         return len(self.jpegs)
@@ -256,7 +264,7 @@ def data_path(
     min_images: int = 256,
     min_seconds: float = 1.0,
     warmup: int = 2,
-    pin_memory: Optional[bool] = None,
+    pin_memory: bool | None = None,
     unique_images: int = 256,
     sides: Sequence[str] = ("paper", "library"),
 ) -> dict[str, Any]:
@@ -291,10 +299,14 @@ def data_path(
     def loader_only(batch):
         return batch[0]
 
-    datasets = {"paper": (PaperSamples(jpegs, image_size, IMAGENET_MEAN, IMAGENET_STD), None),
-                "library": (library_samples(jpegs, native_size), collate)}
-    consumers = {"ready": {"paper": paper_ready, "library": library_ready},
-                 "loader_only": {"paper": loader_only, "library": loader_only}}
+    datasets = {
+        "paper": (PaperSamples(jpegs, image_size, IMAGENET_MEAN, IMAGENET_STD), None),
+        "library": (library_samples(jpegs, native_size), collate),
+    }
+    consumers = {
+        "ready": {"paper": paper_ready, "library": library_ready},
+        "loader_only": {"paper": loader_only, "library": loader_only},
+    }
     result: dict[str, Any] = {
         "num_workers": num_workers,
         "batch_size": batch_size,
@@ -311,9 +323,16 @@ def data_path(
             for _ in range(repeats):  # alternate the sides so that drift hits both alike
                 for side in sides:
                     dataset, collate_fn = datasets[side]
-                    loader = DataLoader(dataset, batch_sampler=_CyclingBatches(len(jpegs), batch_size, batches),
-                                        num_workers=num_workers, collate_fn=collate_fn, pin_memory=pin)
-                    rates[side].append(_images_per_second(loader, consume[side], device, warmup, min_images, min_seconds))
+                    loader = DataLoader(
+                        dataset,
+                        batch_sampler=_CyclingBatches(len(jpegs), batch_size, batches),
+                        num_workers=num_workers,
+                        collate_fn=collate_fn,
+                        pin_memory=pin,
+                    )
+                    rates[side].append(
+                        _images_per_second(loader, consume[side], device, warmup, min_images, min_seconds)
+                    )
             figures: dict[str, float] = {}
             for side in sides:
                 rate = statistics.median(r for r, _ in rates[side])
@@ -332,7 +351,9 @@ def data_path(
 # --------------------------------------------------------------------------------------------------
 
 
-def write_stanford_folder(root: Path, classes: int, train_per_class: int, val_per_class: int = 1, size: int = 64) -> Path:
+def write_stanford_folder(
+    root: Path, classes: int, train_per_class: int, val_per_class: int = 1, size: int = 64
+) -> Path:
     """A minimal Stanford ``tiny-imagenet-200`` folder of synthetic JPEGs under ``root``; returns it.
 
     >>> folder = write_stanford_folder(Path(tempfile.mkdtemp()), classes=2, train_per_class=2)
@@ -420,7 +441,7 @@ def _paired_steps(bare: _BareLoop) -> Iterator[dict[str, list[np.ndarray]]]:
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     times: dict[str, list[np.ndarray]] = {"library": [], "bare": []}
-    last_end: list[Optional[np.ndarray]] = [None]
+    last_end: list[np.ndarray | None] = [None]
 
     def hook(optimizer, *_):
         if optimizer is bare.optimizer:
@@ -528,7 +549,7 @@ def loop_overhead(
 
 
 @contextlib.contextmanager
-def _fused_attention(enabled: Optional[bool]) -> Iterator[None]:
+def _fused_attention(enabled: bool | None) -> Iterator[None]:
     """timm's fused attention (F.scaled_dot_product_attention) on or off for models built inside the block."""
     if enabled is None:
         yield
@@ -543,11 +564,13 @@ def _fused_attention(enabled: Optional[bool]) -> Iterator[None]:
         timm_config._USE_FUSED_ATTN = previous
 
 
-def _build(model: str, mode: str, image_size: int, device: torch.device, fused_attention: Optional[bool] = None):
+def _build(model: str, mode: str, image_size: int, device: torch.device, fused_attention: bool | None = None):
     from .models import build_model
 
     paper = paper_model_for(model)
-    cfg = ModelConfig(name=model, pretrained=False, train_mode=mode, drop_path_rate=paper.drop_path_rate if paper else 0.1)
+    cfg = ModelConfig(
+        name=model, pretrained=False, train_mode=mode, drop_path_rate=paper.drop_path_rate if paper else 0.1
+    )
     torch.manual_seed(0)
     # Built on the device itself: initialising 300M parameters on the CPU would take longer than the benchmark.
     with _fused_attention(fused_attention), torch.device(device):
@@ -616,7 +639,7 @@ def measured_matmul_flops(device: torch.device, n: int = 8192, repeats: int = 10
     return 2 * n**3 * repeats / (time.perf_counter() - started)
 
 
-def peak_flops(device: torch.device) -> tuple[Optional[float], str]:
+def peak_flops(device: torch.device) -> tuple[float | None, str]:
     """(peak bf16 FLOP/s, where it comes from) for MFU; (None, ...) on a CPU."""
     if device.type != "cuda":
         return None, "none (CPU)"
@@ -636,7 +659,7 @@ def inference_throughput(
     steps: int = 10,
     warmup: int = 3,
     repeats: int = 3,
-    fused_attention: Optional[bool] = None,
+    fused_attention: bool | None = None,
 ) -> dict[str, Any]:
     """Images/s of the model's forward pass alone: eval mode, inference mode, autocast, inputs ready on the device.
 
@@ -661,8 +684,14 @@ def inference_throughput(
     del net, x
     _free(device)
     seconds = statistics.median(times)
-    return {"model": model, "micro_batch": micro_batch, "image_size": image_size, "precision": precision,
-            "seconds_per_batch": seconds, "images_per_s": micro_batch / seconds}
+    return {
+        "model": model,
+        "micro_batch": micro_batch,
+        "image_size": image_size,
+        "precision": precision,
+        "seconds_per_batch": seconds,
+        "images_per_s": micro_batch / seconds,
+    }
 
 
 def _autocast(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
@@ -685,8 +714,8 @@ def train_throughput(
     native_size: int = 64,
     fused_optimizer: bool = False,
     compile: bool = False,
-    fused_attention: Optional[bool] = None,
-    augment: Optional[AugmentConfig] = None,
+    fused_attention: bool | None = None,
+    augment: AugmentConfig | None = None,
 ) -> dict[str, Any]:
     """Images/s of the library's own training step (``engine.train_one_epoch``) in ``mode``, with FLOPs and memory.
 
@@ -735,8 +764,19 @@ def train_throughput(
         plan = Plan.build(config, 1, n * micro_batch)
         _sync(device)
         started = time.perf_counter()
-        train_one_epoch(accelerator, net, optimizer, scheduler, [(images, labels)] * n, batch_augment, plan,
-                        TrainerState(), 0, lambda *_: False, progress=False)
+        train_one_epoch(
+            accelerator,
+            net,
+            optimizer,
+            scheduler,
+            [(images, labels)] * n,
+            batch_augment,
+            plan,
+            TrainerState(),
+            0,
+            lambda *_: False,
+            progress=False,
+        )
         _sync(device)
         return time.perf_counter() - started
 
@@ -781,8 +821,10 @@ def _attempt(measure: Callable[..., dict[str, Any]], kwargs: dict[str, Any]) -> 
     try:
         return measure(**kwargs)
     except Exception as error:  # noqa: BLE001
-        failure = {"error": f"{type(error).__name__}: {str(error)[:300]}",
-                   "out_of_memory": isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()}
+        failure = {
+            "error": f"{type(error).__name__}: {str(error)[:300]}",
+            "out_of_memory": isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower(),
+        }
     _free(torch.device(kwargs.get("device") or default_device()))
     return failure
 
@@ -802,8 +844,10 @@ def _measure(measure: Callable[..., dict[str, Any]], isolate: bool, **kwargs: An
         try:
             return pool.submit(_attempt, measure, kwargs).result()
         except Exception as error:  # noqa: BLE001 - the process itself died (killed, crashed)
-            return {"error": f"measurement process failed: {type(error).__name__}: {str(error)[:250]}",
-                    "out_of_memory": False}
+            return {
+                "error": f"measurement process failed: {type(error).__name__}: {str(error)[:250]}",
+                "out_of_memory": False,
+            }
 
 
 def model_throughput(
@@ -817,7 +861,7 @@ def model_throughput(
     warmup: int = 3,
     repeats: int = 3,
     isolate: bool = False,
-    on_progress: Optional[Callable[[dict], None]] = None,
+    on_progress: Callable[[dict], None] | None = None,
 ) -> dict[str, Any]:
     """Inference, then training in each mode, for one model; a mode that runs out of memory is retried at
     half the micro-batch (down to 1) and the failure recorded. ``isolate``: each in its own process.
@@ -828,8 +872,15 @@ def model_throughput(
     """
     device = torch.device(device) if device is not None else default_device()
     result: dict[str, Any] = {"model": model, "timm_name": resolve_model_name(model)}
-    common = dict(model=model, image_size=image_size, device=device, precision=precision, steps=steps,
-                  warmup=warmup, repeats=repeats)
+    common = dict(
+        model=model,
+        image_size=image_size,
+        device=device,
+        precision=precision,
+        steps=steps,
+        warmup=warmup,
+        repeats=repeats,
+    )
     report = on_progress or (lambda _: None)
     result["inference"] = _measure(inference_throughput, isolate, micro_batch=micro_batch, **common)
     report(result)
@@ -850,7 +901,9 @@ def model_throughput(
     if inference and head.get("images_per_s") and head.get("micro_batch") == micro_batch:
         result["head_over_inference"] = head["images_per_s"] / inference
     if head.get("saved_for_backward_mib") and result.get("full", {}).get("saved_for_backward_mib"):
-        result["full_over_head_saved_memory"] = result["full"]["saved_for_backward_mib"] / head["saved_for_backward_mib"]
+        result["full_over_head_saved_memory"] = (
+            result["full"]["saved_for_backward_mib"] / head["saved_for_backward_mib"]
+        )
     return result
 
 
@@ -870,7 +923,7 @@ def option_effects(
     repeats: int = 3,
     compile: bool = True,
     isolate: bool = False,
-    on_effect: Optional[Callable[[dict], None]] = None,
+    on_effect: Callable[[dict], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Full-mode training images/s with one option changed at a time against the defaults (``precision``,
     timm's fused attention on, unfused optimizer, no compile), each variant measured right after its own
@@ -881,12 +934,23 @@ def option_effects(
     'bf16 autocast instead of fp32'
     """
     device = torch.device(device) if device is not None else default_device()
-    common = dict(model=model, mode="full", micro_batch=micro_batch, image_size=image_size, device=device,
-                  precision=precision, steps=steps, warmup=warmup, repeats=repeats)
+    common = dict(
+        model=model,
+        mode="full",
+        micro_batch=micro_batch,
+        image_size=image_size,
+        device=device,
+        precision=precision,
+        steps=steps,
+        warmup=warmup,
+        repeats=repeats,
+    )
     other_precision = "no" if precision != "no" else "bf16"
     variants = [
-        (f"{'fp32 instead of ' + precision if other_precision == 'no' else 'bf16 autocast instead of fp32'}",
-         dict(precision=other_precision)),
+        (
+            f"{'fp32 instead of ' + precision if other_precision == 'no' else 'bf16 autocast instead of fp32'}",
+            dict(precision=other_precision),
+        ),
         ("optim.fused (fused AdamW)", dict(fused_optimizer=True)),
         ("timm fused attention off", dict(fused_attention=False)),
     ]
@@ -928,37 +992,63 @@ def _parser() -> argparse.ArgumentParser:
         description="Data path, loop overhead and training throughput (docs/benchmarks.md). Random weights and "
         "synthetic images: nothing is downloaded.",
     )
-    parser.add_argument("--model", nargs="+", default=["test_vit"],
-                        help="paper short names or timm names for the throughput section (default: test_vit)")
+    parser.add_argument(
+        "--model",
+        nargs="+",
+        default=["test_vit"],
+        help="paper short names or timm names for the throughput section (default: test_vit)",
+    )
     parser.add_argument("--mode", nargs="+", choices=["head", "full"], default=["head", "full"])
-    parser.add_argument("--micro-batch", type=int, default=None,
-                        help="per forward pass (default: the paper's for paper models, else 8)")
+    parser.add_argument(
+        "--micro-batch", type=int, default=None, help="per forward pass (default: the paper's for paper models, else 8)"
+    )
     parser.add_argument("--image-size", type=int, default=None, help="default: 384 for paper models, else 32")
-    parser.add_argument("--precision", choices=["bf16", "fp16", "no"], default=None,
-                        help="autocast for throughput (default: bf16 on a GPU, no on a CPU)")
-    parser.add_argument("--workers", type=int, nargs="+", default=None,
-                        help="loader processes for the data path (default: 0, plus 2 without --quick)")
-    parser.add_argument("--sections", nargs="+", choices=["data", "loop", "train", "options"],
-                        default=["data", "loop", "train"], help="what to measure (options: GPU speed options)")
+    parser.add_argument(
+        "--precision",
+        choices=["bf16", "fp16", "no"],
+        default=None,
+        help="autocast for throughput (default: bf16 on a GPU, no on a CPU)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=None,
+        help="loader processes for the data path (default: 0, plus 2 without --quick)",
+    )
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        choices=["data", "loop", "train", "options"],
+        default=["data", "loop", "train"],
+        help="what to measure (options: GPU speed options)",
+    )
     parser.add_argument("--options-model", default=None, help="model for --sections options (default: first --model)")
     parser.add_argument("--no-compile", action="store_true", help="leave torch.compile out of the options section")
     parser.add_argument("--quick", action="store_true", help="fewer images, steps and repeats: seconds on a CPU")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per repeat (default 10, --quick 3)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3, --quick 1)")
     parser.add_argument("--repeats", type=int, default=None, help="repeats, medians taken (default 3, --quick 2)")
-    parser.add_argument("--min-seconds", type=float, default=None, help="data path: seconds per side and repeat (default 1)")
-    parser.add_argument("--isolate", action="store_true",
-                        help="each throughput measurement in its own process (clean peak memory; ~10 s more each)")
+    parser.add_argument(
+        "--min-seconds", type=float, default=None, help="data path: seconds per side and repeat (default 1)"
+    )
+    parser.add_argument(
+        "--isolate",
+        action="store_true",
+        help="each throughput measurement in its own process (clean peak memory; ~10 s more each)",
+    )
     parser.add_argument("--json", default=None, help="also write every figure to this JSON file")
     return parser
 
 
-def _model_defaults(model: str, micro_batch: Optional[int], image_size: Optional[int]) -> tuple[int, int]:
+def _model_defaults(model: str, micro_batch: int | None, image_size: int | None) -> tuple[int, int]:
     paper = paper_model_for(model)
     return (micro_batch or (paper.micro_batch_size if paper else 8), image_size or (384 if paper else 32))
 
 
-def run_benchmark(args: argparse.Namespace, command: str = "", on_progress: Optional[Callable[[dict], None]] = None) -> dict[str, Any]:
+def run_benchmark(
+    args: argparse.Namespace, command: str = "", on_progress: Callable[[dict], None] | None = None
+) -> dict[str, Any]:
     """Every section asked for, in order; ``on_progress`` gets the partial results after each measurement."""
     device = default_device()
     precision = args.precision or ("bf16" if device.type == "cuda" else "no")
@@ -968,8 +1058,13 @@ def run_benchmark(args: argparse.Namespace, command: str = "", on_progress: Opti
     min_seconds = args.min_seconds if args.min_seconds is not None else (0.2 if quick else 1.0)
     isolate = args.isolate
     workers = args.workers if args.workers is not None else ([0] if quick else [0, 2])
-    results: dict[str, Any] = {"command": command, "machine": describe_machine(), "device": str(device),
-                               "precision": precision, "quick": quick}
+    results: dict[str, Any] = {
+        "command": command,
+        "machine": describe_machine(),
+        "device": str(device),
+        "precision": precision,
+        "quick": quick,
+    }
     report = on_progress or (lambda _: None)
 
     def compute_threads() -> contextlib.AbstractContextManager:
@@ -979,11 +1074,18 @@ def run_benchmark(args: argparse.Namespace, command: str = "", on_progress: Opti
     if "data" in args.sections:
         results["data_path"] = []
         for n in workers:
-            results["data_path"].append(data_path(
-                num_workers=n, batch_size=16 if quick else 64, device=device, repeats=repeats,
-                min_images=32 if quick else 256, min_seconds=min_seconds,
-                warmup=1 if quick else 2, unique_images=64 if quick else 256,
-            ))
+            results["data_path"].append(
+                data_path(
+                    num_workers=n,
+                    batch_size=16 if quick else 64,
+                    device=device,
+                    repeats=repeats,
+                    min_images=32 if quick else 256,
+                    min_seconds=min_seconds,
+                    warmup=1 if quick else 2,
+                    unique_images=64 if quick else 256,
+                )
+            )
             report(results)
     if "loop" in args.sections:
         results["loop_overhead"] = loop_overhead(steps=8 if quick else 60, repeats=repeats if quick else 5)
@@ -999,29 +1101,65 @@ def run_benchmark(args: argparse.Namespace, command: str = "", on_progress: Opti
                 report(results)
 
             with compute_threads():
-                partial(model_throughput(model, micro_batch, image_size, args.mode, device, precision, steps,
-                                         warmup, repeats, isolate, on_progress=partial))
+                partial(
+                    model_throughput(
+                        model,
+                        micro_batch,
+                        image_size,
+                        args.mode,
+                        device,
+                        precision,
+                        steps,
+                        warmup,
+                        repeats,
+                        isolate,
+                        on_progress=partial,
+                    )
+                )
     if "options" in args.sections:
         results["options"] = []
         if device.type == "cuda":
             # Pinned host memory for the loader's batches: the library's path with it on and off, same run.
             rates = [
-                data_path(num_workers=max(workers), batch_size=16 if quick else 64, device=device, repeats=repeats,
-                          min_images=32 if quick else 256, min_seconds=min_seconds, pin_memory=pin,
-                          sides=("library",))["ready"]["library_images_per_s"]
+                data_path(
+                    num_workers=max(workers),
+                    batch_size=16 if quick else 64,
+                    device=device,
+                    repeats=repeats,
+                    min_images=32 if quick else 256,
+                    min_seconds=min_seconds,
+                    pin_memory=pin,
+                    sides=("library",),
+                )["ready"]["library_images_per_s"]
                 for pin in (True, False)
             ]
-            results["options"].append({"option": "pin_memory (library data path, ready on the device)",
-                                       "num_workers": max(workers), "baseline_images_per_s": rates[1],
-                                       "images_per_s": rates[0], "speedup": rates[0] / rates[1]})
+            results["options"].append(
+                {
+                    "option": "pin_memory (library data path, ready on the device)",
+                    "num_workers": max(workers),
+                    "baseline_images_per_s": rates[1],
+                    "images_per_s": rates[0],
+                    "speedup": rates[0] / rates[1],
+                }
+            )
             report(results)
         model = args.options_model or args.model[0]
         micro_batch, image_size = _model_defaults(model, args.micro_batch, args.image_size)
         with compute_threads():
             # compile runs last: the slowest to measure (it compiles first), and the JSON keeps the rest if cut short
-            option_effects(model, micro_batch, image_size, device, precision, steps, warmup, repeats,
-                           compile=not args.no_compile, isolate=isolate,
-                           on_effect=lambda effect: (results["options"].append(effect), report(results)))
+            option_effects(
+                model,
+                micro_batch,
+                image_size,
+                device,
+                precision,
+                steps,
+                warmup,
+                repeats,
+                compile=not args.no_compile,
+                isolate=isolate,
+                on_effect=lambda effect: (results["options"].append(effect), report(results)),
+            )
     return results
 
 
@@ -1046,7 +1184,9 @@ def format_report(results: dict[str, Any]) -> str:
         + (f", GPU {m['gpu']} ({m['gpu_memory_gib']} GiB)" if m.get("gpu") else ""),
     ]
     if m.get("date"):
-        lines.append(f"date: {m['date']}; timm {m.get('timm')}, torchvision {m.get('torchvision')}, python {m.get('python')}")
+        lines.append(
+            f"date: {m['date']}; timm {m.get('timm')}, torchvision {m.get('torchvision')}, python {m.get('python')}"
+        )
     if results.get("command"):
         lines.append(f"command: {results['command']}")
     for d in results.get("data_path", []):
@@ -1104,15 +1244,20 @@ def format_report(results: dict[str, Any]) -> str:
         if "head_over_inference" in t:
             lines.append(f"   head-mode training / inference throughput: {t['head_over_inference']:.3f}")
         if "full_over_head_saved_memory" in t:
-            lines.append(f"   activation memory kept for backward, full / head: {t['full_over_head_saved_memory']:,.0f}x")
+            lines.append(
+                f"   activation memory kept for backward, full / head: {t['full_over_head_saved_memory']:,.0f}x"
+            )
     if results.get("options"):
         lines.append("\noptions, each against the default in the same run (speedup > 1: faster):")
     for e in results.get("options", []):
         if "error" in e:
             lines.append(f"   {e['option']}: {e['error']}")
             continue
-        where = (f"{e['model']}, full mode, micro-batch {e['micro_batch']}, first steps {e['warmup_seconds']:.1f} s"
-                 if "model" in e else f"{e['num_workers']} worker(s)")
+        where = (
+            f"{e['model']}, full mode, micro-batch {e['micro_batch']}, first steps {e['warmup_seconds']:.1f} s"
+            if "model" in e
+            else f"{e['num_workers']} worker(s)"
+        )
         lines.append(
             f"   {e['option']}: {_fmt(e['images_per_s'])} vs {_fmt(e['baseline_images_per_s'])} img/s, "
             f"speedup {e['speedup']:.3f} ({where})"
@@ -1120,7 +1265,7 @@ def format_report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _write_json(path: Optional[str], results: dict[str, Any]) -> None:
+def _write_json(path: str | None, results: dict[str, Any]) -> None:
     if not path:
         return
     target = Path(path)

@@ -128,7 +128,9 @@ def find_resume_checkpoint(config: FinetuneConfig, output_dir: Path) -> Path | N
     if resume not in ("auto", "never"):
         folder = Path(resume).expanduser().resolve()
         if not folder.is_dir():
-            raise CheckpointError(f"train.resume '{resume}' is not a folder; give a checkpoint folder, 'auto' or 'never'.")
+            raise CheckpointError(
+                f"train.resume '{resume}' is not a folder; give a checkpoint folder, 'auto' or 'never'."
+            )
     if folder is None:
         return None
     _, saved_config = read_state(folder)
@@ -141,7 +143,9 @@ def find_resume_checkpoint(config: FinetuneConfig, output_dir: Path) -> Path | N
     return folder
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: TrainerState, config: FinetuneConfig, keep: int) -> Path:
+def save_checkpoint(
+    accelerator: Accelerator, output_dir: Path, state: TrainerState, config: FinetuneConfig, keep: int
+) -> Path:
     """Write a complete checkpoint atomically and keep the ``keep`` newest. Call on every process."""
     root = checkpoint_dir(output_dir)
     final = root / f"step_{state.global_step:08d}"

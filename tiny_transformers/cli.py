@@ -9,9 +9,9 @@ from __future__ import annotations
 import difflib
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 import tyro
 
@@ -82,8 +82,13 @@ def _parse(cls, default, args: Sequence[str], prog: str | None):
     """tyro with this CLI's conventions: ``--section.field_name VALUE``, booleans as values, not flags."""
     defaults = {} if default is None else {"default": default}
     return tyro.cli(
-        cls, args=list(args), prog=prog, use_underscores=True, registry=_registry(),
-        config=(tyro.conf.FlagConversionOff,), **defaults,
+        cls,
+        args=list(args),
+        prog=prog,
+        use_underscores=True,
+        registry=_registry(),
+        config=(tyro.conf.FlagConversionOff,),
+        **defaults,
     )
 
 
@@ -115,8 +120,11 @@ def run(config: FinetuneConfig, args: Sequence[str] | None = None):
 
 def _train(args: list[str]) -> None:
     if not args or args[0].startswith("-"):
-        print("usage: tiny-transformers train NAME [--section.field VALUE ...]\n"
-              f"NAME: {', '.join(PAPER_MODELS)} or any timm model name", file=sys.stderr)
+        print(
+            "usage: tiny-transformers train NAME [--section.field VALUE ...]\n"
+            f"NAME: {', '.join(PAPER_MODELS)} or any timm model name",
+            file=sys.stderr,
+        )
         sys.exit(2)
     name, overrides = args[0], args[1:]
     if name in PAPER_MODELS:
@@ -192,11 +200,13 @@ class PublishArgs:
     """Options of ``export`` and ``push``; the hub.* defaults are the ones recorded in the run's config.json."""
 
     hub: HubConfig
-    to: Optional[str] = None  # the export folder; default: OUTPUT_DIR/export
+    to: str | None = None  # the export folder; default: OUTPUT_DIR/export
 
 
 def _publish_args(command: str, args: list[str]) -> tuple[Path, PublishArgs]:
-    usage = f"usage: tiny-transformers {command} OUTPUT_DIR [--hub.model_id owner/name] [--hub.private true] [--to FOLDER]"
+    usage = (
+        f"usage: tiny-transformers {command} OUTPUT_DIR [--hub.model_id owner/name] [--hub.private true] [--to FOLDER]"
+    )
     if not args or args[0].startswith("-"):
         if args and args[0] in ("-h", "--help"):
             _parse(PublishArgs, PublishArgs(HubConfig()), ["--help"], f"tiny-transformers {command} OUTPUT_DIR")
@@ -298,7 +308,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if command is None:
         close = difflib.get_close_matches(argv[0], list(COMMANDS), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        print(f"error: unknown command '{argv[0]}'; choose one of {', '.join(COMMANDS)}.{hint}\n\n{USAGE}", file=sys.stderr)
+        print(
+            f"error: unknown command '{argv[0]}'; choose one of {', '.join(COMMANDS)}.{hint}\n\n{USAGE}",
+            file=sys.stderr,
+        )
         sys.exit(2)
     command(argv[1:])
 

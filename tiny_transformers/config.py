@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from .errors import ConfigError
 from .paper import PAPER_MODELS
@@ -27,7 +27,9 @@ class ModelConfig:
 
     name: str = "vit_l"  # a paper short name (vit_l, cait_s36, deit_b_distilled, swin_l) or any timm model name
     pretrained: bool = True  # start from ImageNet weights (from the Hub, or from `checkpoint`)
-    checkpoint: Optional[str] = None  # .safetensors/.pth file, a folder written by timm save_for_hf, or hf-hub:owner/name
+    checkpoint: str | None = (
+        None  # .safetensors/.pth file, a folder written by timm save_for_hf, or hf-hub:owner/name
+    )
     train_mode: Literal["head", "full"] = "head"  # head: frozen backbone, as the official code; full: every parameter
     drop_path_rate: float = 0.1  # stochastic depth inside the backbone (paper 2.2)
 
@@ -42,8 +44,8 @@ class DataConfig:
     normalization: Literal["imagenet", "model"] = "imagenet"  # imagenet: the paper's mean/std for all four models
     num_workers: int = 4  # loader processes per training process (decode + RGB conversion only: cheap)
     skip_corrupt: bool = False  # False: stop at the first unreadable image, naming it; True: scan, skip and count them
-    max_train_samples: Optional[int] = None  # use a fixed random subset of N training images (quick experiments)
-    max_eval_samples: Optional[int] = None  # use a fixed random subset of N evaluation images
+    max_train_samples: int | None = None  # use a fixed random subset of N training images (quick experiments)
+    max_eval_samples: int | None = None  # use a fixed random subset of N evaluation images
 
 
 @dataclass
@@ -70,7 +72,9 @@ class OptimConfig:
     momentum: float = 0.9  # sgd only
     nesterov: bool = True  # sgd only
     min_lr: float = 0.0  # end of the cosine
-    fused: bool = False  # torch's fused optimizer kernel (fused=True); off: 1.02x in full mode on an H200 (docs/benchmarks.md)
+    fused: bool = (
+        False  # torch's fused optimizer kernel (fused=True); off: 1.02x in full mode on an H200 (docs/benchmarks.md)
+    )
 
 
 @dataclass
@@ -80,7 +84,7 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 128  # effective images per optimizer update, over all processes and accumulation steps
     micro_batch_size: int = 64  # images per forward pass on one device
-    eval_batch_size: Optional[int] = None  # images per evaluation forward pass; default: micro_batch_size
+    eval_batch_size: int | None = None  # images per evaluation forward pass; default: micro_batch_size
     mixed_precision: Literal["bf16", "fp16", "no"] = "bf16"  # autocast dtype; fp16 adds a gradient scaler
     seed: int = 0
     output_dir: str = "outputs/run"  # checkpoints, metrics.jsonl, config.json, best/ and last/
@@ -97,7 +101,7 @@ class HubConfig:
     """Publishing the trained model to the Hugging Face Hub (docs/publishing.md); never changes training."""
 
     push: bool = False  # upload the exported folder (weights, model card, curves, metrics) to hub.model_id
-    model_id: Optional[str] = None  # Hub repo 'owner/name'; created when missing
+    model_id: str | None = None  # Hub repo 'owner/name'; created when missing
     private: bool = False  # visibility of a repo that the push creates (an existing repo keeps its own)
     strategy: Literal["end", "epoch"] = "end"  # end: push once after training; epoch: also after every epoch
     weights: Literal["last", "best"] = "last"  # last: the final epoch (the run's reported numbers); best: top-1 epoch
@@ -128,7 +132,7 @@ class FinetuneConfig:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "FinetuneConfig":
+    def from_dict(cls, data: dict[str, Any]) -> FinetuneConfig:
         """Rebuild a config from :meth:`to_dict` output; unknown keys are an error naming them."""
         sections = {f.name: f.type for f in dataclasses.fields(cls)}
         kwargs = {}
@@ -157,7 +161,9 @@ def paper_config(name: str) -> FinetuneConfig:
     paper = PAPER_MODELS[name]
     return FinetuneConfig(
         model=ModelConfig(name=name, train_mode="head", drop_path_rate=paper.drop_path_rate),
-        train=TrainConfig(micro_batch_size=paper.micro_batch_size, mixed_precision="fp16", output_dir=f"outputs/{name}"),
+        train=TrainConfig(
+            micro_batch_size=paper.micro_batch_size, mixed_precision="fp16", output_dir=f"outputs/{name}"
+        ),
     )
 
 
@@ -188,10 +194,14 @@ def _check_speed_options(o: OptimConfig, t: TrainConfig, cuda_available: bool) -
             "use --optim.fused false, or run on a CUDA GPU."
         )
     if t.compile and not hasattr(torch.nn.Module, "compile"):
-        raise ConfigError(f"train.compile needs torch 2.2 or newer (this is {torch.__version__}); use --train.compile false.")
+        raise ConfigError(
+            f"train.compile needs torch 2.2 or newer (this is {torch.__version__}); use --train.compile false."
+        )
     if t.compile and not cuda_available and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
         # Inductor writes C++ for the CPU and compiles it at the first step; fail now, not there.
-        raise ConfigError("train.compile on the CPU needs a C++ compiler (g++ or clang++) on PATH; install one or use --train.compile false.")
+        raise ConfigError(
+            "train.compile on the CPU needs a C++ compiler (g++ or clang++) on PATH; install one or use --train.compile false."
+        )
 
 
 def validate(config: FinetuneConfig, num_processes: int | None = None, cuda_available: bool | None = None) -> None:
@@ -341,7 +351,7 @@ class Plan:
     total_steps: int  # length of the cosine schedule
 
     @classmethod
-    def build(cls, config: FinetuneConfig, num_processes: int, train_samples: int) -> "Plan":
+    def build(cls, config: FinetuneConfig, num_processes: int, train_samples: int) -> Plan:
         t = config.train
         accumulation = t.batch_size // (t.micro_batch_size * num_processes)
         micro_batches = math.ceil(train_samples / t.micro_batch_size)

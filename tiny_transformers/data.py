@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import datasets
 import numpy as np
@@ -159,7 +159,7 @@ class _BatchTransform:
 
     def __init__(self, native_size: int, randaugment_ops: int = 0, randaugment_magnitude: int = 9) -> None:
         self.native_size = native_size
-        self.randaugment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+        self.randaugment: Callable[[torch.Tensor], torch.Tensor] | None = None
         if randaugment_ops > 0:
             from torchvision.transforms import v2
 
@@ -221,7 +221,7 @@ class _Raw:
 
     splits: Mapping[str, datasets.Dataset]
     kind: str
-    names_by_id: Optional[dict[str, str]] = None  # from words.txt
+    names_by_id: dict[str, str] | None = None  # from words.txt
 
 
 def _looks_like_path(source: str) -> bool:
@@ -281,7 +281,10 @@ def load_data(cfg: DataConfig) -> DataBundle:
             first = ", ".join(skipped_train[:3] + skipped_eval[:3])
             logger.warning(
                 "Skipped %d unreadable image(s) (%d train, %d eval), e.g. %s.",
-                skipped, len(skipped_train), len(skipped_eval), first,
+                skipped,
+                len(skipped_train),
+                len(skipped_eval),
+                first,
             )
         for split_name, split in (("train", train), ("eval", eval_)):
             if len(split) == 0:
@@ -330,7 +333,7 @@ def _load_local(path: Path) -> _Raw:
     )
 
 
-def _find_stanford_root(folder: Path) -> Optional[Path]:
+def _find_stanford_root(folder: Path) -> Path | None:
     """The folder holding ``wnids.txt``: ``folder`` itself or its only subfolder that has one."""
     if (folder / "wnids.txt").is_file():
         return folder
@@ -369,7 +372,9 @@ def _extract_stanford_zip(zip_path: Path) -> Path:
         try:
             archive = zipfile.ZipFile(zip_path)
         except zipfile.BadZipFile as error:
-            raise DataError(f"data.source '{zip_path}' is not a readable zip file ({error}); download it again.") from error
+            raise DataError(
+                f"data.source '{zip_path}' is not a readable zip file ({error}); download it again."
+            ) from error
         with archive:
             names = archive.namelist()
             # Fail before extracting 100k files when the zip holds something else.
@@ -490,9 +495,7 @@ def _load_stanford(root: Path, kind: str) -> _Raw:
         val_paths.append(str(image_path))
         val_labels.append(index[wnid])
 
-    features = datasets.Features(
-        {"image": datasets.Image(decode=False), "label": datasets.ClassLabel(names=class_ids)}
-    )
+    features = datasets.Features({"image": datasets.Image(decode=False), "label": datasets.ClassLabel(names=class_ids)})
     splits = {
         "train": datasets.Dataset.from_dict({"image": train_paths, "label": train_labels}, features=features),
         "val": datasets.Dataset.from_dict({"image": val_paths, "label": val_labels}, features=features),
@@ -509,7 +512,9 @@ def _load_saved(path: Path) -> Mapping[str, datasets.Dataset]:
     try:
         loaded = datasets.load_from_disk(str(path))
     except Exception as error:  # a damaged arrow file or json; the message says which
-        raise DataError(f"data.source '{path}' looks like a save_to_disk folder but cannot be loaded: {error}.") from error
+        raise DataError(
+            f"data.source '{path}' looks like a save_to_disk folder but cannot be loaded: {error}."
+        ) from error
     if not isinstance(loaded, datasets.DatasetDict):
         raise DataError(f"data.source '{path}' holds a single Dataset; save a DatasetDict with train and valid splits.")
     return loaded
@@ -572,7 +577,9 @@ def _load_imagefolder(path: Path) -> _Raw:
 
 def _offline() -> bool:
     flags = (os.environ.get(v, "").strip().lower() for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-    return any(flag in ("1", "true", "yes", "on") for flag in flags) or bool(getattr(datasets.config, "HF_HUB_OFFLINE", False))
+    return any(flag in ("1", "true", "yes", "on") for flag in flags) or bool(
+        getattr(datasets.config, "HF_HUB_OFFLINE", False)
+    )
 
 
 def _load_hub(source: str) -> _Raw:
@@ -593,7 +600,9 @@ def _load_hub(source: str) -> _Raw:
                 f"({'offline mode is on' if _offline() else type(error).__name__}) and no cached copy exists; "
                 f"{LOCAL_LAYOUTS_HINT}."
             ) from error
-        raise DataError(f"Loading data.source '{source}' from the Hub failed ({type(error).__name__}: {error}).") from error
+        raise DataError(
+            f"Loading data.source '{source}' from the Hub failed ({type(error).__name__}: {error})."
+        ) from error
     if not isinstance(loaded, datasets.DatasetDict):
         raise DataError(f"data.source '{source}' loaded as a single split; it needs train and valid splits.")
     return _Raw(splits=loaded, kind="hub")

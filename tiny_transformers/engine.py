@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -191,14 +191,21 @@ def evaluate(
         topk = logits.topk(metric.k, dim=-1).indices
         topk, labels, losses = accelerator.gather_for_metrics((topk, labels, losses))
         if accelerator.is_main_process:
-            metric.add_batch(predictions=topk.cpu().numpy(), references=labels.cpu().numpy(), losses=losses.cpu().numpy())
+            metric.add_batch(
+                predictions=topk.cpu().numpy(), references=labels.cpu().numpy(), losses=losses.cpu().numpy()
+            )
         if collect_predictions:
             top1_predictions.append(topk[:, 0].cpu())
             references.append(labels.cpu())
     result = {}
     if accelerator.is_main_process:
         computed = metric.compute()
-        result = {"top1": computed["top1"], "top5": computed[f"top{metric.k}"], "loss": computed["loss"], "count": computed["count"]}
+        result = {
+            "top1": computed["top1"],
+            "top5": computed[f"top{metric.k}"],
+            "loss": computed["loss"],
+            "count": computed["count"],
+        }
     result = _broadcast(accelerator, result)
     if collect_predictions:
         result["predictions"] = torch.cat(top1_predictions).tolist() if top1_predictions else []

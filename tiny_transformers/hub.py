@@ -32,7 +32,7 @@ from huggingface_hub import errors as hf_errors
 from .config import HubConfig, validate_hub
 from .errors import ConfigError, ModelError, PublishError, TinyTransformersError, clean_message
 from .paper import CITATION, resolve_model_name
-from .report import CURVES_FILE, RunSummary, public_value, plot_training_curves, read_run, results_table
+from .report import CURVES_FILE, RunSummary, plot_training_curves, public_value, read_run, results_table
 
 EXPORT_DIR = "export"  # default export folder, inside the run's output directory
 EXPORT_FILES = ("model.safetensors", "config.json", "README.md", CURVES_FILE, "metrics.jsonl")
@@ -112,11 +112,19 @@ def model_card(run: RunSummary, hub: HubConfig | None = None) -> ModelCard:
     split = "validation"
     results = [
         EvalResult(
-            task_type="image-classification", task_name="Image Classification", dataset_type=dataset_id,
-            dataset_name="Tiny ImageNet", dataset_split=split, metric_type=metric_type, metric_name=metric_name,
+            task_type="image-classification",
+            task_name="Image Classification",
+            dataset_type=dataset_id,
+            dataset_name="Tiny ImageNet",
+            dataset_split=split,
+            metric_type=metric_type,
+            metric_name=metric_name,
             metric_value=round(float(record[key]), 2),
         )
-        for key, metric_type, metric_name in (("top1", "accuracy", "Top-1 accuracy"), ("top5", "top_5_accuracy", "Top-5 accuracy"))
+        for key, metric_type, metric_name in (
+            ("top1", "accuracy", "Top-1 accuracy"),
+            ("top5", "top_5_accuracy", "Top-5 accuracy"),
+        )
     ]
     tags = ["image-classification", "timm", "vision-transformer", "tiny-imagenet", "tiny_transformers"]
     data = ModelCardData(
@@ -130,7 +138,9 @@ def model_card(run: RunSummary, hub: HubConfig | None = None) -> ModelCard:
         model_name=name,
         eval_results=results,
     )
-    pretrained_cfg = json.loads((weights_folder(run, hub.weights) / "config.json").read_text()).get("pretrained_cfg", {})
+    pretrained_cfg = json.loads((weights_folder(run, hub.weights) / "config.json").read_text()).get(
+        "pretrained_cfg", {}
+    )
     size = pretrained_cfg.get("input_size", [3, config.data.image_size, config.data.image_size])[-1]
     which = (
         f"the last epoch (epoch {record['epoch']} of {len(run.history)})"
@@ -252,7 +262,9 @@ def _export(run: RunSummary, hub: HubConfig, folder: str | Path | None) -> Path:
     if target in own or run.output_dir / "checkpoints" in (target, *target.parents):
         raise PublishError(f"Cannot export into '{target}', which holds the run itself; choose another folder.")
     if target.exists():
-        foreign = sorted(p.name for p in target.iterdir() if p.name not in EXPORT_FILES) if target.is_dir() else [target.name]
+        foreign = (
+            sorted(p.name for p in target.iterdir() if p.name not in EXPORT_FILES) if target.is_dir() else [target.name]
+        )
         if foreign:
             raise PublishError(
                 f"'{target}' already holds other files ({', '.join(foreign[:3])}); export into a new or empty folder."
@@ -286,7 +298,13 @@ def retry_command(output_dir: str | Path, hub: HubConfig) -> str:
     >>> retry_command("outputs/run", HubConfig(model_id="me/vit", private=True))
     'tiny-transformers push outputs/run --hub.model_id me/vit --hub.private true'
     """
-    parts = ["tiny-transformers", "push", shlex.quote(str(output_dir)), "--hub.model_id", hub.model_id or "YOUR-USER/MODEL-NAME"]
+    parts = [
+        "tiny-transformers",
+        "push",
+        shlex.quote(str(output_dir)),
+        "--hub.model_id",
+        hub.model_id or "YOUR-USER/MODEL-NAME",
+    ]
     if hub.private:
         parts += ["--hub.private", "true"]
     if hub.weights != "last":
@@ -331,7 +349,11 @@ def _why(error: BaseException, owner: str) -> str:
         return f"the owner '{owner}' or the repo was not found, or the token cannot see it ({first_line})"
     if status is not None:
         return f"the Hub answered {status} ({first_line})"
-    if isinstance(error, (ConnectionError, TimeoutError, OSError)) or "connect" in type(error).__name__.lower() or "timeout" in type(error).__name__.lower():
+    if (
+        isinstance(error, (ConnectionError, TimeoutError, OSError))
+        or "connect" in type(error).__name__.lower()
+        or "timeout" in type(error).__name__.lower()
+    ):
         return f"the Hub could not be reached ({first_line})"
     return f"{type(error).__name__}: {first_line}"
 
@@ -381,8 +403,10 @@ def publish_after_training(output_dir: str | Path, hub: HubConfig) -> str | None
     try:
         url = push_run(output_dir, hub)
     except Exception as error:  # noqa: BLE001 - publishing is an extra: whatever breaks it, training's result stands
-        text = clean_message(error) if isinstance(error, TinyTransformersError) else (
-            f"Exporting or pushing '{output_dir}' failed ({type(error).__name__}: {error})."
+        text = (
+            clean_message(error)
+            if isinstance(error, TinyTransformersError)
+            else (f"Exporting or pushing '{output_dir}' failed ({type(error).__name__}: {error}).")
         )
         if "tiny-transformers push" not in text:
             text += f" The run's files are intact; push them later with: {retry_command(output_dir, hub)}"
@@ -402,7 +426,9 @@ def push_warnings(output_dir: str | Path, hub: HubConfig) -> list[str]:
         return []
     later = f"the run's files will be kept; push them later with: {retry_command(output_dir, hub)}"
     if constants.HF_HUB_OFFLINE:
-        return [f"hub.push is on but HF_HUB_OFFLINE is set, so the push will fail; unset it before training ends, or {later}"]
+        return [
+            f"hub.push is on but HF_HUB_OFFLINE is set, so the push will fail; unset it before training ends, or {later}"
+        ]
     if get_token() is None:
         return [f"hub.push is on but no Hugging Face token was found, so the push will fail; {_LOGIN_HINT}, or {later}"]
     return []
@@ -421,11 +447,13 @@ def download_model(location: str) -> Path:
     >>> download_model("hf-hub:me/vit-l-tiny-imagenet")  # doctest: +SKIP
     PosixPath('/home/me/.cache/huggingface/hub/models--me--vit-l-tiny-imagenet/snapshots/3f2c...')
     """
-    repo_id = location[len("hf-hub:"):] if location.startswith("hf-hub:") else location
+    repo_id = location[len("hf-hub:") :] if location.startswith("hf-hub:") else location
     try:
         return Path(snapshot_download(repo_id, repo_type="model", allow_patterns=_DOWNLOAD_FILES))
     except hf_errors.HFValidationError as error:
-        raise ModelError(f"model.checkpoint '{location}' is not a Hub model id; write it as hf-hub:owner/name.") from error
+        raise ModelError(
+            f"model.checkpoint '{location}' is not a Hub model id; write it as hf-hub:owner/name."
+        ) from error
     except Exception as error:  # noqa: BLE001 - offline, not found, no access: each gets its own sentence below
         if isinstance(error, hf_errors.LocalEntryNotFoundError) or constants.HF_HUB_OFFLINE:
             reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the Hub cannot be reached"

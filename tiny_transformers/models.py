@@ -5,9 +5,9 @@ from __future__ import annotations
 import difflib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import timm
 import torch
@@ -27,7 +27,9 @@ def _check_name(timm_name: str) -> None:
     known = list(PAPER_MODELS) + timm.list_models()
     close = difflib.get_close_matches(timm_name, known, n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(close)}?" if close else " See timm.list_models() for the names."
-    raise ModelError(f"model.name '{timm_name}' is neither a paper model ({', '.join(PAPER_MODELS)}) nor a timm model.{hint}")
+    raise ModelError(
+        f"model.name '{timm_name}' is neither a paper model ({', '.join(PAPER_MODELS)}) nor a timm model.{hint}"
+    )
 
 
 def _hub_offline() -> bool:
@@ -253,8 +255,15 @@ def describe_trained_weights(location: str | Path) -> TrainedWeights:
             cfg = timm.models.get_pretrained_cfg(resolve_model_name(saved["model"]["name"]))
             mean, std = tuple(cfg.mean), tuple(cfg.std)
         return TrainedWeights(
-            resolve_model_name(saved["model"]["name"]), weights, saved["data"]["image_size"], mean, std, class_ids,
-            class_names, len(class_ids) if class_ids else None, saved["data"]["native_size"],
+            resolve_model_name(saved["model"]["name"]),
+            weights,
+            saved["data"]["image_size"],
+            mean,
+            std,
+            class_ids,
+            class_names,
+            len(class_ids) if class_ids else None,
+            saved["data"]["native_size"],
             saved["train"]["mixed_precision"],
         )
     if weights.is_file() and config_file.is_file():
@@ -288,6 +297,11 @@ def build_trained_model(weights: TrainedWeights, num_classes: int | None = None)
 
     >>> model = build_trained_model(describe_trained_weights("outputs/run/best")).eval()  # doctest: +SKIP
     """
-    cfg = ModelConfig(name=weights.timm_name, pretrained=False, checkpoint=str(weights.weights_file), train_mode="full",
-                      drop_path_rate=0.0)
+    cfg = ModelConfig(
+        name=weights.timm_name,
+        pretrained=False,
+        checkpoint=str(weights.weights_file),
+        train_mode="full",
+        drop_path_rate=0.0,
+    )
     return build_model(cfg, num_classes if num_classes is not None else weights.num_classes, weights.image_size)

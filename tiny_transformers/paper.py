@@ -28,7 +28,9 @@ PAPER_MODELS: dict[str, PaperModel] = {
     for m in (
         PaperModel("vit_l", "vit_large_patch16_384", "ViT-L/16", 64, 0.1, 86.43, 303.9, 191.2),
         PaperModel("cait_s36", "cait_s36_384", "CaiT-S36", 128, 0.1, 86.74, 68.1, 48.0),
-        PaperModel("deit_b_distilled", "deit_base_distilled_patch16_384", "DeiT-B/16 distilled", 64, 0.0, 87.29, 86.4, 55.7),
+        PaperModel(
+            "deit_b_distilled", "deit_base_distilled_patch16_384", "DeiT-B/16 distilled", 64, 0.0, 87.29, 86.4, 55.7
+        ),
         PaperModel("swin_l", "swin_large_patch4_window12_384", "Swin-L/4", 32, 0.1, 91.35, 195.5, 104.1),
     )
 }

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -54,27 +54,35 @@ class Predictor:
     skipped: list[str] = field(default_factory=list)
 
     @classmethod
-    def load(cls, location: str | Path, device: str | torch.device | None = None) -> "Predictor":
+    def load(cls, location: str | Path, device: str | torch.device | None = None) -> Predictor:
         """From an exported folder, a run's output dir (its ``best/``), a training checkpoint or ``hf-hub:id``."""
         location = str(location)
         if not location.startswith("hf-hub:") and not Path(location).expanduser().exists():
-            raise ModelError(f"model.checkpoint '{location}' does not exist; give an exported folder, a run's output dir or hf-hub:owner/name.")
+            raise ModelError(
+                f"model.checkpoint '{location}' does not exist; give an exported folder, a run's output dir or hf-hub:owner/name."
+            )
         if not location.startswith("hf-hub:") and (Path(location) / "best" / "config.json").is_file():
             location = str(Path(location) / "best")
         weights = describe_trained_weights(location)
         if weights.num_classes is None:
-            raise ModelError(f"model.checkpoint '{location}' does not record its number of classes (config.json num_classes).")
+            raise ModelError(
+                f"model.checkpoint '{location}' does not record its number of classes (config.json num_classes)."
+            )
         class_ids = weights.class_ids or [str(i) for i in range(weights.num_classes)]
         class_names = weights.class_names or class_ids
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model = build_trained_model(weights)
-        augment = BatchAugment(weights.image_size, weights.mean, weights.std, weights.num_classes, AugmentConfig(), device)
+        augment = BatchAugment(
+            weights.image_size, weights.mean, weights.std, weights.num_classes, AugmentConfig(), device
+        )
         return cls(
             model.to(device).eval(), augment, weights.native_size or weights.image_size, class_ids, class_names, device
         )
 
     @torch.no_grad()
-    def predict(self, files: Sequence[str | Path], top_k: int = 5, batch_size: int = 64, progress: bool = True) -> list[Prediction]:
+    def predict(
+        self, files: Sequence[str | Path], top_k: int = 5, batch_size: int = 64, progress: bool = True
+    ) -> list[Prediction]:
         """Top-k predictions for each readable image; unreadable files are skipped and listed in ``self.skipped``."""
         top_k = min(top_k, len(self.class_ids))
         results: list[Prediction] = []
@@ -95,7 +103,9 @@ class Predictor:
             top = probabilities.topk(top_k, dim=-1)
             for file, values, indices in zip(names, top.values.tolist(), top.indices.tolist()):
                 results.append(
-                    Prediction(file, [self.class_ids[i] for i in indices], [self.class_names[i] for i in indices], values)
+                    Prediction(
+                        file, [self.class_ids[i] for i in indices], [self.class_names[i] for i in indices], values
+                    )
                 )
         return results
 
@@ -126,7 +136,9 @@ def format_predictions(predictions: Sequence[Prediction]) -> str:
     lines = []
     for prediction in predictions:
         lines.append(prediction.file)
-        for rank, (class_id, name, p) in enumerate(zip(prediction.class_ids, prediction.names, prediction.probabilities), 1):
+        for rank, (class_id, name, p) in enumerate(
+            zip(prediction.class_ids, prediction.names, prediction.probabilities), 1
+        ):
             label = name if name == class_id else f"{name} ({class_id})"
             lines.append(f"  {rank}. {label:<40} {100 * p:6.2f}%")
     return "\n".join(lines)

@@ -19,9 +19,10 @@ import csv
 import json
 import math
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Literal, Sequence
+from typing import Any, ContextManager, Literal
 
 import numpy as np
 
@@ -125,7 +126,9 @@ def training_curves_figure(history: Sequence[dict[str, Any]], x: Literal["epoch"
     """
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(CURVES_SIZE[0] / CURVES_DPI, CURVES_SIZE[1] / CURVES_DPI), dpi=CURVES_DPI, layout="constrained")
+    fig = Figure(
+        figsize=(CURVES_SIZE[0] / CURVES_DPI, CURVES_SIZE[1] / CURVES_DPI), dpi=CURVES_DPI, layout="constrained"
+    )
     loss_ax, acc_ax, lr_ax = fig.subplots(1, 3)
     xs = [record[x] for record in history]
     style = dict(marker="o", markersize=4, linewidth=1.5)
@@ -234,7 +237,9 @@ def prediction_grid_figure(
         ax.set_yticks([])
         wrong = truth != predicted
         colour = _WRONG if wrong else _RIGHT
-        ax.set_title(f"true: {_short(truth)}\npred: {_short(predicted)}", fontsize=8, color=colour, pad=3, linespacing=1.2)
+        ax.set_title(
+            f"true: {_short(truth)}\npred: {_short(predicted)}", fontsize=8, color=colour, pad=3, linespacing=1.2
+        )
         for spine in ax.spines.values():
             spine.set_visible(wrong)
             spine.set_color(_WRONG)
@@ -359,10 +364,7 @@ def results_markdown(config: FinetuneConfig, history: Sequence[dict[str, Any]]) 
             f"for {paper.title}."
         )
     else:
-        text.append(
-            f"The paper reports no number for {config.model.name}; it covers "
-            f"{', '.join(PAPER_MODELS)}."
-        )
+        text.append(f"The paper reports no number for {config.model.name}; it covers {', '.join(PAPER_MODELS)}.")
     text += [
         "",
         f"Measured on the eval split of `{public_value(config.data.source)}` at {config.data.image_size} px "

@@ -9,7 +9,7 @@ accumulation k see, in the same steps, and a resumed run starts at any step with
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch

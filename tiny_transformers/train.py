@@ -11,9 +11,10 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import timm.optim
 import torch
@@ -34,7 +35,14 @@ from .data import DataBundle, collate, eval_transform, load_data, train_transfor
 from .engine import evaluate, train_one_epoch
 from .errors import CheckpointError, ConfigError, DataError, TinyTransformersError
 from .hub import publish_after_training, push_warnings
-from .models import build_model, build_trained_model, count_parameters, describe_trained_weights, normalization, save_for_timm
+from .models import (
+    build_model,
+    build_trained_model,
+    count_parameters,
+    describe_trained_weights,
+    normalization,
+    save_for_timm,
+)
 from .report import write_run_report
 from .sampler import MicroBatchSampler
 
@@ -138,7 +146,9 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         model.compile()  # in place: same module, same state_dict keys, so checkpoints and exports are unchanged
     mean, std = normalization(model, config.data.normalization)
     optimizer = build_optimizer(config.optim, model)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=plan.total_steps, eta_min=config.optim.min_lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=plan.total_steps, eta_min=config.optim.min_lr
+    )
 
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
@@ -163,12 +173,18 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.json").write_text(config.to_json())
-        (output_dir / "labels.json").write_text(json.dumps({"class_ids": data.class_ids, "class_names": data.class_names}))
+        (output_dir / "labels.json").write_text(
+            json.dumps({"class_ids": data.class_ids, "class_names": data.class_names})
+        )
     accelerator.print(
         f"tiny_transformers: {config.model.name} ({_count(total)} parameters, {_count(trainable)} trainable, "
         f"{config.model.train_mode} mode) on {data.source_kind} data: {len(data.train)} train / {len(data.eval)} eval "
         f"images, {data.num_classes} classes\n{plan.describe()}\noutputs: {output_dir}"
-        + (f"\nresuming from {resume_from.name}: epoch {state.epoch + 1}, step {state.step_in_epoch}" if resume_from else "")
+        + (
+            f"\nresuming from {resume_from.name}: epoch {state.epoch + 1}, step {state.step_in_epoch}"
+            if resume_from
+            else ""
+        )
     )
     accelerator.init_trackers("tiny_transformers", config={k: str(v) for k, v in config.to_dict().items()})
     for warning in push_warnings(output_dir, config.hub) if accelerator.is_main_process else []:
@@ -199,8 +215,17 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
             )
             started = time.perf_counter()
             finished = train_one_epoch(
-                accelerator, model, optimizer, scheduler, loader, augment, plan, state, config.train.seed,
-                after_step, progress=config.train.progress,
+                accelerator,
+                model,
+                optimizer,
+                scheduler,
+                loader,
+                augment,
+                plan,
+                state,
+                config.train.seed,
+                after_step,
+                progress=config.train.progress,
             )
             if not finished or received["signal"]:
                 accelerator.end_training()
@@ -244,14 +269,22 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     if accelerator.is_main_process:
         _export(accelerator, model, output_dir / "last", data, config, mean, std)
         write_run_report(
-            output_dir, config, state.history, accelerator.unwrap_model(model), data.eval, data.class_names,
-            augment.resize_normalize, accelerator.autocast,
+            output_dir,
+            config,
+            state.history,
+            accelerator.unwrap_model(model),
+            data.eval,
+            data.class_names,
+            augment.resize_normalize,
+            accelerator.autocast,
         )
         if config.hub.push:
             publish_after_training(output_dir, config.hub)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    last = state.history[-1] if state.history else {"top1": float("nan"), "top5": float("nan"), "eval_loss": float("nan")}
+    last = (
+        state.history[-1] if state.history else {"top1": float("nan"), "top5": float("nan"), "eval_loss": float("nan")}
+    )
     accelerator.print(f"done: top-1 {last['top1']:.2f}%, best top-1 {state.best_top1:.2f}%; outputs in {output_dir}")
     return FinetuneResult(
         top1=last["top1"],
@@ -293,14 +326,23 @@ def _count(n: int) -> str:
 
 
 def _gathered_mean(accelerator: Accelerator, total: float, count: int) -> float:
-    sums = accelerator.reduce(torch.tensor([total, float(count)], dtype=torch.float64, device=accelerator.device), "sum")
+    sums = accelerator.reduce(
+        torch.tensor([total, float(count)], dtype=torch.float64, device=accelerator.device), "sum"
+    )
     return (sums[0] / sums[1].clamp(min=1)).item()
 
 
 def _export(accelerator: Accelerator, model, folder: Path, data: DataBundle, config: FinetuneConfig, mean, std) -> None:
     save_for_timm(
-        accelerator.unwrap_model(model), folder, data.class_ids, data.class_names, config.data.image_size, mean, std,
-        native_size=config.data.native_size, mixed_precision=config.train.mixed_precision,
+        accelerator.unwrap_model(model),
+        folder,
+        data.class_ids,
+        data.class_names,
+        config.data.image_size,
+        mean,
+        std,
+        native_size=config.data.native_size,
+        mixed_precision=config.train.mixed_precision,
     )
 
 
@@ -320,7 +362,9 @@ def evaluate_checkpoint(config: FinetuneConfig) -> dict[str, Any]:
     86.5
     """
     if not config.model.checkpoint:
-        raise ConfigError("evaluate needs --model.checkpoint: an exported folder (e.g. outputs/run/best) or a checkpoint.")
+        raise ConfigError(
+            "evaluate needs --model.checkpoint: an exported folder (e.g. outputs/run/best) or a checkpoint."
+        )
     validate(config)
     _check_process_precision(config.train.mixed_precision)
     weights = describe_trained_weights(config.model.checkpoint)
@@ -336,8 +380,12 @@ def evaluate_checkpoint(config: FinetuneConfig) -> dict[str, Any]:
     # decoded as in training: the run recorded its native size (64 for Tiny ImageNet)
     loader = _eval_loader(data, config, weights.native_size or config.data.native_size, accelerator)
     model, loader = accelerator.prepare(model, loader)
-    augment = BatchAugment(weights.image_size, weights.mean, weights.std, data.num_classes, AugmentConfig(), accelerator.device)
-    result = evaluate(accelerator, model, loader, augment, data.num_classes, config.train.progress, collect_predictions=True)
+    augment = BatchAugment(
+        weights.image_size, weights.mean, weights.std, data.num_classes, AugmentConfig(), accelerator.device
+    )
+    result = evaluate(
+        accelerator, model, loader, augment, data.num_classes, config.train.progress, collect_predictions=True
+    )
     result["class_ids"] = data.class_ids
     result["class_names"] = data.class_names  # for the per-class table (report.per_class_accuracy)
     return result
