@@ -28,6 +28,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constants, get_token, snapshot_download
 from huggingface_hub import errors as hf_errors
+from huggingface_hub.utils import validate_repo_id
 
 from .config import HubConfig, validate_hub
 from .errors import ConfigError, ModelError, PublishError, TinyTransformersError, clean_message
@@ -39,6 +40,42 @@ EXPORT_FILES = ("model.safetensors", "config.json", "README.md", CURVES_FILE, "m
 TINY_IMAGENET_HUB_ID = "zh-plus/tiny-imagenet"  # the Hub copy of Tiny ImageNet, recorded for local sources
 _DOWNLOAD_FILES = ["config.json", "model.safetensors", "pytorch_model.bin"]
 _LOGIN_HINT = "set HF_TOKEN or run `hf auth login` (`huggingface-cli login` in older huggingface_hub)"
+
+
+def offline() -> bool:
+    """Whether Hugging Face's offline mode is on (``HF_HUB_OFFLINE`` or ``HF_DATASETS_OFFLINE``), however it was set.
+
+    huggingface_hub reads the variables once at import; the environment is read too, so a variable set later
+    (a notebook, a test) counts.
+
+    >>> import os; os.environ["HF_HUB_OFFLINE"] = "1"; offline()
+    True
+    """
+    flags = (os.environ.get(name, "").strip().lower() for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return bool(constants.HF_HUB_OFFLINE) or any(flag in ("1", "true", "yes", "on") for flag in flags)
+
+
+def is_hub_id(text: str) -> bool:
+    """Whether ``text`` names a repo on the Hub (``owner/name`` or a bare ``name``) rather than a local path.
+
+    A string that exists on disk, starts with ``.``, ``/`` or ``~``, ends in ``.zip``/``.parquet``, has more
+    parts than ``owner/name``, has a file suffix after its slash (``data/train.v2``), or is not a valid repo id
+    (huggingface_hub's ``validate_repo_id``) is a path.
+
+    >>> is_hub_id("zh-plus/tiny-imagenet"), is_hub_id("./tiny-imagenet-200"), is_hub_id("data/a/b"), is_hub_id("x.zip")
+    (True, False, False, False)
+    """
+    if not text or text.startswith((".", "/", "~")) or text.lower().endswith((".zip", ".parquet")):
+        return False
+    if Path(text).expanduser().exists() or text.count("/") > 1 or (os.sep != "/" and os.sep in text):
+        return False
+    if "/" in text and Path(text).suffix:
+        return False
+    try:
+        validate_repo_id(text)
+    except hf_errors.HFValidationError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------------------------------
