@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -97,20 +98,24 @@ def _fail(error: BaseException) -> None:
     sys.exit(2)
 
 
-def run(config: FinetuneConfig, args: Sequence[str] | None = None):
+def run(config: FinetuneConfig, args: Sequence[str] | None = None, command: str | None = None):
     """Entry point of a recipe file: apply command-line overrides, then train (or print the config).
 
     ``accelerate launch recipes/swin_l.py --train.epochs 1`` ends here. Problems with the user's input
-    are printed as one sentence and exit with status 2; an interrupted run exits with status 143.
+    are printed as one sentence and exit with status 2; an interrupted run exits with status 143 and prints
+    ``command`` (default: ``accelerate launch`` and this script's command line) as the way to resume.
     """
-    config, show = parse_config(config, sys.argv[1:] if args is None else args, prog=sys.argv[0])
+    args = sys.argv[1:] if args is None else list(args)
+    if command is None:
+        command = shlex.join(["accelerate", "launch", *sys.argv]) if sys.argv[0].endswith(".py") else None
+    config, show = parse_config(config, args, prog=sys.argv[0])
     if show:
         print(config.to_json())
         return None
     from .train import TrainingInterrupted, finetune
 
     try:
-        return finetune(config)
+        return finetune(config, command)
     except TrainingInterrupted as error:
         print(f"stopped: {clean_message(error)}", file=sys.stderr)
         sys.exit(143)
@@ -133,8 +138,7 @@ def _train(args: list[str]) -> None:
         default = FinetuneConfig()
         default.model.name = name
         default.train.output_dir = f"outputs/{name}"
-    sys.argv = [f"tiny-transformers train {name}"] + overrides
-    run(default, overrides)
+    run(default, overrides, command=shlex.join(["tiny-transformers", "train", name, *overrides]))
 
 
 def _pop_option(args: list[str], name: str) -> tuple[list[str], str | None]:
@@ -158,9 +162,8 @@ def _pop_option(args: list[str], name: str) -> tuple[list[str], str | None]:
 def _evaluate(args: list[str]) -> None:
     """``evaluate``: prints {"top1", "top5", "loss", "count"} as JSON; writes per-class accuracy to ``--output``."""
     args, output = _pop_option(args, "--output")
-    default = FinetuneConfig()
-    default.train.mixed_precision = _training_precision(args) or default.train.mixed_precision
-    config, show = parse_config(default, args, prog="tiny-transformers evaluate [--output CSV]")
+    config, show = parse_config(FinetuneConfig(), args, prog="tiny-transformers evaluate [--output CSV]")
+    given = any(a == "--train.mixed_precision" or a.startswith("--train.mixed_precision=") for a in args)
     if show:
         print(config.to_json())
         return
@@ -168,31 +171,13 @@ def _evaluate(args: list[str]) -> None:
     from .train import evaluate_checkpoint
 
     try:
-        result = evaluate_checkpoint(config)
+        result = evaluate_checkpoint(config, config.train.mixed_precision if given else None)
     except TinyTransformersError as error:
         _fail(error)
     rows = per_class_accuracy(result["references"], result["predictions"], result["class_ids"], result["class_names"])
     path = write_per_class_csv(rows, output or PER_CLASS_FILE)
     print(json.dumps({k: result[k] for k in ("top1", "top5", "loss", "count")}))
     print(f"per-class accuracy: {path}", file=sys.stderr)  # stdout stays one JSON line for scripts
-
-
-def _training_precision(args: list[str]) -> str | None:
-    """The autocast the model in ``--model.checkpoint`` was trained with, to evaluate it the same way by
-    default (bf16 on a model trained in fp32 moves the loss and can flip a top-1); ``--train.mixed_precision``
-    still overrides it. fp16 needs CUDA, so a CPU falls back to fp32."""
-    _, location = _pop_option(list(args), "--model.checkpoint")
-    if location is None:
-        return None
-    from .models import describe_trained_weights
-
-    try:
-        precision = describe_trained_weights(location).mixed_precision
-    except (TinyTransformersError, OSError, ValueError, KeyError):
-        return None  # evaluate_checkpoint reports what is wrong with the location
-    import torch
-
-    return "no" if precision == "fp16" and not torch.cuda.is_available() else precision
 
 
 @dataclass

@@ -7,6 +7,7 @@ build (data, model, optimizer, schedule) -> ``accelerator.prepare`` -> resume ->
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import signal
 import sys
@@ -89,13 +90,6 @@ def _stop_signals() -> Iterator[dict[str, str | None]]:
             signal.signal(s, h)
 
 
-def _resume_command() -> str:
-    script = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
-    if script.endswith(".py"):
-        return "accelerate launch " + " ".join(sys.argv)
-    return "the same command again"
-
-
 def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     """Rewrite the whole log from the run's history (restored with each checkpoint), atomically: a run
     killed after logging an epoch but before checkpointing it logs that epoch once, not twice, on resume."""
@@ -121,10 +115,12 @@ def _check_process_precision(mixed_precision: str) -> None:
         )
 
 
-def finetune(config: FinetuneConfig) -> FinetuneResult:
+def finetune(config: FinetuneConfig, command: str | None = None) -> FinetuneResult:
     """Fine-tune ``config.model`` on ``config.data`` and return what it measured; resumable and multi-process.
 
     Works the same from a script under ``accelerate launch``, from ``python``, and from a notebook.
+    ``command`` is the command line that started the run, printed in the message of a stopped run as the way
+    to resume it (``run`` and the ``tiny-transformers`` command pass their own).
 
     >>> from tiny_transformers import FinetuneConfig, finetune
     >>> cfg = FinetuneConfig()
@@ -232,7 +228,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
                 raise TrainingInterrupted(
                     f"Training stopped by {received['signal'] or 'a signal'} at epoch {epoch + 1}, step "
                     f"{state.step_in_epoch}; a checkpoint is in {output_dir / 'checkpoints'}. Resume with "
-                    f"{_resume_command()} (train.resume auto continues from it)."
+                    f"{command or 'the same command again'} (train.resume auto continues from it)."
                 )
             metrics = evaluate(accelerator, model, eval_loader, augment, data.num_classes, config.train.progress)
             record = {
@@ -346,8 +342,13 @@ def _export(accelerator: Accelerator, model, folder: Path, data: DataBundle, con
     )
 
 
-def evaluate_checkpoint(config: FinetuneConfig) -> dict[str, Any]:
+def evaluate_checkpoint(config: FinetuneConfig, mixed_precision: str | None = None) -> dict[str, Any]:
     """Top-1, top-5 and loss of the trained model at ``config.model.checkpoint`` on ``config.data``'s eval split.
+
+    ``mixed_precision`` (``bf16``, ``fp16``, ``no``) is the autocast to evaluate under; by default the one the
+    weights were trained with, as their folder records it (fp32 on a machine without CUDA for an fp16 run), so
+    the run's own numbers come back (bf16 on a model trained in fp32 moves the loss and can flip a top-1).
+    ``config.train.mixed_precision`` is used only when the weights record none (plain timm folders).
 
     ``model.checkpoint`` is an exported folder (``best/``, ``last/``, ``export/``), a training checkpoint
     folder or ``hf-hub:owner/name``. The result also holds per-image ``predictions`` and ``references`` and
@@ -365,9 +366,11 @@ def evaluate_checkpoint(config: FinetuneConfig) -> dict[str, Any]:
         raise ConfigError(
             "evaluate needs --model.checkpoint: an exported folder (e.g. outputs/run/best) or a checkpoint."
         )
-    validate(config)
-    _check_process_precision(config.train.mixed_precision)
     weights = describe_trained_weights(config.model.checkpoint)
+    precision = mixed_precision or _evaluation_precision(weights.mixed_precision) or config.train.mixed_precision
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, mixed_precision=precision))
+    validate(config)
+    _check_process_precision(precision)
     data = load_data(config.data)
     if weights.class_ids is not None and list(weights.class_ids) != list(data.class_ids):
         raise DataError(
@@ -376,7 +379,7 @@ def evaluate_checkpoint(config: FinetuneConfig) -> dict[str, Any]:
             f"{weights.class_ids[:3]}); evaluate on the dataset it was trained with."
         )
     model = build_trained_model(weights, data.num_classes)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.train.mixed_precision)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision)
     # decoded as in training: the run recorded its native size (64 for Tiny ImageNet)
     loader = _eval_loader(data, config, weights.native_size or config.data.native_size, accelerator)
     model, loader = accelerator.prepare(model, loader)
@@ -389,3 +392,10 @@ def evaluate_checkpoint(config: FinetuneConfig) -> dict[str, Any]:
     result["class_ids"] = data.class_ids
     result["class_names"] = data.class_names  # for the per-class table (report.per_class_accuracy)
     return result
+
+
+def _evaluation_precision(trained: str | None) -> str | None:
+    """The autocast to evaluate a model trained under ``trained`` in: the same, except fp16 (CUDA only) on a CPU."""
+    if trained == "fp16" and not torch.cuda.is_available():
+        return "no"
+    return trained
