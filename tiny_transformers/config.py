@@ -20,6 +20,30 @@ from typing import Any, Literal
 from .errors import ConfigError
 from .paper import PAPER_MODELS
 
+RESUMABLE = "resumable"  # dataclass field metadata key
+
+
+def resumable(default: Any) -> Any:
+    """A field that a resumed run may change: it does not alter the optimisation trajectory (the run's length,
+    logging, where files go, publishing). Resuming with any other field changed is refused
+    (``checkpoint.find_resume_checkpoint``).
+    """
+    return field(default=default, metadata={RESUMABLE: True})
+
+
+def resumable_fields() -> set[str]:
+    """Dotted names of the fields marked :func:`resumable`.
+
+    >>> sorted(resumable_fields())[:3]
+    ['data.max_eval_samples', 'data.num_workers', 'hub.license']
+    """
+    return {
+        f"{section.name}.{f.name}"
+        for section in dataclasses.fields(FinetuneConfig)
+        for f in dataclasses.fields(section.default_factory)
+        if f.metadata.get(RESUMABLE)
+    }
+
 
 @dataclass
 class ModelConfig:
@@ -27,9 +51,7 @@ class ModelConfig:
 
     name: str = "vit_l"  # a paper short name (vit_l, cait_s36, deit_b_distilled, swin_l) or any timm model name
     pretrained: bool = True  # start from ImageNet weights (from the Hub, or from `checkpoint`)
-    checkpoint: str | None = (
-        None  # .safetensors/.pth file, a folder written by timm save_for_hf, or hf-hub:owner/name
-    )
+    checkpoint: str | None = None  # .safetensors/.pth file, a save_for_hf folder, or hf-hub:owner/name
     train_mode: Literal["head", "full"] = "head"  # head: frozen backbone, as the official code; full: every parameter
     drop_path_rate: float = 0.1  # stochastic depth inside the backbone (paper 2.2)
 
@@ -42,10 +64,10 @@ class DataConfig:
     image_size: int = 384  # pixels per side given to the model, bicubic upscaling on the training device
     native_size: int = 64  # pixels per side of the uint8 images the loader hands over (Tiny ImageNet is 64x64)
     normalization: Literal["imagenet", "model"] = "imagenet"  # imagenet: the paper's mean/std for all four models
-    num_workers: int = 4  # loader processes per training process (decode + RGB conversion only: cheap)
+    num_workers: int = resumable(4)  # loader processes per training process (decode + RGB conversion only: cheap)
     skip_corrupt: bool = False  # False: stop at the first unreadable image, naming it; True: scan, skip and count them
     max_train_samples: int | None = None  # use a fixed random subset of N training images (quick experiments)
-    max_eval_samples: int | None = None  # use a fixed random subset of N evaluation images
+    max_eval_samples: int | None = resumable(None)  # use a fixed random subset of N evaluation images
 
 
 @dataclass
@@ -72,40 +94,40 @@ class OptimConfig:
     momentum: float = 0.9  # sgd only
     nesterov: bool = True  # sgd only
     min_lr: float = 0.0  # end of the cosine
-    fused: bool = (
-        False  # torch's fused optimizer kernel (fused=True); off: 1.02x in full mode on an H200 (docs/benchmarks.md)
-    )
+    fused: bool = False  # torch's fused AdamW/SGD kernel (fused=True); measured effect: docs/benchmarks.md
 
 
 @dataclass
 class TrainConfig:
     """Length, batch arithmetic, precision and where outputs go."""
 
-    epochs: int = 30
+    epochs: int = resumable(30)  # passes over the training split
     batch_size: int = 128  # effective images per optimizer update, over all processes and accumulation steps
     micro_batch_size: int = 64  # images per forward pass on one device
-    eval_batch_size: int | None = None  # images per evaluation forward pass; default: micro_batch_size
+    eval_batch_size: int | None = resumable(None)  # images per evaluation forward pass; default: micro_batch_size
     mixed_precision: Literal["bf16", "fp16", "no"] = "bf16"  # autocast dtype; fp16 adds a gradient scaler
     seed: int = 0
-    output_dir: str = "outputs/run"  # checkpoints, metrics.jsonl, config.json, best/ and last/
-    resume: str = "auto"  # auto: newest checkpoint in output_dir if any; never: start fresh; or a checkpoint path
-    checkpoint_every: int = 0  # also save every N optimizer updates; 0: only at epoch ends
-    keep_checkpoints: int = 3  # newest checkpoints kept in output_dir/checkpoints
-    log_with: tuple[str, ...] = ()  # Accelerate trackers, e.g. tensorboard wandb
-    progress: bool = True  # tqdm bars on the main process
-    compile: bool = False  # torch.compile in place; off: 1.26x in full mode on an H200 after 21 s, head mode unmeasured (docs/benchmarks.md)
+    output_dir: str = resumable("outputs/run")  # checkpoints, metrics.jsonl, config.json, best/ and last/
+    # auto: the newest checkpoint in output_dir, if any; never: start fresh (refused when output_dir already holds
+    # checkpoints, so nothing is overwritten); or the path of one checkpoint folder
+    resume: str = resumable("auto")
+    checkpoint_every: int = resumable(0)  # also save every N optimizer updates; 0: only at epoch ends
+    keep_checkpoints: int = resumable(3)  # newest checkpoints kept in output_dir/checkpoints
+    log_with: tuple[str, ...] = resumable(())  # Accelerate trackers, e.g. tensorboard wandb
+    progress: bool = resumable(True)  # tqdm bars on the main process
+    compile: bool = False  # torch.compile the model in place (compiles at the first step); docs/benchmarks.md
 
 
 @dataclass
 class HubConfig:
     """Publishing the trained model to the Hugging Face Hub (docs/publishing.md); never changes training."""
 
-    push: bool = False  # upload the exported folder (weights, model card, curves, metrics) to hub.model_id
-    model_id: str | None = None  # Hub repo 'owner/name'; created when missing
-    private: bool = False  # visibility of a repo that the push creates (an existing repo keeps its own)
-    strategy: Literal["end", "epoch"] = "end"  # end: push once after training; epoch: also after every epoch
-    weights: Literal["last", "best"] = "last"  # last: the final epoch (the run's reported numbers); best: top-1 epoch
-    license: str = "apache-2.0"  # the model card's license (a Hub license id)
+    push: bool = resumable(False)  # upload the exported folder (weights, card, curves, metrics) to hub.model_id
+    model_id: str | None = resumable(None)  # Hub repo 'owner/name'; created when missing
+    private: bool = resumable(False)  # visibility of a repo that the push creates (an existing repo keeps its own)
+    strategy: Literal["end", "epoch"] = resumable("end")  # end: push once after training; epoch: also after every epoch
+    weights: Literal["last", "best"] = resumable("last")  # last: the final epoch (the reported numbers); best: top-1
+    license: str = resumable("apache-2.0")  # the model card's license (a Hub license id)
 
 
 @dataclass
@@ -200,17 +222,19 @@ def _check_speed_options(o: OptimConfig, t: TrainConfig, cuda_available: bool) -
     if t.compile and not cuda_available and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
         # Inductor writes C++ for the CPU and compiles it at the first step; fail now, not there.
         raise ConfigError(
-            "train.compile on the CPU needs a C++ compiler (g++ or clang++) on PATH; install one or use --train.compile false."
+            "train.compile on the CPU needs a C++ compiler (g++ or clang++) on PATH; install one or use "
+            "--train.compile false."
         )
 
 
 def validate(config: FinetuneConfig, num_processes: int | None = None, cuda_available: bool | None = None) -> None:
     """Check every field before anything starts; raise :class:`ConfigError` with one sentence on the first problem.
 
-    >>> validate(FinetuneConfig(train=TrainConfig(batch_size=100, micro_batch_size=64)), num_processes=1)
+    >>> config = FinetuneConfig(train=TrainConfig(batch_size=100, micro_batch_size=64))
+    >>> validate(config, num_processes=1)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    tiny_transformers.errors.ConfigError: train.batch_size 100 is not a multiple of train.micro_batch_size 64 x 1 process(es) = 64; use 64 or 128, or change train.micro_batch_size.
+    tiny_transformers.errors.ConfigError: train.batch_size 100 is not a multiple of ... = 64; use 64 or 128, or ...
     """
     num_processes = num_processes or world_size_from_env()
     m, d, a, o, t = config.model, config.data, config.augment, config.optim, config.train
@@ -271,7 +295,8 @@ def validate(config: FinetuneConfig, num_processes: int | None = None, cuda_avai
             # last/ export. Neither can run here (no GPU) to be verified: refuse rather than train wrongly.
             raise ConfigError(
                 f"accelerate launch was configured for {plugin}, which tiny_transformers does not support yet; "
-                "launch with plain data parallelism (accelerate config: 'multi-GPU', no FSDP/DeepSpeed), see docs/scaling.md."
+                "launch with plain data parallelism (accelerate config: 'multi-GPU', no FSDP/DeepSpeed), see "
+                "docs/scaling.md."
             )
 
     unit = t.micro_batch_size * num_processes
@@ -317,10 +342,10 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9])?/[A-Za-z0-9_](?:[
 def validate_hub(hub: HubConfig) -> None:
     """Check the ``hub`` section: a push needs an ``owner/name`` model id; raise :class:`ConfigError` otherwise.
 
-    >>> validate_hub(HubConfig(push=True))
+    >>> validate_hub(HubConfig(push=True))  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    tiny_transformers.errors.ConfigError: hub.push is on but hub.model_id is not set; add --hub.model_id your-user/model-name (or --hub.push false).
+    tiny_transformers.errors.ConfigError: hub.push is on but hub.model_id is not set; add --hub.model_id your-user/...
     """
     if hub.push and not hub.model_id:
         raise ConfigError(

@@ -33,7 +33,8 @@ from huggingface_hub.utils import validate_repo_id
 from .config import HubConfig, validate_hub
 from .errors import ConfigError, ModelError, PublishError, TinyTransformersError, clean_message
 from .paper import CITATION, resolve_model_name
-from .report import CURVES_FILE, RunSummary, plot_training_curves, public_value, read_run, results_table
+from .report import plot_training_curves, public_value, results_table
+from .rundir import CURVES_FILE, RunSummary, read_run
 
 EXPORT_DIR = "export"  # default export folder, inside the run's output directory
 EXPORT_FILES = ("model.safetensors", "config.json", "README.md", CURVES_FILE, "metrics.jsonl")

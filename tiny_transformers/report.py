@@ -16,24 +16,18 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import math
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, ContextManager, Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from .config import FinetuneConfig
-from .errors import PublishError
-from .paper import CITATION, PAPER_MODELS, PaperModel, paper_model_for, resolve_model_name
-
-CURVES_FILE = "training_curves.png"
-GRID_FILE = "predictions.png"
-RESULTS_FILE = "results.md"
-PER_CLASS_FILE = "per_class_accuracy.csv"
+from .paper import CITATION, PAPER_MODELS, paper_model_for, resolve_model_name
+from .rundir import CURVES_FILE, GRID_FILE, RESULTS_FILE, RunDir, best_record
 
 CURVES_DPI = 100
 CURVES_SIZE = (1500, 420)  # pixels (width, height) of training_curves.png
@@ -45,70 +39,6 @@ _GRID_TITLE = 34  # pixels above each image for its two title lines
 _GRID_PAD = 8  # pixels around each image
 _WRONG = "#c62828"  # red: title and frame of a wrong prediction
 _RIGHT = "#1b5e20"
-
-
-# --------------------------------------------------------------------------------------------------
-# A finished run, read back from its output directory
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """A run as its output directory records it: config, per-epoch metrics and class names."""
-
-    output_dir: Path
-    config: FinetuneConfig
-    history: list[dict[str, Any]]  # metrics.jsonl, one dict per finished epoch
-    class_ids: list[str]
-    class_names: list[str]
-
-    @property
-    def final(self) -> dict[str, Any]:
-        """The last epoch's metrics: what the run reports and what ``last/`` holds."""
-        return self.history[-1]
-
-    @property
-    def best(self) -> dict[str, Any]:
-        """The epoch of highest top-1, the first on ties (the one whose weights are in ``best/``)."""
-        return best_record(self.history)
-
-    def record_for(self, weights: Literal["last", "best"]) -> dict[str, Any]:
-        return self.best if weights == "best" else self.final
-
-    @property
-    def paper(self) -> PaperModel | None:
-        return paper_model_for(self.config.model.name)
-
-
-def best_record(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The first epoch with the highest top-1, as ``finetune`` chooses ``best/``.
-
-    >>> best_record([{"epoch": 1, "top1": 50.0}, {"epoch": 2, "top1": 60.0}, {"epoch": 3, "top1": 60.0}])["epoch"]
-    2
-    """
-    return max(history, key=lambda record: record["top1"])  # max() keeps the first of equal keys
-
-
-def read_run(output_dir: str | Path) -> RunSummary:
-    """Read ``config.json``, ``metrics.jsonl`` and ``labels.json`` of a run's output directory.
-
-    >>> read_run("outputs/run").final["top1"]  # doctest: +SKIP
-    86.5
-    """
-    folder = Path(output_dir).expanduser().resolve()
-    files = {name: folder / name for name in ("config.json", "metrics.jsonl", "labels.json")}
-    missing = [name for name, path in files.items() if not path.is_file()]
-    if missing:
-        raise PublishError(
-            f"'{folder}' is not the output directory of a finished run (no {', '.join(missing)}); give the "
-            "train.output_dir of a run that trained at least one epoch."
-        )
-    history = [json.loads(line) for line in files["metrics.jsonl"].read_text().splitlines() if line.strip()]
-    if not history:
-        raise PublishError(f"'{folder}/metrics.jsonl' is empty; train at least one epoch before exporting or pushing.")
-    labels = json.loads(files["labels.json"].read_text())
-    config = FinetuneConfig.from_dict(json.loads(files["config.json"].read_text()))
-    return RunSummary(folder, config, history, list(labels["class_ids"]), list(labels["class_names"]))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -256,7 +186,8 @@ def plot_prediction_grid(
 ) -> Path:
     """Write :func:`prediction_grid_figure` as a PNG of :func:`grid_pixel_size` pixels.
 
-    >>> plot_prediction_grid(np.zeros((2, 3, 64, 64), np.uint8), ["cat", "dog"], ["cat", "cat"], "grid.png")  # doctest: +SKIP
+    >>> images = np.zeros((2, 3, 64, 64), np.uint8)
+    >>> plot_prediction_grid(images, ["cat", "dog"], ["cat", "cat"], "grid.png")  # doctest: +SKIP
     PosixPath('grid.png')
     """
     path = Path(path)
@@ -282,7 +213,7 @@ def sample_predictions(
     preprocess: Callable[[Any], Any],
     count: int = GRID_IMAGES,
     seed: int = 0,
-    autocast: Callable[[], ContextManager[Any]] = contextlib.nullcontext,
+    autocast: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
 ) -> tuple[np.ndarray, list[int], list[int]]:
     """(uint8 images (N, 3, S, S), true labels, top-1 predictions) of the :func:`grid_sample` of ``eval_dataset``.
 
@@ -360,8 +291,8 @@ def results_markdown(config: FinetuneConfig, history: Sequence[dict[str, Any]]) 
     if paper is not None:
         gap = final["top1"] - paper.paper_top1
         text.append(
-            f"Final top-1 is {abs(gap):.2f} points {'above' if gap >= 0 else 'below'} the paper's {paper.paper_top1:.2f}% "
-            f"for {paper.title}."
+            f"Final top-1 is {abs(gap):.2f} points {'above' if gap >= 0 else 'below'} the paper's "
+            f"{paper.paper_top1:.2f}% for {paper.title}."
         )
     else:
         text.append(f"The paper reports no number for {config.model.name}; it covers {', '.join(PAPER_MODELS)}.")
@@ -445,7 +376,7 @@ def write_run_report(
     eval_dataset: Any,
     class_names: Sequence[str],
     preprocess: Callable[[Any], Any],
-    autocast: Callable[[], ContextManager[Any]] = contextlib.nullcontext,
+    autocast: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
 ) -> dict[str, Path]:
     """Write the training curves, the prediction grid (of the model as it is now) and ``results.md``.
 
@@ -455,17 +386,17 @@ def write_run_report(
     ...                  augment.resize_normalize, accelerator.autocast)  # doctest: +SKIP
     {'curves': PosixPath('outputs/run/training_curves.png'), ...}
     """
-    output_dir = Path(output_dir)
+    run = RunDir(Path(output_dir))
     written: dict[str, Path] = {}
     if history:
-        written["curves"] = plot_training_curves(history, output_dir / CURVES_FILE)
-        (output_dir / RESULTS_FILE).write_text(results_markdown(config, history))
-        written["results"] = output_dir / RESULTS_FILE
+        written["curves"] = plot_training_curves(history, run.file(CURVES_FILE))
+        run.file(RESULTS_FILE).write_text(results_markdown(config, history))
+        written["results"] = run.file(RESULTS_FILE)
     if len(eval_dataset):
         images, labels, predicted = sample_predictions(
             model, eval_dataset, config.data.native_size, preprocess, GRID_IMAGES, config.train.seed, autocast
         )
         written["grid"] = plot_prediction_grid(
-            images, [class_names[i] for i in labels], [class_names[i] for i in predicted], output_dir / GRID_FILE
+            images, [class_names[i] for i in labels], [class_names[i] for i in predicted], run.file(GRID_FILE)
         )
     return written

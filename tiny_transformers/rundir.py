@@ -1,0 +1,172 @@
+"""The run folder: the one module that knows where a run keeps each file, and reads and writes them.
+
+A run's ``train.output_dir``::
+
+    config.json                  the FinetuneConfig of the run (what --print-config shows)
+    labels.json                  {"class_ids": [...], "class_names": [...]}: the order of the head's outputs
+    metrics.jsonl                one JSON object per finished epoch
+    checkpoints/step_XXXXXXXX/   training checkpoints; checkpoint.py owns what is inside one
+    best/  last/                 trained weights as timm's save_for_hf writes them (model.safetensors, config.json)
+    export/                      the folder `tiny-transformers export` and `push` write (publish.py)
+    training_curves.png  predictions.png  results.md      written by report.py at the end of training
+
+Every other module takes these names from here; none spells a file name of the run folder itself.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from .config import FinetuneConfig
+from .errors import PublishError
+from .paper import PaperModel, paper_model_for
+
+CONFIG_FILE = "config.json"  # the run's config in its folder; timm's model config in a weights folder
+WEIGHTS_FILE = "model.safetensors"
+LABELS_FILE = "labels.json"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINTS_DIR = "checkpoints"
+BEST_DIR = "best"
+LAST_DIR = "last"
+EXPORT_DIR = "export"
+CURVES_FILE = "training_curves.png"
+GRID_FILE = "predictions.png"
+RESULTS_FILE = "results.md"
+PER_CLASS_FILE = "per_class_accuracy.csv"  # written by `evaluate` into the working directory unless --output
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The paths of one run folder, and its small files read and written in one place.
+
+    >>> run = RunDir(Path("outputs/vit_l"))
+    >>> run.metrics.as_posix(), run.weights("best").as_posix()
+    ('outputs/vit_l/metrics.jsonl', 'outputs/vit_l/best')
+    """
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def labels(self) -> Path:
+        return self.root / LABELS_FILE
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS_FILE
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / CHECKPOINTS_DIR
+
+    @property
+    def export(self) -> Path:
+        return self.root / EXPORT_DIR
+
+    def weights(self, which: Literal["best", "last"]) -> Path:
+        """``best/`` (the epoch of highest top-1) or ``last/`` (the final epoch)."""
+        return self.root / (BEST_DIR if which == "best" else LAST_DIR)
+
+    def file(self, name: str) -> Path:
+        """A file of the report (:data:`CURVES_FILE`, :data:`GRID_FILE`, :data:`RESULTS_FILE`) in this folder."""
+        return self.root / name
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: Path) -> RunDir:
+        """The run folder a checkpoint (``<run>/checkpoints/step_...``) belongs to."""
+        return cls(Path(checkpoint).parent.parent)
+
+    def write_start(self, config: FinetuneConfig, class_ids: Sequence[str], class_names: Sequence[str]) -> None:
+        """``config.json`` and ``labels.json``, written when a run starts (main process only)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(config.to_json())
+        self.labels.write_text(json.dumps({"class_ids": list(class_ids), "class_names": list(class_names)}))
+
+    def write_metrics(self, history: Sequence[dict[str, Any]]) -> None:
+        """Rewrite ``metrics.jsonl`` from the run's history (restored with each checkpoint), atomically: a run
+        killed after logging an epoch but before checkpointing it logs that epoch once, not twice, on resume."""
+        temporary = self.metrics.with_suffix(".tmp")
+        temporary.write_text("".join(json.dumps(record) + "\n" for record in history))
+        temporary.replace(self.metrics)
+
+    def read_config(self) -> FinetuneConfig:
+        return FinetuneConfig.from_dict(json.loads(self.config.read_text()))
+
+    def read_labels(self) -> tuple[list[str], list[str]] | None:
+        """(class ids, class names) of the run, or None when it has no ``labels.json``."""
+        if not self.labels.is_file():
+            return None
+        labels = json.loads(self.labels.read_text())
+        return list(labels["class_ids"]), list(labels["class_names"])
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """A run as its output directory records it: config, per-epoch metrics and class names."""
+
+    output_dir: Path
+    config: FinetuneConfig
+    history: list[dict[str, Any]]  # metrics.jsonl, one dict per finished epoch
+    class_ids: list[str]
+    class_names: list[str]
+
+    @property
+    def folder(self) -> RunDir:
+        return RunDir(self.output_dir)
+
+    @property
+    def final(self) -> dict[str, Any]:
+        """The last epoch's metrics: what the run reports and what ``last/`` holds."""
+        return self.history[-1]
+
+    @property
+    def best(self) -> dict[str, Any]:
+        """The epoch of highest top-1, the first on ties (the one whose weights are in ``best/``)."""
+        return best_record(self.history)
+
+    def record_for(self, weights: Literal["last", "best"]) -> dict[str, Any]:
+        return self.best if weights == "best" else self.final
+
+    @property
+    def paper(self) -> PaperModel | None:
+        """The paper's model this run trained, when it is one of the four."""
+        return paper_model_for(self.config.model.name)
+
+
+def best_record(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The first epoch with the highest top-1, as ``finetune`` chooses ``best/``.
+
+    >>> best_record([{"epoch": 1, "top1": 50.0}, {"epoch": 2, "top1": 60.0}, {"epoch": 3, "top1": 60.0}])["epoch"]
+    2
+    """
+    return max(history, key=lambda record: record["top1"])  # max() keeps the first of equal keys
+
+
+def read_run(output_dir: str | Path) -> RunSummary:
+    """Read ``config.json``, ``metrics.jsonl`` and ``labels.json`` of a run's output directory.
+
+    >>> read_run("outputs/run").final["top1"]  # doctest: +SKIP
+    86.5
+    """
+    run = RunDir(Path(output_dir).expanduser().resolve())
+    missing = [path.name for path in (run.config, run.metrics, run.labels) if not path.is_file()]
+    if missing:
+        raise PublishError(
+            f"'{run.root}' is not the output directory of a finished run (no {', '.join(missing)}); give the "
+            "train.output_dir of a run that trained at least one epoch."
+        )
+    history = run.read_metrics()
+    if not history:
+        raise PublishError(f"'{run.metrics}' is empty; train at least one epoch before exporting or pushing.")
+    class_ids, class_names = run.read_labels()
+    return RunSummary(run.root, run.read_config(), history, class_ids, class_names)
