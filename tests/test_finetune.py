@@ -192,7 +192,8 @@ finetune(first)
 second = tiny_config({str(stanford_dir)!r}, {str(tmp_path / "bf16")!r}, epochs=1, mixed_precision="bf16")
 evaluation = tiny_config({str(stanford_dir)!r}, {str(tmp_path / "no")!r}, mixed_precision="bf16")
 evaluation.model.checkpoint = {str(tmp_path / "no" / "best")!r}
-for call, config in ((finetune, second), (evaluate_checkpoint, evaluation)):
+# evaluate_checkpoint defaults to the precision the weights were trained in ('no'); bf16 is asked for explicitly
+for call, config in ((finetune, second), (lambda c: evaluate_checkpoint(c, "bf16"), evaluation)):
     try:
         call(config)
     except ConfigError as error:

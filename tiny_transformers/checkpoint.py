@@ -11,39 +11,60 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate import Accelerator
 
-from .config import FinetuneConfig
+from .config import FinetuneConfig, resumable_fields
 from .errors import CheckpointError
+from .rundir import RunDir
 
 STATE_FILE = "trainer_state.json"
 FORMAT_VERSION = 1  # bump when the checkpoint contents change incompatibly
 
-# Fields that may change between the run that wrote a checkpoint and the run resuming it:
-# they do not change the optimisation trajectory.
-RESUMABLE_CHANGES = {
-    "train.output_dir",
-    "train.resume",
-    "train.epochs",
-    "train.log_with",
-    "train.progress",
-    "train.checkpoint_every",
-    "train.keep_checkpoints",
-    "train.eval_batch_size",
-    "data.num_workers",
-    "data.max_eval_samples",
-    # publishing happens after the optimizer steps it reports on
-    "hub.push",
-    "hub.model_id",
-    "hub.private",
-    "hub.strategy",
-    "hub.weights",
-    "hub.license",
-}
+
+class RunningLoss:
+    """The training loss of the unfinished epoch: a sum over its images and their count.
+
+    New losses are added on the device and read only when someone needs the number (:meth:`mean`, a checkpoint):
+    reading it every step would be a host-device sync that lets the GPU run dry while the CPU prepares the next
+    micro-batch. float32 per-image sums are added in float64.
+
+    >>> loss = RunningLoss()
+    >>> loss.add(torch.tensor([1.0, 3.0]).sum(), images=2)
+    >>> loss.mean()
+    2.0
+    """
+
+    def __init__(self, total: float = 0.0, images: int = 0) -> None:
+        self.total = total  # summed losses already read from the device
+        self.images = images
+        self._pending: torch.Tensor | None = None  # summed on the device, not yet in total
+
+    def add(self, loss_sum: torch.Tensor, images: int) -> None:
+        if self._pending is None:
+            self._pending = torch.zeros((), dtype=torch.float64, device=loss_sum.device)
+        self._pending += loss_sum.detach().double()
+        self.images += images
+
+    def settle(self) -> None:
+        """Move the device-side sum into :attr:`total` (one host-device sync)."""
+        if self._pending is not None:
+            self.total += self._pending.item()
+            self._pending.zero_()
+
+    def mean(self) -> float:
+        self.settle()
+        return self.total / max(self.images, 1)
+
+    def peek(self) -> float:
+        """The mean for display, leaving the device-side sum where it is (the logged numbers do not depend on how
+        often a progress bar looked)."""
+        pending = self._pending.item() if self._pending is not None else 0.0
+        return (self.total + pending) / max(self.images, 1)
 
 
 @dataclass
@@ -55,8 +76,28 @@ class TrainerState:
     global_step: int = 0  # optimizer updates done
     best_top1: float = float("-inf")
     history: list[dict[str, Any]] = field(default_factory=list)  # one dict of metrics per finished epoch
-    running_loss_sum: float = 0.0  # training loss of the unfinished epoch, summed over its images
-    running_samples: int = 0
+    loss: RunningLoss = field(default_factory=RunningLoss)  # training loss of the unfinished epoch
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for ``trainer_state.json`` (the running loss read from the device first)."""
+        self.loss.settle()
+        fields = {name: getattr(self, name) for name in ("epoch", "step_in_epoch", "global_step", "best_top1")}
+        return {**fields, "history": list(self.history), "running_loss_sum": self.loss.total,
+                "running_samples": self.loss.images}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainerState:
+        data = dict(data)
+        loss = RunningLoss(data.pop("running_loss_sum", 0.0), data.pop("running_samples", 0))
+        return cls(**data, loss=loss)
+
+    def finish_epoch(self, record: dict[str, Any]) -> bool:
+        """Record a finished epoch's metrics and move to the next epoch; True when its top-1 is the best so far."""
+        improved = record["top1"] > self.best_top1
+        self.best_top1 = max(self.best_top1, record["top1"])
+        self.history.append(record)
+        self.epoch, self.step_in_epoch, self.loss = self.epoch + 1, 0, RunningLoss()
+        return improved
 
 
 def _flatten(config: dict[str, Any]) -> dict[str, Any]:
@@ -73,7 +114,7 @@ def trajectory_differences(saved: dict[str, Any], current: FinetuneConfig) -> li
     return sorted(
         name
         for name in old.keys() | new.keys()
-        if name not in RESUMABLE_CHANGES and _normal(old.get(name)) != _normal(new.get(name))
+        if name not in resumable_fields() and _normal(old.get(name)) != _normal(new.get(name))
     )
 
 
@@ -81,13 +122,9 @@ def _normal(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-def checkpoint_dir(output_dir: Path) -> Path:
-    return output_dir / "checkpoints"
-
-
 def list_checkpoints(output_dir: Path) -> list[Path]:
     """Complete checkpoints in ``output_dir``, oldest first."""
-    root = checkpoint_dir(output_dir)
+    root = RunDir(output_dir).checkpoints
     if not root.is_dir():
         return []
     return sorted(p for p in root.glob("step_*") if (p / STATE_FILE).is_file())
@@ -111,7 +148,7 @@ def read_state(folder: Path) -> tuple[TrainerState, dict[str, Any]]:
             f"{payload.get('format_version')}, this version reads {FORMAT_VERSION}); resume it with the version "
             "that wrote it, or start afresh with --train.resume never and a new train.output_dir."
         )
-    return TrainerState(**payload["state"]), payload["config"]
+    return TrainerState.from_dict(payload["state"]), payload["config"]
 
 
 def find_resume_checkpoint(config: FinetuneConfig, output_dir: Path) -> Path | None:
@@ -147,7 +184,7 @@ def save_checkpoint(
     accelerator: Accelerator, output_dir: Path, state: TrainerState, config: FinetuneConfig, keep: int
 ) -> Path:
     """Write a complete checkpoint atomically and keep the ``keep`` newest. Call on every process."""
-    root = checkpoint_dir(output_dir)
+    root = RunDir(output_dir).checkpoints
     final = root / f"step_{state.global_step:08d}"
     temporary = root / f".tmp-step_{state.global_step:08d}"
     if accelerator.is_main_process:
@@ -158,7 +195,7 @@ def save_checkpoint(
     accelerator.save_state(str(temporary))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        payload = {"format_version": FORMAT_VERSION, "state": asdict(state), "config": config.to_dict()}
+        payload = {"format_version": FORMAT_VERSION, "state": state.to_dict(), "config": config.to_dict()}
         with open(temporary / STATE_FILE, "w") as handle:
             json.dump(payload, handle, indent=2)
             handle.flush()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -59,7 +59,7 @@ def keyed_rng(device: torch.device, *key: int, python: bool = True, numpy: bool 
                 np.random.set_state(np_state)
 
 
-def train_one_epoch(
+def train_steps(
     accelerator: Accelerator,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -69,21 +69,20 @@ def train_one_epoch(
     plan: Plan,
     state: TrainerState,
     seed: int,
-    after_step: Callable[[TrainerState, Callable[[], None]], bool],
     progress: bool = True,
-) -> bool:
-    """Run optimizer steps from ``state.step_in_epoch`` to the end of ``state.epoch``, updating ``state``.
+) -> Iterator[int]:
+    """Run the optimizer steps of ``state.epoch`` from ``state.step_in_epoch``, yielding after each update.
+
+    ``state`` is up to date at every yield (its step counters and its running loss), so the caller can save a
+    checkpoint or stop between two updates; the epoch is over when the generator is exhausted.
 
     Each process runs ``plan.accumulation_steps`` micro-batches per optimizer step. A micro-batch's loss is
     the sum of its per-image losses divided by the images in the whole window (all processes), times the
     process count that DDP's gradient averaging divides by again: every image weighs 1/window, whatever
-    the layout. ``after_step(state, settle)`` runs after every update (checkpoints, stop signals);
-    returning True stops the epoch early. Returns True when the epoch ran to its end.
+    the layout.
 
-    The training loss stays on the device until someone needs the number: ``state.running_loss_sum`` is
-    brought up to date at the end of the epoch and whenever ``after_step`` calls ``settle()`` (before it
-    saves a checkpoint). Reading it every step would be a host-device sync that lets the GPU run dry
-    while the CPU prepares the next micro-batch.
+    >>> for step in train_steps(accelerator, model, optimizer, scheduler, loader, augment, plan, state, 0):
+    ...     pass  # doctest: +SKIP
     """
     model.train()
     n, k = plan.num_processes, plan.accumulation_steps
@@ -97,64 +96,52 @@ def train_one_epoch(
         dynamic_ncols=True,
     )
     started, images_seen, shown = time.perf_counter(), 0, 0.0
-    pending = torch.zeros((), dtype=torch.float64, device=device)  # loss not yet in state.running_loss_sum
+    try:
+        for step in range(state.step_in_epoch, plan.steps_per_epoch):
+            window_images = window_sample_count(plan, step)
+            for j in range(k):
+                g = (step * k + j) * n + rank  # global micro-batch index (see sampler.py)
+                real = g < plan.micro_batches_per_epoch
+                if not real and n == 1:
+                    break
+                if real:
+                    images, labels = next(batches)
+                    images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                else:
+                    # The epoch's last window is short: a process without data still runs a zero-weight pass so
+                    # that every process joins DDP's gradient all-reduce the same number of times.
+                    images = torch.zeros(1, 3, augment.image_size, augment.image_size, dtype=torch.uint8, device=device)
+                    labels = torch.zeros(1, dtype=torch.long, device=device)
+                # Gradients are all-reduced once per update: on the window's last micro-batch.
+                context = contextlib.nullcontext() if j == k - 1 else accelerator.no_sync(model)
+                with context, keyed_rng(device, seed, state.epoch, g, **augment.host_generators):
+                    x, targets = augment.train(images, labels)
+                    with accelerator.autocast():
+                        logits = unwrap_logits(model(x))
+                    per_image = loss_fn_per_image(logits.float(), targets)
+                    weight = (n / window_images) if real else 0.0
+                    accelerator.backward(per_image.sum() * weight)
+                if real:
+                    state.loss.add(per_image.sum(), len(labels))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
 
-    def settle() -> None:
-        state.running_loss_sum += pending.item()
-        pending.zero_()
-
-    for step in range(state.step_in_epoch, plan.steps_per_epoch):
-        window_images = window_sample_count(plan, step)
-        for j in range(k):
-            g = (step * k + j) * n + rank  # global micro-batch index (see sampler.py)
-            real = g < plan.micro_batches_per_epoch
-            if not real and n == 1:
-                break
-            if real:
-                images, labels = next(batches)
-                images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            else:
-                # The epoch's last window is short: a process without data still runs a zero-weight pass so
-                # that every process joins DDP's gradient all-reduce the same number of times.
-                images = torch.zeros(1, 3, augment.image_size, augment.image_size, dtype=torch.uint8, device=device)
-                labels = torch.zeros(1, dtype=torch.long, device=device)
-            # Gradients are all-reduced once per update: on the window's last micro-batch.
-            context = contextlib.nullcontext() if j == k - 1 else accelerator.no_sync(model)
-            with context, keyed_rng(device, seed, state.epoch, g, **augment.host_generators):
-                x, targets = augment.train(images, labels)
-                with accelerator.autocast():
-                    logits = unwrap_logits(model(x))
-                per_image = loss_fn_per_image(logits.float(), targets)
-                weight = (n / window_images) if real else 0.0
-                accelerator.backward(per_image.sum() * weight)
-            if real:
-                pending += per_image.detach().sum().double()  # float32 sums added in float64
-                state.running_samples += len(labels)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-
-        state.step_in_epoch = step + 1
-        state.global_step += 1
-        images_seen += window_images
-        now = time.perf_counter()
-        if not bar.disable and now - shown >= 1.0:  # the loss shown costs a sync: once a second is plenty
-            shown = now
-            bar.set_postfix(
-                loss=f"{(state.running_loss_sum + pending.item()) / max(state.running_samples, 1):.4f}",
-                lr=f"{scheduler.get_last_lr()[0]:.2e}",
-                img_s=f"{images_seen / (now - started):.1f}",
-                refresh=False,  # tqdm's default redraws the bar on every call; update() redraws at its own pace
-            )
-        if bar.n < bar.total:
+            state.step_in_epoch, state.global_step = step + 1, state.global_step + 1
+            images_seen += window_images
+            now = time.perf_counter()
+            if not bar.disable and now - shown >= 1.0:  # the loss shown costs a sync: once a second is plenty
+                shown = now
+                bar.set_postfix(
+                    loss=f"{state.loss.peek():.4f}",
+                    lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                    img_s=f"{images_seen / (now - started):.1f}",
+                    refresh=False,  # tqdm's default redraws on every call; update() redraws at its own pace
+                )
             bar.update(1)
-        if after_step(state, settle):
-            settle()
-            bar.close()
-            return state.step_in_epoch == plan.steps_per_epoch
-    settle()
-    bar.close()
-    return True
+            yield state.global_step
+    finally:
+        bar.close()
 
 
 def loss_fn_per_image(logits: torch.Tensor, soft_targets: torch.Tensor) -> torch.Tensor:

@@ -1,18 +1,16 @@
 """``finetune(config)``: the one training loop, from one CPU to many GPUs, read top to bottom.
 
-build (data, model, optimizer, schedule) -> ``accelerator.prepare`` -> resume -> epochs of
-(train, evaluate, checkpoint, best/) -> last/ -> result.
+build a run (data, model, optimizer, schedule, accelerator; resumed when a checkpoint exists) -> per epoch: the
+optimizer steps (checkpoints and stop signals between them), evaluate, log, save ``best/`` -> finish (``last/``,
+the report, the Hub push) -> the result.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from .augment import BatchAugment
 from .checkpoint import (
+    RunningLoss,
     TrainerState,
     find_resume_checkpoint,
     list_checkpoints,
@@ -33,7 +32,7 @@ from .checkpoint import (
 )
 from .config import AugmentConfig, FinetuneConfig, OptimConfig, Plan, validate, world_size_from_env
 from .data import DataBundle, collate, eval_transform, load_data, train_transform
-from .engine import evaluate, train_one_epoch
+from .engine import evaluate, train_steps
 from .errors import CheckpointError, ConfigError, DataError, TinyTransformersError
 from .hub import publish_after_training, push_warnings
 from .models import (
@@ -45,6 +44,7 @@ from .models import (
     save_for_timm,
 )
 from .report import write_run_report
+from .rundir import RunDir
 from .sampler import MicroBatchSampler
 
 
@@ -72,30 +72,6 @@ def build_optimizer(cfg: OptimConfig, model: torch.nn.Module) -> torch.optim.Opt
     if cfg.fused:
         kwargs["fused"] = True  # passed through to torch's AdamW/SGD: one kernel for all parameters
     return timm.optim.create_optimizer_v2(model, opt=name, lr=cfg.lr, weight_decay=cfg.weight_decay, **kwargs)
-
-
-@contextlib.contextmanager
-def _stop_signals() -> Iterator[dict[str, str | None]]:
-    """Record SIGTERM/SIGINT instead of dying mid-step; previous handlers come back on exit."""
-    received: dict[str, str | None] = {"signal": None}
-
-    def handler(signum, _frame):
-        received["signal"] = signal.Signals(signum).name
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield received
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
-    """Rewrite the whole log from the run's history (restored with each checkpoint), atomically: a run
-    killed after logging an epoch but before checkpointing it logs that epoch once, not twice, on resume."""
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text("".join(json.dumps(record) + "\n" for record in history))
-    temporary.replace(path)
 
 
 def _check_process_precision(mixed_precision: str) -> None:
@@ -131,9 +107,113 @@ def finetune(config: FinetuneConfig, command: str | None = None) -> FinetuneResu
     """
     validate(config)  # every check that needs no data, before any process group starts
     _check_process_precision(config.train.mixed_precision)
-    output_dir = Path(config.train.output_dir).expanduser().resolve()
-    resume_from = find_resume_checkpoint(config, output_dir)
-    data: DataBundle = load_data(config.data)
+    run = build_run(config)
+    accelerator, state, plan, train = run.accelerator, run.state, run.plan, config.train
+    with StopSignals() as stop:
+        for epoch in range(state.epoch, train.epochs):
+            started = time.perf_counter()
+            loader = run.train_loader()
+            for _ in train_steps(
+                accelerator, run.model, run.optimizer, run.scheduler, loader, run.augment, plan, state, train.seed,
+                train.progress,
+            ):  # fmt: skip
+                stopping = stop.requested(accelerator)
+                every, mid_epoch = train.checkpoint_every, state.step_in_epoch < plan.steps_per_epoch
+                if stopping or (every and state.global_step % every == 0 and mid_epoch):
+                    run.save_checkpoint()  # mid-epoch; the epoch's end is saved after its evaluation
+                if stopping:
+                    accelerator.end_training()
+                    raise TrainingInterrupted(
+                        f"Training stopped by {stop.received} at epoch {epoch + 1}, step {state.step_in_epoch}; a "
+                        f"checkpoint is in {run.folder.checkpoints}. Resume with "
+                        f"{command or 'the same command again'} (train.resume auto continues from it)."
+                    )
+            metrics = evaluate(
+                accelerator, run.model, run.eval_loader, run.augment, run.data.num_classes, train.progress
+            )
+            record = {
+                "epoch": epoch + 1,
+                "step": state.global_step,
+                "train_loss": _gathered_mean(accelerator, state.loss),
+                "eval_loss": metrics["loss"],
+                "top1": metrics["top1"],
+                "top5": metrics["top5"],
+                "lr": run.scheduler.get_last_lr()[0],
+                "epoch_seconds": time.perf_counter() - started,
+            }
+            improved = state.finish_epoch(record)
+            accelerator.log({k: v for k, v in record.items() if k != "epoch"}, step=state.global_step)
+            accelerator.print(
+                f"epoch {epoch + 1}/{train.epochs}: train loss {record['train_loss']:.4f}, eval loss "
+                f"{record['eval_loss']:.4f}, top-1 {record['top1']:.2f}%, top-5 {record['top5']:.2f}%"
+            )
+            if accelerator.is_main_process:
+                run.folder.write_metrics(state.history)
+                if improved:
+                    run.export("best")
+            run.save_checkpoint()
+            hub = config.hub
+            if hub.push and hub.strategy == "epoch" and epoch + 1 < train.epochs and accelerator.is_main_process:
+                if hub.weights == "last":  # the pushed weights must be this epoch's, as the card's numbers are
+                    run.export("last")
+                publish_after_training(run.folder.root, hub)  # prints why and how to retry on failure; never raises
+    return finish(run)
+
+
+@dataclass
+class Run:
+    """A training run's parts, built once by :func:`build_run`; model, optimizer and eval loader are prepared."""
+
+    config: FinetuneConfig
+    folder: RunDir
+    data: DataBundle
+    plan: Plan
+    accelerator: Accelerator
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    augment: BatchAugment
+    train_data: Any  # the train split with the loader-worker transform
+    eval_loader: DataLoader
+    state: TrainerState
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def train_loader(self) -> DataLoader:
+        """This process's micro-batches of ``state.epoch``, from ``state.step_in_epoch`` on (see sampler.py)."""
+        t, rank = self.config.train, self.accelerator.process_index
+        sampler = MicroBatchSampler(self.plan, rank, t.seed, self.state.epoch, self.state.step_in_epoch)
+        return DataLoader(
+            self.train_data,
+            batch_sampler=sampler,
+            num_workers=self.config.data.num_workers,
+            collate_fn=collate,
+            pin_memory=self.accelerator.device.type == "cuda",
+        )
+
+    def save_checkpoint(self) -> Path:
+        """A complete checkpoint of the run as it stands (every process takes part)."""
+        keep = self.config.train.keep_checkpoints
+        return save_checkpoint(self.accelerator, self.folder.root, self.state, self.config, keep)
+
+    def export(self, which: str) -> None:
+        """The weights as they are now into ``best/`` or ``last/``, loadable by timm (main process only)."""
+        save_for_timm(
+            self.accelerator.unwrap_model(self.model), self.folder.weights(which), self.data.class_ids,
+            self.data.class_names, self.config.data.image_size, self.mean, self.std,
+            native_size=self.config.data.native_size, mixed_precision=self.config.train.mixed_precision,
+        )  # fmt: skip
+
+
+def build_run(config: FinetuneConfig) -> Run:
+    """Data, plan, model, optimizer, schedule and accelerator of ``config``, resumed from its checkpoint if any.
+
+    Writes ``config.json`` and ``labels.json``, prints what will run (the derived numbers included) and starts
+    the trackers. Call after :func:`~tiny_transformers.config.validate`.
+    """
+    folder = RunDir(Path(config.train.output_dir).expanduser().resolve())
+    resume_from = find_resume_checkpoint(config, folder.root)
+    data = load_data(config.data)
     plan = Plan.build(config, world_size_from_env(), len(data.train))
 
     set_seed(config.train.seed)  # the new head's initialisation, identical on every process
@@ -142,15 +222,13 @@ def finetune(config: FinetuneConfig, command: str | None = None) -> FinetuneResu
         model.compile()  # in place: same module, same state_dict keys, so checkpoints and exports are unchanged
     mean, std = normalization(model, config.data.normalization)
     optimizer = build_optimizer(config.optim, model)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=plan.total_steps, eta_min=config.optim.min_lr
-    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, plan.total_steps, eta_min=config.optim.min_lr)
 
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=config.train.mixed_precision,
         log_with=list(config.train.log_with) or None,
-        project_dir=str(output_dir),
+        project_dir=str(folder.root),
     )
     eval_loader = _eval_loader(data, config, config.data.native_size, accelerator)
     # The scheduler is not prepared: Accelerate would step it once per process, and the schedule must
@@ -158,24 +236,19 @@ def finetune(config: FinetuneConfig, command: str | None = None) -> FinetuneResu
     model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
     accelerator.register_for_checkpointing(scheduler)
     augment = BatchAugment(config.data.image_size, mean, std, data.num_classes, config.augment, accelerator.device)
+    a = config.augment
     train_data = data.train.with_transform(
-        train_transform(config.data.native_size, config.augment.randaugment_ops, config.augment.randaugment_magnitude)
+        train_transform(config.data.native_size, a.randaugment_ops, a.randaugment_magnitude)
     )
+    state = _resume(accelerator, resume_from, config, folder.root) if resume_from else TrainerState()
 
-    state = TrainerState()
-    if resume_from is not None:
-        state = _resume(accelerator, resume_from, config, output_dir)
     total, trainable = count_parameters(accelerator.unwrap_model(model))
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.json").write_text(config.to_json())
-        (output_dir / "labels.json").write_text(
-            json.dumps({"class_ids": data.class_ids, "class_names": data.class_names})
-        )
+        folder.write_start(config, data.class_ids, data.class_names)
     accelerator.print(
         f"tiny_transformers: {config.model.name} ({_count(total)} parameters, {_count(trainable)} trainable, "
-        f"{config.model.train_mode} mode) on {data.source_kind} data: {len(data.train)} train / {len(data.eval)} eval "
-        f"images, {data.num_classes} classes\n{plan.describe()}\noutputs: {output_dir}"
+        f"{config.model.train_mode} mode) on {data.source_kind} data: {len(data.train)} train / {len(data.eval)} "
+        f"eval images, {data.num_classes} classes\n{plan.describe()}\noutputs: {folder.root}"
         + (
             f"\nresuming from {resume_from.name}: epoch {state.epoch + 1}, step {state.step_in_epoch}"
             if resume_from
@@ -183,114 +256,72 @@ def finetune(config: FinetuneConfig, command: str | None = None) -> FinetuneResu
         )
     )
     accelerator.init_trackers("tiny_transformers", config={k: str(v) for k, v in config.to_dict().items()})
-    for warning in push_warnings(output_dir, config.hub) if accelerator.is_main_process else []:
+    for warning in push_warnings(folder.root, config.hub) if accelerator.is_main_process else []:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
+    return Run(config, folder, data, plan, accelerator, model, optimizer, scheduler, augment, train_data,
+               eval_loader, state, mean, std)  # fmt: skip
 
-    with _stop_signals() as received:
 
-        def after_step(state: TrainerState, settle: Callable[[], None]) -> bool:
-            stopping = received["signal"] is not None
-            if accelerator.num_processes > 1:  # any process signalled: all stop together (one device round trip)
-                stop = torch.tensor(float(stopping), device=accelerator.device)
-                stopping = accelerator.reduce(stop, reduction="sum").item() > 0
-            every = config.train.checkpoint_every
-            if stopping or (every and state.global_step % every == 0 and state.step_in_epoch < plan.steps_per_epoch):
-                settle()  # the loss still on the device goes into the state the checkpoint saves
-                save_checkpoint(accelerator, output_dir, state, config, config.train.keep_checkpoints)
-            return stopping
-
-        for epoch in range(state.epoch, config.train.epochs):
-            state.epoch = epoch
-            sampler = MicroBatchSampler(plan, accelerator.process_index, config.train.seed, epoch, state.step_in_epoch)
-            loader = DataLoader(
-                train_data,
-                batch_sampler=sampler,
-                num_workers=config.data.num_workers,
-                collate_fn=collate,
-                pin_memory=accelerator.device.type == "cuda",
-            )
-            started = time.perf_counter()
-            finished = train_one_epoch(
-                accelerator,
-                model,
-                optimizer,
-                scheduler,
-                loader,
-                augment,
-                plan,
-                state,
-                config.train.seed,
-                after_step,
-                progress=config.train.progress,
-            )
-            if not finished or received["signal"]:
-                accelerator.end_training()
-                raise TrainingInterrupted(
-                    f"Training stopped by {received['signal'] or 'a signal'} at epoch {epoch + 1}, step "
-                    f"{state.step_in_epoch}; a checkpoint is in {output_dir / 'checkpoints'}. Resume with "
-                    f"{command or 'the same command again'} (train.resume auto continues from it)."
-                )
-            metrics = evaluate(accelerator, model, eval_loader, augment, data.num_classes, config.train.progress)
-            record = {
-                "epoch": epoch + 1,
-                "step": state.global_step,
-                "train_loss": _gathered_mean(accelerator, state.running_loss_sum, state.running_samples),
-                "eval_loss": metrics["loss"],
-                "top1": metrics["top1"],
-                "top5": metrics["top5"],
-                "lr": scheduler.get_last_lr()[0],
-                "epoch_seconds": time.perf_counter() - started,
-            }
-            improved = record["top1"] > state.best_top1
-            state.best_top1 = max(state.best_top1, record["top1"])
-            state.history.append(record)
-            state.epoch, state.step_in_epoch = epoch + 1, 0
-            state.running_loss_sum, state.running_samples = 0.0, 0
-            accelerator.log({k: v for k, v in record.items() if k != "epoch"}, step=state.global_step)
-            accelerator.print(
-                f"epoch {epoch + 1}/{config.train.epochs}: train loss {record['train_loss']:.4f}, eval loss "
-                f"{record['eval_loss']:.4f}, top-1 {record['top1']:.2f}%, top-5 {record['top5']:.2f}%"
-            )
-            if accelerator.is_main_process:
-                _write_metrics(output_dir / "metrics.jsonl", state.history)
-                if improved:
-                    _export(accelerator, model, output_dir / "best", data, config, mean, std)
-            save_checkpoint(accelerator, output_dir, state, config, config.train.keep_checkpoints)
-            hub = config.hub
-            if hub.push and hub.strategy == "epoch" and epoch + 1 < config.train.epochs and accelerator.is_main_process:
-                if hub.weights == "last":  # the pushed weights must be this epoch's, as the card's numbers are
-                    _export(accelerator, model, output_dir / "last", data, config, mean, std)
-                publish_after_training(output_dir, hub)  # prints why and how to retry on failure; never raises
-
+def finish(run: Run) -> FinetuneResult:
+    """After the last epoch: ``last/``, the report and the Hub push on the main process; the run's result."""
+    accelerator, state = run.accelerator, run.state
     if accelerator.is_main_process:
-        _export(accelerator, model, output_dir / "last", data, config, mean, std)
+        run.export("last")
         write_run_report(
-            output_dir,
-            config,
-            state.history,
-            accelerator.unwrap_model(model),
-            data.eval,
-            data.class_names,
-            augment.resize_normalize,
-            accelerator.autocast,
-        )
-        if config.hub.push:
-            publish_after_training(output_dir, config.hub)
+            run.folder.root, run.config, state.history, accelerator.unwrap_model(run.model), run.data.eval,
+            run.data.class_names, run.augment.resize_normalize, accelerator.autocast,
+        )  # fmt: skip
+        if run.config.hub.push:
+            publish_after_training(run.folder.root, run.config.hub)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    last = (
-        state.history[-1] if state.history else {"top1": float("nan"), "top5": float("nan"), "eval_loss": float("nan")}
+    nan = float("nan")
+    last = state.history[-1] if state.history else {"top1": nan, "top5": nan, "eval_loss": nan}
+    accelerator.print(
+        f"done: top-1 {last['top1']:.2f}%, best top-1 {state.best_top1:.2f}%; outputs in {run.folder.root}"
     )
-    accelerator.print(f"done: top-1 {last['top1']:.2f}%, best top-1 {state.best_top1:.2f}%; outputs in {output_dir}")
     return FinetuneResult(
         top1=last["top1"],
         top5=last["top5"],
         loss=last["eval_loss"],
         best_top1=state.best_top1,
         epochs_completed=len(state.history),
-        output_dir=output_dir,
+        output_dir=run.folder.root,
         history=list(state.history),
     )
+
+
+class StopSignals:
+    """Records SIGTERM/SIGINT instead of dying mid-step; the previous handlers come back on exit.
+
+    >>> with StopSignals() as stop:
+    ...     stop.received is None
+    True
+    """
+
+    def __init__(self) -> None:
+        self.received: str | None = None  # the name of the first signal that arrived
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        self.received = self.received or signal.Signals(signum).name
+
+    def requested(self, accelerator: Accelerator) -> bool:
+        """Whether any process received a signal; with several processes all answer the same (one all-reduce)."""
+        stopping = self.received is not None
+        if accelerator.num_processes > 1:
+            flag = torch.tensor(float(stopping), device=accelerator.device)
+            stopping = accelerator.reduce(flag, reduction="sum").item() > 0
+            self.received = self.received or ("a signal to another process" if stopping else None)
+        return stopping
 
 
 def _resume(accelerator: Accelerator, folder: Path, config: FinetuneConfig, output_dir: Path) -> TrainerState:
@@ -321,25 +352,13 @@ def _count(n: int) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,}"
 
 
-def _gathered_mean(accelerator: Accelerator, total: float, count: int) -> float:
+def _gathered_mean(accelerator: Accelerator, loss: RunningLoss) -> float:
+    """The mean training loss over every process's images."""
+    loss.settle()
     sums = accelerator.reduce(
-        torch.tensor([total, float(count)], dtype=torch.float64, device=accelerator.device), "sum"
+        torch.tensor([loss.total, float(loss.images)], dtype=torch.float64, device=accelerator.device), "sum"
     )
     return (sums[0] / sums[1].clamp(min=1)).item()
-
-
-def _export(accelerator: Accelerator, model, folder: Path, data: DataBundle, config: FinetuneConfig, mean, std) -> None:
-    save_for_timm(
-        accelerator.unwrap_model(model),
-        folder,
-        data.class_ids,
-        data.class_names,
-        config.data.image_size,
-        mean,
-        std,
-        native_size=config.data.native_size,
-        mixed_precision=config.train.mixed_precision,
-    )
 
 
 def evaluate_checkpoint(config: FinetuneConfig, mixed_precision: str | None = None) -> dict[str, Any]:
@@ -374,8 +393,8 @@ def evaluate_checkpoint(config: FinetuneConfig, mixed_precision: str | None = No
     data = load_data(config.data)
     if weights.class_ids is not None and list(weights.class_ids) != list(data.class_ids):
         raise DataError(
-            f"The classes of data.source '{config.data.source}' ({data.num_classes}, starting {data.class_ids[:3]}) are "
-            f"not the {len(weights.class_ids)} classes model.checkpoint was trained on (starting "
+            f"The classes of data.source '{config.data.source}' ({data.num_classes}, starting {data.class_ids[:3]}) "
+            f"are not the {len(weights.class_ids)} classes model.checkpoint was trained on (starting "
             f"{weights.class_ids[:3]}); evaluate on the dataset it was trained with."
         )
     model = build_trained_model(weights, data.num_classes)
