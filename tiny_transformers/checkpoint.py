@@ -122,12 +122,17 @@ def _normal(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+def is_checkpoint(folder: Path) -> bool:
+    """Whether ``folder`` is a complete training checkpoint of this library (its trainer state written last)."""
+    return (Path(folder) / STATE_FILE).is_file()
+
+
 def list_checkpoints(output_dir: Path) -> list[Path]:
     """Complete checkpoints in ``output_dir``, oldest first."""
     root = RunDir(output_dir).checkpoints
     if not root.is_dir():
         return []
-    return sorted(p for p in root.glob("step_*") if (p / STATE_FILE).is_file())
+    return sorted(p for p in root.glob("step_*") if is_checkpoint(p))
 
 
 def read_state(folder: Path) -> tuple[TrainerState, dict[str, Any]]:

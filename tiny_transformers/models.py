@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,9 +12,12 @@ import timm
 import torch
 from torch import nn
 
+from . import hub
+from .checkpoint import is_checkpoint, read_state
 from .config import ModelConfig
 from .errors import ModelError
 from .paper import PAPER_MODELS, resolve_model_name
+from .rundir import CONFIG_FILE, WEIGHTS_FILE, RunDir
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -30,10 +32,6 @@ def _check_name(timm_name: str) -> None:
     raise ModelError(
         f"model.name '{timm_name}' is neither a paper model ({', '.join(PAPER_MODELS)}) nor a timm model.{hint}"
     )
-
-
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
 def _create(timm_name: str, image_size: int, **kwargs) -> nn.Module:
@@ -67,8 +65,8 @@ def _load_weights_file(model: nn.Module, path: Path, keep_head: bool) -> None:
     if missing or unexpected:
         raise ModelError(
             f"model.checkpoint '{path}' does not fit {model.pretrained_cfg.get('architecture')}: "
-            f"{len(missing)} missing keys (e.g. {missing[:3]}) and {len(unexpected)} unexpected (e.g. {unexpected[:3]}); "
-            "check model.name."
+            f"{len(missing)} missing keys (e.g. {missing[:3]}) and {len(unexpected)} unexpected "
+            f"(e.g. {unexpected[:3]}); check model.name."
         )
 
 
@@ -86,9 +84,7 @@ def build_model(cfg: ModelConfig, num_classes: int, image_size: int) -> nn.Modul
     kwargs = dict(num_classes=num_classes, drop_path_rate=cfg.drop_path_rate)
     checkpoint = Path(cfg.checkpoint).expanduser() if cfg.checkpoint else None
     if cfg.checkpoint and cfg.checkpoint.startswith("hf-hub:"):  # a model pushed by this library (or any timm folder)
-        from .hub import download_model
-
-        checkpoint = download_model(cfg.checkpoint)
+        checkpoint = hub.download_model(cfg.checkpoint)
 
     if checkpoint is not None and checkpoint.is_dir():
         model = _create_from_folder(checkpoint, timm_name, num_classes, image_size, kwargs)
@@ -99,7 +95,7 @@ def build_model(cfg: ModelConfig, num_classes: int, image_size: int) -> nn.Modul
         try:
             model = _create(timm_name, image_size, pretrained=True, **kwargs)
         except Exception as error:  # noqa: BLE001 - huggingface_hub raises several types when offline
-            if _hub_offline() or "connect" in str(error).lower() or "offline" in str(error).lower():
+            if hub.offline() or "connect" in str(error).lower() or "offline" in str(error).lower():
                 raise ModelError(
                     f"Pretrained weights for '{timm_name}' must come from the Hugging Face Hub, which cannot be "
                     "reached; set model.checkpoint to a local .safetensors/.pth file or save_for_hf folder, "
@@ -116,8 +112,8 @@ def build_model(cfg: ModelConfig, num_classes: int, image_size: int) -> nn.Modul
 
 def _create_from_folder(folder: Path, timm_name: str, num_classes: int, image_size: int, kwargs: dict) -> nn.Module:
     """A folder written by timm's ``save_for_hf`` (this library's best/ and last/): keep its head if it fits."""
-    config_file = folder / "config.json"
-    weights = [folder / name for name in ("model.safetensors", "pytorch_model.bin") if (folder / name).exists()]
+    config_file = folder / CONFIG_FILE
+    weights = [folder / name for name in (WEIGHTS_FILE, "pytorch_model.bin") if (folder / name).exists()]
     if not config_file.exists() or not weights:
         raise ModelError(
             f"model.checkpoint '{folder}' is not a timm weights folder; it needs config.json and model.safetensors "
@@ -151,11 +147,16 @@ def trainable_parameters(model: nn.Module) -> Iterable[nn.Parameter]:
     return (p for p in model.parameters() if p.requires_grad)
 
 
-def normalization(model: nn.Module, mode: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std): ImageNet's for every model (the paper's choice) or the model's own pretrained_cfg."""
+def normalization(model: nn.Module | str, mode: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std): ImageNet's for every model (``imagenet``, the paper's choice) or the model's own (``model``:
+    its timm pretrained_cfg), for a built model or a timm name.
+
+    >>> normalization("vit_large_patch16_384", "model")
+    ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    """
     if mode == "imagenet":
         return IMAGENET_MEAN, IMAGENET_STD
-    cfg = model.pretrained_cfg
+    cfg = model.pretrained_cfg if isinstance(model, nn.Module) else timm.models.get_pretrained_cfg(model).to_dict()
     return tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
 
 
@@ -175,7 +176,7 @@ def save_for_timm(
     native_size: int | None = None,
     mixed_precision: str | None = None,
 ) -> None:
-    """Write ``model.safetensors`` + ``config.json`` loadable by ``timm.create_model("local-dir:<folder>", pretrained=True)``.
+    """Write ``model.safetensors`` + ``config.json``, loadable by ``timm.create_model("local-dir:<folder>", True)``.
 
     The config carries the class ids, readable names and the preprocessing used in training; with
     ``native_size`` and ``mixed_precision``, also the size images were decoded to before upscaling and the
@@ -199,7 +200,7 @@ def save_for_timm(
     # timm records num_classes both at the top of config.json and inside model_args; transformers'
     # TimmWrapper passes both to timm.create_model and fails ("got multiple values for keyword argument
     # 'num_classes'"). The top-level value is the one timm's loader reads, so model_args drops its copy.
-    config_file = Path(folder) / "config.json"
+    config_file = Path(folder) / CONFIG_FILE
     config = json.loads(config_file.read_text())
     config.get("model_args", {}).pop("num_classes", None)
     recorded = {"native_size": native_size, "mixed_precision": mixed_precision}
@@ -239,23 +240,16 @@ def describe_trained_weights(location: str | Path) -> TrainedWeights:
     'vit_large_patch16_384'
     """
     if str(location).startswith("hf-hub:"):
-        from .hub import download_model  # huggingface_hub's download path, only when asked for
-
-        location = download_model(str(location))
+        location = hub.download_model(str(location))
     folder = Path(location).expanduser()
-    weights = folder / "model.safetensors"
-    state_file, config_file = folder / "trainer_state.json", folder / "config.json"
-    if weights.is_file() and state_file.is_file():  # a training checkpoint: our trainer_state.json holds the config
-        saved = json.loads(state_file.read_text())["config"]
-        labels_file = folder.parent.parent / "labels.json"
-        labels = json.loads(labels_file.read_text()) if labels_file.is_file() else {}
-        class_ids, class_names = labels.get("class_ids"), labels.get("class_names")
-        mean, std = (IMAGENET_MEAN, IMAGENET_STD)
-        if saved["data"]["normalization"] != "imagenet":
-            cfg = timm.models.get_pretrained_cfg(resolve_model_name(saved["model"]["name"]))
-            mean, std = tuple(cfg.mean), tuple(cfg.std)
+    weights, config_file = folder / WEIGHTS_FILE, folder / CONFIG_FILE
+    if weights.is_file() and is_checkpoint(folder):  # a training checkpoint: its trainer state holds the config
+        _, saved = read_state(folder)
+        class_ids, class_names = RunDir.of_checkpoint(folder).read_labels() or (None, None)
+        timm_name = resolve_model_name(saved["model"]["name"])
+        mean, std = normalization(timm_name, saved["data"]["normalization"])
         return TrainedWeights(
-            resolve_model_name(saved["model"]["name"]),
+            timm_name,
             weights,
             saved["data"]["image_size"],
             mean,
