@@ -19,10 +19,13 @@ from safetensors.torch import load_file
 
 import tiny_transformers.hub as hub
 from tiny_transformers import DataConfig, FinetuneConfig, ModelConfig, TrainConfig, evaluate_checkpoint, finetune
+from tiny_transformers.card import model_card
 from tiny_transformers.checkpoint import trajectory_differences
 from tiny_transformers.cli import main
 from tiny_transformers.config import HubConfig, validate
 from tiny_transformers.errors import ConfigError, PublishError
+from tiny_transformers.publish import EXPORT_FILES, export_run
+from tiny_transformers.rundir import read_run
 
 MODEL_ID = "tester/tiny-vit"
 
@@ -124,8 +127,10 @@ def test_push_after_each_epoch_sends_exactly_the_export(published):
         assert Path(upload["folder_path"]) == result.output_dir / "export"
     first, last = result.history
     assert [u["commit_message"] for u in uploads] == [
-        f"tiny_transformers: test_vit after epoch 1/2, top-1 {first['top1']:.2f}%, top-5 {first['top5']:.2f}% (last weights)",
-        f"tiny_transformers: test_vit after epoch 2/2, top-1 {last['top1']:.2f}%, top-5 {last['top5']:.2f}% (last weights)",
+        f"tiny_transformers: test_vit after epoch 1/2, top-1 {first['top1']:.2f}%, top-5 {first['top5']:.2f}% "
+        "(last weights)",
+        f"tiny_transformers: test_vit after epoch 2/2, top-1 {last['top1']:.2f}%, top-5 {last['top5']:.2f}% "
+        "(last weights)",
     ]
     # the pushed weights are each epoch's own: those of the checkpoint written at that epoch's end
     for upload, step in zip(uploads, ("step_00000003", "step_00000006")):
@@ -166,10 +171,10 @@ def test_model_card_metadata_parses_and_carries_the_runs_numbers(published, stan
 
 def test_card_of_a_paper_model_shows_the_papers_number(published):
     _, result, _ = published
-    run = hub.read_run(result.output_dir)
+    run = read_run(result.output_dir)
     run.config.model.name = "vit_l"  # the same files, described as the paper's ViT-L/16 from ImageNet weights
     run.config.model.pretrained = True
-    card = hub.model_card(run, HubConfig(model_id=MODEL_ID, weights="best", license="mit"))
+    card = model_card(run, HubConfig(model_id=MODEL_ID, weights="best", license="mit"))
     assert "| paper: ViT-L/16 (Huynh 2022) | 86.43 | – | – | 30 |" in card.text
     best = max(result.history, key=lambda h: h["top1"])  # the first best epoch, as best/ holds
     assert f"the epoch with the best eval top-1 (epoch {best['epoch']} of 2;" in card.text
@@ -289,7 +294,7 @@ def test_a_failed_push_keeps_every_local_file_and_prints_the_retry_command(stanf
         "best/model.safetensors",
         "last/model.safetensors",
         "checkpoints/step_00000003/model.safetensors",
-        *(f"export/{name}" for name in hub.EXPORT_FILES),
+        *(f"export/{name}" for name in EXPORT_FILES),
     } <= local
     err = capsys.readouterr().err
     assert "warning: hub.push is on but HF_HUB_OFFLINE is set" in err  # told before training, not only after
@@ -320,7 +325,7 @@ def test_push_command_retries_with_the_runs_settings_and_fails_cleanly(published
     assert line.endswith(f"retry with: tiny-transformers push {out} --hub.model_id {MODEL_ID} --hub.private true")
     assert failing.named("create_repo")[0]["private"] is True
     assert files_of(out, skip="export") == before  # nothing local changed
-    assert sorted(p.name for p in (out / "export").iterdir()) == sorted(hub.EXPORT_FILES)
+    assert sorted(p.name for p in (out / "export").iterdir()) == sorted(EXPORT_FILES)
 
     succeeding = FakeHfApi()
     monkeypatch.setattr(hub, "HfApi", succeeding)
@@ -338,7 +343,7 @@ def test_export_command_writes_the_folder_and_protects_other_files(published, tm
     _, result, _ = published
     target = tmp_path / "shared"
     main(["export", str(result.output_dir), "--to", str(target), "--hub.weights", "best"])
-    assert sorted(p.name for p in target.iterdir()) == sorted(hub.EXPORT_FILES)
+    assert sorted(p.name for p in target.iterdir()) == sorted(EXPORT_FILES)
     assert (target / "model.safetensors").read_bytes() == (
         result.output_dir / "best" / "model.safetensors"
     ).read_bytes()
@@ -354,10 +359,10 @@ def test_export_command_writes_the_folder_and_protects_other_files(published, tm
     best = (result.output_dir / "best" / "model.safetensors").read_bytes()
     for own in ("best", "last", "checkpoints/step_00000006"):
         with pytest.raises(PublishError, match="which holds the run itself; choose another folder"):
-            hub.export_run(result.output_dir, folder=result.output_dir / own)
+            export_run(result.output_dir, folder=result.output_dir / own)
     assert (result.output_dir / "best" / "model.safetensors").read_bytes() == best
     with pytest.raises(PublishError, match="is not the output directory of a finished run .no config.json"):
-        hub.export_run(tmp_path / "nothing-here")
+        export_run(tmp_path / "nothing-here")
 
 
 @pytest.mark.parametrize(

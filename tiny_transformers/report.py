@@ -24,8 +24,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 
 from .config import FinetuneConfig
+from .data import decode_image
+from .hub import is_hub_id
+from .models import unwrap_logits
 from .paper import CITATION, PAPER_MODELS, paper_model_for, resolve_model_name
 from .rundir import CURVES_FILE, GRID_FILE, RESULTS_FILE, RunDir, best_record
 
@@ -223,11 +227,6 @@ def sample_predictions(
 
     >>> images, labels, predicted = sample_predictions(model, data.eval, 64, augment.resize_normalize)  # doctest: +SKIP
     """
-    import torch
-
-    from .data import decode_image
-    from .models import unwrap_logits
-
     indices = grid_sample(len(eval_dataset), count, seed)
     rows = eval_dataset[indices]  # raw rows: Image(decode=False) dicts and int labels
     images = torch.stack([decode_image(image, native_size) for image in rows["image"]])
@@ -319,8 +318,8 @@ def public_value(value: Any) -> Any:
     >>> public_value("/home/me/data/tiny-imagenet-200"), public_value("zh-plus/tiny-imagenet"), public_value(384)
     ('…/tiny-imagenet-200', 'zh-plus/tiny-imagenet', 384)
     """
-    if isinstance(value, str) and (value.startswith(("/", "~", ".")) or Path(value).expanduser().exists()):
-        return f"…/{Path(value).name}" if Path(value).name else value
+    if isinstance(value, str) and value and not is_hub_id(value) and Path(value).name:
+        return f"…/{Path(value).name}"
     return value
 
 

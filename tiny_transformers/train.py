@@ -34,7 +34,6 @@ from .config import AugmentConfig, FinetuneConfig, OptimConfig, Plan, validate, 
 from .data import DataBundle, collate, eval_transform, load_data, train_transform
 from .engine import evaluate, train_steps
 from .errors import CheckpointError, ConfigError, DataError, TinyTransformersError
-from .hub import publish_after_training, push_warnings
 from .models import (
     build_model,
     build_trained_model,
@@ -43,6 +42,7 @@ from .models import (
     normalization,
     save_for_timm,
 )
+from .publish import publish_after_training, push_warnings
 from .report import write_run_report
 from .rundir import RunDir
 from .sampler import MicroBatchSampler

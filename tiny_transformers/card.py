@@ -1,0 +1,145 @@
+"""The model card of a run: ``templates/model_card.md`` rendered by huggingface_hub's ``ModelCard.from_template``.
+
+The metadata (license, datasets, tags, base model, a ``model-index`` with top-1/top-5) is huggingface_hub's own
+``ModelCardData``/``EvalResult``; the text is a Markdown template with Jinja variables, so the card is edited as
+Markdown, not as Python strings. Only what the template cannot compute is computed here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .config import HubConfig
+from .errors import PublishError
+from .hub import is_hub_id
+from .paper import CITATION, resolve_model_name
+from .report import public_value, results_table
+from .rundir import CONFIG_FILE, CURVES_FILE, WEIGHTS_FILE, RunSummary
+
+TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
+TINY_IMAGENET_HUB_ID = "zh-plus/tiny-imagenet"  # the Hub copy of Tiny ImageNet, recorded for local sources
+_TAGS = ["image-classification", "timm", "vision-transformer", "tiny-imagenet", "tiny_transformers"]
+
+
+def weights_folder(run: RunSummary, weights: str = "last") -> Path:
+    """The run's ``last/`` or ``best/`` folder, checked to hold what timm needs."""
+    folder = run.folder.weights(weights)
+    if not (folder / WEIGHTS_FILE).is_file() or not (folder / CONFIG_FILE).is_file():
+        hint = (
+            "last/ is written when training finishes: finish or resume the run, or publish the best epoch with "
+            "--hub.weights best"
+            if weights == "last"
+            else "best/ is written after an epoch improves top-1: train at least one epoch"
+        )
+        raise PublishError(f"'{folder}' holds no exported weights ({WEIGHTS_FILE} + {CONFIG_FILE}); {hint}.")
+    return folder
+
+
+def model_card(run: RunSummary, hub: HubConfig | None = None) -> ModelCard:
+    """The model card of ``run``: YAML metadata with a ``model-index`` of the published epoch's top-1/top-5,
+    then the results beside the paper's number, how to load it, the training config, curves and citation.
+
+    >>> card = model_card(read_run("outputs/run"), HubConfig(model_id="me/vit-l-tiny-imagenet"))  # doctest: +SKIP
+    >>> card.data.eval_results[0].metric_value  # doctest: +SKIP
+    86.51
+    """
+    hub = hub or HubConfig()
+    config, record = run.config, run.record_for(hub.weights)
+    timm_name = resolve_model_name(config.model.name)
+    name = hub.model_id or run.output_dir.name
+    dataset_id = config.data.source if is_hub_id(config.data.source) else TINY_IMAGENET_HUB_ID
+    results = [
+        EvalResult(
+            task_type="image-classification",
+            task_name="Image Classification",
+            dataset_type=dataset_id,
+            dataset_name="Tiny ImageNet",
+            dataset_split="validation",
+            metric_type=metric_type,
+            metric_name=metric_name,
+            metric_value=round(float(record[key]), 2),
+        )
+        for key, metric_type, metric_name in (
+            ("top1", "accuracy", "Top-1 accuracy"),
+            ("top5", "top_5_accuracy", "Top-5 accuracy"),
+        )
+    ]
+    metadata = ModelCardData(
+        library_name="timm",
+        license=hub.license,
+        datasets=[dataset_id],
+        metrics=["accuracy"],
+        tags=_TAGS,
+        pipeline_tag="image-classification",
+        base_model=_base_model(run),
+        model_name=name,
+        eval_results=results,
+    )
+    pretrained_cfg = json.loads((weights_folder(run, hub.weights) / CONFIG_FILE).read_text()).get("pretrained_cfg", {})
+    epochs = len(run.history)
+    which = (
+        f"the last epoch (epoch {record['epoch']} of {epochs})"
+        if hub.weights == "last"
+        else f"the epoch with the best eval top-1 (epoch {record['epoch']} of {epochs}; chosen on the eval split "
+        "itself, so its numbers are slightly optimistic)"
+    )
+    return ModelCard.from_template(
+        metadata,
+        template_path=str(TEMPLATE),
+        name=name,
+        title=run.paper.title if run.paper else timm_name,
+        timm_name=timm_name,
+        model_name_short=config.model.name,
+        num_classes=len(run.class_ids),
+        native_size=config.data.native_size,
+        size=pretrained_cfg.get("input_size", [3, config.data.image_size, config.data.image_size])[-1],
+        which=which,
+        source=public_value(config.data.source),
+        reported_row="final" if hub.weights == "last" else "best top-1",
+        results_table=results_table(config, run.history),
+        paper_number=run.paper is not None,
+        load_id=f"hf-hub:{hub.model_id}" if hub.model_id else "local-dir:path/to/this/folder",
+        pipeline_id=hub.model_id or "path/to/this/folder",
+        checkpoint=f"hf-hub:{hub.model_id}" if hub.model_id else "path/to/this/folder",
+        dataset_id=dataset_id,
+        interpolation=pretrained_cfg.get("interpolation", "bicubic"),
+        mean=_format(pretrained_cfg.get("mean")),
+        std=_format(pretrained_cfg.get("std")),
+        config_rows=_config_rows(run),
+        curves_file=CURVES_FILE,
+        citation=CITATION,
+    )
+
+
+def _config_rows(run: RunSummary) -> list[tuple[str, str]]:
+    """Every training field as (dotted name, value as text), local paths shortened (a card is public)."""
+    config = run.config.to_dict()
+    config.pop("hub")  # publishing settings do not describe the training
+    return [
+        (f"{section}.{name}", _format(public_value(value)))
+        for section, values in config.items()
+        for name, value in values.items()
+    ]
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value)) or "–"
+    return "–" if value is None else str(value)
+
+
+def _base_model(run: RunSummary) -> str | None:
+    """The Hub repo of the pretrained weights the run started from (timm's default tag), when it did."""
+    model = run.config.model
+    if not model.pretrained or model.checkpoint:
+        return None
+    try:
+        import timm
+
+        return timm.models.get_pretrained_cfg(resolve_model_name(model.name)).hf_hub_id or None
+    except Exception:  # noqa: BLE001 - unknown names or cfgs without a Hub id: the card just omits base_model
+        return None
