@@ -1,17 +1,19 @@
 """Command lines: dotted overrides for recipes (``run``) and the ``tiny-transformers`` console script.
 
-Overrides are parsed by tyro from the config dataclasses themselves, so every field is an option
-with its type, default and comment as help, and a mistyped name is answered with the closest one.
+Every command's options are parsed by tyro from dataclasses (the config's own, or an args class per command),
+so every field is an option with its type, default and comment as help, and a mistyped name is answered with the
+closest one. A boolean takes a value (``--model.pretrained false``) or stands alone (``--json`` means true).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import shlex
 import sys
+import typing
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import tyro
@@ -19,81 +21,114 @@ import tyro
 from .config import FinetuneConfig, HubConfig, paper_config
 from .errors import TinyTransformersError, clean_message
 from .paper import PAPER_MODELS
+from .rundir import PER_CLASS_FILE, RunDir
 
 USAGE = """usage: tiny-transformers COMMAND [--section.field VALUE ...]
 
 commands:
   train NAME      fine-tune; NAME is a paper recipe (vit_l, cait_s36, deit_b_distilled, swin_l) or a timm model name
-  evaluate        top-1, top-5 and loss of --model.checkpoint (exported folder, training checkpoint or hf-hub:owner/name)
-                  on --data.source; per-class accuracy goes to --output (default ./per_class_accuracy.csv)
+  evaluate        top-1, top-5 and loss of --model.checkpoint (exported folder, training checkpoint or
+                  hf-hub:owner/name) on --data.source; per-class accuracy goes to --output (default
+                  ./per_class_accuracy.csv)
   export DIR      write the run in DIR as a timm/Hub folder (weights, model card, curves, metrics) into --to
                   (default DIR/export); --hub.model_id owner/name, --hub.weights best, --hub.license as for push
-  push DIR        export DIR and upload it to the Hub: --hub.model_id owner/name [--hub.private true]
+  push DIR        export DIR and upload it to the Hub: --hub.model_id owner/name [--hub.private]
   predict         top-5 classes with readable names for images or folders:
-                  --model.checkpoint <exported folder | run dir | hf-hub:owner/name> IMAGE_OR_FOLDER... [--json true]
-  benchmark       data path, loop overhead and training throughput on this machine (docs/benchmarks.md):
-                  [--model test_vit ...] [--quick] [--json PATH]; random weights, synthetic images, no downloads
+                  --model.checkpoint <exported folder | run dir | hf-hub:owner/name> IMAGE_OR_FOLDER... [--json]
 
 every config field is an option: --train.epochs 1 --data.source ./tiny-imagenet-200 --optim.lr 5e-4
+a boolean alone is true, or takes a value: --hub.push, --model.pretrained false (true/false/yes/no/1/0/on/off)
 --print-config prints the resolved config as JSON and exits; COMMAND --help lists every field.
 """
 
 
-def _registry() -> tyro.constructors.ConstructorRegistry:
-    """Booleans accept true/false/yes/no/1/0 in any case, as people type them."""
-    registry = tyro.constructors.ConstructorRegistry()
+TRUTHY, FALSY = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
+_REGISTRY = tyro.constructors.ConstructorRegistry()
 
-    @registry.primitive_rule
-    def bool_rule(type_info: tyro.constructors.PrimitiveTypeInfo):
-        if type_info.type is not bool:
-            return None
-        truthy, falsy = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
 
-        def parse(args: list[str]) -> bool:
-            value = args[0].lower()
-            if value not in truthy + falsy:
-                raise ValueError(f"expected true or false, got '{args[0]}'")
-            return value in truthy
+@_REGISTRY.primitive_rule
+def _bool_rule(type_info: tyro.constructors.PrimitiveTypeInfo) -> tyro.constructors.PrimitiveConstructorSpec | None:
+    """A boolean takes one value, true/false/yes/no/1/0/on/off in any case; ``_bare_booleans`` gives a bare one."""
+    if type_info.type is not bool:
+        return None
 
-        return tyro.constructors.PrimitiveConstructorSpec(
-            nargs=1,
-            metavar="{true,false}",
-            instance_from_str=parse,
-            is_instance=lambda x: isinstance(x, bool),
-            str_from_instance=lambda instance: ["true" if instance else "false"],
-        )
+    def parse(args: list[str]) -> bool:
+        if args[0].lower() not in TRUTHY + FALSY:
+            raise ValueError(f"expected true or false, got '{args[0]}'")
+        return args[0].lower() in TRUTHY
 
-    return registry
+    return tyro.constructors.PrimitiveConstructorSpec(
+        nargs=1,
+        metavar="[{true,false}]",  # the value may be left out: `--json` alone means `--json true`
+        instance_from_str=parse,
+        is_instance=lambda x: isinstance(x, bool),
+        str_from_instance=lambda instance: ["true" if instance else "false"],
+    )
+
+
+def _bool_options(cls: type, prefix: str = "--") -> set[str]:
+    """The option of every boolean field of the dataclass ``cls``, nested dataclasses included."""
+    names = set()
+    for name, hint in typing.get_type_hints(cls).items():
+        if hint is bool:
+            names.add(prefix + name)
+        elif dataclasses.is_dataclass(hint):
+            names |= _bool_options(hint, f"{prefix}{name}.")
+    return names
+
+
+def _option(arg: str) -> str:
+    """The option an argument names, as the dataclass spells it: ``--top-k=3`` -> ``--top_k`` (tyro takes both)."""
+    return "--" + arg[2:].split("=", 1)[0].replace("-", "_") if arg.startswith("--") else arg
+
+
+def _bare_booleans(cls: type, args: Sequence[str]) -> list[str]:
+    """``--json`` alone becomes ``--json true``, so tyro reads every boolean as one value.
+
+    A boolean is bare when the next word is missing, an option, or (where ``cls`` takes positional words,
+    as ``predict`` its images) anything but a truth value; ``--json=no`` and words after ``--`` are left alone.
+    """
+    booleans = _bool_options(cls)
+    hints = typing.get_type_hints(cls, include_extras=True).values()
+    positionals = any(tyro.conf.Positional in typing.get_args(hint) for hint in hints)
+    args, out = list(args), []
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return out + args[i:]
+        out.append(arg)
+        if "=" not in arg and _option(arg) in booleans:
+            following = args[i + 1] if i + 1 < len(args) else "-"
+            if following.startswith("-") or (positionals and following.lower() not in TRUTHY + FALSY):
+                out.append("true")
+    return out
+
+
+def _parse(cls, default, args: Sequence[str], prog: str | None):
+    """tyro with this CLI's conventions: ``--section.field_name VALUE``, booleans bare or with a value."""
+    defaults = {} if default is None else {"default": default}
+    return tyro.cli(
+        cls,
+        args=_bare_booleans(cls, args),
+        prog=prog,
+        use_underscores=True,
+        registry=_REGISTRY,
+        config=(tyro.conf.FlagConversionOff,),  # booleans are `--x [VALUE]`, not tyro's `--x/--no-x` flags
+        **defaults,
+    )
 
 
 def parse_config(default: FinetuneConfig, args: Sequence[str], prog: str | None = None) -> tuple[FinetuneConfig, bool]:
     """Apply dotted overrides to ``default``; returns (config, print_config_requested).
 
-    >>> cfg, show = parse_config(FinetuneConfig(), ["--train.epochs", "2", "--model.pretrained", "false"])
-    >>> cfg.train.epochs, cfg.model.pretrained, show
-    (2, False, False)
+    >>> cfg, show = parse_config(FinetuneConfig(), ["--train.epochs", "2", "--model.pretrained", "false", "--hub.push"])
+    >>> cfg.train.epochs, cfg.model.pretrained, cfg.hub.push, show
+    (2, False, True, False)
     """
     args = list(args)
-    show = "--print-config" in args
-    args = [a for a in args if a != "--print-config"]
-    return _parse(FinetuneConfig, default, args, prog), show
+    return _parse(FinetuneConfig, default, [a for a in args if a != "--print-config"], prog), "--print-config" in args
 
 
-def _parse(cls, default, args: Sequence[str], prog: str | None):
-    """tyro with this CLI's conventions: ``--section.field_name VALUE``, booleans as values, not flags."""
-    defaults = {} if default is None else {"default": default}
-    return tyro.cli(
-        cls,
-        args=list(args),
-        prog=prog,
-        use_underscores=True,
-        registry=_registry(),
-        config=(tyro.conf.FlagConversionOff,),
-        **defaults,
-    )
-
-
-def _fail(error: BaseException) -> None:
+def _fail(error: BaseException) -> typing.NoReturn:
     print(f"error: {clean_message(error)}", file=sys.stderr)
     sys.exit(2)
 
@@ -104,6 +139,9 @@ def run(config: FinetuneConfig, args: Sequence[str] | None = None, command: str 
     ``accelerate launch recipes/swin_l.py --train.epochs 1`` ends here. Problems with the user's input
     are printed as one sentence and exit with status 2; an interrupted run exits with status 143 and prints
     ``command`` (default: ``accelerate launch`` and this script's command line) as the way to resume.
+
+    >>> run(paper_config("swin_l"), ["--train.epochs", "1", "--print-config"])  # doctest: +ELLIPSIS
+    {...
     """
     args = sys.argv[1:] if args is None else list(args)
     if command is None:
@@ -124,6 +162,7 @@ def run(config: FinetuneConfig, args: Sequence[str] | None = None, command: str 
 
 
 def _train(args: list[str]) -> None:
+    """``train NAME``: the paper recipe of NAME (or defaults for any timm model) with the overrides applied."""
     if not args or args[0].startswith("-"):
         print(
             "usage: tiny-transformers train NAME [--section.field VALUE ...]\n"
@@ -141,33 +180,24 @@ def _train(args: list[str]) -> None:
     run(default, overrides, command=shlex.join(["tiny-transformers", "train", name, *overrides]))
 
 
-def _pop_option(args: list[str], name: str) -> tuple[list[str], str | None]:
-    """Remove ``--name VALUE`` (or ``--name=VALUE``) from ``args``; options outside the config take this path."""
-    rest, value = [], None
-    i = 0
-    while i < len(args):
-        if args[i] == name:
-            if i + 1 >= len(args):
-                _fail(TinyTransformersError(f"{name} needs a value, e.g. {name} per_class_accuracy.csv."))
-            value, i = args[i + 1], i + 2
-            continue
-        if args[i].startswith(name + "="):
-            value = args[i].split("=", 1)[1]
-        else:
-            rest.append(args[i])
-        i += 1
-    return rest, value
+@dataclasses.dataclass
+class EvaluateArgs(FinetuneConfig):
+    """Options of ``evaluate``: the config (--model.checkpoint, --data.source, ...) and where per-class results go."""
+
+    output: str = PER_CLASS_FILE  # the per-class accuracy CSV (class_id, class_name, images, correct, top1)
 
 
 def _evaluate(args: list[str]) -> None:
     """``evaluate``: prints {"top1", "top5", "loss", "count"} as JSON; writes per-class accuracy to ``--output``."""
-    args, output = _pop_option(args, "--output")
-    config, show = parse_config(FinetuneConfig(), args, prog="tiny-transformers evaluate [--output CSV]")
-    given = any(a == "--train.mixed_precision" or a.startswith("--train.mixed_precision=") for a in args)
+    show = "--print-config" in args
+    options = _parse(EvaluateArgs, None, [a for a in args if a != "--print-config"], "tiny-transformers evaluate")
+    config = FinetuneConfig(**{f.name: getattr(options, f.name) for f in dataclasses.fields(FinetuneConfig)})
     if show:
         print(config.to_json())
         return
-    from .report import PER_CLASS_FILE, per_class_accuracy, write_per_class_csv
+    # the user's precision only when given; otherwise evaluate_checkpoint takes the one the weights record
+    given = any(_option(a) == "--train.mixed_precision" for a in args)
+    from .report import per_class_accuracy, write_per_class_csv
     from .train import evaluate_checkpoint
 
     try:
@@ -175,12 +205,12 @@ def _evaluate(args: list[str]) -> None:
     except TinyTransformersError as error:
         _fail(error)
     rows = per_class_accuracy(result["references"], result["predictions"], result["class_ids"], result["class_names"])
-    path = write_per_class_csv(rows, output or PER_CLASS_FILE)
+    path = write_per_class_csv(rows, options.output)
     print(json.dumps({k: result[k] for k in ("top1", "top5", "loss", "count")}))
     print(f"per-class accuracy: {path}", file=sys.stderr)  # stdout stays one JSON line for scripts
 
 
-@dataclass
+@dataclasses.dataclass
 class PublishArgs:
     """Options of ``export`` and ``push``; the hub.* defaults are the ones recorded in the run's config.json."""
 
@@ -189,9 +219,7 @@ class PublishArgs:
 
 
 def _publish_args(command: str, args: list[str]) -> tuple[Path, PublishArgs]:
-    usage = (
-        f"usage: tiny-transformers {command} OUTPUT_DIR [--hub.model_id owner/name] [--hub.private true] [--to FOLDER]"
-    )
+    usage = f"usage: tiny-transformers {command} OUTPUT_DIR [--hub.model_id owner/name] [--hub.private] [--to FOLDER]"
     if not args or args[0].startswith("-"):
         if args and args[0] in ("-h", "--help"):
             _parse(PublishArgs, PublishArgs(HubConfig()), ["--help"], f"tiny-transformers {command} OUTPUT_DIR")
@@ -200,7 +228,7 @@ def _publish_args(command: str, args: list[str]) -> tuple[Path, PublishArgs]:
     output_dir = Path(args[0]).expanduser()
     hub = HubConfig()
     try:  # the run's own hub settings are the defaults, so `push OUTPUT_DIR` repeats a failed push as configured
-        hub = FinetuneConfig.from_dict(json.loads((output_dir / "config.json").read_text())).hub
+        hub = RunDir(output_dir).read_config().hub
     except (OSError, ValueError):
         pass  # not a run folder: export_run/push_run name the problem
     return output_dir, _parse(PublishArgs, PublishArgs(hub), args[1:], f"tiny-transformers {command} {args[0]}")
@@ -230,18 +258,12 @@ def _push(args: list[str]) -> None:
     print(f"pushed to https://huggingface.co/{options.hub.model_id} ({url})")
 
 
-def _benchmark(args: list[str]) -> None:
-    from .benchmark import main as benchmark_main  # torch, timm and datasets load only for this command
-
-    benchmark_main(args)
-
-
-@dataclass
+@dataclasses.dataclass
 class PredictModel:
     checkpoint: str  # exported folder, a run's output dir (its best/), a training checkpoint, or hf-hub:owner/name
 
 
-@dataclass
+@dataclasses.dataclass
 class PredictArgs:
     """Options of ``predict``."""
 
@@ -273,18 +295,32 @@ def _predict(args: list[str]) -> None:
         _fail(TinyTransformersError("None of the given files could be read as an image."))
 
 
+def _benchmark(args: list[str]) -> None:
+    """``benchmark`` moved out of the package: say where it lives now."""
+    print(
+        "error: the benchmarks live beside the library in the repository, not in the installed package; "
+        "run them from a checkout with `python -m benchmarks --quick` (docs/benchmarks.md).",
+        file=sys.stderr,
+    )
+    sys.exit(2)
+
+
 COMMANDS = {
     "train": _train,
     "evaluate": _evaluate,
     "export": _export,
     "push": _push,
     "predict": _predict,
-    "benchmark": _benchmark,
+    "benchmark": _benchmark,  # kept as a name only, to point at the repository's benchmarks
 }
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """The ``tiny-transformers`` console script."""
+    """The ``tiny-transformers`` console script: one dispatch on the command name, then tyro for its options.
+
+    >>> main(["train", "vit_l", "--train.epochs", "1", "--print-config"])  # doctest: +ELLIPSIS
+    {...
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
