@@ -1,0 +1,425 @@
+"""Where the data comes from: :func:`load_data` recognises ``data.source`` and normalises it to a :class:`DataBundle`.
+
+Local paths are tried first, in this order: a Stanford ``.zip`` or folder (``wnids.txt``; read by
+:mod:`.stanford`, since no ``datasets`` builder reads ``val_annotations.txt``), a ``DatasetDict.save_to_disk``
+folder (``dataset_dict.json``), then whatever ``datasets.load_dataset(<folder>)`` itself would read: its
+data-files inference (:func:`datasets.data_files.get_data_patterns`) names the splits from ``data/<split>-00000-of-
+00001.*`` shards, ``<split>/`` folders or split keywords in file names (``train``, ``validation``/``valid``/``val``/
+``dev``, ``test``, between ``-._``, space or digit delimiters), and the most common file extension picks the
+``parquet`` or ``imagefolder`` builder. Anything else that :func:`tiny_transformers.hub.is_hub_id` accepts is a Hub
+dataset id.
+
+Every source then gets the same shape: an ``image`` column of ``Image(decode=False)`` dicts, a ``label``
+``ClassLabel`` whose names are sorted (the wnids, as ``zh-plus/tiny-imagenet`` orders them) and the same in both
+splits, ``cfg.max_*_samples`` as a fixed random subset, and (``cfg.skip_corrupt``) unreadable images dropped.
+
+>>> bundle = load_data(DataConfig(source="./tiny_imagenet_parquet"))  # doctest: +SKIP
+>>> bundle.source_kind, bundle.num_classes, len(bundle.train), len(bundle.eval)  # doctest: +SKIP
+('parquet', 200, 100000, 10000)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+from datasets.data_files import DataFilesDict, get_data_patterns
+from datasets.load import infer_module_for_data_files
+from tqdm.auto import tqdm
+
+from ..config import DataConfig
+from ..errors import DataError
+from ..hub import is_hub_id, offline
+from .images import _describe, decode_image
+from .stanford import extract_stanford_zip, find_stanford_root, load_stanford
+
+logger = logging.getLogger(__name__)
+
+SOURCE_KINDS = ("hub", "stanford", "stanford-zip", "imagefolder", "saved", "parquet")
+EVAL_SPLITS = ("valid", "validation", "val", "dev", "test")  # first present wins; zh-plus calls it "valid"
+BUILDER_KINDS = ("parquet", "imagefolder")  # the datasets builders whose layouts load_data accepts
+LOCAL_LAYOUTS_HINT = (
+    "point data.source at a local copy instead, e.g. --data.source ./tiny-imagenet-200 (the Stanford folder "
+    "with wnids.txt, or its .zip), a folder written by DatasetDict.save_to_disk, a folder of parquet files "
+    "named by split (train-*.parquet and valid-*.parquet), or an imagefolder tree (train/<class>/ and val/<class>/)"
+)
+
+
+@dataclass
+class DataBundle:
+    """The train and eval splits plus what the rest of the library needs to know about the classes."""
+
+    train: datasets.Dataset  # "image": Image(decode=False), "label": ClassLabel(names=class_ids)
+    eval: datasets.Dataset  # same features as train
+    class_ids: list[str]  # sorted; == train.features["label"].names (wnids for Tiny ImageNet)
+    class_names: list[str]  # human-readable, same order; == class_ids when the source has no words.txt
+    source_kind: str  # one of SOURCE_KINDS
+    skipped_corrupt: int = 0  # images dropped because data.skip_corrupt was on
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_ids)
+
+
+# --------------------------------------------------------------------------------------------------
+# Source recognition
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Raw:
+    """What a source loader hands to the normaliser."""
+
+    splits: Mapping[str, datasets.Dataset]
+    kind: str
+    names_by_id: dict[str, str] | None = None  # from words.txt
+
+
+def load_data(cfg: DataConfig) -> DataBundle:
+    """Load train and eval splits from ``cfg.source``, whatever kind of source it is.
+
+    Local paths are recognised first (a Stanford ``.zip``, a folder with ``wnids.txt``, a ``save_to_disk``
+    folder, then parquet files or an imagefolder tree as ``datasets.load_dataset`` splits them); anything else
+    that is a valid Hub id (:func:`tiny_transformers.hub.is_hub_id`) is loaded from the Hub.
+    Labels always end sorted by class id; ``cfg.max_*_samples`` keep a fixed random subset; ``cfg.skip_corrupt``
+    scans every image once and drops the unreadable ones.
+
+    >>> bundle = load_data(DataConfig(source="./tiny-imagenet-200"))  # doctest: +SKIP
+    >>> bundle.source_kind, bundle.num_classes, len(bundle.train), len(bundle.eval)  # doctest: +SKIP
+    ('stanford', 200, 100000, 10000)
+    """
+    source = cfg.source
+    path = Path(source).expanduser()
+    if path.exists():
+        raw = _load_local(path)
+    elif not is_hub_id(source):
+        raise DataError(
+            f"data.source '{source}' does not exist; check the path, or give a Hub dataset id such as "
+            "zh-plus/tiny-imagenet."
+        )
+    else:
+        raw = _load_hub(source)
+
+    train, eval_ = _pick_splits(raw.splits, source)
+    train, eval_ = _standard_columns(train, "train", source), _standard_columns(eval_, "eval", source)
+    train, eval_, class_ids = _normalise_labels(train, eval_, source)
+    for split_name, split in (("train", train), ("eval", eval_)):
+        if len(split) == 0:
+            raise DataError(f"The {split_name} split of data.source '{source}' is empty; it needs at least one image.")
+    _check_eval_classes(train, eval_, class_ids, source)
+
+    # A fixed random subset, not the first rows: Stanford rows are grouped by class, so the first
+    # 1,000 of 100,000 would hold only 2 of the 200 classes.
+    if cfg.max_train_samples is not None and cfg.max_train_samples < len(train):
+        train = train.shuffle(seed=0).select(range(cfg.max_train_samples))
+    if cfg.max_eval_samples is not None and cfg.max_eval_samples < len(eval_):
+        eval_ = eval_.shuffle(seed=0).select(range(cfg.max_eval_samples))
+
+    skipped = 0
+    if cfg.skip_corrupt:
+        train, skipped_train = _drop_corrupt(train, "train", cfg.native_size)
+        eval_, skipped_eval = _drop_corrupt(eval_, "eval", cfg.native_size)
+        skipped = len(skipped_train) + len(skipped_eval)
+        if skipped:
+            first = ", ".join(skipped_train[:3] + skipped_eval[:3])
+            logger.warning(
+                "Skipped %d unreadable image(s) (%d train, %d eval), e.g. %s.",
+                skipped,
+                len(skipped_train),
+                len(skipped_eval),
+                first,
+            )
+        for split_name, split in (("train", train), ("eval", eval_)):
+            if len(split) == 0:
+                raise DataError(f"Every image of the {split_name} split of data.source '{source}' is unreadable.")
+
+    names_by_id = raw.names_by_id or {}
+    class_names = [names_by_id.get(class_id, class_id) for class_id in class_ids]
+    return DataBundle(
+        train=train,
+        eval=eval_,
+        class_ids=class_ids,
+        class_names=class_names,
+        source_kind=raw.kind,
+        skipped_corrupt=skipped,
+    )
+
+
+def _load_local(path: Path) -> _Raw:
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix == ".zip":
+            return _stanford(extract_stanford_zip(path), kind="stanford-zip")
+        if suffix == ".parquet":
+            return _load_parquet_file(path)
+        raise DataError(
+            f"data.source '{path}' is a file but neither a .zip of the Stanford tiny-imagenet-200 folder nor a "
+            ".parquet file; give one of those or a folder."
+        )
+
+    stanford = find_stanford_root(path)
+    if stanford is not None:
+        return _stanford(stanford, kind="stanford")
+    if (path / "dataset_dict.json").is_file():
+        return _Raw(splits=_load_saved(path), kind="saved")
+    inferred = _infer_builder(path)
+    if inferred is not None and inferred[0] in BUILDER_KINDS:
+        return _load_with_builder(path, *inferred)
+    raise DataError(
+        f"data.source '{path}' is a folder in no known layout; expected one of: the Stanford tiny-imagenet-200 "
+        "folder (wnids.txt, train/<wnid>/images/, val/val_annotations.txt), a DatasetDict.save_to_disk folder "
+        "(dataset_dict.json), parquet files named by split (train-*.parquet and valid-*.parquet, or "
+        "*_train.parquet and *_val.parquet), or an imagefolder tree (train/<class>/ plus val/, valid/, "
+        "validation/, dev/ or test/ with <class>/ subfolders)."
+    )
+
+
+def _stanford(root: Path, kind: str) -> _Raw:
+    splits, names_by_id = load_stanford(root)
+    return _Raw(splits=splits, kind=kind, names_by_id=names_by_id)
+
+
+# --------------------------------------------------------------------------------------------------
+# save_to_disk, parquet, imagefolder, Hub
+# --------------------------------------------------------------------------------------------------
+
+
+def _load_saved(path: Path) -> Mapping[str, datasets.Dataset]:
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as error:  # a damaged arrow file or json; the message says which
+        raise DataError(
+            f"data.source '{path}' looks like a save_to_disk folder but cannot be loaded: {error}."
+        ) from error
+    if not isinstance(loaded, datasets.DatasetDict):
+        raise DataError(f"data.source '{path}' holds a single Dataset; save a DatasetDict with train and valid splits.")
+    return loaded
+
+
+def _infer_builder(folder: Path) -> tuple[str, DataFilesDict] | None:
+    """The builder and the data files by split that ``datasets.load_dataset(str(folder))`` would use.
+
+    datasets' own inference: :func:`~datasets.data_files.get_data_patterns` names the splits (``data/<split>-
+    00000-of-00001.*`` shards, else ``<split>/`` folders, else split keywords in file names), then
+    :func:`~datasets.load.infer_module_for_data_files` picks the builder of the most common file extension
+    (``parquet``, ``imagefolder`` for images, ``text``...). None when the folder holds no data files.
+    """
+    base = folder.resolve().as_posix()
+    try:
+        data_files = DataFilesDict.from_patterns(get_data_patterns(base), base_path=base)
+        builder, _ = infer_module_for_data_files(data_files, path=base)
+    except FileNotFoundError:  # EmptyDatasetError, DataFilesNotFoundError: no file any builder reads
+        return None
+    except ValueError as error:  # splits in different formats, or a shard named by no valid split
+        raise DataError(f"datasets cannot split the files under '{folder}' by name: {error}.") from error
+    return builder, data_files
+
+
+def _load_parquet_file(file: Path) -> _Raw:
+    """One parquet file: it and its siblings, split as ``datasets.load_dataset(<its folder>)`` splits them."""
+    inferred = _infer_builder(file.parent)
+    files = inferred[1] if inferred is not None else DataFilesDict()
+    if file.resolve().as_posix() not in {name for names in files.values() for name in names}:
+        raise DataError(
+            f"datasets assigns the parquet file '{file}' to no split; name it by split (train-*.parquet and "
+            "valid-*.parquet, or *_train.parquet and *_val.parquet) or give data.source its folder."
+        )
+    return _load_with_builder(file.parent, "parquet", files)
+
+
+def _load_with_builder(folder: Path, builder: str, data_files: DataFilesDict) -> _Raw:
+    """``datasets.load_dataset(builder, data_files=...)`` on files already resolved (no second walk of the tree)."""
+    if builder == "parquet":
+        data_files = DataFilesDict(
+            {split: files for split, files in data_files.filter(extensions=[".parquet"]).items() if files}
+        )
+    _split_names([str(split) for split in data_files], str(folder))  # refuse before converting 100k images
+    what = f"The parquet files under '{folder}'" if builder == "parquet" else f"The imagefolder tree '{folder}'"
+    # drop_labels=False keeps the label column even with a single class folder (datasets drops it otherwise);
+    # its ClassLabel names are the sorted folder names of all splits together.
+    options = {"drop_labels": False} if builder == "imagefolder" else {}
+    try:
+        loaded = datasets.load_dataset(builder, data_files=data_files, **options)
+    except Exception as error:
+        raise DataError(f"{what} cannot be read: {error}.") from error
+    return _Raw(splits=loaded, kind=builder)
+
+
+def _load_hub(source: str) -> _Raw:
+    """``datasets.load_dataset(source)``; every failure becomes one DataError sentence (the cause is chained)."""
+    try:
+        loaded = datasets.load_dataset(source)
+    except Exception as error:
+        not_found = type(error).__name__ in ("DatasetNotFoundError", "RepositoryNotFoundError")
+        unreachable = isinstance(error, (ConnectionError, TimeoutError)) or "connect" in type(error).__name__.lower()
+        if not_found and not offline():
+            raise DataError(
+                f"data.source '{source}' is not a local path and not a dataset on the Hub (or it is private); "
+                f"check the id, or {LOCAL_LAYOUTS_HINT}."
+            ) from error
+        if unreachable or offline():
+            raise DataError(
+                f"The Hugging Face Hub cannot be reached to load data.source '{source}' "
+                f"({'offline mode is on' if offline() else type(error).__name__}) and no cached copy exists; "
+                f"{LOCAL_LAYOUTS_HINT}."
+            ) from error
+        raise DataError(
+            f"Loading data.source '{source}' from the Hub failed ({type(error).__name__}: {error})."
+        ) from error
+    if not isinstance(loaded, datasets.DatasetDict):
+        raise DataError(f"data.source '{source}' loaded as a single split; it needs train and valid splits.")
+    return _Raw(splits=loaded, kind="hub")
+
+
+# --------------------------------------------------------------------------------------------------
+# Normalisation shared by every source
+# --------------------------------------------------------------------------------------------------
+
+
+def _split_names(names: list[str], source: str) -> tuple[str, str]:
+    """The train split's name and the eval split's (the first of :data:`EVAL_SPLITS` present), or a DataError."""
+    found = ", ".join(sorted(names)) or "none"
+    if "train" not in names:
+        raise DataError(f"data.source '{source}' has no 'train' split (splits found: {found}).")
+    for name in EVAL_SPLITS:
+        if name in names:
+            return "train", name
+    raise DataError(
+        f"data.source '{source}' has no evaluation split (splits found: {found}); it needs one named "
+        f"{', '.join(EVAL_SPLITS[:-1])} or {EVAL_SPLITS[-1]}."
+    )
+
+
+def _pick_splits(splits: Mapping[str, datasets.Dataset], source: str) -> tuple[datasets.Dataset, datasets.Dataset]:
+    train, eval_ = _split_names([str(name) for name in splits], source)
+    return splits[train], splits[eval_]
+
+
+def _standard_columns(ds: datasets.Dataset, split: str, source: str) -> datasets.Dataset:
+    """Rename img/labels to image/label, keep only those two, and make images undecoded dicts."""
+    columns = ds.column_names
+    renames = {}
+    if "image" not in columns and "img" in columns:
+        renames["img"] = "image"
+    if "label" not in columns and "labels" in columns:
+        renames["labels"] = "label"
+    if renames:
+        ds = ds.rename_columns(renames)
+    missing = [c for c in ("image", "label") if c not in ds.column_names]
+    if missing:
+        raise DataError(
+            f"The {split} split of data.source '{source}' has no {' or '.join(missing)} column (columns found: "
+            f"{', '.join(columns)}); it needs 'image' (or 'img') and 'label' (or 'labels')."
+        )
+    if len(ds.column_names) > 2:
+        ds = ds.select_columns(["image", "label"])
+    feature = ds.features["image"]
+    if not (isinstance(feature, datasets.Image) and not feature.decode):
+        try:
+            ds = ds.cast_column("image", datasets.Image(decode=False))
+        except Exception as error:
+            raise DataError(
+                f"The image column of the {split} split of data.source '{source}' ({feature}) is not images "
+                "(it must hold encoded image bytes or file paths)."
+            ) from error
+    return ds
+
+
+def _relabel(ds: datasets.Dataset, mapping: Mapping[Any, int], class_ids: list[str]) -> datasets.Dataset:
+    features = datasets.Features({"image": datasets.Image(decode=False), "label": datasets.ClassLabel(names=class_ids)})
+    return ds.map(
+        _MapLabels(dict(mapping)),
+        batched=True,
+        input_columns="label",
+        features=features,
+        desc="Ordering labels by sorted class id",
+    )
+
+
+class _MapLabels:
+    """old label -> new index, as a class so datasets can hash it for its cache."""
+
+    def __init__(self, mapping: dict[Any, int]) -> None:
+        self.mapping = mapping
+
+    def __call__(self, labels: list[Any]) -> dict[str, list[int]]:
+        return {"label": [self.mapping[label] for label in labels]}
+
+
+def _normalise_labels(
+    train: datasets.Dataset, eval_: datasets.Dataset, source: str
+) -> tuple[datasets.Dataset, datasets.Dataset, list[str]]:
+    """Make ``label`` a ClassLabel with sorted names, the same in both splits, remapping through names."""
+    f_train, f_eval = train.features["label"], eval_.features["label"]
+
+    if isinstance(f_train, datasets.ClassLabel) and isinstance(f_eval, datasets.ClassLabel):
+        class_ids = sorted(set(f_train.names) | set(f_eval.names))
+        out = []
+        for ds, feature in ((train, f_train), (eval_, f_eval)):
+            if list(feature.names) == class_ids:
+                out.append(ds)
+            else:
+                # Unsorted (or differing) names: move each integer to its name's sorted position.
+                out.append(_relabel(ds, {i: class_ids.index(name) for i, name in enumerate(feature.names)}, class_ids))
+        return out[0], out[1], class_ids
+
+    def kind(feature: Any) -> str:
+        if isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint")):
+            return "int"
+        if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
+            return "str"
+        return f"{feature}"
+
+    kinds = {kind(f_train), kind(f_eval)}
+    if kinds == {"int"}:
+        values = [v for ds in (train, eval_) for v in ds.unique("label") if v is not None]
+        if not values or min(values) < 0:
+            raise DataError(
+                f"The label column of data.source '{source}' holds {'negative' if values else 'no'} class indices; "
+                "every image needs a class index >= 0 (an unlabelled test split cannot be the eval split)."
+            )
+        # Plain integers: name class i as str(i), in numeric order, so the integers keep their meaning.
+        class_ids = [str(i) for i in range(max(values) + 1)]
+        label = datasets.ClassLabel(names=class_ids)
+        return train.cast_column("label", label), eval_.cast_column("label", label), class_ids
+    if kinds == {"str"}:
+        class_ids = sorted({v for ds in (train, eval_) for v in ds.unique("label") if v is not None})
+        mapping = {name: i for i, name in enumerate(class_ids)}
+        return _relabel(train, mapping, class_ids), _relabel(eval_, mapping, class_ids), class_ids
+    raise DataError(
+        f"The label column of data.source '{source}' is {f_train} in train and {f_eval} in eval; it must be a "
+        "ClassLabel, integer or string column, the same kind in both splits."
+    )
+
+
+def _check_eval_classes(train: datasets.Dataset, eval_: datasets.Dataset, class_ids: list[str], source: str) -> None:
+    """An eval class the model never sees in training is a data mistake (often a misspelt folder)."""
+    unseen = sorted(set(eval_.unique("label")) - set(train.unique("label")))
+    if unseen:
+        names = ", ".join(class_ids[i] for i in unseen[:5])
+        raise DataError(
+            f"The eval split of data.source '{source}' has images of {len(unseen)} class(es) with no training "
+            f"image ({names}{', ...' if len(unseen) > 5 else ''}); add training images or fix the class names."
+        )
+
+
+def _drop_corrupt(ds: datasets.Dataset, split: str, native_size: int) -> tuple[datasets.Dataset, list[str]]:
+    """Decode every image once; return the dataset without the unreadable ones and their names."""
+    keep: list[int] = []
+    bad: list[str] = []
+    row = 0
+    with tqdm(total=len(ds), desc=f"Checking {split} images", unit="img") as bar:
+        for batch in ds.select_columns(["image"]).iter(batch_size=512):
+            for image in batch["image"]:
+                try:
+                    decode_image(image, native_size)
+                    keep.append(row)
+                except DataError:
+                    bad.append(_describe(image))
+                row += 1
+            bar.update(len(batch["image"]))
+    return (ds.select(keep) if bad else ds), bad
