@@ -120,6 +120,24 @@ def test_parquet_file_finds_its_sibling_split(parquet_dir: Path) -> None:
     assert (bundle.source_kind, len(bundle.train), len(bundle.eval)) == ("parquet", 24, 12)
 
 
+def test_parquet_files_split_by_keyword_as_datasets_does(
+    stanford_dir: Path, tmp_path: Path, expected, data_tools
+) -> None:
+    folder = tmp_path / "keyword_parquet"
+    folder.mkdir()
+    hf_splits = data_tools.make_hf_splits(stanford_dir)
+    hf_splits["train"].to_parquet(str(folder / "tiny_imagenet_train.parquet"))
+    hf_splits["valid"].to_parquet(str(folder / "tiny_imagenet_val.parquet"))
+    assert set(datasets.load_dataset(str(folder))) == {"train", "validation"}  # datasets' own reading
+
+    wnids = sorted((stanford_dir / "wnids.txt").read_text().split())
+    for source in (folder, folder / "tiny_imagenet_val.parquet"):  # the folder, or one file and its sibling
+        bundle = load_data(DataConfig(source=str(source)))
+        assert (bundle.source_kind, bundle.class_ids) == ("parquet", wnids)
+        assert _file_pairs(bundle.train) == expected["train"]
+        assert _file_pairs(bundle.eval) == expected["val"]
+
+
 def test_zip_is_extracted_once_and_never_half(stanford_dir: Path, tmp_path: Path, monkeypatch, data_tools) -> None:
     monkeypatch.setenv("TINY_TRANSFORMERS_CACHE", str(tmp_path / "cache"))
     zip_path = tmp_path / "tiny-imagenet-200.zip"
@@ -224,7 +242,7 @@ def test_plain_int_and_string_labels_and_alternative_column_names(
             names = ds.features["label"].names
             ds = ds.cast_column("label", datasets.Value("int64"))
             out[k] = ds.map(
-                lambda r: {"label": names[r["label"]]},
+                lambda r, names=names: {"label": names[r["label"]]},
                 features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("string")}),
             )
         return datasets.DatasetDict(out)
