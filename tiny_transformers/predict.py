@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from .augment import BatchAugment
 from .config import AugmentConfig
-from .data import decode_image
+from .data import IMAGE_EXTENSIONS, decode_image
 from .errors import DataError, ModelError
 from .models import build_trained_model, describe_trained_weights, unwrap_logits
 
@@ -59,7 +59,8 @@ class Predictor:
         location = str(location)
         if not location.startswith("hf-hub:") and not Path(location).expanduser().exists():
             raise ModelError(
-                f"model.checkpoint '{location}' does not exist; give an exported folder, a run's output dir or hf-hub:owner/name."
+                f"model.checkpoint '{location}' does not exist; give an exported folder, a run's output dir or "
+                "hf-hub:owner/name."
             )
         if not location.startswith("hf-hub:") and (Path(location) / "best" / "config.json").is_file():
             location = str(Path(location) / "best")
@@ -110,9 +111,6 @@ class Predictor:
         return results
 
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-
-
 def find_images(inputs: Iterable[str | Path]) -> list[Path]:
     """Files as given, and every file under the folders given (walked recursively, sorted).
 
@@ -123,7 +121,7 @@ def find_images(inputs: Iterable[str | Path]) -> list[Path]:
     for item in inputs:
         path = Path(item).expanduser()
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
         elif path.is_file():
             found.append(path)
         else:
