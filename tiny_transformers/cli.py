@@ -237,7 +237,7 @@ def _publish_args(command: str, args: list[str]) -> tuple[Path, PublishArgs]:
 def _export(args: list[str]) -> None:
     """``export OUTPUT_DIR``: the folder ``push`` would upload, written locally only."""
     output_dir, options = _publish_args("export", args)
-    from .hub import export_run
+    from .publish import export_run
 
     try:
         folder = export_run(output_dir, options.hub, options.to)
@@ -249,7 +249,7 @@ def _export(args: list[str]) -> None:
 def _push(args: list[str]) -> None:
     """``push OUTPUT_DIR --hub.model_id owner/name``: export, then upload to the Hub."""
     output_dir, options = _publish_args("push", args)
-    from .hub import push_run
+    from .publish import push_run
 
     try:
         url = push_run(output_dir, options.hub, options.to)
