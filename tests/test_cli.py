@@ -1,0 +1,143 @@
+"""The command line: every boolean of every command works bare and with a value; evaluate's --output; the
+benchmark command's pointer to the repository; `predict --json` end to end."""
+
+import dataclasses
+import functools
+import json
+import typing
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tiny_transformers import DataConfig, FinetuneConfig, ModelConfig, TrainConfig, cli
+
+
+def bool_options(cls: type, prefix: str = "--") -> list[str]:
+    """Every boolean field of the dataclass ``cls`` as its option, nested dataclasses included."""
+    hints = typing.get_type_hints(cls)  # the config modules use string annotations
+    options = []
+    for field in dataclasses.fields(cls):
+        if hints[field.name] is bool:
+            options.append(prefix + field.name)
+        elif dataclasses.is_dataclass(hints[field.name]):
+            options += bool_options(hints[field.name], f"{prefix}{field.name}.")
+    return options
+
+
+def parse_train(args):
+    return cli.parse_config(FinetuneConfig(), args)[0]
+
+
+def parse_evaluate(args):
+    return cli._parse(cli.EvaluateArgs, None, args, "tiny-transformers evaluate")
+
+
+def parse_publish(args):
+    return cli._publish_args("export", ["no-such-run", *args])[1]
+
+
+def parse_predict(args):
+    # the image comes after the boolean: a bare boolean must not take it as its value
+    return cli._parse(cli.PredictArgs, None, ["--model.checkpoint", "run", *args, "photo.jpg"], "predict")
+
+
+# each command's parse and the dataclass its options come from
+PARSERS = {
+    "train": (parse_train, FinetuneConfig),
+    "evaluate": (parse_evaluate, cli.EvaluateArgs),
+    "export": (parse_publish, cli.PublishArgs),
+    "push": (parse_publish, cli.PublishArgs),
+    "predict": (parse_predict, cli.PredictArgs),
+}
+OTHER = {"train": "--train.seed", "evaluate": "--train.seed", "export": "--to", "push": "--to", "predict": "--top_k"}
+CASES = [(command, option) for command, (_, cls) in PARSERS.items() for option in bool_options(cls)]
+
+
+def test_every_command_is_covered():
+    assert set(PARSERS) == set(cli.COMMANDS) - {"benchmark"}
+    assert len(CASES) == 8 + 8 + 2 + 2 + 1  # FinetuneConfig (also under evaluate), HubConfig twice, predict --json
+
+
+@pytest.mark.parametrize("command,option", CASES)
+def test_every_boolean_works_bare_and_with_a_value(command, option):
+    parse, _ = PARSERS[command]
+
+    def value(args):
+        parsed = parse(args)
+        if command == "predict":
+            assert parsed.images == ("photo.jpg",)
+        return functools.reduce(getattr, option[2:].split("."), parsed)
+
+    assert value([option]) is True
+    assert value([option, "true"]) is True
+    assert value([option, "false"]) is False
+    assert value([option, "OFF"]) is False and value([f"{option}=yes"]) is True
+    assert value([option, OTHER[command], "3"]) is True  # followed by another option
+
+
+def test_a_bare_boolean_is_not_given_the_next_word_as_a_value(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_train(["--model.pretrained", "maybe"])
+    assert exit_info.value.code == 2
+    assert "expected true or false, got 'maybe'" in "".join(capsys.readouterr())
+    options = cli._parse(cli.PredictArgs, None, ["--json", "a.jpg", "b.jpg", "--model.checkpoint", "run"], "predict")
+    assert options.json is True and options.images == ("a.jpg", "b.jpg")
+
+
+def test_evaluate_parses_output_with_the_config_in_one_call():
+    options = parse_evaluate(
+        ["--model.checkpoint", "run/export", "--data.source", "data", "--output", "classes.csv", "--train.progress"]
+    )
+    assert (options.model.checkpoint, options.data.source, options.output) == ("run/export", "data", "classes.csv")
+    assert options.train.progress is True
+    assert parse_evaluate([]).output == "per_class_accuracy.csv"
+
+
+def test_evaluate_prints_the_config_without_output(capsys):
+    cli.main(["evaluate", "--model.checkpoint", "run/export", "--output", "x.csv", "--hub.push", "--print-config"])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["model"]["checkpoint"] == "run/export" and printed["hub"]["push"] is True
+    assert FinetuneConfig.from_dict(printed).model.checkpoint == "run/export"  # no "output" in the config
+
+
+def test_help_lists_every_field_with_its_comment(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["evaluate", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    config = FinetuneConfig()
+    for section in dataclasses.fields(config):
+        for field in dataclasses.fields(getattr(config, section.name)):
+            assert f"--{section.name}.{field.name}" in text
+    assert "--output" in text and "passes over the training split" in text and "[{true,false}]" in text
+
+
+def test_benchmark_points_at_the_repository(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["benchmark", "--quick"])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "python -m benchmarks --quick" in line and "repository" in line
+
+
+def test_predict_json_bare_end_to_end(stanford_dir, tmp_path, capsys):
+    from tiny_transformers import finetune
+
+    out = tmp_path / "out"
+    finetune(
+        FinetuneConfig(
+            model=ModelConfig(name="test_vit", pretrained=False, train_mode="full"),
+            data=DataConfig(source=str(stanford_dir), image_size=32, num_workers=0),
+            train=TrainConfig(
+                epochs=1, batch_size=8, micro_batch_size=4, mixed_precision="no", output_dir=str(out), progress=False
+            ),
+        )
+    )
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.full((64, 64, 3), (200, 40, 40), dtype=np.uint8)).save(image)
+    capsys.readouterr()
+    cli.main(["predict", "--model.checkpoint", str(out), "--json", str(image), "--top_k", "2"])
+    (prediction,) = json.loads(capsys.readouterr().out)
+    assert prediction["file"] == str(image) and len(prediction["predictions"]) == 2
