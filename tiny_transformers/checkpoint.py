@@ -9,6 +9,7 @@ temporary folder that is never loaded (and is cleaned up by the next save).
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -31,24 +32,45 @@ class RunningLoss:
 
     New losses are added on the device and read only when someone needs the number (:meth:`mean`, a checkpoint):
     reading it every step would be a host-device sync that lets the GPU run dry while the CPU prepares the next
-    micro-batch. float32 per-image sums are added in float64.
+    micro-batch. float32 per-image sums are added in float64. The sum turns non-finite with any step's loss, so
+    checking it once at a checkpoint or an epoch's end catches a divergence anywhere before; the first
+    non-finite step and the last finite loss are kept on the device too (:meth:`divergence`), for the message.
 
     >>> loss = RunningLoss()
-    >>> loss.add(torch.tensor([1.0, 3.0]).sum(), images=2)
+    >>> loss.add(torch.tensor([1.0, 3.0]).sum(), images=2, step=0)
     >>> loss.mean()
     2.0
+    >>> loss.add(torch.tensor(float("nan")), images=1, step=1)
+    >>> loss.divergence()
+    (1, 2.0)
     """
 
     def __init__(self, total: float = 0.0, images: int = 0) -> None:
         self.total = total  # summed losses already read from the device
         self.images = images
         self._pending: torch.Tensor | None = None  # summed on the device, not yet in total
+        self._first_bad: torch.Tensor | None = None  # first optimizer step with a non-finite loss, or -1
+        self._last_finite: torch.Tensor | None = None  # per-image mean of the last finite micro-batch, or NaN
 
-    def add(self, loss_sum: torch.Tensor, images: int) -> None:
+    def add(self, loss_sum: torch.Tensor, images: int, step: int) -> None:
+        """Add a micro-batch's summed loss (on the device, no sync); ``step`` is the optimizer step it belongs to."""
+        loss = loss_sum.detach().double()
         if self._pending is None:
-            self._pending = torch.zeros((), dtype=torch.float64, device=loss_sum.device)
-        self._pending += loss_sum.detach().double()
+            self._pending = torch.zeros((), dtype=torch.float64, device=loss.device)
+            self._first_bad = torch.full((), -1, dtype=torch.int64, device=loss.device)
+            self._last_finite = torch.full((), float("nan"), dtype=torch.float64, device=loss.device)
+        self._pending += loss
         self.images += images
+        finite = torch.isfinite(loss)
+        self._first_bad = torch.where(~finite & (self._first_bad < 0), step, self._first_bad)
+        self._last_finite = torch.where(finite, loss / max(images, 1), self._last_finite)
+
+    def divergence(self) -> tuple[int | None, float | None]:
+        """(first optimizer step whose loss was not finite, last finite per-image loss) seen since the epoch began."""
+        if self._first_bad is None:
+            return None, None
+        step, last = int(self._first_bad.item()), float(self._last_finite.item())
+        return (step if step >= 0 else None), (last if math.isfinite(last) else None)
 
     def settle(self) -> None:
         """Move the device-side sum into :attr:`total` (one host-device sync)."""

@@ -21,7 +21,7 @@ import tyro
 from .config import FinetuneConfig, HubConfig, paper_config
 from .errors import TinyTransformersError, clean_message
 from .paper import PAPER_MODELS
-from .rundir import PER_CLASS_FILE, RunDir
+from .rundir import PER_CLASS_FILE, RunDir, json_line
 
 USAGE = """usage: tiny-transformers COMMAND [--section.field VALUE ...]
 
@@ -206,7 +206,7 @@ def _evaluate(args: list[str]) -> None:
         _fail(error)
     rows = per_class_accuracy(result["references"], result["predictions"], result["class_ids"], result["class_names"])
     path = write_per_class_csv(rows, options.output)
-    print(json.dumps({k: result[k] for k in ("top1", "top5", "loss", "count")}))
+    print(json_line({k: result[k] for k in ("top1", "top5", "loss", "count")}))  # NaN -> null: valid JSON
     print(f"per-class accuracy: {path}", file=sys.stderr)  # stdout stays one JSON line for scripts
 
 

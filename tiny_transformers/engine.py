@@ -122,7 +122,7 @@ def train_steps(
                     weight = (n / window_images) if real else 0.0
                     accelerator.backward(per_image.sum() * weight)
                 if real:
-                    state.loss.add(per_image.sum(), len(labels))
+                    state.loss.add(per_image.sum(), len(labels), state.global_step)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

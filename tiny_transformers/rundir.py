@@ -16,6 +16,7 @@ Every other module takes these names from here; none spells a file name of the r
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,16 @@ CURVES_FILE = "training_curves.png"
 GRID_FILE = "predictions.png"
 RESULTS_FILE = "results.md"
 PER_CLASS_FILE = "per_class_accuracy.csv"  # written by `evaluate` into the working directory unless --output
+
+
+def json_line(record: dict[str, Any]) -> str:
+    """``record`` as one line of valid JSON: a number that is not finite (NaN, inf) becomes ``null``.
+
+    >>> json_line({"top1": float("nan"), "epoch": 1})
+    '{"top1": null, "epoch": 1}'
+    """
+    finite = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+    return json.dumps(finite, allow_nan=False)
 
 
 @dataclass(frozen=True)
@@ -93,7 +104,7 @@ class RunDir:
         """Rewrite ``metrics.jsonl`` from the run's history (restored with each checkpoint), atomically: a run
         killed after logging an epoch but before checkpointing it logs that epoch once, not twice, on resume."""
         temporary = self.metrics.with_suffix(".tmp")
-        temporary.write_text("".join(json.dumps(record) + "\n" for record in history))
+        temporary.write_text("".join(json_line(record) + "\n" for record in history))
         temporary.replace(self.metrics)
 
     def read_config(self) -> FinetuneConfig:

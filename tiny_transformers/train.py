@@ -8,6 +8,7 @@ the report, the Hub push) -> the result.
 from __future__ import annotations
 
 import dataclasses
+import math
 import signal
 import sys
 import time
@@ -50,6 +51,10 @@ from .sampler import MicroBatchSampler
 
 class TrainingInterrupted(TinyTransformersError):
     """SIGTERM/SIGINT arrived; a checkpoint was written and the message says how to resume."""
+
+
+class TrainingDiverged(TinyTransformersError):
+    """The loss or the weights stopped being finite; nothing was exported and the last good checkpoint is kept."""
 
 
 @dataclass
@@ -131,6 +136,7 @@ def finetune(config: FinetuneConfig, command: str | None = None) -> FinetuneResu
             metrics = evaluate(
                 accelerator, run.model, run.eval_loader, run.augment, run.data.num_classes, train.progress
             )
+            run.check_finite(metrics["loss"])  # before anything of this epoch is logged, exported or saved
             record = {
                 "epoch": epoch + 1,
                 "step": state.global_step,
@@ -192,9 +198,39 @@ class Run:
         )
 
     def save_checkpoint(self) -> Path:
-        """A complete checkpoint of the run as it stands (every process takes part)."""
+        """A complete checkpoint of the run as it stands (every process takes part); never of diverged weights."""
+        self.check_finite()
         keep = self.config.train.keep_checkpoints
         return save_checkpoint(self.accelerator, self.folder.root, self.state, self.config, keep)
+
+    def check_finite(self, eval_loss: float = 0.0) -> None:
+        """Stop with :class:`TrainingDiverged` when the epoch's training loss, a trainable weight or ``eval_loss`` is
+        not finite on any process (one all-reduce; called at checkpoints and epoch ends, never per step)."""
+        loss, device = self.state.loss, self.accelerator.device
+        loss.settle()
+        weights = [p for p in self.model.parameters() if p.requires_grad]
+        finite = torch.stack([p.isfinite().all() for p in weights]).all() if weights else torch.tensor(True)
+        bad = torch.tensor(0.0 if math.isfinite(loss.total) and math.isfinite(eval_loss) else 1.0, device=device)
+        bad += (~finite).to(device=device, dtype=bad.dtype)
+        if self.accelerator.reduce(bad, reduction="sum").item() == 0:
+            return
+        self.accelerator.end_training()
+        step, last = loss.divergence()
+        t, optim = self.config.train, self.config.optim
+        where = f"at optimizer step {step + 1}" if step is not None else f"in epoch {self.state.epoch + 1}"
+        lr = _cosine_lr(optim, self.plan, step if step is not None else self.state.global_step)
+        kept = list_checkpoints(self.folder.root)
+        raise TrainingDiverged(
+            f"Training diverged: the loss became non-finite {where} (the last finite loss was "
+            f"{'none' if last is None else f'{last:.4g}'}, the learning rate there {lr:.3g}); nothing was exported "
+            f"and {f'the last good checkpoint {kept[-1]} is kept' if kept else 'no checkpoint was written'}. Start "
+            f"again in a new train.output_dir with a lower optim.lr (e.g. --optim.lr {optim.lr / 10:g})"
+            + (
+                ", or with --train.mixed_precision bf16 (fp16 overflows sooner)."
+                if t.mixed_precision == "fp16"
+                else "."
+            )
+        )
 
     def export(self, which: str) -> None:
         """The weights as they are now into ``best/`` or ``last/``, loadable by timm (main process only)."""
@@ -346,6 +382,12 @@ def _eval_loader(data: DataBundle, config: FinetuneConfig, native_size: int, acc
         collate_fn=collate,
         pin_memory=accelerator.device.type == "cuda",
     )
+
+
+def _cosine_lr(optim: OptimConfig, plan: Plan, step: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based) on the cosine that ``build_run`` schedules."""
+    progress = min(step, plan.total_steps) / max(plan.total_steps, 1)
+    return optim.min_lr + (optim.lr - optim.min_lr) * (1 + math.cos(math.pi * progress)) / 2
 
 
 def _count(n: int) -> str:
