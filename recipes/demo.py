@@ -8,8 +8,6 @@ timm vision transformer is trained on them from scratch (no pretrained weights: 
 with the paper's augmentation and schedule. Expect about 80-90% top-1 after the default 6 epochs.
 """
 
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from tiny_transformers import DataConfig, FinetuneConfig, ModelConfig, OptimConfig, TrainConfig, run
+from tiny_transformers.synthetic import StanfordImage, encode, write_stanford_layout
 
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
@@ -26,33 +25,21 @@ def write_digits(root: Path, size: int = 32, val_fraction: float = 0.2) -> Path:
     final = root / "digits-200"
     if final.exists():
         return final
-    folder = root / f".digits-200.tmp-{os.getpid()}"  # several launched processes may write at once
     digits = load_digits()
     order = np.random.default_rng(0).permutation(len(digits.images))
     n_val = int(len(order) * val_fraction)
     wnids = [f"d{i:08d}" for i in range(10)]
-    (folder / "val" / "images").mkdir(parents=True, exist_ok=True)
-    (folder / "wnids.txt").write_text("\n".join(reversed(wnids)) + "\n")  # unsorted, as Stanford's is
-    (folder / "words.txt").write_text("".join(f"{w}\t{n}\n" for w, n in zip(wnids, NAMES)))
-    annotations = []
+    train, val = [], []
     for rank, index in enumerate(order):
         pixels = (digits.images[index] * (255 / 16)).astype(np.uint8)  # 0-16 grey levels -> 0-255
-        image = Image.fromarray(pixels, mode="L").resize((size, size), Image.NEAREST)
+        image = Image.fromarray(pixels).resize((size, size), Image.Resampling.NEAREST)
         wnid = wnids[digits.target[index]]
-        if rank < n_val:
-            name = f"val_{rank}.JPEG"
-            image.save(folder / "val" / "images" / name, quality=95)
-            annotations.append(f"{name}\t{wnid}\t0\t0\t{size}\t{size}\n")
-        else:
-            target = folder / "train" / wnid / "images"
-            target.mkdir(parents=True, exist_ok=True)
-            image.save(target / f"{wnid}_{rank}.JPEG", quality=95)
-    (folder / "val" / "val_annotations.txt").write_text("".join(annotations))
-    try:
-        folder.rename(final)
-    except OSError:  # another process finished first with the same files
-        shutil.rmtree(folder)
-    return final
+        name = f"val_{rank}.JPEG" if rank < n_val else f"{wnid}_{rank}.JPEG"
+        (val if rank < n_val else train).append(
+            StanfordImage(wnid, name, encode(image, quality=95), (0, 0, size, size))
+        )
+    # wnids.txt unsorted, as Stanford's is; several launched processes may write at once (the first one wins)
+    return write_stanford_layout(final, wnids[::-1], train, val, words=list(zip(wnids, NAMES)), exist_ok=True)
 
 
 here = Path(__file__).resolve().parent.parent
