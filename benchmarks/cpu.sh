@@ -8,5 +8,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1 CUDA_VISIBLE_DEVICES=""
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-exec "${PYTHON:-python}" -m tiny_transformers.benchmark --model test_vit --workers 0 2 \
+exec "${PYTHON:-python}" -m benchmarks --model test_vit --workers 0 2 \
   --sections data loop train options --no-compile --json "${1:-cpu.json}"

@@ -13,7 +13,8 @@
 #
 #   bash benchmarks/gpu.sh [OUT.json]        # default: $OUT/gpu.json, or ./gpu.json without $OUT
 #
-# Needs the package importable (pip install -e . or this checkout on PYTHONPATH, as set below).
+# Runs the benchmarks package of this checkout; needs tiny_transformers importable (pip install -e . or this
+# checkout on PYTHONPATH, as set below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-${OUT:-.}/gpu.json}"
@@ -24,7 +25,7 @@ python="${PYTHON:-python3}"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
 workers=$(( $("$python" -c 'import os; print(len(os.sched_getaffinity(0)))') / 2 ))
 workers=$(( workers < 1 ? 1 : (workers > 8 ? 8 : workers) ))
-exec "$python" -m tiny_transformers.benchmark \
+exec "$python" -m benchmarks \
   --model vit_l cait_s36 deit_b_distilled swin_l --mode head full --precision bf16 \
   --sections data train options --options-model deit_b_distilled --workers 0 "$workers" \
   --steps 6 --warmup 2 --repeats 3 --min-seconds 0.5 --json "$out"

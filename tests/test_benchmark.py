@@ -1,4 +1,4 @@
-"""`tiny-transformers benchmark` runs on a CPU in seconds and reports every figure it promises.
+"""`python -m benchmarks` runs on a CPU in seconds and reports every figure it promises.
 
 No timing is asserted anywhere: only that each figure exists and is a positive finite number, and the
 behaviour the figures rest on (head mode keeps nothing of the backbone for backward; measuring leaks nothing).
@@ -14,8 +14,7 @@ import weakref
 import pytest
 import torch
 
-from tiny_transformers.benchmark import main, saved_for_backward_bytes
-from tiny_transformers.cli import main as cli_main
+from benchmarks import main, parse_settings, run_benchmark, saved_for_backward_bytes
 from tiny_transformers.config import ModelConfig
 from tiny_transformers.models import build_model, head_modules
 
@@ -26,11 +25,12 @@ def positive(value) -> bool:
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    """One `--quick` run of the whole command (data path, loop overhead, test_vit throughput), its JSON and report."""
+    """One `--quick` run of the whole command (data path, loop overhead, test_vit throughput), its JSON and report:
+    `python -m benchmarks --quick --json PATH` calls main() with these arguments."""
     path = tmp_path_factory.mktemp("bench") / "bench.json"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        cli_main(["benchmark", "--quick", "--json", str(path)])
+        main(["--quick", "--json", str(path)])
     return json.loads(path.read_text()), printed.getvalue()
 
 
@@ -40,7 +40,7 @@ def test_machine_is_described(quick_run):
     assert machine["cpu"] and positive(machine["cpu_cores"]) and machine["torch"] == torch.__version__
     assert machine["gpu"] is None and results["device"] == "cpu"  # this suite runs on CPUs
     assert report.startswith(f"machine: {machine['cpu']}, {machine['cpu_cores']} cores")
-    assert "command: tiny-transformers benchmark --quick --json" in report
+    assert "command: python -m benchmarks --quick --json" in report
 
 
 def test_data_path_figures(quick_run):
@@ -131,13 +131,34 @@ def test_sections_and_json_are_optional(capsys):
 def test_results_are_reported_after_every_measurement():
     """A run cut short keeps what it measured: the partial results (what --json writes) grow one measurement
     at a time, inference before head mode, and each speed option as soon as it is measured."""
-    from tiny_transformers.benchmark import _parser, run_benchmark
-
     snapshots = []
-    args = _parser().parse_args(["--quick", "--sections", "train", "options", "--model", "test_vit", "--no-compile"])
-    final = run_benchmark(args, on_progress=lambda partial: snapshots.append(json.loads(json.dumps(partial))))
+    settings = parse_settings(["--quick", "--sections", "train", "options", "--model", "test_vit", "--no-compile"])
+    final = run_benchmark(settings, on_progress=lambda partial: snapshots.append(json.loads(json.dumps(partial))))
     trained = [set(s["training"][0]) & {"inference", "head", "full"} for s in snapshots if "training" in s]
     assert trained[:3] == [{"inference"}, {"inference", "head"}, {"inference", "head", "full"}]
     options = [[o["option"] for o in s["options"]] for s in snapshots if "options" in s]
     assert options == [[o["option"] for o in final["options"]][:n] for n in range(1, len(final["options"]) + 1)]
     assert len(final["options"]) == 3  # fp32/bf16, fused AdamW, timm fused attention off (compile left out)
+
+
+@pytest.mark.parametrize(
+    ("args", "quick", "isolate"),
+    [
+        ([], False, False),
+        (["--quick"], True, False),
+        (["--quick", "true"], True, False),
+        (["--quick", "false"], False, False),
+        (["--quick", "--isolate"], True, True),
+        (["--isolate", "yes", "--quick", "--sections", "data"], True, True),
+    ],
+)
+def test_boolean_options_work_bare_and_with_a_value(args, quick, isolate):
+    settings = parse_settings(args)
+    assert (settings.quick, settings.isolate) == (quick, isolate)
+    assert settings.sections == (("data",) if "--sections" in args else ("data", "loop", "train"))
+
+
+def test_a_boolean_option_refuses_other_values(capsys):
+    with pytest.raises(SystemExit):
+        parse_settings(["--quick", "maybe"])
+    assert "maybe" in capsys.readouterr().err

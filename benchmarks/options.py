@@ -1,0 +1,85 @@
+"""Options that may make GPUs faster: each measured against the default, same model, same run."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .data_path import data_path
+from .throughput import Workload, measure, train_throughput
+
+
+def option_effects(
+    workload: Workload,
+    compile: bool = True,
+    isolate: bool = False,
+    on_effect: Callable[[dict], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Full-mode training images/s with one option changed at a time against the defaults (the workload's
+    precision, timm's fused attention on, unfused optimizer, no compile), each variant measured right after
+    its own baseline run; ``speedup`` > 1 means the option is faster. ``compile``: torch.compile among them.
+    ``on_effect`` gets each option's figures as soon as they are measured.
+
+    >>> quick = Workload(device="cpu", precision="no", steps=1, warmup=1, repeats=1)
+    >>> option_effects(quick, compile=False)[0]["option"]  # doctest: +SKIP
+    'bf16 autocast instead of fp32'
+    """
+    workload = dataclasses.replace(workload, device=workload.torch_device())
+    precision = workload.precision
+    other_precision = "no" if precision != "no" else "bf16"
+    # (option, the workload it changes, what it changes in train_throughput)
+    variants: list[tuple[str, Workload, dict[str, Any]]] = [
+        (
+            f"fp32 instead of {precision}" if other_precision == "no" else "bf16 autocast instead of fp32",
+            dataclasses.replace(workload, precision=other_precision),
+            {},
+        ),
+        ("optim.fused (fused AdamW)", workload, dict(fused_optimizer=True)),
+        ("timm fused attention off", workload, dict(fused_attention=False)),
+    ]
+    if compile:
+        variants.append(("train.compile (torch.compile)", workload, dict(compile=True)))
+    effects = []
+    for name, changed, options in variants:
+        baseline = measure(train_throughput, workload, isolate, mode="full")
+        variant = measure(train_throughput, changed, isolate, mode="full", **options)
+        if "error" in baseline or "error" in variant:
+            effect = {"option": name, "error": baseline.get("error") or variant["error"]}
+        else:
+            effect = {
+                "option": name,
+                "model": workload.model,
+                "micro_batch": workload.micro_batch,
+                "precision": variant["precision"],
+                "baseline_images_per_s": baseline["images_per_s"],
+                "images_per_s": variant["images_per_s"],
+                "speedup": variant["images_per_s"] / baseline["images_per_s"],
+                "warmup_seconds": variant["warmup_seconds"],
+                "baseline_peak_memory_gib": baseline["peak_memory_gib"],
+                "peak_memory_gib": variant["peak_memory_gib"],
+            }
+        effects.append(effect)
+        if on_effect is not None:
+            on_effect(effect)
+    return effects
+
+
+def pin_memory_effect(num_workers: int, device: torch.device, **data_path_options: Any) -> dict[str, Any]:
+    """Pinned host memory for the loader's batches: the library's data path (ready on the device) with it
+    on and off, same run. ``data_path_options`` go to :func:`data_path` (batch size, repeats, ...)."""
+    rates = [
+        data_path(num_workers=num_workers, device=device, pin_memory=pin, sides=("library",), **data_path_options)[
+            "ready"
+        ]["library_images_per_s"]
+        for pin in (True, False)
+    ]
+    return {
+        "option": "pin_memory (library data path, ready on the device)",
+        "num_workers": num_workers,
+        "baseline_images_per_s": rates[1],
+        "images_per_s": rates[0],
+        "speedup": rates[0] / rates[1],
+    }

@@ -1,0 +1,124 @@
+"""The report: every figure measured, as text for people and as JSON for the record."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def format_report(results: dict[str, Any]) -> str:
+    """The human-readable report: the machine, then every figure measured.
+
+    >>> print(format_report({"machine": {"cpu": "X", "cpu_cores": 2}, "device": "cpu"}).splitlines()[0])
+    machine: X, 2 cores (2 usable), torch n/a, device cpu
+    """
+    m = results["machine"]
+    lines = [
+        f"machine: {m.get('cpu')}, {m.get('cpu_cores')} cores "
+        f"({m.get('cpu_cores_usable', m.get('cpu_cores'))} usable), "
+        f"torch {m.get('torch', 'n/a')}, device {results.get('device')}"
+        + (f", GPU {m['gpu']} ({m['gpu_memory_gib']} GiB)" if m.get("gpu") else ""),
+    ]
+    if m.get("date"):
+        lines.append(
+            f"date: {m['date']}; timm {m.get('timm')}, torchvision {m.get('torchvision')}, python {m.get('python')}"
+        )
+    if results.get("command"):
+        lines.append(f"command: {results['command']}")
+    for d in results.get("data_path", []):
+        lines.append(
+            f"\n1. data path, {d['num_workers']} worker(s), batch {d['batch_size']}, {d['native_size']} px JPEG "
+            f"({d['jpeg_bytes_mean']} B) -> {d['image_size']} px float on {d['device']} (pin_memory {d['pin_memory']}):"
+        )
+        for measure, label in (("ready", "ready for the model"), ("loader_only", "loader output only")):
+            r = d[measure]
+            lines.append(
+                f"   {label:<20} paper {_fmt(r['paper_images_per_s'])} img/s "
+                f"({_fmt(r['paper_images_per_s_per_core'])}/core)"
+                f" | library {_fmt(r['library_images_per_s'])} img/s ({_fmt(r['library_images_per_s_per_core'])}/core)"
+                f" | ratio {_fmt(r['ratio'], 2)}x"
+            )
+        lines.append(
+            f"   loader start-up (first batch): paper {d['ready']['paper_first_batch_s']:.3f} s, "
+            f"library {d['ready']['library_first_batch_s']:.3f} s"
+        )
+    if "loop_overhead" in results:
+        o = results["loop_overhead"]
+        lines.append(
+            f"\n2. loop overhead ({o['model']} at {o['image_size']} px, micro-batch {o['micro_batch']} x "
+            f"{o['accumulation']} accumulation, CPU fp32, 1 thread, {o['num_workers']} workers, "
+            f"progress bar {'on' if o['progress_bar'] else 'off'}):\n"
+            f"   CPU time   finetune() {o['finetune_cpu_seconds_per_step'] * 1e3:.2f} ms/step | bare PyTorch loop "
+            f"{o['bare_cpu_seconds_per_step'] * 1e3:.2f} ms/step | ratio {o['ratio']:.3f} "
+            f"(per repeat {', '.join(f'{r:.3f}' for r in o['ratio_per_repeat'])})\n"
+            f"   wall clock finetune() {o['finetune_wall_seconds_per_step'] * 1e3:.2f} ms/step | bare PyTorch loop "
+            f"{o['bare_wall_seconds_per_step'] * 1e3:.2f} ms/step | ratio {o['ratio_wall']:.3f}"
+        )
+    for t in results.get("training", []):
+        lines.append(f"\n3. training throughput: {t['model']} ({t['timm_name']})")
+        inference = t.get("inference", {})
+        if "error" in inference:
+            lines.append(f"   inference: {inference['error']}")
+        else:
+            lines.append(
+                f"   inference  micro-batch {inference['micro_batch']}, {inference['image_size']} px, "
+                f"{inference['precision']}: "
+                f"{_fmt(inference['images_per_s'])} img/s"
+            )
+        for mode in ("head", "full"):
+            if mode not in t:
+                continue
+            r = t[mode]
+            if "error" in r:
+                lines.append(f"   {mode:<5} {r['error']}")
+                continue
+            oom = f" (out of memory at {r['out_of_memory_at']})" if r.get("out_of_memory_at") else ""
+            mfu = f"{r['mfu'] * 100:.1f}% ({r['peak_flops_source']})" if r["mfu"] is not None else "n/a (no GPU)"
+            peak = f"{r['peak_memory_gib']:.2f} GiB" if r["peak_memory_gib"] is not None else "n/a (no GPU)"
+            lines.append(
+                f"   {mode:<5}      micro-batch {r['micro_batch']}{oom}: {_fmt(r['images_per_s'])} img/s, "
+                f"{r['flops_per_image'] / 1e9:.4g} GFLOP/img, {r['achieved_tflops']:.4g} TFLOP/s, MFU {mfu}, "
+                f"peak memory {peak}, kept for backward {r['saved_for_backward_mib']:.4g} MiB/micro-batch"
+            )
+        if "head_over_inference" in t:
+            lines.append(f"   head-mode training / inference throughput: {t['head_over_inference']:.3f}")
+        if "full_over_head_saved_memory" in t:
+            lines.append(
+                f"   activation memory kept for backward, full / head: {t['full_over_head_saved_memory']:,.0f}x"
+            )
+    if results.get("options"):
+        lines.append("\noptions, each against the default in the same run (speedup > 1: faster):")
+    for e in results.get("options", []):
+        if "error" in e:
+            lines.append(f"   {e['option']}: {e['error']}")
+            continue
+        where = (
+            f"{e['model']}, full mode, micro-batch {e['micro_batch']}, first steps {e['warmup_seconds']:.1f} s"
+            if "model" in e
+            else f"{e['num_workers']} worker(s)"
+        )
+        lines.append(
+            f"   {e['option']}: {_fmt(e['images_per_s'])} vs {_fmt(e['baseline_images_per_s'])} img/s, "
+            f"speedup {e['speedup']:.3f} ({where})"
+        )
+    return "\n".join(lines)
+
+
+def write_json(path: str | None, results: dict[str, Any]) -> None:
+    """Write ``results`` to ``path`` (nothing when None), atomically: a reader never sees half a file."""
+    if not path:
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(target.suffix + ".partial")
+    partial.write_text(json.dumps(results, indent=2, default=str))
+    partial.replace(target)  # a run killed mid-write keeps the previous complete file
