@@ -135,7 +135,7 @@ def test_resume_skips_a_corrupt_newest_checkpoint(trained, tmp_path):
 
 def test_a_checkpoint_from_before_a_field_existed_still_resumes(trained):
     """Fields added later (e.g. optim.fused) are absent from old checkpoints: absent means the default."""
-    from tiny_transformers.checkpoint import trajectory_differences
+    from tiny_transformers.config import trajectory_differences
 
     config, _ = trained
     saved = config.to_dict()

@@ -8,10 +8,12 @@ temporary folder that is never loaded (and is cleaned up by the next save).
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,11 +21,16 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from .config import FinetuneConfig, resumable_fields
+from .config import FinetuneConfig, describe_differences, trajectory_differences
 from .errors import CheckpointError
 from .rundir import RunDir
 
 STATE_FILE = "trainer_state.json"
+
+
+class CorruptCheckpoint(CheckpointError):
+    """A checkpoint whose trainer state cannot be read (a resume falls back to the previous one)."""
+
 FORMAT_VERSION = 1  # bump when the checkpoint contents change incompatibly
 
 
@@ -122,28 +129,6 @@ class TrainerState:
         return improved
 
 
-def _flatten(config: dict[str, Any]) -> dict[str, Any]:
-    return {f"{section}.{key}": value for section, values in config.items() for key, value in values.items()}
-
-
-def trajectory_differences(saved: dict[str, Any], current: FinetuneConfig) -> list[str]:
-    """Dotted names of fields that differ and would change the training trajectory.
-
-    A field the saved config lacks (written before the field existed) counts as its default.
-    """
-    old = {**_flatten(FinetuneConfig().to_dict()), **_flatten(saved)}
-    new = _flatten(current.to_dict())
-    return sorted(
-        name
-        for name in old.keys() | new.keys()
-        if name not in resumable_fields() and _normal(old.get(name)) != _normal(new.get(name))
-    )
-
-
-def _normal(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
-
-
 def is_checkpoint(folder: Path) -> bool:
     """Whether ``folder`` is a complete training checkpoint of this library (its trainer state written last)."""
     return (Path(folder) / STATE_FILE).is_file()
@@ -167,15 +152,26 @@ def read_state(folder: Path) -> tuple[TrainerState, dict[str, Any]]:
         )
     try:
         payload = json.loads(state_file.read_text())
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"Checkpoint '{folder}' is corrupt ({STATE_FILE} unreadable: {error}).") from error
+        payload["state"], payload["config"]  # noqa: B018 - both must be there
+    except (ValueError, KeyError, TypeError) as error:  # JSON, UTF-8 or shape
+        raise CorruptCheckpoint(f"Checkpoint '{folder}' is corrupt ({STATE_FILE} unreadable: {error}).") from error
     if payload.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"Checkpoint '{folder}' was written by an incompatible tiny_transformers (format "
             f"{payload.get('format_version')}, this version reads {FORMAT_VERSION}); resume it with the version "
             "that wrote it, or start afresh with --train.resume never and a new train.output_dir."
         )
-    return TrainerState.from_dict(payload["state"]), payload["config"]
+    try:
+        state = TrainerState.from_dict(payload["state"])
+    except TypeError as error:
+        raise CorruptCheckpoint(f"Checkpoint '{folder}' is corrupt ({STATE_FILE}: {error}).") from error
+    return state, payload["config"]
+
+
+def checkpoint_labels(folder: Path) -> tuple[list[str], list[str]] | None:
+    """(class ids, class names) a checkpoint records, or None (written before checkpoints carried them)."""
+    labels = json.loads((Path(folder) / STATE_FILE).read_text()).get("labels")
+    return (list(labels["class_ids"]), list(labels["class_names"])) if labels else None
 
 
 def find_resume_checkpoint(config: FinetuneConfig, output_dir: Path) -> Path | None:
@@ -188,29 +184,49 @@ def find_resume_checkpoint(config: FinetuneConfig, output_dir: Path) -> Path | N
                 "choose a new train.output_dir, or resume with --train.resume auto."
             )
         return None
-    folder = list_checkpoints(output_dir)[-1] if resume == "auto" and list_checkpoints(output_dir) else None
-    if resume not in ("auto", "never"):
+    if resume == "auto":
+        folder, saved_config = _newest_readable(output_dir)
+    else:
         folder = Path(resume).expanduser().resolve()
         if not folder.is_dir():
             raise CheckpointError(
                 f"train.resume '{resume}' is not a folder; give a checkpoint folder, 'auto' or 'never'."
             )
+        _, saved_config = read_state(folder)
     if folder is None:
         return None
-    _, saved_config = read_state(folder)
     differences = trajectory_differences(saved_config, config)
     if differences:
         raise CheckpointError(
             f"Checkpoint '{folder}' was written with a different config ({', '.join(differences)}); resuming would "
-            "change the run. Restore those values, or start afresh in a new train.output_dir."
+            f"change the run ({describe_differences(saved_config, config, differences)}). Restore those values, or "
+            "start afresh in a new train.output_dir."
         )
     return folder
 
 
+def _newest_readable(output_dir: Path) -> tuple[Path | None, dict[str, Any]]:
+    """The newest checkpoint whose trainer state can be read, and its config; corrupt ones are passed over aloud."""
+    for folder in reversed(list_checkpoints(output_dir)):
+        try:
+            return folder, read_state(folder)[1]
+        except CorruptCheckpoint as error:
+            print(f"warning: {error} Falling back to the previous checkpoint.", file=sys.stderr, flush=True)
+    return None, {}
+
+
 def save_checkpoint(
-    accelerator: Accelerator, output_dir: Path, state: TrainerState, config: FinetuneConfig, keep: int
+    accelerator: Accelerator,
+    output_dir: Path,
+    state: TrainerState,
+    config: FinetuneConfig,
+    keep: int,
+    labels: tuple[list[str], list[str]],
 ) -> Path:
-    """Write a complete checkpoint atomically and keep the ``keep`` newest. Call on every process."""
+    """Write a complete checkpoint atomically and keep the ``keep`` newest. Call on every process.
+
+    ``labels`` (class ids, class names) go into the checkpoint, so it can be evaluated wherever it is copied.
+    """
     root = RunDir(output_dir).checkpoints
     final = root / f"step_{state.global_step:08d}"
     temporary = root / f".tmp-step_{state.global_step:08d}"
@@ -219,14 +235,27 @@ def save_checkpoint(
         for stale in root.glob(".tmp-step_*"):
             shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(temporary))
-    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(temporary))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            payload = {"format_version": FORMAT_VERSION, "state": state.to_dict(), "config": config.to_dict()}
+            payload["labels"] = {"class_ids": list(labels[0]), "class_names": list(labels[1])}
+            with open(temporary / STATE_FILE, "w") as handle:
+                json.dump(payload, handle, indent=2)
+                handle.flush()
+                os.fsync(handle.fileno())
+    except (OSError, RuntimeError) as error:
+        if not _disk_full(error):
+            raise
+        shutil.rmtree(temporary, ignore_errors=True)
+        previous = list_checkpoints(output_dir)
+        raise CheckpointError(
+            f"The disk holding {root} is full: writing checkpoint {final.name} failed ({str(error).strip()[:80]}); "
+            + (f"the last complete checkpoint {previous[-1]} is intact" if previous else "no checkpoint was written")
+            + "; free some space and run the same command again (train.resume auto continues from it)."
+        ) from error
     if accelerator.is_main_process:
-        payload = {"format_version": FORMAT_VERSION, "state": state.to_dict(), "config": config.to_dict()}
-        with open(temporary / STATE_FILE, "w") as handle:
-            json.dump(payload, handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
         if final.exists():  # the same step saved twice (epoch end right after a periodic save)
             shutil.rmtree(final)
         os.replace(temporary, final)
@@ -234,6 +263,14 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def _disk_full(error: BaseException) -> bool:
+    """ENOSPC, or torch's serializer failing mid-write ("unexpected pos", "file write failed") for that reason."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    text = str(error)
+    return "No space left" in text or "unexpected pos" in text or "file write failed" in text
 
 
 def load_checkpoint(accelerator: Accelerator, folder: Path) -> TrainerState:

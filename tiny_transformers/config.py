@@ -172,6 +172,49 @@ class FinetuneConfig:
         return cls(**kwargs)
 
 
+def _flatten(config: dict[str, Any]) -> dict[str, Any]:
+    return {f"{section}.{key}": value for section, values in config.items() for key, value in values.items()}
+
+
+_PATH_FIELDS = ("data.source", "model.checkpoint")  # compared as the folders they name: data/x/ == data/x
+
+
+def trajectory_differences(saved: dict[str, Any], current: FinetuneConfig) -> list[str]:
+    """Dotted names of fields that differ and would change the training trajectory.
+
+    A field the saved config lacks (written before the field existed) counts as its default; local paths are
+    compared as the files they name (``data/small/`` and ``./data/small`` are the same source).
+    """
+    old, new = _flattened(saved), _flatten(current.to_dict())
+    return sorted(
+        name
+        for name in old.keys() | new.keys()
+        if name not in resumable_fields() and _normal(name, old.get(name)) != _normal(name, new.get(name))
+    )
+
+
+def describe_differences(saved: dict[str, Any], current: FinetuneConfig, names: list[str]) -> str:
+    """``name: saved -> current`` for each of ``names``, for messages that must show both values.
+
+    >>> describe_differences({"optim": {"lr": 0.001}}, FinetuneConfig(optim=OptimConfig(lr=5e-4)), ["optim.lr"])
+    'optim.lr: 0.001 -> 0.0005'
+    """
+    old, new = _flattened(saved), _flatten(current.to_dict())
+    return ", ".join(f"{name}: {old.get(name)!s} -> {new.get(name)!s}" for name in names)
+
+
+def _flattened(saved: dict[str, Any]) -> dict[str, Any]:
+    return {**_flatten(FinetuneConfig().to_dict()), **_flatten(saved)}
+
+
+def _normal(name: str, value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    if name in _PATH_FIELDS and isinstance(value, str) and value and Path(value).expanduser().exists():
+        return str(Path(value).expanduser().resolve())
+    return value
+
+
 def paper_config(name: str) -> FinetuneConfig:
     """The paper's recipe for one of its four models (``vit_l``, ``cait_s36``, ``deit_b_distilled``, ``swin_l``).
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from . import hub
-from .checkpoint import is_checkpoint, read_state
+from .checkpoint import checkpoint_labels, is_checkpoint, read_state
 from .config import ModelConfig
 from .errors import ModelError
 from .paper import PAPER_MODELS, resolve_model_name
@@ -245,7 +245,15 @@ def describe_trained_weights(location: str | Path) -> TrainedWeights:
     weights, config_file = folder / WEIGHTS_FILE, folder / CONFIG_FILE
     if weights.is_file() and is_checkpoint(folder):  # a training checkpoint: its trainer state holds the config
         _, saved = read_state(folder)
-        class_ids, class_names = RunDir.of_checkpoint(folder).read_labels() or (None, None)
+        # the checkpoint's own record; older checkpoints only have their run folder's labels.json, two levels up
+        labels = checkpoint_labels(folder) or RunDir.of_checkpoint(folder).read_labels()
+        if labels is None:
+            raise ModelError(
+                f"Checkpoint '{folder}' does not record its classes and has no labels.json two folders up (it was "
+                "copied out of its run folder); evaluate the run's exported best/ or last/ instead, or put the "
+                "checkpoint back under <output_dir>/checkpoints/."
+            )
+        class_ids, class_names = labels
         timm_name = resolve_model_name(saved["model"]["name"])
         mean, std = normalization(timm_name, saved["data"]["normalization"])
         return TrainedWeights(

@@ -17,13 +17,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
+import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .config import FinetuneConfig
-from .errors import PublishError
+from .config import FinetuneConfig, trajectory_differences
+from .errors import ConfigError, PublishError, TinyTransformersError
 from .paper import PaperModel, paper_model_for
 
 CONFIG_FILE = "config.json"  # the run's config in its folder; timm's model config in a weights folder
@@ -181,3 +185,137 @@ def read_run(output_dir: str | Path) -> RunSummary:
         raise PublishError(f"'{run.metrics}' is empty; train at least one epoch before exporting or pushing.")
     class_ids, class_names = run.read_labels()
     return RunSummary(run.root, run.read_config(), history, class_ids, class_names)
+
+
+class RunFolderBusy(TinyTransformersError):
+    """Another run holds the output folder."""
+
+
+LOCK_FILE = ".lock"  # {"host", "pid", "started"} of the run that holds the folder
+MARKER_FILE = ".tiny_transformers_run"  # written when a run starts: this folder is a run folder
+_RESULTS = (BEST_DIR, LAST_DIR, EXPORT_DIR, METRICS_FILE, RESULTS_FILE)  # what a finished epoch leaves
+
+
+def is_main_launch_process() -> bool:
+    """Whether this is the launch's first process (global rank 0), known before any process group exists."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+class RunLock:
+    """The run folder held by one run for its whole life: a lock file made with O_EXCL (atomic on POSIX file
+    systems), removed on any exit; a lock left by a dead process on this host is taken over with a message.
+
+    >>> with RunLock(RunDir(Path("outputs/vit_l"))):  # doctest: +SKIP
+    ...     train()
+    """
+
+    def __init__(self, folder: RunDir, enabled: bool = True) -> None:
+        self.folder, self.enabled, self.created = folder, enabled, False
+        self.path = folder.root / LOCK_FILE
+        self.mine = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+    def __enter__(self) -> RunLock:
+        if not self.enabled:
+            return self
+        self.created = not self.folder.root.exists()
+        _make_folder(self.folder.root)
+        if not self._create():
+            holder = self._holder()
+            if holder is not None and holder.get("host") == self.mine["host"] and not _alive(holder.get("pid")):
+                print(
+                    f"warning: taking over {self.path}, left by process {holder.get('pid')} (started "
+                    f"{holder.get('started')}), which no longer runs.",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                self.path.unlink(missing_ok=True)
+            if holder is not None and holder.get("pid") == self.mine["pid"] and holder.get("host") == self.mine["host"]:
+                raise RunFolderBusy(f"train.output_dir '{self.folder.root}' is already used by this process.")
+            if not self._create():
+                holder = self._holder() or {}
+                raise RunFolderBusy(
+                    f"train.output_dir '{self.folder.root}' is in use by another run (host {holder.get('host', '?')}, "
+                    f"pid {holder.get('pid', '?')}, started {holder.get('started', '?')}); wait for it to finish or "
+                    f"choose another train.output_dir (delete {self.path} only if that run is gone)."
+                )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled and self._holder() == self.mine:
+            self.path.unlink(missing_ok=True)
+            if self.created and not any(self.folder.root.iterdir()):
+                self.folder.root.rmdir()  # a run refused before it wrote anything leaves no trace
+
+    def _create(self) -> bool:
+        try:
+            descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(descriptor, "w") as handle:
+            json.dump(self.mine, handle)
+        return True
+
+    def _holder(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def _make_folder(root: Path) -> None:
+    """Create the run folder, or say in one sentence why it cannot be one."""
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"train.output_dir '{root}' is a file, not a folder; choose a folder for the run's outputs.")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(
+            f"train.output_dir '{root}' cannot be written ({error.strerror or error}); choose a folder you can write "
+            "to, or fix its permissions."
+        ) from error
+
+
+def claim(folder: RunDir, config: FinetuneConfig, resuming: bool, write: bool) -> None:
+    """Refuse a folder this run must not write into; mark it as a run folder (``write``: the main process).
+
+    A run writes only into an empty folder or one a run made (its marker, or checkpoints of an older version).
+    A fresh start over a finished run with another config is refused: its results (``best/``, ``last/``, ...)
+    would end up mixed with the new run's, e.g. an old model card beside new weights.
+    """
+    root = folder.root
+    present = sorted(p.name for p in root.iterdir() if p.name not in (LOCK_FILE,)) if root.is_dir() else []
+    ours = (root / MARKER_FILE).is_file() or any(folder.checkpoints.glob("step_*/trainer_state.json"))
+    if present and not ours:
+        raise ConfigError(
+            f"train.output_dir '{root}' holds files that no tiny_transformers run wrote ({', '.join(present[:3])}"
+            f"{', ...' if len(present) > 3 else ''}); train into a new or empty folder so nothing is overwritten."
+        )
+    results = [name for name in _RESULTS if (root / name).exists()]
+    if ours and results and not resuming and folder.config.is_file():
+        try:
+            changed = trajectory_differences(json.loads(folder.config.read_text()), config)
+        except (OSError, ValueError):
+            changed = ["config.json (unreadable)"]
+        if changed:
+            raise ConfigError(
+                f"train.output_dir '{root}' holds the results of another run ({', '.join(results)}; its config "
+                f"differs in {', '.join(changed[:4])}) and no checkpoint to resume; choose a new train.output_dir, "
+                "or move those results away first."
+            )
+    if write:
+        (root / MARKER_FILE).write_text(json.dumps({"tiny_transformers_run": 1}))

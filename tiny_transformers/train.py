@@ -45,7 +45,7 @@ from .models import (
 )
 from .publish import publish_after_training, push_warnings
 from .report import write_run_report
-from .rundir import RunDir
+from .rundir import RunDir, RunLock, claim, is_main_launch_process
 from .sampler import MicroBatchSampler
 
 
@@ -112,9 +112,10 @@ def finetune(config: FinetuneConfig, command: str | None = None) -> FinetuneResu
     """
     validate(config)  # every check that needs no data, before any process group starts
     _check_process_precision(config.train.mixed_precision)
-    run = build_run(config)
-    accelerator, state, plan, train = run.accelerator, run.state, run.plan, config.train
-    with StopSignals() as stop:
+    folder = RunDir(Path(config.train.output_dir).expanduser().resolve())
+    with RunLock(folder, enabled=is_main_launch_process()), StopSignals() as stop:  # released on any exit
+        run = build_run(config, folder)
+        accelerator, state, plan, train = run.accelerator, run.state, run.plan, config.train
         for epoch in range(state.epoch, train.epochs):
             started = time.perf_counter()
             loader = run.train_loader()
@@ -163,7 +164,7 @@ def finetune(config: FinetuneConfig, command: str | None = None) -> FinetuneResu
                 if hub.weights == "last":  # the pushed weights must be this epoch's, as the card's numbers are
                     run.export("last")
                 publish_after_training(run.folder.root, hub)  # prints why and how to retry on failure; never raises
-    return finish(run)
+        return finish(run)
 
 
 @dataclass
@@ -200,8 +201,8 @@ class Run:
     def save_checkpoint(self) -> Path:
         """A complete checkpoint of the run as it stands (every process takes part); never of diverged weights."""
         self.check_finite()
-        keep = self.config.train.keep_checkpoints
-        return save_checkpoint(self.accelerator, self.folder.root, self.state, self.config, keep)
+        keep, labels = self.config.train.keep_checkpoints, (self.data.class_ids, self.data.class_names)
+        return save_checkpoint(self.accelerator, self.folder.root, self.state, self.config, keep, labels)
 
     def check_finite(self, eval_loss: float = 0.0) -> None:
         """Stop with :class:`TrainingDiverged` when the epoch's training loss, a trainable weight or ``eval_loss`` is
@@ -241,15 +242,17 @@ class Run:
         )  # fmt: skip
 
 
-def build_run(config: FinetuneConfig) -> Run:
+def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
     """Data, plan, model, optimizer, schedule and accelerator of ``config``, resumed from its checkpoint if any.
 
     Writes ``config.json`` and ``labels.json``, prints what will run (the derived numbers included) and starts
     the trackers. Call after :func:`~tiny_transformers.config.validate`.
     """
-    folder = RunDir(Path(config.train.output_dir).expanduser().resolve())
     resume_from = find_resume_checkpoint(config, folder.root)
+    claim(folder, config, resuming=resume_from is not None, write=is_main_launch_process())
     data = load_data(config.data)
+    if resume_from:
+        _check_same_classes(folder, data, config)
     plan = Plan.build(config, world_size_from_env(), len(data.train))
 
     set_seed(config.train.seed)  # the new head's initialisation, identical on every process
@@ -276,7 +279,9 @@ def build_run(config: FinetuneConfig) -> Run:
     train_data = data.train.with_transform(
         train_transform(config.data.native_size, a.randaugment_ops, a.randaugment_magnitude)
     )
-    state = _resume(accelerator, resume_from, config, folder.root) if resume_from else TrainerState()
+    state, resume_from = (
+        _resume(accelerator, resume_from, config, folder.root) if resume_from else (TrainerState(), None)
+    )
 
     total, trainable = count_parameters(accelerator.unwrap_model(model))
     if accelerator.is_main_process:
@@ -360,17 +365,31 @@ class StopSignals:
         return stopping
 
 
-def _resume(accelerator: Accelerator, folder: Path, config: FinetuneConfig, output_dir: Path) -> TrainerState:
-    """Load ``folder``; with train.resume auto, fall back to older checkpoints when the newest is unreadable."""
+def _resume(
+    accelerator: Accelerator, folder: Path, config: FinetuneConfig, output_dir: Path
+) -> tuple[TrainerState, Path]:
+    """Load ``folder``; with train.resume auto, fall back to older checkpoints when it cannot be read. Returns the
+    state and the checkpoint really loaded (the start banner names that one)."""
     candidates = [folder]
     if config.train.resume == "auto":
-        candidates += [p for p in reversed(list_checkpoints(output_dir)) if p != folder]
+        candidates += [p for p in reversed(list_checkpoints(output_dir)) if p < folder]
     for candidate in candidates[:-1]:
         try:
-            return load_checkpoint(accelerator, candidate)
+            return load_checkpoint(accelerator, candidate), candidate
         except CheckpointError as error:
             accelerator.print(f"warning: {error} Falling back to the previous checkpoint.")
-    return load_checkpoint(accelerator, candidates[-1])
+    return load_checkpoint(accelerator, candidates[-1]), candidates[-1]
+
+
+def _check_same_classes(folder: RunDir, data: DataBundle, config: FinetuneConfig) -> None:
+    """A resumed run must see the classes it was trained on: a changed dataset is not a damaged checkpoint."""
+    recorded = folder.read_labels()
+    if recorded is not None and list(recorded[0]) != list(data.class_ids):
+        raise CheckpointError(
+            f"The classes of data.source '{config.data.source}' ({data.num_classes}) differ from the "
+            f"{len(recorded[0])} this run in {folder.root} was trained on; the checkpoints are fine: resume with the "
+            "data the run was trained on, or train on the new data in a new train.output_dir."
+        )
 
 
 def _eval_loader(data: DataBundle, config: FinetuneConfig, native_size: int, accelerator: Accelerator) -> DataLoader:
