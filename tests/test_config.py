@@ -1,5 +1,6 @@
 """Config: dotted overrides, validation messages, derived numbers, the recipes' paper values."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -171,3 +172,40 @@ def test_unknown_command_suggests_the_closest(capsys):
         "error: unknown command 'trian'; choose one of train, evaluate, export, push, predict, "
         "benchmark. Did you mean 'train'?"
     )
+
+
+def numeric_fields() -> list[tuple[str, str, type]]:
+    """(section, field, int or float) for every numeric config field, found from the dataclasses themselves."""
+    import typing
+
+    found = []
+    for section in dataclasses.fields(FinetuneConfig):
+        hints = typing.get_type_hints(section.default_factory)
+        for field in dataclasses.fields(section.default_factory):
+            kinds = {hints[field.name]} | set(typing.get_args(hints[field.name]))
+            for kind in (float, int):
+                if kind in kinds and bool not in kinds:
+                    found.append((section.name, field.name, kind))
+                    break
+    return found
+
+
+@pytest.mark.parametrize(("section", "name", "kind"), numeric_fields())
+def test_every_numeric_field_has_its_range_checked(section, name, kind):
+    """nan for floats (it passes every comparison) and -1 for ints: each is refused with the field's name."""
+    config = FinetuneConfig(train=TrainConfig(mixed_precision="no"))
+    setattr(getattr(config, section), name, float("nan") if kind is float else -1)
+    with pytest.raises(ConfigError, match=rf"^{section}\.{name} (must|is a probability)"):
+        validate(config, num_processes=1)
+
+
+@pytest.mark.parametrize("value", ["inf", "nan"])
+def test_a_non_finite_learning_rate_from_the_command_line_is_one_sentence(value):
+    config, _ = parse_config(FinetuneConfig(train=TrainConfig(mixed_precision="no")), ["--optim.lr", value])
+    with pytest.raises(ConfigError, match=f"^optim.lr must be a finite number, got {value}"):
+        validate(config, num_processes=1)
+
+
+def test_an_empty_output_dir_is_refused():
+    with pytest.raises(ConfigError, match="train.output_dir is empty"):
+        validate(FinetuneConfig(train=TrainConfig(mixed_precision="no", output_dir=" ")), num_processes=1)

@@ -140,9 +140,10 @@ def test_an_output_dir_that_cannot_hold_a_run_gets_one_sentence(stanford_dir, tm
     if kind == "file":
         target.write_text("not a folder")
         expected = "is a file, not a folder"
+    elif os.geteuid() == 0:  # root writes into any folder whatever its mode: use a read-only file system
+        target = Path("/proc/tiny-transformers-out")
+        expected = "cannot be written"
     else:
-        if os.geteuid() == 0:
-            pytest.skip("root writes into read-only folders")
         target.mkdir()
         target.chmod(0o500)
         expected = "cannot be written"
@@ -228,3 +229,26 @@ def test_a_refused_resume_shows_both_values(stanford_dir, tmp_path):
     changed.optim.lr = 5e-4
     with pytest.raises(CheckpointError, match=r"optim.lr: 0.001 -> 0.0005"):
         finetune(changed)
+
+
+@pytest.mark.parametrize(
+    ("model", "size", "sizes"), [("vit_tiny_patch16_224", 40, "32 or 48"), ("test_vit", 40, "32 or 48")]
+)
+def test_an_image_size_the_model_cannot_see_whole_is_refused_before_the_data_loads(tmp_path, model, size, sizes):
+    config = tiny_config(tmp_path / "no-data-here", tmp_path / "out")  # loading it would fail: it is never reached
+    config.model.name, config.data.image_size = model, size
+    with pytest.raises(ConfigError, match=rf"^data.image_size {size} is not a multiple of the 16 px patches .*{sizes}"):
+        finetune(config)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_librarys_own_weights_at_another_image_size_name_the_size_they_need(stanford_dir, tmp_path):
+    from tiny_transformers.errors import ModelError
+
+    trained = finetune(tiny_config(stanford_dir, tmp_path / "first", epochs=1))
+    config = tiny_config(stanford_dir, tmp_path / "second", epochs=1)
+    config.model.checkpoint, config.data.image_size = str(trained.output_dir / "best"), 48
+    with pytest.raises(
+        ModelError, match=r"pos_embed: \(1, 5, 64\) saved, \(1, 10, 64\) here\); use --data.image_size 32"
+    ):
+        finetune(config)

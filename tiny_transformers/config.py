@@ -282,6 +282,7 @@ def validate(config: FinetuneConfig, num_processes: int | None = None, cuda_avai
     num_processes = num_processes or world_size_from_env()
     m, d, a, o, t = config.model, config.data, config.augment, config.optim, config.train
 
+    # Every numeric field, by the range it must lie in (tests/test_config.py checks that none is missing).
     positive = {
         "data.image_size": d.image_size,
         "data.native_size": d.native_size,
@@ -290,20 +291,15 @@ def validate(config: FinetuneConfig, num_processes: int | None = None, cuda_avai
         "train.micro_batch_size": t.micro_batch_size,
         "train.keep_checkpoints": t.keep_checkpoints,
         "optim.lr": o.lr,
-    }
-    for name, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{name} must be positive, got {value}.")
-    for name, value in {
+        # unset (None) means "all" or "the default"
         "train.eval_batch_size": t.eval_batch_size,
         "data.max_train_samples": d.max_train_samples,
         "data.max_eval_samples": d.max_eval_samples,
-    }.items():
-        if value is not None and value <= 0:
-            raise ConfigError(f"{name} must be positive or unset, got {value}.")
+    }
     non_negative = {
         "data.num_workers": d.num_workers,
         "train.checkpoint_every": t.checkpoint_every,
+        "train.seed": t.seed,
         "optim.weight_decay": o.weight_decay,
         "optim.min_lr": o.min_lr,
         "augment.mixup_alpha": a.mixup_alpha,
@@ -311,18 +307,29 @@ def validate(config: FinetuneConfig, num_processes: int | None = None, cuda_avai
         "augment.randaugment_ops": a.randaugment_ops,
         "augment.randaugment_magnitude": a.randaugment_magnitude,
     }
-    for name, value in non_negative.items():
-        if value < 0:
-            raise ConfigError(f"{name} must be zero or positive, got {value}.")
-    for name, value in {
+    probabilities = {
         "model.drop_path_rate": m.drop_path_rate,
         "augment.mixup_prob": a.mixup_prob,
         "augment.switch_prob": a.switch_prob,
         "augment.label_smoothing": a.label_smoothing,
         "augment.random_erasing": a.random_erasing,
-    }.items():
+    }
+    for name, value in {**positive, **non_negative, **probabilities, "optim.momentum": o.momentum}.items():
+        if value is not None and not math.isfinite(value):  # nan slips through every comparison below
+            raise ConfigError(f"{name} must be a finite number, got {value}.")
+    for name, value in positive.items():
+        if value is not None and value <= 0:
+            raise ConfigError(f"{name} must be positive, got {value}.")
+    for name, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"{name} must be zero or positive, got {value}.")
+    for name, value in probabilities.items():
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"{name} is a probability and must lie in [0, 1], got {value}.")
+    if not 0.0 <= o.momentum <= 1.0:
+        raise ConfigError(f"optim.momentum must lie in [0, 1], got {o.momentum}.")
+    if not t.output_dir.strip():
+        raise ConfigError("train.output_dir is empty; give the folder the run writes into, e.g. outputs/vit_l.")
     if o.min_lr > o.lr:
         raise ConfigError(f"optim.min_lr {o.min_lr} is above optim.lr {o.lr}; the cosine must decay.")
     if not config.data.source.strip():

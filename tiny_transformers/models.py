@@ -15,7 +15,7 @@ from torch import nn
 from . import hub
 from .checkpoint import checkpoint_labels, is_checkpoint, read_state
 from .config import ModelConfig
-from .errors import ModelError
+from .errors import ConfigError, ModelError
 from .paper import PAPER_MODELS, resolve_model_name
 from .rundir import CONFIG_FILE, WEIGHTS_FILE, RunDir
 
@@ -50,8 +50,11 @@ def _is_classifier_key(key: str, model: nn.Module) -> bool:
     return any(key.startswith(f"{name}.") for name in names)
 
 
-def _load_weights_file(model: nn.Module, path: Path, keep_head: bool) -> None:
-    """Load a .safetensors/.pth state dict; drop classifier weights whose shape no longer fits (1000 -> N classes)."""
+def _load_weights_file(model: nn.Module, path: Path, keep_head: bool, trained_size: int | None = None) -> None:
+    """Load a .safetensors/.pth state dict; drop classifier weights whose shape no longer fits (1000 -> N classes).
+
+    ``trained_size`` (the image size the weights were trained at, when recorded) names the fix of a size mismatch.
+    """
     try:
         state = timm.models.load_state_dict(str(path))
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same sentence
@@ -60,6 +63,15 @@ def _load_weights_file(model: nn.Module, path: Path, keep_head: bool) -> None:
     for key in list(state):
         if _is_classifier_key(key, model) and (not keep_head or own.get(key, state[key]).shape != state[key].shape):
             del state[key]
+    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if mismatched:
+        architecture = model.pretrained_cfg.get("architecture")
+        key = mismatched[0]
+        fix = f"use --data.image_size {trained_size}, the size it" if trained_size else "check model.name and the size"
+        raise ModelError(
+            f"model.checkpoint '{path}' does not fit {architecture} as built here ({key}: "
+            f"{tuple(state[key].shape)} saved, {tuple(own[key].shape)} here); {fix} was trained at."
+        )
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not _is_classifier_key(k, model)]
     if missing or unexpected:
@@ -110,6 +122,39 @@ def build_model(cfg: ModelConfig, num_classes: int, image_size: int) -> nn.Modul
     return model
 
 
+def check_image_size(cfg: ModelConfig, image_size: int) -> None:
+    """Refuse, before any data loads, an image size the model cannot see whole: a ViT at 40 px with 16 px patches
+    would never see its last 8 rows and columns (timm crops them silently), other sizes fail only after loading.
+
+    The model is built on PyTorch's meta device (shapes only: no memory, no weights, well under a second for the
+    four paper models) and run once on an empty batch of that size.
+
+    >>> check_image_size(ModelConfig(name="test_vit", pretrained=False), 40)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    tiny_transformers.errors.ConfigError: data.image_size 40 is not a multiple of ...; use 32 or 48.
+    """
+    timm_name = resolve_model_name(cfg.name)
+    _check_name(timm_name)
+    try:
+        with torch.device("meta"):
+            model = _create(timm_name, image_size, pretrained=False, num_classes=2)
+    except Exception:  # noqa: BLE001 - build_model reports construction problems in its own words
+        return
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    patch = int(patch[0] if isinstance(patch, (tuple, list)) else patch) if patch else None
+    problem = f"is not a multiple of the {patch} px patches of {timm_name}" if patch and image_size % patch else None
+    if problem is None:
+        try:
+            model(torch.empty(1, 3, image_size, image_size, device="meta"))
+        except Exception as error:  # noqa: BLE001 - any failure at this size is the same mistake for the user
+            problem = f"does not fit {timm_name} ({type(error).__name__}: {str(error).strip()[:100]})"
+    if problem:
+        step = patch or 32
+        below = max(step, image_size // step * step)
+        raise ConfigError(f"data.image_size {image_size} {problem}; use {below} or {below + step}.")
+
+
 def _create_from_folder(folder: Path, timm_name: str, num_classes: int, image_size: int, kwargs: dict) -> nn.Module:
     """A folder written by timm's ``save_for_hf`` (this library's best/ and last/): keep its head if it fits."""
     config_file = folder / CONFIG_FILE
@@ -126,7 +171,8 @@ def _create_from_folder(folder: Path, timm_name: str, num_classes: int, image_si
             f"'{timm_name}'; set --model.name {saved.get('architecture')}."
         )
     model = _create(timm_name, image_size, pretrained=False, **kwargs)
-    _load_weights_file(model, weights[0], keep_head=saved.get("num_classes") == num_classes)
+    trained_size = saved.get("pretrained_cfg", {}).get("input_size", [None])[-1]
+    _load_weights_file(model, weights[0], keep_head=saved.get("num_classes") == num_classes, trained_size=trained_size)
     return model
 
 

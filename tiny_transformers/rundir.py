@@ -42,6 +42,8 @@ CURVES_FILE = "training_curves.png"
 GRID_FILE = "predictions.png"
 RESULTS_FILE = "results.md"
 PER_CLASS_FILE = "per_class_accuracy.csv"  # written by `evaluate` into the working directory unless --output
+LOCK_FILE = ".lock"  # {"host", "pid", "started"} of the run that holds the folder
+MARKER_FILE = ".tiny_transformers_run"  # written when a run starts: this folder is a run folder
 
 
 def json_line(record: dict[str, Any]) -> str:
@@ -101,6 +103,7 @@ class RunDir:
     def write_start(self, config: FinetuneConfig, class_ids: Sequence[str], class_names: Sequence[str]) -> None:
         """``config.json`` and ``labels.json``, written when a run starts (main process only)."""
         self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / MARKER_FILE).write_text(json.dumps({"tiny_transformers_run": 1}))  # see claim()
         self.config.write_text(config.to_json())
         self.labels.write_text(json.dumps({"class_ids": list(class_ids), "class_names": list(class_names)}))
 
@@ -191,8 +194,6 @@ class RunFolderBusy(TinyTransformersError):
     """Another run holds the output folder."""
 
 
-LOCK_FILE = ".lock"  # {"host", "pid", "started"} of the run that holds the folder
-MARKER_FILE = ".tiny_transformers_run"  # written when a run starts: this folder is a run folder
 _RESULTS = (BEST_DIR, LAST_DIR, EXPORT_DIR, METRICS_FILE, RESULTS_FILE)  # what a finished epoch leaves
 
 
@@ -290,8 +291,8 @@ def _make_folder(root: Path) -> None:
         ) from error
 
 
-def claim(folder: RunDir, config: FinetuneConfig, resuming: bool, write: bool) -> None:
-    """Refuse a folder this run must not write into; mark it as a run folder (``write``: the main process).
+def claim(folder: RunDir, config: FinetuneConfig, resuming: bool) -> None:
+    """Refuse a folder this run must not write into (:meth:`RunDir.write_start` then marks it as a run folder).
 
     A run writes only into an empty folder or one a run made (its marker, or checkpoints of an older version).
     A fresh start over a finished run with another config is refused: its results (``best/``, ``last/``, ...)
@@ -317,5 +318,3 @@ def claim(folder: RunDir, config: FinetuneConfig, resuming: bool, write: bool) -
                 f"differs in {', '.join(changed[:4])}) and no checkpoint to resume; choose a new train.output_dir, "
                 "or move those results away first."
             )
-    if write:
-        (root / MARKER_FILE).write_text(json.dumps({"tiny_transformers_run": 1}))

@@ -38,6 +38,7 @@ from .errors import CheckpointError, ConfigError, DataError, TinyTransformersErr
 from .models import (
     build_model,
     build_trained_model,
+    check_image_size,
     count_parameters,
     describe_trained_weights,
     normalization,
@@ -249,7 +250,8 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
     the trackers. Call after :func:`~tiny_transformers.config.validate`.
     """
     resume_from = find_resume_checkpoint(config, folder.root)
-    claim(folder, config, resuming=resume_from is not None, write=is_main_launch_process())
+    claim(folder, config, resuming=resume_from is not None)
+    check_image_size(config.model, config.data.image_size)  # a size the model cannot see whole, before the data loads
     data = load_data(config.data)
     if resume_from:
         _check_same_classes(folder, data, config)
