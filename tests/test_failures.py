@@ -252,3 +252,59 @@ def test_the_librarys_own_weights_at_another_image_size_name_the_size_they_need(
         ModelError, match=r"pos_embed: \(1, 5, 64\) saved, \(1, 10, 64\) here\); use --data.image_size 32"
     ):
         finetune(config)
+
+
+@pytest.fixture(scope="module")
+def finished(stanford_dir, tmp_path_factory):
+    """A one-epoch run that the command-line cases below read (they never change it)."""
+    return finetune(tiny_config(stanford_dir, tmp_path_factory.mktemp("finished") / "out", epochs=1))
+
+
+@pytest.mark.parametrize(("option", "value"), [("--top_k", "0"), ("--top_k", "-2"), ("--batch_size", "0")])
+def test_predict_with_a_count_below_one_is_one_sentence(finished, stanford_dir, capsys, option, value):
+    from tiny_transformers.cli import main
+
+    image = next((stanford_dir / "val" / "images").iterdir())
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", "--model.checkpoint", str(finished.output_dir), str(image), option, value])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: {option[2:]} must be 1 or more, got {value}; e.g. {option} " + (
+        "5." if option == "--top_k" else "64."
+    )
+
+
+def test_evaluate_to_an_unwritable_output_prints_the_scores_then_the_error(finished, stanford_dir, capsys):
+    from tiny_transformers.cli import main
+
+    args = ["evaluate", "--model.checkpoint", str(finished.output_dir / "last"), "--data.source", str(stanford_dir)]
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, "--data.num_workers", "0", "--train.progress", "false", "--output", "/proc/no/classes.csv"])
+    printed = capsys.readouterr()
+    assert exit_.value.code == 2
+    assert json.loads(printed.out)["top1"] == finished.top1  # the scores came first
+    assert "error: --output '/proc/no/classes.csv' cannot be written" in printed.err
+
+
+def test_export_to_a_folder_that_cannot_be_written_is_one_sentence(finished, capsys):
+    from tiny_transformers.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["export", str(finished.output_dir), "--to", "/proc/tiny-transformers-export"])
+    assert exit_.value.code == 2
+    assert "error: Cannot write the export to '/proc/tiny-transformers-export'" in capsys.readouterr().err
+
+
+def test_weights_with_nan_are_never_exported(finished, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from tiny_transformers.errors import PublishError
+    from tiny_transformers.publish import export_run
+
+    run = tmp_path / "run"
+    shutil.copytree(finished.output_dir, run, ignore=shutil.ignore_patterns("checkpoints", "export"))
+    weights = load_file(run / "last" / "model.safetensors")
+    weights["head.weight"][0, 0] = float("nan")
+    save_file(weights, run / "last" / "model.safetensors")
+    with pytest.raises(PublishError, match=r"holds non-finite values in 1 tensor\(s\) \(e.g. head.weight\)"):
+        export_run(run)
+    assert not (run / "export").exists()

@@ -204,9 +204,14 @@ def _evaluate(args: list[str]) -> None:
         result = evaluate_checkpoint(config, config.train.mixed_precision if given else None)
     except TinyTransformersError as error:
         _fail(error)
+    # the scores first: a per-class file that cannot be written must not cost the evaluation
+    print(json_line({k: result[k] for k in ("top1", "top5", "loss", "count")}), flush=True)  # NaN -> null
     rows = per_class_accuracy(result["references"], result["predictions"], result["class_ids"], result["class_names"])
-    path = write_per_class_csv(rows, options.output)
-    print(json_line({k: result[k] for k in ("top1", "top5", "loss", "count")}))  # NaN -> null: valid JSON
+    try:
+        path = write_per_class_csv(rows, options.output)
+    except OSError as error:
+        _fail(TinyTransformersError(f"--output '{options.output}' cannot be written ({error.strerror or error}); the "
+                                    "scores are above; give a path in a folder you can write to."))  # fmt: skip
     print(f"per-class accuracy: {path}", file=sys.stderr)  # stdout stays one JSON line for scripts
 
 
@@ -282,9 +287,9 @@ def _predict(args: list[str]) -> None:
     try:
         files = find_images(options.images)
         predictor = Predictor.load(options.model.checkpoint)
+        predictions = predictor.predict(files, top_k=options.top_k, batch_size=options.batch_size)
     except TinyTransformersError as error:
         _fail(error)
-    predictions = predictor.predict(files, top_k=options.top_k, batch_size=options.batch_size)
     for skipped in predictor.skipped:
         print(f"skipped {skipped}", file=sys.stderr)
     if options.json:

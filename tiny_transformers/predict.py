@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from .augment import BatchAugment
 from .config import AugmentConfig
 from .data import IMAGE_EXTENSIONS, decode_image
-from .errors import DataError, ModelError
+from .errors import ConfigError, DataError, ModelError
 from .models import build_trained_model, describe_trained_weights, unwrap_logits
 
 
@@ -85,6 +85,11 @@ class Predictor:
         self, files: Sequence[str | Path], top_k: int = 5, batch_size: int = 64, progress: bool = True
     ) -> list[Prediction]:
         """Top-k predictions for each readable image; unreadable files are skipped and listed in ``self.skipped``."""
+        for name, value in (("top_k", top_k), ("batch_size", batch_size)):
+            if value < 1:
+                raise ConfigError(
+                    f"{name} must be 1 or more, got {value}; e.g. --{name} {5 if name == 'top_k' else 64}."
+                )
         top_k = min(top_k, len(self.class_ids))
         results: list[Prediction] = []
         batches = range(0, len(files), batch_size)

@@ -21,6 +21,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from safetensors.torch import load_file
+
 from . import hub as hub_io
 from .card import model_card, weights_folder
 from .config import HubConfig, validate_hub
@@ -58,10 +60,17 @@ def _export(run: RunSummary, hub: HubConfig, folder: str | Path | None) -> Path:
             raise PublishError(
                 f"'{target}' already holds other files ({', '.join(foreign[:3])}); export into a new or empty folder."
             )
+    _check_finite(source / WEIGHTS_FILE)
     # Built beside the target and swapped in, so a crash mid-export never leaves a half-written folder.
     staging = target.parent / f".{target.name}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    try:
+        staging.mkdir(parents=True)
+    except OSError as error:
+        raise PublishError(
+            f"Cannot write the export to '{target}' ({error.strerror or error}); choose a folder you can write to "
+            "with --to."
+        ) from error
     try:
         shutil.copyfile(source / WEIGHTS_FILE, staging / WEIGHTS_FILE)
         shutil.copyfile(source / CONFIG_FILE, staging / CONFIG_FILE)
@@ -74,6 +83,17 @@ def _export(run: RunSummary, hub: HubConfig, folder: str | Path | None) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _check_finite(weights: Path) -> None:
+    """Weights with NaN or inf (a diverged run) are never exported or pushed: they would publish a broken model."""
+    tensors = load_file(weights)
+    broken = [name for name, tensor in tensors.items() if tensor.is_floating_point() and not tensor.isfinite().all()]
+    if broken:
+        raise PublishError(
+            f"'{weights}' holds non-finite values in {len(broken)} tensor(s) (e.g. {broken[0]}), the weights of a "
+            "diverged run; nothing was exported or pushed. Train again with a lower optim.lr."
+        )
 
 
 def retry_command(output_dir: str | Path, hub: HubConfig) -> str:
