@@ -132,6 +132,8 @@ def test_recipe_prints_the_paper_values(name):
         "checkpoint": None,
         "train_mode": "head",
         "drop_path_rate": paper.drop_path_rate,
+        "grad_checkpointing": False,  # full fine-tuning's tools stay off in the paper's head-only recipes
+        "teacher": None,
     }
     assert printed["optim"]["name"] == "adamw" and printed["optim"]["lr"] == 1e-3
     assert printed["optim"]["weight_decay"] == 0.05
@@ -147,7 +149,13 @@ def test_recipe_prints_the_paper_values(name):
         "random_erasing": 0.25,
         "randaugment_ops": 0,
         "randaugment_magnitude": 9,
+        "distill_type": "hard",
+        "distill_temperature": 1.0,
     }
+    assert {k: printed["optim"][k] for k in ("layer_decay", "warmup_epochs", "clip_grad")} == dict.fromkeys(
+        ("layer_decay", "warmup_epochs", "clip_grad"), 0.0
+    )
+    assert printed["train"]["ema_decay"] == 0.0
     # the recipe file and `tiny-transformers train NAME` describe the same run
     assert FinetuneConfig.from_dict(printed) == paper_config(name)
 

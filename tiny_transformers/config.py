@@ -54,6 +54,12 @@ class ModelConfig:
     checkpoint: str | None = None  # .safetensors/.pth file, a save_for_hf folder, or hf-hub:owner/name
     train_mode: Literal["head", "full"] = "head"  # head: frozen backbone, as the official code; full: every parameter
     drop_path_rate: float = 0.1  # stochastic depth inside the backbone (paper 2.2)
+    # recompute each block's activations in the backward pass instead of keeping them (timm's
+    # set_grad_checkpointing): less memory, about one more forward of compute; same gradients
+    grad_checkpointing: bool = False
+    # a teacher for a model with a distillation head (distilled DeiT): a trained folder (e.g. outputs/swin_l/best),
+    # a training checkpoint, hf-hub:owner/name or a timm name (its pretrained weights); None: no distillation
+    teacher: str | None = None
 
 
 @dataclass
@@ -82,11 +88,15 @@ class AugmentConfig:
     random_erasing: float = 0.25  # probability per image, 'pixel' mode (per-pixel normal noise), after Mixup
     randaugment_ops: int = 0  # RandAugment ops per image in the loader; 0 = off (the paper's final setting)
     randaugment_magnitude: int = 9  # RandAugment magnitude when on (the paper's first runs: 2 ops, magnitude 9)
+    # with model.teacher: hard: the distillation head learns the teacher's top-1 class (DeiT's hard distillation);
+    # soft: it learns the teacher's softened probabilities (KL divergence at distill_temperature)
+    distill_type: Literal["hard", "soft"] = "hard"
+    distill_temperature: float = 1.0  # softmax temperature of soft distillation (DeiT's tau)
 
 
 @dataclass
 class OptimConfig:
-    """Optimizer and cosine schedule (stepped once per optimizer update, no warmup)."""
+    """Optimizer and schedule: linear warmup (optional), then a cosine to min_lr, stepped once per optimizer update."""
 
     name: Literal["adamw", "sgd"] = "adamw"
     lr: float = 1e-3  # peak learning rate, cosine-annealed to min_lr over all optimizer updates
@@ -95,6 +105,12 @@ class OptimConfig:
     nesterov: bool = True  # sgd only
     min_lr: float = 0.0  # end of the cosine
     fused: bool = False  # torch's fused AdamW/SGD kernel (fused=True); measured effect: docs/benchmarks.md
+    # per-layer lr multipliers decay**(layers above): timm's layer grouping (create_optimizer_v2 layer_decay);
+    # 0 or 1: off; e.g. 0.75 (BEiT/DeiT III fine-tuning)
+    layer_decay: float = 0.0
+    warmup_epochs: float = 0.0  # epochs of linear warmup from warmup_lr to lr, per optimizer update; 0: none
+    warmup_lr: float = 1e-6  # learning rate at the first update of the warmup
+    clip_grad: float = 0.0  # clip the global gradient norm of each update to this (after accumulation); 0: off
 
 
 @dataclass
@@ -116,6 +132,10 @@ class TrainConfig:
     log_with: tuple[str, ...] = resumable(())  # Accelerate trackers, e.g. tensorboard wandb
     progress: bool = resumable(True)  # tqdm bars on the main process
     compile: bool = False  # torch.compile the model in place (compiles at the first step); docs/benchmarks.md
+    # exponential moving average of the weights, updated after every optimizer update (timm's ModelEmaV3) and
+    # evaluated every epoch beside the raw weights; 0: off; e.g. 0.9998
+    ema_decay: float = 0.0
+    ema_warmup: bool = False  # ramp the EMA decay up over the first updates (timm's use_warmup)
 
 
 @dataclass
@@ -291,6 +311,7 @@ def validate(config: FinetuneConfig, num_processes: int | None = None, cuda_avai
         "train.micro_batch_size": t.micro_batch_size,
         "train.keep_checkpoints": t.keep_checkpoints,
         "optim.lr": o.lr,
+        "augment.distill_temperature": a.distill_temperature,
         # unset (None) means "all" or "the default"
         "train.eval_batch_size": t.eval_batch_size,
         "data.max_train_samples": d.max_train_samples,
@@ -302,6 +323,9 @@ def validate(config: FinetuneConfig, num_processes: int | None = None, cuda_avai
         "train.seed": t.seed,
         "optim.weight_decay": o.weight_decay,
         "optim.min_lr": o.min_lr,
+        "optim.warmup_epochs": o.warmup_epochs,
+        "optim.warmup_lr": o.warmup_lr,
+        "optim.clip_grad": o.clip_grad,
         "augment.mixup_alpha": a.mixup_alpha,
         "augment.cutmix_alpha": a.cutmix_alpha,
         "augment.randaugment_ops": a.randaugment_ops,
@@ -314,7 +338,8 @@ def validate(config: FinetuneConfig, num_processes: int | None = None, cuda_avai
         "augment.label_smoothing": a.label_smoothing,
         "augment.random_erasing": a.random_erasing,
     }
-    for name, value in {**positive, **non_negative, **probabilities, "optim.momentum": o.momentum}.items():
+    fractions = {"optim.momentum": o.momentum, "optim.layer_decay": o.layer_decay, "train.ema_decay": t.ema_decay}
+    for name, value in {**positive, **non_negative, **probabilities, **fractions}.items():
         if value is not None and not math.isfinite(value):  # nan slips through every comparison below
             raise ConfigError(f"{name} must be a finite number, got {value}.")
     for name, value in positive.items():
@@ -326,8 +351,24 @@ def validate(config: FinetuneConfig, num_processes: int | None = None, cuda_avai
     for name, value in probabilities.items():
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"{name} is a probability and must lie in [0, 1], got {value}.")
-    if not 0.0 <= o.momentum <= 1.0:
-        raise ConfigError(f"optim.momentum must lie in [0, 1], got {o.momentum}.")
+    for name, value in fractions.items():
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{name} must lie in [0, 1], got {value}.")
+    if t.ema_decay == 1.0:
+        raise ConfigError("train.ema_decay 1 would never move the average; use a value below 1 (e.g. 0.9998), or 0.")
+    if o.warmup_epochs >= t.epochs:
+        raise ConfigError(
+            f"optim.warmup_epochs {o.warmup_epochs} is not shorter than train.epochs {t.epochs}; the cosine needs "
+            "updates after the warmup."
+        )
+    if o.warmup_epochs and o.warmup_lr > o.lr:
+        raise ConfigError(f"optim.warmup_lr {o.warmup_lr} is above optim.lr {o.lr}; the warmup must rise.")
+    if m.train_mode == "head" and (m.grad_checkpointing or o.layer_decay not in (0.0, 1.0)):
+        field_name = "model.grad_checkpointing" if m.grad_checkpointing else "optim.layer_decay"
+        raise ConfigError(
+            f"{field_name} needs model.train_mode full: in head mode the backbone is frozen (nothing to "
+            "checkpoint or to decay per layer)."
+        )
     if not t.output_dir.strip():
         raise ConfigError("train.output_dir is empty; give the folder the run writes into, e.g. outputs/vit_l.")
     if o.min_lr > o.lr:
