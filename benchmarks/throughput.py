@@ -16,6 +16,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -181,7 +182,6 @@ def _timed_epoch(
     accelerator: Accelerator,
     net: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
     batch: tuple[torch.Tensor, torch.Tensor],
     batch_augment: BatchAugment,
     steps: int,
@@ -192,17 +192,24 @@ def _timed_epoch(
     from tiny_transformers import engine  # looked up at each call: benchmarks/diagnose_step.py wraps it
     from tiny_transformers.checkpoint import TrainerState
     from tiny_transformers.config import Plan
+    from tiny_transformers.train import build_schedule
 
     micro_batch = len(batch[0])
-    config = FinetuneConfig(train=TrainConfig(batch_size=micro_batch, micro_batch_size=micro_batch, epochs=1))
+    config = FinetuneConfig(
+        train=TrainConfig(batch_size=micro_batch, micro_batch_size=micro_batch, epochs=1, progress=False)
+    )
     plan = Plan.build(config, 1, steps * micro_batch)
-    batches, state = [batch] * steps, TrainerState()
+    # what train.Run holds, for the parts train_steps reads (no EMA or teacher: the paper's recipes have none)
+    schedule = build_schedule(optimizer, config.optim, plan)
+    run = SimpleNamespace(
+        accelerator=accelerator, model=net, optimizer=optimizer, scheduler=schedule, augment=batch_augment, plan=plan,
+        state=TrainerState(), config=config, ema=None, teacher=None,
+    )  # fmt: skip
     sync(device)
     started = time.perf_counter()
-    for _ in engine.train_steps(
-        accelerator, net, optimizer, scheduler, batches, batch_augment, plan, state, 0, progress=False
-    ):
+    for _ in engine.train_steps(run, [batch] * steps):
         pass
+    state = run.state
     state.loss.mean()
     sync(device)
     return time.perf_counter() - started
@@ -232,7 +239,6 @@ def train_throughput(
     accelerator = fresh_accelerator(device, w.precision)
     net = build(w.model, mode, w.image_size, device, fused_attention)
     optimizer = build_optimizer(OptimConfig(fused=fused_optimizer), net)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=10_000)
     cast = autocast(device, w.precision)
 
     generator = torch.Generator().manual_seed(0)
@@ -253,13 +259,13 @@ def train_throughput(
     if compile:
         net.compile()
     net, optimizer = accelerator.prepare(net, optimizer)
-    run = (accelerator, net, optimizer, scheduler, (images, labels), batch_augment)
+    run = (accelerator, net, optimizer, (images, labels), batch_augment)
     first = _timed_epoch(*run, max(w.warmup, 1), device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = [_timed_epoch(*run, w.steps, device) / w.steps for _ in range(w.repeats)]
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    del run, net, optimizer, scheduler
+    del run, net, optimizer
     accelerator.free_memory()
     free(device)
 

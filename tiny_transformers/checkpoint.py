@@ -31,7 +31,11 @@ STATE_FILE = "trainer_state.json"
 class CorruptCheckpoint(CheckpointError):
     """A checkpoint whose trainer state cannot be read (a resume falls back to the previous one)."""
 
-FORMAT_VERSION = 1  # bump when the checkpoint contents change incompatibly
+
+FORMAT_VERSION = 2  # written; bump when the checkpoint contents change incompatibly
+# 1: before the EMA (the only custom state now) and when the torch scheduler was saved; its files still load
+# (the scheduler's is ignored: the lr is recomputed from the updates done)
+READABLE_VERSIONS = (1, 2)
 
 
 class RunningLoss:
@@ -52,9 +56,11 @@ class RunningLoss:
     (1, 2.0)
     """
 
-    def __init__(self, total: float = 0.0, images: int = 0) -> None:
+    def __init__(self, total: float = 0.0, images: int = 0, grad_norm_total: float = 0.0, grad_norms: int = 0) -> None:
         self.total = total  # summed losses already read from the device
         self.images = images
+        self.grad_norm_total, self.grad_norms = grad_norm_total, grad_norms  # with optim.clip_grad: norms before it
+        self._norms: torch.Tensor | None = None  # summed on the device, not yet in grad_norm_total
         self._pending: torch.Tensor | None = None  # summed on the device, not yet in total
         self._first_bad: torch.Tensor | None = None  # first optimizer step with a non-finite loss, or -1
         self._last_finite: torch.Tensor | None = None  # per-image mean of the last finite micro-batch, or NaN
@@ -71,6 +77,18 @@ class RunningLoss:
         finite = torch.isfinite(loss)
         self._first_bad = torch.where(~finite & (self._first_bad < 0), step, self._first_bad)
         self._last_finite = torch.where(finite, loss / max(images, 1), self._last_finite)
+
+    def add_grad_norm(self, norm: torch.Tensor) -> None:
+        """Add one update's gradient norm (before clipping), on the device."""
+        self._norms = norm.detach().double() + (self._norms if self._norms is not None else 0.0)
+        self.grad_norms += 1
+
+    def mean_grad_norm(self) -> float | None:
+        """The epoch's mean gradient norm before clipping, or None when no norm was recorded (clipping off)."""
+        if self._norms is not None:
+            self.grad_norm_total += self._norms.item()
+            self._norms = None
+        return self.grad_norm_total / self.grad_norms if self.grad_norms else None
 
     def divergence(self) -> tuple[int | None, float | None]:
         """(first optimizer step whose loss was not finite, last finite per-image loss) seen since the epoch began."""
@@ -110,20 +128,28 @@ class TrainerState:
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``trainer_state.json`` (the running loss read from the device first)."""
         self.loss.settle()
+        self.loss.mean_grad_norm()  # settles the norms too
         fields = {name: getattr(self, name) for name in ("epoch", "step_in_epoch", "global_step", "best_top1")}
         return {**fields, "history": list(self.history), "running_loss_sum": self.loss.total,
-                "running_samples": self.loss.images}  # fmt: skip
+                "running_samples": self.loss.images, "running_grad_norm_sum": self.loss.grad_norm_total,
+                "running_grad_norms": self.loss.grad_norms}  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainerState:
         data = dict(data)
-        loss = RunningLoss(data.pop("running_loss_sum", 0.0), data.pop("running_samples", 0))
+        loss = RunningLoss(
+            data.pop("running_loss_sum", 0.0),
+            data.pop("running_samples", 0),
+            data.pop("running_grad_norm_sum", 0.0),  # absent from checkpoints written before clipping existed
+            data.pop("running_grad_norms", 0),
+        )
         return cls(**data, loss=loss)
 
     def finish_epoch(self, record: dict[str, Any]) -> bool:
         """Record a finished epoch's metrics and move to the next epoch; True when its top-1 is the best so far."""
-        improved = record["top1"] > self.best_top1
-        self.best_top1 = max(self.best_top1, record["top1"])
+        score = max(record["top1"], record.get("ema_top1", float("-inf")))  # raw or EMA weights: best/ takes either
+        improved = score > self.best_top1
+        self.best_top1 = max(self.best_top1, score)
         self.history.append(record)
         self.epoch, self.step_in_epoch, self.loss = self.epoch + 1, 0, RunningLoss()
         return improved
@@ -155,11 +181,12 @@ def read_state(folder: Path) -> tuple[TrainerState, dict[str, Any]]:
         payload["state"], payload["config"]  # noqa: B018 - both must be there
     except (ValueError, KeyError, TypeError) as error:  # JSON, UTF-8 or shape
         raise CorruptCheckpoint(f"Checkpoint '{folder}' is corrupt ({STATE_FILE} unreadable: {error}).") from error
-    if payload.get("format_version") != FORMAT_VERSION:
+    if payload.get("format_version") not in READABLE_VERSIONS:
+        readable = " or ".join(map(str, READABLE_VERSIONS))
         raise CheckpointError(
             f"Checkpoint '{folder}' was written by an incompatible tiny_transformers (format "
-            f"{payload.get('format_version')}, this version reads {FORMAT_VERSION}); resume it with the version "
-            "that wrote it, or start afresh with --train.resume never and a new train.output_dir."
+            f"{payload.get('format_version')}, this version reads {readable}); resume it with the version that wrote "
+            "it, or start afresh with --train.resume never and a new train.output_dir."
         )
     try:
         state = TrainerState.from_dict(payload["state"])

@@ -1,4 +1,4 @@
-"""One training epoch and one evaluation pass, as plain loops over Accelerate-prepared objects."""
+"""The optimizer steps of one epoch and one evaluation pass, as plain loops over Accelerate-prepared objects."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import contextlib
 import random
 import time
 from collections.abc import Iterator
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -16,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .augment import BatchAugment
 from .checkpoint import TrainerState
-from .config import Plan
+from .config import AugmentConfig, FinetuneConfig, Plan
 from .metrics import TopKAccuracy
 from .models import unwrap_logits
 from .sampler import derive_seed, window_sample_count
@@ -59,31 +60,39 @@ def keyed_rng(device: torch.device, *key: int, python: bool = True, numpy: bool 
                 np.random.set_state(np_state)
 
 
-def train_steps(
-    accelerator: Accelerator,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    loader: torch.utils.data.DataLoader,
-    augment: BatchAugment,
-    plan: Plan,
-    state: TrainerState,
-    seed: int,
-    progress: bool = True,
-) -> Iterator[int]:
-    """Run the optimizer steps of ``state.epoch`` from ``state.step_in_epoch``, yielding after each update.
+class Training(Protocol):
+    """What :func:`train_steps` needs of a run (``train.Run`` has it): prepared model and optimizer, the per-update
+    schedule, the batch augmentation, the plan, the state it advances, the config, and the optional EMA and
+    teacher."""
 
-    ``state`` is up to date at every yield (its step counters and its running loss), so the caller can save a
-    checkpoint or stop between two updates; the epoch is over when the generator is exhausted.
+    accelerator: Accelerator
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # timm's CosineLRScheduler, stepped with step_update(updates done)
+    augment: BatchAugment
+    plan: Plan
+    state: TrainerState
+    config: FinetuneConfig
+    ema: nn.Module | None  # timm ModelEmaV3
+    teacher: nn.Module | None  # frozen, eval mode
+
+
+def train_steps(run: Training, loader: torch.utils.data.DataLoader) -> Iterator[int]:
+    """Run the optimizer steps of ``run.state.epoch`` from ``state.step_in_epoch``, yielding after each update.
+
+    ``state`` is up to date at every yield (its step counters, running loss and gradient norm), so the caller can
+    save a checkpoint or stop between two updates; the epoch is over when the generator is exhausted.
 
     Each process runs ``plan.accumulation_steps`` micro-batches per optimizer step. A micro-batch's loss is
     the sum of its per-image losses divided by the images in the whole window (all processes), times the
     process count that DDP's gradient averaging divides by again: every image weighs 1/window, whatever
-    the layout.
+    the layout. Clipping, the schedule and the EMA act once per update, on the whole window's gradient.
 
-    >>> for step in train_steps(accelerator, model, optimizer, scheduler, loader, augment, plan, state, 0):
+    >>> for updates_done in train_steps(run, run.train_loader()):
     ...     pass  # doctest: +SKIP
     """
+    accelerator, model, state, plan, augment = run.accelerator, run.model, run.state, run.plan, run.augment
+    seed, clip = run.config.train.seed, run.config.optim.clip_grad
     model.train()
     n, k = plan.num_processes, plan.accumulation_steps
     rank, device = accelerator.process_index, accelerator.device
@@ -92,7 +101,7 @@ def train_steps(
         total=plan.steps_per_epoch,
         initial=state.step_in_epoch,
         desc=f"epoch {state.epoch + 1}",
-        disable=not (progress and accelerator.is_main_process),
+        disable=not (run.config.train.progress and accelerator.is_main_process),
         dynamic_ncols=True,
     )
     started, images_seen, shown = time.perf_counter(), 0, 0.0
@@ -117,24 +126,29 @@ def train_steps(
                 with context, keyed_rng(device, seed, state.epoch, g, **augment.host_generators):
                     x, targets = augment.train(images, labels)
                     with accelerator.autocast():
-                        logits = unwrap_logits(model(x))
-                    per_image = loss_fn_per_image(logits.float(), targets)
+                        output = model(x)
+                        teacher_logits = _teacher_logits(run.teacher, x)
+                    per_image = loss_per_image(output, targets, teacher_logits, run.config.augment)
                     weight = (n / window_images) if real else 0.0
                     accelerator.backward(per_image.sum() * weight)
                 if real:
                     state.loss.add(per_image.sum(), len(labels), state.global_step)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-
+            if clip:
+                state.loss.add_grad_norm(accelerator.clip_grad_norm_(model.parameters(), clip))  # norm before
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
             state.step_in_epoch, state.global_step = step + 1, state.global_step + 1
+            run.scheduler.step_update(state.global_step)  # the lr of the next update
+            if run.ema is not None:
+                run.ema.update(accelerator.unwrap_model(model), step=state.global_step)
+
             images_seen += window_images
             now = time.perf_counter()
             if not bar.disable and now - shown >= 1.0:  # the loss shown costs a sync: once a second is plenty
                 shown = now
                 bar.set_postfix(
                     loss=f"{state.loss.peek():.4f}",
-                    lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                    lr=f"{current_lr(run.optimizer):.2e}",
                     img_s=f"{images_seen / (now - started):.1f}",
                     refresh=False,  # tqdm's default redraws on every call; update() redraws at its own pace
                 )
@@ -144,9 +158,50 @@ def train_steps(
         bar.close()
 
 
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The base learning rate now: the largest group's (with layer decay the head's, at scale 1)."""
+    return max(group["lr"] for group in optimizer.param_groups)
+
+
+@torch.no_grad()
+def _teacher_logits(teacher: nn.Module | None, x: torch.Tensor) -> torch.Tensor | None:
+    return None if teacher is None else unwrap_logits(teacher(x))
+
+
 def loss_fn_per_image(logits: torch.Tensor, soft_targets: torch.Tensor) -> torch.Tensor:
     """Soft-target cross-entropy per image (timm's SoftTargetCrossEntropy before its mean)."""
     return torch.sum(-soft_targets * F.log_softmax(logits, dim=-1), dim=-1)
+
+
+def loss_per_image(
+    output: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+    targets: torch.Tensor,
+    teacher_logits: torch.Tensor | None = None,
+    augment: AugmentConfig | None = None,
+) -> torch.Tensor:
+    """The training loss of each image, in float32.
+
+    Without a teacher: soft-target cross-entropy of the logits (both heads averaged for distilled DeiT). With one,
+    DeiT's distillation (alpha 0.5): half the class head's loss on the (mixed) targets, half the distillation head's
+    on the teacher's answer for the same augmented image: its top-1 class (``hard``) or its probabilities at
+    temperature T (``soft``: KL divergence x T^2 / classes, as DeiT's ``DistillationLoss`` divides by numel).
+
+    >>> cls, dist = torch.zeros(1, 3), torch.tensor([[0.0, 0.0, 9.0]])
+    >>> teacher = torch.tensor([[0.0, 0.0, 5.0]])  # the teacher says class 2
+    >>> loss_per_image((cls, dist), torch.full((1, 3), 1 / 3), teacher, AugmentConfig(distill_type="hard"))
+    tensor([0.5494])
+    """
+    if teacher_logits is None:
+        return loss_fn_per_image(unwrap_logits(output).float(), targets)
+    cls, dist = output[0].float(), output[1].float()
+    teacher_logits = teacher_logits.float()
+    if augment is None or augment.distill_type == "hard":
+        distill = F.cross_entropy(dist, teacher_logits.argmax(dim=-1), reduction="none")
+    else:
+        t = augment.distill_temperature
+        log_p, log_q = F.log_softmax(dist / t, dim=-1), F.log_softmax(teacher_logits / t, dim=-1)
+        distill = F.kl_div(log_p, log_q, reduction="none", log_target=True).sum(dim=-1) * t * t / dist.shape[-1]
+    return (loss_fn_per_image(cls, targets) + distill) / 2
 
 
 @torch.no_grad()

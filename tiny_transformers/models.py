@@ -221,6 +221,7 @@ def save_for_timm(
     std: tuple[float, ...],
     native_size: int | None = None,
     mixed_precision: str | None = None,
+    weights: str | None = None,
 ) -> None:
     """Write ``model.safetensors`` + ``config.json``, loadable by ``timm.create_model("local-dir:<folder>", True)``.
 
@@ -249,7 +250,7 @@ def save_for_timm(
     config_file = Path(folder) / CONFIG_FILE
     config = json.loads(config_file.read_text())
     config.get("model_args", {}).pop("num_classes", None)
-    recorded = {"native_size": native_size, "mixed_precision": mixed_precision}
+    recorded = {"native_size": native_size, "mixed_precision": mixed_precision, "weights": weights}
     if any(value is not None for value in recorded.values()):
         config["tiny_transformers"] = {k: v for k, v in recorded.items() if v is not None}
     config_file.write_text(json.dumps(config, indent=2))

@@ -153,7 +153,12 @@ class RunSummary:
         return best_record(self.history)
 
     def record_for(self, weights: Literal["last", "best"]) -> dict[str, Any]:
-        return self.best if weights == "best" else self.final
+        """The metrics of the weights in ``last/`` or ``best/``: with an EMA, ``last/`` holds the EMA and ``best/``
+        whichever of raw and EMA scored higher, so their numbers are the EMA's there."""
+        record = self.best if weights == "best" else self.final
+        if "ema_top1" in record and (weights == "last" or record["ema_top1"] > record["top1"]):
+            return {**record, "top1": record["ema_top1"], "top5": record["ema_top5"], "eval_loss": record["ema_loss"]}
+        return record
 
     @property
     def paper(self) -> PaperModel | None:
@@ -167,7 +172,8 @@ def best_record(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
     >>> best_record([{"epoch": 1, "top1": 50.0}, {"epoch": 2, "top1": 60.0}, {"epoch": 3, "top1": 60.0}])["epoch"]
     2
     """
-    return max(history, key=lambda record: record["top1"])  # max() keeps the first of equal keys
+    # max() keeps the first of equal keys; with an EMA an epoch scores the better of its raw and EMA weights
+    return max(history, key=lambda record: max(record["top1"], record.get("ema_top1", float("-inf"))))
 
 
 def read_run(output_dir: str | Path) -> RunSummary:

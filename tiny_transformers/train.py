@@ -20,6 +20,8 @@ import timm.optim
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader
 
 from .augment import BatchAugment
@@ -33,7 +35,7 @@ from .checkpoint import (
 )
 from .config import AugmentConfig, FinetuneConfig, OptimConfig, Plan, validate, world_size_from_env
 from .data import DataBundle, collate, eval_transform, load_data, train_transform
-from .engine import evaluate, train_steps
+from .engine import current_lr, evaluate, train_steps
 from .errors import CheckpointError, ConfigError, DataError, TinyTransformersError
 from .models import (
     build_model,
@@ -71,12 +73,43 @@ class FinetuneResult:
     history: list[dict[str, Any]] = field(default_factory=list)  # one dict per epoch, as in metrics.jsonl
 
 
+def build_schedule(optimizer: torch.optim.Optimizer, cfg: OptimConfig, plan: Plan) -> CosineLRScheduler:
+    """timm's cosine with linear warmup, per optimizer update: ``optim.warmup_epochs`` of updates from
+    ``optim.warmup_lr`` to ``optim.lr``, then the cosine to ``optim.min_lr`` at the plan's last update.
+
+    >>> from tiny_transformers.config import FinetuneConfig, TrainConfig
+    >>> config = FinetuneConfig(train=TrainConfig(epochs=2, batch_size=4, micro_batch_size=4))
+    >>> plan = Plan.build(config, 1, train_samples=40)
+    >>> optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    >>> schedule = build_schedule(optimizer, OptimConfig(warmup_epochs=0.5, warmup_lr=0.0), plan)
+    >>> [round(max(schedule._get_lr(t)), 6) for t in (0, 5, 10, 20)]
+    [0.0, 0.001, 0.00075, 0.0]
+    """
+    warmup = round(cfg.warmup_epochs * plan.steps_per_epoch)
+    return CosineLRScheduler(
+        optimizer,
+        t_initial=max(plan.total_steps - warmup, 1),
+        lr_min=cfg.min_lr,
+        warmup_t=warmup,
+        warmup_lr_init=cfg.warmup_lr,
+        warmup_prefix=True,  # the cosine starts after the warmup and ends at the plan's last update
+        t_in_epochs=False,
+    )
+
+
 def build_optimizer(cfg: OptimConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     """timm's optimizer factory over the trainable parameters (no weight decay on biases and norms)."""
     name = "adamw" if cfg.name == "adamw" else ("sgd" if cfg.nesterov else "momentum")  # timm's 'sgd' is Nesterov
     kwargs = {"momentum": cfg.momentum} if cfg.name == "sgd" else {}
     if cfg.fused:
         kwargs["fused"] = True  # passed through to torch's AdamW/SGD: one kernel for all parameters
+    if cfg.layer_decay not in (0.0, 1.0):
+        if not hasattr(model, "group_matcher"):
+            raise ConfigError(
+                f"optim.layer_decay needs timm's layer grouping, which {type(model).__name__} does not have; "
+                "use --optim.layer_decay 0."
+            )
+        kwargs["layer_decay"] = cfg.layer_decay
     return timm.optim.create_optimizer_v2(model, opt=name, lr=cfg.lr, weight_decay=cfg.weight_decay, **kwargs)
 
 
@@ -119,11 +152,7 @@ def finetune(config: FinetuneConfig, command: str | None = None) -> FinetuneResu
         accelerator, state, plan, train = run.accelerator, run.state, run.plan, config.train
         for epoch in range(state.epoch, train.epochs):
             started = time.perf_counter()
-            loader = run.train_loader()
-            for _ in train_steps(
-                accelerator, run.model, run.optimizer, run.scheduler, loader, run.augment, plan, state, train.seed,
-                train.progress,
-            ):  # fmt: skip
+            for _ in train_steps(run, run.train_loader()):
                 stopping = stop.requested(accelerator)
                 every, mid_epoch = train.checkpoint_every, state.step_in_epoch < plan.steps_per_epoch
                 if stopping or (every and state.global_step % every == 0 and mid_epoch):
@@ -135,9 +164,8 @@ def finetune(config: FinetuneConfig, command: str | None = None) -> FinetuneResu
                         f"checkpoint is in {run.folder.checkpoints}. Resume with "
                         f"{command or 'the same command again'} (train.resume auto continues from it)."
                     )
-            metrics = evaluate(
-                accelerator, run.model, run.eval_loader, run.augment, run.data.num_classes, train.progress
-            )
+            metrics = run.evaluate(run.model)
+            ema = run.evaluate(run.ema.module) if run.ema is not None else None
             run.check_finite(metrics["loss"])  # before anything of this epoch is logged, exported or saved
             record = {
                 "epoch": epoch + 1,
@@ -146,24 +174,29 @@ def finetune(config: FinetuneConfig, command: str | None = None) -> FinetuneResu
                 "eval_loss": metrics["loss"],
                 "top1": metrics["top1"],
                 "top5": metrics["top5"],
-                "lr": run.scheduler.get_last_lr()[0],
+                "lr": current_lr(run.optimizer),
                 "epoch_seconds": time.perf_counter() - started,
             }
+            if train.ema_decay:
+                record.update(ema_top1=ema["top1"], ema_top5=ema["top5"], ema_loss=ema["loss"])
+            if config.optim.clip_grad:
+                record["grad_norm"] = state.loss.mean_grad_norm()  # this process's: the same on all after all-reduce
             improved = state.finish_epoch(record)
             accelerator.log({k: v for k, v in record.items() if k != "epoch"}, step=state.global_step)
             accelerator.print(
                 f"epoch {epoch + 1}/{train.epochs}: train loss {record['train_loss']:.4f}, eval loss "
                 f"{record['eval_loss']:.4f}, top-1 {record['top1']:.2f}%, top-5 {record['top5']:.2f}%"
+                + (f"; EMA top-1 {record['ema_top1']:.2f}%, top-5 {record['ema_top5']:.2f}%" if ema else "")
             )
             if accelerator.is_main_process:
                 run.folder.write_metrics(state.history)
                 if improved:
-                    run.export("best")
+                    run.export("best", ema=bool(ema) and record["ema_top1"] > record["top1"])
             run.save_checkpoint()
             hub = config.hub
             if hub.push and hub.strategy == "epoch" and epoch + 1 < train.epochs and accelerator.is_main_process:
                 if hub.weights == "last":  # the pushed weights must be this epoch's, as the card's numbers are
-                    run.export("last")
+                    run.export("last", ema=run.ema is not None)
                 publish_after_training(run.folder.root, hub)  # prints why and how to retry on failure; never raises
         return finish(run)
 
@@ -179,13 +212,15 @@ class Run:
     accelerator: Accelerator
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scheduler: CosineLRScheduler  # per optimizer update: step_update(updates done)
     augment: BatchAugment
     train_data: Any  # the train split with the loader-worker transform
     eval_loader: DataLoader
     state: TrainerState
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    ema: ModelEmaV3 | None = None  # with train.ema_decay
+    teacher: torch.nn.Module | None = None  # with model.teacher
 
     def train_loader(self) -> DataLoader:
         """This process's micro-batches of ``state.epoch``, from ``state.step_in_epoch`` on (see sampler.py)."""
@@ -198,6 +233,11 @@ class Run:
             collate_fn=collate,
             pin_memory=self.accelerator.device.type == "cuda",
         )
+
+    def evaluate(self, model: torch.nn.Module) -> dict[str, Any]:
+        """Top-1, top-5 and loss of ``model`` (the raw weights or the EMA) on the whole eval split."""
+        t = self.config.train
+        return evaluate(self.accelerator, model, self.eval_loader, self.augment, self.data.num_classes, t.progress)
 
     def save_checkpoint(self) -> Path:
         """A complete checkpoint of the run as it stands (every process takes part); never of diverged weights."""
@@ -220,7 +260,7 @@ class Run:
         step, last = loss.divergence()
         t, optim = self.config.train, self.config.optim
         where = f"at optimizer step {step + 1}" if step is not None else f"in epoch {self.state.epoch + 1}"
-        lr = _cosine_lr(optim, self.plan, step if step is not None else self.state.global_step)
+        lr = max(self.scheduler._get_lr(step if step is not None else self.state.global_step))  # timm's lr(step)
         kept = list_checkpoints(self.folder.root)
         raise TrainingDiverged(
             f"Training diverged: the loss became non-finite {where} (the last finite loss was "
@@ -234,12 +274,15 @@ class Run:
             )
         )
 
-    def export(self, which: str) -> None:
-        """The weights as they are now into ``best/`` or ``last/``, loadable by timm (main process only)."""
+    def export(self, which: str, ema: bool = False) -> None:
+        """The weights as they are now (the EMA's with ``ema``) into ``best/`` or ``last/``, loadable by timm; its
+        config.json records which (main process only)."""
+        model = self.ema.module if ema else self.accelerator.unwrap_model(self.model)
         save_for_timm(
-            self.accelerator.unwrap_model(self.model), self.folder.weights(which), self.data.class_ids,
-            self.data.class_names, self.config.data.image_size, self.mean, self.std,
-            native_size=self.config.data.native_size, mixed_precision=self.config.train.mixed_precision,
+            model, self.folder.weights(which), self.data.class_ids, self.data.class_names,
+            self.config.data.image_size, self.mean, self.std, native_size=self.config.data.native_size,
+            mixed_precision=self.config.train.mixed_precision,
+            weights=None if self.ema is None else ("ema" if ema else "raw"),  # recorded when there is a choice
         )  # fmt: skip
 
 
@@ -263,7 +306,9 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
         model.compile()  # in place: same module, same state_dict keys, so checkpoints and exports are unchanged
     mean, std = normalization(model, config.data.normalization)
     optimizer = build_optimizer(config.optim, model)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, plan.total_steps, eta_min=config.optim.min_lr)
+    scheduler = build_schedule(optimizer, config.optim, plan)
+    ema = ModelEmaV3(model, config.train.ema_decay, use_warmup=config.train.ema_warmup, stochastic_rounding=False)
+    ema = ema if config.train.ema_decay else None
 
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
@@ -272,10 +317,19 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
         project_dir=str(folder.root),
     )
     eval_loader = _eval_loader(data, config, config.data.native_size, accelerator)
-    # The scheduler is not prepared: Accelerate would step it once per process, and the schedule must
-    # advance once per optimizer update whatever the process count. It is still checkpointed.
+    # The scheduler is neither prepared nor checkpointed: its lr is a function of the updates done and of the plan
+    # (timm's t_in_epochs=False), set once per update, so 1 or N processes agree and a resumed run with more
+    # train.epochs follows the new, longer cosine instead of the one it started with.
     model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
-    accelerator.register_for_checkpointing(scheduler)
+    if ema is not None:
+        ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
+    teacher = None
+    if config.model.teacher:
+        from .models import build_teacher  # (lands with models.py's teacher support)
+
+        teacher = build_teacher(config.model.teacher, data.num_classes, config.data.image_size).to(accelerator.device)
+        accelerator.unwrap_model(model).set_distilled_training(True)  # the forward returns (class, distillation)
     augment = BatchAugment(config.data.image_size, mean, std, data.num_classes, config.augment, accelerator.device)
     a = config.augment
     train_data = data.train.with_transform(
@@ -284,6 +338,7 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
     state, resume_from = (
         _resume(accelerator, resume_from, config, folder.root) if resume_from else (TrainerState(), None)
     )
+    scheduler.step_update(state.global_step)
 
     total, trainable = count_parameters(accelerator.unwrap_model(model))
     if accelerator.is_main_process:
@@ -302,14 +357,14 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
     for warning in push_warnings(folder.root, config.hub) if accelerator.is_main_process else []:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     return Run(config, folder, data, plan, accelerator, model, optimizer, scheduler, augment, train_data,
-               eval_loader, state, mean, std)  # fmt: skip
+               eval_loader, state, mean, std, ema, teacher)  # fmt: skip
 
 
 def finish(run: Run) -> FinetuneResult:
     """After the last epoch: ``last/``, the report and the Hub push on the main process; the run's result."""
     accelerator, state = run.accelerator, run.state
     if accelerator.is_main_process:
-        run.export("last")
+        run.export("last", ema=run.ema is not None)
         write_run_report(
             run.folder.root, run.config, state.history, accelerator.unwrap_model(run.model), run.data.eval,
             run.data.class_names, run.augment.resize_normalize, accelerator.autocast,
@@ -403,12 +458,6 @@ def _eval_loader(data: DataBundle, config: FinetuneConfig, native_size: int, acc
         collate_fn=collate,
         pin_memory=accelerator.device.type == "cuda",
     )
-
-
-def _cosine_lr(optim: OptimConfig, plan: Plan, step: int) -> float:
-    """The learning rate of optimizer step ``step`` (0-based) on the cosine that ``build_run`` schedules."""
-    progress = min(step, plan.total_steps) / max(plan.total_steps, 1)
-    return optim.min_lr + (optim.lr - optim.min_lr) * (1 + math.cos(math.pi * progress)) / 2
 
 
 def _count(n: int) -> str:

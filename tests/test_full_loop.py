@@ -1,0 +1,204 @@
+"""Full fine-tuning keeps every guarantee of the loop: layer decay, warmup, clipping, EMA and gradient checkpointing
+on, 1 vs 2 processes give the same raw and EMA weights, a SIGKILL anywhere resumes bitwise, the learning rate
+follows the formula at every update (and a longer run after resume follows the new cosine), the distillation
+head learns the teacher's answers on the same augmented images, and EMA exports load in timm and transformers."""
+
+import json
+import math
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+import transformers
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_finetune import tiny_config  # noqa: E402
+from test_resilience import (  # noqa: E402
+    ENV,
+    EPOCHS,
+    STEPS_PER_EPOCH,
+    assert_close,
+    checkpoints,
+    command,
+    data,  # noqa: F401 - the module's data fixture
+    kill,
+    run,
+    wait_for,
+    weights,
+)
+
+from tiny_transformers import engine, finetune  # noqa: E402
+
+LR, WARMUP_LR, WARMUP_EPOCHS = 1e-3, 1e-5, 0.5  # the recipe's lr; half an epoch of warmup: round(2.5) = 2 updates
+FULL = (
+    "--optim.layer_decay", "0.75", "--optim.warmup_epochs", str(WARMUP_EPOCHS), "--optim.warmup_lr", str(WARMUP_LR),
+    "--optim.clip_grad", "0.05", "--train.ema_decay", "0.9", "--model.grad_checkpointing", "true",
+)  # fmt: skip
+
+
+def expected_lr(updates_done: int, total: int, warmup: int = 2) -> float:
+    """The lr of the next update, written out: linear warmup, then the cosine over the remaining updates."""
+    if updates_done < warmup:
+        return WARMUP_LR + updates_done * (LR - WARMUP_LR) / warmup
+    progress = min(updates_done - warmup, total - warmup) / (total - warmup)
+    return 0.5 * LR * (1 + math.cos(math.pi * progress))
+
+
+def optimizer_lrs(checkpoint: Path) -> list[float]:
+    return [group["lr"] for group in torch.load(checkpoint / "optimizer.bin", weights_only=False)["param_groups"]]
+
+
+def ema(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return torch.load(checkpoint / "custom_checkpoint_0.pkl", weights_only=False)
+
+
+@pytest.fixture(scope="module")
+def full_reference(data, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("full") / "out"
+    run(data, out, 1, *FULL)
+    return out
+
+
+def test_the_learning_rate_follows_warmup_then_cosine_at_every_update(full_reference):
+    steps = STEPS_PER_EPOCH * EPOCHS
+    for step in range(1, steps + 1):
+        lrs = optimizer_lrs(full_reference / "checkpoints" / f"step_{step:08d}")
+        assert max(lrs) == pytest.approx(expected_lr(step, steps), rel=1e-9, abs=1e-15), step
+    # layer decay: the head's group runs at the base lr, the lowest at 0.75 ** depth of it
+    lrs = optimizer_lrs(full_reference / "checkpoints" / "step_00000003")
+    depth = len(timm.create_model("test_vit").blocks) + 1  # the blocks, plus the embeddings below them
+    assert min(lrs) == pytest.approx(max(lrs) * 0.75**depth, rel=1e-9)
+
+
+def test_full_finetuning_gives_the_same_raw_and_ema_weights_on_two_processes(data, full_reference, tmp_path):  # noqa: F811
+    out = tmp_path / "out"
+    run(data, out, 2, *FULL)
+    for step in range(1, STEPS_PER_EPOCH * EPOCHS + 1):
+        name = f"step_{step:08d}"
+        assert_close(weights(out / "checkpoints" / name), weights(full_reference / "checkpoints" / name), rel=1e-5)
+        assert_close(ema(out / "checkpoints" / name), ema(full_reference / "checkpoints" / name), rel=1e-5)
+        assert optimizer_lrs(out / "checkpoints" / name) == optimizer_lrs(full_reference / "checkpoints" / name)
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 < h["grad_norm"] and {"ema_top1", "ema_top5", "ema_loss"} <= set(h) for h in history)
+
+
+def test_sigkill_during_full_finetuning_resumes_to_the_same_raw_and_ema_weights(data, full_reference, tmp_path):  # noqa: F811
+    import subprocess
+
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        command(data, out, 1, *FULL), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+        start_new_session=True,
+    )  # fmt: skip
+    wait_for(lambda: len(checkpoints(out)) >= 3, process)
+    kill(process)
+    done = run(data, out, 1, *FULL)
+    assert "resuming from step_" in done.stdout
+    final = f"step_{STEPS_PER_EPOCH * EPOCHS:08d}"
+    assert_close(weights(out / "checkpoints" / final), weights(full_reference / "checkpoints" / final))  # bitwise
+    assert_close(ema(out / "checkpoints" / final), ema(full_reference / "checkpoints" / final))
+    assert_close(weights(out / "last"), weights(full_reference / "last"))  # last/ holds the EMA
+    for step in range(1, STEPS_PER_EPOCH * EPOCHS + 1):  # the schedule, resumed, is the same schedule
+        assert optimizer_lrs(out / "checkpoints" / f"step_{step:08d}") == optimizer_lrs(
+            full_reference / "checkpoints" / f"step_{step:08d}"
+        )
+
+
+@pytest.mark.parametrize("extra", [{}, {"warmup_epochs": 0.5, "warmup_lr": WARMUP_LR}], ids=["paper", "warmup"])
+def test_more_epochs_on_resume_follow_the_new_cosine_to_min_lr(stanford_dir, tmp_path, extra):
+    """30 -> 40 epochs used to keep the old cosine (ending at lr 2.5e-4); the schedule now re-plans."""
+    out = tmp_path / "out"
+    first = tiny_config(stanford_dir, out, epochs=1, checkpoint_every=1, keep_checkpoints=100)
+    for name, value in extra.items():
+        setattr(first.optim, name, value)
+    finetune(first)
+    longer = tiny_config(stanford_dir, out, epochs=3, checkpoint_every=1, keep_checkpoints=100)
+    longer.optim = first.optim
+    result = finetune(longer)
+    assert result.history[-1]["lr"] == pytest.approx(0.0, abs=1e-15)  # ends at min_lr
+    total, warmup = 9, (round(0.5 * 3) if extra else 0)  # 3 updates per epoch
+    for step in range(4, 10):  # after the resume: the 3-epoch schedule
+        lr = max(optimizer_lrs(out / "checkpoints" / f"step_{step:08d}"))
+        if extra:
+            assert lr == pytest.approx(expected_lr(step, total, warmup), rel=1e-9, abs=1e-15)
+        else:
+            assert lr == pytest.approx(0.5 * LR * (1 + math.cos(math.pi * step / total)), rel=1e-9, abs=1e-15)
+
+
+def test_the_distillation_head_learns_the_teachers_answer_on_the_same_augmented_images(monkeypatch):
+    from tiny_transformers.augment import BatchAugment
+    from tiny_transformers.checkpoint import TrainerState
+    from tiny_transformers.config import AugmentConfig, FinetuneConfig, ModelConfig, Plan, TrainConfig
+    from tiny_transformers.train import build_optimizer, build_schedule
+
+    class Teacher(torch.nn.Module):
+        """Always class 2, and remembers what it was shown."""
+
+        def forward(self, x):
+            self.seen = x.clone()
+            return F.one_hot(torch.full((len(x),), 2), 4).float() * 10
+
+    student = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, num_classes=4, img_size=32)
+    student.set_distilled_training(True)
+    shown = []
+    student.register_forward_pre_hook(lambda _, args: shown.append(args[0].clone()))
+    config = FinetuneConfig(
+        model=ModelConfig(name="deit_tiny_distilled_patch16_224", train_mode="full", teacher="a teacher"),
+        train=TrainConfig(batch_size=4, micro_batch_size=4, epochs=1, mixed_precision="no", progress=False),
+    )
+    captured = []
+    real_loss = engine.loss_per_image
+
+    def loss_per_image(output, targets, teacher_logits=None, augment=None):
+        value = real_loss(output, targets, teacher_logits, augment)
+        captured.append((output, targets, teacher_logits, value))
+        return value
+
+    monkeypatch.setattr(engine, "loss_per_image", loss_per_image)
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    optimizer = build_optimizer(config.optim, student)
+    plan = Plan.build(config, 1, 4)
+    augment = BatchAugment(32, (0.5,) * 3, (0.5,) * 3, 4, AugmentConfig(), "cpu")
+    schedule = build_schedule(optimizer, config.optim, plan)
+    training = SimpleNamespace(
+        accelerator=accelerator, model=student, optimizer=optimizer, scheduler=schedule, augment=augment, plan=plan,
+        state=TrainerState(), config=config, ema=None, teacher=Teacher(),
+    )  # fmt: skip
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    assert list(engine.train_steps(training, [(images, torch.tensor([0, 1, 2, 3]))])) == [1]
+    ((output, targets, teacher_logits, value),) = captured
+    assert torch.equal(training.teacher.seen, shown[0])  # the same mixed and erased images
+    assert teacher_logits.argmax(-1).tolist() == [2, 2, 2, 2]
+    cls, dist = output
+    expected = (
+        torch.sum(-targets * F.log_softmax(cls, -1), -1) + F.cross_entropy(dist, torch.full((4,), 2), reduction="none")
+    ) / 2
+    assert torch.allclose(value, expected)
+
+
+def test_ema_exports_load_in_timm_and_transformers_as_the_ema_weights(stanford_dir, tmp_path):
+    out = tmp_path / "out"
+    config = tiny_config(stanford_dir, out, epochs=2)
+    config.train.ema_decay = 0.5
+    result = finetune(config)
+    final = sorted((out / "checkpoints").glob("step_*"))[-1]
+    averaged = {k.removeprefix("module."): v for k, v in ema(final).items()}
+    exported = load_file(out / "last" / "model.safetensors")
+    assert all(torch.equal(exported[k], averaged[k]) for k in exported)
+    recorded = json.loads((out / "last" / "config.json").read_text())["tiny_transformers"]
+    assert recorded["weights"] == "ema"
+    best = json.loads((out / "best" / "config.json").read_text())["tiny_transformers"]["weights"]
+    top = max(result.history, key=lambda h: max(h["top1"], h["ema_top1"]))
+    assert best == ("ema" if top["ema_top1"] > top["top1"] else "raw")
+    timm_model = timm.create_model(f"local-dir:{out / 'last'}", pretrained=True).eval()
+    auto = transformers.AutoModelForImageClassification.from_pretrained(str(out / "last")).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (auto(pixel_values=x).logits - timm_model(x)).abs().max().item() < 1e-5
