@@ -5,16 +5,25 @@
 Hardware: sized like the official code for one 8-24 GB GPU: micro-batch 64, effective batch 128.
 Only the two classifier heads (head, head_dist) train, both reset for 200 classes. The official code
 trains DeiT in eval mode, which switches stochastic depth off: drop_path_rate 0.0 reproduces that.
+Exact mode: preprocessing, head init, weight decay, drop_last and fp32 evaluation as the official code ran
+them (docs/recipes.md lists each difference and its size); --data.preprocess default uses the library's resize.
 """
 
-from tiny_transformers import DataConfig, FinetuneConfig, ModelConfig, OptimConfig, TrainConfig, run
+from tiny_transformers import AugmentConfig, DataConfig, FinetuneConfig, ModelConfig, OptimConfig, TrainConfig, run
 
 config = FinetuneConfig(
-    model=ModelConfig(name="deit_b_distilled", train_mode="head", drop_path_rate=0.0),
-    data=DataConfig(image_size=384, normalization="imagenet"),
-    optim=OptimConfig(name="adamw", lr=1e-3, weight_decay=0.05),
+    model=ModelConfig(name="deit_b_distilled", train_mode="head", drop_path_rate=0.0, head_init="linear"),
+    # exactly what the official code ran: uint8 resize, RandAugment(2 ops, magnitude 0), drop_last (docs/recipes.md)
+    data=DataConfig(image_size=384, normalization="imagenet", preprocess="official", drop_last=True),
+    augment=AugmentConfig(randaugment_ops=2, randaugment_magnitude=0),
+    optim=OptimConfig(name="adamw", lr=1e-3, weight_decay=0.05, decay_all=True),
     train=TrainConfig(
-        epochs=30, batch_size=128, micro_batch_size=64, mixed_precision="fp16", output_dir="outputs/deit_b_distilled"
+        epochs=30,
+        batch_size=128,
+        micro_batch_size=64,
+        mixed_precision="fp16",
+        eval_precision="fp32",
+        output_dir="outputs/deit_b_distilled",
     ),
 )
 

@@ -4,16 +4,25 @@
 
 Hardware: sized like the official code for one 8-24 GB GPU: micro-batch 32, effective batch 128 by
 4 accumulation steps. Only the classifier head trains (model.train_mode head), as in the official code.
+Exact mode: preprocessing, head init, weight decay, drop_last and fp32 evaluation as the official code ran
+them (docs/recipes.md lists each difference and its size); --data.preprocess default uses the library's resize.
 """
 
-from tiny_transformers import DataConfig, FinetuneConfig, ModelConfig, OptimConfig, TrainConfig, run
+from tiny_transformers import AugmentConfig, DataConfig, FinetuneConfig, ModelConfig, OptimConfig, TrainConfig, run
 
 config = FinetuneConfig(
-    model=ModelConfig(name="swin_l", train_mode="head", drop_path_rate=0.1),
-    data=DataConfig(image_size=384, normalization="imagenet"),
-    optim=OptimConfig(name="adamw", lr=1e-3, weight_decay=0.05),
+    model=ModelConfig(name="swin_l", train_mode="head", drop_path_rate=0.1, head_init="linear"),
+    # exactly what the official code ran: uint8 resize, RandAugment(2 ops, magnitude 0), drop_last (docs/recipes.md)
+    data=DataConfig(image_size=384, normalization="imagenet", preprocess="official", drop_last=True),
+    augment=AugmentConfig(randaugment_ops=2, randaugment_magnitude=0),
+    optim=OptimConfig(name="adamw", lr=1e-3, weight_decay=0.05, decay_all=True),
     train=TrainConfig(
-        epochs=30, batch_size=128, micro_batch_size=32, mixed_precision="fp16", output_dir="outputs/swin_l"
+        epochs=30,
+        batch_size=128,
+        micro_batch_size=32,
+        mixed_precision="fp16",
+        eval_precision="fp32",
+        output_dir="outputs/swin_l",
     ),
 )
 

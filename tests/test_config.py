@@ -132,6 +132,7 @@ def test_recipe_prints_the_paper_values(name):
         "checkpoint": None,
         "train_mode": "head",
         "drop_path_rate": paper.drop_path_rate,
+        "head_init": "linear",  # exact mode: the official code's reset_classifier head
         "grad_checkpointing": False,  # full fine-tuning's tools stay off in the paper's head-only recipes
         "teacher": None,
     }
@@ -140,6 +141,8 @@ def test_recipe_prints_the_paper_values(name):
     assert printed["train"]["epochs"] == 30 and printed["train"]["batch_size"] == 128
     assert printed["train"]["micro_batch_size"] == paper.micro_batch_size
     assert printed["data"]["image_size"] == 384 and printed["data"]["normalization"] == "imagenet"
+    assert printed["data"]["preprocess"] == "official" and printed["data"]["drop_last"] is True
+    assert printed["optim"]["decay_all"] is True and printed["train"]["eval_precision"] == "fp32"
     assert printed["augment"] == {
         "mixup_alpha": 0.8,
         "cutmix_alpha": 1.0,
@@ -147,8 +150,8 @@ def test_recipe_prints_the_paper_values(name):
         "switch_prob": 0.5,
         "label_smoothing": 0.1,
         "random_erasing": 0.25,
-        "randaugment_ops": 0,
-        "randaugment_magnitude": 9,
+        "randaugment_ops": 2,  # exact mode: the official code's RandAugment(2, magnitude 0), never off
+        "randaugment_magnitude": 0,
         "distill_type": "hard",
         "distill_temperature": 1.0,
     }

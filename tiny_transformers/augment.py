@@ -1,8 +1,12 @@
-"""Batch transforms on the training device: upscale, normalize, Mixup/CutMix, random erasing.
+"""Batch transforms on the training device: upscale, RandAugment, normalize, Mixup/CutMix, random erasing.
 
 The loader hands over 64x64 uint8 images (12 KB each); everything that grows them to 384x384 float
 (1.77 MB each) happens here, batched, on the device that trains. Mixup/CutMix and random erasing are
-timm's own implementations.
+timm's own implementations; RandAugment is torchvision's, per image, batched (randaugment.py).
+
+Two preprocessings (``data.preprocess``): ``default`` upscales float batches with antialiasing and runs
+RandAugment at the native size; ``official`` does what the paper's code did to each image: a uint8 bicubic
+resize without antialiasing, rounded, then RandAugment at that size, then /255 and normalize.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from .config import AugmentConfig
+from .randaugment import BatchRandAugment, resize_uint8
 
 
 class BatchAugment:
@@ -34,8 +39,13 @@ class BatchAugment:
         num_classes: int,
         augment: AugmentConfig,
         device: torch.device | str = "cpu",
+        preprocess: str = "default",
     ) -> None:
         self.image_size = image_size
+        self.official = preprocess == "official"
+        self.randaugment = None
+        if augment.randaugment_ops > 0:
+            self.randaugment = BatchRandAugment(augment.randaugment_ops, augment.randaugment_magnitude)
         self.mean = list(mean)
         self.std = list(std)
         # Normalization statistics as tensors on the batch's device, made once: torchvision's normalize builds
@@ -63,7 +73,16 @@ class BatchAugment:
         self.host_generators = {"numpy": self.mixup is not None, "python": self.erasing is not None}
 
     def resize_normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, 3, h, w) -> float32 (B, 3, S, S): bicubic resize, clamped to [0, 1] as an image is, normalized."""
+        """uint8 (B, 3, h, w) -> float32 (B, 3, S, S): bicubic resize, clamped to [0, 1] as an image is, normalized.
+
+        The evaluation path; with ``official`` preprocessing the resize is the official uint8 one.
+        """
+        if self.official:
+            return self._normalize(resize_uint8(images, self.image_size))
+        return self._normalize(images)
+
+    def _normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 -> float32 in [0, 1], resized with antialiasing when not yet at the model's size, normalized."""
         x = images.to(torch.float32, copy=True).div_(255)  # a copy: the steps below work in place
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = TF.resize(
@@ -80,7 +99,14 @@ class BatchAugment:
 
     def train(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Model inputs and soft targets (B, num_classes) for one training micro-batch."""
-        x = self.resize_normalize(images)
+        if self.official:
+            images = resize_uint8(images, self.image_size)  # RandAugment then sees 384 px images, as officially
+        if self.randaugment is not None:
+            # Drawn from torch's CPU generator (keyed per micro-batch by engine.keyed_rng): the host then knows which
+            # images take which op without reading anything back from the device.
+            ops, signs = self.randaugment.draw(len(images), device="cpu")
+            images = self.randaugment.apply(images, ops, signs)
+        x = self._normalize(images)
         if self.mixup is not None:
             x, targets = self._mix(x, labels)
         else:

@@ -53,6 +53,9 @@ class ModelConfig:
     pretrained: bool = True  # start from ImageNet weights (from the Hub, or from `checkpoint`)
     checkpoint: str | None = None  # .safetensors/.pth file, a save_for_hf folder, or hf-hub:owner/name
     train_mode: Literal["head", "full"] = "head"  # head: frozen backbone, as the official code; full: every parameter
+    # the new classifier head's initialisation: timm's (as timm.create_model makes it), or linear: a default
+    # nn.Linear from reset_classifier, as the official code makes it
+    head_init: Literal["timm", "linear"] = "timm"
     drop_path_rate: float = 0.1  # stochastic depth inside the backbone (paper 2.2)
     # recompute each block's activations in the backward pass instead of keeping them (timm's
     # set_grad_checkpointing): less memory, about one more forward of compute; same gradients
@@ -70,6 +73,11 @@ class DataConfig:
     image_size: int = 384  # pixels per side given to the model, bicubic upscaling on the training device
     native_size: int = 64  # pixels per side of the uint8 images the loader hands over (Tiny ImageNet is 64x64)
     normalization: Literal["imagenet", "model"] = "imagenet"  # imagenet: the paper's mean/std for all four models
+    # default: float bicubic resize with antialiasing (Pillow's kernel, a = -0.5); RandAugment, when on, at the
+    # native size. official: as the paper's code: uint8 bicubic resize (a = -0.75, no antialiasing, rounded),
+    # RandAugment after it at image_size, then /255 and normalize (docs/recipes.md measures the difference)
+    preprocess: Literal["default", "official"] = "default"
+    drop_last: bool = False  # drop each epoch's last partial micro-batch, as the official loader does
     num_workers: int = resumable(4)  # loader processes per training process (decode + RGB conversion only: cheap)
     skip_corrupt: bool = False  # False: stop at the first unreadable image, naming it; True: scan, skip and count them
     max_train_samples: int | None = None  # use a fixed random subset of N training images (quick experiments)
@@ -86,8 +94,10 @@ class AugmentConfig:
     switch_prob: float = 0.5  # probability of CutMix instead of Mixup when both are on
     label_smoothing: float = 0.1  # applied inside Mixup's soft targets, as timm does
     random_erasing: float = 0.25  # probability per image, 'pixel' mode (per-pixel normal noise), after Mixup
-    randaugment_ops: int = 0  # RandAugment ops per image in the loader; 0 = off (the paper's final setting)
-    randaugment_magnitude: int = 9  # RandAugment magnitude when on (the paper's first runs: 2 ops, magnitude 9)
+    # RandAugment ops per image, drawn per image on the training device (keyed like Mixup); 0: none. The paper's
+    # code always runs 2 ops: at magnitude 0 in its final setting, which still changes about a third of the images
+    randaugment_ops: int = 0
+    randaugment_magnitude: int = 9  # 0-30, torchvision's scale (the paper's first runs: 9; its final setting: 0)
     # with model.teacher: hard: the distillation head learns the teacher's top-1 class (DeiT's hard distillation);
     # soft: it learns the teacher's softened probabilities (KL divergence at distill_temperature)
     distill_type: Literal["hard", "soft"] = "hard"
@@ -111,6 +121,9 @@ class OptimConfig:
     warmup_epochs: float = 0.0  # epochs of linear warmup from warmup_lr to lr, per optimizer update; 0: none
     warmup_lr: float = 1e-6  # learning rate at the first update of the warmup
     clip_grad: float = 0.0  # clip the global gradient norm of each update to this (after accumulation); 0: off
+    # weight decay on every trainable parameter, biases and norms too, as the official code's plain AdamW; false:
+    # timm's factory leaves biases and norm weights undecayed
+    decay_all: bool = False
 
 
 @dataclass
@@ -122,6 +135,9 @@ class TrainConfig:
     micro_batch_size: int = 64  # images per forward pass on one device
     eval_batch_size: int | None = resumable(None)  # images per evaluation forward pass; default: micro_batch_size
     mixed_precision: Literal["bf16", "fp16", "no"] = "bf16"  # autocast dtype; fp16 adds a gradient scaler
+    eval_precision: Literal["autocast", "fp32"] = resumable(
+        "autocast"
+    )  # evaluation under the training autocast or fp32
     seed: int = 0
     output_dir: str = resumable("outputs/run")  # checkpoints, metrics.jsonl, config.json, best/ and last/
     # auto: the newest checkpoint in output_dir, if any; never: start fresh (refused when output_dir already holds
@@ -244,10 +260,16 @@ def paper_config(name: str) -> FinetuneConfig:
     if name not in PAPER_MODELS:
         raise ConfigError(f"'{name}' is not a paper recipe; choose one of {', '.join(PAPER_MODELS)}.")
     paper = PAPER_MODELS[name]
-    return FinetuneConfig(
-        model=ModelConfig(name=name, train_mode="head", drop_path_rate=paper.drop_path_rate),
+    return FinetuneConfig(  # exact mode: every setting as the official code ran it (docs/recipes.md)
+        model=ModelConfig(name=name, train_mode="head", drop_path_rate=paper.drop_path_rate, head_init="linear"),
+        data=DataConfig(preprocess="official", drop_last=True),
+        augment=AugmentConfig(randaugment_ops=2, randaugment_magnitude=0),
+        optim=OptimConfig(decay_all=True),
         train=TrainConfig(
-            micro_batch_size=paper.micro_batch_size, mixed_precision="fp16", output_dir=f"outputs/{name}"
+            micro_batch_size=paper.micro_batch_size,
+            mixed_precision="fp16",
+            eval_precision="fp32",
+            output_dir=f"outputs/{name}",
         ),
     )
 
@@ -331,6 +353,10 @@ def validate(config: FinetuneConfig, num_processes: int | None = None, cuda_avai
         "augment.randaugment_ops": a.randaugment_ops,
         "augment.randaugment_magnitude": a.randaugment_magnitude,
     }
+    if a.randaugment_magnitude > 30:
+        raise ConfigError(
+            f"augment.randaugment_magnitude {a.randaugment_magnitude} is above 30, the top of RandAugment's scale."
+        )
     probabilities = {
         "model.drop_path_rate": m.drop_path_rate,
         "augment.mixup_prob": a.mixup_prob,
@@ -470,7 +496,12 @@ class Plan:
     def build(cls, config: FinetuneConfig, num_processes: int, train_samples: int) -> Plan:
         t = config.train
         accumulation = t.batch_size // (t.micro_batch_size * num_processes)
-        micro_batches = math.ceil(train_samples / t.micro_batch_size)
+        micro_batches = (math.floor if config.data.drop_last else math.ceil)(train_samples / t.micro_batch_size)
+        if micro_batches == 0:
+            raise ConfigError(
+                f"data.drop_last drops every image: {train_samples} training images make no full micro-batch of "
+                f"{t.micro_batch_size}; lower train.micro_batch_size or use --data.drop_last false."
+            )
         # ceil(batches / accumulation), as the official code's T_max: the last short window still steps.
         steps = math.ceil(micro_batches / (accumulation * num_processes))
         return cls(
@@ -484,10 +515,17 @@ class Plan:
             total_steps=steps * t.epochs,
         )
 
+    @property
+    def images_per_epoch(self) -> int:
+        """Training images an epoch uses: all of them, less a partial last micro-batch with data.drop_last."""
+        return min(self.train_samples, self.micro_batches_per_epoch * self.micro_batch_size)
+
     def describe(self) -> str:
+        dropped = self.train_samples - self.images_per_epoch
         return (
             f"{self.num_processes} process(es) x micro-batch {self.micro_batch_size} x "
             f"{self.accumulation_steps} accumulation step(s) = effective batch {self.effective_batch_size}; "
-            f"{self.train_samples} training images = {self.steps_per_epoch} optimizer steps per epoch, "
-            f"{self.total_steps} in all"
+            f"{self.train_samples} training images"
+            + (f" ({dropped} dropped per epoch: data.drop_last)" if dropped else "")
+            + f" = {self.steps_per_epoch} optimizer steps per epoch, {self.total_steps} in all"
         )

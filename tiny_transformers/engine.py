@@ -213,12 +213,14 @@ def evaluate(
     num_classes: int,
     progress: bool = True,
     collect_predictions: bool = False,
+    autocast: bool = True,
 ) -> dict:
     """Top-1, top-5 (percent) and mean cross-entropy over the whole eval split, each image counted once.
 
     ``gather_for_metrics`` drops the duplicates that even sharding adds on the last batch, so the
     count equals the split's size on any number of processes. With ``collect_predictions`` the
     result also holds ``predictions`` and ``references`` (top-1 class per image, in split order).
+    ``autocast=False`` evaluates in fp32 whatever the training precision (the official code's evaluation).
     """
     model.eval()
     metric = TopKAccuracy(k=min(5, num_classes))
@@ -227,7 +229,7 @@ def evaluate(
         loader, desc="evaluate", disable=not (progress and accelerator.is_main_process), dynamic_ncols=True, leave=False
     ):
         x = augment.resize_normalize(images)
-        with accelerator.autocast():
+        with accelerator.autocast() if autocast else contextlib.nullcontext():
             logits = unwrap_logits(model(x)).float()
         losses = F.cross_entropy(logits, labels, reduction="none")
         topk = logits.topk(metric.k, dim=-1).indices

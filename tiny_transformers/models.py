@@ -117,6 +117,9 @@ def build_model(cfg: ModelConfig, num_classes: int, image_size: int) -> nn.Modul
     else:
         model = _create(timm_name, image_size, pretrained=False, **kwargs)
 
+    if cfg.head_init == "linear" and checkpoint is None:
+        # the official code's new head: reset_classifier makes plain nn.Linear layers (PyTorch's default init)
+        model.reset_classifier(num_classes)
     if cfg.train_mode == "head":
         freeze_backbone(model)
     return model
@@ -222,6 +225,8 @@ def save_for_timm(
     native_size: int | None = None,
     mixed_precision: str | None = None,
     weights: str | None = None,
+    preprocess: str | None = None,
+    eval_precision: str | None = None,
 ) -> None:
     """Write ``model.safetensors`` + ``config.json``, loadable by ``timm.create_model("local-dir:<folder>", True)``.
 
@@ -250,7 +255,13 @@ def save_for_timm(
     config_file = Path(folder) / CONFIG_FILE
     config = json.loads(config_file.read_text())
     config.get("model_args", {}).pop("num_classes", None)
-    recorded = {"native_size": native_size, "mixed_precision": mixed_precision, "weights": weights}
+    recorded = {
+        "native_size": native_size,
+        "mixed_precision": mixed_precision,
+        "weights": weights,
+        "preprocess": preprocess,
+        "eval_precision": eval_precision,
+    }
     if any(value is not None for value in recorded.values()):
         config["tiny_transformers"] = {k: v for k, v in recorded.items() if v is not None}
     config_file.write_text(json.dumps(config, indent=2))
@@ -277,6 +288,8 @@ class TrainedWeights:
     num_classes: int | None = None
     native_size: int | None = None  # images were decoded to this size before upscaling, when recorded
     mixed_precision: str | None = None  # the autocast of training, when recorded
+    preprocess: str | None = None  # data.preprocess of training (official: the uint8 resize), when recorded
+    eval_precision: str | None = None  # fp32 when the run evaluated without autocast, when recorded
 
 
 def describe_trained_weights(location: str | Path) -> TrainedWeights:
@@ -314,6 +327,8 @@ def describe_trained_weights(location: str | Path) -> TrainedWeights:
             len(class_ids) if class_ids else None,
             saved["data"]["native_size"],
             saved["train"]["mixed_precision"],
+            saved["data"].get("preprocess"),  # absent before the official preprocessing existed
+            saved["train"].get("eval_precision"),
         )
     if weights.is_file() and config_file.is_file():
         saved = json.loads(config_file.read_text())
@@ -333,6 +348,8 @@ def describe_trained_weights(location: str | Path) -> TrainedWeights:
             saved.get("num_classes"),
             recorded.get("native_size"),
             recorded.get("mixed_precision"),
+            recorded.get("preprocess"),
+            recorded.get("eval_precision"),
         )
     raise ModelError(
         f"model.checkpoint '{folder}' holds no trained model; give an exported folder (model.safetensors + "

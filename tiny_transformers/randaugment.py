@@ -221,7 +221,9 @@ class BatchRandAugment:
                 out = images.clone()  # the caller's batch stays as it was
             # One index tensor per round, copied to the device once; each group is a slice of it.
             keys = sorted(groups)
-            order = torch.tensor([i for key in keys for i in groups[key]], device=images.device)
+            order = torch.tensor([i for key in keys for i in groups[key]])
+            if images.is_cuda:  # from pinned memory, asynchronously: a pageable copy would wait for the GPU's queue
+                order = order.pin_memory().to(images.device, non_blocking=True)
             start = 0
             for key in keys:
                 op, negative = key

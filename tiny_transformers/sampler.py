@@ -64,5 +64,5 @@ def window_sample_count(plan: Plan, step: int) -> int:
     """Images in optimizer step ``step`` of an epoch, over all processes (the last window may be short)."""
     window = plan.accumulation_steps * plan.num_processes
     first = step * window * plan.micro_batch_size
-    last = min((step + 1) * window * plan.micro_batch_size, plan.train_samples)
+    last = min((step + 1) * window * plan.micro_batch_size, plan.images_per_epoch)
     return max(0, last - first)

@@ -98,7 +98,8 @@ def build_schedule(optimizer: torch.optim.Optimizer, cfg: OptimConfig, plan: Pla
 
 
 def build_optimizer(cfg: OptimConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """timm's optimizer factory over the trainable parameters (no weight decay on biases and norms)."""
+    """timm's optimizer factory over the trainable parameters: no weight decay on biases and norms unless
+    ``optim.decay_all`` (the official code's plain AdamW decays every parameter), per-layer lr with layer decay."""
     name = "adamw" if cfg.name == "adamw" else ("sgd" if cfg.nesterov else "momentum")  # timm's 'sgd' is Nesterov
     kwargs = {"momentum": cfg.momentum} if cfg.name == "sgd" else {}
     if cfg.fused:
@@ -110,7 +111,9 @@ def build_optimizer(cfg: OptimConfig, model: torch.nn.Module) -> torch.optim.Opt
                 "use --optim.layer_decay 0."
             )
         kwargs["layer_decay"] = cfg.layer_decay
-    return timm.optim.create_optimizer_v2(model, opt=name, lr=cfg.lr, weight_decay=cfg.weight_decay, **kwargs)
+    return timm.optim.create_optimizer_v2(
+        model, opt=name, lr=cfg.lr, weight_decay=cfg.weight_decay, filter_bias_and_bn=not cfg.decay_all, **kwargs
+    )
 
 
 def _check_process_precision(mixed_precision: str) -> None:
@@ -236,8 +239,16 @@ class Run:
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, Any]:
         """Top-1, top-5 and loss of ``model`` (the raw weights or the EMA) on the whole eval split."""
-        t = self.config.train
-        return evaluate(self.accelerator, model, self.eval_loader, self.augment, self.data.num_classes, t.progress)
+        t, autocast = self.config.train, self.config.train.eval_precision == "autocast"
+        return evaluate(
+            self.accelerator,
+            model,
+            self.eval_loader,
+            self.augment,
+            self.data.num_classes,
+            t.progress,
+            autocast=autocast,
+        )
 
     def save_checkpoint(self) -> Path:
         """A complete checkpoint of the run as it stands (every process takes part); never of diverged weights."""
@@ -283,6 +294,9 @@ class Run:
             self.config.data.image_size, self.mean, self.std, native_size=self.config.data.native_size,
             mixed_precision=self.config.train.mixed_precision,
             weights=None if self.ema is None else ("ema" if ema else "raw"),  # recorded when there is a choice
+            # recorded when not the default, so that evaluate and predict feed and score the model the same way
+            preprocess=None if self.config.data.preprocess == "default" else self.config.data.preprocess,
+            eval_precision=None if self.config.train.eval_precision == "autocast" else "fp32",
         )  # fmt: skip
 
 
@@ -330,11 +344,10 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
 
         teacher = build_teacher(config.model.teacher, data.num_classes, config.data.image_size).to(accelerator.device)
         accelerator.unwrap_model(model).set_distilled_training(True)  # the forward returns (class, distillation)
-    augment = BatchAugment(config.data.image_size, mean, std, data.num_classes, config.augment, accelerator.device)
-    a = config.augment
-    train_data = data.train.with_transform(
-        train_transform(config.data.native_size, a.randaugment_ops, a.randaugment_magnitude)
+    augment = BatchAugment(
+        config.data.image_size, mean, std, data.num_classes, config.augment, accelerator.device, config.data.preprocess
     )
+    train_data = data.train.with_transform(train_transform(config.data.native_size))  # RandAugment: on the device
     state, resume_from = (
         _resume(accelerator, resume_from, config, folder.root) if resume_from else (TrainerState(), None)
     )
@@ -498,7 +511,8 @@ def evaluate_checkpoint(config: FinetuneConfig, mixed_precision: str | None = No
             "evaluate needs --model.checkpoint: an exported folder (e.g. outputs/run/best) or a checkpoint."
         )
     weights = describe_trained_weights(config.model.checkpoint)
-    precision = mixed_precision or _evaluation_precision(weights.mixed_precision) or config.train.mixed_precision
+    trained = "no" if weights.eval_precision == "fp32" else weights.mixed_precision  # as the run scored itself
+    precision = mixed_precision or _evaluation_precision(trained) or config.train.mixed_precision
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, mixed_precision=precision))
     validate(config)
     _check_process_precision(precision)
@@ -515,8 +529,9 @@ def evaluate_checkpoint(config: FinetuneConfig, mixed_precision: str | None = No
     loader = _eval_loader(data, config, weights.native_size or config.data.native_size, accelerator)
     model, loader = accelerator.prepare(model, loader)
     augment = BatchAugment(
-        weights.image_size, weights.mean, weights.std, data.num_classes, AugmentConfig(), accelerator.device
-    )
+        weights.image_size, weights.mean, weights.std, data.num_classes, AugmentConfig(), accelerator.device,
+        weights.preprocess or "default",
+    )  # fmt: skip
     result = evaluate(
         accelerator, model, loader, augment, data.num_classes, config.train.progress, collect_predictions=True
     )
