@@ -141,3 +141,25 @@ def test_predict_json_bare_end_to_end(stanford_dir, tmp_path, capsys):
     cli.main(["predict", "--model.checkpoint", str(out), "--json", str(image), "--top_k", "2"])
     (prediction,) = json.loads(capsys.readouterr().out)
     assert prediction["file"] == str(image) and len(prediction["predictions"]) == 2
+
+
+@pytest.mark.parametrize("short", ["vit_l", "cait_s36", "deit_b_distilled", "swin_l"])
+def test_a_paper_models_timm_name_trains_with_its_recipe_and_says_so(short, capsys):
+    from tiny_transformers.config import paper_config
+    from tiny_transformers.paper import PAPER_MODELS
+
+    timm_name = PAPER_MODELS[short].timm_name
+    cli.main(["train", timm_name, "--print-config"])
+    printed = json.loads(capsys.readouterr().out)
+    assert FinetuneConfig.from_dict(printed) == paper_config(short)
+    with pytest.raises(SystemExit):  # fp16 on a CPU stops at once, after the note
+        cli.main(["train", timm_name, "--data.source", "/nonexistent"])
+    assert f"{timm_name}: the paper's {PAPER_MODELS[short].title}, trained with its recipe" in capsys.readouterr().err
+
+
+def test_any_other_timm_name_says_it_uses_the_generic_defaults(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "vit_small_patch16_384", "--data.source", ""])
+    assert "vit_small_patch16_384: not one of the paper's models, trained with the library's defaults" in (
+        capsys.readouterr().err
+    )

@@ -20,7 +20,7 @@ import tyro
 
 from .config import FinetuneConfig, HubConfig, paper_config
 from .errors import TinyTransformersError, clean_message
-from .paper import PAPER_MODELS
+from .paper import PAPER_MODELS, paper_model_for
 from .rundir import PER_CLASS_FILE, RunDir, json_line
 
 USAGE = """usage: tiny-transformers COMMAND [--section.field VALUE ...]
@@ -171,12 +171,17 @@ def _train(args: list[str]) -> None:
         )
         sys.exit(2)
     name, overrides = args[0], args[1:]
-    if name in PAPER_MODELS:
-        default = paper_config(name)
+    paper = paper_model_for(name)  # a short name (swin_l) or the timm name of one of the paper's four models
+    if paper is not None:
+        default = paper_config(paper.short_name)
+        note = f"{name}: the paper's {paper.title}, trained with its recipe (recipes/{paper.short_name}.py)"
     else:
         default = FinetuneConfig()
         default.model.name = name
         default.train.output_dir = f"outputs/{name}"
+        note = f"{name}: not one of the paper's models, trained with the library's defaults (docs/config.md)"
+    if "--print-config" not in overrides:
+        print(f"tiny_transformers: {note}", file=sys.stderr)
     run(default, overrides, command=shlex.join(["tiny-transformers", "train", name, *overrides]))
 
 
