@@ -191,7 +191,7 @@ def _timed_epoch(
     epoch's loss read once at its end, as finetune() reads it for its log."""
     from tiny_transformers import engine  # looked up at each call: benchmarks/diagnose_step.py wraps it
     from tiny_transformers.checkpoint import TrainerState
-    from tiny_transformers.config import Plan
+    from tiny_transformers.plan import Plan
     from tiny_transformers.train import build_schedule
 
     micro_batch = len(batch[0])

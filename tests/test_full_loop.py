@@ -133,7 +133,8 @@ def test_more_epochs_on_resume_follow_the_new_cosine_to_min_lr(stanford_dir, tmp
 def test_the_distillation_head_learns_the_teachers_answer_on_the_same_augmented_images(monkeypatch):
     from tiny_transformers.augment import BatchAugment
     from tiny_transformers.checkpoint import TrainerState
-    from tiny_transformers.config import AugmentConfig, FinetuneConfig, ModelConfig, Plan, TrainConfig
+    from tiny_transformers.config import AugmentConfig, FinetuneConfig, ModelConfig, TrainConfig
+    from tiny_transformers.plan import Plan
     from tiny_transformers.train import build_optimizer, build_schedule
 
     class Teacher(torch.nn.Module):

@@ -2,7 +2,8 @@
 
 import pytest
 
-from tiny_transformers.config import FinetuneConfig, Plan, TrainConfig
+from tiny_transformers.config import FinetuneConfig, TrainConfig
+from tiny_transformers.plan import Plan
 from tiny_transformers.sampler import MicroBatchSampler, window_sample_count
 
 

@@ -40,10 +40,14 @@ __all__ = [
 def __getattr__(name: str):
     # torch, timm and datasets load only when training or evaluation is asked for, so that
     # `--print-config` and config building stay instant.
-    if name in ("finetune", "FinetuneResult", "evaluate_checkpoint"):
+    if name in ("finetune", "FinetuneResult"):
         from . import train
 
         return getattr(train, name)
+    if name == "evaluate_checkpoint":
+        from .evaluation import evaluate_checkpoint
+
+        return evaluate_checkpoint
     if name == "run":
         from .cli import run
 

@@ -202,8 +202,8 @@ def _evaluate(args: list[str]) -> None:
         return
     # the user's precision only when given; otherwise evaluate_checkpoint takes the one the weights record
     given = any(_option(a) == "--train.mixed_precision" for a in args)
+    from .evaluation import evaluate_checkpoint
     from .report import per_class_accuracy, write_per_class_csv
-    from .train import evaluate_checkpoint
 
     try:
         result = evaluate_checkpoint(config, config.train.mixed_precision if given else None)

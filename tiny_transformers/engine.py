@@ -13,13 +13,17 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from torch import nn
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .augment import BatchAugment
 from .checkpoint import TrainerState
-from .config import AugmentConfig, FinetuneConfig, Plan
+from .config import AugmentConfig, FinetuneConfig
+from .data import DataBundle, collate, eval_transform
+from .errors import ConfigError
 from .metrics import TopKAccuracy
 from .models import unwrap_logits
+from .plan import Plan
 from .sampler import derive_seed, window_sample_count
 
 
@@ -267,3 +271,32 @@ def _broadcast(accelerator: Accelerator, result: dict) -> dict:
     payload = [result]
     broadcast_object_list(payload, from_process=0)
     return payload[0]
+
+
+def eval_loader(data: DataBundle, config: FinetuneConfig, native_size: int, accelerator: Accelerator) -> DataLoader:
+    """The eval split in order, decoded to ``native_size`` uint8, for :func:`evaluate` (not yet prepared by
+    Accelerate: ``accelerator.prepare`` shards it)."""
+    return DataLoader(
+        data.eval.with_transform(eval_transform(native_size)),
+        batch_size=config.train.eval_batch_size or config.train.micro_batch_size,
+        num_workers=config.data.num_workers,
+        collate_fn=collate,
+        pin_memory=accelerator.device.type == "cuda",
+    )
+
+
+def check_process_precision(mixed_precision: str) -> None:
+    """Refuse, with the fix, a precision other than the one this Python process already trained or evaluated in.
+
+    Accelerate fixes the autocast precision once per process; a second ``finetune()`` in a notebook with
+    another ``train.mixed_precision`` would otherwise fail deep inside ``Accelerator()`` after the data loaded.
+    """
+    from accelerate.state import AcceleratorState, is_initialized
+
+    current = AcceleratorState().mixed_precision if is_initialized() else mixed_precision
+    if current != mixed_precision:
+        raise ConfigError(
+            f"train.mixed_precision '{mixed_precision}' differs from the '{current}' this Python process already "
+            f"runs with, and Accelerate fixes it once per process; use '{current}' here or run this in a new process "
+            "(e.g. restart the notebook kernel)."
+        )

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from .config import Plan
+from .plan import Plan
 
 
 def derive_seed(*key: int) -> int:

@@ -7,7 +7,6 @@ the report, the Hub push) -> the result.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import signal
 import sys
@@ -33,19 +32,18 @@ from .checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from .config import AugmentConfig, FinetuneConfig, OptimConfig, Plan, validate, world_size_from_env
-from .data import DataBundle, collate, eval_transform, load_data, train_transform
-from .engine import current_lr, evaluate, train_steps
-from .errors import CheckpointError, ConfigError, DataError, TinyTransformersError
+from .config import FinetuneConfig, OptimConfig, validate, world_size_from_env
+from .data import DataBundle, collate, load_data, train_transform
+from .engine import check_process_precision, current_lr, eval_loader, evaluate, train_steps
+from .errors import CheckpointError, ConfigError, TinyTransformersError
 from .models import (
     build_model,
-    build_trained_model,
     check_image_size,
     count_parameters,
-    describe_trained_weights,
     normalization,
     save_for_timm,
 )
+from .plan import Plan
 from .publish import publish_after_training, push_warnings
 from .report import write_run_report
 from .rundir import RunDir, RunLock, claim, is_main_launch_process
@@ -116,23 +114,6 @@ def build_optimizer(cfg: OptimConfig, model: torch.nn.Module) -> torch.optim.Opt
     )
 
 
-def _check_process_precision(mixed_precision: str) -> None:
-    """Refuse, with the fix, a precision other than the one this Python process already trained or evaluated in.
-
-    Accelerate fixes the autocast precision once per process; a second ``finetune()`` in a notebook with
-    another ``train.mixed_precision`` would otherwise fail deep inside ``Accelerator()`` after the data loaded.
-    """
-    from accelerate.state import AcceleratorState, is_initialized
-
-    current = AcceleratorState().mixed_precision if is_initialized() else mixed_precision
-    if current != mixed_precision:
-        raise ConfigError(
-            f"train.mixed_precision '{mixed_precision}' differs from the '{current}' this Python process already "
-            f"runs with, and Accelerate fixes it once per process; use '{current}' here or run this in a new process "
-            "(e.g. restart the notebook kernel)."
-        )
-
-
 def finetune(config: FinetuneConfig, command: str | None = None) -> FinetuneResult:
     """Fine-tune ``config.model`` on ``config.data`` and return what it measured; resumable and multi-process.
 
@@ -148,7 +129,7 @@ def finetune(config: FinetuneConfig, command: str | None = None) -> FinetuneResu
     91.2
     """
     validate(config)  # every check that needs no data, before any process group starts
-    _check_process_precision(config.train.mixed_precision)
+    check_process_precision(config.train.mixed_precision)
     folder = RunDir(Path(config.train.output_dir).expanduser().resolve())
     with RunLock(folder, enabled=is_main_launch_process()), StopSignals() as stop:  # released on any exit
         run = build_run(config, folder)
@@ -330,11 +311,11 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
         log_with=list(config.train.log_with) or None,
         project_dir=str(folder.root),
     )
-    eval_loader = _eval_loader(data, config, config.data.native_size, accelerator)
+    evaluation = eval_loader(data, config, config.data.native_size, accelerator)
     # The scheduler is neither prepared nor checkpointed: its lr is a function of the updates done and of the plan
     # (timm's t_in_epochs=False), set once per update, so 1 or N processes agree and a resumed run with more
     # train.epochs follows the new, longer cosine instead of the one it started with.
-    model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
+    model, optimizer, evaluation = accelerator.prepare(model, optimizer, evaluation)
     if ema is not None:
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
@@ -370,7 +351,7 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
     for warning in push_warnings(folder.root, config.hub) if accelerator.is_main_process else []:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     return Run(config, folder, data, plan, accelerator, model, optimizer, scheduler, augment, train_data,
-               eval_loader, state, mean, std, ema, teacher)  # fmt: skip
+               evaluation, state, mean, std, ema, teacher)  # fmt: skip
 
 
 def finish(run: Run) -> FinetuneResult:
@@ -462,17 +443,6 @@ def _check_same_classes(folder: RunDir, data: DataBundle, config: FinetuneConfig
         )
 
 
-def _eval_loader(data: DataBundle, config: FinetuneConfig, native_size: int, accelerator: Accelerator) -> DataLoader:
-    """The eval split in order, decoded to ``native_size`` uint8 (not yet prepared by Accelerate)."""
-    return DataLoader(
-        data.eval.with_transform(eval_transform(native_size)),
-        batch_size=config.train.eval_batch_size or config.train.micro_batch_size,
-        num_workers=config.data.num_workers,
-        collate_fn=collate,
-        pin_memory=accelerator.device.type == "cuda",
-    )
-
-
 def _count(n: int) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,}"
 
@@ -484,64 +454,3 @@ def _gathered_mean(accelerator: Accelerator, loss: RunningLoss) -> float:
         torch.tensor([loss.total, float(loss.images)], dtype=torch.float64, device=accelerator.device), "sum"
     )
     return (sums[0] / sums[1].clamp(min=1)).item()
-
-
-def evaluate_checkpoint(config: FinetuneConfig, mixed_precision: str | None = None) -> dict[str, Any]:
-    """Top-1, top-5 and loss of the trained model at ``config.model.checkpoint`` on ``config.data``'s eval split.
-
-    ``mixed_precision`` (``bf16``, ``fp16``, ``no``) is the autocast to evaluate under; by default the one the
-    weights were trained with, as their folder records it (fp32 on a machine without CUDA for an fp16 run), so
-    the run's own numbers come back (bf16 on a model trained in fp32 moves the loss and can flip a top-1).
-    ``config.train.mixed_precision`` is used only when the weights record none (plain timm folders).
-
-    ``model.checkpoint`` is an exported folder (``best/``, ``last/``, ``export/``), a training checkpoint
-    folder or ``hf-hub:owner/name``. The result also holds per-image ``predictions`` and ``references`` and
-    the ``class_ids``/``class_names`` they index.
-
-    Uses the image size and normalization the model was trained with; refuses data whose classes differ
-    from the ones the head was trained on (that would be a silently wrong score).
-
-    >>> cfg = FinetuneConfig()
-    >>> cfg.model.checkpoint, cfg.data.source = "outputs/run/best", "./tiny-imagenet-200"
-    >>> evaluate_checkpoint(cfg)["top1"]  # doctest: +SKIP
-    86.5
-    """
-    if not config.model.checkpoint:
-        raise ConfigError(
-            "evaluate needs --model.checkpoint: an exported folder (e.g. outputs/run/best) or a checkpoint."
-        )
-    weights = describe_trained_weights(config.model.checkpoint)
-    trained = "no" if weights.eval_precision == "fp32" else weights.mixed_precision  # as the run scored itself
-    precision = mixed_precision or _evaluation_precision(trained) or config.train.mixed_precision
-    config = dataclasses.replace(config, train=dataclasses.replace(config.train, mixed_precision=precision))
-    validate(config)
-    _check_process_precision(precision)
-    data = load_data(config.data)
-    if weights.class_ids is not None and list(weights.class_ids) != list(data.class_ids):
-        raise DataError(
-            f"The classes of data.source '{config.data.source}' ({data.num_classes}, starting {data.class_ids[:3]}) "
-            f"are not the {len(weights.class_ids)} classes model.checkpoint was trained on (starting "
-            f"{weights.class_ids[:3]}); evaluate on the dataset it was trained with."
-        )
-    model = build_trained_model(weights, data.num_classes)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision)
-    # decoded as in training: the run recorded its native size (64 for Tiny ImageNet)
-    loader = _eval_loader(data, config, weights.native_size or config.data.native_size, accelerator)
-    model, loader = accelerator.prepare(model, loader)
-    augment = BatchAugment(
-        weights.image_size, weights.mean, weights.std, data.num_classes, AugmentConfig(), accelerator.device,
-        weights.preprocess or "default",
-    )  # fmt: skip
-    result = evaluate(
-        accelerator, model, loader, augment, data.num_classes, config.train.progress, collect_predictions=True
-    )
-    result["class_ids"] = data.class_ids
-    result["class_names"] = data.class_names  # for the per-class table (report.per_class_accuracy)
-    return result
-
-
-def _evaluation_precision(trained: str | None) -> str | None:
-    """The autocast to evaluate a model trained under ``trained`` in: the same, except fp16 (CUDA only) on a CPU."""
-    if trained == "fp16" and not torch.cuda.is_available():
-        return "no"
-    return trained

@@ -1,0 +1,81 @@
+"""``evaluate_checkpoint(config)``: the scores of any trained model on a dataset, fed and scored as in training.
+
+A trained model is an exported folder (``best/``, ``last/``, ``export/``), a training checkpoint or a Hub id; what it
+records (image size, normalization, preprocessing, autocast, classes) decides how the images are fed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+
+from .augment import BatchAugment
+from .config import AugmentConfig, FinetuneConfig, validate
+from .data import load_data
+from .engine import check_process_precision, eval_loader, evaluate
+from .errors import ConfigError, DataError
+from .models import build_trained_model, describe_trained_weights
+
+
+def evaluate_checkpoint(config: FinetuneConfig, mixed_precision: str | None = None) -> dict[str, Any]:
+    """Top-1, top-5 and loss of the trained model at ``config.model.checkpoint`` on ``config.data``'s eval split.
+
+    ``mixed_precision`` (``bf16``, ``fp16``, ``no``) is the autocast to evaluate under; by default the one the
+    weights were trained with, as their folder records it (fp32 on a machine without CUDA for an fp16 run), so
+    the run's own numbers come back (bf16 on a model trained in fp32 moves the loss and can flip a top-1).
+    ``config.train.mixed_precision`` is used only when the weights record none (plain timm folders).
+
+    ``model.checkpoint`` is an exported folder (``best/``, ``last/``, ``export/``), a training checkpoint
+    folder or ``hf-hub:owner/name``. The result also holds per-image ``predictions`` and ``references`` and
+    the ``class_ids``/``class_names`` they index.
+
+    Uses the image size and normalization the model was trained with; refuses data whose classes differ
+    from the ones the head was trained on (that would be a silently wrong score).
+
+    >>> cfg = FinetuneConfig()
+    >>> cfg.model.checkpoint, cfg.data.source = "outputs/run/best", "./tiny-imagenet-200"
+    >>> evaluate_checkpoint(cfg)["top1"]  # doctest: +SKIP
+    86.5
+    """
+    if not config.model.checkpoint:
+        raise ConfigError(
+            "evaluate needs --model.checkpoint: an exported folder (e.g. outputs/run/best) or a checkpoint."
+        )
+    weights = describe_trained_weights(config.model.checkpoint)
+    trained = "no" if weights.eval_precision == "fp32" else weights.mixed_precision  # as the run scored itself
+    precision = mixed_precision or _evaluation_precision(trained) or config.train.mixed_precision
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, mixed_precision=precision))
+    validate(config)
+    check_process_precision(precision)
+    data = load_data(config.data)
+    if weights.class_ids is not None and list(weights.class_ids) != list(data.class_ids):
+        raise DataError(
+            f"The classes of data.source '{config.data.source}' ({data.num_classes}, starting {data.class_ids[:3]}) "
+            f"are not the {len(weights.class_ids)} classes model.checkpoint was trained on (starting "
+            f"{weights.class_ids[:3]}); evaluate on the dataset it was trained with."
+        )
+    model = build_trained_model(weights, data.num_classes)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision)
+    # decoded as in training: the run recorded its native size (64 for Tiny ImageNet)
+    loader = eval_loader(data, config, weights.native_size or config.data.native_size, accelerator)
+    model, loader = accelerator.prepare(model, loader)
+    augment = BatchAugment(
+        weights.image_size, weights.mean, weights.std, data.num_classes, AugmentConfig(), accelerator.device,
+        weights.preprocess or "default",
+    )  # fmt: skip
+    result = evaluate(
+        accelerator, model, loader, augment, data.num_classes, config.train.progress, collect_predictions=True
+    )
+    result["class_ids"] = data.class_ids
+    result["class_names"] = data.class_names  # for the per-class table (report.per_class_accuracy)
+    return result
+
+
+def _evaluation_precision(trained: str | None) -> str | None:
+    """The autocast to evaluate a model trained under ``trained`` in: the same, except fp16 (CUDA only) on a CPU."""
+    if trained == "fp16" and not torch.cuda.is_available():
+        return "no"
+    return trained
