@@ -146,6 +146,9 @@ class TrainConfig:
     checkpoint_every: int = resumable(0)  # also save every N optimizer updates; 0: only at epoch ends
     keep_checkpoints: int = resumable(3)  # newest checkpoints kept in output_dir/checkpoints
     log_with: tuple[str, ...] = resumable(())  # Accelerate trackers, e.g. tensorboard wandb
+    # with log_with: also log the epoch's running train loss, lr, grad norm (with clipping) and images/s every N
+    # optimizer updates (one host-device read each time); 0: once per epoch only
+    log_every: int = resumable(50)
     progress: bool = resumable(True)  # tqdm bars on the main process
     compile: bool = False  # torch.compile the model in place (compiles at the first step); docs/benchmarks.md
     # exponential moving average of the weights, updated after every optimizer update (timm's ModelEmaV3) and
@@ -251,6 +254,18 @@ def _normal(name: str, value: Any) -> Any:
     return value
 
 
+def flat_config(config: FinetuneConfig) -> dict[str, Any]:
+    """The config as flat dotted keys with their own types (numbers stay numbers), as trackers show it; tuples and
+    None, which TensorBoard's hyperparameters cannot hold, become text.
+
+    >>> flat_config(FinetuneConfig())["optim.lr"], flat_config(FinetuneConfig())["train.log_with"]
+    (0.001, '')
+    """
+    flat = _flatten(config.to_dict())
+    text = {k: (", ".join(map(str, v)) if isinstance(v, (list, tuple)) else "None") for k, v in flat.items()}
+    return {k: v if isinstance(v, (bool, int, float, str)) else text[k] for k, v in flat.items()}
+
+
 def paper_config(name: str) -> FinetuneConfig:
     """The paper's recipe for one of its four models (``vit_l``, ``cait_s36``, ``deit_b_distilled``, ``swin_l``).
 
@@ -342,6 +357,7 @@ def validate(config: FinetuneConfig, num_processes: int | None = None, cuda_avai
     non_negative = {
         "data.num_workers": d.num_workers,
         "train.checkpoint_every": t.checkpoint_every,
+        "train.log_every": t.log_every,
         "train.seed": t.seed,
         "optim.weight_decay": o.weight_decay,
         "optim.min_lr": o.min_lr,

@@ -21,6 +21,7 @@ import os
 import socket
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ EXPORT_DIR = "export"
 CURVES_FILE = "training_curves.png"
 GRID_FILE = "predictions.png"
 RESULTS_FILE = "results.md"
+TRACKERS_FILE = "trackers.json"  # the W&B run id a resumed run continues
 PER_CLASS_FILE = "per_class_accuracy.csv"  # written by `evaluate` into the working directory unless --output
 LOCK_FILE = ".lock"  # {"host", "pid", "started"} of the run that holds the folder
 MARKER_FILE = ".tiny_transformers_run"  # written when a run starts: this folder is a run folder
@@ -113,6 +115,19 @@ class RunDir:
         temporary = self.metrics.with_suffix(".tmp")
         temporary.write_text("".join(json_line(record) + "\n" for record in history))
         temporary.replace(self.metrics)
+
+    def tracker_init_kwargs(self, resumed_at: int | None) -> dict[str, dict[str, Any]]:
+        """Accelerate ``init_kwargs`` that make a resumed run continue its tracker runs instead of starting new ones:
+        W&B's run id, made once and kept in ``trackers.json``; TensorBoard's ``purge_step``, so that the steps a killed
+        run logged after its last checkpoint are dropped, not shown twice, when the resumed run logs them again."""
+        ids = json.loads((self.root / TRACKERS_FILE).read_text()) if (self.root / TRACKERS_FILE).is_file() else {}
+        if "wandb_id" not in ids:
+            ids["wandb_id"] = uuid.uuid4().hex[:8]
+            (self.root / TRACKERS_FILE).write_text(json.dumps(ids))
+        kwargs: dict[str, dict[str, Any]] = {"wandb": {"id": ids["wandb_id"], "resume": "allow"}}
+        if resumed_at is not None:
+            kwargs["tensorboard"] = {"purge_step": resumed_at + 1}  # steps after the checkpoint were never kept
+        return kwargs
 
     def read_config(self) -> FinetuneConfig:
         return FinetuneConfig.from_dict(json.loads(self.config.read_text()))

@@ -32,7 +32,7 @@ from .checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from .config import FinetuneConfig, OptimConfig, validate, world_size_from_env
+from .config import FinetuneConfig, OptimConfig, flat_config, validate, world_size_from_env
 from .data import DataBundle, collate, load_data, train_transform
 from .engine import check_process_precision, current_lr, eval_loader, evaluate, train_steps
 from .errors import CheckpointError, ConfigError, TinyTransformersError
@@ -135,8 +135,10 @@ def finetune(config: FinetuneConfig, command: str | None = None) -> FinetuneResu
         run = build_run(config, folder)
         accelerator, state, plan, train = run.accelerator, run.state, run.plan, config.train
         for epoch in range(state.epoch, train.epochs):
-            started = time.perf_counter()
+            started, first_step = time.perf_counter(), state.step_in_epoch
             for _ in train_steps(run, run.train_loader()):
+                if train.log_with and train.log_every and state.global_step % train.log_every == 0:
+                    run.log_steps(state.step_in_epoch - first_step, time.perf_counter() - started)
                 stopping = stop.requested(accelerator)
                 every, mid_epoch = train.checkpoint_every, state.step_in_epoch < plan.steps_per_epoch
                 if stopping or (every and state.global_step % every == 0 and mid_epoch):
@@ -217,6 +219,17 @@ class Run:
             collate_fn=collate,
             pin_memory=self.accelerator.device.type == "cuda",
         )
+
+    def log_steps(self, steps: int, seconds: float) -> None:
+        """The epoch's running train loss, the lr, the gradient norm (with clipping) and images/s to the trackers, at
+        the current update (one host-device read: the loss and the norm come back together)."""
+        loss, grad_norm = self.state.loss.peek_both()
+        images = min(steps * self.plan.effective_batch_size, self.plan.images_per_epoch)
+        # "step/..." beside the per-epoch tags, so that no tag is logged twice at an epoch's last update
+        values = {"step/train_loss": loss, "step/lr": current_lr(self.optimizer), "step/images_per_s": images / seconds}
+        if grad_norm is not None:
+            values["step/grad_norm"] = grad_norm
+        self.accelerator.log(values, step=self.state.global_step)
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, Any]:
         """Top-1, top-5 and loss of ``model`` (the raw weights or the EMA) on the whole eval split."""
@@ -347,7 +360,9 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
             else ""
         )
     )
-    accelerator.init_trackers("tiny_transformers", config={k: str(v) for k, v in config.to_dict().items()})
+    resumed_at = state.global_step if resume_from else None
+    trackers = folder.tracker_init_kwargs(resumed_at) if accelerator.is_main_process and config.train.log_with else {}
+    accelerator.init_trackers("tiny_transformers", config=flat_config(config), init_kwargs=trackers)
     for warning in push_warnings(folder.root, config.hub) if accelerator.is_main_process else []:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     return Run(config, folder, data, plan, accelerator, model, optimizer, scheduler, augment, train_data,
