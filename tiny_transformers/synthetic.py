@@ -7,6 +7,7 @@ encoded images; the makers below only decide which images and names go in:
 - :func:`make_stanford`: the test fixtures' ground truth, with every decoding path the real data can take;
   :func:`make_stanford_zip`, :func:`make_imagefolder`, :func:`make_saved` and :func:`make_parquet` copy its
   image files byte for byte into the other layouts the loader accepts;
+- :func:`damage_zip_member`: a zip with one member that fails its CRC check, for the extraction tests;
 - :func:`write_stanford_folder`: the benchmark's folder of :func:`synthetic_jpegs`;
 - the demo recipe (``recipes/demo.py``) writes scikit-learn's digits with :func:`encode` and the writer.
 
@@ -226,6 +227,27 @@ def make_stanford_zip(folder: Path, zip_path: Path) -> Path:
     with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_STORED) as archive:
         for path in sorted(folder.rglob("*")):
             archive.write(path, Path(STANFORD_NAME) / path.relative_to(folder))
+    return zip_path
+
+
+def damage_zip_member(zip_path: Path, member: str) -> Path:
+    """Flip one byte of ``member``'s data inside ``zip_path`` (in place), so that reading it fails its CRC-32 check
+    (``zipfile.BadZipFile``) while the zip's directory stays readable, as a download cut and resumed wrongly does.
+
+    The member must be stored uncompressed and non-empty, as :func:`make_stanford_zip` writes every file.
+    """
+    with zipfile.ZipFile(zip_path) as archive:
+        info = archive.getinfo(member)
+    if info.compress_type != zipfile.ZIP_STORED or info.file_size == 0:
+        raise ValueError(f"{member} of {zip_path} is compressed or empty; damage a stored, non-empty member")
+    with open(zip_path, "r+b") as file:
+        file.seek(info.header_offset + 26)  # the local header's file name and extra field lengths
+        name_length, extra_length = (int.from_bytes(file.read(2), "little") for _ in range(2))
+        offset = info.header_offset + 30 + name_length + extra_length + info.file_size // 2
+        file.seek(offset)
+        byte = file.read(1)[0]
+        file.seek(offset)
+        file.write(bytes([byte ^ 0xFF]))
     return zip_path
 
 

@@ -13,12 +13,14 @@ files is a :class:`DataError` naming the file (and line) to fix.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import logging
 import os
 import shutil
 import uuid
 import zipfile
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -80,7 +82,13 @@ def extract_stanford_zip(zip_path: Path) -> Path:
             partial = target.parent / f".{target.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:6]}"
             try:
                 for member in tqdm(archive.infolist(), desc=f"Extracting {zip_path.name}", unit="file"):
-                    archive.extract(member, partial)  # zipfile strips absolute paths and '..' components
+                    try:
+                        archive.extract(member, partial)  # zipfile strips absolute paths and '..' components
+                    except (zipfile.BadZipFile, zlib.error, EOFError) as error:  # bad CRC, cut or garbled data
+                        raise DataError(
+                            f"Member '{member.filename}' of the zip '{zip_path}' is damaged ({error}); download "
+                            "the zip again."
+                        ) from error
                 try:
                     partial.rename(target)
                 except OSError:
@@ -103,6 +111,20 @@ def _list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
+def read_text(path: Path) -> str:
+    """The text of a UTF-8 file, a leading byte-order mark dropped (Windows editors write one), or a DataError
+    naming the line of the first byte that is not UTF-8."""
+    data = path.read_bytes()
+    body = data[len(codecs.BOM_UTF8) :] if data.startswith(codecs.BOM_UTF8) else data
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = body[: error.start].count(b"\n") + 1
+        raise DataError(
+            f"Line {line} of {path} is not UTF-8 text (byte 0x{body[error.start]:02x}); save the file as UTF-8."
+        ) from error
+
+
 def _read_words(path: Path) -> dict[str, str]:
     """wnid -> first comma-separated name from words.txt ('goldfish, Carassius auratus' -> 'goldfish').
 
@@ -111,7 +133,7 @@ def _read_words(path: Path) -> dict[str, str]:
     names: dict[str, str] = {}
     if not path.is_file():
         return names
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in path.read_text(encoding="utf-8-sig", errors="replace").splitlines():  # names only: lenient
         wnid, _, text = line.partition("\t")
         if wnid.strip() and text.strip():
             names[wnid.strip()] = text.split(",")[0].strip()
@@ -121,7 +143,7 @@ def _read_words(path: Path) -> dict[str, str]:
 def load_stanford(root: Path) -> tuple[dict[str, datasets.Dataset], dict[str, str]]:
     """The Stanford tree as train and val Datasets of file paths (no image bytes are copied), and words.txt's names."""
     wnids_file = root / "wnids.txt"
-    wnids = [line.strip() for line in wnids_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    wnids = [line.strip() for line in read_text(wnids_file).splitlines() if line.strip()]
     if not wnids:
         raise DataError(f"{wnids_file} lists no wnids; it needs one wnid per line.")
     duplicates = sorted(w for w, n in Counter(wnids).items() if n > 1)
@@ -167,7 +189,7 @@ def load_stanford(root: Path) -> tuple[dict[str, datasets.Dataset], dict[str, st
         )
     val_paths: list[str] = []
     val_labels: list[int] = []
-    for number, line in enumerate(annotations.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_text(annotations).splitlines(), start=1):
         if not line.strip():
             continue
         fields = line.split("\t") if "\t" in line else line.split()
