@@ -37,18 +37,24 @@ def offline() -> bool:
 def is_hub_id(text: str) -> bool:
     """Whether ``text`` names a repo on the Hub (``owner/name`` or a bare ``name``) rather than a local path.
 
-    A string that exists on disk, starts with ``.``, ``/`` or ``~``, ends in ``.zip``/``.parquet``, has more
-    parts than ``owner/name``, has a file suffix after its slash (``data/train.v2``), or is not a valid repo id
-    (huggingface_hub's ``validate_repo_id``) is a path.
+    A string is a path when it exists on disk, starts with ``.``, ``/`` or ``~``, ends in ``.zip``/``.parquet``,
+    holds the path separator twice (more parts than ``owner/name``), has a file suffix after its slash
+    (``data/train.v2``), has a first component that is a local folder (``data/nope`` where ``data/`` exists: a
+    missing path, not a Hub id), or is not a valid repo id (huggingface_hub's ``validate_repo_id``).
 
     >>> is_hub_id("zh-plus/tiny-imagenet"), is_hub_id("./tiny-imagenet-200"), is_hub_id("data/a/b"), is_hub_id("x.zip")
     (True, False, False, False)
+    >>> import os, tempfile; here = os.getcwd(); os.chdir(tempfile.mkdtemp()); os.mkdir("data")
+    >>> is_hub_id("data/nope"), is_hub_id("owner/name"), is_hub_id("~/name"), is_hub_id("/data")
+    (False, True, False, False)
+    >>> os.chdir(here)
     """
     if not text or text.startswith((".", "/", "~")) or text.lower().endswith((".zip", ".parquet")):
         return False
     if Path(text).expanduser().exists() or text.count("/") > 1 or (os.sep != "/" and os.sep in text):
         return False
-    if "/" in text and Path(text).suffix:
+    first = text.split("/")[0]
+    if "/" in text and (Path(text).suffix or Path(first).is_dir()):
         return False
     try:
         validate_repo_id(text)
