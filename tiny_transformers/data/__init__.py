@@ -8,7 +8,8 @@ an eval split. Images stay compressed until a loader worker calls :func:`decode_
 copied or decoded up front.
 
 The package has two halves: :mod:`.sources` (recognising and loading each layout, label normalisation,
-the skip-corrupt scan; the Stanford folder and its zip in :mod:`.stanford`) runs once in the main
+the skip-corrupt scan and :func:`verify_images`; the Stanford folder and its zip in :mod:`.stanford`, the
+layouts ``datasets`` reads and the Hub in :mod:`.builders`) runs once in the main
 process; :mod:`.images` (decoding to RGB uint8, the batch transforms, :func:`collate`) runs in every
 ``DataLoader`` worker.
 
@@ -18,11 +19,12 @@ process; :mod:`.images` (decoding to RGB uint8, the batch transforms, :func:`col
 """
 
 from .images import IMAGE_EXTENSIONS, collate, decode_image, eval_transform, train_transform
-from .sources import SOURCE_KINDS, DataBundle, load_data
+from .sources import SOURCE_KINDS, DataBundle, load_data, verify_images
 
 __all__ = [
     "DataBundle",
     "load_data",
+    "verify_images",
     "decode_image",
     "train_transform",
     "eval_transform",

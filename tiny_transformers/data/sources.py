@@ -6,12 +6,14 @@ folder (``dataset_dict.json``), then whatever ``datasets.load_dataset(<folder>)`
 data-files inference (:func:`datasets.data_files.get_data_patterns`) names the splits from ``data/<split>-00000-of-
 00001.*`` shards, ``<split>/`` folders or split keywords in file names (``train``, ``validation``/``valid``/``val``/
 ``dev``, ``test``, between ``-._``, space or digit delimiters), and the most common file extension picks the
-``parquet`` or ``imagefolder`` builder. Anything else that :func:`tiny_transformers.hub.is_hub_id` accepts is a Hub
-dataset id.
+``parquet`` or ``imagefolder`` builder (those loaders, and the Hub's, are in :mod:`.builders`). Anything else that
+:func:`tiny_transformers.hub.is_hub_id` accepts is a Hub dataset id.
 
 Every source then gets the same shape: an ``image`` column of ``Image(decode=False)`` dicts, a ``label``
 ``ClassLabel`` whose names are sorted (the wnids, as ``zh-plus/tiny-imagenet`` orders them) and the same in both
 splits, ``cfg.max_*_samples`` as a fixed random subset, and (``cfg.skip_corrupt``) unreadable images dropped.
+An empty split is the same sentence for every layout. :func:`verify_images` decodes a split once up front, so a
+training run can find a corrupt eval image before it trains.
 
 >>> bundle = load_data(DataConfig(source="./tiny_imagenet_parquet"))  # doctest: +SKIP
 >>> bundle.source_kind, bundle.num_classes, len(bundle.train), len(bundle.eval)  # doctest: +SKIP
@@ -21,32 +23,36 @@ splits, ``cfg.max_*_samples`` as a fixed random subset, and (``cfg.skip_corrupt`
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import datasets
-from datasets.data_files import DataFilesDict, get_data_patterns
-from datasets.load import infer_module_for_data_files
 from tqdm.auto import tqdm
 
 from ..config import DataConfig
 from ..errors import DataError
-from ..hub import is_hub_id, offline
+from ..hub import is_hub_id
+from .builders import (
+    BUILDER_KINDS,
+    EmptySplit,
+    Raw,
+    check_split_folders,
+    empty_split_error,
+    infer_builder,
+    load_hub,
+    load_parquet_file,
+    load_saved,
+    load_with_builder,
+    split_names,
+)
 from .images import _describe, decode_image
 from .stanford import extract_stanford_zip, find_stanford_root, load_stanford
 
 logger = logging.getLogger(__name__)
 
 SOURCE_KINDS = ("hub", "stanford", "stanford-zip", "imagefolder", "saved", "parquet")
-EVAL_SPLITS = ("valid", "validation", "val", "dev", "test")  # first present wins; zh-plus calls it "valid"
-BUILDER_KINDS = ("parquet", "imagefolder")  # the datasets builders whose layouts load_data accepts
-LOCAL_LAYOUTS_HINT = (
-    "point data.source at a local copy instead, e.g. --data.source ./tiny-imagenet-200 (the Stanford folder "
-    "with wnids.txt, or its .zip), a folder written by DatasetDict.save_to_disk, a folder of parquet files "
-    "named by split (train-*.parquet and valid-*.parquet), or an imagefolder tree (train/<class>/ and val/<class>/)"
-)
 
 
 @dataclass
@@ -70,15 +76,6 @@ class DataBundle:
 # --------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Raw:
-    """What a source loader hands to the normaliser."""
-
-    splits: Mapping[str, datasets.Dataset]
-    kind: str
-    names_by_id: dict[str, str] | None = None  # from words.txt
-
-
 def load_data(cfg: DataConfig) -> DataBundle:
     """Load train and eval splits from ``cfg.source``, whatever kind of source it is.
 
@@ -95,21 +92,24 @@ def load_data(cfg: DataConfig) -> DataBundle:
     source = cfg.source
     path = Path(source).expanduser()
     if path.exists():
-        raw = _load_local(path)
+        try:
+            raw = _load_local(path)
+        except EmptySplit as empty:
+            raise empty_split_error(empty.split, source) from None
     elif not is_hub_id(source):
         raise DataError(
             f"data.source '{source}' does not exist; check the path, or give a Hub dataset id such as "
             "zh-plus/tiny-imagenet."
         )
     else:
-        raw = _load_hub(source)
+        raw = load_hub(source)
 
     train, eval_ = _pick_splits(raw.splits, source)
     train, eval_ = _standard_columns(train, "train", source), _standard_columns(eval_, "eval", source)
     train, eval_, class_ids = _normalise_labels(train, eval_, source)
     for split_name, split in (("train", train), ("eval", eval_)):
         if len(split) == 0:
-            raise DataError(f"The {split_name} split of data.source '{source}' is empty; it needs at least one image.")
+            raise empty_split_error(split_name, source)
     _check_eval_classes(train, eval_, class_ids, source)
 
     # A fixed random subset, not the first rows: Stanford rows are grouped by class, so the first
@@ -149,13 +149,13 @@ def load_data(cfg: DataConfig) -> DataBundle:
     )
 
 
-def _load_local(path: Path) -> _Raw:
+def _load_local(path: Path) -> Raw:
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix == ".zip":
             return _stanford(extract_stanford_zip(path), kind="stanford-zip")
         if suffix == ".parquet":
-            return _load_parquet_file(path)
+            return load_parquet_file(path)
         raise DataError(
             f"data.source '{path}' is a file but neither a .zip of the Stanford tiny-imagenet-200 folder nor a "
             ".parquet file; give one of those or a folder."
@@ -165,10 +165,11 @@ def _load_local(path: Path) -> _Raw:
     if stanford is not None:
         return _stanford(stanford, kind="stanford")
     if (path / "dataset_dict.json").is_file():
-        return _Raw(splits=_load_saved(path), kind="saved")
-    inferred = _infer_builder(path)
+        return Raw(splits=load_saved(path), kind="saved")
+    inferred = infer_builder(path)
+    check_split_folders(path, set(inferred[1]) if inferred is not None else set())
     if inferred is not None and inferred[0] in BUILDER_KINDS:
-        return _load_with_builder(path, *inferred)
+        return load_with_builder(path, *inferred)
     raise DataError(
         f"data.source '{path}' is a folder in no known layout; expected one of: the Stanford tiny-imagenet-200 "
         "folder (wnids.txt, train/<wnid>/images/, val/val_annotations.txt), a DatasetDict.save_to_disk folder "
@@ -178,101 +179,9 @@ def _load_local(path: Path) -> _Raw:
     )
 
 
-def _stanford(root: Path, kind: str) -> _Raw:
+def _stanford(root: Path, kind: str) -> Raw:
     splits, names_by_id = load_stanford(root)
-    return _Raw(splits=splits, kind=kind, names_by_id=names_by_id)
-
-
-# --------------------------------------------------------------------------------------------------
-# save_to_disk, parquet, imagefolder, Hub
-# --------------------------------------------------------------------------------------------------
-
-
-def _load_saved(path: Path) -> Mapping[str, datasets.Dataset]:
-    try:
-        loaded = datasets.load_from_disk(str(path))
-    except Exception as error:  # a damaged arrow file or json; the message says which
-        raise DataError(
-            f"data.source '{path}' looks like a save_to_disk folder but cannot be loaded: {error}."
-        ) from error
-    if not isinstance(loaded, datasets.DatasetDict):
-        raise DataError(f"data.source '{path}' holds a single Dataset; save a DatasetDict with train and valid splits.")
-    return loaded
-
-
-def _infer_builder(folder: Path) -> tuple[str, DataFilesDict] | None:
-    """The builder and the data files by split that ``datasets.load_dataset(str(folder))`` would use.
-
-    datasets' own inference: :func:`~datasets.data_files.get_data_patterns` names the splits (``data/<split>-
-    00000-of-00001.*`` shards, else ``<split>/`` folders, else split keywords in file names), then
-    :func:`~datasets.load.infer_module_for_data_files` picks the builder of the most common file extension
-    (``parquet``, ``imagefolder`` for images, ``text``...). None when the folder holds no data files.
-    """
-    base = folder.resolve().as_posix()
-    try:
-        data_files = DataFilesDict.from_patterns(get_data_patterns(base), base_path=base)
-        builder, _ = infer_module_for_data_files(data_files, path=base)
-    except FileNotFoundError:  # EmptyDatasetError, DataFilesNotFoundError: no file any builder reads
-        return None
-    except ValueError as error:  # splits in different formats, or a shard named by no valid split
-        raise DataError(f"datasets cannot split the files under '{folder}' by name: {error}.") from error
-    return builder, data_files
-
-
-def _load_parquet_file(file: Path) -> _Raw:
-    """One parquet file: it and its siblings, split as ``datasets.load_dataset(<its folder>)`` splits them."""
-    inferred = _infer_builder(file.parent)
-    files = inferred[1] if inferred is not None else DataFilesDict()
-    if file.resolve().as_posix() not in {name for names in files.values() for name in names}:
-        raise DataError(
-            f"datasets assigns the parquet file '{file}' to no split; name it by split (train-*.parquet and "
-            "valid-*.parquet, or *_train.parquet and *_val.parquet) or give data.source its folder."
-        )
-    return _load_with_builder(file.parent, "parquet", files)
-
-
-def _load_with_builder(folder: Path, builder: str, data_files: DataFilesDict) -> _Raw:
-    """``datasets.load_dataset(builder, data_files=...)`` on files already resolved (no second walk of the tree)."""
-    if builder == "parquet":
-        data_files = DataFilesDict(
-            {split: files for split, files in data_files.filter(extensions=[".parquet"]).items() if files}
-        )
-    _split_names([str(split) for split in data_files], str(folder))  # refuse before converting 100k images
-    what = f"The parquet files under '{folder}'" if builder == "parquet" else f"The imagefolder tree '{folder}'"
-    # drop_labels=False keeps the label column even with a single class folder (datasets drops it otherwise);
-    # its ClassLabel names are the sorted folder names of all splits together.
-    options = {"drop_labels": False} if builder == "imagefolder" else {}
-    try:
-        loaded = datasets.load_dataset(builder, data_files=data_files, **options)
-    except Exception as error:
-        raise DataError(f"{what} cannot be read: {error}.") from error
-    return _Raw(splits=loaded, kind=builder)
-
-
-def _load_hub(source: str) -> _Raw:
-    """``datasets.load_dataset(source)``; every failure becomes one DataError sentence (the cause is chained)."""
-    try:
-        loaded = datasets.load_dataset(source)
-    except Exception as error:
-        not_found = type(error).__name__ in ("DatasetNotFoundError", "RepositoryNotFoundError")
-        unreachable = isinstance(error, (ConnectionError, TimeoutError)) or "connect" in type(error).__name__.lower()
-        if not_found and not offline():
-            raise DataError(
-                f"data.source '{source}' is not a local path and not a dataset on the Hub (or it is private); "
-                f"check the id, or {LOCAL_LAYOUTS_HINT}."
-            ) from error
-        if unreachable or offline():
-            raise DataError(
-                f"The Hugging Face Hub cannot be reached to load data.source '{source}' "
-                f"({'offline mode is on' if offline() else type(error).__name__}) and no cached copy exists; "
-                f"{LOCAL_LAYOUTS_HINT}."
-            ) from error
-        raise DataError(
-            f"Loading data.source '{source}' from the Hub failed ({type(error).__name__}: {error})."
-        ) from error
-    if not isinstance(loaded, datasets.DatasetDict):
-        raise DataError(f"data.source '{source}' loaded as a single split; it needs train and valid splits.")
-    return _Raw(splits=loaded, kind="hub")
+    return Raw(splits=splits, kind=kind, names_by_id=names_by_id)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -280,22 +189,8 @@ def _load_hub(source: str) -> _Raw:
 # --------------------------------------------------------------------------------------------------
 
 
-def _split_names(names: list[str], source: str) -> tuple[str, str]:
-    """The train split's name and the eval split's (the first of :data:`EVAL_SPLITS` present), or a DataError."""
-    found = ", ".join(sorted(names)) or "none"
-    if "train" not in names:
-        raise DataError(f"data.source '{source}' has no 'train' split (splits found: {found}).")
-    for name in EVAL_SPLITS:
-        if name in names:
-            return "train", name
-    raise DataError(
-        f"data.source '{source}' has no evaluation split (splits found: {found}); it needs one named "
-        f"{', '.join(EVAL_SPLITS[:-1])} or {EVAL_SPLITS[-1]}."
-    )
-
-
 def _pick_splits(splits: Mapping[str, datasets.Dataset], source: str) -> tuple[datasets.Dataset, datasets.Dataset]:
-    train, eval_ = _split_names([str(name) for name in splits], source)
+    train, eval_ = split_names([str(name) for name in splits], source)
     return splits[train], splits[eval_]
 
 
@@ -407,19 +302,43 @@ def _check_eval_classes(train: datasets.Dataset, eval_: datasets.Dataset, class_
         )
 
 
+def _scan(
+    ds: datasets.Dataset, split: str, native_size: int, progress: bool = True
+) -> Iterator[tuple[int, Any, DataError | None]]:
+    """Decode every image of ``ds`` once, with a progress bar: (row, image, the DataError or None) per image."""
+    images = ds.with_format(None).select_columns(["image"])  # raw rows, whatever transform the caller set
+    row = 0
+    with tqdm(total=len(ds), desc=f"Checking {split} images", unit="img", disable=not progress) as bar:
+        for batch in images.iter(batch_size=512):
+            for image in batch["image"]:
+                try:
+                    decode_image(image, native_size)
+                    yield row, image, None
+                except DataError as error:
+                    yield row, image, error
+                row += 1
+            bar.update(len(batch["image"]))
+
+
 def _drop_corrupt(ds: datasets.Dataset, split: str, native_size: int) -> tuple[datasets.Dataset, list[str]]:
     """Decode every image once; return the dataset without the unreadable ones and their names."""
     keep: list[int] = []
     bad: list[str] = []
-    row = 0
-    with tqdm(total=len(ds), desc=f"Checking {split} images", unit="img") as bar:
-        for batch in ds.select_columns(["image"]).iter(batch_size=512):
-            for image in batch["image"]:
-                try:
-                    decode_image(image, native_size)
-                    keep.append(row)
-                except DataError:
-                    bad.append(_describe(image))
-                row += 1
-            bar.update(len(batch["image"]))
+    for row, image, error in _scan(ds, split, native_size):
+        if error is None:
+            keep.append(row)
+        else:
+            bad.append(_describe(image))
     return (ds.select(keep) if bad else ds), bad
+
+
+def verify_images(dataset: datasets.Dataset, split_name: str, native_size: int, progress: bool = True) -> None:
+    """Decode every image of ``dataset`` once (a progress bar unless ``progress`` is False) and raise the
+    "Cannot read image '…'" :class:`DataError` of the first unreadable one; a training run calls it on the
+    eval split before it trains, so a corrupt eval image does not cost an epoch of training first.
+
+    >>> verify_images(bundle.eval, "eval", native_size=64)  # doctest: +SKIP
+    """
+    for _, _, error in _scan(dataset, split_name, native_size, progress):
+        if error is not None:
+            raise error

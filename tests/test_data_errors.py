@@ -1,0 +1,235 @@
+"""Every data-source failure a user meets is one sentence naming the thing and the fix; nothing silently wrong.
+
+Each case builds its broken copy under ``tmp_path`` from the synthetic makers (offline, CPU, a few images).
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+import shutil
+from pathlib import Path
+
+import datasets
+import pyarrow.parquet as pq
+import pytest
+
+from tiny_transformers.config import DataConfig
+from tiny_transformers.data import eval_transform, load_data, verify_images
+from tiny_transformers.errors import DataError
+from tiny_transformers.synthetic import damage_zip_member
+
+
+@pytest.fixture()
+def small_stanford(stanford_factory, tmp_path: Path) -> Path:
+    return stanford_factory(tmp_path, n_classes=3, n_train=3, n_val=2)
+
+
+def _path_labels(split: datasets.Dataset) -> dict[str, int]:
+    return {Path(row["image"]["path"]).name: row["label"] for row in split}
+
+
+def _empty_sentence(split: str, source: object) -> str:
+    return re.escape(f"The {split} split of data.source '{source}' is empty; it needs at least one image.")
+
+
+# ------------------------------------------------------------------------------ text files: encoding
+
+
+@pytest.mark.parametrize("name", ["wnids.txt", "val/val_annotations.txt"])
+def test_a_byte_that_is_not_utf8_names_the_file_and_line(small_stanford: Path, name: str) -> None:
+    path = small_stanford / name
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[1] = lines[1].replace(b"n0", b"n\xe90", 1) if name == "wnids.txt" else b"val_\xff.JPEG" + lines[1][10:]
+    path.write_bytes(b"".join(lines))
+    byte = "e9" if name == "wnids.txt" else "ff"
+    with pytest.raises(
+        DataError, match=rf"^Line 2 of {re.escape(str(path))} is not UTF-8 text \(byte 0x{byte}\); save"
+    ):
+        load_data(DataConfig(source=str(small_stanford)))
+    with pytest.raises(DataError) as info:
+        load_data(DataConfig(source=str(small_stanford)))
+    assert str(info.value).endswith("; save the file as UTF-8.")
+
+
+def test_a_byte_order_mark_is_read_as_one(small_stanford: Path) -> None:
+    baseline = load_data(DataConfig(source=str(small_stanford)))
+    for name in ("wnids.txt", "val/val_annotations.txt", "words.txt"):
+        path = small_stanford / name
+        path.write_bytes(codecs.BOM_UTF8 + path.read_bytes())
+    with_bom = load_data(DataConfig(source=str(small_stanford)))
+    assert with_bom.class_ids == baseline.class_ids  # the first wnid is not '\ufeffn0...'
+    assert with_bom.class_names == baseline.class_names
+    assert _path_labels(with_bom.train) == _path_labels(baseline.train)
+    assert _path_labels(with_bom.eval) == _path_labels(baseline.eval)
+
+
+# ------------------------------------------------------------------------------------- the zip
+
+
+def test_a_zip_member_with_a_bad_crc_is_named_and_nothing_is_cached(
+    small_stanford: Path, tmp_path: Path, monkeypatch, data_tools
+) -> None:
+    monkeypatch.setenv("TINY_TRANSFORMERS_CACHE", str(tmp_path / "cache"))
+    zip_path = data_tools.make_stanford_zip(small_stanford, tmp_path / "tiny-imagenet-200.zip")
+    member = "tiny-imagenet-200/val/images/val_1.JPEG"
+    damage_zip_member(zip_path, member)
+    zip_name = re.escape(str(zip_path))
+    sentence = rf"^Member '{member}' of the zip '{zip_name}' is damaged \(Bad CRC-32.*\); download the zip again\.$"
+    for _ in range(2):  # the second run finds no cached copy to trust, and fails the same way
+        with pytest.raises(DataError, match=sentence):
+            load_data(DataConfig(source=str(zip_path)))
+        assert list((tmp_path / "cache" / "extracted").iterdir()) == []  # nothing half-extracted is left
+
+
+# ----------------------------------------------------------------------------------- imagefolder
+
+
+def test_a_folder_inside_a_class_folder_is_refused(stanford_dir: Path, tmp_path: Path, data_tools) -> None:
+    tree = data_tools.make_imagefolder(stanford_dir, tmp_path / "tree")
+    class_dir = sorted((tree / "train").iterdir())[1]
+    (class_dir / "folder.jpg").mkdir()
+    shutil.copyfile(next(class_dir.glob("*.JPEG")), class_dir / "folder.jpg" / "inner.jpg")
+    with pytest.raises(DataError) as info:
+        load_data(DataConfig(source=str(tree)))
+    assert str(info.value) == (
+        f"The train split of the imagefolder tree '{tree}' has a folder inside a class folder "
+        f"('train/{class_dir.name}/folder.jpg'); class folders must hold image files only, so move its images up "
+        "into the class folder or remove it."
+    )
+
+
+def test_class_folders_holding_only_folders_are_refused(stanford_dir: Path, tmp_path: Path, data_tools) -> None:
+    tree = data_tools.make_imagefolder(stanford_dir, tmp_path / "tree")
+    for class_dir in (tree / "val").iterdir():  # val/<wnid>/images/*.JPEG: every class would be 'images'
+        (class_dir / "images").mkdir()
+        for image in class_dir.glob("*.JPEG"):
+            image.rename(class_dir / "images" / image.name)
+    first = sorted((tree / "val").iterdir())[0].name
+    with pytest.raises(DataError, match=rf"^The eval split of the imagefolder tree .*\('val/{first}/images'\); class"):
+        load_data(DataConfig(source=str(tree)))
+
+
+def test_an_unused_split_folder_adds_no_class(stanford_dir: Path, tmp_path: Path, data_tools) -> None:
+    tree = data_tools.make_imagefolder(stanford_dir, tmp_path / "tree")
+    (tree / "test" / "images").mkdir(parents=True)  # Stanford's unlabelled test images
+    shutil.copyfile(stanford_dir / "test" / "images" / "test_0.JPEG", tree / "test" / "images" / "test_0.JPEG")
+    bundle = load_data(DataConfig(source=str(tree)))
+    assert bundle.class_ids == sorted((stanford_dir / "wnids.txt").read_text().split())  # no class 'images'
+
+
+# ------------------------------------------------------------------------- paths that do not exist
+
+
+def test_a_missing_relative_path_under_a_local_folder_is_a_path(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    with pytest.raises(DataError) as info:
+        load_data(DataConfig(source="data/nope"))
+    assert str(info.value) == (
+        "data.source 'data/nope' does not exist; check the path, or give a Hub dataset id such as "
+        "zh-plus/tiny-imagenet."
+    )
+
+
+def test_a_hub_id_that_fails_says_which_local_path_does_not_exist(tmp_path: Path, monkeypatch) -> None:
+    import huggingface_hub.constants
+
+    from tiny_transformers.data import builders
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(DataError) as info:
+        load_data(DataConfig(source="owner/name"))
+    message = str(info.value)
+    assert message.startswith("The Hugging Face Hub cannot be reached to load data.source 'owner/name' (offline mode")
+    assert "no cached copy exists (if you meant a local path, './owner/name' does not exist); point data" in message
+
+    def not_found(*args, **kwargs):
+        raise datasets.exceptions.DatasetNotFoundError("Dataset 'owner/name' doesn't exist on the Hub")
+
+    monkeypatch.setattr(builders, "offline", lambda: False)
+    monkeypatch.setattr(datasets, "load_dataset", not_found)
+    with pytest.raises(DataError) as info:
+        load_data(DataConfig(source="owner/name"))
+    assert str(info.value).startswith(
+        "data.source 'owner/name' is not a dataset on the Hub (or it is private) (if you meant a local path, "
+        "'./owner/name' does not exist); check the id, or point data.source at a local copy instead"
+    )
+
+
+# ------------------------------------------------------------------------------- empty splits
+
+
+def test_an_empty_split_is_one_sentence_in_the_stanford_layout(small_stanford: Path) -> None:
+    (small_stanford / "val" / "val_annotations.txt").write_text("")
+    with pytest.raises(DataError, match=_empty_sentence("eval", small_stanford)):
+        load_data(DataConfig(source=str(small_stanford)))
+
+
+def test_an_empty_split_is_one_sentence_in_an_imagefolder_tree(stanford_dir: Path, tmp_path: Path, data_tools) -> None:
+    tree = data_tools.make_imagefolder(stanford_dir, tmp_path / "tree")
+    for image in (tree / "val").rglob("*.JPEG"):  # val/<wnid>/ folders stay, with no image in them
+        image.unlink()
+    with pytest.raises(DataError, match=_empty_sentence("eval", tree)):
+        load_data(DataConfig(source=str(tree)))
+    shutil.rmtree(tree / "val")
+    shutil.rmtree(tree / "train")
+    (tree / "train" / "n01443537").mkdir(parents=True)
+    (tree / "valid" / "n01443537").mkdir(parents=True)
+    with pytest.raises(DataError, match=_empty_sentence("train", tree)):
+        load_data(DataConfig(source=str(tree)))
+
+
+@pytest.mark.parametrize("zero_bytes", [False, True])
+def test_an_empty_split_is_one_sentence_in_parquet(
+    stanford_dir: Path, tmp_path: Path, data_tools, zero_bytes: bool
+) -> None:
+    folder = data_tools.make_parquet(stanford_dir, tmp_path / "parquet")
+    valid = folder / "data" / "valid-00000-of-00001.parquet"
+    if zero_bytes:
+        valid.write_bytes(b"")
+    else:
+        pq.write_table(pq.read_table(valid).slice(0, 0), valid)  # the schema, no rows
+    for source in (folder, valid):
+        with pytest.raises(DataError, match=_empty_sentence("eval", source)):
+            load_data(DataConfig(source=str(source)))
+
+
+def test_a_parquet_file_of_no_rows_beside_others_is_left_out(stanford_dir: Path, tmp_path: Path, data_tools) -> None:
+    folder = data_tools.make_parquet(stanford_dir, tmp_path / "parquet")
+    full = pq.read_table(folder / "data" / "valid-00000-of-00001.parquet")
+    pq.write_table(full.slice(0, 0), folder / "data" / "valid-00001-of-00002.parquet")
+    (folder / "data" / "valid-00000-of-00001.parquet").rename(folder / "data" / "valid-00000-of-00002.parquet")
+    bundle = load_data(DataConfig(source=str(folder)))
+    assert (len(bundle.train), len(bundle.eval)) == (24, 12)
+
+
+@pytest.mark.parametrize("split", ["train", "valid"])
+def test_an_empty_split_is_one_sentence_in_a_saved_folder(
+    small_stanford: Path, tmp_path: Path, data_tools, split: str
+) -> None:
+    splits = data_tools.make_hf_splits(small_stanford)
+    splits[split] = splits[split].select([])
+    splits.save_to_disk(str(tmp_path / "saved"))
+    role = "train" if split == "train" else "eval"
+    with pytest.raises(DataError, match=_empty_sentence(role, tmp_path / "saved")):
+        load_data(DataConfig(source=str(tmp_path / "saved")))
+
+
+# ------------------------------------------------------------------------------ verify_images
+
+
+def test_verify_images_names_the_first_unreadable_image(small_stanford: Path) -> None:
+    bundle = load_data(DataConfig(source=str(small_stanford)))
+    verify_images(bundle.eval, "eval", 64, progress=False)  # all readable: returns None, raises nothing
+    for name in ("val_3.JPEG", "val_1.JPEG"):
+        (small_stanford / "val" / "images" / name).write_bytes(b"garbage")
+    first = re.escape(str(small_stanford / "val" / "images" / "val_1.JPEG"))
+    for split in (bundle.eval, bundle.eval.with_transform(eval_transform(64))):  # a transform set or not
+        with pytest.raises(
+            DataError, match=rf"^Cannot read image '{first}' \(.*\); replace or delete the file, or set"
+        ):
+            verify_images(split, "eval", 64, progress=False)
