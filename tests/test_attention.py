@@ -157,3 +157,31 @@ def test_vit_is_left_unchanged():
     after = vit.state_dict()
     assert list(after) == list(before)
     assert all(torch.equal(after[k], v) for k, v in before.items())
+
+
+def test_model_fast_attention_trains_a_cait_to_the_same_weights_and_refuses_other_models(stanford_dir, tmp_path):
+    """The config switch end to end: one epoch of full fine-tuning of a tiny CaiT with and without the rewrite."""
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_finetune import tiny_config
+
+    from tiny_transformers import finetune
+    from tiny_transformers.errors import ConfigError
+
+    finals = []
+    for fast in (False, True):
+        config = tiny_config(stanford_dir, tmp_path / f"fast-{fast}", epochs=1)
+        config.model.name, config.model.fast_attention = "cait_xxs24_224", fast
+        finetune(config)
+        finals.append(load_file(tmp_path / f"fast-{fast}" / "last" / "model.safetensors"))
+    assert finals[0].keys() == finals[1].keys()
+    for key, value in finals[0].items():
+        torch.testing.assert_close(finals[1][key], value, rtol=1e-4, atol=1e-5 * max(value.abs().max().item(), 1.0))
+    config = tiny_config(stanford_dir, tmp_path / "vit")
+    config.model.fast_attention = True
+    with pytest.raises(ConfigError, match="model.fast_attention rewrites CaiT's talking-heads attention and test_vit"):
+        finetune(config)

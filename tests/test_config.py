@@ -135,6 +135,7 @@ def test_recipe_prints_the_paper_values(name):
         "drop_path_rate": paper.drop_path_rate,
         "head_init": "linear",  # exact mode: the official code's reset_classifier head
         "grad_checkpointing": False,  # full fine-tuning's tools stay off in the paper's head-only recipes
+        "fast_attention": False,  # not default-on until a GPU measures it faster
         "teacher": None,
     }
     assert printed["optim"]["name"] == "adamw" and printed["optim"]["lr"] == 1e-3

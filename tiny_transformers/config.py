@@ -60,6 +60,9 @@ class ModelConfig:
     # recompute each block's activations in the backward pass instead of keeping them (timm's
     # set_grad_checkpointing): less memory, about one more forward of compute; same gradients
     grad_checkpointing: bool = False
+    # CaiT's talking-heads attention rewritten with the same parameters and outputs (to float rounding) and fewer
+    # memory passes (attention.py); swapped in when the model is built; refused for a model without it
+    fast_attention: bool = False
     # a teacher for a model with a distillation head (distilled DeiT): a trained folder (e.g. outputs/swin_l/best),
     # a training checkpoint, hf-hub:owner/name or a timm name (its pretrained weights); None: no distillation
     teacher: str | None = None
