@@ -67,14 +67,14 @@ def library_samples(jpegs: list[bytes], native_size: int = 64) -> datasets.Datas
     """
     import datasets
 
-    from tiny_transformers.data import train_transform
+    from tiny_transformers.data import DecodeTransform
 
     features = datasets.Features({"image": datasets.Image(decode=False), "label": datasets.Value("int64")})
     table = datasets.Dataset.from_dict(
         {"image": [{"bytes": b, "path": None} for b in jpegs], "label": [i % 200 for i in range(len(jpegs))]},
         features=features,
     )
-    return table.with_transform(train_transform(native_size))
+    return table.with_transform(DecodeTransform(native_size))
 
 
 class _CyclingBatches:

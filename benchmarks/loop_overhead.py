@@ -34,7 +34,7 @@ class _BareLoop:
     progress bar, no stop-signal check)."""
 
     def __init__(self, config: FinetuneConfig, num_classes: int) -> None:
-        from tiny_transformers.data import collate, load_data, train_transform
+        from tiny_transformers.data import DecodeTransform, collate, load_data
         from tiny_transformers.models import build_model
         from tiny_transformers.train import build_optimizer
 
@@ -46,7 +46,7 @@ class _BareLoop:
         self.accumulation = config.train.batch_size // config.train.micro_batch_size
         self.label_smoothing = config.augment.label_smoothing
         self.loader = DataLoader(
-            load_data(config.data).train.with_transform(train_transform(config.data.native_size)),
+            load_data(config.data).train.with_transform(DecodeTransform(config.data.native_size)),
             batch_size=config.train.micro_batch_size,
             shuffle=True,
             drop_last=True,

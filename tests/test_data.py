@@ -18,11 +18,10 @@ from torch.utils.data import DataLoader
 from tiny_transformers.config import DataConfig
 from tiny_transformers.data import (
     DataBundle,
+    DecodeTransform,
     collate,
     decode_image,
-    eval_transform,
     load_data,
-    train_transform,
 )
 from tiny_transformers.errors import DataError
 
@@ -55,7 +54,7 @@ def expected(stanford_dir: Path, data_tools) -> dict[str, Counter]:
 
 
 def _pixel_pairs(bundle_split: datasets.Dataset) -> list[tuple[int, str]]:
-    ds = bundle_split.with_transform(eval_transform(64))
+    ds = bundle_split.with_transform(DecodeTransform(64))
     return sorted((row["label"], hashlib.sha256(row["pixels"].numpy().tobytes()).hexdigest()) for row in ds)
 
 
@@ -399,7 +398,7 @@ def test_corrupt_images_fail_by_default_and_are_skipped_on_request(small_stanfor
 
     bundle = load_data(DataConfig(source=str(small_stanford)))  # no scan by default
     assert bundle.skipped_corrupt == 0 and len(bundle.train) == len(baseline.train)
-    loader = DataLoader(bundle.train.with_transform(eval_transform(64)), batch_size=4, collate_fn=collate)
+    loader = DataLoader(bundle.train.with_transform(DecodeTransform(64)), batch_size=4, collate_fn=collate)
     with pytest.raises(DataError, match=rf"{wnid}_1\.JPEG.*set --data\.skip_corrupt true"):
         list(loader)
 
@@ -410,7 +409,7 @@ def test_corrupt_images_fail_by_default_and_are_skipped_on_request(small_stanfor
     expected_eval = {k: v for k, v in _path_labels(baseline.eval).items() if k != "val_3.JPEG"}
     assert _path_labels(skipped.train) == expected_train
     assert _path_labels(skipped.eval) == expected_eval
-    assert sum(1 for _ in DataLoader(skipped.train.with_transform(eval_transform(64)), collate_fn=collate)) == 8
+    assert sum(1 for _ in DataLoader(skipped.train.with_transform(DecodeTransform(64)), collate_fn=collate)) == 8
 
 
 # ------------------------------------------------------------------------------------- data loading
@@ -418,12 +417,12 @@ def test_corrupt_images_fail_by_default_and_are_skipped_on_request(small_stanfor
 
 def test_dataloader_batches(stanford_dir: Path) -> None:
     bundle = load_data(DataConfig(source=str(stanford_dir)))
-    train = bundle.train.with_transform(train_transform(64, randaugment_ops=2, randaugment_magnitude=9))
+    train = bundle.train.with_transform(DecodeTransform(64))
     images, labels = next(iter(DataLoader(train, batch_size=8, shuffle=True, num_workers=0, collate_fn=collate)))
     assert images.dtype == torch.uint8 and images.shape == (8, 3, 64, 64)
     assert labels.dtype == torch.int64 and labels.shape == (8,)
 
-    evaluation = bundle.eval.with_transform(eval_transform(64))
+    evaluation = bundle.eval.with_transform(DecodeTransform(64))
     batches = list(DataLoader(evaluation, batch_size=5, num_workers=0, collate_fn=collate))
     assert [b[0].shape[0] for b in batches] == [5, 5, 2]
     assert torch.cat([b[1] for b in batches]).tolist() == list(bundle.eval["label"])
@@ -434,7 +433,7 @@ def test_dataloader_batches(stanford_dir: Path) -> None:
 def test_transforms_are_picklable() -> None:
     import pickle
 
-    for transform in (train_transform(64, randaugment_ops=2), eval_transform(32)):
+    for transform in (DecodeTransform(64), DecodeTransform(32)):
         clone = pickle.loads(pickle.dumps(transform))
         batch = {"image": [Image.new("L", (10, 10), 7)], "label": [3]}
         out = clone(batch)

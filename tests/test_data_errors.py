@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tiny_transformers.config import DataConfig
-from tiny_transformers.data import eval_transform, load_data, verify_images
+from tiny_transformers.data import DecodeTransform, load_data, verify_images
 from tiny_transformers.errors import DataError
 from tiny_transformers.synthetic import damage_zip_member
 
@@ -228,7 +228,7 @@ def test_verify_images_names_the_first_unreadable_image(small_stanford: Path) ->
     for name in ("val_3.JPEG", "val_1.JPEG"):
         (small_stanford / "val" / "images" / name).write_bytes(b"garbage")
     first = re.escape(str(small_stanford / "val" / "images" / "val_1.JPEG"))
-    for split in (bundle.eval, bundle.eval.with_transform(eval_transform(64))):  # a transform set or not
+    for split in (bundle.eval, bundle.eval.with_transform(DecodeTransform(64))):  # a transform set or not
         with pytest.raises(
             DataError, match=rf"^Cannot read image '{first}' \(.*\); replace or delete the file, or set"
         ):

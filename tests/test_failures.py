@@ -308,3 +308,15 @@ def test_weights_with_nan_are_never_exported(finished, tmp_path):
     with pytest.raises(PublishError, match=r"holds non-finite values in 1 tensor\(s\) \(e.g. head.weight\)"):
         export_run(run)
     assert not (run / "export").exists()
+
+
+def test_a_corrupt_eval_image_stops_the_run_before_it_trains(stanford_factory, tmp_path):
+    from tiny_transformers.errors import DataError
+
+    data = stanford_factory(tmp_path / "data")
+    broken = sorted((data / "val" / "images").iterdir())[2]
+    broken.write_bytes(broken.read_bytes()[:100])  # a truncated JPEG
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=rf"Cannot read image '{broken}'"):
+        finetune(tiny_config(data, out))
+    assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()  # no epoch was spent

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .augment import BatchAugment
 from .checkpoint import TrainerState
 from .config import AugmentConfig, FinetuneConfig
-from .data import DataBundle, collate, eval_transform
+from .data import DataBundle, DecodeTransform, collate
 from .errors import ConfigError
 from .metrics import TopKAccuracy
 from .models import unwrap_logits
@@ -277,7 +277,7 @@ def eval_loader(data: DataBundle, config: FinetuneConfig, native_size: int, acce
     """The eval split in order, decoded to ``native_size`` uint8, for :func:`evaluate` (not yet prepared by
     Accelerate: ``accelerator.prepare`` shards it)."""
     return DataLoader(
-        data.eval.with_transform(eval_transform(native_size)),
+        data.eval.with_transform(DecodeTransform(native_size)),
         batch_size=config.train.eval_batch_size or config.train.micro_batch_size,
         num_workers=config.data.num_workers,
         collate_fn=collate,

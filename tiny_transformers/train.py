@@ -34,7 +34,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import FinetuneConfig, OptimConfig, flat_config, validate, world_size_from_env
-from .data import DataBundle, collate, load_data, train_transform
+from .data import DataBundle, DecodeTransform, collate, load_data, verify_images
 from .engine import check_process_precision, current_lr, eval_loader, evaluate, train_steps
 from .errors import CheckpointError, ConfigError, TinyTransformersError
 from .models import (
@@ -305,6 +305,8 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
     claim(folder, config, resuming=resume_from is not None)
     check_image_size(config.model, config.data.image_size)  # a size the model cannot see whole, before the data loads
     data = load_data(config.data)
+    if not config.data.skip_corrupt:  # a broken eval image found now costs nothing; after an epoch, the epoch
+        verify_images(data.eval, "eval", config.data.native_size, config.train.progress and is_main_launch_process())
     if resume_from:
         _check_same_classes(folder, data, config)
     plan = Plan.build(config, world_size_from_env(), len(data.train))
@@ -347,7 +349,7 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
     augment = BatchAugment(
         config.data.image_size, mean, std, data.num_classes, config.augment, accelerator.device, config.data.preprocess
     )
-    train_data = data.train.with_transform(train_transform(config.data.native_size))  # RandAugment: on the device
+    train_data = data.train.with_transform(DecodeTransform(config.data.native_size))  # RandAugment: on the device
     state, resume_from = (
         _resume(accelerator, resume_from, config, folder.root) if resume_from else (TrainerState(), None)
     )

@@ -14,11 +14,11 @@ process; :mod:`.images` (decoding to RGB uint8, the batch transforms, :func:`col
 ``DataLoader`` worker.
 
 >>> bundle = load_data(DataConfig(source="./tiny-imagenet-200"))  # doctest: +SKIP
->>> loader = DataLoader(bundle.train.with_transform(train_transform(64)), batch_size=64,
+>>> loader = DataLoader(bundle.train.with_transform(DecodeTransform(64)), batch_size=64,
 ...                     collate_fn=collate)  # doctest: +SKIP
 """
 
-from .images import IMAGE_EXTENSIONS, collate, decode_image, eval_transform, train_transform
+from .images import IMAGE_EXTENSIONS, DecodeTransform, collate, decode_image
 from .sources import SOURCE_KINDS, DataBundle, load_data, verify_images
 
 __all__ = [
@@ -26,8 +26,7 @@ __all__ = [
     "load_data",
     "verify_images",
     "decode_image",
-    "train_transform",
-    "eval_transform",
+    "DecodeTransform",
     "collate",
     "IMAGE_EXTENSIONS",
     "SOURCE_KINDS",

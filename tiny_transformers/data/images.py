@@ -2,14 +2,14 @@
 
 Everything here runs inside ``DataLoader`` workers, on one image (or one batch) at a time, and is picklable so
 that workers started with spawn get it too. :func:`decode_image` turns a ``datasets.Image(decode=False)`` dict
-(or a PIL image) of any mode into RGB uint8 at the data's native size; :func:`train_transform` and
-:func:`eval_transform` wrap it for ``Dataset.with_transform``; resizing to the model's size, normalising and
+(or a PIL image) of any mode into RGB uint8 at the data's native size; :class:`DecodeTransform`
+wraps it for ``Dataset.with_transform``; resizing to the model's size, normalising and
 mixing happen later, on the training device. :data:`IMAGE_EXTENSIONS` is the library's one list of image file
 suffixes (the Stanford loader and ``predict`` both use it).
 
 >>> decode_image(PIL.Image.new("LA", (30, 50)), native_size=64).shape
 torch.Size([3, 64, 64])
->>> batch = train_transform(64)({"image": [PIL.Image.new("RGB", (64, 64))], "label": [7]})
+>>> batch = DecodeTransform(64)({"image": [PIL.Image.new("RGB", (64, 64))], "label": [7]})
 >>> images, labels = collate([{"pixels": batch["pixels"][0], "label": batch["label"][0]}])
 >>> images.dtype, tuple(images.shape), labels
 (torch.uint8, (1, 3, 64, 64), tensor([7]))
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -105,49 +105,25 @@ def decode_image(image: Mapping[str, Any] | PIL.Image.Image, native_size: int) -
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
-class _BatchTransform:
-    """A picklable ``with_transform`` callable (closures would break DataLoader workers under spawn)."""
+class DecodeTransform:
+    """The loader workers' whole job, as a picklable ``Dataset.with_transform`` callable (a closure would break
+    DataLoader workers under spawn): decode each image to RGB uint8 at ``native_size``. Everything random
+    (RandAugment, Mixup, erasing) happens on the training device, keyed per micro-batch.
 
-    def __init__(self, native_size: int, randaugment_ops: int = 0, randaugment_magnitude: int = 9) -> None:
+    >>> batch = DecodeTransform(64)({"image": [PIL.Image.new("L", (10, 10), 7)], "label": [3]})
+    >>> batch["pixels"][0].shape, batch["label"]
+    (torch.Size([3, 64, 64]), [3])
+    """
+
+    def __init__(self, native_size: int) -> None:
         self.native_size = native_size
-        self.randaugment: Callable[[torch.Tensor], torch.Tensor] | None = None
-        if randaugment_ops > 0:
-            from torchvision.transforms import v2
-
-            self.randaugment = v2.RandAugment(num_ops=randaugment_ops, magnitude=randaugment_magnitude)
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         pixels = [decode_image(image, self.native_size) for image in batch["image"]]
-        if self.randaugment is not None:
-            pixels = [self.randaugment(p) for p in pixels]
         return {"pixels": pixels, "label": [int(label) for label in batch["label"]]}
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(native_size={self.native_size}, randaugment={self.randaugment!r})"
-
-
-def train_transform(
-    native_size: int, randaugment_ops: int = 0, randaugment_magnitude: int = 9
-) -> Callable[[dict[str, list[Any]]], dict[str, list[Any]]]:
-    """Batch transform for ``Dataset.with_transform``: decode to uint8, then RandAugment when ops > 0.
-
-    Returns ``{"pixels": [uint8 (3, S, S) tensors], "label": [ints]}``; mixing, erasing, resizing to the model's
-    size and normalising happen on the training device.
-
-    >>> ds = bundle.train.with_transform(train_transform(64, randaugment_ops=2))  # doctest: +SKIP
-    >>> ds[0]["pixels"].dtype  # doctest: +SKIP
-    torch.uint8
-    """
-    return _BatchTransform(native_size, randaugment_ops, randaugment_magnitude)
-
-
-def eval_transform(native_size: int) -> Callable[[dict[str, list[Any]]], dict[str, list[Any]]]:
-    """Batch transform for ``Dataset.with_transform``: decode to uint8, nothing random.
-
-    >>> bundle.eval.with_transform(eval_transform(64))[0]["pixels"].shape  # doctest: +SKIP
-    torch.Size([3, 64, 64])
-    """
-    return _BatchTransform(native_size)
+        return f"{type(self).__name__}(native_size={self.native_size})"
 
 
 def collate(samples: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
