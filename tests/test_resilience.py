@@ -6,6 +6,7 @@ in `full` mode so every weight moves.
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -200,3 +201,30 @@ def test_sigterm_saves_a_checkpoint_and_prints_the_resume_command(data, referenc
     assert f"step {int(stopped_at.split('_')[1]) % STEPS_PER_EPOCH or STEPS_PER_EPOCH}" in stderr or "step 0" in stderr
     run(data, out, 1)
     assert_close(weights(out / "last"), weights(reference / "last"))
+
+
+def test_processes_that_cannot_see_the_main_processs_checkpoint_stop_the_run_naming_them(data, reference, tmp_path):
+    """Two processes whose views of checkpoints/ differ (process 1 cannot see the newest): the main process's choice
+    is the one every process must load, and the run stops with one sentence naming process 1."""
+    out = tmp_path / "out"
+    shutil.copytree(reference / "checkpoints" / "step_00000003", out / "checkpoints" / "step_00000003")
+    (out / ".tiny_transformers_run").write_text("{}")
+    script = tmp_path / "partial_view.py"
+    script.write_text(
+        "import os, runpy, sys\n"
+        "from pathlib import Path\n"
+        "import tiny_transformers.train as train\n"
+        "if os.environ.get('RANK') == '1':  # this process's file system lacks the newest checkpoint\n"
+        "    seen = train.is_checkpoint\n"
+        "    train.is_checkpoint = lambda folder: seen(folder) and Path(folder).name != 'step_00000003'\n"
+        f"sys.argv = [{str(ROOT / 'recipes' / 'vit_l.py')!r}] + sys.argv[1:]\n"
+        f"runpy.run_path({str(ROOT / 'recipes' / 'vit_l.py')!r}, run_name='__main__')\n"
+    )
+    argv = command(data, out, 2)
+    argv[argv.index(str(ROOT / "recipes" / "vit_l.py"))] = str(script)
+    done = subprocess.run(argv, capture_output=True, text=True, env=ENV, timeout=300)
+    assert done.returncode != 0
+    assert (
+        f"error: Process(es) 1 cannot see {out / 'checkpoints' / 'step_00000003'}, the checkpoint the main process "
+        "resumes from" in done.stderr
+    )

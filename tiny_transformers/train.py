@@ -18,7 +18,7 @@ from typing import Any
 import timm.optim
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader
@@ -29,6 +29,7 @@ from .checkpoint import (
     RunningLoss,
     TrainerState,
     find_resume_checkpoint,
+    is_checkpoint,
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
@@ -442,17 +443,38 @@ class StopSignals:
 def _resume(
     accelerator: Accelerator, folder: Path, config: FinetuneConfig, output_dir: Path
 ) -> tuple[TrainerState, Path]:
-    """Load ``folder``; with train.resume auto, fall back to older checkpoints when it cannot be read. Returns the
-    state and the checkpoint really loaded (the start banner names that one)."""
+    """Load the checkpoint the main process chose, on every process; with train.resume auto, all fall back together
+    to an older one when any process cannot read it. Returns the state and the checkpoint really loaded (the start
+    banner names it). A process that cannot see the main process's choice stops the run, naming it."""
     candidates = [folder]
     if config.train.resume == "auto":
         candidates += [p for p in reversed(list_checkpoints(output_dir)) if p < folder]
-    for candidate in candidates[:-1]:
+    candidates = [Path(p) for p in broadcast_object_list([[str(p) for p in candidates]])[0]]  # the main's view
+    for index, candidate in enumerate(candidates):
+        blind = _processes_where(accelerator, not is_checkpoint(candidate))
+        if blind:
+            raise CheckpointError(
+                f"Process(es) {', '.join(map(str, blind))} cannot see {candidate}, the checkpoint the main process "
+                "resumes from; every process must see the same train.output_dir (several machines need a shared "
+                "file system: docs/scaling.md)."
+            )
+        error: CheckpointError | None = None
         try:
-            return load_checkpoint(accelerator, candidate), candidate
-        except CheckpointError as error:
-            accelerator.print(f"warning: {error} Falling back to the previous checkpoint.")
-    return load_checkpoint(accelerator, candidates[-1]), candidates[-1]
+            state = load_checkpoint(accelerator, candidate)
+        except CheckpointError as failed:
+            error = failed
+        if not _processes_where(accelerator, error is not None):
+            return state, candidate
+        if index == len(candidates) - 1:
+            raise error or CheckpointError(f"Checkpoint '{candidate}' could not be loaded on another process.")
+        accelerator.print(f"warning: {error or candidate} Falling back to the previous checkpoint.")
+    raise AssertionError("unreachable: the loop returns or raises")
+
+
+def _processes_where(accelerator: Accelerator, condition: bool) -> list[int]:
+    """The process indices where ``condition`` holds (one all-gather)."""
+    flags = accelerator.gather(torch.tensor([float(condition)], device=accelerator.device))
+    return [rank for rank, flag in enumerate(flags.tolist()) if flag]
 
 
 def _check_same_classes(folder: RunDir, data: DataBundle, config: FinetuneConfig) -> None:
