@@ -36,7 +36,7 @@ class _BareLoop:
     def __init__(self, config: FinetuneConfig, num_classes: int) -> None:
         from tiny_transformers.data import DecodeTransform, collate, load_data
         from tiny_transformers.models import build_model
-        from tiny_transformers.train import build_optimizer
+        from tiny_transformers.optim import build_optimizer
 
         torch.manual_seed(config.train.seed)
         self.model = build_model(config.model, num_classes, config.data.image_size).train()

@@ -191,8 +191,8 @@ def _timed_epoch(
     epoch's loss read once at its end, as finetune() reads it for its log."""
     from tiny_transformers import engine  # looked up at each call: benchmarks/diagnose_step.py wraps it
     from tiny_transformers.checkpoint import TrainerState
+    from tiny_transformers.optim import build_schedule
     from tiny_transformers.plan import Plan
-    from tiny_transformers.train import build_schedule
 
     micro_batch = len(batch[0])
     config = FinetuneConfig(
@@ -232,7 +232,7 @@ def train_throughput(
     ``torch.cuda.max_memory_allocated`` (GPU only); ``saved_for_backward_mib`` is the activation memory
     autograd keeps per micro-batch, measured on any device.
     """
-    from tiny_transformers.train import build_optimizer
+    from tiny_transformers.optim import build_optimizer
 
     w, device = workload, workload.torch_device()
     augment_cfg = augment if augment is not None else AugmentConfig()

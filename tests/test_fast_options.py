@@ -8,7 +8,7 @@ import torch
 
 from tiny_transformers.config import FinetuneConfig, OptimConfig, TrainConfig, validate
 from tiny_transformers.errors import ConfigError
-from tiny_transformers.train import build_optimizer
+from tiny_transformers.optim import build_optimizer
 
 
 def test_speed_options_are_off_by_default():

@@ -19,15 +19,14 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).parent))
 from test_finetune import tiny_config  # noqa: E402
 from test_resilience import (  # noqa: E402
-    ENV,
     EPOCHS,
     STEPS_PER_EPOCH,
     assert_close,
     checkpoints,
-    command,
     data,  # noqa: F401 - the module's data fixture
     kill,
     run,
+    start,
     wait_for,
     weights,
 )
@@ -88,13 +87,8 @@ def test_full_finetuning_gives_the_same_raw_and_ema_weights_on_two_processes(dat
 
 
 def test_sigkill_during_full_finetuning_resumes_to_the_same_raw_and_ema_weights(data, full_reference, tmp_path):  # noqa: F811
-    import subprocess
-
     out = tmp_path / "out"
-    process = subprocess.Popen(
-        command(data, out, 1, *FULL), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-        start_new_session=True,
-    )  # fmt: skip
+    process = start(data, out, 1, *FULL)
     wait_for(lambda: len(checkpoints(out)) >= 3, process)
     kill(process)
     done = run(data, out, 1, *FULL)
@@ -134,8 +128,8 @@ def test_the_distillation_head_learns_the_teachers_answer_on_the_same_augmented_
     from tiny_transformers.augment import BatchAugment
     from tiny_transformers.checkpoint import TrainerState
     from tiny_transformers.config import AugmentConfig, FinetuneConfig, ModelConfig, TrainConfig
+    from tiny_transformers.optim import build_optimizer, build_schedule
     from tiny_transformers.plan import Plan
-    from tiny_transformers.train import build_optimizer, build_schedule
 
     class Teacher(torch.nn.Module):
         """Always class 2, and remembers what it was shown."""

@@ -124,9 +124,9 @@ def test_two_processes_give_the_same_weights_after_every_step(data, reference, t
     assert_close(weights(out / "last"), weights(reference / "last"), rel=1e-5)
 
 
-def start(source, out, processes):
+def start(source, out, processes, *extra):
     return subprocess.Popen(
-        command(source, out, processes),
+        command(source, out, processes, *extra),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -3,14 +3,13 @@ killed-and-resumed run continues the same TensorBoard run with each step logged 
 
 import json
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_resilience import ENV, EPOCHS, STEPS_PER_EPOCH, checkpoints, command, data, kill, run, wait_for  # noqa: E402, F401
+from test_resilience import EPOCHS, STEPS_PER_EPOCH, checkpoints, data, kill, run, start, wait_for  # noqa: E402, F401
 
 from tiny_transformers.config import FinetuneConfig, flat_config  # noqa: E402
 
@@ -35,10 +34,7 @@ def test_the_config_reaches_trackers_as_flat_typed_keys():
 def test_a_killed_and_resumed_run_logs_each_step_once(data, tmp_path):  # noqa: F811
     pytest.importorskip("tensorboard")
     out = tmp_path / "out"
-    process = subprocess.Popen(
-        command(data, out, 1, *LOGGING), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-        start_new_session=True,
-    )  # fmt: skip
+    process = start(data, out, 1, *LOGGING)
     wait_for(lambda: len(checkpoints(out)) >= 4, process)
     kill(process, signal.SIGKILL)
     run(data, out, 1, *LOGGING)
