@@ -91,10 +91,20 @@ def format_report(results: dict[str, Any]) -> str:
             )
         if "head_over_inference" in t:
             lines.append(f"   head-mode training / inference throughput: {t['head_over_inference']:.3f}")
+        if "projected_recipe_minutes" in t:
+            lines.append(
+                f"   projected 30-epoch head-mode recipe (100,000 train + 10,000 eval images an epoch): "
+                f"{t['projected_recipe_minutes']:,.1f} min"
+            )
         if "full_over_head_saved_memory" in t:
             lines.append(
                 f"   activation memory kept for backward, full / head: {t['full_over_head_saved_memory']:,.0f}x"
             )
+    projected = [t["projected_recipe_minutes"] for t in results.get("training", []) if "projected_recipe_minutes" in t]
+    if len(projected) > 1:
+        lines.append(
+            f"\nprojected table, the {len(projected)} models above one after the other: {sum(projected):,.1f} min"
+        )
     if results.get("options"):
         lines.append("\noptions, each against the default in the same run (speedup > 1: faster):")
     for e in results.get("options", []):

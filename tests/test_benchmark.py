@@ -162,3 +162,14 @@ def test_a_boolean_option_refuses_other_values(capsys):
     with pytest.raises(SystemExit):
         parse_settings(["--quick", "maybe"])
     assert "maybe" in capsys.readouterr().err
+
+
+def test_the_recipe_projection_is_the_formula_of_the_measured_speeds(quick_run):
+    results, report = quick_run
+    (model,) = results["training"]
+    expected = 30 * (100_000 / model["head"]["images_per_s"] + 10_000 / model["inference"]["images_per_s"]) / 60
+    assert model["projected_recipe_minutes"] == pytest.approx(expected)
+    assert (
+        f"projected 30-epoch head-mode recipe (100,000 train + 10,000 eval images an epoch): {expected:,.1f} min"
+        in (report)
+    )
