@@ -109,34 +109,13 @@ def finetune(config: FinetuneConfig, command: str | None = None) -> FinetuneResu
                         f"checkpoint is in {run.folder.checkpoints}. Resume with "
                         f"{command or 'the same command again'} (train.resume auto continues from it)."
                     )
-            metrics = run.evaluate(run.model)
-            ema = run.evaluate(run.ema.module) if run.ema is not None else None
-            run.check_finite(metrics["loss"])  # before anything of this epoch is logged, exported or saved
-            record = {
-                "epoch": epoch + 1,
-                "step": state.global_step,
-                "train_loss": _gathered_mean(accelerator, state.loss),
-                "eval_loss": metrics["loss"],
-                "top1": metrics["top1"],
-                "top5": metrics["top5"],
-                "lr": current_lr(run.optimizer),
-                "epoch_seconds": time.perf_counter() - started,
-            }
-            if train.ema_decay:
-                record.update(ema_top1=ema["top1"], ema_top5=ema["top5"], ema_loss=ema["loss"])
-            if config.optim.clip_grad:
-                record["grad_norm"] = state.loss.mean_grad_norm()  # this process's: the same on all after all-reduce
+            record = run.evaluate_epoch(epoch, started)  # raw and EMA weights; stops the run if it diverged
             improved = state.finish_epoch(record)
-            accelerator.log({k: v for k, v in record.items() if k != "epoch"}, step=state.global_step)
-            accelerator.print(
-                f"epoch {epoch + 1}/{train.epochs}: train loss {record['train_loss']:.4f}, eval loss "
-                f"{record['eval_loss']:.4f}, top-1 {record['top1']:.2f}%, top-5 {record['top5']:.2f}%"
-                + (f"; EMA top-1 {record['ema_top1']:.2f}%, top-5 {record['ema_top5']:.2f}%" if ema else "")
-            )
+            run.log_epoch(record)
             if accelerator.is_main_process:
                 run.folder.write_metrics(state.history)
                 if improved:
-                    run.export("best", ema=bool(ema) and record["ema_top1"] > record["top1"])
+                    run.export("best", ema=record.get("ema_top1", float("-inf")) > record["top1"])
             run.save_checkpoint()
             hub = config.hub
             if hub.push and hub.strategy == "epoch" and epoch + 1 < train.epochs and accelerator.is_main_process:
@@ -189,6 +168,42 @@ class Run:
         if grad_norm is not None:
             values["step/grad_norm"] = grad_norm
         self.accelerator.log(values, step=self.state.global_step)
+
+    def evaluate_epoch(self, epoch: int, started: float) -> dict[str, Any]:
+        """The finished epoch's record for metrics.jsonl: train loss (all processes), eval loss, top-1/top-5 of the
+        raw weights and, with an EMA, of the EMA; lr, grad norm (with clipping), seconds. Stops with
+        :class:`TrainingDiverged` before anything of the epoch is logged, exported or saved."""
+        metrics = self.evaluate(self.model)
+        ema = self.evaluate(self.ema.module) if self.ema is not None else None
+        self.check_finite(metrics["loss"])
+        record = {
+            "epoch": epoch + 1,
+            "step": self.state.global_step,
+            "train_loss": _gathered_mean(self.accelerator, self.state.loss),
+            "eval_loss": metrics["loss"],
+            "top1": metrics["top1"],
+            "top5": metrics["top5"],
+            "lr": current_lr(self.optimizer),
+            "epoch_seconds": time.perf_counter() - started,
+        }
+        if ema is not None:
+            record.update(ema_top1=ema["top1"], ema_top5=ema["top5"], ema_loss=ema["loss"])
+        if self.config.optim.clip_grad:
+            record["grad_norm"] = self.state.loss.mean_grad_norm()  # the same on every process after the all-reduce
+        return record
+
+    def log_epoch(self, record: dict[str, Any]) -> None:
+        """The epoch's record to the trackers (at its last update) and one line on the console."""
+        self.accelerator.log({k: v for k, v in record.items() if k != "epoch"}, step=record["step"])
+        self.accelerator.print(
+            f"epoch {record['epoch']}/{self.config.train.epochs}: train loss {record['train_loss']:.4f}, eval loss "
+            f"{record['eval_loss']:.4f}, top-1 {record['top1']:.2f}%, top-5 {record['top5']:.2f}%"
+            + (
+                f"; EMA top-1 {record['ema_top1']:.2f}%, top-5 {record['ema_top5']:.2f}%"
+                if "ema_top1" in record
+                else ""
+            )
+        )
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, Any]:
         """Top-1, top-5 and loss of ``model`` (the raw weights or the EMA) on the whole eval split."""
