@@ -1,4 +1,5 @@
-"""Building timm models for fine-tuning: name resolution, weights, the new head, head-only training."""
+"""Building timm models for fine-tuning: name resolution, weights, the new head, head-only training, and full
+fine-tuning's model side: gradient checkpointing and the frozen teacher of distillation."""
 
 from __future__ import annotations
 
@@ -122,7 +123,133 @@ def build_model(cfg: ModelConfig, num_classes: int, image_size: int) -> nn.Modul
         model.reset_classifier(num_classes)
     if cfg.train_mode == "head":
         freeze_backbone(model)
+    if cfg.grad_checkpointing:
+        enable_grad_checkpointing(model, timm_name)
+    if cfg.teacher:
+        _require_distillation_head(model, cfg.name)
     return model
+
+
+def enable_grad_checkpointing(model: nn.Module, name: str) -> None:
+    """timm's gradient checkpointing: each block's activations are recomputed in the backward pass instead of kept
+    (the same gradients, less memory, about one more forward of compute); a model without it is refused.
+
+    >>> model = timm.create_model("test_vit", pretrained=False)
+    >>> enable_grad_checkpointing(model, "test_vit"); model.grad_checkpointing
+    True
+    """
+    setter = getattr(model, "set_grad_checkpointing", None)
+    try:
+        if setter is None:
+            raise NotImplementedError(name)
+        setter(True)
+    except (AssertionError, NotImplementedError, AttributeError, TypeError) as error:  # timm asserts 'not supported'
+        raise ConfigError(
+            f"model.grad_checkpointing is not supported by {name} in timm; use --model.grad_checkpointing false, "
+            "or a model that has it (ViT, DeiT, CaiT, Swin)."
+        ) from error
+
+
+def has_distillation_head(model: nn.Module) -> bool:
+    """Whether ``model`` can learn from a teacher: timm's distilled DeiT (``head_dist``, ``set_distilled_training``).
+
+    >>> has_distillation_head(timm.create_model("test_vit", pretrained=False))
+    False
+    """
+    return hasattr(model, "head_dist") and callable(getattr(model, "set_distilled_training", None))
+
+
+def _require_distillation_head(model: nn.Module, name: str) -> None:
+    if not has_distillation_head(model):
+        raise ConfigError(
+            f"model.teacher needs a student with a distillation head (timm's distilled DeiT, e.g. deit_b_distilled) "
+            f"and {name} has none; drop --model.teacher or choose such a --model.name."
+        )
+
+
+def check_teacher(cfg: ModelConfig) -> None:
+    """Refuse, before any data loads, a ``model.teacher`` for a student without a distillation head (built on the
+    meta device: shapes only, well under a second). Nothing to check without a teacher.
+
+    >>> check_teacher(ModelConfig(name="test_vit", teacher="outputs/swin_l/best"))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    tiny_transformers.errors.ConfigError: model.teacher needs a student with a distillation head ...
+    >>> check_teacher(ModelConfig(name="deit_tiny_distilled_patch16_224", teacher="outputs/swin_l/best"))
+    """
+    if not cfg.teacher:
+        return
+    timm_name = resolve_model_name(cfg.name)
+    _check_name(timm_name)
+    with torch.device("meta"):
+        model = timm.create_model(timm_name, pretrained=False, num_classes=2)
+    _require_distillation_head(model, cfg.name)
+
+
+def build_teacher(location: str, num_classes: int, image_size: int, class_ids: list[str] | None = None) -> nn.Module:
+    """The frozen (no parameter requires grad), eval-mode teacher of distillation, from a trained folder (this
+    library's ``best/``, ``last/``, ``export/``, or any timm ``save_for_hf`` folder), a training checkpoint folder,
+    ``hf-hub:owner/name``, or a timm model name (its pretrained ImageNet weights, from the Hub).
+
+    Refused, one sentence each: a teacher with another number of classes than the data (a timm ImageNet model has
+    1000), trained at another image size than ``image_size``, or (with ``class_ids``, the data's label order) whose
+    recorded classes are other classes or in another order, which would make its answers wrong labels.
+
+    >>> teacher = build_teacher("outputs/swin_l/best", num_classes=200, image_size=384)  # doctest: +SKIP
+    >>> teacher.training, any(p.requires_grad for p in teacher.parameters())  # doctest: +SKIP
+    (False, False)
+    """
+    what = f"model.teacher '{location}'"
+    folder = Path(location).expanduser()
+    if location.startswith("hf-hub:") or folder.exists():
+        if folder.is_dir() and not (folder / WEIGHTS_FILE).is_file():
+            inside = [name for name in ("best", "last", "export") if (folder / name / WEIGHTS_FILE).is_file()]
+            hint = f" (this looks like a run folder: use {folder / inside[0]})" if inside else ""
+            raise ModelError(
+                f"{what} holds no trained model; give a run's exported folder (e.g. outputs/swin_l/best), a training "
+                f"checkpoint folder, hf-hub:owner/name or a timm model name{hint}."
+            )
+        weights = describe_trained_weights(location)
+        if weights.num_classes != num_classes:
+            raise ConfigError(
+                f"{what} predicts {weights.num_classes} classes and the data has {num_classes}; the teacher must be "
+                "trained on the same classes (e.g. outputs/swin_l/best of a run on this data)."
+            )
+        if class_ids is not None and weights.class_ids is not None and list(weights.class_ids) != list(class_ids):
+            raise ConfigError(
+                f"{what} was trained on other classes or another label order than this data (e.g. its first class "
+                f"is {weights.class_ids[0]}, the data's {class_ids[0]}); give a teacher trained on this data."
+            )
+        if weights.image_size != image_size:
+            raise ConfigError(
+                f"{what} was trained at {weights.image_size} px and the student sees {image_size} px; use "
+                f"--data.image_size {weights.image_size} or a teacher trained at {image_size} px."
+            )
+        model = build_trained_model(weights, num_classes)
+    elif timm.is_model(resolve_model_name(location)):
+        timm_name = resolve_model_name(location)
+        pretrained = timm.models.get_pretrained_cfg(timm_name)
+        classes = getattr(pretrained, "num_classes", num_classes)
+        size = int(getattr(pretrained, "input_size", (3, image_size, image_size))[-1])
+        if classes != num_classes:
+            raise ConfigError(
+                f"{what} is timm's ImageNet model with {classes} classes and the data has {num_classes}; fine-tune "
+                "it on this data first (e.g. python recipes/full/swin_l.py) and pass that run's best/ folder."
+            )
+        if size != image_size:
+            raise ConfigError(
+                f"{what} was trained at {size} px and the student sees {image_size} px; use --data.image_size "
+                f"{size} or a teacher trained at {image_size} px."
+            )
+        cfg = ModelConfig(name=timm_name, pretrained=True, train_mode="full", drop_path_rate=0.0)
+        model = build_model(cfg, num_classes, image_size)
+    else:
+        raise ModelError(
+            f"{what} is neither a trained folder, a training checkpoint, hf-hub:owner/name nor a timm model name; "
+            "give e.g. outputs/swin_l/best."
+        )
+    model.requires_grad_(False)
+    return model.eval()
 
 
 def check_image_size(cfg: ModelConfig, image_size: int) -> None:
