@@ -35,6 +35,9 @@ commands:
   push DIR        export DIR and upload it to the Hub: --hub.model_id owner/name [--hub.private]
   predict         top-5 classes with readable names for images or folders:
                   --model.checkpoint <exported folder | run dir | hf-hub:owner/name> IMAGE_OR_FOLDER... [--json]
+  ablate NAME     the paper's ablation rows of a paper model, one run each in --root/<row> (default
+                  outputs/ablation/NAME): [--rows default no_mixup ...] [--grid] [--print-commands];
+                  ablate --report ROOT writes ROOT/ablation.md and ablation.png (docs/ablation.md)
 
 every config field is an option: --train.epochs 1 --data.source ./tiny-imagenet-200 --optim.lr 5e-4
 a boolean alone is true, or takes a value: --hub.push, --model.pretrained false (true/false/yes/no/1/0/on/off)
@@ -305,6 +308,88 @@ def _predict(args: list[str]) -> None:
         _fail(TinyTransformersError("None of the given files could be read as an image."))
 
 
+@dataclasses.dataclass
+class AblateArgs(FinetuneConfig):
+    """Options of ``ablate``: the config every row starts from (the paper recipe of NAME), and which rows."""
+
+    rows: tuple[str, ...] = ()  # rows to run: default randaugment_9 no_random_erasing no_mixup no_cutmix (all five)
+    grid: bool = False  # also the AdamW lr x weight-decay grid (rows lr3e-3_wd0.2 ... lr5e-4_wd0.01)
+    print_commands: bool = False  # print each row's `accelerate launch` command instead of training
+    root: str | None = None  # the folder of the rows' runs; default outputs/ablation/NAME
+    report: str | None = None  # write ablation.md and ablation.png of the ablation in this folder; never trains
+
+
+_ABLATE_OWN = {"--rows", "--grid", "--print_commands", "--root", "--report"}
+
+
+def _config_overrides(args: list[str]) -> list[str]:
+    """The config-field words of ``ablate``'s arguments (its own options and their values removed), as given."""
+    args, out, i = _bare_booleans(AblateArgs, args), [], 0
+    while i < len(args):
+        word, i = args[i], i + 1
+        if _option(word) not in _ABLATE_OWN:
+            out.append(word)
+        elif "=" not in word and _option(word) == "--rows":
+            while i < len(args) and not args[i].startswith("-"):
+                i += 1  # --rows takes several names
+        elif "=" not in word:
+            i += 1  # the option's one value (a bare boolean was given "true" above)
+    return out
+
+
+def _ablate(args: list[str]) -> None:
+    """``ablate NAME``: the paper's ablation rows of NAME as ordinary runs; ``ablate --report ROOT``: their table."""
+    from .ablate import (
+        ablation_commands,
+        check_overrides,
+        default_root,
+        paper_model,
+        run_ablation,
+        select_rows,
+        write_ablation_report,
+    )
+
+    prog = "tiny-transformers ablate"
+    name = args[0] if args and not args[0].startswith("-") else None
+    rest = args[1:] if name else args
+    if name is None and not any(_option(a) in ("--report", "--help", "-h") for a in rest):
+        print(f"usage: {prog} NAME [--rows ROW ...] [--grid] [--print-commands] [--root FOLDER] [--section.field "
+              f"VALUE ...]\n       {prog} --report ROOT\nNAME: {', '.join(PAPER_MODELS)} (or its timm name)",
+              file=sys.stderr)  # fmt: skip
+        sys.exit(2)
+    try:
+        paper = paper_model(name) if name else None
+        default = paper_config(paper.short_name) if paper else FinetuneConfig()
+        options = _parse(AblateArgs, AblateArgs(**vars(default)), rest, f"{prog} {name or ''}".strip())
+        if options.report is not None:
+            markdown, chart = write_ablation_report(options.report)
+            print(f"ablation report: {markdown}, {chart}")
+            return
+        if paper is None:
+            raise TinyTransformersError(f"ablate needs a model before its options: {prog} swin_l [--rows ...].")
+        overrides = _config_overrides(rest)
+        rows = select_rows(options.rows, options.grid)
+        check_overrides([_option(a) for a in overrides if a.startswith("--")], rows)
+        root = Path(options.root).expanduser() if options.root else default_root(paper.short_name)
+        if options.print_commands:
+            print("\n".join(ablation_commands(paper.short_name, rows, root, overrides)))
+            return
+    except TinyTransformersError as error:
+        _fail(error)
+    config = FinetuneConfig(**{f.name: getattr(options, f.name) for f in dataclasses.fields(FinetuneConfig)})
+    from .train import TrainingInterrupted
+
+    try:
+        failed = run_ablation(config, paper.short_name, rows, root, shlex.join(["tiny-transformers", "ablate", *args]))
+    except TrainingInterrupted as error:
+        print(f"stopped: {clean_message(error)}", file=sys.stderr)
+        sys.exit(143)
+    except TinyTransformersError as error:
+        _fail(error)
+    if failed:
+        sys.exit(1)
+
+
 def _benchmark(args: list[str]) -> None:
     """``benchmark`` moved out of the package: say where it lives now."""
     print(
@@ -321,6 +406,7 @@ COMMANDS = {
     "export": _export,
     "push": _push,
     "predict": _predict,
+    "ablate": _ablate,
     "benchmark": _benchmark,  # kept as a name only, to point at the repository's benchmarks
 }
 

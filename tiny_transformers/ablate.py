@@ -1,0 +1,395 @@
+"""The paper's ablation in one command: its rows as ordinary runs under one root, resumable, and their report.
+
+Each row is the paper recipe of one model with a few fields changed, trained by ``finetune`` into its own folder
+``<root>/<row>`` (default root ``outputs/ablation/<model>``). The paper's "default" had RandAugment on (2 ops,
+magnitude 9) and its "no RandAugment" is what the official code runs when RandAugment is "removed": 2 ops at
+magnitude 0, the library's recipe. So this library's ``default`` row is the paper's "no RandAugment" and
+``randaugment_9`` the paper's "default" (docs/ablation.md). The paper reports the ablation for Swin-L only.
+
+Files of the root (beside the row folders): ``ablation.json`` (which paper model the runner trained),
+``ablation.md`` and ``ablation.png`` (the report, from whatever rows have finished).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shlex
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import FinetuneConfig, trajectory_differences
+from .errors import ConfigError, TinyTransformersError, clean_message
+from .paper import PAPER_MODELS, PaperModel, paper_model_for
+from .rundir import RunDir, RunSummary
+
+MANIFEST_FILE = "ablation.json"  # {"model": short name}: the paper model whose rows the root holds
+REPORT_FILE = "ablation.md"
+CHART_FILE = "ablation.png"
+CHART_DPI = 100
+CHART_SIZE = (1000, 600)  # pixels (width, height) of ablation.png
+GRID_LRS = ("3e-3", "1e-3", "7e-4", "5e-4")  # the paper's AdamW grid (section 4.1), as the row names spell them
+GRID_WDS = ("0.2", "0.05", "0.01")
+DEFAULT_CELL = ("1e-3", "0.05")  # the recipe's own lr / weight decay: the grid's cell that is the `default` row
+
+
+@dataclass(frozen=True)
+class AblationRow:
+    """One row: the fields it changes (dotted name, value as the command line writes it) and the paper's row."""
+
+    name: str
+    overrides: tuple[tuple[str, str], ...]
+    paper_row: str  # the paper's name for the same setting
+    swin_l_top1: float | None  # the paper's Swin-L top-1 for it (paper-recipe.md); None: not reported
+
+    @property
+    def change(self) -> str:
+        """What the row changes, in words."""
+        if not self.overrides:
+            return "nothing: the paper recipe as the library runs it (RandAugment 2 ops at magnitude 0)"
+        return ", ".join(f"{name} {value}" for name, value in self.overrides)
+
+    def args(self) -> list[str]:
+        """The row's overrides as command-line words: ``['--augment.mixup_alpha', '0']``."""
+        return [word for name, value in self.overrides for word in (f"--{name}", value)]
+
+
+def grid_row_name(lr: str, wd: str) -> str:
+    """The name of a cell of the lr x weight-decay grid.
+
+    >>> grid_row_name("3e-3", "0.2")
+    'lr3e-3_wd0.2'
+    """
+    return f"lr{lr}_wd{wd}"
+
+
+ABLATION_ROWS: dict[str, AblationRow] = {
+    row.name: row
+    for row in (
+        AblationRow("default", (), "no RandAugment (the official code's magnitude 0)", 91.35),
+        AblationRow(
+            "randaugment_9", (("augment.randaugment_magnitude", "9"),), "default (RandAugment magnitude 9)", 91.34
+        ),
+        AblationRow("no_random_erasing", (("augment.random_erasing", "0"),), "no random erasing", 91.28),
+        AblationRow("no_mixup", (("augment.mixup_alpha", "0"),), "no Mixup", 91.11),
+        AblationRow("no_cutmix", (("augment.cutmix_alpha", "0"),), "no CutMix", 91.04),
+    )
+}
+GRID_ROWS: dict[str, AblationRow] = {
+    grid_row_name(lr, wd): AblationRow(
+        grid_row_name(lr, wd),
+        (("optim.lr", lr), ("optim.weight_decay", wd)),
+        f"AdamW grid, lr {lr} / wd {wd} (the paper names only the best cell, 1e-3 / 0.05)",
+        None,
+    )
+    for lr in GRID_LRS
+    for wd in GRID_WDS
+    if (lr, wd) != DEFAULT_CELL
+}
+ALIASES = {grid_row_name(*DEFAULT_CELL): "default"}  # the grid's recipe cell is trained once, as `default`
+ALL_ROWS: dict[str, AblationRow] = {**ABLATION_ROWS, **GRID_ROWS}
+
+
+def paper_model(name: str) -> PaperModel:
+    """The paper model an ablation is of, by short or timm name; any other name is refused in one sentence.
+
+    >>> paper_model("swin_large_patch4_window12_384").short_name
+    'swin_l'
+    """
+    model = paper_model_for(name)
+    if model is None:
+        raise ConfigError(
+            f"'{name}' is not one of the paper's models; the ablation runs the paper recipe of "
+            f"{', '.join(PAPER_MODELS)} (short or timm name)."
+        )
+    return model
+
+
+def default_root(model: str) -> Path:
+    """Where the rows go unless ``--root`` says otherwise.
+
+    >>> default_root("swin_l").as_posix()
+    'outputs/ablation/swin_l'
+    """
+    return Path("outputs") / "ablation" / paper_model(model).short_name
+
+
+def select_rows(names: Sequence[str] = (), grid: bool = False) -> list[AblationRow]:
+    """The rows named (all five ablation rows when none), plus the lr x wd grid with ``grid``; in table order.
+
+    >>> [row.name for row in select_rows(["no_mixup", "default"])]
+    ['default', 'no_mixup']
+    >>> len(select_rows(grid=True))
+    16
+    """
+    unknown = [name for name in names if name not in ALL_ROWS and name not in ALIASES]
+    if unknown:
+        raise ConfigError(
+            f"unknown ablation row{'s' if len(unknown) > 1 else ''} {', '.join(repr(n) for n in unknown)}; the rows "
+            f"are {', '.join(ABLATION_ROWS)} and the lr x weight-decay grid's {', '.join(GRID_ROWS)} (its "
+            f"{grid_row_name(*DEFAULT_CELL)} is default)."
+        )
+    chosen = {ALIASES.get(name, name) for name in names} or set(ABLATION_ROWS)
+    if grid:
+        chosen |= set(GRID_ROWS)
+    return [row for name, row in ALL_ROWS.items() if name in chosen]
+
+
+def check_overrides(options: Iterable[str], rows: Sequence[AblationRow]) -> None:
+    """Refuse a user override that a selected row sets itself, or ``--train.output_dir`` (each row has its own).
+
+    >>> check_overrides(["--train.epochs"], select_rows(["no_mixup"]))
+    >>> check_overrides(["--augment.mixup_alpha"], select_rows(["no_mixup"]))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    tiny_transformers.errors.ConfigError: --augment.mixup_alpha is what the ablation row no_mixup changes; ...
+    """
+    for option in options:
+        if option == "--train.output_dir":
+            raise ConfigError(
+                "--train.output_dir is set for each row (<root>/<row>); give the ablation's folder with --root instead."
+            )
+        for row in rows:
+            if option in {f"--{name}" for name, _ in row.overrides}:
+                raise ConfigError(
+                    f"{option} is what the ablation row {row.name} changes; leave it out, or select rows that do not "
+                    "set it with --rows."
+                )
+
+
+def row_config(base: FinetuneConfig, row: AblationRow, root: str | Path) -> FinetuneConfig:
+    """``base`` with the row's fields changed and ``train.output_dir`` set to ``<root>/<row>``.
+
+    >>> from tiny_transformers.config import paper_config
+    >>> config = row_config(paper_config("swin_l"), ALL_ROWS["lr3e-3_wd0.2"], "out")
+    >>> config.optim.lr, config.optim.weight_decay, config.train.output_dir
+    (0.003, 0.2, 'out/lr3e-3_wd0.2')
+    """
+    config = copy.deepcopy(base)
+    for name, value in row.overrides:
+        section, field = name.split(".")
+        part = getattr(config, section)
+        setattr(part, field, type(getattr(part, field))(value))  # "9" -> 9 for an int field, "0" -> 0.0 for a float
+    config.train.output_dir = str(Path(root) / row.name)
+    return config
+
+
+def is_finished(folder: RunDir, epochs: int) -> bool:
+    """Whether the run in ``folder`` has finished ``epochs`` epochs: its ``last/`` exists and its metrics hold them."""
+    if not folder.weights("last").is_dir() or not folder.metrics.is_file():
+        return False
+    try:
+        return len(folder.read_metrics()) >= epochs
+    except (OSError, ValueError):
+        return False
+
+
+def ablation_commands(
+    model: str, rows: Sequence[AblationRow], root: str | Path, overrides: Sequence[str] = ()
+) -> list[str]:
+    """One shell-quoted ``accelerate launch`` line per row, for a cluster's scheduler.
+
+    >>> ablation_commands("swin_l", select_rows(["no_mixup"]), "out", ["--train.epochs", "1"])[0]
+    'accelerate launch recipes/swin_l.py --train.output_dir out/no_mixup --augment.mixup_alpha 0 --train.epochs 1'
+    """
+    recipe = f"recipes/{paper_model(model).short_name}.py"
+    return [
+        shlex.join(
+            ["accelerate", "launch", recipe, "--train.output_dir", str(Path(root) / row.name), *row.args(), *overrides]
+        )
+        for row in rows
+    ]
+
+
+def run_ablation(
+    base: FinetuneConfig, model: str, rows: Sequence[AblationRow], root: str | Path, command: str | None = None
+) -> list[tuple[str, str]]:
+    """Train each row in turn (a finished one is skipped, an interrupted one resumes); returns the failed rows.
+
+    A row that fails with a :class:`TinyTransformersError` is reported with its name and the next row starts; a
+    stop signal (``TrainingInterrupted``) ends the whole ablation. The report is written at the end.
+
+    >>> run_ablation(paper_config("swin_l"), "swin_l", select_rows(), "outputs/ablation/swin_l")  # doctest: +SKIP
+    [('no_mixup', 'data.source ... does not exist; ...')]
+    """
+    from .train import TrainingInterrupted, finetune
+
+    root = Path(root)
+    short = paper_model(model).short_name
+    print(f"ablation of {short}: {len(rows)} row(s) into {root}: {', '.join(row.name for row in rows)}", flush=True)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MANIFEST_FILE).write_text(json.dumps({"model": short}))
+    failed: list[tuple[str, str]] = []
+    for index, row in enumerate(rows, 1):
+        config = row_config(base, row, root)
+        folder, step = RunDir(root / row.name), f"[{index}/{len(rows)}] {row.name}"
+        if is_finished(folder, config.train.epochs) and not _changed(folder, config):
+            print(f"{step}: skipped, already finished ({config.train.epochs} epochs in {folder.root})", flush=True)
+            continue
+        print(f"{step}: training into {folder.root} ({row.change})", flush=True)
+        try:
+            result = finetune(config, command)
+        except TrainingInterrupted:
+            raise
+        except TinyTransformersError as error:
+            failed.append((row.name, clean_message(error)))
+            print(f"{step}: failed: {clean_message(error)}", file=sys.stderr, flush=True)
+            continue
+        print(f"{step}: done, top-1 {result.top1:.2f}%", flush=True)
+    markdown, _ = write_ablation_report(root)
+    print(f"ablation: {len(rows) - len(failed)} of {len(rows)} row(s) finished or skipped; report: {markdown}")
+    if failed:
+        print(f"ablation: failed row(s): {', '.join(name for name, _ in failed)}", file=sys.stderr, flush=True)
+    return failed
+
+
+def _changed(folder: RunDir, config: FinetuneConfig) -> bool:
+    """Whether the finished run was trained with another config (then finetune, not a skip, says what to do)."""
+    try:
+        return bool(trajectory_differences(json.loads(folder.config.read_text()), config))
+    except (OSError, ValueError):
+        return True
+
+
+# --------------------------------------------------------------------------------------------------
+# The report
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RowResult:
+    """What a row's folder holds: ``status`` is finished, unfinished or not started."""
+
+    row: AblationRow
+    status: str
+    epochs_done: int = 0
+    epochs: int | None = None
+    top1: float | None = None  # the final epoch's, as last/ holds it (the EMA's with an EMA)
+    top5: float | None = None
+
+
+def read_row(root: Path, row: AblationRow) -> RowResult:
+    """The state and final numbers of one row's run under ``root``."""
+    folder = RunDir(root / row.name)
+    if not folder.config.is_file():
+        return RowResult(row, "not started")
+    config = folder.read_config()
+    history = folder.read_metrics() if folder.metrics.is_file() else []
+    if not is_finished(folder, config.train.epochs):
+        return RowResult(row, "unfinished", len(history), config.train.epochs)
+    final = RunSummary(folder.root, config, history, [], []).record_for("last")
+    return RowResult(row, "finished", len(history), config.train.epochs, final["top1"], final["top5"])
+
+
+def ablation_model(root: Path) -> PaperModel | None:
+    """The paper model of the ablation in ``root``: as the runner recorded it, else the model its runs trained."""
+    manifest = root / MANIFEST_FILE
+    if manifest.is_file():
+        return paper_model_for(json.loads(manifest.read_text()).get("model", ""))
+    for row in ALL_ROWS:
+        if RunDir(root / row).config.is_file():
+            return paper_model_for(RunDir(root / row).read_config().model.name)
+    return None
+
+
+def _number(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def ablation_markdown(root: Path, results: Sequence[RowResult], model: PaperModel | None) -> str:
+    """The text of ``ablation.md``: one table row per ablation row, and the lr x wd grid when it was run."""
+    swin = model is not None and model.short_name == "swin_l"
+    title = f"{model.title} ({model.short_name})" if model else "unknown model"
+    lines = [
+        f"# The paper's ablation: {title}",
+        "",
+        f"Runs under `{root}`, one folder per row; top-1/top-5 are the final epoch's (the weights in `last/`), on "
+        "the eval split each run used. The paper's numbers are Swin-L top-1 on the Tiny ImageNet validation set "
+        '(Huynh 2022, section 4); it reports no ablation for the other models. Its "default" had RandAugment on '
+        '(magnitude 9), which is the `randaugment_9` row here; its "no RandAugment" is the official code\'s '
+        "RandAugment at magnitude 0, which is this library's recipe: the `default` row.",
+        "",
+        "| row | what it changes | the paper's row | top-1 (%) | top-5 (%) | paper top-1 (%) | epochs |",
+        "|---|---|---|---:|---:|---:|---|",
+    ]
+    for result in results:
+        row = result.row
+        paper = _number(row.swin_l_top1) if swin and row.swin_l_top1 is not None else "not reported"
+        if result.status == "finished":
+            epochs = str(result.epochs_done)
+        elif result.status == "unfinished":
+            epochs = f"{result.epochs_done} of {result.epochs} (unfinished)"
+        else:
+            epochs = "not started"
+        lines.append(
+            f"| {row.name} | {row.change} | {row.paper_row} | {_number(result.top1)} | {_number(result.top5)} | "
+            f"{paper} | {epochs} |"
+        )
+    by_name = {result.row.name: result for result in results}
+    if any(name in by_name for name in GRID_ROWS):
+        lines += ["", "## AdamW lr x weight decay (final top-1, %)", "", "| lr \\ wd | " + " | ".join(GRID_WDS) + " |"]
+        lines.append("|---|" + "---:|" * len(GRID_WDS))
+        for lr in GRID_LRS:
+            cells = [by_name.get(ALIASES.get(grid_row_name(lr, wd), grid_row_name(lr, wd))) for wd in GRID_WDS]
+            lines.append(f"| {lr} | " + " | ".join(_number(c.top1 if c else None) for c in cells) + " |")
+        lines += ["", "The 1e-3 / 0.05 cell is the `default` row. The paper names it the best and gives no numbers."]
+    lines += ["", f"![final top-1 per row]({CHART_FILE})", ""]
+    return "\n".join(lines)
+
+
+def ablation_figure(results: Sequence[RowResult], model: PaperModel | None):
+    """Horizontal bars: each finished row's final top-1, and the paper's Swin-L number beside it where known."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(CHART_SIZE[0] / CHART_DPI, CHART_SIZE[1] / CHART_DPI), dpi=CHART_DPI, layout="constrained")
+    ax = fig.subplots()
+    swin = model is not None and model.short_name == "swin_l"
+    ys = list(range(len(results)))[::-1]  # the table's first row on top
+    ours = [r.top1 for r in results]
+    papers = [r.row.swin_l_top1 if swin else None for r in results]
+    height = 0.38
+    for y, value in zip(ys, ours):
+        if value is not None:
+            ax.barh(y + height / 2, value, height, color="tab:blue", label="this run (final)")
+            ax.text(value, y + height / 2, f" {value:.2f}", va="center", fontsize=8)
+    for y, value in zip(ys, papers):
+        if value is not None:
+            ax.barh(y - height / 2, value, height, color="tab:gray", label="paper (Swin-L)")
+            ax.text(value, y - height / 2, f" {value:.2f}", va="center", fontsize=8)
+    labels = [r.row.name + ("" if r.status == "finished" else f" ({r.status})") for r in results]
+    ax.set_yticks(ys, labels)
+    values = [v for v in ours + papers if v is not None]
+    if values:
+        ax.set_xlim(max(0.0, min(values) - 2.0), min(100.0, max(values) + 1.5))
+    handles, names = ax.get_legend_handles_labels()
+    unique = dict(zip(names, handles))
+    if unique:
+        ax.legend(unique.values(), unique.keys(), loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_xlabel("top-1 (%)")
+    ax.set_title(f"Ablation: {model.title if model else 'unknown model'}, final top-1 per row")
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def write_ablation_report(root: str | Path) -> tuple[Path, Path]:
+    """Write ``ablation.md`` and ``ablation.png`` (:data:`CHART_SIZE` pixels) into ``root``; never trains.
+
+    The five ablation rows are always listed (not started ones as such); grid rows when their folder exists.
+
+    >>> write_ablation_report("outputs/ablation/swin_l")  # doctest: +SKIP
+    (PosixPath('outputs/ablation/swin_l/ablation.md'), PosixPath('outputs/ablation/swin_l/ablation.png'))
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"'{root}' is not a folder; give the --root of an ablation (default outputs/ablation/MODEL).")
+    rows = [row for name, row in ALL_ROWS.items() if name in ABLATION_ROWS or (root / name).is_dir()]
+    results = [read_row(root, row) for row in rows]
+    if all(result.status == "not started" for result in results):
+        raise ConfigError(f"'{root}' holds no ablation run yet; run `tiny-transformers ablate MODEL --root {root}`.")
+    model = ablation_model(root)
+    markdown, chart = root / REPORT_FILE, root / CHART_FILE
+    markdown.write_text(ablation_markdown(root, results, model))
+    ablation_figure(results, model).savefig(chart, dpi=CHART_DPI)  # no bbox_inches: the exact pixel size
+    return markdown, chart
