@@ -1,0 +1,116 @@
+"""`tiny-transformers ablate`: the paper's ablation rows as ordinary runs under one root, skipped once finished,
+printed as launch commands, and reported against the paper's Swin-L numbers."""
+
+import json
+import shlex
+import shutil
+
+import pytest
+from PIL import Image
+
+from tiny_transformers import cli
+from tiny_transformers.ablate import ABLATION_ROWS, CHART_SIZE
+
+ROWS = ["default", "no_mixup"]
+
+
+def tiny_overrides(source) -> list[str]:
+    """test_vit at 32 px on the 24-image fixture, one epoch: each row trains in a few seconds."""
+    return [
+        *("--model.name", "test_vit", "--model.pretrained", "false", "--model.train_mode", "full"),
+        *("--data.source", str(source), "--data.image_size", "32", "--data.num_workers", "0"),
+        *("--train.epochs", "1", "--train.batch_size", "8", "--train.micro_batch_size", "4"),
+        *("--train.mixed_precision", "no", "--train.progress", "false"),
+    ]
+
+
+def flat(path):
+    config = json.loads(path.read_text())
+    return {f"{section}.{key}": value for section, values in config.items() for key, value in values.items()}
+
+
+@pytest.fixture(scope="module")
+def ablation(stanford_dir, tmp_path_factory):
+    """Both rows trained once by the command; the tests below only read them."""
+    root = tmp_path_factory.mktemp("ablation") / "swin_l"
+    args = ["ablate", "swin_l", "--rows", *ROWS, "--root", str(root), *tiny_overrides(stanford_dir)]
+    cli.main(args)
+    return root, args
+
+
+def test_each_row_is_a_finished_run_differing_only_in_its_field(ablation):
+    root, _ = ablation
+    for row in ROWS:
+        assert (root / row / "last").is_dir() and len((root / row / "metrics.jsonl").read_text().splitlines()) == 1
+    default, no_mixup = flat(root / "default" / "config.json"), flat(root / "no_mixup" / "config.json")
+    changed = {name for name in default if default[name] != no_mixup[name]}
+    assert changed == {"augment.mixup_alpha", "train.output_dir"}
+    assert (default["augment.mixup_alpha"], no_mixup["augment.mixup_alpha"]) == (0.8, 0.0)
+    # the default row is the library's recipe: RandAugment 2 ops at magnitude 0, as the official code runs it
+    assert (default["augment.randaugment_ops"], default["augment.randaugment_magnitude"]) == (2, 0)
+
+
+def test_a_second_invocation_skips_finished_rows(ablation, capsys):
+    root, args = ablation
+    before = {row: (root / row / "metrics.jsonl").read_text() for row in ROWS}
+    capsys.readouterr()
+    cli.main(args)
+    out = capsys.readouterr().out
+    for row in ROWS:
+        assert f"{row}: skipped, already finished" in out
+        assert (root / row / "metrics.jsonl").read_text() == before[row]
+    assert "training into" not in out
+
+
+def test_print_commands_gives_one_launch_line_per_row(stanford_dir, tmp_path, capsys):
+    root = tmp_path / "printed"
+    overrides = tiny_overrides(stanford_dir)
+    cli.main(["ablate", "swin_large_patch4_window12_384", "--rows", *ROWS, "--print-commands", "--root", str(root),
+              *overrides])  # fmt: skip
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    for line, row in zip(lines, ROWS):
+        words = shlex.split(line)
+        assert words[:5] == ["accelerate", "launch", "recipes/swin_l.py", "--train.output_dir", str(root / row)]
+        assert (
+            words[5:] == [w for name, value in ABLATION_ROWS[row].overrides for w in (f"--{name}", value)] + overrides
+        )
+    assert not root.exists()  # printed, not run
+
+
+def test_a_failed_row_is_named_and_the_next_row_still_runs(ablation, stanford_dir, tmp_path, capsys):
+    root = tmp_path / "ablation"
+    shutil.copytree(ablation[0] / "no_mixup", root / "no_mixup")  # finished: skipped
+    (root / "default").write_text("not a folder")  # fails at once
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["ablate", "swin_l", "--rows", *ROWS, "--root", str(root), *tiny_overrides(stanford_dir)])
+    assert exit_info.value.code == 1
+    out, err = capsys.readouterr()
+    assert "[1/2] default: failed: train.output_dir" in err and "failed row(s): default" in err
+    assert "[2/2] no_mixup: skipped, already finished" in out
+    assert "| no_mixup |" in (root / "ablation.md").read_text()
+
+
+def test_report_writes_the_table_and_the_chart(ablation, capsys):
+    root, _ = ablation
+    cli.main(["ablate", "--report", str(root)])
+    text = (root / "ablation.md").read_text()
+    for row in ROWS:
+        record = json.loads((root / row / "metrics.jsonl").read_text().splitlines()[-1])
+        (line,) = [line for line in text.splitlines() if line.startswith(f"| {row} |")]
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        assert cells[3:5] == [f"{record['top1']:.2f}", f"{record['top5']:.2f}"] and cells[6] == "1"
+    assert "| default |" in text and "| 91.35 |" in text and "| 91.11 |" in text  # the paper's Swin-L numbers
+    assert "no RandAugment" in text and "not started" in text  # the rows not run are listed as such
+    with Image.open(root / "ablation.png") as chart:
+        assert chart.size == CHART_SIZE
+
+
+def test_an_unknown_row_is_one_sentence(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["ablate", "swin_l", "--rows", "default", "no_mixups", "--root", str(tmp_path / "r")])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "unknown ablation row 'no_mixups'" in line and "no_mixup," in line and line.count(". ") == 0
+    assert not (tmp_path / "r").exists()
