@@ -49,17 +49,25 @@ PARSERS = {
     "export": (parse_publish, cli.PublishArgs),
     "push": (parse_publish, cli.PublishArgs),
     "predict": (parse_predict, cli.PredictArgs),
+    "ablate": (lambda args: cli._parse(cli.AblateArgs, None, args, "ablate"), cli.AblateArgs),
 }
-OTHER = {"train": "--train.seed", "evaluate": "--train.seed", "export": "--to", "push": "--to", "predict": "--top_k"}
+OTHER = {
+    "train": "--train.seed",
+    "evaluate": "--train.seed",
+    "export": "--to",
+    "push": "--to",
+    "predict": "--top_k",
+    "ablate": "--train.seed",
+}
 CASES = [(command, option) for command, (_, cls) in PARSERS.items() for option in bool_options(cls)]
 
 
 def test_every_command_is_covered():
     assert set(PARSERS) == set(cli.COMMANDS) - {"benchmark"}
-    config = len(
-        bool_options(FinetuneConfig)
-    )  # train and evaluate; HubConfig's 2 under export and push; predict --json
-    assert config >= 13 and len(CASES) == config + config + 2 + 2 + 1
+    # the config's booleans under train, evaluate and ablate; HubConfig's 2 under export and push; predict --json;
+    # ablate's --grid and --print-commands
+    config = len(bool_options(FinetuneConfig))
+    assert config >= 13 and len(CASES) == config + config + 2 + 2 + 1 + config + 2
 
 
 @pytest.mark.parametrize("command,option", CASES)
