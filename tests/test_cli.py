@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tiny_transformers import DataConfig, FinetuneConfig, ModelConfig, TrainConfig, cli
+from tiny_transformers import FinetuneConfig, cli
 
 
 def bool_options(cls: type, prefix: str = "--") -> list[str]:
@@ -134,18 +134,16 @@ def test_benchmark_points_at_the_repository(capsys):
 
 
 def test_predict_json_bare_end_to_end(stanford_dir, tmp_path, capsys):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_finetune import tiny_config
+
     from tiny_transformers import finetune
 
     out = tmp_path / "out"
-    finetune(
-        FinetuneConfig(
-            model=ModelConfig(name="test_vit", pretrained=False, train_mode="full"),
-            data=DataConfig(source=str(stanford_dir), image_size=32, num_workers=0),
-            train=TrainConfig(
-                epochs=1, batch_size=8, micro_batch_size=4, mixed_precision="no", output_dir=str(out), progress=False
-            ),
-        )
-    )
+    finetune(tiny_config(stanford_dir, out, epochs=1))
     image = tmp_path / "photo.png"
     Image.fromarray(np.full((64, 64, 3), (200, 40, 40), dtype=np.uint8)).save(image)
     capsys.readouterr()
