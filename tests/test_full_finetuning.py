@@ -1,0 +1,300 @@
+"""Full fine-tuning's model side and recipes: gradient checkpointing (same gradients, fewer saved activations), layer
+decay as timm groups the four paper models, the distillation teacher, and the recipes in recipes/full/ and
+recipes/deit_b_from_swin.py (their printed values, and one optimizer step each on a tiny stand-in model)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmarks import saved_for_backward_bytes
+from tiny_transformers import DataConfig, FinetuneConfig, ModelConfig, TrainConfig, finetune
+from tiny_transformers.config import OptimConfig
+from tiny_transformers.errors import ConfigError, ModelError
+from tiny_transformers.models import (
+    build_model,
+    build_teacher,
+    check_teacher,
+    enable_grad_checkpointing,
+    has_distillation_head,
+    head_modules,
+)
+from tiny_transformers.optim import build_optimizer
+from tiny_transformers.paper import PAPER_MODELS
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_MODELS = [("test_vit", 32), ("swin_tiny_patch4_window7_224", 64)]  # timm's smallest ViT; a Swin at 64 px
+
+
+def one_sentence(message: str) -> bool:
+    """What the command line prints: one line, ending with a period, no second sentence starting inside it."""
+    return "\n" not in message and message.endswith(".") and not re.search(r"[.;:]\s+[A-Z][a-z]", message)
+
+
+# --- gradient checkpointing -------------------------------------------------------------------------------------
+
+
+def _gradients(name: str, size: int, checkpointing: bool) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)  # the same initial weights for both builds
+    cfg = ModelConfig(
+        name=name, pretrained=False, train_mode="full", drop_path_rate=0.1, grad_checkpointing=checkpointing
+    )
+    model = build_model(cfg, num_classes=4, image_size=size)
+    x, y = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 3])
+    torch.manual_seed(2)  # the same drop-path draws: the recomputation replays the RNG state it started with
+    F.cross_entropy(model(x), y).backward()
+    return {n: p.grad for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize(("name", "size"), TINY_MODELS)
+def test_grad_checkpointing_changes_no_gradient(name, size):
+    plain, checkpointed = _gradients(name, size, False), _gradients(name, size, True)
+    assert plain.keys() == checkpointed.keys() and all(g is not None for g in plain.values())
+    for key, grad in plain.items():
+        # fp32 tolerance: the recomputed forward runs the same kernels on the same inputs; only the order in which
+        # autograd accumulates may differ, a few ulps of the largest gradient (measured: bitwise equal on CPU)
+        torch.testing.assert_close(checkpointed[key], grad, rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize(("name", "size"), TINY_MODELS)
+def test_grad_checkpointing_keeps_far_fewer_activations(name, size):
+    saved = {}
+    for checkpointing in (False, True):
+        cfg = ModelConfig(name=name, pretrained=False, train_mode="full", grad_checkpointing=checkpointing)
+        model = build_model(cfg, num_classes=4, image_size=size)
+        saved[checkpointing] = saved_for_backward_bytes(model, torch.zeros(4, 3, size, size), contextlib.nullcontext)
+    # Without checkpointing a transformer block keeps at least ten tensors of its input's size (both norms' inputs,
+    # q, k and v, the attention output, the projection's input, the 4x-wide MLP hidden twice) plus attention
+    # statistics; with it, only the block's input. The blocks' share thus shrinks more than tenfold; what lies
+    # outside them (patch embedding, final norm, head) stays, and in these tiny models it is a larger part than in
+    # the paper's (measured here: 0.18 for test_vit, 0.09 for the Swin; 0.02-0.08 for the paper models at 384,
+    # docs/benchmarks.md). A quarter leaves room for timm's kernels changing, and would fail if checkpointing
+    # silently did nothing.
+    assert saved[True] < 0.25 * saved[False]
+
+
+def test_a_model_without_grad_checkpointing_is_refused_in_one_sentence():
+    cfg = ModelConfig(name="convit_tiny", pretrained=False, train_mode="full", grad_checkpointing=True)
+    with pytest.raises(ConfigError) as error:
+        build_model(cfg, num_classes=4, image_size=224)  # timm's ConViT asserts 'gradient checkpointing not supported'
+    assert "convit_tiny" in str(error.value) and "--model.grad_checkpointing false" in str(error.value)
+    assert one_sentence(str(error.value))
+    with pytest.raises(ConfigError, match="not supported by plain_linear"):
+        enable_grad_checkpointing(nn.Linear(2, 2), "plain_linear")  # no set_grad_checkpointing at all
+
+
+# --- layer decay ----------------------------------------------------------------------------------------------------
+
+
+def _meta_model(name: str) -> nn.Module:
+    with torch.device("meta"):  # shapes only: ViT-L's 300M parameters cost nothing
+        return timm.create_model(PAPER_MODELS[name].timm_name, pretrained=False, num_classes=200)
+
+
+def _blocks(model: nn.Module) -> tuple[str, list[str], int]:
+    """(first block's prefix, last blocks' prefixes, depth) read from the architecture, not from timm's grouping."""
+    if hasattr(model, "layers"):  # Swin: stages of blocks, counted through the stages
+        depth = sum(len(stage.blocks) for stage in model.layers)
+        last = f"layers.{len(model.layers) - 1}.blocks.{len(model.layers[-1].blocks) - 1}."
+        return "layers.0.blocks.0.", [last], depth
+    depth = len(model.blocks)
+    last = [f"blocks.{depth - 1}."]
+    if hasattr(model, "blocks_token_only"):  # CaiT: timm puts the class-attention blocks on the last blocks' layers
+        last.append(f"blocks_token_only.{len(model.blocks_token_only) - 1}.")
+    return "blocks.0.", last, depth
+
+
+def _only(values) -> float:
+    """The one value all of ``values`` share (a layer's parameters share one lr multiplier)."""
+    (value,) = set(values)
+    return value
+
+
+@pytest.mark.parametrize("name", list(PAPER_MODELS))
+def test_layer_decay_multipliers_follow_the_depth(name):
+    model, decay = _meta_model(name), 0.75
+    optimizer = build_optimizer(OptimConfig(lr=1e-4, layer_decay=decay), model)
+    scale = {id(p): group["lr_scale"] for group in optimizer.param_groups for p in group["params"]}
+    names = dict(model.named_parameters())
+    first, lasts, depth = _blocks(model)
+    head = {id(p) for module in head_modules(model) for p in module.parameters()}
+    assert head and _only(scale[i] for i in head) == 1.0  # the new head(s) learn at the full lr
+    for last in lasts:
+        assert _only(scale[id(p)] for n, p in names.items() if n.startswith(last)) == pytest.approx(decay)
+    # each block one layer below the next: the first of `depth` blocks sits depth layers below the head
+    assert _only(scale[id(p)] for n, p in names.items() if n.startswith(first)) == pytest.approx(decay**depth)
+    stem = _only(scale[id(p)] for n, p in names.items() if n.startswith("patch_embed."))
+    assert stem == pytest.approx(decay ** (depth + 1))  # the stem below the first block
+    assert len(scale) == len(names)  # every parameter has its group
+
+
+def test_layer_decay_needs_timms_grouping():
+    with pytest.raises(ConfigError, match="layer grouping") as error:
+        build_optimizer(OptimConfig(layer_decay=0.75), nn.Sequential(nn.Linear(2, 2)))
+    assert one_sentence(str(error.value))
+
+
+# --- the teacher ----------------------------------------------------------------------------------------------------
+
+
+def _tiny_run(source: Path, output_dir: Path, **model) -> FinetuneConfig:
+    """test_vit at 32 px on the 24-image fixture, one epoch: a teacher in seconds."""
+    return FinetuneConfig(
+        model=ModelConfig(**{"name": "test_vit", "pretrained": False, "train_mode": "full", **model}),
+        data=DataConfig(source=str(source), image_size=32, num_workers=0),
+        train=TrainConfig(
+            epochs=1, batch_size=8, micro_batch_size=4, mixed_precision="no", output_dir=str(output_dir), progress=False
+        ),
+    )
+
+
+@pytest.fixture(scope="module")
+def teacher_run(stanford_dir, tmp_path_factory) -> Path:
+    """A library-trained run folder (best/, last/, checkpoints/) of test_vit on the 4-class fixture at 32 px."""
+    out = tmp_path_factory.mktemp("teacher") / "run"
+    finetune(_tiny_run(stanford_dir, out))
+    return out
+
+
+@pytest.mark.parametrize("which", ["best", "last", "checkpoint"])
+def test_the_teacher_is_the_trained_model_frozen_in_eval_mode(teacher_run, which):
+    folder = next((teacher_run / "checkpoints").iterdir()) if which == "checkpoint" else teacher_run / which
+    teacher = build_teacher(str(folder), num_classes=4, image_size=32)
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    reference = timm.create_model(f"local-dir:{teacher_run / 'last'}", pretrained=True).eval()  # plain timm
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(teacher(x), reference(x))  # one epoch: best/, last/ and the checkpoint hold one model
+
+
+def test_a_teacher_must_fit_the_data(teacher_run):
+    best = str(teacher_run / "best")
+    class_ids = json.loads((teacher_run / "labels.json").read_text())["class_ids"]
+    build_teacher(best, 4, 32, class_ids=list(class_ids))  # its own classes, in its own order: accepted
+    refusals = {
+        "predicts 4 classes and the data has 5": lambda: build_teacher(best, 5, 32),
+        "trained at 32 px and the student sees 64 px": lambda: build_teacher(best, 4, 64),
+        "another label order": lambda: build_teacher(best, 4, 32, class_ids=list(reversed(class_ids))),
+        "ImageNet model with 1000 classes and the data has 4": lambda: build_teacher("vit_large_patch16_384", 4, 384),
+        "trained at 160 px and the student sees 32 px": lambda: build_teacher("test_vit", 1000, 32),
+        f"use {teacher_run / 'best'}": lambda: build_teacher(str(teacher_run), 4, 32),  # the run folder itself
+        "neither a trained folder": lambda: build_teacher("no/such/teacher", 4, 32),
+    }
+    for expected, build in refusals.items():
+        with pytest.raises((ConfigError, ModelError)) as error:
+            build()
+        assert expected in str(error.value) and one_sentence(str(error.value)), str(error.value)
+
+
+def test_a_timm_teacher_offline_gets_the_offline_sentence():
+    with pytest.raises(ModelError, match="cannot be reached"):  # the Hub is offline in the tests (conftest)
+        build_teacher("test_vit", 1000, 160)
+
+
+def test_only_a_student_with_a_distillation_head_takes_a_teacher(teacher_run):
+    best = str(teacher_run / "best")
+    with pytest.raises(ConfigError) as error:
+        check_teacher(ModelConfig(name="test_vit", teacher=best))
+    assert "test_vit has none" in str(error.value) and one_sentence(str(error.value))
+    with pytest.raises(ConfigError, match="distillation head"):  # also when the model is built
+        build_model(ModelConfig(name="test_vit", pretrained=False, train_mode="full", teacher=best), 4, 32)
+    check_teacher(ModelConfig(name="deit_tiny_distilled_patch16_224", teacher=best))  # accepted
+    student = ModelConfig(name="deit_tiny_distilled_patch16_224", pretrained=False, train_mode="full", teacher=best)
+    assert has_distillation_head(build_model(student, 4, 32))
+
+
+# --- the recipes ----------------------------------------------------------------------------------------------------
+
+# Each recipe's values, as its docstring gives them with their sources.
+RECIPES = {
+    "full/vit_l.py": dict(
+        name="vit_l", lr=1e-5, layer_decay=0.9, warmup_epochs=5, warmup_lr=5e-7, min_lr=5e-7, weight_decay=1e-8,
+        drop_path_rate=0.4, clip_grad=0.0, ema_decay=0.0, micro_batch_size=64,
+    ),
+    "full/cait_s36.py": dict(
+        name="cait_s36", lr=1.25e-6, layer_decay=0.0, warmup_epochs=5, warmup_lr=1e-6, min_lr=1.25e-6,
+        weight_decay=1e-8, drop_path_rate=0.1, clip_grad=0.0, ema_decay=0.99996, micro_batch_size=64,
+    ),
+    "full/deit_b_distilled.py": dict(
+        name="deit_b_distilled", lr=1.25e-6, layer_decay=0.0, warmup_epochs=5, warmup_lr=1e-6, min_lr=1.25e-6,
+        weight_decay=1e-8, drop_path_rate=0.1, clip_grad=0.0, ema_decay=0.99996, micro_batch_size=64,
+    ),
+    "full/swin_l.py": dict(
+        name="swin_l", lr=5e-6, layer_decay=0.0, warmup_epochs=5, warmup_lr=5e-9, min_lr=5e-8, weight_decay=1e-8,
+        drop_path_rate=0.2, clip_grad=5.0, ema_decay=0.0, micro_batch_size=32,
+    ),
+    "deit_b_from_swin.py": dict(
+        name="deit_b_distilled", lr=1.25e-6, layer_decay=0.0, warmup_epochs=5, warmup_lr=1e-6, min_lr=1.25e-6,
+        weight_decay=1e-8, drop_path_rate=0.1, clip_grad=0.0, ema_decay=0.99996, micro_batch_size=64,
+    ),
+}  # fmt: skip
+
+
+def test_every_full_recipe_is_listed():
+    assert {f"full/{p.name}" for p in (ROOT / "recipes" / "full").glob("*.py")} | {"deit_b_from_swin.py"} == set(
+        RECIPES
+    )
+
+
+def _recipe(path: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / path), *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.mark.parametrize("path", list(RECIPES))
+def test_full_recipe_prints_its_values(path):
+    done = _recipe(path, "--print-config")
+    assert done.returncode == 0, done.stderr
+    printed, expected = json.loads(done.stdout), RECIPES[path]
+    m, o, t = printed["model"], printed["optim"], printed["train"]
+    assert m["name"] == expected["name"] and m["train_mode"] == "full" and m["grad_checkpointing"] is True
+    assert m["drop_path_rate"] == expected["drop_path_rate"] and m["pretrained"] is True
+    for key in ("lr", "layer_decay", "warmup_epochs", "warmup_lr", "min_lr", "weight_decay", "clip_grad"):
+        assert o[key] == expected[key], key
+    assert o["name"] == "adamw" and o["decay_all"] is False
+    assert t["ema_decay"] == expected["ema_decay"] and t["ema_warmup"] is (expected["ema_decay"] > 0)
+    assert t["micro_batch_size"] == expected["micro_batch_size"] and t["batch_size"] == 128 and t["epochs"] == 30
+    assert t["mixed_precision"] == "bf16" and printed["data"]["image_size"] == 384
+    assert t["output_dir"] == f"outputs/full/{Path(path).stem}"
+    if path == "deit_b_from_swin.py":  # the teacher comes from the command line; DeiT's hard distillation
+        assert m["teacher"] is None and printed["augment"]["distill_type"] == "hard"
+
+
+def test_the_distillation_recipe_refuses_to_start_without_a_teacher():
+    done = _recipe("deit_b_from_swin.py", "--train.epochs", "1")
+    assert done.returncode == 2 and done.stdout == ""
+    message = done.stderr.strip().removeprefix("error: ")
+    assert "--model.teacher outputs/swin_l/best" in message and one_sentence(message)
+
+
+@pytest.mark.parametrize("path", list(RECIPES))
+def test_full_recipe_runs_one_optimizer_step_on_a_tiny_stand_in(path, stanford_dir, teacher_run, tmp_path):
+    distilled = RECIPES[path]["name"] == "deit_b_distilled"
+    out = tmp_path / "out"
+    done = _recipe(
+        path,
+        "--model.name", "deit_tiny_distilled_patch16_224" if distilled else "test_vit",
+        "--model.pretrained", "false",
+        *(("--model.teacher", str(teacher_run / "best")) if path == "deit_b_from_swin.py" else ()),
+        "--data.source", str(stanford_dir), "--data.image_size", "32", "--data.num_workers", "0",
+        "--data.max_train_samples", "8", "--data.max_eval_samples", "4",
+        "--train.epochs", "1", "--train.batch_size", "8", "--train.micro_batch_size", "4",
+        "--train.mixed_precision", "no", "--train.progress", "false", "--train.output_dir", str(out),
+        "--optim.warmup_epochs", "0.5",  # the recipes warm up for 5 of 30 epochs; one epoch needs a shorter warmup
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "last" / "model.safetensors").is_file()
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["step"] == 1  # 8 images, batch 8: one optimizer step
