@@ -39,7 +39,9 @@ from .engine import check_process_precision, current_lr, eval_loader, evaluate, 
 from .errors import CheckpointError, ConfigError, TinyTransformersError
 from .models import (
     build_model,
+    build_teacher,
     check_image_size,
+    check_teacher,
     count_parameters,
     normalization,
     save_for_timm,
@@ -277,6 +279,7 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
     resume_from = find_resume_checkpoint(config, folder.root)
     claim(folder, config, resuming=resume_from is not None)
     check_image_size(config.model, config.data.image_size)  # a size the model cannot see whole, before the data loads
+    check_teacher(config.model)  # a teacher for a student without a distillation head, before the data loads
     data = load_data(config.data)
     if not config.data.skip_corrupt:  # a broken eval image found now costs nothing; after an epoch, the epoch
         verify_images(data.eval, "eval", config.data.native_size, config.train.progress and is_main_launch_process())
@@ -315,9 +318,8 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
         accelerator.register_for_checkpointing(ema)
     teacher = None
     if config.model.teacher:
-        from .models import build_teacher  # (lands with models.py's teacher support)
-
-        teacher = build_teacher(config.model.teacher, data.num_classes, config.data.image_size).to(accelerator.device)
+        teacher = build_teacher(config.model.teacher, data.num_classes, config.data.image_size, data.class_ids)
+        teacher = teacher.to(accelerator.device)
         accelerator.unwrap_model(model).set_distilled_training(True)  # the forward returns (class, distillation)
     augment = BatchAugment(
         config.data.image_size, mean, std, data.num_classes, config.augment, accelerator.device, config.data.preprocess
