@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from tiny_transformers import DataConfig, FinetuneConfig, ModelConfig, TrainConfig, evaluate_checkpoint, finetune
 from tiny_transformers.errors import CheckpointError
-from tiny_transformers.models import describe_trained_weights
+from tiny_transformers.weights import describe_trained_weights
 
 
 def untimed(history):

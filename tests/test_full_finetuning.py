@@ -23,7 +23,6 @@ from tiny_transformers.config import OptimConfig
 from tiny_transformers.errors import ConfigError, ModelError
 from tiny_transformers.models import (
     build_model,
-    build_teacher,
     check_teacher,
     enable_grad_checkpointing,
     has_distillation_head,
@@ -31,6 +30,7 @@ from tiny_transformers.models import (
 )
 from tiny_transformers.optim import build_optimizer
 from tiny_transformers.paper import PAPER_MODELS
+from tiny_transformers.weights import build_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODELS = [("test_vit", 32), ("swin_tiny_patch4_window7_224", 64)]  # timm's smallest ViT; a Swin at 64 px

@@ -6,8 +6,9 @@ import torch
 
 from tiny_transformers.config import ModelConfig
 from tiny_transformers.errors import ModelError
-from tiny_transformers.models import build_model, count_parameters, head_modules, save_for_timm
+from tiny_transformers.models import build_model, count_parameters, head_modules
 from tiny_transformers.paper import PAPER_MODELS
+from tiny_transformers.weights import save_for_timm
 
 
 @pytest.mark.parametrize("name", list(PAPER_MODELS))

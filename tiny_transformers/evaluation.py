@@ -17,7 +17,7 @@ from .config import AugmentConfig, FinetuneConfig, validate
 from .data import load_data
 from .engine import check_process_precision, eval_loader, evaluate
 from .errors import ConfigError, DataError
-from .models import build_trained_model, describe_trained_weights
+from .weights import build_trained_model, describe_trained_weights
 
 
 def evaluate_checkpoint(config: FinetuneConfig, mixed_precision: str | None = None) -> dict[str, Any]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import difflib
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import timm
@@ -14,11 +13,10 @@ import torch
 from torch import nn
 
 from . import hub
-from .checkpoint import checkpoint_labels, is_checkpoint, read_state
 from .config import ModelConfig
 from .errors import ConfigError, ModelError
 from .paper import PAPER_MODELS, resolve_model_name
-from .rundir import CONFIG_FILE, WEIGHTS_FILE, RunDir
+from .rundir import CONFIG_FILE, WEIGHTS_FILE
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -186,72 +184,6 @@ def check_teacher(cfg: ModelConfig) -> None:
     _require_distillation_head(model, cfg.name)
 
 
-def build_teacher(location: str, num_classes: int, image_size: int, class_ids: list[str] | None = None) -> nn.Module:
-    """The frozen (no parameter requires grad), eval-mode teacher of distillation, from a trained folder (this
-    library's ``best/``, ``last/``, ``export/``, or any timm ``save_for_hf`` folder), a training checkpoint folder,
-    ``hf-hub:owner/name``, or a timm model name (its pretrained ImageNet weights, from the Hub).
-
-    Refused, one sentence each: a teacher with another number of classes than the data (a timm ImageNet model has
-    1000), trained at another image size than ``image_size``, or (with ``class_ids``, the data's label order) whose
-    recorded classes are other classes or in another order, which would make its answers wrong labels.
-
-    >>> teacher = build_teacher("outputs/swin_l/best", num_classes=200, image_size=384)  # doctest: +SKIP
-    >>> teacher.training, any(p.requires_grad for p in teacher.parameters())  # doctest: +SKIP
-    (False, False)
-    """
-    what = f"model.teacher '{location}'"
-    folder = Path(location).expanduser()
-    if location.startswith("hf-hub:") or folder.exists():
-        if folder.is_dir() and not (folder / WEIGHTS_FILE).is_file():
-            inside = [name for name in ("best", "last", "export") if (folder / name / WEIGHTS_FILE).is_file()]
-            hint = f" (this looks like a run folder: use {folder / inside[0]})" if inside else ""
-            raise ModelError(
-                f"{what} holds no trained model; give a run's exported folder (e.g. outputs/swin_l/best), a training "
-                f"checkpoint folder, hf-hub:owner/name or a timm model name{hint}."
-            )
-        weights = describe_trained_weights(location)
-        if weights.num_classes != num_classes:
-            raise ConfigError(
-                f"{what} predicts {weights.num_classes} classes and the data has {num_classes}; the teacher must be "
-                "trained on the same classes (e.g. outputs/swin_l/best of a run on this data)."
-            )
-        if class_ids is not None and weights.class_ids is not None and list(weights.class_ids) != list(class_ids):
-            raise ConfigError(
-                f"{what} was trained on other classes or another label order than this data (e.g. its first class "
-                f"is {weights.class_ids[0]}, the data's {class_ids[0]}); give a teacher trained on this data."
-            )
-        if weights.image_size != image_size:
-            raise ConfigError(
-                f"{what} was trained at {weights.image_size} px and the student sees {image_size} px; use "
-                f"--data.image_size {weights.image_size} or a teacher trained at {image_size} px."
-            )
-        model = build_trained_model(weights, num_classes)
-    elif timm.is_model(resolve_model_name(location)):
-        timm_name = resolve_model_name(location)
-        pretrained = timm.models.get_pretrained_cfg(timm_name)
-        classes = getattr(pretrained, "num_classes", num_classes)
-        size = int(getattr(pretrained, "input_size", (3, image_size, image_size))[-1])
-        if classes != num_classes:
-            raise ConfigError(
-                f"{what} is timm's ImageNet model with {classes} classes and the data has {num_classes}; fine-tune "
-                "it on this data first (e.g. python recipes/full/swin_l.py) and pass that run's best/ folder."
-            )
-        if size != image_size:
-            raise ConfigError(
-                f"{what} was trained at {size} px and the student sees {image_size} px; use --data.image_size "
-                f"{size} or a teacher trained at {image_size} px."
-            )
-        cfg = ModelConfig(name=timm_name, pretrained=True, train_mode="full", drop_path_rate=0.0)
-        model = build_model(cfg, num_classes, image_size)
-    else:
-        raise ModelError(
-            f"{what} is neither a trained folder, a training checkpoint, hf-hub:owner/name nor a timm model name; "
-            "give e.g. outputs/swin_l/best."
-        )
-    model.requires_grad_(False)
-    return model.eval()
-
-
 def check_image_size(cfg: ModelConfig, image_size: int) -> None:
     """Refuse, before any data loads, an image size the model cannot see whole: a ViT at 40 px with 16 px patches
     would never see its last 8 rows and columns (timm crops them silently), other sizes fail only after loading.
@@ -341,160 +273,8 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in model.parameters()), sum(p.numel() for p in trainable_parameters(model))
 
 
-def save_for_timm(
-    model: nn.Module,
-    folder: Path,
-    class_ids: list[str],
-    class_names: list[str],
-    image_size: int,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    native_size: int | None = None,
-    mixed_precision: str | None = None,
-    weights: str | None = None,
-    preprocess: str | None = None,
-    eval_precision: str | None = None,
-) -> None:
-    """Write ``model.safetensors`` + ``config.json``, loadable by ``timm.create_model("local-dir:<folder>", True)``.
-
-    The config carries the class ids, readable names and the preprocessing used in training; with
-    ``native_size`` and ``mixed_precision``, also the size images were decoded to before upscaling and the
-    autocast used in training (under ``tiny_transformers``, a key timm and transformers ignore), so
-    ``predict`` and ``evaluate`` feed new images the same way and reproduce the run's numbers.
-    """
-    descriptions = dict(zip(class_ids, class_names))
-    timm.models.save_for_hf(
-        model,
-        str(folder),
-        model_config={"label_names": list(class_ids), "label_descriptions": descriptions},
-        safe_serialization=True,
-        data_config={
-            "input_size": (3, image_size, image_size),
-            "interpolation": "bicubic",
-            "mean": tuple(mean),
-            "std": tuple(std),
-            "crop_pct": 1.0,
-        },
-    )
-    # timm records num_classes both at the top of config.json and inside model_args; transformers'
-    # TimmWrapper passes both to timm.create_model and fails ("got multiple values for keyword argument
-    # 'num_classes'"). The top-level value is the one timm's loader reads, so model_args drops its copy.
-    config_file = Path(folder) / CONFIG_FILE
-    config = json.loads(config_file.read_text())
-    config.get("model_args", {}).pop("num_classes", None)
-    recorded = {
-        "native_size": native_size,
-        "mixed_precision": mixed_precision,
-        "weights": weights,
-        "preprocess": preprocess,
-        "eval_precision": eval_precision,
-    }
-    if any(value is not None for value in recorded.values()):
-        config["tiny_transformers"] = {k: v for k, v in recorded.items() if v is not None}
-    config_file.write_text(json.dumps(config, indent=2))
-
-
 def unwrap_logits(output: torch.Tensor | tuple) -> torch.Tensor:
     """Logits from a forward pass; distilled DeiT returns (head, head_dist) only in distillation training."""
     if isinstance(output, (tuple, list)):
         return (output[0] + output[1]) / 2
     return output
-
-
-@dataclass(frozen=True)
-class TrainedWeights:
-    """What a trained-weights location says about the model it holds and how it was fed."""
-
-    timm_name: str
-    weights_file: Path
-    image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    class_ids: list[str] | None  # the label order the head was trained with, when recorded
-    class_names: list[str] | None = None  # readable names in the same order, when recorded
-    num_classes: int | None = None
-    native_size: int | None = None  # images were decoded to this size before upscaling, when recorded
-    mixed_precision: str | None = None  # the autocast of training, when recorded
-    preprocess: str | None = None  # data.preprocess of training (official: the uint8 resize), when recorded
-    eval_precision: str | None = None  # fp32 when the run evaluated without autocast, when recorded
-
-
-def describe_trained_weights(location: str | Path) -> TrainedWeights:
-    """Read an exported folder (``best/``, ``last/``, ``export/``, timm ``save_for_hf``), a training checkpoint
-    folder, or a model on the Hub (``hf-hub:owner/name``, downloaded to the Hugging Face cache).
-
-    >>> describe_trained_weights("outputs/run/best").timm_name  # doctest: +SKIP
-    'vit_large_patch16_384'
-    """
-    if str(location).startswith("hf-hub:"):
-        location = hub.download_model(str(location))
-    folder = Path(location).expanduser()
-    weights, config_file = folder / WEIGHTS_FILE, folder / CONFIG_FILE
-    if weights.is_file() and is_checkpoint(folder):  # a training checkpoint: its trainer state holds the config
-        _, saved = read_state(folder)
-        # the checkpoint's own record; older checkpoints only have their run folder's labels.json, two levels up
-        labels = checkpoint_labels(folder) or RunDir.of_checkpoint(folder).read_labels()
-        if labels is None:
-            raise ModelError(
-                f"Checkpoint '{folder}' does not record its classes and has no labels.json two folders up (it was "
-                "copied out of its run folder); evaluate the run's exported best/ or last/ instead, or put the "
-                "checkpoint back under <output_dir>/checkpoints/."
-            )
-        class_ids, class_names = labels
-        timm_name = resolve_model_name(saved["model"]["name"])
-        mean, std = normalization(timm_name, saved["data"]["normalization"])
-        return TrainedWeights(
-            timm_name,
-            weights,
-            saved["data"]["image_size"],
-            mean,
-            std,
-            class_ids,
-            class_names,
-            len(class_ids) if class_ids else None,
-            saved["data"]["native_size"],
-            saved["train"]["mixed_precision"],
-            saved["data"].get("preprocess"),  # absent before the official preprocessing existed
-            saved["train"].get("eval_precision"),
-        )
-    if weights.is_file() and config_file.is_file():
-        saved = json.loads(config_file.read_text())
-        pretrained_cfg = saved.get("pretrained_cfg", {})
-        labels = saved.get("label_names")
-        labels = list(labels) if isinstance(labels, (list, tuple)) else None
-        descriptions = saved.get("label_descriptions") or {}
-        recorded = saved.get("tiny_transformers", {})  # written by save_for_timm
-        return TrainedWeights(
-            saved["architecture"],
-            weights,
-            int(pretrained_cfg.get("input_size", (3, 224, 224))[-1]),
-            tuple(pretrained_cfg.get("mean", IMAGENET_MEAN)),
-            tuple(pretrained_cfg.get("std", IMAGENET_STD)),
-            labels,
-            [descriptions.get(label, label) for label in labels] if labels else None,
-            saved.get("num_classes"),
-            recorded.get("native_size"),
-            recorded.get("mixed_precision"),
-            recorded.get("preprocess"),
-            recorded.get("eval_precision"),
-        )
-    raise ModelError(
-        f"model.checkpoint '{folder}' holds no trained model; give an exported folder (model.safetensors + "
-        "config.json, e.g. <output_dir>/best) or a training checkpoint (<output_dir>/checkpoints/step_...)."
-    )
-
-
-def build_trained_model(weights: TrainedWeights, num_classes: int | None = None) -> nn.Module:
-    """The model in ``weights`` with its trained head, for inference (no drop path); ``num_classes`` defaults to
-    the recorded one.
-
-    >>> model = build_trained_model(describe_trained_weights("outputs/run/best")).eval()  # doctest: +SKIP
-    """
-    cfg = ModelConfig(
-        name=weights.timm_name,
-        pretrained=False,
-        checkpoint=str(weights.weights_file),
-        train_mode="full",
-        drop_path_rate=0.0,
-    )
-    return build_model(cfg, num_classes if num_classes is not None else weights.num_classes, weights.image_size)

@@ -14,7 +14,8 @@ from .augment import BatchAugment
 from .config import AugmentConfig
 from .data import IMAGE_EXTENSIONS, decode_image
 from .errors import ConfigError, DataError, ModelError
-from .models import build_trained_model, describe_trained_weights, unwrap_logits
+from .models import unwrap_logits
+from .weights import build_trained_model, describe_trained_weights
 
 
 @dataclass

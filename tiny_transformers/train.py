@@ -39,12 +39,10 @@ from .engine import check_process_precision, current_lr, eval_loader, evaluate, 
 from .errors import CheckpointError, ConfigError, TinyTransformersError
 from .models import (
     build_model,
-    build_teacher,
     check_image_size,
     check_teacher,
     count_parameters,
     normalization,
-    save_for_timm,
 )
 from .optim import build_optimizer, build_schedule
 from .plan import Plan
@@ -52,6 +50,7 @@ from .publish import publish_after_training, push_warnings
 from .report import write_run_report
 from .rundir import RunDir, RunLock, claim, is_main_launch_process
 from .sampler import MicroBatchSampler
+from .weights import build_teacher, save_for_timm
 
 
 class TrainingInterrupted(TinyTransformersError):
