@@ -182,7 +182,7 @@ def test_unknown_command_suggests_the_closest(capsys):
     assert exit_info.value.code == 2
     first = capsys.readouterr().err.splitlines()[0]
     assert first == (
-        "error: unknown command 'trian'; choose one of train, evaluate, export, push, predict, "
+        "error: unknown command 'trian'; choose one of train, evaluate, export, push, predict, ablate, "
         "benchmark. Did you mean 'train'?"
     )
 
