@@ -4,12 +4,13 @@ distillation from a Swin-L already fine-tuned on the same data: accuracy not mea
     python recipes/swin_l.py                      # or recipes/full/swin_l.py: the teacher, 200 classes at 384
     accelerate launch recipes/deit_b_from_swin.py --model.teacher outputs/swin_l/best [--data.source ...]
 
-As recipes/full/deit_b_distilled.py (same values, same sources: DeiT's 384 fine-tuning command and main.py
-defaults), plus DeiT's hard distillation (its README's distillation command: --distillation-type hard, alpha 0.5):
-the class head learns the labels, the distillation head the teacher's top-1 class on the same augmented images.
-Hardware: one 24 GB GPU with bf16: micro-batch 64 with gradient checkpointing, accumulation 2 to batch 128; the
-frozen teacher adds its fp32 weights (0.8 GB) and an inference forward. The teacher must predict the same 200
-classes at 384 px (refused otherwise); without --model.teacher this recipe refuses to start.
+As recipes/full/deit_b_distilled.py (same values, same sources: DeiT's 384 fine-tuning command and main.py defaults),
+plus DeiT's hard distillation (its README's distillation command: --distillation-type hard, alpha 0.5): the class
+head learns the labels, the distillation head the teacher's top-1 class on the same augmented images. Hardware: one
+24 GB GPU with bf16: micro-batch 64 with gradient checkpointing, accumulation 2 to batch 128; the frozen teacher adds
+its fp32 weights (0.8 GB) and an inference forward: at most about 13 GiB at peak by the arithmetic of docs/recipes.md
+(up to ~22 GiB without checkpointing, too close to 24 GB; not measured on a GPU). The teacher must predict the same
+200 classes at 384 px (refused otherwise); without --model.teacher this recipe refuses to start.
 """
 
 import sys

@@ -3,13 +3,13 @@
     accelerate launch recipes/full/cait_s36.py [--data.source ./tiny-imagenet-200] [--train.epochs 1 ...]
 
 Hardware: one 24 GB GPU with bf16 (RTX 3090/4090, A5000, L4): micro-batch 64 with gradient checkpointing,
-accumulation 2 to the paper's batch 128; about 9 GiB by the arithmetic of docs/recipes.md (not yet measured on a
-GPU). Every weight trains, unlike the paper's head-only recipes/cait_s36.py; its Tiny ImageNet accuracy is not
+accumulation 2 to the paper's batch 128; about 8 GiB at peak by the arithmetic of docs/recipes.md (not yet measured
+on a GPU). Every weight trains, unlike the paper's head-only recipes/cait_s36.py; its Tiny ImageNet accuracy is not
 measured yet. Sources: CaiT was trained with the DeiT code, whose 384 fine-tuning command (facebookresearch/deit
-README_deit.md: lr 5e-6 per 512 images, min lr = lr, weight decay 1e-8, 30 epochs) scales to lr 1.25e-6 at batch
-128 as its main.py does; its main.py defaults give the rest: 5 warmup epochs from 1e-6, drop path 0.1, EMA decay
-0.99996, no clipping, no layer decay. ema_warmup (timm's) is this library's: 0.99996 alone would keep ~40% of the
-starting weights, random head included, after the ~23,000 updates of 30 Tiny ImageNet epochs. Kept from the paper:
+README_deit.md: lr 5e-6 per 512 images, min lr = lr, weight decay 1e-8, 30 epochs) scales to lr 1.25e-6 at batch 128
+as its main.py does; its main.py defaults give the rest: 5 warmup epochs from 1e-6, drop path 0.1, EMA decay 0.99996,
+no clipping, no layer decay. ema_warmup (timm's) is this library's: 0.99996 alone would keep ~40% of the starting
+weights, random head included, after the ~23,000 updates of 30 Tiny ImageNet epochs. Kept from the paper:
 augmentation, 30 epochs, batch 128. Library defaults: preprocessing, timm's head init, no decay on biases/norms.
 """
 

@@ -1,17 +1,17 @@
-"""Swin-L/4 (timm swin_large_patch4_window12_384), full fine-tuning on Tiny ImageNet at 384x384: accuracy not
-measured yet.
+"""Swin-L/4 (timm swin_large_patch4_window12_384), full fine-tuning on Tiny ImageNet at 384x384: accuracy not measured
+yet.
 
     accelerate launch recipes/full/swin_l.py [--data.source ./tiny-imagenet-200] [--train.epochs 1 ...]
 
 Hardware: one 24 GB GPU with bf16 (RTX 3090/4090, A5000, L4): micro-batch 32 (the paper's) with gradient
-checkpointing, accumulation 4 to the paper's batch 128; about 8 GiB by the arithmetic of docs/recipes.md (not yet
-measured on a GPU). Every weight trains, unlike the paper's head-only recipes/swin_l.py; its Tiny ImageNet accuracy
-is not measured yet. Sources: Swin's ImageNet-22k -> 1k fine-tuning at 384 (microsoft/Swin-Transformer
-configs/swin/swin_large_patch4_window12_384_22kto1k_finetune.yaml: base lr 2e-5, warmup lr 2e-8, min lr 2e-7,
-all per 512 images and scaled to batch 128 as its main.py does -> 5e-6, 5e-9, 5e-8; 5 warmup epochs of 30;
-weight decay 1e-8; drop path 0.2) and its config.py defaults (gradient clipping at norm 5.0; no layer decay, no
-EMA). Kept from the paper: augmentation, 30 epochs, batch 128. Library defaults: preprocessing, timm's head
-init, no decay on biases/norms.
+checkpointing, accumulation 4 to the paper's batch 128; about 12 GiB at peak by the arithmetic of docs/recipes.md
+(not yet measured on a GPU). Every weight trains, unlike the paper's head-only recipes/swin_l.py; its Tiny ImageNet
+accuracy is not measured yet. Sources: Swin's ImageNet-22k -> 1k fine-tuning at 384 (microsoft/Swin-Transformer
+configs/swin/swin_large_patch4_window12_384_22kto1k_finetune.yaml: base lr 2e-5, warmup lr 2e-8, min lr 2e-7, all per
+512 images and scaled to batch 128 as its main.py does -> 5e-6, 5e-9, 5e-8; 5 warmup epochs of 30; weight decay 1e-8;
+drop path 0.2) and its config.py defaults (gradient clipping at norm 5.0; no layer decay, no EMA). Kept from the
+paper: augmentation, 30 epochs, batch 128. Library defaults: preprocessing, timm's head init, no decay on
+biases/norms.
 """
 
 from tiny_transformers import DataConfig, FinetuneConfig, ModelConfig, OptimConfig, TrainConfig, run
