@@ -8,7 +8,7 @@ path), once with ``model.grad_checkpointing`` off and once on, and runs one forw
 of three images on the CPU while a ``saved_tensors_hooks`` pack hook records every tensor autograd keeps
 (:func:`benchmarks.throughput.saved_for_backward_bytes`; parameters not counted, storages counted whole). The
 difference of the two batches is the cost of one more image (``per_image``; not taken from a batch of one, where
-some copies are views: CaiT's talking heads keep 1.2 GiB less at batch 1 than the slope says); the rest does not
+some copies are views: CaiT's talking heads keep 0.33 GiB less at batch 1 than the slope says); the rest does not
 grow with the batch (``fixed``: under bf16 autocast, mostly the bf16 copies of the weights that the matrix
 products keep, 2 bytes a parameter). With checkpointing, what remains is each block's input (saved by the
 checkpoint itself) and what lies outside the blocks (patch embedding, final norm, head). A step keeps
