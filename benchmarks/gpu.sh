@@ -25,6 +25,11 @@ python="${PYTHON:-python3}"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
 workers=$(( $("$python" -c 'import os; print(len(os.sched_getaffinity(0)))') / 2 ))
 workers=$(( workers < 1 ? 1 : (workers > 8 ? 8 : workers) ))
+# CaiT's talking-heads attention, timm's against attention.FastTalkingHeadAttn (model.fast_attention), eager and
+# compiled, at the CaiT-S36-384 shape: one JSON line each, beside the main JSON.
+"$python" benchmarks/attention.py --device cuda --dtype bf16 | tail -n 1 > "${out%.json}-attention.json"
+"$python" benchmarks/attention.py --device cuda --dtype bf16 --compile | tail -n 1 >> "${out%.json}-attention.json"
+# Each model's report ends with its projected 30-epoch head-mode recipe; the last lines give the whole table.
 exec "$python" -m benchmarks \
   --model vit_l cait_s36 deit_b_distilled swin_l --mode head full --precision bf16 \
   --sections data train options --options-model deit_b_distilled --workers 0 "$workers" \
