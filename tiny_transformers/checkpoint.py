@@ -108,19 +108,14 @@ class RunningLoss:
         return self.total / max(self.images, 1)
 
     def peek_both(self) -> tuple[float, float | None]:
-        """(mean loss, mean gradient norm or None) for a log line, in one host-device read, settling nothing."""
+        """(mean loss, mean gradient norm or None) for a log line or the progress bar, in one host-device read,
+        leaving the device-side sums where they are (the logged numbers do not depend on how often anyone looked)."""
         parts = [t for t in (self._pending, self._norms) if t is not None]
         values = torch.stack([t.to(torch.float64) for t in parts]).tolist() if parts else []
         pending = values[0] if self._pending is not None else 0.0
         norms = values[-1] if self._norms is not None else 0.0
         loss = (self.total + pending) / max(self.images, 1)
         return loss, ((self.grad_norm_total + norms) / self.grad_norms if self.grad_norms else None)
-
-    def peek(self) -> float:
-        """The mean for display, leaving the device-side sum where it is (the logged numbers do not depend on how
-        often a progress bar looked)."""
-        pending = self._pending.item() if self._pending is not None else 0.0
-        return (self.total + pending) / max(self.images, 1)
 
 
 @dataclass

@@ -151,7 +151,7 @@ def train_steps(run: Training, loader: torch.utils.data.DataLoader) -> Iterator[
             if not bar.disable and now - shown >= 1.0:  # the loss shown costs a sync: once a second is plenty
                 shown = now
                 bar.set_postfix(
-                    loss=f"{state.loss.peek():.4f}",
+                    loss=f"{state.loss.peek_both()[0]:.4f}",
                     lr=f"{current_lr(run.optimizer):.2e}",
                     img_s=f"{images_seen / (now - started):.1f}",
                     refresh=False,  # tqdm's default redraws on every call; update() redraws at its own pace
