@@ -21,9 +21,10 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
+from . import hub as hub_io
 from .config import FinetuneConfig, describe_differences, trajectory_differences
 from .errors import CheckpointError
-from .rundir import RunDir
+from .rundir import RunDir, is_main_launch_process
 
 STATE_FILE = "trainer_state.json"
 
@@ -206,7 +207,11 @@ def checkpoint_labels(folder: Path) -> tuple[list[str], list[str]] | None:
 
 
 def find_resume_checkpoint(config: FinetuneConfig, output_dir: Path) -> Path | None:
-    """The checkpoint to resume from per ``train.resume``; checks it belongs to this run's trajectory."""
+    """The checkpoint to resume from per ``train.resume``; checks it belongs to this run's trajectory.
+
+    ``hf-hub:owner/name`` (``hub``: ``hf-hub:<hub.model_id>``) downloads the repo's ``last-checkpoint/`` into
+    ``<output_dir>/checkpoints/step_XXXXXXXX/`` first (:func:`checkpoint_from_hub`).
+    """
     resume = config.train.resume
     if resume == "never":
         if list_checkpoints(output_dir):
@@ -215,6 +220,8 @@ def find_resume_checkpoint(config: FinetuneConfig, output_dir: Path) -> Path | N
                 "choose a new train.output_dir, or resume with --train.resume auto."
             )
         return None
+    if resume == "hub" or resume.startswith("hf-hub:"):
+        return checkpoint_from_hub(config, output_dir)
     if resume == "auto":
         folder, saved_config = _newest_readable(output_dir)
     else:
@@ -226,14 +233,60 @@ def find_resume_checkpoint(config: FinetuneConfig, output_dir: Path) -> Path | N
         _, saved_config = read_state(folder)
     if folder is None:
         return None
+    _refuse_another_trajectory(f"Checkpoint '{folder}'", saved_config, config)
+    return folder
+
+
+def _refuse_another_trajectory(name: str, saved_config: dict[str, Any], config: FinetuneConfig) -> None:
     differences = trajectory_differences(saved_config, config)
     if differences:
         raise CheckpointError(
-            f"Checkpoint '{folder}' was written with a different config ({', '.join(differences)}); resuming would "
+            f"{name} was written with a different config ({', '.join(differences)}); resuming would "
             f"change the run ({describe_differences(saved_config, config, differences)}). Restore those values, or "
             "start afresh in a new train.output_dir."
         )
-    return folder
+
+
+def hub_resume_repo(config: FinetuneConfig) -> str | None:
+    """The Hub repo that ``train.resume`` names (``hf-hub:owner/name``, or ``hub`` for ``hub.model_id``), or None."""
+    resume = config.train.resume
+    if resume == "hub":
+        return config.hub.model_id
+    return resume[len("hf-hub:") :] if resume.startswith("hf-hub:") else None
+
+
+def checkpoint_from_hub(config: FinetuneConfig, output_dir: Path) -> Path:
+    """Download the ``last-checkpoint/`` that ``hub.strategy checkpoint`` pushed to the repo ``train.resume`` names
+    into ``<output_dir>/checkpoints/step_XXXXXXXX/`` (its step from its trainer state) and return that folder; a
+    checkpoint of another trajectory is refused before anything is put in place.
+
+    Only the launch's main process downloads. The others return a placeholder without waiting: nothing reads it
+    before the process group exists (which the main process joins after its download), and ``train._resume``
+    then loads the main process's folder on every process. A local complete checkpoint of the same step is used
+    as it is (it is the same point of the same trajectory).
+    """
+    repo_id = hub_resume_repo(config)
+    root = RunDir(output_dir).checkpoints
+    if not is_main_launch_process():
+        return root / "from-hub"
+    staging = root / ".tmp-hub"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        downloaded = hub_io.download_checkpoint(str(repo_id), staging)
+        state, saved_config = read_state(downloaded)
+        name = f"The Hub checkpoint 'hf-hub:{repo_id}' ({hub_io.CHECKPOINT_DIR}/, step {state.global_step})"
+        _refuse_another_trajectory(name, saved_config, config)
+        final = root / f"step_{state.global_step:08d}"
+        if is_checkpoint(final):
+            print(f"{name} is already here as {final}; resuming from it", flush=True)
+        else:
+            shutil.rmtree(final, ignore_errors=True)  # an incomplete folder of that step, if any
+            os.replace(downloaded, final)
+            print(f"downloaded {name} into {final}", flush=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
 
 
 def _newest_readable(output_dir: Path) -> tuple[Path | None, dict[str, Any]]:

@@ -167,7 +167,8 @@ class HubConfig:
     push: bool = resumable(False)  # upload the exported folder (weights, card, curves, metrics) to hub.model_id
     model_id: str | None = resumable(None)  # Hub repo 'owner/name'; created when missing
     private: bool = resumable(False)  # visibility of a repo that the push creates (an existing repo keeps its own)
-    strategy: Literal["end", "epoch"] = resumable("end")  # end: push once after training; epoch: also after every epoch
+    # end: push after training; epoch: also after every epoch; checkpoint: as epoch, plus the training checkpoint
+    strategy: Literal["end", "epoch", "checkpoint"] = resumable("end")
     weights: Literal["last", "best"] = resumable("last")  # last: the final epoch (the reported numbers); best: top-1
     license: str = resumable("apache-2.0")  # the model card's license (a Hub license id)
 
@@ -457,10 +458,11 @@ def validate(config: FinetuneConfig, num_processes: int | None = None, cuda_avai
     if o.fused or t.compile:
         _check_speed_options(o, t, cuda_available)
 
-    if t.resume not in ("auto", "never") and not Path(t.resume).expanduser().exists():
+    rid = (config.hub.model_id or "") if t.resume == "hub" else t.resume[7:] if t.resume[:7] == "hf-hub:" else None
+    if t.resume not in ("auto", "never") and not (_HUB_ID.match(rid) if rid else Path(t.resume).expanduser().exists()):
         raise ConfigError(
-            f"train.resume '{t.resume}' does not exist; give a checkpoint folder, 'auto' (newest in "
-            "train.output_dir) or 'never'."
+            f"train.resume '{t.resume}' {'does not exist' if rid is None else 'names no Hub repo'}; give a checkpoint "
+            "folder, 'auto' (newest in train.output_dir), 'never', or hf-hub:owner/name ('hub': hub.model_id)."
         )
     if m.checkpoint is not None and not m.checkpoint.startswith("hf-hub:"):
         if not Path(m.checkpoint).expanduser().exists():

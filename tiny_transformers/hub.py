@@ -15,10 +15,11 @@ from huggingface_hub import HfApi, constants, get_token, snapshot_download
 from huggingface_hub import errors as hf_errors
 from huggingface_hub.utils import validate_repo_id
 
-from .errors import ModelError
+from .errors import CheckpointError, ModelError
 
 LOGIN_HINT = "set HF_TOKEN or run `hf auth login` (`huggingface-cli login` in older huggingface_hub)"
 _DOWNLOAD_FILES = ["config.json", "model.safetensors", "pytorch_model.bin"]  # a timm save_for_hf folder
+CHECKPOINT_DIR = "last-checkpoint"  # the repo folder of the training checkpoint that hub.strategy checkpoint pushes
 
 
 def offline() -> bool:
@@ -63,17 +64,29 @@ def is_hub_id(text: str) -> bool:
     return True
 
 
-def upload_folder(folder: Path, repo_id: str, private: bool, message: str, files: Sequence[str]) -> str:
-    """Create ``repo_id`` when missing (``private``) and upload the ``files`` of ``folder`` in one commit; returns
-    the commit URL. Errors are huggingface_hub's own: :func:`explain` puts them in words.
+def upload_folder(
+    folder: Path, repo_id: str, private: bool, message: str, files: Sequence[str], delete: Sequence[str] = ()
+) -> str:
+    """Create ``repo_id`` when missing (``private``) and upload the ``files`` of ``folder`` (names or patterns) in one
+    commit that also deletes the repo's files matching ``delete`` and not uploaded again; returns the commit URL.
+    Errors are huggingface_hub's own: :func:`explain` puts them in words.
+
+    A commit is atomic: an interrupted upload leaves the repo as it was. (huggingface_hub with hf_xet splits a
+    folder of more than 256 files into several commits; the folders uploaded here hold about fifteen.)
 
     >>> upload_folder(Path("outputs/run/export"), "me/vit", False, "first", ["model.safetensors"])  # doctest: +SKIP
     'https://huggingface.co/me/vit/commit/3f2c...'
     """
     api = HfApi()  # token: HF_TOKEN or the one stored by `hf auth login`, as huggingface_hub always does
     api.create_repo(repo_id, private=private, repo_type="model", exist_ok=True)
+    extra = {"delete_patterns": list(delete)} if delete else {}
     info = api.upload_folder(
-        repo_id=repo_id, folder_path=str(folder), repo_type="model", commit_message=message, allow_patterns=list(files)
+        repo_id=repo_id,
+        folder_path=str(folder),
+        repo_type="model",
+        commit_message=message,
+        allow_patterns=list(files),
+        **extra,
     )
     return str(getattr(info, "commit_url", None) or f"https://huggingface.co/{repo_id}")
 
@@ -144,3 +157,33 @@ def download_model(location: str) -> Path:
             f"model.checkpoint '{location}' could not be downloaded ({explain(error, repo_id)}); retry, or "
             "pass a local folder written by `tiny-transformers export`."
         ) from error
+
+
+def download_checkpoint(repo_id: str, into: Path) -> Path:
+    """Download the :data:`CHECKPOINT_DIR` folder of ``repo_id`` (pushed with ``hub.strategy checkpoint``) into the
+    folder ``into``; returns ``into / CHECKPOINT_DIR``. Raises :class:`CheckpointError` with the cause in words.
+
+    >>> download_checkpoint("me/vit-l-tiny-imagenet", Path("outputs/run/checkpoints/.tmp-hub"))  # doctest: +SKIP
+    PosixPath('outputs/run/checkpoints/.tmp-hub/last-checkpoint')
+    """
+    location = f"hf-hub:{repo_id}"
+    try:
+        snapshot_download(repo_id, repo_type="model", allow_patterns=[f"{CHECKPOINT_DIR}/*"], local_dir=str(into))
+    except Exception as error:  # noqa: BLE001 - offline, not found, no access: each gets its own sentence below
+        if isinstance(error, hf_errors.LocalEntryNotFoundError) or offline():
+            why = "HF_HUB_OFFLINE is set; unset it" if offline() else "the Hub cannot be reached; connect"
+            why += " and run again, or resume from a local checkpoint folder"
+        elif isinstance(error, hf_errors.RepositoryNotFoundError) or _status(error) in (401, 403, 404):
+            why = f"the repo was not found, or is private and needs a token; check the id, or {LOGIN_HINT}"
+        else:
+            why = f"{explain(error, repo_id)}; run again, or resume from a local checkpoint folder"
+        raise CheckpointError(
+            f"train.resume '{location}': its {CHECKPOINT_DIR}/ could not be downloaded: {why}."
+        ) from error
+    folder = into / CHECKPOINT_DIR
+    if not folder.is_dir() or not any(folder.iterdir()):
+        raise CheckpointError(
+            f"train.resume '{location}': the repo holds no {CHECKPOINT_DIR}/ folder; it is pushed by runs with "
+            "--hub.push true --hub.strategy checkpoint."
+        )
+    return folder
