@@ -9,28 +9,38 @@ The exported folder holds exactly :data:`EXPORT_FILES`:
 - ``README.md``: the model card (card.py);
 - ``training_curves.png`` and ``metrics.jsonl``.
 
-Never checkpoints or optimizer state. A failed push raises :class:`PublishError` naming the cause and the
-retry command; a push never changes or removes the run's local files.
+Never checkpoints or optimizer state; with ``hub.strategy checkpoint`` a push also sends the newest training
+checkpoint to the repo's ``last-checkpoint/`` (replacing the previous one in the same commit), beside the export.
+A failed push raises :class:`PublishError` naming the cause and the retry command; a push never changes or removes
+the run's local files. During training, :class:`BackgroundPublisher` pushes without stopping the steps.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import os
 import shlex
 import shutil
 import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from safetensors.torch import load_file
 
 from . import hub as hub_io
 from .card import model_card, weights_folder
+from .checkpoint import list_checkpoints
 from .config import HubConfig, validate_hub
 from .errors import ConfigError, PublishError, TinyTransformersError, clean_message
 from .report import plot_training_curves
-from .rundir import CONFIG_FILE, CURVES_FILE, METRICS_FILE, WEIGHTS_FILE, RunSummary, read_run
+from .rundir import CONFIG_FILE, CURVES_FILE, METRICS_FILE, WEIGHTS_FILE, RunDir, RunSummary, read_run
 
 EXPORT_FILES = (WEIGHTS_FILE, CONFIG_FILE, "README.md", CURVES_FILE, METRICS_FILE)
+STAGING_DIR = ".hub-push"  # in the run folder: snapshots and upload folders of pushes, removed after each
+_CHECKPOINT_FILES = f"{hub_io.CHECKPOINT_DIR}/*"
 
 
 def export_run(output_dir: str | Path, hub: HubConfig | None = None, folder: str | Path | None = None) -> Path:
@@ -115,6 +125,8 @@ def retry_command(output_dir: str | Path, hub: HubConfig) -> str:
         parts += ["--hub.weights", hub.weights]
     if hub.license != HubConfig().license:
         parts += ["--hub.license", shlex.quote(hub.license)]
+    if hub.strategy == "checkpoint":
+        parts += ["--hub.strategy", "checkpoint"]
     return " ".join(parts)
 
 
@@ -139,7 +151,8 @@ def push_run(
     """Export ``output_dir`` (see :func:`export_run`) and upload that folder to ``hub.model_id``; returns the commit
     URL.
 
-    The repo is created (``hub.private``) when missing. Only :data:`EXPORT_FILES` are uploaded. A failure raises
+    The repo is created (``hub.private``) when missing. Only :data:`EXPORT_FILES` are uploaded, and with
+    ``hub.strategy checkpoint`` the newest training checkpoint as ``last-checkpoint/``. A failure raises
     :class:`PublishError` with the cause and the command to retry; local files are never touched.
 
     >>> push_run("outputs/run", HubConfig(model_id="me/vit-l-tiny-imagenet"))  # doctest: +SKIP
@@ -148,17 +161,66 @@ def push_run(
     if not hub.model_id:
         raise ConfigError("Pushing needs hub.model_id; add --hub.model_id your-user/model-name.")
     run = read_run(output_dir)
+    checkpoint = None
+    if hub.strategy == "checkpoint":
+        checkpoint = (list_checkpoints(run.output_dir) or [None])[-1]
+        if checkpoint is None:
+            raise PublishError(
+                f"hub.strategy checkpoint pushes the newest training checkpoint and '{run.output_dir}' holds none; "
+                "push without it (--hub.strategy end)."
+            )
+    return _push(run, hub, folder, message, run.output_dir, checkpoint)
+
+
+def _push(
+    run: RunSummary, hub: HubConfig, folder: str | Path | None, message: str | None, output_dir: Path,
+    checkpoint: Path | None,
+) -> str:  # fmt: skip
+    """Export ``run`` into ``folder`` and upload it, with ``checkpoint`` as last-checkpoint/ when given; errors name
+    ``output_dir`` (``run`` may be a snapshot of it)."""
     exported = _export(run, hub, folder)
     message = message or commit_message(run, hub)
-    try:  # only the export's files: it holds nothing else, and this makes sure of it
-        return hub_io.upload_folder(exported, hub.model_id, hub.private, message, EXPORT_FILES)
+    upload, files, delete = exported, EXPORT_FILES, ()
+    if checkpoint is not None:  # one folder, one commit: the export and the checkpoint, linked (not copied) there
+        upload = _new_staging(output_dir, "upload")
+        _link_tree(exported, upload)
+        _link_tree(checkpoint, upload / hub_io.CHECKPOINT_DIR)
+        files, delete = (*EXPORT_FILES, _CHECKPOINT_FILES), (_CHECKPOINT_FILES,)
+    try:  # only the export's files (and the checkpoint's): nothing else is sent, whatever the folder holds
+        return hub_io.upload_folder(upload, str(hub.model_id), hub.private, message, files, delete)
     except Exception as error:  # noqa: BLE001 - network, auth and HTTP errors all end the same way for the user
         raise PublishError(
-            f"Pushing '{run.output_dir}' to the Hub as '{hub.model_id}' failed: "
-            f"{hub_io.explain(error, hub.model_id)}. Nothing local was lost (the run and its export in '{exported}' "
-            "are in place); retry with: "
-            f"{retry_command(run.output_dir, hub)}"
+            f"Pushing '{output_dir}' to the Hub as '{hub.model_id}' failed: "
+            f"{hub_io.explain(error, str(hub.model_id))}. Nothing local was lost (the run and its export in "
+            f"'{exported}' are in place); retry with: {retry_command(output_dir, hub)}"
         ) from error
+    finally:
+        if upload != exported:
+            shutil.rmtree(upload, ignore_errors=True)
+
+
+_staging_names = itertools.count()
+
+
+def _new_staging(output_dir: Path, kind: str) -> Path:
+    """A new empty folder under the run's :data:`STAGING_DIR` (same file system: hard links work)."""
+    folder = Path(output_dir) / STAGING_DIR / f"{kind}-{os.getpid()}-{next(_staging_names)}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    """``target`` with the files of ``source`` hard-linked (copied where links fail): instant, and the snapshot keeps
+    its bytes when the source is deleted later (a pruned checkpoint). Only for files that are replaced, never
+    rewritten in place: checkpoints (renamed into place whole) and the export (swapped in whole)."""
+    for file in sorted(p for p in Path(source).rglob("*") if p.is_file()):
+        destination = target / file.relative_to(source)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(file, destination)
+        except OSError:
+            shutil.copy2(file, destination)
 
 
 def publish_after_training(output_dir: str | Path, hub: HubConfig) -> str | None:
@@ -168,8 +230,14 @@ def publish_after_training(output_dir: str | Path, hub: HubConfig) -> str | None
     >>> publish_after_training("outputs/run", HubConfig(push=True, model_id="me/vit"))  # doctest: +SKIP
     'https://huggingface.co/me/vit/commit/3f2c...'
     """
+    return _reported(output_dir, hub, lambda: push_run(output_dir, hub))[0]
+
+
+def _reported(output_dir: str | Path, hub: HubConfig, push: Callable[[], str]) -> tuple[str | None, str]:
+    """Run ``push`` and print its outcome (the commit URL, or the error and the retry command); never raises.
+    Returns (commit URL or None, the line printed)."""
     try:
-        url = push_run(output_dir, hub)
+        url = push()
     except Exception as error:  # noqa: BLE001 - publishing is an extra: whatever breaks it, training's result stands
         text = (
             clean_message(error)
@@ -179,9 +247,150 @@ def publish_after_training(output_dir: str | Path, hub: HubConfig) -> str | None
         if "tiny-transformers push" not in text:
             text += f" The run's files are intact; push them later with: {retry_command(output_dir, hub)}"
         print(f"warning: {text}", file=sys.stderr, flush=True)
-        return None
-    print(f"pushed to https://huggingface.co/{hub.model_id} ({url})", flush=True)
-    return url
+        return None, f"warning: {text}"
+    line = f"pushed to https://huggingface.co/{hub.model_id} ({url})"
+    print(line, flush=True)
+    return url, line
+
+
+@dataclass
+class PushResult:
+    """The outcome of one push of :class:`BackgroundPublisher`, as printed."""
+
+    epochs: int  # epochs the run had finished when the push was asked for
+    url: str | None  # the commit URL; None when the push failed, or a newer push replaced it before it started
+    message: str  # the line printed: the URL, the error with the retry command, or why it was skipped
+
+
+@dataclass
+class _Snapshot:
+    folder: Path  # a copy of the run's small files and published weights (a run folder of its own)
+    epochs: int
+    checkpoint: Path | None  # the checkpoint's files, hard-linked into folder/last-checkpoint
+
+
+class BackgroundPublisher:
+    """Pushes during training without stopping it: :meth:`submit` takes a snapshot of what the push sends (a copy of
+    ``metrics.jsonl`` and the published weights, the checkpoint hard-linked) and returns; one worker thread exports
+    and uploads it. At most one upload is in flight; a push submitted meanwhile waits, and a newer one replaces it
+    (latest wins: the skipped one is printed). :meth:`wait` (also on leaving the ``with`` block) lets the last
+    upload end and returns every push's :class:`PushResult`; each outcome is printed when it is known. A failed push
+    never raises and never touches the run's files.
+
+    >>> with BackgroundPublisher("outputs/run", HubConfig(push=True, model_id="me/vit")) as pushes:  # doctest: +SKIP
+    ...     pushes.submit()  # after an epoch: the snapshot is taken now, the upload runs in the background
+    pushed to https://huggingface.co/me/vit (https://huggingface.co/me/vit/commit/3f2c...)
+    """
+
+    def __init__(self, output_dir: str | Path, hub: HubConfig) -> None:
+        self.output_dir, self.hub = Path(output_dir).expanduser().resolve(), hub
+        self.results: list[PushResult] = []
+        self._pending: _Snapshot | None = None
+        self._uploading: int | None = None  # epochs of the push in flight
+        self._closed = False
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> BackgroundPublisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wait()
+
+    def submit(self, checkpoint: Path | None = None) -> None:
+        """Push the run as it is now, in the background. With ``hub.strategy checkpoint`` the training checkpoint
+        ``checkpoint`` (default: the newest) goes to ``last-checkpoint/``. Call on the main process only."""
+        try:
+            snapshot = self._snapshot(checkpoint)
+        except Exception as error:  # noqa: BLE001 - a push never fails the run
+            url, line = _reported(self.output_dir, self.hub, _raiser(error))
+            self._record(PushResult(len(RunDir(self.output_dir).read_metrics()), url, line))
+            return
+        with self._changed:
+            replaced, self._pending = self._pending, snapshot
+            if self._thread is None:
+                self._closed = False
+                self._thread = threading.Thread(target=self._work, name="hub-push", daemon=True)
+                self._thread.start()
+            self._changed.notify_all()
+        if replaced is not None:
+            shutil.rmtree(replaced.folder, ignore_errors=True)
+            line = (
+                f"note: the push after epoch {replaced.epochs} was skipped: the one after epoch {snapshot.epochs} "
+                "replaced it while an upload was in flight"
+            )
+            print(line, flush=True)
+            self._record(PushResult(replaced.epochs, None, line))
+
+    def wait(self) -> list[PushResult]:
+        """Let the upload in flight and the pending push end; every push's result so far, oldest first."""
+        with self._changed:
+            self._closed = True
+            busy = self._uploading if self._uploading is not None else (self._pending and self._pending.epochs)
+            self._changed.notify_all()
+        if self._thread is not None:
+            if busy:
+                print(f"waiting for the push after epoch {busy} to finish", flush=True)
+            self._thread.join()
+            self._thread = None
+            try:
+                (self.output_dir / STAGING_DIR).rmdir()  # only when empty: a `push` command may be using it
+            except OSError:
+                pass
+        return sorted(self.results, key=lambda result: result.epochs)
+
+    def _snapshot(self, checkpoint: Path | None) -> _Snapshot:
+        """What the push sends, as it is now, under the run's STAGING_DIR: the weights to publish are copied (the next
+        epoch rewrites them in place), the checkpoint hard-linked (checkpoints are never rewritten)."""
+        source, folder = RunDir(self.output_dir), _new_staging(self.output_dir, "snapshot")
+        target = RunDir(folder)
+        for name in ("config", "labels", "metrics"):
+            shutil.copyfile(getattr(source, name), getattr(target, name))
+        if source.weights(self.hub.weights).is_dir():
+            shutil.copytree(source.weights(self.hub.weights), target.weights(self.hub.weights))
+        linked = None
+        if self.hub.strategy == "checkpoint":
+            checkpoint = checkpoint or (list_checkpoints(self.output_dir) or [None])[-1]
+            if checkpoint is None:
+                raise PublishError(
+                    f"'{self.output_dir}' holds no training checkpoint to push (hub.strategy checkpoint)."
+                )
+            linked = folder / hub_io.CHECKPOINT_DIR
+            _link_tree(checkpoint, linked)
+        return _Snapshot(folder, len(target.read_metrics()), linked)
+
+    def _work(self) -> None:
+        while True:
+            with self._changed:
+                while self._pending is None and not self._closed:
+                    self._changed.wait()
+                snapshot, self._pending = self._pending, None
+                if snapshot is None:
+                    return
+                self._uploading = snapshot.epochs
+            try:
+                url, line = _reported(self.output_dir, self.hub, functools.partial(self._send, snapshot))
+            finally:
+                shutil.rmtree(snapshot.folder, ignore_errors=True)
+                with self._changed:
+                    self._uploading = None
+            self._record(PushResult(snapshot.epochs, url, line))
+
+    def _send(self, snapshot: _Snapshot) -> str:
+        """Export the snapshot into the run's export/ (only this thread writes it during training) and upload it."""
+        export = RunDir(self.output_dir).export
+        return _push(read_run(snapshot.folder), self.hub, export, None, self.output_dir, snapshot.checkpoint)
+
+    def _record(self, result: PushResult) -> None:
+        with self._changed:
+            self.results.append(result)
+
+
+def _raiser(error: Exception) -> Callable[[], str]:
+    def push() -> str:
+        raise error
+
+    return push
 
 
 def push_warnings(output_dir: str | Path, hub: HubConfig) -> list[str]:

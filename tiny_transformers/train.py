@@ -46,7 +46,7 @@ from .models import (
 )
 from .optim import build_optimizer, build_schedule
 from .plan import Plan
-from .publish import publish_after_training, push_warnings
+from .publish import BackgroundPublisher, push_warnings
 from .report import write_run_report
 from .rundir import RunDir, RunLock, claim, is_main_launch_process
 from .sampler import MicroBatchSampler
@@ -91,7 +91,8 @@ def finetune(config: FinetuneConfig, command: str | None = None) -> FinetuneResu
     validate(config)  # every check that needs no data, before any process group starts
     check_process_precision(config.train.mixed_precision)
     folder = RunDir(Path(config.train.output_dir).expanduser().resolve())
-    with RunLock(folder, enabled=is_main_launch_process()), StopSignals() as stop:  # released on any exit
+    pushes = BackgroundPublisher(folder.root, config.hub)  # Hub uploads off the training path; waited for on any exit
+    with RunLock(folder, enabled=is_main_launch_process()), StopSignals() as stop, pushes:  # released on any exit
         run = build_run(config, folder)
         accelerator, state, plan, train = run.accelerator, run.state, run.plan, config.train
         for epoch in range(state.epoch, train.epochs):
@@ -117,13 +118,13 @@ def finetune(config: FinetuneConfig, command: str | None = None) -> FinetuneResu
                 run.folder.write_metrics(state.history)
                 if improved:
                     run.export("best", ema=record.get("ema_top1", float("-inf")) > record["top1"])
-            run.save_checkpoint()
+            checkpoint = run.save_checkpoint()
             hub = config.hub
-            if hub.push and hub.strategy == "epoch" and epoch + 1 < train.epochs and accelerator.is_main_process:
+            if hub.push and hub.strategy != "end" and epoch + 1 < train.epochs and accelerator.is_main_process:
                 if hub.weights == "last":  # the pushed weights must be this epoch's, as the card's numbers are
                     run.export("last", ema=run.ema is not None)
-                publish_after_training(run.folder.root, hub)  # prints why and how to retry on failure; never raises
-        return finish(run)
+                pushes.submit(checkpoint)  # a snapshot now, the upload in the background; never raises
+        return finish(run, pushes)
 
 
 @dataclass
@@ -351,7 +352,7 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
                evaluation, state, mean, std, ema, teacher)  # fmt: skip
 
 
-def finish(run: Run) -> FinetuneResult:
+def finish(run: Run, pushes: BackgroundPublisher | None = None) -> FinetuneResult:
     """After the last epoch: ``last/``, the report and the Hub push on the main process; the run's result."""
     accelerator, state = run.accelerator, run.state
     if accelerator.is_main_process:
@@ -360,8 +361,10 @@ def finish(run: Run) -> FinetuneResult:
             run.folder.root, run.config, state.history, accelerator.unwrap_model(run.model), run.data.eval,
             run.data.class_names, run.augment.resize_normalize, accelerator.autocast,
         )  # fmt: skip
+        pushes = pushes or BackgroundPublisher(run.folder.root, run.config.hub)
         if run.config.hub.push:
-            publish_after_training(run.folder.root, run.config.hub)
+            pushes.submit()
+        pushes.wait()  # the last upload ends before the run does; each push's outcome is printed as it ends
     accelerator.wait_for_everyone()
     accelerator.end_training()
     nan = float("nan")
