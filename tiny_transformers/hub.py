@@ -170,11 +170,11 @@ def download_checkpoint(repo_id: str, into: Path) -> Path:
     try:
         snapshot_download(repo_id, repo_type="model", allow_patterns=[f"{CHECKPOINT_DIR}/*"], local_dir=str(into))
     except Exception as error:  # noqa: BLE001 - offline, not found, no access: each gets its own sentence below
-        if isinstance(error, hf_errors.LocalEntryNotFoundError) or offline():
+        if isinstance(error, hf_errors.RepositoryNotFoundError) or _status(error) in (401, 403, 404):
+            why = f"the repo was not found, or is private and needs a token; check the id, or {LOGIN_HINT}"
+        elif isinstance(error, hf_errors.LocalEntryNotFoundError) or offline():
             why = "HF_HUB_OFFLINE is set; unset it" if offline() else "the Hub cannot be reached; connect"
             why += " and run again, or resume from a local checkpoint folder"
-        elif isinstance(error, hf_errors.RepositoryNotFoundError) or _status(error) in (401, 403, 404):
-            why = f"the repo was not found, or is private and needs a token; check the id, or {LOGIN_HINT}"
         else:
             why = f"{explain(error, repo_id)}; run again, or resume from a local checkpoint folder"
         raise CheckpointError(

@@ -257,6 +257,7 @@ def _reported(output_dir: str | Path, hub: HubConfig, push: Callable[[], str]) -
 class PushResult:
     """The outcome of one push of :class:`BackgroundPublisher`, as printed."""
 
+    number: int  # 1 for the first push asked for, then 2, ...
     epochs: int  # epochs the run had finished when the push was asked for
     url: str | None  # the commit URL; None when the push failed, or a newer push replaced it before it started
     message: str  # the line printed: the URL, the error with the retry command, or why it was skipped
@@ -264,6 +265,7 @@ class PushResult:
 
 @dataclass
 class _Snapshot:
+    number: int
     folder: Path  # a copy of the run's small files and published weights (a run folder of its own)
     epochs: int
     checkpoint: Path | None  # the checkpoint's files, hard-linked into folder/last-checkpoint
@@ -290,6 +292,7 @@ class BackgroundPublisher:
         self._closed = False
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._submitted = 0
 
     def __enter__(self) -> BackgroundPublisher:
         return self
@@ -300,11 +303,12 @@ class BackgroundPublisher:
     def submit(self, checkpoint: Path | None = None) -> None:
         """Push the run as it is now, in the background. With ``hub.strategy checkpoint`` the training checkpoint
         ``checkpoint`` (default: the newest) goes to ``last-checkpoint/``. Call on the main process only."""
+        self._submitted += 1
         try:
-            snapshot = self._snapshot(checkpoint)
+            snapshot = self._snapshot(self._submitted, checkpoint)
         except Exception as error:  # noqa: BLE001 - a push never fails the run
             url, line = _reported(self.output_dir, self.hub, _raiser(error))
-            self._record(PushResult(len(RunDir(self.output_dir).read_metrics()), url, line))
+            self._record(PushResult(self._submitted, len(RunDir(self.output_dir).read_metrics()), url, line))
             return
         with self._changed:
             replaced, self._pending = self._pending, snapshot
@@ -320,7 +324,7 @@ class BackgroundPublisher:
                 "replaced it while an upload was in flight"
             )
             print(line, flush=True)
-            self._record(PushResult(replaced.epochs, None, line))
+            self._record(PushResult(replaced.number, replaced.epochs, None, line))
 
     def wait(self) -> list[PushResult]:
         """Let the upload in flight and the pending push end; every push's result so far, oldest first."""
@@ -337,9 +341,9 @@ class BackgroundPublisher:
                 (self.output_dir / STAGING_DIR).rmdir()  # only when empty: a `push` command may be using it
             except OSError:
                 pass
-        return sorted(self.results, key=lambda result: result.epochs)
+        return sorted(self.results, key=lambda result: result.number)
 
-    def _snapshot(self, checkpoint: Path | None) -> _Snapshot:
+    def _snapshot(self, number: int, checkpoint: Path | None) -> _Snapshot:
         """What the push sends, as it is now, under the run's STAGING_DIR: the weights to publish are copied (the next
         epoch rewrites them in place), the checkpoint hard-linked (checkpoints are never rewritten)."""
         source, folder = RunDir(self.output_dir), _new_staging(self.output_dir, "snapshot")
@@ -357,7 +361,7 @@ class BackgroundPublisher:
                 )
             linked = folder / hub_io.CHECKPOINT_DIR
             _link_tree(checkpoint, linked)
-        return _Snapshot(folder, len(target.read_metrics()), linked)
+        return _Snapshot(number, folder, len(target.read_metrics()), linked)
 
     def _work(self) -> None:
         while True:
@@ -374,7 +378,7 @@ class BackgroundPublisher:
                 shutil.rmtree(snapshot.folder, ignore_errors=True)
                 with self._changed:
                     self._uploading = None
-            self._record(PushResult(snapshot.epochs, url, line))
+            self._record(PushResult(snapshot.number, snapshot.epochs, url, line))
 
     def _send(self, snapshot: _Snapshot) -> str:
         """Export the snapshot into the run's export/ (only this thread writes it during training) and upload it."""

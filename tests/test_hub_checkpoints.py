@@ -1,0 +1,300 @@
+"""Long runs on rented machines: pushes in the background that never stall training, and the training checkpoint
+on the Hub (hub.strategy checkpoint) resumed on a fresh machine (train.resume hf-hub:owner/name or hub).
+
+The Hub is a local folder (:class:`FakeHub`): ``HfApi`` and ``snapshot_download`` are replaced in hub.py, the only
+module that talks to the Hub. A run is "killed" in-process by raising from ``train_steps`` at a chosen step.
+"""
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import httpx2
+import pytest
+import torch
+from huggingface_hub.utils import filter_repo_objects
+from safetensors.torch import load_file
+
+import tiny_transformers.hub as hub
+import tiny_transformers.train as train_module
+from tiny_transformers import DataConfig, FinetuneConfig, ModelConfig, TrainConfig, finetune
+from tiny_transformers.config import HubConfig, validate
+from tiny_transformers.errors import CheckpointError, ConfigError
+from tiny_transformers.publish import EXPORT_FILES, BackgroundPublisher
+
+MODEL_ID = "tester/tiny-vit-resumable"
+EPOCHS, STEPS_PER_EPOCH = 3, 3  # 24 fixture images, effective batch 8
+
+
+class FakeHub:
+    """A folder per repo under ``root``. ``upload_folder`` sends what the real one sends (the folder's files
+    filtered by allow_patterns), deletes the repo files matching delete_patterns that it does not upload again, and
+    commits atomically as the Hub does: the new tree is built beside the repo and swapped in, so a failure midway
+    (``fail_uploads``: the upload numbers that fail after writing half their files) leaves the repo as it was.
+    ``snapshot_download`` copies the files matching allow_patterns into local_dir."""
+
+    def __init__(self, root: Path, upload_seconds: float = 0.0, fail_uploads: tuple[int, ...] = ()) -> None:
+        self.root, self.upload_seconds, self.fail_uploads = root, upload_seconds, fail_uploads
+        self.uploads: list[dict] = []  # one per upload_folder call: its files, start and end times, outcome
+
+    def __call__(self, **kwargs) -> "FakeHub":  # HfApi(...)
+        return self
+
+    def repo(self, repo_id: str) -> Path:
+        return self.root / repo_id
+
+    def files(self, repo_id: str) -> list[str]:
+        folder = self.repo(repo_id)
+        return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+    def create_repo(self, repo_id, **kwargs):
+        self.repo(repo_id).mkdir(parents=True, exist_ok=True)
+        return f"https://huggingface.co/{repo_id}"
+
+    def upload_folder(self, *, repo_id, folder_path, allow_patterns=None, delete_patterns=None, **kwargs):
+        record = {"started": time.perf_counter(), "message": kwargs.get("commit_message"), "ok": False}
+        self.uploads.append(record)
+        folder, repo = Path(folder_path), self.repo(repo_id)
+        local = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        sent = sorted(filter_repo_objects(local, allow_patterns=allow_patterns))
+        record["sent"] = sent
+        staging = repo.with_name(f".{repo.name}.commit")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(repo, staging)
+        for name in filter_repo_objects(self.files(repo_id), allow_patterns=delete_patterns or []):
+            if name not in sent:
+                (staging / name).unlink()
+        failing = len(self.uploads) in self.fail_uploads
+        for index, name in enumerate(sent):
+            if failing and index == len(sent) // 2:
+                record["ended"] = time.perf_counter()
+                raise ConnectionError("Connection reset by peer")  # the commit never happens: the repo is as it was
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(folder / name, staging / name)
+        time.sleep(self.upload_seconds)
+        old = repo.with_name(f".{repo.name}.old")
+        repo.rename(old)
+        staging.rename(repo)
+        shutil.rmtree(old)
+        record.update(ended=time.perf_counter(), ok=True)
+        return type("CommitInfo", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/{len(self.uploads)}"})()
+
+    def snapshot_download(self, repo_id, *, allow_patterns=None, local_dir=None, **kwargs):
+        repo = self.repo(repo_id)
+        if not repo.is_dir():
+            request = httpx2.Request("GET", f"https://huggingface.co/api/models/{repo_id}")
+            raise hub.hf_errors.RepositoryNotFoundError(
+                "404 Repository Not Found", response=httpx2.Response(404, request=request)
+            )
+        for name in filter_repo_objects(self.files(repo_id), allow_patterns=allow_patterns):
+            (Path(local_dir) / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(repo / name, Path(local_dir) / name)
+        return str(local_dir)
+
+    def install(self, patch: pytest.MonkeyPatch) -> None:
+        patch.setattr(hub, "HfApi", self)
+        patch.setattr(hub, "snapshot_download", self.snapshot_download)
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL: nothing in the library catches it."""
+
+
+def killing_at(step: int | None, epoch_starts: list[float]):
+    """train_steps that records when each epoch's steps start and raises :class:`Killed` after update ``step``."""
+    real = train_module.train_steps
+
+    def steps(run, loader):
+        epoch_starts.append(time.perf_counter())
+        for item in real(run, loader):
+            if run.state.global_step == step:
+                raise Killed
+            yield item
+
+    return steps
+
+
+def config_for(source, output_dir, resume="auto", **hub_fields) -> FinetuneConfig:
+    """test_vit at 32 px with an EMA (its custom_checkpoint_0.pkl travels too), 3 epochs of 3 updates."""
+    return FinetuneConfig(
+        model=ModelConfig(name="test_vit", pretrained=False, train_mode="full"),
+        data=DataConfig(source=str(source), image_size=32, num_workers=0),
+        train=TrainConfig(
+            epochs=EPOCHS, batch_size=8, micro_batch_size=4, mixed_precision="no", output_dir=str(output_dir),
+            progress=False, ema_decay=0.9, resume=resume,
+        ),
+        hub=HubConfig(**hub_fields),
+    )  # fmt: skip
+
+
+def pushed(resume: str = "auto", **extra) -> dict:
+    return {"push": True, "model_id": MODEL_ID, "strategy": "checkpoint", **extra}
+
+
+def assert_same_weights(out: Path, reference: Path) -> None:
+    for folder in ("last", f"checkpoints/step_{EPOCHS * STEPS_PER_EPOCH:08d}"):
+        actual, expected = (
+            load_file(out / folder / "model.safetensors"),
+            load_file(reference / folder / "model.safetensors"),
+        )
+        assert actual.keys() == expected.keys()
+        assert all(torch.equal(actual[k], expected[k]) for k in expected), folder
+
+
+def hub_step(fake: FakeHub) -> int:
+    return json.loads((fake.repo(MODEL_ID) / "last-checkpoint" / "trainer_state.json").read_text())["state"][
+        "global_step"
+    ]
+
+
+@pytest.fixture(scope="module")
+def reference(stanford_dir, tmp_path_factory):
+    """The uninterrupted run, without any push."""
+    out = tmp_path_factory.mktemp("reference") / "out"
+    return finetune(config_for(stanford_dir, out))
+
+
+@pytest.fixture(scope="module")
+def killed_run(stanford_dir, tmp_path_factory):
+    """hub.strategy checkpoint with a 2 s upload, killed at the second update of epoch 3 (the push after epoch 2
+    is still uploading then: leaving the run waits for it, as finish() does)."""
+    root = tmp_path_factory.mktemp("killed")
+    fake, epoch_starts = FakeHub(root / "hub", upload_seconds=2.0), []
+    with pytest.MonkeyPatch.context() as patch:
+        fake.install(patch)
+        patch.setattr(train_module, "train_steps", killing_at(2 * STEPS_PER_EPOCH + 2, epoch_starts))
+        with pytest.raises(Killed):
+            finetune(config_for(stanford_dir, root / "A", **pushed()))
+    return fake, epoch_starts, root
+
+
+def test_pushes_run_in_the_background_and_carry_the_checkpoint(killed_run, reference):
+    fake, epoch_starts, root = killed_run
+    first, second = fake.uploads
+    assert first["ok"] and second["ok"]
+    # the run did not wait for the upload after epoch 1: epoch 2's steps started while it was still uploading,
+    # and the push after epoch 2 was asked for (and started) only after the first ended (one upload in flight)
+    assert epoch_starts[1] < first["ended"]
+    assert second["started"] >= first["ended"]
+    checkpoint_files = [name for name in second["sent"] if name.startswith("last-checkpoint/")]
+    assert sorted(set(second["sent"]) - set(checkpoint_files)) == sorted(EXPORT_FILES)
+    expected = {"trainer_state.json", "model.safetensors", "optimizer.bin", "custom_checkpoint_0.pkl"}  # EMA: .pkl
+    assert {f"last-checkpoint/{name}" for name in expected} <= set(checkpoint_files)
+    # replaced, not accumulated: the repo holds epoch 2's checkpoint only, byte for byte the local one
+    assert hub_step(fake) == 2 * STEPS_PER_EPOCH
+    local = root / "A" / "checkpoints" / f"step_{2 * STEPS_PER_EPOCH:08d}"
+    repo_checkpoint = fake.repo(MODEL_ID) / "last-checkpoint"
+    assert sorted(p.name for p in repo_checkpoint.iterdir()) == sorted(p.name for p in local.iterdir())
+    assert all((repo_checkpoint / p.name).read_bytes() == p.read_bytes() for p in local.iterdir())
+    assert not (root / "A" / ".hub-push").exists()  # the snapshots are gone, the run's own files are not
+    # measured, not asserted (shared CPUs): epoch 2 with the push after epoch 1 in flight vs without any push
+    with_push = json.loads((root / "A" / "metrics.jsonl").read_text().splitlines()[1])["epoch_seconds"]
+    without = reference.history[1]["epoch_seconds"]
+    print(
+        f"\nepoch 2: {with_push:.3f} s with a push in flight, {without:.3f} s without: ratio {with_push / without:.2f}"
+    )
+
+
+def test_resume_from_the_hub_on_a_fresh_machine_ends_with_the_same_weights(killed_run, reference, stanford_dir, capsys):
+    fake, _, root = killed_run
+    fresh = root / "B"  # another machine: nothing of run A on disk, only the Hub
+    with pytest.MonkeyPatch.context() as patch:
+        fake.install(patch)
+        result = finetune(config_for(stanford_dir, fresh, resume="hub", **pushed()))
+    out = capsys.readouterr().out
+    assert f"downloaded The Hub checkpoint 'hf-hub:{MODEL_ID}' (last-checkpoint/, step 6) into " in out
+    assert "resuming from step_00000006: epoch 3, step 0" in out
+    assert result.epochs_completed == EPOCHS
+    assert [h["top1"] for h in result.history] == [h["top1"] for h in reference.history]
+    assert_same_weights(fresh, reference.output_dir)
+    assert hub_step(fake) == EPOCHS * STEPS_PER_EPOCH  # the end-of-training push replaced last-checkpoint/ again
+
+
+def test_an_interrupted_push_leaves_the_previous_checkpoint_and_resume_uses_it(
+    stanford_dir, reference, tmp_path, capsys
+):
+    fake, starts = FakeHub(tmp_path / "hub", fail_uploads=(2,)), []  # the push after epoch 2 dies mid-upload
+    with pytest.MonkeyPatch.context() as patch:
+        fake.install(patch)
+        patch.setattr(train_module, "train_steps", killing_at(2 * STEPS_PER_EPOCH + 1, starts))
+        with pytest.raises(Killed):
+            finetune(config_for(stanford_dir, tmp_path / "A", **pushed()))
+    err = capsys.readouterr().err
+    assert f"warning: Pushing '{tmp_path / 'A'}' to the Hub as '{MODEL_ID}' failed: the Hub could not be reached" in err
+    assert (
+        f"retry with: tiny-transformers push {tmp_path / 'A'} --hub.model_id {MODEL_ID} --hub.strategy checkpoint"
+        in err
+    )
+    assert [u["ok"] for u in fake.uploads] == [True, False]
+    assert hub_step(fake) == STEPS_PER_EPOCH  # epoch 1's checkpoint, whole: the failed commit changed nothing
+    assert (tmp_path / "A" / "checkpoints" / f"step_{2 * STEPS_PER_EPOCH:08d}" / "trainer_state.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "A" / "export").iterdir()) == sorted(EXPORT_FILES)
+
+    with pytest.MonkeyPatch.context() as patch:
+        fake.install(patch)
+        finetune(config_for(stanford_dir, tmp_path / "B", resume=f"hf-hub:{MODEL_ID}"))
+    assert "resuming from step_00000003: epoch 2, step 0" in capsys.readouterr().out
+    assert_same_weights(tmp_path / "B", reference.output_dir)
+
+
+def test_a_hub_checkpoint_of_another_config_is_refused_with_one_sentence(killed_run, stanford_dir, tmp_path):
+    fake, _, _ = killed_run
+    step = hub_step(fake)  # 6, or 9 after the resume test's final push
+    config = config_for(stanford_dir, tmp_path / "C", resume="hub", **pushed())
+    config.optim.lr = 0.5
+    with pytest.MonkeyPatch.context() as patch:
+        fake.install(patch)
+        with pytest.raises(CheckpointError) as refused:
+            finetune(config)
+    assert str(refused.value).startswith(
+        f"The Hub checkpoint 'hf-hub:{MODEL_ID}' (last-checkpoint/, step {step}) was written with a different config "
+        "(optim.lr); resuming would change the run ("
+    )
+    assert str(refused.value).endswith("Restore those values, or start afresh in a new train.output_dir.")
+    assert not list((tmp_path / "C" / "checkpoints").glob("*"))  # nothing downloaded is left behind
+
+
+def test_a_repo_without_a_checkpoint_is_named(stanford_dir, tmp_path):
+    fake = FakeHub(tmp_path / "hub")
+    fake.create_repo("tester/export-only")
+    with pytest.MonkeyPatch.context() as patch:
+        fake.install(patch)
+        with pytest.raises(CheckpointError, match="the repo holds no last-checkpoint/ folder; it is pushed by runs"):
+            finetune(config_for(stanford_dir, tmp_path / "D", resume="hf-hub:tester/export-only"))
+        with pytest.raises(CheckpointError, match="could not be downloaded: the repo was not found, or is private"):
+            finetune(config_for(stanford_dir, tmp_path / "E", resume="hf-hub:tester/missing"))
+
+
+@pytest.mark.parametrize(
+    "resume,model_id,message",
+    [
+        ("hub", None, "train.resume 'hub' names no Hub repo; give a checkpoint folder"),
+        ("hf-hub:not a repo", None, "train.resume 'hf-hub:not a repo' names no Hub repo"),
+    ],
+)
+def test_hub_resume_values_are_checked_before_anything_starts(resume, model_id, message):
+    config = FinetuneConfig(train=TrainConfig(mixed_precision="no", resume=resume), hub=HubConfig(model_id=model_id))
+    with pytest.raises(ConfigError, match=message):
+        validate(config, num_processes=1)
+    validate(FinetuneConfig(train=TrainConfig(mixed_precision="no", resume="hf-hub:me/run")), num_processes=1)
+
+
+def test_latest_push_wins_while_one_is_in_flight(stanford_dir, reference, tmp_path, capsys):
+    """Three pushes asked for while the first uploads: the second is replaced by the third, never half-sent."""
+    out = tmp_path / "run"
+    shutil.copytree(reference.output_dir, out)
+    fake = FakeHub(tmp_path / "hub", upload_seconds=1.0)
+    hub_config = HubConfig(**pushed())
+    with pytest.MonkeyPatch.context() as patch:
+        fake.install(patch)
+        with BackgroundPublisher(out, hub_config) as pushes:
+            pushes.submit()
+            time.sleep(0.3)  # the first is uploading now
+            pushes.submit()
+            pushes.submit()
+        results = pushes.wait()
+    assert [u["ok"] for u in fake.uploads] == [True, True]
+    assert [r.url is not None for r in results] == [True, False, True]
+    assert "was skipped: the one after epoch 3 replaced it while an upload was in flight" in capsys.readouterr().out
+    assert hub_step(fake) == EPOCHS * STEPS_PER_EPOCH
