@@ -298,3 +298,15 @@ def test_latest_push_wins_while_one_is_in_flight(stanford_dir, reference, tmp_pa
     assert [r.url is not None for r in results] == [True, False, True]
     assert "was skipped: the one after epoch 3 replaced it while an upload was in flight" in capsys.readouterr().out
     assert hub_step(fake) == EPOCHS * STEPS_PER_EPOCH
+
+
+def test_a_push_that_cannot_even_start_is_reported_not_raised(tmp_path, capsys):
+    """A resumed run's fresh folder before its first epoch ends has no metrics.jsonl: the push says so, and the run
+    goes on (2 processes resuming from the Hub were checked by hand: the same weights as 1 process, bitwise)."""
+    (tmp_path / "out").mkdir()
+    with BackgroundPublisher(tmp_path / "out", HubConfig(**pushed())) as pushes:
+        pushes.submit()
+    (result,) = pushes.wait()
+    assert result.url is None and result.epochs == 0
+    assert result.message.startswith("warning: ") and "later with: tiny-transformers push" in capsys.readouterr().err
+    assert not (tmp_path / "out" / ".hub-push").exists()

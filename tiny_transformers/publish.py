@@ -308,7 +308,7 @@ class BackgroundPublisher:
             snapshot = self._snapshot(self._submitted, checkpoint)
         except Exception as error:  # noqa: BLE001 - a push never fails the run
             url, line = _reported(self.output_dir, self.hub, _raiser(error))
-            self._record(PushResult(self._submitted, len(RunDir(self.output_dir).read_metrics()), url, line))
+            self._record(PushResult(self._submitted, _epochs_done(self.output_dir), url, line))
             return
         with self._changed:
             replaced, self._pending = self._pending, snapshot
@@ -337,31 +337,35 @@ class BackgroundPublisher:
                 print(f"waiting for the push after epoch {busy} to finish", flush=True)
             self._thread.join()
             self._thread = None
-            try:
-                (self.output_dir / STAGING_DIR).rmdir()  # only when empty: a `push` command may be using it
-            except OSError:
-                pass
+        try:
+            (self.output_dir / STAGING_DIR).rmdir()  # only when empty: a `push` command may be using it
+        except OSError:
+            pass
         return sorted(self.results, key=lambda result: result.number)
 
     def _snapshot(self, number: int, checkpoint: Path | None) -> _Snapshot:
         """What the push sends, as it is now, under the run's STAGING_DIR: the weights to publish are copied (the next
         epoch rewrites them in place), the checkpoint hard-linked (checkpoints are never rewritten)."""
         source, folder = RunDir(self.output_dir), _new_staging(self.output_dir, "snapshot")
-        target = RunDir(folder)
-        for name in ("config", "labels", "metrics"):
-            shutil.copyfile(getattr(source, name), getattr(target, name))
-        if source.weights(self.hub.weights).is_dir():
-            shutil.copytree(source.weights(self.hub.weights), target.weights(self.hub.weights))
-        linked = None
-        if self.hub.strategy == "checkpoint":
-            checkpoint = checkpoint or (list_checkpoints(self.output_dir) or [None])[-1]
-            if checkpoint is None:
-                raise PublishError(
-                    f"'{self.output_dir}' holds no training checkpoint to push (hub.strategy checkpoint)."
-                )
-            linked = folder / hub_io.CHECKPOINT_DIR
-            _link_tree(checkpoint, linked)
-        return _Snapshot(number, folder, len(target.read_metrics()), linked)
+        try:
+            target = RunDir(folder)
+            for name in ("config", "labels", "metrics"):
+                shutil.copyfile(getattr(source, name), getattr(target, name))
+            if source.weights(self.hub.weights).is_dir():
+                shutil.copytree(source.weights(self.hub.weights), target.weights(self.hub.weights))
+            linked = None
+            if self.hub.strategy == "checkpoint":
+                checkpoint = checkpoint or (list_checkpoints(self.output_dir) or [None])[-1]
+                if checkpoint is None:
+                    raise PublishError(
+                        f"'{self.output_dir}' holds no training checkpoint to push (hub.strategy checkpoint)."
+                    )
+                linked = folder / hub_io.CHECKPOINT_DIR
+                _link_tree(checkpoint, linked)
+            return _Snapshot(number, folder, len(target.read_metrics()), linked)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
 
     def _work(self) -> None:
         while True:
@@ -388,6 +392,13 @@ class BackgroundPublisher:
     def _record(self, result: PushResult) -> None:
         with self._changed:
             self.results.append(result)
+
+
+def _epochs_done(output_dir: Path) -> int:
+    try:
+        return len(RunDir(output_dir).read_metrics())
+    except (OSError, ValueError):  # no metrics.jsonl yet (a resumed run's fresh folder), or unreadable
+        return 0
 
 
 def _raiser(error: Exception) -> Callable[[], str]:
