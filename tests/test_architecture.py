@@ -102,3 +102,44 @@ def test_the_run_folders_file_names_are_spelled_only_in_rundir():
         if name not in owners and any(n in path.read_text() for n in names)
     }
     assert spelled == {}
+
+
+def documented_graph() -> dict[str, set[str]]:
+    """The import graph drawn in docs/architecture.md's first code block: ``name -> a, b, and lazily c``, a
+    continuation line indented, and ``a, b   (leaves...)`` for modules that import none of the package."""
+    text = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    block = text.split("```")[1]
+    graph: dict[str, set[str]] = {}
+    last = None
+    for line in block.splitlines():
+        if not line.strip():
+            continue
+        if "->" in line:
+            name, _, targets = line.partition("->")
+            last = name.strip().rstrip("/")
+            graph[last] = set()
+        elif line.startswith(" ") and last is not None:
+            targets = line
+        else:  # a line of leaves
+            for leaf in line.split("(")[0].split(","):
+                graph[leaf.strip()] = set()
+            last = None
+            continue
+        targets = targets.split("(")[0].replace("and lazily", ",")
+        graph[last] |= {t.strip() for t in targets.split(",") if t.strip()}
+    return graph
+
+
+def test_the_documented_import_graph_is_the_real_one():
+    """Every module is on the map, and imports nothing the map does not draw (data.* counts as data/)."""
+    documented = documented_graph()
+
+    def short(name: str) -> str:
+        return name.removeprefix("tiny_transformers.").split(".")[0]
+
+    for name, path in MODULES.items():
+        if name == "tiny_transformers":
+            continue
+        assert short(name) in documented, f"{name} is missing from docs/architecture.md's import graph"
+        real = {short(target) for target in imported_modules(name, path)} - {short(name)}
+        assert real <= documented[short(name)], f"{short(name)} imports {sorted(real - documented[short(name)])}"

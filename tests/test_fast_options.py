@@ -6,7 +6,8 @@ import pytest
 import timm
 import torch
 
-from tiny_transformers.config import FinetuneConfig, OptimConfig, TrainConfig, validate
+from tiny_transformers.config import FinetuneConfig, OptimConfig, TrainConfig
+from tiny_transformers.validation import validate
 from tiny_transformers.errors import ConfigError
 from tiny_transformers.optim import build_optimizer
 

@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 import tiny_transformers.hub as hub
 import tiny_transformers.train as train_module
 from tiny_transformers import DataConfig, FinetuneConfig, ModelConfig, TrainConfig, finetune
-from tiny_transformers.config import HubConfig, validate
+from tiny_transformers.config import HubConfig
+from tiny_transformers.validation import validate
 from tiny_transformers.errors import CheckpointError, ConfigError
 from tiny_transformers.publish import EXPORT_FILES, BackgroundPublisher
 

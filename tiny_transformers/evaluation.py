@@ -13,7 +13,8 @@ import torch
 from accelerate import Accelerator
 
 from .augment import BatchAugment
-from .config import AugmentConfig, FinetuneConfig, validate
+from .config import AugmentConfig, FinetuneConfig
+from .validation import validate
 from .data import load_data
 from .engine import check_process_precision, eval_loader, evaluate
 from .errors import ConfigError, DataError

@@ -33,7 +33,8 @@ from safetensors.torch import load_file
 from . import hub as hub_io
 from .card import model_card, weights_folder
 from .checkpoint import list_checkpoints
-from .config import HubConfig, validate_hub
+from .config import HubConfig
+from .validation import validate_hub
 from .errors import ConfigError, PublishError, TinyTransformersError, clean_message
 from .report import plot_training_curves
 from .rundir import CONFIG_FILE, CURVES_FILE, METRICS_FILE, WEIGHTS_FILE, RunDir, RunSummary, read_run

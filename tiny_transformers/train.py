@@ -33,7 +33,8 @@ from .checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from .config import FinetuneConfig, flat_config, validate, world_size_from_env
+from .config import FinetuneConfig, flat_config
+from .validation import validate, world_size_from_env
 from .data import DataBundle, DecodeTransform, collate, load_data, verify_images
 from .engine import check_process_precision, current_lr, eval_loader, evaluate, train_steps
 from .errors import CheckpointError, ConfigError, TinyTransformersError
@@ -274,7 +275,7 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
     """Data, plan, model, optimizer, schedule and accelerator of ``config``, resumed from its checkpoint if any.
 
     Writes ``config.json`` and ``labels.json``, prints what will run (the derived numbers included) and starts
-    the trackers. Call after :func:`~tiny_transformers.config.validate`.
+    the trackers. Call after :func:`~tiny_transformers.validation.validate`.
     """
     resume_from = find_resume_checkpoint(config, folder.root)
     claim(folder, config, resuming=resume_from is not None)
