@@ -10,10 +10,10 @@ import pytest
 
 from tiny_transformers import FinetuneConfig, TrainConfig, paper_config
 from tiny_transformers.cli import parse_config
-from tiny_transformers.validation import validate
 from tiny_transformers.errors import ConfigError
 from tiny_transformers.paper import PAPER_MODELS
 from tiny_transformers.plan import Plan
+from tiny_transformers.validation import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 

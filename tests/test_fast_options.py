@@ -7,9 +7,9 @@ import timm
 import torch
 
 from tiny_transformers.config import FinetuneConfig, OptimConfig, TrainConfig
-from tiny_transformers.validation import validate
 from tiny_transformers.errors import ConfigError
 from tiny_transformers.optim import build_optimizer
+from tiny_transformers.validation import validate
 
 
 def test_speed_options_are_off_by_default():

@@ -22,10 +22,10 @@ from tiny_transformers import DataConfig, FinetuneConfig, ModelConfig, TrainConf
 from tiny_transformers.card import model_card
 from tiny_transformers.cli import main
 from tiny_transformers.config import HubConfig, trajectory_differences
-from tiny_transformers.validation import validate
 from tiny_transformers.errors import ConfigError, PublishError
 from tiny_transformers.publish import EXPORT_FILES, export_run
 from tiny_transformers.rundir import read_run
+from tiny_transformers.validation import validate
 
 MODEL_ID = "tester/tiny-vit"
 

@@ -20,9 +20,9 @@ import tiny_transformers.hub as hub
 import tiny_transformers.train as train_module
 from tiny_transformers import DataConfig, FinetuneConfig, ModelConfig, TrainConfig, finetune
 from tiny_transformers.config import HubConfig
-from tiny_transformers.validation import validate
 from tiny_transformers.errors import CheckpointError, ConfigError
 from tiny_transformers.publish import EXPORT_FILES, BackgroundPublisher
+from tiny_transformers.validation import validate
 
 MODEL_ID = "tester/tiny-vit-resumable"
 EPOCHS, STEPS_PER_EPOCH = 3, 3  # 24 fixture images, effective batch 8

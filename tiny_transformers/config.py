@@ -1,9 +1,9 @@
 """Configuration as data: nested dataclasses whose defaults are the paper's recipe.
 
-Every field can be overridden on the command line by its dotted name
-(``--train.epochs 1 --optim.lr 5e-4``); see ``tiny_transformers.cli``. All validation lives in
-:func:`tiny_transformers.validation.validate`, which runs before any process group or data loader starts, and all derived
-numbers (accumulation steps, steps per epoch, schedule length) live in :class:`Plan`.
+Every field can be overridden on the command line by its dotted name (``--train.epochs 1 --optim.lr 5e-4``); see
+``tiny_transformers.cli``. All validation lives in :func:`tiny_transformers.validation.validate`, which runs before
+any process group or data loader starts, and all derived numbers (accumulation steps, steps per epoch, schedule
+length) live in :class:`Plan`.
 """
 
 from __future__ import annotations

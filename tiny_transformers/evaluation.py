@@ -14,10 +14,10 @@ from accelerate import Accelerator
 
 from .augment import BatchAugment
 from .config import AugmentConfig, FinetuneConfig
-from .validation import validate
 from .data import load_data
 from .engine import check_process_precision, eval_loader, evaluate
 from .errors import ConfigError, DataError
+from .validation import validate
 from .weights import build_trained_model, describe_trained_weights
 
 

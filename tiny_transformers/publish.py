@@ -34,10 +34,10 @@ from . import hub as hub_io
 from .card import model_card, weights_folder
 from .checkpoint import list_checkpoints
 from .config import HubConfig
-from .validation import validate_hub
 from .errors import ConfigError, PublishError, TinyTransformersError, clean_message
 from .report import plot_training_curves
 from .rundir import CONFIG_FILE, CURVES_FILE, METRICS_FILE, WEIGHTS_FILE, RunDir, RunSummary, read_run
+from .validation import validate_hub
 
 EXPORT_FILES = (WEIGHTS_FILE, CONFIG_FILE, "README.md", CURVES_FILE, METRICS_FILE)
 STAGING_DIR = ".hub-push"  # in the run folder: snapshots and upload folders of pushes, removed after each

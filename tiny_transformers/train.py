@@ -34,7 +34,6 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import FinetuneConfig, flat_config
-from .validation import validate, world_size_from_env
 from .data import DataBundle, DecodeTransform, collate, load_data, verify_images
 from .engine import check_process_precision, current_lr, eval_loader, evaluate, train_steps
 from .errors import CheckpointError, ConfigError, TinyTransformersError
@@ -51,6 +50,7 @@ from .publish import BackgroundPublisher, push_warnings
 from .report import write_run_report
 from .rundir import RunDir, RunLock, claim, is_main_launch_process
 from .sampler import MicroBatchSampler
+from .validation import validate, world_size_from_env
 from .weights import build_teacher, save_for_timm
 
 
