@@ -95,7 +95,14 @@ def test_no_module_is_past_500_lines():
 
 def test_the_run_folders_file_names_are_spelled_only_in_rundir():
     owners = {"tiny_transformers.rundir"}
-    names = ('"labels.json"', '"metrics.jsonl"', '"checkpoints"', '"results.md"', '"training_curves.png"')
+    names = (
+        '"labels.json"',
+        '"metrics.jsonl"',
+        '"checkpoints"',
+        '"results.md"',
+        '"training_curves.png"',
+        '".hub-push"',
+    )
     spelled = {
         name: [n for n in names if n in path.read_text()]
         for name, path in MODULES.items()

@@ -6,7 +6,10 @@ module that talks to the Hub. A run is "killed" in-process by raising from ``tra
 """
 
 import json
+import os
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from tiny_transformers import DataConfig, FinetuneConfig, ModelConfig, TrainConf
 from tiny_transformers.config import HubConfig
 from tiny_transformers.errors import CheckpointError, ConfigError
 from tiny_transformers.publish import EXPORT_FILES, BackgroundPublisher
+from tiny_transformers.train import TrainingInterrupted
 from tiny_transformers.validation import validate
 
 MODEL_ID = "tester/tiny-vit-resumable"
@@ -111,6 +115,19 @@ def killing_at(step: int | None, epoch_starts: list[float]):
         for item in real(run, loader):
             if run.state.global_step == step:
                 raise Killed
+            yield item
+
+    return steps
+
+
+def terminated_at(step: int):
+    """train_steps that sends this process SIGTERM (a preemption) right after update ``step``."""
+    real = train_module.train_steps
+
+    def steps(run, loader):
+        for item in real(run, loader):
+            if run.state.global_step == step:
+                os.kill(os.getpid(), signal.SIGTERM)
             yield item
 
     return steps
@@ -297,7 +314,9 @@ def test_latest_push_wins_while_one_is_in_flight(stanford_dir, reference, tmp_pa
         results = pushes.wait()
     assert [u["ok"] for u in fake.uploads] == [True, True]
     assert [r.url is not None for r in results] == [True, False, True]
-    assert "was skipped: the one after epoch 3 replaced it while an upload was in flight" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    last = f"the push after epoch 3 (checkpoint step_{EPOCHS * STEPS_PER_EPOCH:08d})"
+    assert f"note: {last} was skipped: {last} replaced it while an upload was in flight" in out
     assert hub_step(fake) == EPOCHS * STEPS_PER_EPOCH
 
 
@@ -311,3 +330,56 @@ def test_a_push_that_cannot_even_start_is_reported_not_raised(tmp_path, capsys):
     assert result.url is None and result.epochs == 0
     assert result.message.startswith("warning: ") and "later with: tiny-transformers push" in capsys.readouterr().err
     assert not (tmp_path / "out" / ".hub-push").exists()
+
+
+def test_preempted_in_the_first_epoch_the_checkpoint_is_pushed_and_resumes_elsewhere(
+    stanford_dir, reference, tmp_path, capsys
+):
+    """SIGTERM before any epoch ended: nothing to publish yet, so the push sends last-checkpoint/ alone, before the
+    run exits; a fresh folder resumes from it and ends bitwise equal to the uninterrupted run."""
+    fake = FakeHub(tmp_path / "hub", upload_seconds=0.5)
+    with pytest.MonkeyPatch.context() as patch:
+        fake.install(patch)
+        patch.setattr(train_module, "train_steps", terminated_at(2))
+        with pytest.raises(TrainingInterrupted, match="Training stopped by SIGTERM at epoch 1, step 2"):
+            finetune(config_for(stanford_dir, tmp_path / "A", **pushed()))
+    out = capsys.readouterr().out
+    assert "waiting for the push of checkpoint step_00000002 to finish (at most 60 s: train.preempt_seconds)" in out
+    (upload,) = fake.uploads
+    assert upload["ok"] and upload["message"].startswith("tiny_transformers: training checkpoint step_00000002")
+    assert upload["sent"] and all(name.startswith("last-checkpoint/") for name in upload["sent"])
+    assert hub_step(fake) == 2
+    assert not (tmp_path / "A" / ".hub-push").exists()
+
+    with pytest.MonkeyPatch.context() as patch:
+        fake.install(patch)
+        finetune(config_for(stanford_dir, tmp_path / "B", resume=f"hf-hub:{MODEL_ID}"))
+    assert "resuming from step_00000002: epoch 1, step 2" in capsys.readouterr().out
+    assert_same_weights(tmp_path / "B", reference.output_dir)
+
+
+def test_a_push_slower_than_preempt_seconds_is_left_behind_and_the_run_exits(stanford_dir, tmp_path, capsys):
+    """The push at SIGTERM may take at most train.preempt_seconds from the signal; then the run exits anyway, says
+    so with the retry command, and its local checkpoint is whole."""
+    fake = FakeHub(tmp_path / "hub", upload_seconds=3.0)
+    config = config_for(stanford_dir, tmp_path / "A", **pushed())
+    config.train.preempt_seconds = 0.2
+    with pytest.MonkeyPatch.context() as patch:
+        fake.install(patch)
+        patch.setattr(train_module, "train_steps", terminated_at(STEPS_PER_EPOCH + 1))
+        with pytest.raises(TrainingInterrupted, match="at epoch 2, step 1"):
+            finetune(config)
+        err = capsys.readouterr().err
+        for thread in threading.enumerate():  # the abandoned upload, let end before the fake Hub goes away
+            if thread.name == "hub-push":
+                thread.join()
+    retry = f"tiny-transformers push {tmp_path / 'A'} --hub.model_id {MODEL_ID} --hub.strategy checkpoint"
+    for push in (
+        "the push after epoch 1 (checkpoint step_00000003)",
+        "the push after epoch 1 (checkpoint step_00000004)",
+    ):
+        assert (
+            f"warning: {push} did not end within train.preempt_seconds; exiting without it. The run's files are "
+            f"intact; push them later with: {retry}"
+        ) in err
+    assert (tmp_path / "A" / "checkpoints" / f"step_{STEPS_PER_EPOCH + 1:08d}" / "trainer_state.json").is_file()

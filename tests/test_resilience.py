@@ -203,6 +203,32 @@ def test_sigterm_saves_a_checkpoint_and_prints_the_resume_command(data, referenc
     assert_close(weights(out / "last"), weights(reference / "last"))
 
 
+def test_a_stopped_run_exits_with_status_143(data, tmp_path):
+    """The documented status of an interrupted run (128 + SIGTERM), as `python recipes/vit_l.py` returns it."""
+    launched = command(data, tmp_path / "out", 1)
+    recipe = launched.index(str(ROOT / "recipes" / "vit_l.py"))
+    process = subprocess.Popen(
+        [sys.executable, *launched[recipe:]], stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True
+    )
+    wait_for(lambda: len(checkpoints(tmp_path / "out")) >= 1, process)
+    _, stderr = kill(process, signal.SIGTERM)
+    assert process.returncode == 143, stderr[-3000:]
+    assert "Training stopped by SIGTERM" in stderr
+
+
+def test_sigterm_to_two_processes_stops_both_at_the_same_update_and_resume_continues(data, reference, tmp_path):
+    """SIGTERM to the launcher and its workers: both processes agree to stop (one all-reduce), write one checkpoint,
+    wait for each other (the main process may be pushing it) and exit; a 1-process resume continues."""
+    out = tmp_path / "out"
+    process = start(data, out, 2)
+    wait_for(lambda: len(checkpoints(out)) >= 2, process)
+    _, stderr = kill(process, signal.SIGTERM)
+    assert process.returncode != 0
+    assert stderr.count("Training stopped by ") == 2, stderr[-3000:]  # each process says where it stopped
+    run(data, out, 1)
+    assert_close(weights(out / "last"), weights(reference / "last"), rel=1e-5)
+
+
 def test_processes_that_cannot_see_the_main_processs_checkpoint_stop_the_run_naming_them(data, reference, tmp_path):
     """Two processes whose views of checkpoints/ differ (process 1 cannot see the newest): the main process's choice
     is the one every process must load, and the run stops with one sentence naming process 1."""

@@ -150,6 +150,9 @@ class TrainConfig:
     # optimizer updates (one host-device read each time); 0: once per epoch only
     log_every: int = resumable(50)
     progress: bool = resumable(True)  # tqdm bars on the main process
+    # on SIGTERM/SIGINT: seconds from the signal within which the checkpoint's Hub push (hub.strategy checkpoint)
+    # must end; after it the run exits anyway and the local checkpoint stays (docs/scaling.md: preemption)
+    preempt_seconds: float = resumable(60.0)
     compile: bool = False  # torch.compile the model in place (compiles at the first step); docs/benchmarks.md
     # exponential moving average of the weights, updated after every optimizer update (timm's ModelEmaV3) and
     # evaluated every epoch beside the raw weights; 0: off; e.g. 0.9998

@@ -40,7 +40,6 @@ from .rundir import CONFIG_FILE, CURVES_FILE, METRICS_FILE, WEIGHTS_FILE, RunDir
 from .validation import validate_hub
 
 EXPORT_FILES = (WEIGHTS_FILE, CONFIG_FILE, "README.md", CURVES_FILE, METRICS_FILE)
-STAGING_DIR = ".hub-push"  # in the run folder: snapshots and upload folders of pushes, removed after each
 _CHECKPOINT_FILES = f"{hub_io.CHECKPOINT_DIR}/*"
 
 
@@ -188,24 +187,32 @@ def _push(
         _link_tree(checkpoint, upload / hub_io.CHECKPOINT_DIR)
         files, delete = (*EXPORT_FILES, _CHECKPOINT_FILES), (_CHECKPOINT_FILES,)
     try:  # only the export's files (and the checkpoint's): nothing else is sent, whatever the folder holds
-        return hub_io.upload_folder(upload, str(hub.model_id), hub.private, message, files, delete)
-    except Exception as error:  # noqa: BLE001 - network, auth and HTTP errors all end the same way for the user
-        raise PublishError(
-            f"Pushing '{output_dir}' to the Hub as '{hub.model_id}' failed: "
-            f"{hub_io.explain(error, str(hub.model_id))}. Nothing local was lost (the run and its export in "
-            f"'{exported}' are in place); retry with: {retry_command(output_dir, hub)}"
-        ) from error
+        return _upload(upload, hub, files, delete, message, output_dir)
     finally:
         if upload != exported:
             shutil.rmtree(upload, ignore_errors=True)
+
+
+def _upload(
+    folder: Path, hub: HubConfig, files: tuple[str, ...], delete: tuple[str, ...], message: str, output_dir: Path
+) -> str:
+    """One commit of ``files`` of ``folder``; a failure raises :class:`PublishError` with its cause and the retry."""
+    try:
+        return hub_io.upload_folder(folder, str(hub.model_id), hub.private, message, files, delete)
+    except Exception as error:  # noqa: BLE001 - network, auth and HTTP errors all end the same way for the user
+        raise PublishError(
+            f"Pushing '{output_dir}' to the Hub as '{hub.model_id}' failed: "
+            f"{hub_io.explain(error, str(hub.model_id))}. Nothing local was lost (the run's files are in "
+            f"place); retry with: {retry_command(output_dir, hub)}"
+        ) from error
 
 
 _staging_names = itertools.count()
 
 
 def _new_staging(output_dir: Path, kind: str) -> Path:
-    """A new empty folder under the run's :data:`STAGING_DIR` (same file system: hard links work)."""
-    folder = Path(output_dir) / STAGING_DIR / f"{kind}-{os.getpid()}-{next(_staging_names)}"
+    """A new empty folder under the run's ``.hub-push/`` (same file system: hard links work)."""
+    folder = RunDir(Path(output_dir)).push_staging / f"{kind}-{os.getpid()}-{next(_staging_names)}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     return folder
@@ -270,6 +277,15 @@ class _Snapshot:
     folder: Path  # a copy of the run's small files and published weights (a run folder of its own)
     epochs: int
     checkpoint: Path | None  # the checkpoint's files, hard-linked into folder/last-checkpoint
+    # no finished epoch with weights to publish yet (preempted in the first epoch, or a Hub-resumed run's fresh
+    # folder): only last-checkpoint/ is sent, so the run can still continue elsewhere
+    checkpoint_only: bool = False
+    checkpoint_name: str = ""  # the checkpoint's folder in the run, e.g. step_00000300
+
+    def __str__(self) -> str:
+        if self.checkpoint_only:
+            return f"the push of checkpoint {self.checkpoint_name}"
+        return f"the push after epoch {self.epochs}" + (f" (checkpoint {self.checkpoint_name})" * bool(self.checkpoint))
 
 
 class BackgroundPublisher:
@@ -289,7 +305,7 @@ class BackgroundPublisher:
         self.output_dir, self.hub = Path(output_dir).expanduser().resolve(), hub
         self.results: list[PushResult] = []
         self._pending: _Snapshot | None = None
-        self._uploading: int | None = None  # epochs of the push in flight
+        self._uploading: _Snapshot | None = None  # the push in flight
         self._closed = False
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -320,40 +336,53 @@ class BackgroundPublisher:
             self._changed.notify_all()
         if replaced is not None:
             shutil.rmtree(replaced.folder, ignore_errors=True)
-            line = (
-                f"note: the push after epoch {replaced.epochs} was skipped: the one after epoch {snapshot.epochs} "
-                "replaced it while an upload was in flight"
-            )
+            line = f"note: {replaced} was skipped: {snapshot} replaced it while an upload was in flight"
             print(line, flush=True)
             self._record(PushResult(replaced.number, replaced.epochs, None, line))
 
-    def wait(self) -> list[PushResult]:
-        """Let the upload in flight and the pending push end; every push's result so far, oldest first."""
+    def wait(self, timeout: float | None = None) -> list[PushResult]:
+        """Let the upload in flight and the pending push end, for at most ``timeout`` seconds (None: as long as they
+        take); every push's result so far, oldest first. A push still running at the timeout is left behind (its
+        thread dies with the process), reported with the retry command; the run's files are untouched."""
         with self._changed:
             self._closed = True
-            busy = self._uploading if self._uploading is not None else (self._pending and self._pending.epochs)
+            busy = [s for s in (self._uploading, self._pending) if s is not None]
             self._changed.notify_all()
         if self._thread is not None:
             if busy:
-                print(f"waiting for the push after epoch {busy} to finish", flush=True)
-            self._thread.join()
+                limit = "" if timeout is None else f" (at most {timeout:.0f} s: train.preempt_seconds)"
+                print(f"waiting for {busy[-1]} to finish{limit}", flush=True)
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                with self._changed:
+                    left = [s for s in (self._uploading, self._pending) if s is not None]
+                for snapshot in left:
+                    line = (
+                        f"warning: {snapshot} did not end within train.preempt_seconds; exiting without it. The "
+                        f"run's files are intact; push them later with: {retry_command(self.output_dir, self.hub)}"
+                    )
+                    print(line, file=sys.stderr, flush=True)
+                    self._record(PushResult(snapshot.number, snapshot.epochs, None, line))
             self._thread = None
         try:
-            (self.output_dir / STAGING_DIR).rmdir()  # only when empty: a `push` command may be using it
+            RunDir(self.output_dir).push_staging.rmdir()  # only when empty: a `push` command may be using it
         except OSError:
             pass
         return sorted(self.results, key=lambda result: result.number)
 
     def _snapshot(self, number: int, checkpoint: Path | None) -> _Snapshot:
-        """What the push sends, as it is now, under the run's STAGING_DIR: the weights to publish are copied (the next
+        """What the push sends, as it is now, under the run's .hub-push/: the weights to publish are copied (the next
         epoch rewrites them in place), the checkpoint hard-linked (checkpoints are never rewritten)."""
         source, folder = RunDir(self.output_dir), _new_staging(self.output_dir, "snapshot")
+        published = source.weights(self.hub.weights)
+        checkpoint_only = self.hub.strategy == "checkpoint" and not (source.metrics.is_file() and published.is_dir())
         try:
             target = RunDir(folder)
             for name in ("config", "labels", "metrics"):
-                shutil.copyfile(getattr(source, name), getattr(target, name))
-            if source.weights(self.hub.weights).is_dir():
-                shutil.copytree(source.weights(self.hub.weights), target.weights(self.hub.weights))
+                if not checkpoint_only:
+                    shutil.copyfile(getattr(source, name), getattr(target, name))
+            if published.is_dir() and not checkpoint_only:
+                shutil.copytree(published, target.weights(self.hub.weights))
             linked = None
             if self.hub.strategy == "checkpoint":
                 checkpoint = checkpoint or (list_checkpoints(self.output_dir) or [None])[-1]
@@ -363,7 +392,8 @@ class BackgroundPublisher:
                     )
                 linked = folder / hub_io.CHECKPOINT_DIR
                 _link_tree(checkpoint, linked)
-            return _Snapshot(number, folder, len(target.read_metrics()), linked)
+            epochs = _epochs_done(self.output_dir) if checkpoint_only else len(target.read_metrics())
+            return _Snapshot(number, folder, epochs, linked, checkpoint_only, checkpoint.name if checkpoint else "")
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -376,7 +406,7 @@ class BackgroundPublisher:
                 snapshot, self._pending = self._pending, None
                 if snapshot is None:
                     return
-                self._uploading = snapshot.epochs
+                self._uploading = snapshot
             try:
                 url, line = _reported(self.output_dir, self.hub, functools.partial(self._send, snapshot))
             finally:
@@ -387,6 +417,13 @@ class BackgroundPublisher:
 
     def _send(self, snapshot: _Snapshot) -> str:
         """Export the snapshot into the run's export/ (only this thread writes it during training) and upload it."""
+        if snapshot.checkpoint_only:
+            message = (
+                f"tiny_transformers: training checkpoint {snapshot.checkpoint_name} (no finished epoch to publish)"
+            )
+            return _upload(
+                snapshot.folder, self.hub, (_CHECKPOINT_FILES,), (_CHECKPOINT_FILES,), message, self.output_dir
+            )
         export = RunDir(self.output_dir).export
         return _push(read_run(snapshot.folder), self.hub, export, None, self.output_dir, snapshot.checkpoint)
 

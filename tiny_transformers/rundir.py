@@ -8,6 +8,7 @@ A run's ``train.output_dir``::
     checkpoints/step_XXXXXXXX/   training checkpoints; checkpoint.py owns what is inside one
     best/  last/                 trained weights as timm's save_for_hf writes them (model.safetensors, config.json)
     export/                      the folder `tiny-transformers export` and `push` write (publish.py)
+    .hub-push/                   what a Hub push in flight sends (publish.py); removed after each push
     training_curves.png  predictions.png  results.md      written by report.py at the end of training
 
 Every other module takes these names from here; none spells a file name of the run folder itself.
@@ -46,6 +47,7 @@ TRACKERS_FILE = "trackers.json"  # the W&B run id a resumed run continues
 PER_CLASS_FILE = "per_class_accuracy.csv"  # written by `evaluate` into the working directory unless --output
 LOCK_FILE = ".lock"  # {"host", "pid", "started"} of the run that holds the folder
 MARKER_FILE = ".tiny_transformers_run"  # written when a run starts: this folder is a run folder
+PUSH_STAGING_DIR = ".hub-push"  # snapshots and upload folders of Hub pushes (publish.py), removed after each
 
 
 def json_line(record: dict[str, Any]) -> str:
@@ -88,6 +90,10 @@ class RunDir:
     @property
     def export(self) -> Path:
         return self.root / EXPORT_DIR
+
+    @property
+    def push_staging(self) -> Path:
+        return self.root / PUSH_STAGING_DIR
 
     def weights(self, which: Literal["best", "last"]) -> Path:
         """``best/`` (the epoch of highest top-1) or ``last/`` (the final epoch)."""

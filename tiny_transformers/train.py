@@ -104,8 +104,12 @@ def finetune(config: FinetuneConfig, command: str | None = None) -> FinetuneResu
                 stopping = stop.requested(accelerator)
                 every, mid_epoch = train.checkpoint_every, state.step_in_epoch < plan.steps_per_epoch
                 if stopping or (every and state.global_step % every == 0 and mid_epoch):
-                    run.save_checkpoint()  # mid-epoch; the epoch's end is saved after its evaluation
-                if stopping:
+                    checkpoint = run.save_checkpoint()  # mid-epoch; the epoch's end is saved after its evaluation
+                if stopping:  # preempted: the checkpoint leaves the machine too, within train.preempt_seconds
+                    if config.hub.push and config.hub.strategy == "checkpoint" and accelerator.is_main_process:
+                        pushes.submit(checkpoint)
+                    pushes.wait(timeout=stop.seconds_left(train.preempt_seconds))
+                    accelerator.wait_for_everyone()  # no process exits first: its launcher would kill the pusher
                     accelerator.end_training()
                     raise TrainingInterrupted(
                         f"Training stopped by {stop.received} at epoch {epoch + 1}, step {state.step_in_epoch}; a "
@@ -394,6 +398,7 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.received: str | None = None  # the name of the first signal that arrived
+        self.arrived: float | None = None  # time.monotonic() when this process learned of it
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopSignals:
@@ -406,6 +411,7 @@ class StopSignals:
 
     def _handle(self, signum: int, _frame: object) -> None:
         self.received = self.received or signal.Signals(signum).name
+        self.arrived = self.arrived or time.monotonic()
 
     def requested(self, accelerator: Accelerator) -> bool:
         """Whether any process received a signal; with several processes all answer the same (one all-reduce)."""
@@ -414,7 +420,13 @@ class StopSignals:
             flag = torch.tensor(float(stopping), device=accelerator.device)
             stopping = accelerator.reduce(flag, reduction="sum").item() > 0
             self.received = self.received or ("a signal to another process" if stopping else None)
+        if stopping:
+            self.arrived = self.arrived or time.monotonic()
         return stopping
+
+    def seconds_left(self, budget: float) -> float:
+        """What is left of ``budget`` seconds counted from the signal (train.preempt_seconds), at least 0."""
+        return max(0.0, budget - (time.monotonic() - (self.arrived or time.monotonic())))
 
 
 def _resume(

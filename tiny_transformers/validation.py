@@ -82,6 +82,7 @@ def validate(config: FinetuneConfig, num_processes: int | None = None, cuda_avai
         "data.num_workers": d.num_workers,
         "train.checkpoint_every": t.checkpoint_every,
         "train.log_every": t.log_every,
+        "train.preempt_seconds": t.preempt_seconds,
         "train.seed": t.seed,
         "optim.weight_decay": o.weight_decay,
         "optim.min_lr": o.min_lr,
