@@ -24,7 +24,7 @@ import tiny_transformers.train as train_module
 from tiny_transformers import DataConfig, FinetuneConfig, ModelConfig, TrainConfig, finetune
 from tiny_transformers.config import HubConfig
 from tiny_transformers.errors import CheckpointError, ConfigError
-from tiny_transformers.publish import EXPORT_FILES, BackgroundPublisher
+from tiny_transformers.publish import EXPORT_FILES, BackgroundPublisher, push_run
 from tiny_transformers.train import TrainingInterrupted
 from tiny_transformers.validation import validate
 
@@ -383,3 +383,24 @@ def test_a_push_slower_than_preempt_seconds_is_left_behind_and_the_run_exits(sta
             f"intact; push them later with: {retry}"
         ) in err
     assert (tmp_path / "A" / "checkpoints" / f"step_{STEPS_PER_EPOCH + 1:08d}" / "trainer_state.json").is_file()
+
+
+def test_a_background_push_runs_no_torch_op(stanford_dir, reference, tmp_path, monkeypatch):
+    """The push thread never reads the weights with torch (training checked them finite before exporting): a torch
+    op there starts a second OpenMP thread team, and the training thread's steps then ran 2x slower for the rest of
+    the run on 2 cores (benchmarks/push_overlap.py). The `push` command still checks them."""
+    out = tmp_path / "run"
+    shutil.copytree(reference.output_dir, out)
+    fake = FakeHub(tmp_path / "hub")
+    fake.install(monkeypatch)
+    reads: list[str] = []
+    real = torch.Tensor.isfinite
+    monkeypatch.setattr(
+        torch.Tensor, "isfinite", lambda self: reads.append(threading.current_thread().name) or real(self)
+    )
+    with BackgroundPublisher(out, HubConfig(**pushed())) as pushes:
+        pushes.submit()
+    (result,) = pushes.wait()
+    assert result.url is not None and reads == []
+    push_run(out, HubConfig(**pushed()))
+    assert reads and set(reads) == {"MainThread"}

@@ -55,7 +55,11 @@ def export_run(output_dir: str | Path, hub: HubConfig | None = None, folder: str
     return _export(read_run(output_dir), hub or HubConfig(), folder)
 
 
-def _export(run: RunSummary, hub: HubConfig, folder: str | Path | None) -> Path:
+def _export(run: RunSummary, hub: HubConfig, folder: str | Path | None, checked: bool = False) -> Path:
+    """``checked``: the caller already knows the weights are finite (training checks them before it writes best/
+    and last/), so they are not read here. A push during training must not run torch ops on its thread: that
+    thread would start a second OpenMP thread team, and the training thread's CPU ops then ran 2.0-2.6x slower
+    for the rest of the run (2 cores; benchmarks/push_overlap.py, docs/benchmarks.md)."""
     validate_hub(hub)
     source = weights_folder(run, hub.weights)
     target = Path(folder).expanduser().resolve() if folder else run.folder.export
@@ -70,7 +74,8 @@ def _export(run: RunSummary, hub: HubConfig, folder: str | Path | None) -> Path:
             raise PublishError(
                 f"'{target}' already holds other files ({', '.join(foreign[:3])}); export into a new or empty folder."
             )
-    _check_finite(source / WEIGHTS_FILE)
+    if not checked:
+        _check_finite(source / WEIGHTS_FILE)
     # Built beside the target and swapped in, so a crash mid-export never leaves a half-written folder.
     staging = target.parent / f".{target.name}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -174,11 +179,11 @@ def push_run(
 
 def _push(
     run: RunSummary, hub: HubConfig, folder: str | Path | None, message: str | None, output_dir: Path,
-    checkpoint: Path | None,
+    checkpoint: Path | None, checked: bool = False,
 ) -> str:  # fmt: skip
     """Export ``run`` into ``folder`` and upload it, with ``checkpoint`` as last-checkpoint/ when given; errors name
-    ``output_dir`` (``run`` may be a snapshot of it)."""
-    exported = _export(run, hub, folder)
+    ``output_dir`` (``run`` may be a snapshot of it). ``checked``: as for :func:`_export`."""
+    exported = _export(run, hub, folder, checked)
     message = message or commit_message(run, hub)
     upload, files, delete = exported, EXPORT_FILES, ()
     if checkpoint is not None:  # one folder, one commit: the export and the checkpoint, linked (not copied) there
@@ -425,7 +430,8 @@ class BackgroundPublisher:
                 snapshot.folder, self.hub, (_CHECKPOINT_FILES,), (_CHECKPOINT_FILES,), message, self.output_dir
             )
         export = RunDir(self.output_dir).export
-        return _push(read_run(snapshot.folder), self.hub, export, None, self.output_dir, snapshot.checkpoint)
+        run = read_run(snapshot.folder)  # weights checked finite by the training loop before it exported them
+        return _push(run, self.hub, export, None, self.output_dir, snapshot.checkpoint, checked=True)
 
     def _record(self, result: PushResult) -> None:
         with self._changed:
