@@ -7,7 +7,7 @@ import timm
 import torch
 from timm.models.cait import Cait, ClassAttn, TalkingHeadAttn
 
-from tiny_transformers.attention import FastTalkingHeadAttn, swap_talking_heads
+from tiny_transformers.attention import FastTalkingHeadAttn, swap_talking_heads, use_fast_attention
 
 # fp32: the rewrite sums the same 8 products per element in a different kernel (baddbmm against addmm on a permuted
 # copy), so the two differ by float32 rounding (eps 1.2e-7) carried through the softmax and attn @ v. Tolerance:
@@ -183,5 +183,64 @@ def test_model_fast_attention_trains_a_cait_to_the_same_weights_and_refuses_othe
         torch.testing.assert_close(finals[1][key], value, rtol=1e-4, atol=1e-5 * max(value.abs().max().item(), 1.0))
     config = tiny_config(stanford_dir, tmp_path / "vit")
     config.model.fast_attention = True
-    with pytest.raises(ConfigError, match="model.fast_attention rewrites CaiT's talking-heads attention and test_vit"):
+    with pytest.raises(ConfigError, match="attention and Swin's window attention, and test_vit has neither; use --"):
         finetune(config)
+
+
+def _tiny_swin(seed: int = 0) -> torch.nn.Module:
+    """Two stages at 32 px (8x8 then 4x4 tokens), windows of 4: the second block of stage 1 is shifted, so the
+    shift mask is used; relative-position biases drawn large enough to matter."""
+    from timm.models.swin_transformer import SwinTransformer
+
+    torch.manual_seed(seed)
+    swin = SwinTransformer(
+        img_size=32, patch_size=4, window_size=4, embed_dim=16, depths=(2, 2), num_heads=(2, 4), num_classes=5
+    )
+    with torch.no_grad():
+        for name, p in swin.named_parameters():
+            if "relative_position_bias_table" in name:
+                p.normal_(0, 1.0)
+    return swin
+
+
+def test_swin_fused_window_attention_same_logits_gradients_and_state_dict():
+    """model.fast_attention on Swin is timm's own fused path: the same function, parameters and keys (fp32: the same
+    products in another kernel, so float rounding; assert_close's float32 defaults, logits O(1))."""
+    from timm.models.swin_transformer import WindowAttention
+
+    ref = _tiny_swin()
+    fast = copy.deepcopy(ref)
+    keys = list(fast.state_dict())
+    assert use_fast_attention(fast) == 4 and use_fast_attention(fast) == 0
+    assert all(m.fused_attn for m in fast.modules() if isinstance(m, WindowAttention))
+    assert not any(m.fused_attn for m in ref.modules() if isinstance(m, WindowAttention))  # timm's default: off
+    assert list(fast.state_dict()) == keys
+    assert any(getattr(m, "attn_mask", None) is not None for m in fast.modules())  # a shifted block really masks
+
+    images = torch.randn(2, 3, 32, 32)
+    ref.eval(), fast.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fast(images), ref(images))
+    ref.train(), fast.train()  # with timm's drop path (0.1): the same draws for both from the same seed
+    labels, losses = torch.tensor([1, 4]), []
+    for model in (ref, fast):
+        torch.manual_seed(2)
+        losses.append(torch.nn.functional.cross_entropy(model(images), labels))
+        losses[-1].backward()
+    torch.testing.assert_close(losses[1], losses[0])
+    _assert_same_gradients(fast, ref)  # the bias tables' gradients too: they flow through SDPA's attn_mask
+
+
+def test_swin_fused_window_attention_in_bf16_is_as_close_to_float64_as_timms():
+    """bf16 autocast: both round their intermediates to bf16 in different places; the fused path's error against
+    a float64 run must be no larger than timm's default path's (x1.5, as for CaiT above)."""
+    ref = _tiny_swin(seed=1).eval()
+    fast = copy.deepcopy(ref)
+    use_fast_attention(fast)
+    exact = copy.deepcopy(ref).double()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        truth = exact(images.double())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            errors = [(m(images).double() - truth).abs().max().item() for m in (ref, fast)]
+    assert errors[1] <= 1.5 * errors[0], errors

@@ -22,7 +22,7 @@ from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader
 
-from .attention import swap_talking_heads
+from .attention import use_fast_attention
 from .augment import BatchAugment
 from .checkpoint import (
     RunningLoss,
@@ -294,10 +294,10 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
 
     set_seed(config.train.seed)  # the new head's initialisation, identical on every process
     model = build_model(config.model, data.num_classes, config.data.image_size)
-    if config.model.fast_attention and not swap_talking_heads(model):  # before compile: the rewrite is compiled
+    if config.model.fast_attention and not use_fast_attention(model):  # before compile: the rewrite is compiled
         raise ConfigError(
-            f"model.fast_attention rewrites CaiT's talking-heads attention and {config.model.name} has none; "
-            "use --model.fast_attention false."
+            "model.fast_attention rewrites CaiT's talking-heads attention and Swin's window attention, and "
+            f"{config.model.name} has neither; use --model.fast_attention false."
         )
     if config.train.compile:
         model.compile()  # in place: same module, same state_dict keys, so checkpoints and exports are unchanged
