@@ -179,7 +179,14 @@ def test_head_mode_options_are_measured_per_model(capsys):
     """The head_options section of benchmarks/gpu.sh, in its CPU smoke form (compile left out: it is timed on the
     GPU; tests/test_backbone.py covers its correctness): each option against its default, per model, in the JSON
     and the report."""
-    results = main(["--quick", "--sections", "head_options", "--model", "test_vit", "--no-compile", "--repeats", "1"])
+    from accelerate.state import AcceleratorState
+
+    try:
+        results = main(
+            ["--quick", "--sections", "head_options", "--model", "test_vit", "--no-compile", "--repeats", "1"]
+        )
+    finally:  # its bf16 measurements leave Accelerate's process-wide state in bf16; later tests train in 'no'
+        AcceleratorState._reset_state(reset_partial_state=True)
     effects = results["head_options"]
     assert [e["option"] for e in effects] == [
         "model.backbone_dtype bf16 (training step)",
