@@ -17,7 +17,7 @@ import tyro
 from .data_path import data_path
 from .loop_overhead import loop_overhead
 from .machine import default_device, describe_machine, threads
-from .options import option_effects, pin_memory_effect
+from .options import head_option_effects, option_effects, pin_memory_effect
 from .report import format_report, write_json
 from .throughput import Workload, model_throughput
 
@@ -29,8 +29,9 @@ class Settings:
     """Data path, loop overhead and training throughput (docs/benchmarks.md). Random weights and synthetic
     images: nothing is downloaded."""
 
-    # what to measure: data path, loop overhead, training throughput, GPU speed options (not in the default)
-    sections: tuple[Literal["data", "loop", "train", "options"], ...] = ("data", "loop", "train")
+    # what to measure: data path, loop overhead, training throughput, GPU speed options (full mode, --options-model)
+    # and head mode's backbone options (each --model); the options are not in the default
+    sections: tuple[Literal["data", "loop", "train", "options", "head_options"], ...] = ("data", "loop", "train")
     # models for the throughput section: paper short names (vit_l, cait_s36, deit_b_distilled, swin_l) or timm names
     model: tuple[str, ...] = ("test_vit",)
     # training modes for the throughput section: head (backbone frozen) and/or full
@@ -42,7 +43,8 @@ class Settings:
     # loader processes for the data path, one measurement each; default: 0, plus 2 without --quick
     workers: tuple[int, ...] | None = None
     options_model: str | None = None  # model for --sections options; default: the first --model
-    no_compile: bool = False  # leave torch.compile out of the options section (it compiles first: slow to measure)
+    # leave torch.compile out of the options sections (it compiles first: slow to measure)
+    no_compile: bool = False
     quick: bool = False  # fewer images, steps and repeats: seconds on a CPU
     steps: int | None = None  # timed steps per repeat; default: 10, with --quick 3
     warmup: int | None = None  # untimed steps before timing; default: 3, with --quick 1
@@ -177,6 +179,20 @@ def run_benchmark(
                 isolate=isolate,
                 on_effect=lambda effect: (results["options"].append(effect), report(results)),
             )
+    if "head_options" in settings.sections:
+        results["head_options"] = []
+        with compute_threads():
+            # every model's cheap options first, then the compiles model by model (20-45 s each): a run cut short
+            # by a device's time limit keeps every figure measured before it in the JSON
+            for others, compile in ((True, False), (False, not settings.no_compile)):
+                for model in settings.model if others or compile else ():
+                    head_option_effects(
+                        workload(model),
+                        compile=compile,
+                        others=others,
+                        isolate=isolate,
+                        on_effect=lambda effect: (results["head_options"].append(effect), report(results)),
+                    )
     return results
 
 

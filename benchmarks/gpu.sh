@@ -8,6 +8,11 @@
 # (2026-11-26). The JSON is rewritten after every measurement, so a run cut short keeps what it measured.
 # A mode that runs out of memory is retried at half the micro-batch. Add --isolate (below) to run each
 # measurement in its own process.
+# Then head mode's options for each of the four models (issue 12): model.backbone_dtype bf16 against bf16 autocast
+# (training step and evaluation), the evaluation batch at 2x and 4x the micro-batch (speed and peak memory), and
+# last, model by model, train.compile's backbone compile (training step, evaluation). Not yet run on a GPU: on top
+# of the 179 s above, an estimated 1-1.5 min of cheap options and 20-45 s per compile (8 compiles); if the
+# device's time runs out first, the JSON holds every figure measured before (the compiles of the last models lost).
 #
 # Figures and how to read them: docs/benchmarks.md.
 #
@@ -32,5 +37,5 @@ workers=$(( workers < 1 ? 1 : (workers > 8 ? 8 : workers) ))
 # Each model's report ends with its projected 30-epoch head-mode recipe; the last lines give the whole table.
 exec "$python" -m benchmarks \
   --model vit_l cait_s36 deit_b_distilled swin_l --mode head full --precision bf16 \
-  --sections data train options --options-model deit_b_distilled --workers 0 "$workers" \
+  --sections data train options head_options --options-model deit_b_distilled --workers 0 "$workers" \
   --steps 6 --warmup 2 --repeats 3 --min-seconds 0.5 --json "$out"

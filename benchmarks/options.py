@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from .data_path import data_path
-from .throughput import Workload, measure, train_throughput
+from .throughput import Workload, inference_throughput, measure, train_throughput
 
 
 def option_effects(
@@ -58,6 +58,104 @@ def option_effects(
                 "images_per_s": variant["images_per_s"],
                 "speedup": variant["images_per_s"] / baseline["images_per_s"],
                 "warmup_seconds": variant["warmup_seconds"],
+                "baseline_peak_memory_gib": baseline["peak_memory_gib"],
+                "peak_memory_gib": variant["peak_memory_gib"],
+            }
+        effects.append(effect)
+        if on_effect is not None:
+            on_effect(effect)
+    return effects
+
+
+def head_option_effects(
+    workload: Workload,
+    compile: bool = True,
+    isolate: bool = False,
+    on_effect: Callable[[dict], None] | None = None,
+    eval_multiples: tuple[int, ...] = (2, 4),
+    others: bool = True,
+) -> list[dict[str, Any]]:
+    """Head mode's options for one model, each against its default measured right before it in the same run
+    (docs/benchmarks.md, "Head-mode options"): ``model.backbone_dtype`` bf16 against bf16 autocast of fp32 weights
+    (training step), the evaluation batch at ``eval_multiples`` x the micro-batch against 1x (evaluation's forward,
+    with its peak memory), then ``train.compile``'s backbone compile against eager, in the training step and in
+    evaluation (``warmup_seconds``: the first steps, mostly compiling). bf16 options run under bf16 autocast
+    whatever the workload's precision (they need it). ``speedup`` > 1 means the option is faster. ``others=False``
+    measures the compile options only (``python -m benchmarks`` measures them after every model's other options).
+
+    >>> quick = Workload(device="cpu", precision="no", steps=1, warmup=1, repeats=1)
+    >>> [e["option"] for e in head_option_effects(quick, compile=False)][:2]  # doctest: +SKIP
+    ['model.backbone_dtype bf16 (training step)', 'train.eval_batch_size 2x micro-batch (evaluation)']
+    """
+    workload = dataclasses.replace(workload, device=workload.torch_device())
+    bf16 = dataclasses.replace(workload, precision="bf16")
+    head = dict(mode="head")
+    # (option, baseline measurement, its workload and options, variant measurement, its workload and options)
+    variants: list[tuple[str, Callable, Workload, dict[str, Any], Workload, dict[str, Any]]] = []
+    if others:
+        variants += [
+            (
+                "model.backbone_dtype bf16 (training step)",
+                train_throughput,
+                bf16,
+                head,
+                bf16,
+                dict(head, backbone_dtype="bf16"),
+            ),
+            (
+                "model.backbone_dtype bf16 (evaluation)",
+                inference_throughput,
+                bf16,
+                {},
+                bf16,
+                dict(backbone_dtype="bf16"),
+            ),
+        ]
+        for multiple in eval_multiples:
+            larger = dataclasses.replace(workload, micro_batch=workload.micro_batch * multiple)
+            variants.append(
+                (
+                    f"train.eval_batch_size {multiple}x micro-batch (evaluation)",
+                    inference_throughput,
+                    workload,
+                    {},
+                    larger,
+                    {},
+                )
+            )
+    if compile:  # last: each compiles first (the JSON keeps the rest if the run is cut short)
+        variants.append(
+            (
+                "train.compile, head mode (training step)",
+                train_throughput,
+                workload,
+                head,
+                workload,
+                dict(head, compile=True),
+            )
+        )
+        variants.append(
+            ("train.compile, head mode (evaluation)", inference_throughput, workload, {}, workload, dict(compile=True))
+        )
+    effects = []
+    for name, measurement, base_workload, base_options, changed, options in variants:
+        baseline = measure(measurement, base_workload, isolate, **base_options)
+        variant = measure(measurement, changed, isolate, **options)
+        if "error" in baseline or "error" in variant:
+            effect = {"option": name, "model": workload.model, "error": baseline.get("error") or variant["error"]}
+        else:
+            effect = {
+                "option": name,
+                "model": workload.model,
+                "mode": "head",
+                "micro_batch": variant["micro_batch"],
+                "baseline_micro_batch": baseline["micro_batch"],
+                "precision": variant["precision"],
+                "baseline_images_per_s": baseline["images_per_s"],
+                "images_per_s": variant["images_per_s"],
+                "speedup": variant["images_per_s"] / baseline["images_per_s"],
+                "warmup_seconds": variant.get("warmup_seconds", variant.get("first_seconds")),
+                "baseline_warmup_seconds": baseline.get("warmup_seconds", baseline.get("first_seconds")),
                 "baseline_peak_memory_gib": baseline["peak_memory_gib"],
                 "peak_memory_gib": variant["peak_memory_gib"],
             }

@@ -105,6 +105,22 @@ def format_report(results: dict[str, Any]) -> str:
         lines.append(
             f"\nprojected table, the {len(projected)} models above one after the other: {sum(projected):,.1f} min"
         )
+    if results.get("head_options"):
+        lines.append("\nhead-mode options, each against its default in the same run (speedup > 1: faster):")
+    for e in results.get("head_options", []):
+        if "error" in e:
+            lines.append(f"   {e['model']}, {e['option']}: {e['error']}")
+            continue
+        memory = (
+            f", peak {e['peak_memory_gib']:.2f} vs {e['baseline_peak_memory_gib']:.2f} GiB"
+            if e.get("peak_memory_gib") is not None
+            else ""
+        )
+        lines.append(
+            f"   {e['model']}, {e['option']}: {_fmt(e['images_per_s'])} vs {_fmt(e['baseline_images_per_s'])} img/s, "
+            f"speedup {e['speedup']:.3f} (micro-batch {e['micro_batch']} vs {e['baseline_micro_batch']}, "
+            f"{e['precision']}, first steps {e['warmup_seconds']:.1f} s{memory})"
+        )
     if results.get("options"):
         lines.append("\noptions, each against the default in the same run (speedup > 1: faster):")
     for e in results.get("options", []):

@@ -145,19 +145,37 @@ def _count_flops(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor,
     return counter.get_total_flops()
 
 
-def inference_throughput(workload: Workload, fused_attention: bool | None = None) -> dict[str, Any]:
-    """Images/s of the model's forward pass alone: eval mode, inference mode, autocast, inputs ready on the device.
+def inference_throughput(
+    workload: Workload, fused_attention: bool | None = None, backbone_dtype: str = "fp32", compile: bool = False
+) -> dict[str, Any]:
+    """Images/s of the model's forward pass alone: eval mode, inference mode, autocast, inputs ready on the device
+    (what an evaluation pass runs, at ``workload.micro_batch`` images per batch). ``backbone_dtype`` and
+    ``compile`` are head mode's backbone options (backbone.py): bf16 frozen weights, the compiled backbone forward;
+    ``first_seconds`` is the warm-up (with ``compile``, mostly compiling).
 
     >>> inference_throughput(Workload(device="cpu", precision="no", steps=1, warmup=0, repeats=1))["model"]
     'test_vit'
     """
+    from tiny_transformers.backbone import cast_backbone, compile_backbone
+
     w, device = workload, workload.torch_device()
-    net = build(w.model, "full", w.image_size, device, fused_attention).eval()
+    head = backbone_dtype != "fp32" or compile
+    net = build(w.model, "head" if head else "full", w.image_size, device, fused_attention).eval()
+    if backbone_dtype == "bf16":
+        cast_backbone(net)
+    if compile:
+        compile_backbone(net, w.micro_batch, w.micro_batch)
     x = torch.randn(w.micro_batch, 3, w.image_size, w.image_size, device=device)
     times = []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     with torch.inference_mode(), autocast(device, w.precision)():
-        for _ in range(w.warmup):
+        sync(device)
+        started = time.perf_counter()
+        for _ in range(max(w.warmup, 1 if compile else 0)):
             net(x)
+        sync(device)
+        first = time.perf_counter() - started
         for _ in range(w.repeats):
             sync(device)
             started = time.perf_counter()
@@ -165,6 +183,7 @@ def inference_throughput(workload: Workload, fused_attention: bool | None = None
                 net(x)
             sync(device)
             times.append((time.perf_counter() - started) / w.steps)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     del net, x
     free(device)
     seconds = statistics.median(times)
@@ -173,8 +192,12 @@ def inference_throughput(workload: Workload, fused_attention: bool | None = None
         "micro_batch": w.micro_batch,
         "image_size": w.image_size,
         "precision": w.precision,
+        "backbone_dtype": backbone_dtype,
+        "compile": compile,
         "seconds_per_batch": seconds,
         "images_per_s": w.micro_batch / seconds,
+        "first_seconds": first,
+        "peak_memory_gib": peak,
     }
 
 
@@ -223,6 +246,7 @@ def train_throughput(
     compile: bool = False,
     fused_attention: bool | None = None,
     augment: AugmentConfig | None = None,
+    backbone_dtype: str = "fp32",
 ) -> dict[str, Any]:
     """Images/s of the library's own training step (``engine.train_steps``) in ``mode``, with FLOPs and memory.
 
@@ -230,14 +254,19 @@ def train_throughput(
     so this times: transfer, upscaling and the paper's augmentation on the device, forward, backward,
     optimizer and schedule steps. One micro-batch per optimizer step. ``peak_memory_gib`` is
     ``torch.cuda.max_memory_allocated`` (GPU only); ``saved_for_backward_mib`` is the activation memory
-    autograd keeps per micro-batch, measured on any device.
+    autograd keeps per micro-batch, measured on any device. ``compile``: in full mode the whole model, in head mode
+    the frozen backbone's forward (as ``train.compile`` does); ``backbone_dtype`` bf16: head mode's frozen weights
+    in bf16 (``model.backbone_dtype``).
     """
+    from tiny_transformers.backbone import cast_backbone, compile_backbone
     from tiny_transformers.optim import build_optimizer
 
     w, device = workload, workload.torch_device()
     augment_cfg = augment if augment is not None else AugmentConfig()
     accelerator = fresh_accelerator(device, w.precision)
     net = build(w.model, mode, w.image_size, device, fused_attention)
+    if backbone_dtype == "bf16":
+        cast_backbone(net)
     optimizer = build_optimizer(OptimConfig(fused=fused_optimizer), net)
     cast = autocast(device, w.precision)
 
@@ -256,7 +285,9 @@ def train_throughput(
     flops = _count_flops(net, x, targets, cast)
     del x, targets
 
-    if compile:
+    if compile and mode == "head":
+        compile_backbone(net, w.micro_batch, w.micro_batch)
+    elif compile:
         net.compile()
     net, optimizer = accelerator.prepare(net, optimizer)
     run = (accelerator, net, optimizer, (images, labels), batch_augment)
@@ -282,6 +313,7 @@ def train_throughput(
         "precision": w.precision,
         "fused_optimizer": fused_optimizer,
         "compile": compile,
+        "backbone_dtype": backbone_dtype,
         "fused_attention": fused_attention,
         "seconds_per_step": seconds,
         "images_per_s": images_per_s,

@@ -173,3 +173,27 @@ def test_the_recipe_projection_is_the_formula_of_the_measured_speeds(quick_run):
         f"projected 30-epoch head-mode recipe (100,000 train + 10,000 eval images an epoch): {expected:,.1f} min"
         in (report)
     )
+
+
+def test_head_mode_options_are_measured_per_model(capsys):
+    """The head_options section of benchmarks/gpu.sh, in its CPU smoke form (compile left out: it is timed on the
+    GPU; tests/test_backbone.py covers its correctness): each option against its default, per model, in the JSON
+    and the report."""
+    from accelerate.state import AcceleratorState
+
+    try:
+        results = main(
+            ["--quick", "--sections", "head_options", "--model", "test_vit", "--no-compile", "--repeats", "1"]
+        )
+    finally:  # its bf16 measurements leave Accelerate's process-wide state in bf16; later tests train in 'no'
+        AcceleratorState._reset_state(reset_partial_state=True)
+    effects = results["head_options"]
+    assert [e["option"] for e in effects] == [
+        "model.backbone_dtype bf16 (training step)",
+        "model.backbone_dtype bf16 (evaluation)",
+        "train.eval_batch_size 2x micro-batch (evaluation)",
+        "train.eval_batch_size 4x micro-batch (evaluation)",
+    ]
+    assert all("error" not in e and e["model"] == "test_vit" and e["speedup"] > 0 for e in effects)
+    assert [e["micro_batch"] for e in effects] == [8, 8, 16, 32] and effects[0]["precision"] == "bf16"
+    assert "head-mode options" in capsys.readouterr().out

@@ -136,6 +136,7 @@ def test_recipe_prints_the_paper_values(name):
         "head_init": "linear",  # exact mode: the official code's reset_classifier head
         "grad_checkpointing": False,  # full fine-tuning's tools stay off in the paper's head-only recipes
         "fast_attention": False,  # not default-on until a GPU measures it faster
+        "backbone_dtype": "fp32",  # likewise (and the recipes' fp16 autocast and fp32 evaluation need fp32 weights)
         "teacher": None,
     }
     assert printed["optim"]["name"] == "adamw" and printed["optim"]["lr"] == 1e-3

@@ -60,6 +60,10 @@ class ModelConfig:
     # CaiT's talking-heads attention rewritten with the same parameters and outputs (to float rounding) and fewer
     # memory passes (attention.py); swapped in when the model is built; refused for a model without it
     fast_attention: bool = False
+    # head mode only: the frozen backbone's linear and convolution weights stored in bf16 (backbone.cast_backbone)
+    # instead of rounded to bf16 by autocast at every forward; fp32 keeps them as loaded. The head keeps fp32
+    # weights. Needs train.mixed_precision bf16 (its outputs equal the autocast path's: bitwise on the CPU tests)
+    backbone_dtype: Literal["fp32", "bf16"] = "fp32"
     # a teacher for a model with a distillation head (distilled DeiT): a trained folder (e.g. outputs/swin_l/best),
     # a training checkpoint, hf-hub:owner/name or a timm name (its pretrained weights); None: no distillation
     teacher: str | None = None
@@ -153,7 +157,9 @@ class TrainConfig:
     # on SIGTERM/SIGINT: seconds from the signal within which the checkpoint's Hub push (hub.strategy checkpoint)
     # must end; after it the run exits anyway and the local checkpoint stays (docs/scaling.md: preemption)
     preempt_seconds: float = resumable(60.0)
-    compile: bool = False  # torch.compile the model in place (compiles at the first step); docs/benchmarks.md
+    # torch.compile: full mode, the whole model in place; head mode, the frozen backbone's forward only, once per
+    # run at fixed batch sizes (backbone.compile_backbone: 2 graphs, train and eval); docs/benchmarks.md
+    compile: bool = False
     # exponential moving average of the weights, updated after every optimizer update (timm's ModelEmaV3) and
     # evaluated every epoch beside the raw weights; 0: off; e.g. 0.9998
     ema_decay: float = 0.0

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from .attention import use_fast_attention
 from .augment import BatchAugment
+from .backbone import backbone_in_fp32, speed_up_backbone
 from .checkpoint import (
     RunningLoss,
     TrainerState,
@@ -264,15 +265,16 @@ class Run:
         """The weights as they are now (the EMA's with ``ema``) into ``best/`` or ``last/``, loadable by timm; its
         config.json records which (main process only)."""
         model = self.ema.module if ema else self.accelerator.unwrap_model(self.model)
-        save_for_timm(
-            model, self.folder.weights(which), self.data.class_ids, self.data.class_names,
-            self.config.data.image_size, self.mean, self.std, native_size=self.config.data.native_size,
-            mixed_precision=self.config.train.mixed_precision,
-            weights=None if self.ema is None else ("ema" if ema else "raw"),  # recorded when there is a choice
-            # recorded when not the default, so that evaluate and predict feed and score the model the same way
-            preprocess=None if self.config.data.preprocess == "default" else self.config.data.preprocess,
-            eval_precision=None if self.config.train.eval_precision == "autocast" else "fp32",
-        )  # fmt: skip
+        with backbone_in_fp32(model):  # a bf16 backbone (model.backbone_dtype) is exported in fp32, exactly
+            save_for_timm(
+                model, self.folder.weights(which), self.data.class_ids, self.data.class_names,
+                self.config.data.image_size, self.mean, self.std, native_size=self.config.data.native_size,
+                mixed_precision=self.config.train.mixed_precision,
+                weights=None if self.ema is None else ("ema" if ema else "raw"),  # recorded when there is a choice
+                # recorded when not the default, so that evaluate and predict feed and score the model the same way
+                preprocess=None if self.config.data.preprocess == "default" else self.config.data.preprocess,
+                eval_precision=None if self.config.train.eval_precision == "autocast" else "fp32",
+            )  # fmt: skip
 
 
 def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
@@ -299,8 +301,7 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
             "model.fast_attention rewrites CaiT's talking-heads attention and Swin's window attention, and "
             f"{config.model.name} has neither; use --model.fast_attention false."
         )
-    if config.train.compile:
-        model.compile()  # in place: same module, same state_dict keys, so checkpoints and exports are unchanged
+    speed_up_backbone(model, config)  # model.backbone_dtype bf16 and train.compile (full mode: the whole model)
     mean, std = normalization(model, config.data.normalization)
     optimizer = build_optimizer(config.optim, model)
     scheduler = build_schedule(optimizer, config.optim, plan)

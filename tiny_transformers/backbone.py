@@ -1,0 +1,165 @@
+"""Head mode's frozen backbone at inference speed: its matmul weights kept in bf16 (``model.backbone_dtype``) and its
+forward features compiled once per run (``train.compile``), without changing the module tree or the state_dict keys.
+
+Both act on a model whose backbone is frozen (``models.freeze_backbone``) and leave the trainable head(s) alone: the
+head keeps fp32 master weights and trains as it does without them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import FinetuneConfig
+
+# The modules whose forward is one of autocast's lower-precision ops (linear, convolution): under bf16 autocast their
+# weight and bias are rounded to bf16 on every call anyway, so storing them rounded computes the same and saves the
+# cast (a read of the fp32 weight and a write of its bf16 copy per call). Norms, position embeddings, tokens and
+# layer-scale gammas stay fp32: autocast runs their ops in fp32 and they are under 1% of a paper model's weights.
+_MATMUL_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+# torch.compile's backend for the backbone; a test swaps in a counting backend (torch._dynamo.testing.CompileCounter)
+BACKEND: str | Callable[..., Any] = "inductor"
+
+
+def frozen_matmul_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The linear and convolution layers none of whose parameters train: in head mode, every one of the backbone's.
+
+    >>> from tiny_transformers.models import build_model
+    >>> from tiny_transformers.config import ModelConfig
+    >>> model = build_model(ModelConfig(name="test_vit", pretrained=False), num_classes=4, image_size=32)
+    >>> len(frozen_matmul_modules(model)), "head" in dict(frozen_matmul_modules(model))
+    (25, False)
+    """
+    return [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, _MATMUL_MODULES) and not any(p.requires_grad for p in module.parameters())
+    ]
+
+
+def cast_backbone(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> int:
+    """Store the frozen linear and convolution weights (and biases) in ``dtype``, in place; returns how many
+    parameters changed. Under autocast of the same dtype the model computes what it did in fp32 (autocast rounds
+    those weights the same way on every call), without the per-call casts; it needs that autocast to run.
+
+    >>> from tiny_transformers.models import build_model
+    >>> from tiny_transformers.config import ModelConfig
+    >>> model = build_model(ModelConfig(name="test_vit", pretrained=False), num_classes=4, image_size=32)
+    >>> cast_backbone(model), model.head.weight.dtype, model.blocks[0].attn.qkv.weight.dtype
+    (50, torch.float32, torch.bfloat16)
+    """
+    changed = 0
+    for _, module in frozen_matmul_modules(model):
+        for parameter in module.parameters(recurse=False):
+            if parameter.is_floating_point() and parameter.dtype != dtype:
+                parameter.data = parameter.data.to(dtype)
+                changed += 1
+    return changed
+
+
+@contextlib.contextmanager
+def backbone_in_fp32(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block the frozen bf16 weights are fp32 again (exactly: every bf16 value is a float32 value), so an
+    export holds fp32 weights that plain timm loads as always; after it they are bf16 again, bitwise as before.
+
+    >>> from tiny_transformers.models import build_model
+    >>> from tiny_transformers.config import ModelConfig
+    >>> model = build_model(ModelConfig(name="test_vit", pretrained=False), num_classes=4, image_size=32)
+    >>> _ = cast_backbone(model)
+    >>> with backbone_in_fp32(model): model.blocks[0].attn.qkv.weight.dtype
+    torch.float32
+    >>> model.blocks[0].attn.qkv.weight.dtype
+    torch.bfloat16
+    """
+    cast = [p for _, m in frozen_matmul_modules(model) for p in m.parameters(recurse=False) if p.dtype != torch.float32]
+    dtypes = [p.dtype for p in cast]
+    for parameter in cast:
+        parameter.data = parameter.data.float()
+    try:
+        yield model
+    finally:
+        for parameter, dtype in zip(cast, dtypes):
+            parameter.data = parameter.data.to(dtype)
+
+
+class CompiledFeatures:
+    """``model.forward_features`` compiled once per run at fixed batch sizes; installed by :func:`compile_backbone`.
+
+    Shapes are kept fixed by padding: a batch smaller than its mode's size (the last, ragged micro-batch of an epoch
+    or of the evaluation, the 1-image pass of a process without data) is padded with zeros to that size and the
+    padded rows are dropped from the features, so no loss or metric sees them. Padding was chosen over marking the
+    batch dimension dynamic because a dynamic graph serves every batch with kernels not specialised to the batch
+    size (and dynamo would first compile the static graph, then recompile a dynamic one at the first ragged batch:
+    two compiles of 21-45 s where one will do); the price is one padded batch per epoch and per evaluation, under
+    1/100 of an epoch of Tiny ImageNet (100,000 images in micro-batches of 64-128). A batch larger than its mode's
+    size runs eager rather than compile again.
+
+    Train and eval mode are two graphs (drop path and dropout read ``module.training``, which dynamo guards on), each
+    compiled once and reused every epoch: two compiles per run. The frozen backbone runs under ``torch.no_grad`` in
+    both, so the evaluation's no-grad pass does not add a third (nothing in it requires grad: the same results).
+    """
+
+    def __init__(self, model: nn.Module, train_batch: int, eval_batch: int) -> None:
+        self.model = model
+        self.sizes = {True: train_batch, False: eval_batch}  # by module.training
+        self.eager = type(model).forward_features.__get__(model)  # the class's own method, bound to this model
+        self.compiled = torch.compile(self.eager, backend=BACKEND, dynamic=False)
+
+    def __call__(self, x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """The features of ``x``; ``kwargs`` (timm's ViT passes ``attn_mask=None``) go to the model's own method."""
+        size, images = self.sizes[self.model.training], x.shape[0]
+        with torch.no_grad():  # frozen: nothing before the head needs a graph for backward
+            if images > size:
+                return self.eager(x, **kwargs)
+            if images < size:
+                padding = x.new_zeros((size - images, *x.shape[1:]))
+                return self.compiled(torch.cat([x, padding]), **kwargs)[:images]
+            return self.compiled(x, **kwargs)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> CompiledFeatures:
+        # A copy of the model (an EMA, a report's copy) compiles its own forward, bound to the copy's weights; the
+        # copy of the model is already in memo when its __dict__ (this object) is copied.
+        return CompiledFeatures(copy.deepcopy(self.model, memo), self.sizes[True], self.sizes[False])
+
+
+def compile_backbone(model: nn.Module, train_batch: int, eval_batch: int) -> CompiledFeatures:
+    """Compile the frozen backbone's forward (``forward_features``) of a head-mode timm model, in place: the head and
+    the loss stay eager, the module tree and state_dict keys are unchanged. Returns the installed wrapper.
+
+    >>> from tiny_transformers.models import build_model
+    >>> from tiny_transformers.config import ModelConfig
+    >>> model = build_model(ModelConfig(name="test_vit", pretrained=False), num_classes=4, image_size=32)
+    >>> compile_backbone(model, train_batch=8, eval_batch=16).sizes
+    {True: 8, False: 16}
+    """
+    features = CompiledFeatures(model, train_batch, eval_batch)
+    model.forward_features = features  # an instance attribute: forward() calls self.forward_features(x)
+    return features
+
+
+def speed_up_backbone(model: nn.Module, config: FinetuneConfig) -> None:
+    """Apply the backbone's speed options of ``config`` to a freshly built model, before Accelerate prepares it:
+    ``model.backbone_dtype`` bf16 casts the frozen weights; ``train.compile`` compiles the backbone's forward in head
+    mode (:func:`compile_backbone`) and the whole model in place in full mode (``nn.Module.compile``: same module,
+    same state_dict keys, so checkpoints and exports are unchanged).
+
+    >>> from tiny_transformers.config import FinetuneConfig, ModelConfig
+    >>> from tiny_transformers.models import build_model
+    >>> config = FinetuneConfig(model=ModelConfig(name="test_vit", pretrained=False, backbone_dtype="bf16"))
+    >>> model = build_model(config.model, num_classes=4, image_size=32)
+    >>> speed_up_backbone(model, config); model.blocks[0].mlp.fc1.weight.dtype
+    torch.bfloat16
+    """
+    t = config.train
+    if config.model.backbone_dtype == "bf16":
+        cast_backbone(model, torch.bfloat16)
+    if t.compile and config.model.train_mode == "head":
+        compile_backbone(model, t.micro_batch_size, t.eval_batch_size or t.micro_batch_size)
+    elif t.compile:
+        model.compile()
