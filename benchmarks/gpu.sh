@@ -34,6 +34,12 @@ workers=$(( workers < 1 ? 1 : (workers > 8 ? 8 : workers) ))
 # compiled, at the CaiT-S36-384 shape: one JSON line each, beside the main JSON.
 "$python" benchmarks/attention.py --device cuda --dtype bf16 | tail -n 1 > "${out%.json}-attention.json"
 "$python" benchmarks/attention.py --device cuda --dtype bf16 --compile | tail -n 1 >> "${out%.json}-attention.json"
+# Where Swin-L's and CaiT-S36's inference forward spends its time, by kind of operator, with timm's attention and with
+# model.fast_attention (CaiT's rewrite; Swin's fused window attention): about 20 s.
+"$python" -m benchmarks.profile_forward --models swin_l cait_s36 --device cuda --dtype bf16 --batch 64 \
+  --json "${out%.json}-profile.json"
+"$python" -m benchmarks.profile_forward --models swin_l cait_s36 --device cuda --dtype bf16 --batch 64 \
+  --fast-attention --json "${out%.json}-profile-fast.json"
 # Each model's report ends with its projected 30-epoch head-mode recipe; the last lines give the whole table.
 exec "$python" -m benchmarks \
   --model vit_l cait_s36 deit_b_distilled swin_l --mode head full --precision bf16 \
