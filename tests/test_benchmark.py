@@ -173,3 +173,12 @@ def test_the_recipe_projection_is_the_formula_of_the_measured_speeds(quick_run):
         f"projected 30-epoch head-mode recipe (100,000 train + 10,000 eval images an epoch): {expected:,.1f} min"
         in (report)
     )
+
+
+def test_versus_timm_skips_without_timms_train_py(tmp_path, capsys):
+    """timm's train.py is not a dependency: without it the comparison says why and measures nothing."""
+    from benchmarks.versus_timm import main as versus_timm
+
+    assert versus_timm(["--timm-train", str(tmp_path / "absent.py"), "--json", str(tmp_path / "out.json")]) is None
+    assert "skipped:" in capsys.readouterr().out and not (tmp_path / "out.json").exists()
+    assert versus_timm([]) is None and "pass --timm-train PATH" in capsys.readouterr().out
