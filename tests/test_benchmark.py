@@ -197,3 +197,12 @@ def test_head_mode_options_are_measured_per_model(capsys):
     assert all("error" not in e and e["model"] == "test_vit" and e["speedup"] > 0 for e in effects)
     assert [e["micro_batch"] for e in effects] == [8, 8, 16, 32] and effects[0]["precision"] == "bf16"
     assert "head-mode options" in capsys.readouterr().out
+
+
+def test_versus_timm_skips_without_timms_train_py(tmp_path, capsys):
+    """timm's train.py is not a dependency: without it the comparison says why and measures nothing."""
+    from benchmarks.versus_timm import main as versus_timm
+
+    assert versus_timm(["--timm-train", str(tmp_path / "absent.py"), "--json", str(tmp_path / "out.json")]) is None
+    assert "skipped:" in capsys.readouterr().out and not (tmp_path / "out.json").exists()
+    assert versus_timm([]) is None and "pass --timm-train PATH" in capsys.readouterr().out

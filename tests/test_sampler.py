@@ -45,3 +45,23 @@ def test_window_sample_counts_add_up_to_the_epoch():
     counts = [window_sample_count(p, s) for s in range(p.steps_per_epoch)]
     assert counts == [12, 12, 12, 1]
     assert sum(counts) == 37
+
+
+def test_a_persistent_loader_moved_between_epochs_gives_the_fresh_loaders_order():
+    """One loader with persistent workers for the whole run, its sampler moved to each epoch (and to a mid-epoch
+    step, as a resumed run starts), yields exactly what a new loader per epoch yields."""
+    from torch.utils.data import DataLoader
+
+    p = plan(1)
+    data = list(range(p.train_samples))
+
+    def fresh(epoch, start_step=0):
+        sampler = MicroBatchSampler(p, rank=0, seed=7, epoch=epoch, start_step=start_step)
+        return [b.tolist() for b in DataLoader(data, batch_sampler=sampler, num_workers=0)]
+
+    kept = DataLoader(
+        data, batch_sampler=MicroBatchSampler(p, rank=0, seed=7, epoch=0), num_workers=1, persistent_workers=True
+    )
+    for epoch, start_step in ((0, 2), (1, 0), (2, 0), (3, 1)):
+        kept.batch_sampler.move_to(epoch, start_step)
+        assert [b.tolist() for b in kept] == fresh(epoch, start_step)

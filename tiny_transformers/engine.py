@@ -21,7 +21,7 @@ from .checkpoint import TrainerState
 from .config import AugmentConfig, FinetuneConfig
 from .data import DataBundle, DecodeTransform, collate
 from .errors import ConfigError
-from .metrics import TopKAccuracy
+from .metrics import TopKScores
 from .models import unwrap_logits
 from .plan import Plan
 from .sampler import derive_seed, window_sample_count
@@ -227,7 +227,7 @@ def evaluate(
     ``autocast=False`` evaluates in fp32 whatever the training precision (the official code's evaluation).
     """
     model.eval()
-    metric = TopKAccuracy(k=min(5, num_classes))
+    metric = TopKScores(k=min(5, num_classes))  # on the device: no host read per batch
     top1_predictions, references = [], []
     for images, labels in tqdm(
         loader, desc="evaluate", disable=not (progress and accelerator.is_main_process), dynamic_ncols=True, leave=False
@@ -239,12 +239,10 @@ def evaluate(
         topk = logits.topk(metric.k, dim=-1).indices
         topk, labels, losses = accelerator.gather_for_metrics((topk, labels, losses))
         if accelerator.is_main_process:
-            metric.add_batch(
-                predictions=topk.cpu().numpy(), references=labels.cpu().numpy(), losses=losses.cpu().numpy()
-            )
+            metric.add(topk, labels, losses)
         if collect_predictions:
-            top1_predictions.append(topk[:, 0].cpu())
-            references.append(labels.cpu())
+            top1_predictions.append(topk[:, 0])
+            references.append(labels)
     result = {}
     if accelerator.is_main_process:
         computed = metric.compute()
@@ -282,6 +280,7 @@ def eval_loader(data: DataBundle, config: FinetuneConfig, native_size: int, acce
         num_workers=config.data.num_workers,
         collate_fn=collate,
         pin_memory=accelerator.device.type == "cuda",
+        persistent_workers=config.data.num_workers > 0,  # one evaluation per epoch: start the workers once
     )
 
 

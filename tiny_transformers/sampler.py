@@ -43,6 +43,18 @@ class MicroBatchSampler(Sampler[list[int]]):
         self.epoch = epoch
         self.start_step = start_step
 
+    def move_to(self, epoch: int, start_step: int = 0) -> None:
+        """Yield ``epoch``'s micro-batches from ``start_step`` on at the next iteration (a loader kept across epochs).
+
+        >>> from tiny_transformers.config import FinetuneConfig, TrainConfig
+        >>> plan = Plan.build(FinetuneConfig(train=TrainConfig(batch_size=2, micro_batch_size=2)), 1, train_samples=8)
+        >>> sampler = MicroBatchSampler(plan, rank=0, seed=0, epoch=0)
+        >>> sampler.move_to(1, start_step=3)
+        >>> list(sampler) == list(MicroBatchSampler(plan, rank=0, seed=0, epoch=1, start_step=3))
+        True
+        """
+        self.epoch, self.start_step = epoch, start_step
+
     def global_indices(self) -> list[int]:
         """Global micro-batch indices this process handles, in order."""
         window = self.plan.accumulation_steps * self.plan.num_processes

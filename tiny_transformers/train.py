@@ -153,18 +153,26 @@ class Run:
     std: tuple[float, ...]
     ema: ModelEmaV3 | None = None  # with train.ema_decay
     teacher: torch.nn.Module | None = None  # with model.teacher
+    loader: DataLoader | None = None  # the training loader, made by the first train_loader() and kept
 
     def train_loader(self) -> DataLoader:
-        """This process's micro-batches of ``state.epoch``, from ``state.step_in_epoch`` on (see sampler.py)."""
-        t, rank = self.config.train, self.accelerator.process_index
-        sampler = MicroBatchSampler(self.plan, rank, t.seed, self.state.epoch, self.state.step_in_epoch)
-        return DataLoader(
-            self.train_data,
-            batch_sampler=sampler,
-            num_workers=self.config.data.num_workers,
-            collate_fn=collate,
-            pin_memory=self.accelerator.device.type == "cuda",
-        )
+        """This process's micro-batches of ``state.epoch``, from ``state.step_in_epoch`` on (see sampler.py).
+
+        One loader for the whole run: its sampler is moved to the epoch and step before each pass, and its workers
+        persist between epochs (a worker's start costs about a second of imports on a small job, once per epoch)."""
+        t, rank, workers = self.config.train, self.accelerator.process_index, self.config.data.num_workers
+        if self.loader is None:
+            sampler = MicroBatchSampler(self.plan, rank, t.seed, self.state.epoch, self.state.step_in_epoch)
+            self.loader = DataLoader(
+                self.train_data,
+                batch_sampler=sampler,
+                num_workers=workers,
+                collate_fn=collate,
+                pin_memory=self.accelerator.device.type == "cuda",
+                persistent_workers=workers > 0,
+            )
+        self.loader.batch_sampler.move_to(self.state.epoch, self.state.step_in_epoch)
+        return self.loader
 
     def log_steps(self, steps: int, seconds: float) -> None:
         """The epoch's running train loss, the lr, the gradient norm (with clipping) and images/s to the trackers, at
