@@ -166,15 +166,19 @@ def push_run(
     if not hub.model_id:
         raise ConfigError("Pushing needs hub.model_id; add --hub.model_id your-user/model-name.")
     run = read_run(output_dir)
-    checkpoint = None
-    if hub.strategy == "checkpoint":
-        checkpoint = (list_checkpoints(run.output_dir) or [None])[-1]
-        if checkpoint is None:
-            raise PublishError(
-                f"hub.strategy checkpoint pushes the newest training checkpoint and '{run.output_dir}' holds none; "
-                "push without it (--hub.strategy end)."
-            )
+    checkpoint = _newest_checkpoint(run.output_dir) if hub.strategy == "checkpoint" else None
     return _push(run, hub, folder, message, run.output_dir, checkpoint)
+
+
+def _newest_checkpoint(output_dir: Path) -> Path:
+    """The checkpoint ``hub.strategy checkpoint`` sends; :class:`PublishError` when the run holds none."""
+    newest = (list_checkpoints(output_dir) or [None])[-1]
+    if newest is None:
+        raise PublishError(
+            f"hub.strategy checkpoint pushes the newest training checkpoint and '{output_dir}' holds none; "
+            "push without it (--hub.strategy end)."
+        )
+    return newest
 
 
 def _push(
@@ -290,7 +294,9 @@ class _Snapshot:
     def __str__(self) -> str:
         if self.checkpoint_only:
             return f"the push of checkpoint {self.checkpoint_name}"
-        return f"the push after epoch {self.epochs}" + (f" (checkpoint {self.checkpoint_name})" * bool(self.checkpoint))
+        if self.checkpoint is not None:
+            return f"the push after epoch {self.epochs} (checkpoint {self.checkpoint_name})"
+        return f"the push after epoch {self.epochs}"
 
 
 class BackgroundPublisher:
@@ -383,18 +389,14 @@ class BackgroundPublisher:
         checkpoint_only = self.hub.strategy == "checkpoint" and not (source.metrics.is_file() and published.is_dir())
         try:
             target = RunDir(folder)
-            for name in ("config", "labels", "metrics"):
-                if not checkpoint_only:
+            if not checkpoint_only:
+                for name in ("config", "labels", "metrics"):
                     shutil.copyfile(getattr(source, name), getattr(target, name))
-            if published.is_dir() and not checkpoint_only:
-                shutil.copytree(published, target.weights(self.hub.weights))
+                if published.is_dir():
+                    shutil.copytree(published, target.weights(self.hub.weights))
             linked = None
             if self.hub.strategy == "checkpoint":
-                checkpoint = checkpoint or (list_checkpoints(self.output_dir) or [None])[-1]
-                if checkpoint is None:
-                    raise PublishError(
-                        f"'{self.output_dir}' holds no training checkpoint to push (hub.strategy checkpoint)."
-                    )
+                checkpoint = checkpoint or _newest_checkpoint(self.output_dir)
                 linked = folder / hub_io.CHECKPOINT_DIR
                 _link_tree(checkpoint, linked)
             epochs = _epochs_done(self.output_dir) if checkpoint_only else len(target.read_metrics())
