@@ -3,7 +3,10 @@ and resumes bitwise; a compiled backbone compiles once per mode per run, ragged 
 the eager one does."""
 
 import copy
+import dataclasses
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 import timm
@@ -11,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from torch._dynamo.testing import CompileCounter
 
-from tiny_transformers import DataConfig, FinetuneConfig, ModelConfig, TrainConfig, finetune
+from tiny_transformers import FinetuneConfig, ModelConfig, TrainConfig, finetune
 from tiny_transformers import backbone as backbone_module
 from tiny_transformers.backbone import backbone_in_fp32, cast_backbone, compile_backbone
 from tiny_transformers.config import trajectory_differences
@@ -19,29 +22,22 @@ from tiny_transformers.errors import ConfigError
 from tiny_transformers.models import build_model
 from tiny_transformers.validation import validate
 
+sys.path.insert(0, str(Path(__file__).parent))
+from test_finetune import tiny_config  # noqa: E402
+
 needs_cpp = pytest.mark.skipif(
     shutil.which("c++") is None and shutil.which("g++") is None, reason="torch.compile on a CPU needs a C++ compiler"
 )
 
 
 def head_config(source, output_dir, model=None, **train) -> FinetuneConfig:
-    """test_vit in head mode at 32 px on the 24-image fixture (4 classes, 12 eval images); micro-batch 5 leaves a
-    ragged last batch in training (24 = 4 x 5 + 4) and in evaluation (12 = 2 x 5 + 2)."""
-    return FinetuneConfig(
-        model=ModelConfig(name="test_vit", pretrained=False, train_mode="head", **(model or {})),
-        data=DataConfig(source=str(source), image_size=32, num_workers=0),
-        train=TrainConfig(
-            **{
-                "epochs": 2,
-                "batch_size": 5,
-                "micro_batch_size": 5,
-                "mixed_precision": "bf16",
-                "output_dir": str(output_dir),
-                "progress": False,
-                **train,
-            }
-        ),
+    """test_finetune's tiny_config in head mode and bf16; micro-batch 5 leaves a ragged last batch in training
+    (24 = 4 x 5 + 4) and in evaluation (12 = 2 x 5 + 2)."""
+    config = tiny_config(
+        source, output_dir, **{"batch_size": 5, "micro_batch_size": 5, "mixed_precision": "bf16", **train}
     )
+    config.model = dataclasses.replace(config.model, train_mode="head", **(model or {}))
+    return config
 
 
 @pytest.fixture

@@ -160,6 +160,14 @@ def assert_same_weights(out: Path, reference: Path) -> None:
         assert all(torch.equal(actual[k], expected[k]) for k in expected), folder
 
 
+def resumed_from_hub(fake: FakeHub, source: Path, out: Path, capsys: pytest.CaptureFixture) -> str:
+    """Train in the empty folder ``out`` from the checkpoint on the fake Hub (another machine); what it printed."""
+    with pytest.MonkeyPatch.context() as patch:
+        fake.install(patch)
+        finetune(config_for(source, out, resume=f"hf-hub:{MODEL_ID}"))
+    return capsys.readouterr().out
+
+
 def hub_step(fake: FakeHub) -> int:
     return json.loads((fake.repo(MODEL_ID) / "last-checkpoint" / "trainer_state.json").read_text())["state"][
         "global_step"
@@ -249,10 +257,9 @@ def test_an_interrupted_push_leaves_the_previous_checkpoint_and_resume_uses_it(
     assert (tmp_path / "A" / "checkpoints" / f"step_{2 * STEPS_PER_EPOCH:08d}" / "trainer_state.json").is_file()
     assert sorted(p.name for p in (tmp_path / "A" / "export").iterdir()) == sorted(EXPORT_FILES)
 
-    with pytest.MonkeyPatch.context() as patch:
-        fake.install(patch)
-        finetune(config_for(stanford_dir, tmp_path / "B", resume=f"hf-hub:{MODEL_ID}"))
-    assert "resuming from step_00000003: epoch 2, step 0" in capsys.readouterr().out
+    assert "resuming from step_00000003: epoch 2, step 0" in resumed_from_hub(
+        fake, stanford_dir, tmp_path / "B", capsys
+    )
     assert_same_weights(tmp_path / "B", reference.output_dir)
 
 
@@ -329,6 +336,7 @@ def test_a_push_that_cannot_even_start_is_reported_not_raised(tmp_path, capsys):
     (result,) = pushes.wait()
     assert result.url is None and result.epochs == 0
     assert result.message.startswith("warning: ") and "later with: tiny-transformers push" in capsys.readouterr().err
+    assert "holds none; push without it (--hub.strategy end)." in result.message
     assert not (tmp_path / "out" / ".hub-push").exists()
 
 
@@ -351,10 +359,9 @@ def test_preempted_in_the_first_epoch_the_checkpoint_is_pushed_and_resumes_elsew
     assert hub_step(fake) == 2
     assert not (tmp_path / "A" / ".hub-push").exists()
 
-    with pytest.MonkeyPatch.context() as patch:
-        fake.install(patch)
-        finetune(config_for(stanford_dir, tmp_path / "B", resume=f"hf-hub:{MODEL_ID}"))
-    assert "resuming from step_00000002: epoch 1, step 2" in capsys.readouterr().out
+    assert "resuming from step_00000002: epoch 1, step 2" in resumed_from_hub(
+        fake, stanford_dir, tmp_path / "B", capsys
+    )
     assert_same_weights(tmp_path / "B", reference.output_dir)
 
 
