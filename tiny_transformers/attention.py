@@ -1,4 +1,5 @@
-"""A faster drop-in for timm's CaiT talking-heads attention, swapped in explicitly with :func:`swap_talking_heads`.
+"""``model.fast_attention``, applied explicitly with :func:`use_fast_attention`: a faster drop-in for timm's CaiT
+talking-heads attention (:func:`swap_talking_heads`), and timm's own fused window attention for Swin.
 
 timm's ``TalkingHeadAttn`` mixes the heads of the (B, H, N, N) attention map with an H x H ``nn.Linear`` applied to
 a permuted (B, N, N, H) view, before and after the softmax (``proj_l``, ``proj_w``). Each mixing is a permute copy,

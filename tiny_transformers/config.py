@@ -57,8 +57,9 @@ class ModelConfig:
     # recompute each block's activations in the backward pass instead of keeping them (timm's
     # set_grad_checkpointing): less memory, about one more forward of compute; same gradients
     grad_checkpointing: bool = False
-    # CaiT's talking-heads attention rewritten with the same parameters and outputs (to float rounding) and fewer
-    # memory passes (attention.py); swapped in when the model is built; refused for a model without it
+    # attention with fewer memory passes, same parameters and outputs (to float rounding), applied when the model is
+    # built (attention.use_fast_attention): CaiT's talking heads rewritten, Swin's window attention fused; refused
+    # for a model with neither
     fast_attention: bool = False
     # head mode only: the frozen backbone's linear and convolution weights stored in bf16 (backbone.cast_backbone)
     # instead of rounded to bf16 by autocast at every forward; fp32 keeps them as loaded. The head keeps fp32
