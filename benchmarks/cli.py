@@ -7,6 +7,7 @@ works bare (``--quick``) or with a value (``--quick true``, ``--quick false``).
 from __future__ import annotations
 
 import contextlib
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from .data_path import data_path
 from .loop_overhead import loop_overhead
 from .machine import default_device, describe_machine, threads
 from .options import head_option_effects, option_effects, pin_memory_effect
+from .recipes import PAPER_RECIPES, recipe_table
 from .report import format_report, write_json
 from .throughput import Workload, model_throughput
 
@@ -29,9 +31,14 @@ class Settings:
     """Data path, loop overhead and training throughput (docs/benchmarks.md). Random weights and synthetic
     images: nothing is downloaded."""
 
-    # what to measure: data path, loop overhead, training throughput, GPU speed options (full mode, --options-model)
-    # and head mode's backbone options (each --model); the options are not in the default
-    sections: tuple[Literal["data", "loop", "train", "options", "head_options"], ...] = ("data", "loop", "train")
+    # what to measure: data path, loop overhead, training throughput, GPU speed options (full mode, --options-model),
+    # head mode's backbone options (each --model) and the recipe files as they run (--recipes); the last three are
+    # not in the default
+    sections: tuple[Literal["data", "loop", "train", "options", "head_options", "recipes"], ...] = (
+        "data",
+        "loop",
+        "train",
+    )
     # models for the throughput section: paper short names (vit_l, cait_s36, deit_b_distilled, swin_l) or timm names
     model: tuple[str, ...] = ("test_vit",)
     # training modes for the throughput section: head (backbone frozen) and/or full
@@ -50,6 +57,11 @@ class Settings:
     warmup: int | None = None  # untimed steps before timing; default: 3, with --quick 1
     repeats: int | None = None  # timed repeats, medians taken; default: 3, with --quick 2
     min_seconds: float | None = None  # data path: seconds per side and repeat; default: 1, with --quick 0.2
+    # recipe files for --sections recipes, each measured and projected as its config runs (benchmarks/recipes.py)
+    recipes: tuple[str, ...] = PAPER_RECIPES
+    # overrides for --sections recipes, one projected table each: space-separated field=value ("": as written);
+    # stem:field=value applies to that recipe alone (cait_s36:model.fast_attention=true)
+    recipe_variants: tuple[str, ...] = ("",)
     # each throughput measurement in its own process: clean peak memory, about 10 s more each
     isolate: bool = False
     # also write every figure to this JSON file, rewritten after each measurement (a run cut short keeps them)
@@ -193,6 +205,23 @@ def run_benchmark(
                         isolate=isolate,
                         on_effect=lambda effect: (results["head_options"].append(effect), report(results)),
                     )
+    if "recipes" in settings.sections:
+
+        def tabled(table: list[dict[str, Any]]) -> None:
+            results["recipes"] = table
+            report(results)
+
+        with compute_threads():
+            recipe_table(
+                settings.recipes,
+                settings.recipe_variants,
+                on_progress=tabled,
+                steps=steps,
+                warmup=warmup,
+                repeats=repeats,
+                device=device,
+                isolate=isolate,
+            )
     return results
 
 
@@ -203,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     settings = parse_settings(argv)
-    command = " ".join([PROG, *argv])
+    command = shlex.join([*PROG.split(), *argv])  # quoted as typed: a recipe variant holds spaces
     results = run_benchmark(settings, command, on_progress=lambda partial: write_json(settings.json, partial))
     write_json(settings.json, results)
     print(format_report(results))

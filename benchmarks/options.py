@@ -9,7 +9,19 @@ from typing import Any
 import torch
 
 from .data_path import data_path
-from .throughput import Workload, inference_throughput, measure, train_throughput
+from .throughput import Workload, build, inference_throughput, measure, model_config_for, train_throughput
+
+
+def has_fast_attention(model: str) -> bool:
+    """Whether ``model.fast_attention`` rewrites something in ``model`` (CaiT's talking heads, Swin's window
+    attention), asked of the model built on the meta device: no memory, a fraction of a second.
+
+    >>> has_fast_attention("cait_s36"), has_fast_attention("vit_l")
+    (True, False)
+    """
+    from tiny_transformers.attention import use_fast_attention
+
+    return use_fast_attention(build(model, "head", 384, torch.device("meta"))) > 0
 
 
 def option_effects(
@@ -78,7 +90,8 @@ def head_option_effects(
     """Head mode's options for one model, each against its default measured right before it in the same run
     (docs/benchmarks.md, "Head-mode options"): ``model.backbone_dtype`` bf16 against bf16 autocast of fp32 weights
     (training step), the evaluation batch at ``eval_multiples`` x the micro-batch against 1x (evaluation's forward,
-    with its peak memory), then ``train.compile``'s backbone compile against eager, in the training step and in
+    with its peak memory), ``model.fast_attention`` against timm's attention for CaiT and Swin (training step and
+    evaluation), then ``train.compile``'s backbone compile against eager, in the training step and in
     evaluation (``warmup_seconds``: the first steps, mostly compiling). bf16 options run under bf16 autocast
     whatever the workload's precision (they need it). ``speedup`` > 1 means the option is faster. ``others=False``
     measures the compile options only (``python -m benchmarks`` measures them after every model's other options).
@@ -123,6 +136,22 @@ def head_option_effects(
                     {},
                 )
             )
+        if has_fast_attention(workload.model):
+            timms, fast = model_config_for(workload.model), model_config_for(workload.model, fast_attention=True)
+            for part, measurement, options in (
+                ("training step", train_throughput, head),
+                ("evaluation", inference_throughput, {}),
+            ):
+                variants.append(
+                    (
+                        f"model.fast_attention ({part})",
+                        measurement,
+                        workload,
+                        dict(options, model_config=timms),
+                        workload,
+                        dict(options, model_config=fast),
+                    )
+                )
     if compile:  # last: each compiles first (the JSON keeps the rest if the run is cut short)
         variants.append(
             (

@@ -15,6 +15,10 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
+def _precision(autocast: str) -> str:
+    return "fp32" if autocast == "no" else autocast
+
+
 def format_report(results: dict[str, Any]) -> str:
     """The human-readable report: the machine, then every figure measured.
 
@@ -120,6 +124,26 @@ def format_report(results: dict[str, Any]) -> str:
             f"   {e['model']}, {e['option']}: {_fmt(e['images_per_s'])} vs {_fmt(e['baseline_images_per_s'])} img/s, "
             f"speedup {e['speedup']:.3f} (micro-batch {e['micro_batch']} vs {e['baseline_micro_batch']}, "
             f"{e['precision']}, first steps {e['warmup_seconds']:.1f} s{memory})"
+        )
+    for variant in results.get("recipes", []):
+        lines.append(f"\nrecipes as they run, {variant['variant'] or 'as written'}:")
+        for r in variant["recipes"]:
+            train, evaluation = r.get("train", {}), r.get("eval", {})
+            error = r.get("error") or train.get("error") or evaluation.get("error")
+            if error:
+                lines.append(f"   {r['recipe']}: {error}")
+                continue
+            mfu = f", MFU {train['mfu'] * 100:.1f}%" if train["mfu"] is not None else ""
+            lines.append(
+                f"   {r['recipe']} ({r['model']}): train {train['micro_batch']} x {_precision(train['precision'])} "
+                f"{_fmt(train['images_per_s'])} img/s{mfu}; eval {evaluation['micro_batch']} x {r['eval_precision']} "
+                f"{_fmt(evaluation['images_per_s'])} img/s; {r['epochs']} epochs {_fmt(r['projected_minutes'])} min "
+                f"(train {_fmt(r['train_minutes'])} + eval {_fmt(r['eval_minutes'])})"
+            )
+        measured = sum("projected_minutes" in r for r in variant["recipes"])
+        lines.append(
+            f"   projected table: {_fmt(variant['projected_table_minutes'])} min "
+            f"({measured} of {len(variant['recipes'])} recipes measured)"
         )
     if results.get("options"):
         lines.append("\noptions, each against the default in the same run (speedup > 1: faster):")

@@ -81,20 +81,38 @@ def _fused_attention(enabled: bool | None) -> Iterator[None]:
         timm_config._USE_FUSED_ATTN = previous
 
 
+def model_config_for(model: str, **changes: Any) -> ModelConfig:
+    """The :class:`ModelConfig` a benchmark builds ``model`` with: the paper's drop path for its models, else 0.1.
+
+    >>> model_config_for("deit_b_distilled", fast_attention=True).drop_path_rate
+    0.0
+    """
+    paper = paper_model_for(model)
+    return ModelConfig(name=model, drop_path_rate=paper.drop_path_rate if paper else 0.1, **changes)
+
+
 def build(
-    model: str, mode: str, image_size: int, device: torch.device, fused_attention: bool | None = None
+    model: str | ModelConfig,
+    mode: str,
+    image_size: int,
+    device: torch.device,
+    fused_attention: bool | None = None,
 ) -> torch.nn.Module:
-    """``model`` with random weights for 200 classes in ``mode`` ("head" or "full"), built on ``device``."""
+    """``model`` with random weights for 200 classes in ``mode`` ("head" or "full"), built on ``device``: a name (the
+    paper's drop path) or a recipe's :class:`ModelConfig` (its drop path, head init and ``model.fast_attention``)."""
+    from tiny_transformers.attention import use_fast_attention
     from tiny_transformers.models import build_model
 
-    paper = paper_model_for(model)
-    cfg = ModelConfig(
-        name=model, pretrained=False, train_mode=mode, drop_path_rate=paper.drop_path_rate if paper else 0.1
-    )
+    if isinstance(model, str):
+        model = model_config_for(model)
+    cfg = dataclasses.replace(model, pretrained=False, checkpoint=None, train_mode=mode, teacher=None)
     torch.manual_seed(0)
     # Built on the device itself: initialising 300M parameters on the CPU would take longer than the benchmark.
     with _fused_attention(fused_attention), torch.device(device):
-        return build_model(cfg, 200, image_size)
+        net = build_model(cfg, 200, image_size)
+    if cfg.fast_attention and not use_fast_attention(net):
+        raise ValueError(f"model.fast_attention: {cfg.name} has no attention it rewrites (CaiT's or Swin's)")
+    return net
 
 
 def saved_for_backward_bytes(model: torch.nn.Module, x: torch.Tensor, autocast: Callable) -> int:
@@ -146,12 +164,17 @@ def _count_flops(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor,
 
 
 def inference_throughput(
-    workload: Workload, fused_attention: bool | None = None, backbone_dtype: str = "fp32", compile: bool = False
+    workload: Workload,
+    fused_attention: bool | None = None,
+    backbone_dtype: str = "fp32",
+    compile: bool = False,
+    model_config: ModelConfig | None = None,
 ) -> dict[str, Any]:
     """Images/s of the model's forward pass alone: eval mode, inference mode, autocast, inputs ready on the device
     (what an evaluation pass runs, at ``workload.micro_batch`` images per batch). ``backbone_dtype`` and
     ``compile`` are head mode's backbone options (backbone.py): bf16 frozen weights, the compiled backbone forward;
-    ``first_seconds`` is the warm-up (with ``compile``, mostly compiling).
+    ``first_seconds`` is the warm-up (with ``compile``, mostly compiling). ``model_config``: a recipe's model
+    (``model.fast_attention`` among its settings) instead of ``workload.model`` with the paper's drop path.
 
     >>> inference_throughput(Workload(device="cpu", precision="no", steps=1, warmup=0, repeats=1))["model"]
     'test_vit'
@@ -160,7 +183,7 @@ def inference_throughput(
 
     w, device = workload, workload.torch_device()
     head = backbone_dtype != "fp32" or compile
-    net = build(w.model, "head" if head else "full", w.image_size, device, fused_attention).eval()
+    net = build(model_config or w.model, "head" if head else "full", w.image_size, device, fused_attention).eval()
     if backbone_dtype == "bf16":
         cast_backbone(net)
     if compile:
@@ -247,6 +270,8 @@ def train_throughput(
     fused_attention: bool | None = None,
     augment: AugmentConfig | None = None,
     backbone_dtype: str = "fp32",
+    model_config: ModelConfig | None = None,
+    preprocess: str = "default",
 ) -> dict[str, Any]:
     """Images/s of the library's own training step (``engine.train_steps``) in ``mode``, with FLOPs and memory.
 
@@ -256,7 +281,8 @@ def train_throughput(
     ``torch.cuda.max_memory_allocated`` (GPU only); ``saved_for_backward_mib`` is the activation memory
     autograd keeps per micro-batch, measured on any device. ``compile``: in full mode the whole model, in head mode
     the frozen backbone's forward (as ``train.compile`` does); ``backbone_dtype`` bf16: head mode's frozen weights
-    in bf16 (``model.backbone_dtype``).
+    in bf16 (``model.backbone_dtype``); ``model_config``, ``augment`` and ``preprocess``: a recipe's model, augmentation
+    and ``data.preprocess`` (official: the uint8 resize and RandAugment at full size on the device).
     """
     from tiny_transformers.backbone import cast_backbone, compile_backbone
     from tiny_transformers.optim import build_optimizer
@@ -264,7 +290,7 @@ def train_throughput(
     w, device = workload, workload.torch_device()
     augment_cfg = augment if augment is not None else AugmentConfig()
     accelerator = fresh_accelerator(device, w.precision)
-    net = build(w.model, mode, w.image_size, device, fused_attention)
+    net = build(model_config or w.model, mode, w.image_size, device, fused_attention)
     if backbone_dtype == "bf16":
         cast_backbone(net)
     optimizer = build_optimizer(OptimConfig(fused=fused_optimizer), net)
@@ -276,7 +302,7 @@ def train_throughput(
     labels = torch.randint(0, 200, (w.micro_batch,), generator=generator)
     if device.type == "cuda":
         images, labels = images.pin_memory(), labels.pin_memory()
-    batch_augment = BatchAugment(w.image_size, IMAGENET_MEAN, IMAGENET_STD, 200, augment_cfg, device)
+    batch_augment = BatchAugment(w.image_size, IMAGENET_MEAN, IMAGENET_STD, 200, augment_cfg, device, preprocess)
 
     # Memory and FLOPs first, on the uncompiled model (FlopCounterMode and saved-tensor hooks see every op).
     net.train()
@@ -315,6 +341,8 @@ def train_throughput(
         "compile": compile,
         "backbone_dtype": backbone_dtype,
         "fused_attention": fused_attention,
+        "fast_attention": bool(model_config and model_config.fast_attention),
+        "preprocess": preprocess,
         "seconds_per_step": seconds,
         "images_per_s": images_per_s,
         "warmup_seconds": first,
@@ -365,17 +393,18 @@ def measure(
             }
 
 
-def projected_minutes(
-    train_images_per_s: float, eval_images_per_s: float, epochs: int = 30, train: int = 100_000, eval_: int = 10_000
-) -> float:
-    """Minutes of the paper's recipe at these speeds: ``epochs`` x (a pass over Tiny ImageNet's 100,000 training
-    images in head mode + the 10,000-image evaluation after every epoch); loading and checkpoints not included
-    (the end-to-end epoch measured against it is in docs/benchmarks.md).
+TRAIN_IMAGES, EVAL_IMAGES = 100_000, 10_000  # Tiny ImageNet's training and validation splits
+
+
+def projected_minutes(train_images_per_s: float, eval_images_per_s: float, epochs: int = 30) -> float:
+    """Minutes of a Tiny ImageNet run at these speeds: ``epochs`` x (a pass over the 100,000 training images + the
+    10,000-image evaluation after every epoch); loading and checkpoints not included (the end-to-end epoch measured
+    against it is in docs/benchmarks.md).
 
     >>> round(projected_minutes(2660, 8000), 1)  # DeiT-B's H200 head-mode speed, an inference speed of 8,000 img/s
     19.4
     """
-    return epochs * (train / train_images_per_s + eval_ / eval_images_per_s) / 60
+    return epochs * (TRAIN_IMAGES / train_images_per_s + EVAL_IMAGES / eval_images_per_s) / 60
 
 
 def model_throughput(

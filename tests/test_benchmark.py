@@ -178,24 +178,28 @@ def test_the_recipe_projection_is_the_formula_of_the_measured_speeds(quick_run):
 def test_head_mode_options_are_measured_per_model(capsys):
     """The head_options section of benchmarks/gpu.sh, in its CPU smoke form (compile left out: it is timed on the
     GPU; tests/test_backbone.py covers its correctness): each option against its default, per model, in the JSON
-    and the report."""
+    and the report; model.fast_attention only for a model it rewrites (a CaiT here, not the ViT)."""
     from accelerate.state import AcceleratorState
 
+    args = ["--quick", "--sections", "head_options", "--model", "test_vit", "cait_xxs24_224", "--no-compile"]
     try:
-        results = main(
-            ["--quick", "--sections", "head_options", "--model", "test_vit", "--no-compile", "--repeats", "1"]
-        )
+        results = main([*args, "--repeats", "1"])
     finally:  # its bf16 measurements leave Accelerate's process-wide state in bf16; later tests train in 'no'
         AcceleratorState._reset_state(reset_partial_state=True)
     effects = results["head_options"]
-    assert [e["option"] for e in effects] == [
+    common = [
         "model.backbone_dtype bf16 (training step)",
         "model.backbone_dtype bf16 (evaluation)",
         "train.eval_batch_size 2x micro-batch (evaluation)",
         "train.eval_batch_size 4x micro-batch (evaluation)",
     ]
-    assert all("error" not in e and e["model"] == "test_vit" and e["speedup"] > 0 for e in effects)
-    assert [e["micro_batch"] for e in effects] == [8, 8, 16, 32] and effects[0]["precision"] == "bf16"
+    fast = ["model.fast_attention (training step)", "model.fast_attention (evaluation)"]
+    assert [(e["model"], e["option"]) for e in effects] == [
+        *(("test_vit", option) for option in common),
+        *(("cait_xxs24_224", option) for option in common + fast),
+    ]
+    assert all("error" not in e and e["speedup"] == e["images_per_s"] / e["baseline_images_per_s"] for e in effects)
+    assert [e["micro_batch"] for e in effects[:4]] == [8, 8, 16, 32] and effects[0]["precision"] == "bf16"
     assert "head-mode options" in capsys.readouterr().out
 
 
@@ -206,3 +210,51 @@ def test_versus_timm_skips_without_timms_train_py(tmp_path, capsys):
     assert versus_timm(["--timm-train", str(tmp_path / "absent.py"), "--json", str(tmp_path / "out.json")]) is None
     assert "skipped:" in capsys.readouterr().out and not (tmp_path / "out.json").exists()
     assert versus_timm([]) is None and "pass --timm-train PATH" in capsys.readouterr().out
+
+
+def test_the_recipes_are_measured_as_their_configs_run_them_and_projected(tmp_path, capsys):
+    """`--sections recipes` (benchmarks/gpu.sh's projection of the paper's table) on the real recipe files, made tiny
+    by overrides: each recipe's training step runs at its micro-batch with its preprocessing and its evaluation in
+    its eval precision (the paper recipes: fp32); each variant's table is the sum of the formula of its measured
+    speeds; a recipe-scoped override reaches that recipe alone; a bad override is one recipe's error, not the run's."""
+    from accelerate.state import AcceleratorState
+
+    tiny = "model.name=test_vit data.image_size=32 train.mixed_precision=bf16 train.micro_batch_size=4"
+    fast = f"{tiny} train.eval_precision=autocast train.eval_batch_size=8 cait_s36:model.name=cait_xxs24_224"
+    fast += " cait_s36:model.fast_attention=true"
+    path = tmp_path / "recipes.json"
+    args = ["--sections", "recipes", "--recipes", "recipes/cait_s36.py", "recipes/deit_b_distilled.py"]
+    args += ["--recipe-variants", tiny, fast, "train.compile", "--steps", "1", "--warmup", "1", "--repeats", "1"]
+    try:
+        main([*args, "--json", str(path)])
+    finally:  # bf16 measurements leave Accelerate's process-wide state in bf16; later tests train in 'no'
+        AcceleratorState._reset_state(reset_partial_state=True)
+    written, report = json.loads(path.read_text())["recipes"], capsys.readouterr().out
+    assert [v["variant"] for v in written] == [tiny, fast, "train.compile"]
+    for variant in written[:2]:
+        assert variant["complete"] and len(variant["recipes"]) == 2
+        for r in variant["recipes"]:
+            train, evaluation = r["train"], r["eval"]
+            assert r["epochs"] == 30 and train["mode"] == "head" and train["preprocess"] == "official"
+            assert train["micro_batch"] == 4 and train["precision"] == "bf16" and train["image_size"] == 32
+            expected = 30 * (100_000 / train["images_per_s"] + 10_000 / evaluation["images_per_s"]) / 60
+            assert r["projected_minutes"] == pytest.approx(expected)
+        assert variant["projected_table_minutes"] == pytest.approx(
+            sum(r["projected_minutes"] for r in variant["recipes"])
+        )
+        assert f"projected table: {variant['projected_table_minutes']:,.1f} min (2 of 2 recipes measured)" in report
+    as_written, faster = written[0]["recipes"], written[1]["recipes"]
+    # as written: fp32 evaluation (the official code's) at the micro-batch; the variant: autocast at 8
+    assert [(r["eval_precision"], r["eval"]["precision"], r["eval"]["micro_batch"]) for r in as_written] == [
+        ("fp32", "no", 4)
+    ] * 2
+    assert [(r["eval_precision"], r["eval"]["micro_batch"]) for r in faster] == [("bf16", 8)] * 2
+    assert [(r["model"], r["train"]["fast_attention"]) for r in faster] == [
+        ("cait_xxs24_224", True),
+        ("test_vit", False),
+    ]
+    # "train.compile" is not field=value: each recipe of that variant says so, and nothing is projected for it
+    broken = written[2]
+    assert not broken["complete"] and broken["projected_table_minutes"] == 0
+    assert all("recipe override 'train.compile' is not field=value" in r["error"] for r in broken["recipes"])
+    assert "recipes/cait_s36.py: ValueError: recipe override 'train.compile' is not field=value" in report

@@ -1,0 +1,160 @@
+"""The paper's table as the recipe files run it: each recipe's own configuration measured on this machine and projected
+to its whole run (issue 12's "projection you can trust").
+
+A recipe is measured with what its ``config`` says, after any overrides: the model and its options
+(``model.fast_attention``, ``model.backbone_dtype``, ``train.compile``), the training micro-batch and
+``train.mixed_precision`` (the paper recipes' fp16 autocast with its gradient scaler), ``data.preprocess`` and the
+augmentation (exact mode: the uint8 resize and RandAugment at full size on the device), and the evaluation at
+``train.eval_batch_size`` in ``train.eval_precision`` (the paper recipes: fp32, as the official code evaluated).
+Random weights, random 64x64 images; nothing is downloaded.
+
+    python -m benchmarks --sections recipes                      # the four paper recipes as written
+    python -m benchmarks --sections recipes --recipe-variants "" "train.eval_precision=autocast"
+
+A variant is a space-separated list of ``field=value`` overrides (``""``: the recipes as written); one prefixed with a
+recipe's file stem, ``cait_s36:model.fast_attention=true``, applies to that recipe alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tiny_transformers.config import FinetuneConfig
+
+from .throughput import (
+    EVAL_IMAGES,
+    TRAIN_IMAGES,
+    Workload,
+    inference_throughput,
+    measure,
+    projected_minutes,
+    train_throughput,
+)
+
+PAPER_RECIPES = tuple(f"recipes/{name}.py" for name in ("vit_l", "cait_s36", "deit_b_distilled", "swin_l"))
+
+
+def overrides_for(recipe: str | Path, variant: str) -> list[str]:
+    """The command-line arguments that ``variant`` adds to ``recipe``: its plain overrides and those prefixed with
+    the recipe's stem.
+
+    >>> overrides_for("recipes/cait_s36.py", "train.compile=true cait_s36:model.fast_attention=true swin_l:x=1")
+    ['--train.compile', 'true', '--model.fast_attention', 'true']
+    """
+    stem, args = Path(recipe).stem, []
+    for item in variant.split():
+        scope, _, assignment = item.rpartition(":")
+        if scope and scope != stem:
+            continue
+        field, equals, value = assignment.partition("=")
+        if not equals or not field:
+            raise ValueError(f"recipe override '{item}' is not field=value (e.g. train.compile=true)")
+        args += [f"--{field}", value]
+    return args
+
+
+def load_recipe(recipe: str | Path, overrides: Sequence[str] = ()) -> FinetuneConfig:
+    """The ``config`` a recipe file defines, with ``overrides`` (command-line arguments) applied and validated, as
+    ``accelerate launch RECIPE OVERRIDES`` would run it.
+
+    >>> config = load_recipe("recipes/cait_s36.py", ["--train.mixed_precision", "bf16"])  # fp16 needs a GPU
+    >>> config.train.micro_batch_size, config.train.eval_precision, config.data.preprocess
+    (128, 'fp32', 'official')
+    """
+    from tiny_transformers.cli import parse_config
+    from tiny_transformers.validation import validate
+
+    path = Path(recipe)
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe {path} does not exist; give a recipe file such as recipes/vit_l.py")
+    spec = importlib.util.spec_from_file_location(f"_recipe_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # a recipe runs only under `if __name__ == "__main__"`
+    config, _ = parse_config(module.config, list(overrides), prog=str(path))
+    validate(config, num_processes=1)
+    return config
+
+
+def recipe_throughput(
+    recipe: str | Path,
+    variant: str = "",
+    steps: int = 10,
+    warmup: int = 3,
+    repeats: int = 3,
+    device: Any = None,
+    isolate: bool = False,
+) -> dict[str, Any]:
+    """One recipe's training step and evaluation pass as its config runs them, and its projected run.
+
+    >>> r = recipe_throughput("recipes/deit_b_distilled.py", "model.name=test_vit data.image_size=32 "
+    ...     "train.mixed_precision=no", steps=1, warmup=1, repeats=1, device="cpu")  # doctest: +SKIP
+    >>> r["eval_precision"], r["projected_minutes"] > 0  # doctest: +SKIP
+    ('fp32', True)
+    """
+    config = load_recipe(recipe, overrides_for(recipe, variant))
+    m, t = config.model, config.train
+    workload = Workload(
+        m.name, t.micro_batch_size, config.data.image_size, device, t.mixed_precision, steps, warmup, repeats
+    )
+    workload = dataclasses.replace(workload, device=workload.torch_device())
+    result: dict[str, Any] = {"recipe": str(recipe), "model": m.name, "variant": variant, "epochs": t.epochs}
+    result["train"] = measure(
+        train_throughput,
+        workload,
+        isolate,
+        mode=m.train_mode,
+        fused_optimizer=config.optim.fused,
+        compile=t.compile,
+        augment=config.augment,
+        backbone_dtype=m.backbone_dtype,
+        model_config=m,
+        preprocess=config.data.preprocess,
+    )
+    eval_precision = "no" if t.eval_precision == "fp32" else t.mixed_precision
+    result["eval_precision"] = "fp32" if eval_precision == "no" else eval_precision
+    result["eval"] = measure(
+        inference_throughput,
+        dataclasses.replace(workload, micro_batch=t.eval_batch_size or t.micro_batch_size, precision=eval_precision),
+        isolate,
+        backbone_dtype=m.backbone_dtype,
+        # train_mode head compiles forward_features as train.compile does in head mode; full mode compiles the model
+        compile=t.compile and m.train_mode == "head",
+        model_config=m,
+    )
+    train_rate, eval_rate = result["train"].get("images_per_s"), result["eval"].get("images_per_s")
+    if train_rate and eval_rate:
+        result["projected_minutes"] = projected_minutes(train_rate, eval_rate, t.epochs)
+        result["train_minutes"] = t.epochs * TRAIN_IMAGES / train_rate / 60
+        result["eval_minutes"] = t.epochs * EVAL_IMAGES / eval_rate / 60
+    return result
+
+
+def recipe_table(
+    recipes: Sequence[str | Path] = PAPER_RECIPES,
+    variants: Sequence[str] = ("",),
+    on_progress: Callable[[list[dict[str, Any]]], None] | None = None,
+    **measure_options: Any,
+) -> list[dict[str, Any]]:
+    """Every recipe under every variant, variant by variant; each variant's ``projected_table_minutes`` sums its
+    recipes' projections (``complete``: all of them measured). ``on_progress`` gets the table after each recipe.
+    A recipe that fails (a bad override, out of memory) is recorded with its error and the others go on."""
+    table: list[dict[str, Any]] = []
+    for variant in variants:
+        entry: dict[str, Any] = {"variant": variant, "recipes": [], "projected_table_minutes": 0.0, "complete": False}
+        table.append(entry)
+        for recipe in recipes:
+            try:
+                result = recipe_throughput(recipe, variant, **measure_options)
+            except Exception as error:  # noqa: BLE001 - one recipe's failure must not lose the others
+                result = {"recipe": str(recipe), "variant": variant, "error": f"{type(error).__name__}: {error}"}
+            entry["recipes"].append(result)
+            done = [r["projected_minutes"] for r in entry["recipes"] if "projected_minutes" in r]
+            entry["projected_table_minutes"] = sum(done)
+            entry["complete"] = len(done) == len(recipes)
+            if on_progress is not None:
+                on_progress(table)
+    return table
