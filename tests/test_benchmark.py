@@ -258,3 +258,36 @@ def test_the_recipes_are_measured_as_their_configs_run_them_and_projected(tmp_pa
     assert not broken["complete"] and broken["projected_table_minutes"] == 0
     assert all("recipe override 'train.compile' is not field=value" in r["error"] for r in broken["recipes"])
     assert "recipes/cait_s36.py: ValueError: recipe override 'train.compile' is not field=value" in report
+
+
+def test_one_real_epoch_is_timed_against_its_projection(tmp_path, capsys):
+    """benchmarks/end_to_end.py, as gpu.sh runs it but tiny: it writes the synthetic set (Tiny ImageNet's parquet
+    layout, the sizes asked for), launches the real recipe for one epoch with `accelerate launch`, and divides the
+    run's own epoch_seconds by the projection's epoch of the same recipe and variant."""
+    import datasets
+
+    from benchmarks.end_to_end import main as end_to_end
+
+    recipe, variant = "recipes/deit_b_distilled.py", "model.name=test_vit data.image_size=32 train.micro_batch_size=8"
+    variant += " train.batch_size=16 train.mixed_precision=bf16"
+    projection = tmp_path / "projection.json"  # as --sections recipes writes it: 30 epochs in 15 min, 30 s each
+    entry = {"recipe": recipe, "epochs": 30, "projected_minutes": 15.0}
+    projection.write_text(json.dumps({"recipes": [{"variant": variant, "recipes": [entry]}]}))
+    data, out, figures = tmp_path / "set", tmp_path / "run", tmp_path / "e2e.json"
+    args = ["--data", str(data), "--output-dir", str(out), "--classes", "3", "--train-per-class", "16"]
+    args += ["--val-per-class", "2", "--variant", variant, "--projection", str(projection), "--json", str(figures)]
+    result = end_to_end(args)
+
+    splits = datasets.load_dataset("parquet", data_dir=str(data / "data"))
+    assert {name: len(split) for name, split in splits.items()} == {"train": 48, "validation": 6}
+    assert splits["train"].features["label"].names == ["n00000000", "n00000001", "n00000002"]
+    assert result["returncode"] == 0 and "error" not in result
+    (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert result["epoch_seconds"] == record["epoch_seconds"] and record["epoch"] == 1
+    assert result["projected_epoch_seconds"] == 30.0
+    assert result["epoch_over_projection"] == pytest.approx(record["epoch_seconds"] / 30.0)
+    assert result["fixed_seconds"] == pytest.approx(result["process_seconds"] - record["epoch_seconds"])
+    assert result["command"].startswith("accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no")
+    assert f"{recipe} --data.source {data} --model.pretrained false --train.epochs 1" in result["command"]
+    assert json.loads(figures.read_text())["epoch_seconds"] == record["epoch_seconds"]
+    assert f"measured / projected {result['epoch_over_projection']:.3f}" in capsys.readouterr().out

@@ -1,0 +1,120 @@
+"""The projection checked against a real run: one epoch of a recipe, ``accelerate launch RECIPE``, on a
+Tiny-ImageNet-sized synthetic set (benchmarks/tiny_imagenet_like.py), timed whole and set beside what
+``python -m benchmarks --sections recipes`` projected for one epoch of the same recipe and variant.
+
+    python -m benchmarks --sections recipes --json gpu.json
+    python -m benchmarks.end_to_end --recipe recipes/deit_b_distilled.py --data /tmp/tiny-like \\
+        --projection gpu.json --json end-to-end.json
+
+The set is written first if ``--data`` holds none (about 45 s on one core, seconds on many). The run has random
+weights (``--model.pretrained false``: nothing is downloaded) and one epoch; everything else is the recipe's.
+``epoch_seconds`` (the run's own metrics.jsonl: the epoch's steps and its evaluation) is what the projection
+predicts; ``process_seconds`` adds the fixed costs of a run (imports, loading and decode-checking the data, building
+the model, the checkpoint, the exports).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tyro
+
+from .machine import describe_machine
+from .recipes import overrides_for
+from .report import write_json
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One epoch of a recipe on a synthetic Tiny-ImageNet-sized set, timed, against its projection."""
+
+    recipe: str = "recipes/deit_b_distilled.py"  # the recipe file to launch
+    data: str = "/tmp/tiny-imagenet-like"  # the synthetic set (written here if absent), used as --data.source
+    output_dir: str = "/tmp/end-to-end-run"  # the run's folder, emptied first
+    variant: str = ""  # overrides as in --recipe-variants: space-separated field=value
+    projection: str | None = None  # JSON of `python -m benchmarks --sections recipes` holding this recipe and variant
+    classes: int = 200  # the synthetic set's size: Tiny ImageNet's 200 classes x 500 training (+ 50 validation)
+    train_per_class: int = 500
+    val_per_class: int = 50
+    json: str | None = None  # write the figures here
+
+
+def projected_epoch_seconds(projection: dict[str, Any], recipe: str, variant: str) -> float | None:
+    """Seconds that ``projection`` (the JSON of ``--sections recipes``) predicts for one epoch of ``recipe`` under
+    ``variant``, or None if it did not measure them.
+
+    >>> table = {"recipes": [{"variant": "", "recipes": [{"recipe": "r.py", "epochs": 30, "projected_minutes": 15.0}]}]}
+    >>> projected_epoch_seconds(table, "r.py", ""), projected_epoch_seconds(table, "r.py", "train.compile=true")
+    (30.0, None)
+    """
+    for entry in projection.get("recipes", []):
+        for r in entry["recipes"] if entry["variant"] == variant else ():
+            if Path(r["recipe"]) == Path(recipe) and "projected_minutes" in r:
+                return r["projected_minutes"] * 60 / r["epochs"]
+    return None
+
+
+def end_to_end(settings: Settings) -> dict[str, Any]:
+    """Write the set if needed, launch one epoch of the recipe, time it; the figures as a dict."""
+    from .tiny_imagenet_like import write
+
+    data, out = Path(settings.data), Path(settings.output_dir)
+    result: dict[str, Any] = {"recipe": settings.recipe, "variant": settings.variant, "data": str(data)}
+    if not any(data.glob("data/*.parquet")):
+        started = time.perf_counter()
+        write(data, settings.classes, settings.train_per_class, settings.val_per_class)
+        result["write_seconds"] = time.perf_counter() - started
+    shutil.rmtree(out, ignore_errors=True)  # one epoch from scratch, never a resume of an earlier run
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1"]
+    command += ["--mixed_precision", "no", "--dynamo_backend", "no", settings.recipe, "--data.source", str(data)]
+    command += ["--model.pretrained", "false", "--train.epochs", "1", "--train.output_dir", str(out)]
+    command += overrides_for(settings.recipe, settings.variant)
+    result["command"] = shlex.join(["accelerate", "launch", *command[3:]])
+    started = time.perf_counter()
+    launched = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    result["process_seconds"] = time.perf_counter() - started
+    result["returncode"] = launched.returncode
+    if launched.returncode != 0:
+        result["error"] = (launched.stderr or launched.stdout)[-2000:]
+        return result
+    (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    result["epoch_seconds"] = record["epoch_seconds"]
+    result["fixed_seconds"] = result["process_seconds"] - record["epoch_seconds"]
+    if settings.projection:
+        projected = projected_epoch_seconds(json.loads(Path(settings.projection).read_text()), settings.recipe,
+                                            settings.variant)  # fmt: skip
+        if projected is not None:
+            result["projected_epoch_seconds"] = projected
+            result["epoch_over_projection"] = record["epoch_seconds"] / projected
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """``python -m benchmarks.end_to_end [--recipe R] [--data DIR] [--projection JSON] [--json OUT]``."""
+    settings = tyro.cli(Settings, args=argv, prog="python -m benchmarks.end_to_end")
+    result = {"machine": describe_machine(), **end_to_end(settings)}
+    write_json(settings.json, result)
+    if "error" in result:
+        print(f"{settings.recipe} failed (exit {result['returncode']}):\n{result['error']}", file=sys.stderr)
+        return result
+    line = (
+        f"{settings.recipe}: one epoch {result['epoch_seconds']:.1f} s, whole process {result['process_seconds']:.1f} s"
+    )
+    if "projected_epoch_seconds" in result:
+        line += f"; projected epoch {result['projected_epoch_seconds']:.1f} s, measured / projected "
+        line += f"{result['epoch_over_projection']:.3f}"
+    print(line)
+    return result
+
+
+if __name__ == "__main__":
+    main()
