@@ -93,8 +93,8 @@ def measure(
     }
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Parse the command line, measure, print a summary line and the JSON line."""
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line's options (``--help`` lists them)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16 runs under autocast")
@@ -103,7 +103,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--warmup", type=int, default=None, help="untimed calls per module (default 3, 10 on CUDA)")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per module (default 10, 50 on CUDA)")
     parser.add_argument("--compile", action="store_true", help="torch.compile both modules (warmup compiles)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--json", type=Path, help="also append the JSON line to this file (one line per run)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse the command line, measure, print a summary line and the JSON line."""
+    args = parse_args(argv)
     cuda = args.device.startswith("cuda")
     result = measure(
         device=args.device,
@@ -121,6 +127,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         file=sys.stderr,
     )
     print(json.dumps(result))
+    if args.json:
+        with args.json.open("a") as lines:
+            lines.write(json.dumps(result) + "\n")
     return result
 
 

@@ -98,9 +98,18 @@ def end_to_end(settings: Settings) -> dict[str, Any]:
     return result
 
 
+def parse_settings(argv: list[str] | None = None) -> Settings:
+    """The settings that ``argv`` (without the program name) asks for.
+
+    >>> parse_settings(["--variant", "train.eval_precision=autocast"]).variant
+    'train.eval_precision=autocast'
+    """
+    return tyro.cli(Settings, args=argv, prog="python -m benchmarks.end_to_end")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """``python -m benchmarks.end_to_end [--recipe R] [--data DIR] [--projection JSON] [--json OUT]``."""
-    settings = tyro.cli(Settings, args=argv, prog="python -m benchmarks.end_to_end")
+    settings = parse_settings(argv)
     result = {"machine": describe_machine(), **end_to_end(settings)}
     write_json(settings.json, result)
     if "error" in result:

@@ -1,47 +1,69 @@
 #!/usr/bin/env bash
-# GPU figures for docs/benchmarks.md, in one JSON file: training throughput, MFU and peak memory of the
-# paper's four models in head and full mode (bf16, their paper micro-batches, 384 px, random weights,
-# synthetic 64x64 images), pure bf16 inference for each, the data-path comparison with 0 and 8 loader
-# workers, and the speed options (fp32, fused AdamW, timm fused attention off, torch.compile, pinned
-# memory) on DeiT-B; torch.compile last, as it compiles first (21 s on an H200). Nothing is downloaded.
-# Sized (6 timed steps x 3 repeats) for the issue's 8 minutes on one H100: it ran in 179 s on an H200
-# (2026-11-26). The JSON is rewritten after every measurement, so a run cut short keeps what it measured.
-# A mode that runs out of memory is retried at half the micro-batch. Add --isolate (below) to run each
-# measurement in its own process.
-# Then head mode's options for each of the four models (issue 12): model.backbone_dtype bf16 against bf16 autocast
-# (training step and evaluation), the evaluation batch at 2x and 4x the micro-batch (speed and peak memory), and
-# last, model by model, train.compile's backbone compile (training step, evaluation). Not yet run on a GPU: on top
-# of the 179 s above, an estimated 1-1.5 min of cheap options and 20-45 s per compile (8 compiles); if the
-# device's time runs out first, the JSON holds every figure measured before (the compiles of the last models lost).
+# Issue 12's GPU figures in one run, most needed first, each stage cut off at a shared deadline so that the run ends
+# inside one device call (GPU_SH_SECONDS, default 540 s) with every figure measured before the cut in its JSON file
+# (each is rewritten after every measurement). Random weights and synthetic images: nothing is downloaded.
 #
-# Figures and how to read them: docs/benchmarks.md.
+#   1. gpu.json            the four paper recipes as their files run them (fp16 training at their micro-batches with
+#                          the official preprocessing, fp32 evaluation), then with evaluation under autocast and
+#                          model.fast_attention for CaiT and Swin: per recipe img/s, MFU and the projected 30 epochs;
+#                          per variant the projected table (benchmarks/recipes.py)
+#   2. gpu-end-to-end.json one real epoch of recipes/deit_b_distilled.py on 100,000 + 10,000 synthetic 64 px JPEGs
+#                          (accelerate launch), against stage 1's projected epoch (benchmarks/end_to_end.py)
+#   3. gpu-options.json    head mode's options for each model, each against its default in the same run:
+#                          model.backbone_dtype bf16, evaluation at 2x and 4x the micro-batch, model.fast_attention
+#                          (CaiT, Swin), then train.compile's backbone compile, model by model (20-45 s each)
+#   4. gpu-attention.json  CaiT's talking-heads attention, timm's against the rewrite, eager and compiled (a JSON
+#                          line each)
+#   5. gpu-profile*.json   where Swin-L's and CaiT-S36's forward spends its time, by kind of operator, without and
+#                          with model.fast_attention
 #
-#   bash benchmarks/gpu.sh [OUT.json]        # default: $OUT/gpu.json, or ./gpu.json without $OUT
+#   bash benchmarks/gpu.sh [OUT_DIR]           # default: $OUT, or ./gpu-results without $OUT
 #
-# Runs the benchmarks package of this checkout; needs tiny_transformers importable (pip install -e . or this
-# checkout on PYTHONPATH, as set below).
-set -euo pipefail
+# Wheels of packages the machine lacks (benchmarks/gpu_wheels.sh writes them into .whl/ on a networked machine) are
+# installed first when that folder (GPU_SH_WHEELS, default .whl) exists. Figures and how to read them: docs/benchmarks.md.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-out="${1:-${OUT:-.}/gpu.json}"
+out="${1:-${OUT:-./gpu-results}}"
+mkdir -p "$out"
+deadline=$((SECONDS + ${GPU_SH_SECONDS:-540}))
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 python="${PYTHON:-python3}"
-"$python" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "benchmarks/gpu.sh: no CUDA GPU visible to torch")'
+wheels="${GPU_SH_WHEELS:-.whl}"
+if [ -d "$wheels" ]; then
+  "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/gpu-sh-site \
+    "$wheels"/*.whl || exit 1
+  export PYTHONPATH="/tmp/gpu-sh-site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+"$python" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "benchmarks/gpu.sh: no CUDA GPU visible to torch")' || exit 1
+"$python" -c 'import datasets, evaluate, tyro, timm, accelerate' || exit 1
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
-workers=$(( $("$python" -c 'import os; print(len(os.sched_getaffinity(0)))') / 2 ))
-workers=$(( workers < 1 ? 1 : (workers > 8 ? 8 : workers) ))
-# CaiT's talking-heads attention, timm's against attention.FastTalkingHeadAttn (model.fast_attention), eager and
-# compiled, at the CaiT-S36-384 shape: one JSON line each, beside the main JSON.
-"$python" benchmarks/attention.py --device cuda --dtype bf16 | tail -n 1 > "${out%.json}-attention.json"
-"$python" benchmarks/attention.py --device cuda --dtype bf16 --compile | tail -n 1 >> "${out%.json}-attention.json"
-# Where Swin-L's and CaiT-S36's inference forward spends its time, by kind of operator, with timm's attention and with
-# model.fast_attention (CaiT's rewrite; Swin's fused window attention): about 20 s.
-"$python" -m benchmarks.profile_forward --models swin_l cait_s36 --device cuda --dtype bf16 --batch 64 \
-  --json "${out%.json}-profile.json"
-"$python" -m benchmarks.profile_forward --models swin_l cait_s36 --device cuda --dtype bf16 --batch 64 \
-  --fast-attention --json "${out%.json}-profile-fast.json"
-# Each model's report ends with its projected 30-epoch head-mode recipe; the last lines give the whole table.
-exec "$python" -m benchmarks \
-  --model vit_l cait_s36 deit_b_distilled swin_l --mode head full --precision bf16 \
-  --sections data train options head_options --options-model deit_b_distilled --workers 0 "$workers" \
-  --steps 6 --warmup 2 --repeats 3 --min-seconds 0.5 --json "$out"
+
+# stage NAME COMMAND...: run COMMAND until the deadline (less 15 s for the stages' own exits); report how it ended
+stage() {
+  local name=$1 left=$((deadline - SECONDS - 15))
+  shift
+  if [ "$left" -le 10 ]; then
+    echo "gpu.sh: $name skipped: the deadline has passed (GPU_SH_SECONDS)"
+    return
+  fi
+  echo "gpu.sh: $name (up to $left s) at $(date -u +%H:%M:%S)"
+  timeout --signal=INT --kill-after=10 "$left" "$@"
+  echo "gpu.sh: $name ended with status $? after $((SECONDS - started)) s in all"
+}
+started=$SECONDS
+fast="train.eval_precision=autocast cait_s36:model.fast_attention=true swin_l:model.fast_attention=true"
+stage "1 recipes" "$python" -m benchmarks --sections recipes --recipe-variants "" "$fast" \
+  --steps 4 --warmup 1 --repeats 3 --json "$out/gpu.json"
+stage "2 end-to-end epoch" "$python" -m benchmarks.end_to_end --recipe recipes/deit_b_distilled.py \
+  --data /tmp/tiny-imagenet-like --projection "$out/gpu.json" --json "$out/gpu-end-to-end.json"
+stage "3 head-mode options" "$python" -m benchmarks --model vit_l cait_s36 deit_b_distilled swin_l --precision bf16 \
+  --sections head_options --steps 4 --warmup 1 --repeats 3 --json "$out/gpu-options.json"
+stage "4 attention" "$python" benchmarks/attention.py --device cuda --dtype bf16 --json "$out/gpu-attention.json"
+stage "4 attention, compiled" "$python" benchmarks/attention.py --device cuda --dtype bf16 --compile \
+  --json "$out/gpu-attention.json"
+stage "5 profile" "$python" -m benchmarks.profile_forward --models swin_l cait_s36 --device cuda --dtype bf16 \
+  --batch 64 --json "$out/gpu-profile.json"
+stage "5 profile, fast attention" "$python" -m benchmarks.profile_forward --models swin_l cait_s36 --device cuda \
+  --dtype bf16 --batch 64 --fast-attention --json "$out/gpu-profile-fast.json"
+echo "gpu.sh: done in $((SECONDS - started)) s; figures in $out"

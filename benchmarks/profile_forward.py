@@ -127,7 +127,8 @@ def measure(
     return rows
 
 
-def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line's options (``--help`` lists them)."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profile_forward", description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=["swin_l", "cait_s36"])
     parser.add_argument("--device", default="cpu")
@@ -138,7 +139,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--fast-attention", action="store_true", help="apply model.fast_attention's rewrites")
     parser.add_argument("--json", type=Path, help="also write the rows here")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Profile, print each model's split by kind of operator and its top operators, optionally write the JSON."""
+    args = parse_args(argv)
     rows = measure(
         args.models,
         args.device,
