@@ -28,6 +28,18 @@ DATASHEET_BF16_FLOPS = {
     "L40S": 362e12,
     "L4": 121e12,
 }
+# Dense fp32 peaks without tensor cores, the same way: the ceiling of an fp32 evaluation (train.eval_precision fp32),
+# whose matrix products PyTorch runs in true fp32 unless TF32 is allowed (torch.backends.cuda.matmul.allow_tf32, off
+# by default since torch 1.12, the official code's version; cuDNN's convolutions use TF32 by default, so a ViT's patch
+# embedding may run faster than this).
+DATASHEET_FP32_FLOPS = {
+    "H200": 66.9e12,
+    "H100 PCIe": 51.2e12,
+    "H100": 66.9e12,
+    "A100": 19.5e12,
+    "L40S": 91.6e12,
+    "L4": 30.3e12,
+}
 
 
 def _cpu_model() -> str:
@@ -123,10 +135,11 @@ def fresh_accelerator(device: torch.device, mixed_precision: str) -> Accelerator
     return Accelerator(cpu=device.type == "cpu", mixed_precision=mixed_precision)
 
 
-def measured_matmul_flops(device: torch.device, n: int = 8192, repeats: int = 10) -> float:
-    """bf16 matrix-product FLOP/s measured on ``device`` (the practical ceiling when no datasheet peak is known)."""
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+def measured_matmul_flops(device: torch.device, n: int = 8192, repeats: int = 10, dtype=torch.bfloat16) -> float:
+    """Matrix-product FLOP/s in ``dtype`` measured on ``device`` (the practical ceiling when no datasheet peak is
+    known)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
     sync(device)
@@ -137,16 +150,20 @@ def measured_matmul_flops(device: torch.device, n: int = 8192, repeats: int = 10
     return 2 * n**3 * repeats / (time.perf_counter() - started)
 
 
-def peak_flops(device: torch.device) -> tuple[float | None, str]:
-    """(peak bf16 FLOP/s, where it comes from) for MFU; (None, ...) on a CPU.
+def peak_flops(device: torch.device, precision: str = "bf16") -> tuple[float | None, str]:
+    """(peak FLOP/s, where it comes from) for MFU at ``precision`` (bf16 and fp16 share the tensor-core peak; "no"
+    or "fp32": the fp32 peak); (None, ...) on a CPU.
 
     >>> peak_flops(torch.device("cpu"))
     (None, 'none (CPU)')
     """
     if device.type != "cuda":
         return None, "none (CPU)"
+    fp32 = precision in ("no", "fp32")
+    table, label = (DATASHEET_FP32_FLOPS, "fp32") if fp32 else (DATASHEET_BF16_FLOPS, "bf16")
     name = torch.cuda.get_device_name(device)
-    for key, flops in DATASHEET_BF16_FLOPS.items():
+    for key, flops in table.items():
         if key in name:
-            return flops, f"datasheet dense bf16 for {key}"
-    return measured_matmul_flops(device), "measured 8192^3 bf16 matrix product"
+            return flops, f"datasheet dense {label} for {key}"
+    dtype = torch.float32 if fp32 else torch.bfloat16
+    return measured_matmul_flops(device, dtype=dtype), f"measured 8192^3 {label} matrix product"

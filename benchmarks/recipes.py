@@ -25,6 +25,7 @@ from typing import Any
 
 from tiny_transformers.config import FinetuneConfig
 
+from .machine import peak_flops
 from .throughput import (
     EVAL_IMAGES,
     TRAIN_IMAGES,
@@ -88,7 +89,9 @@ def recipe_throughput(
     device: Any = None,
     isolate: bool = False,
 ) -> dict[str, Any]:
-    """One recipe's training step and evaluation pass as its config runs them, and its projected run.
+    """One recipe's training step and evaluation pass as its config runs them, and its projected run; on a GPU also
+    ``minutes_at_peak``, the run's FLOPs at the datasheet peaks (fp32's for an fp32 evaluation), and
+    ``fraction_of_peak``, that over the projection.
 
     >>> r = recipe_throughput("recipes/deit_b_distilled.py", "model.name=test_vit data.image_size=32 "
     ...     "train.mixed_precision=no", steps=1, warmup=1, repeats=1, device="cpu")  # doctest: +SKIP
@@ -125,11 +128,24 @@ def recipe_throughput(
         compile=t.compile and m.train_mode == "head",
         model_config=m,
     )
-    train_rate, eval_rate = result["train"].get("images_per_s"), result["eval"].get("images_per_s")
-    if train_rate and eval_rate:
-        result["projected_minutes"] = projected_minutes(train_rate, eval_rate, t.epochs)
-        result["train_minutes"] = t.epochs * TRAIN_IMAGES / train_rate / 60
-        result["eval_minutes"] = t.epochs * EVAL_IMAGES / eval_rate / 60
+    train, evaluation = result["train"], result["eval"]
+    if "error" in train or "error" in evaluation:
+        return result
+    result["projected_minutes"] = projected_minutes(train["images_per_s"], evaluation["images_per_s"], t.epochs)
+    result["train_minutes"] = t.epochs * TRAIN_IMAGES / train["images_per_s"] / 60
+    result["eval_minutes"] = t.epochs * EVAL_IMAGES / evaluation["images_per_s"] / 60
+    train_peak, eval_peak = (
+        peak_flops(workload.device, t.mixed_precision)[0],
+        peak_flops(workload.device, eval_precision)[0],
+    )
+    if train_peak and eval_peak:
+        # the same run at the datasheet peaks (fp32's for an fp32 evaluation): its floor on this GPU
+        seconds = (
+            TRAIN_IMAGES * train["flops_per_image"] / train_peak
+            + EVAL_IMAGES * evaluation["flops_per_image"] / eval_peak
+        )
+        result["minutes_at_peak"] = t.epochs * seconds / 60
+        result["fraction_of_peak"] = result["minutes_at_peak"] / result["projected_minutes"]
     return result
 
 
@@ -140,8 +156,9 @@ def recipe_table(
     **measure_options: Any,
 ) -> list[dict[str, Any]]:
     """Every recipe under every variant, variant by variant; each variant's ``projected_table_minutes`` sums its
-    recipes' projections (``complete``: all of them measured). ``on_progress`` gets the table after each recipe.
-    A recipe that fails (a bad override, out of memory) is recorded with its error and the others go on."""
+    recipes' projections (``complete``: all of them measured) and, on a GPU, ``table_minutes_at_peak`` what they would
+    take at the datasheet peaks, ``table_fraction_of_peak`` the ratio of the two. ``on_progress`` gets the table after
+    each recipe. A recipe that fails (a bad override, out of memory) is recorded with its error and the others go on."""
     table: list[dict[str, Any]] = []
     for variant in variants:
         entry: dict[str, Any] = {"variant": variant, "recipes": [], "projected_table_minutes": 0.0, "complete": False}
@@ -152,9 +169,12 @@ def recipe_table(
             except Exception as error:  # noqa: BLE001 - one recipe's failure must not lose the others
                 result = {"recipe": str(recipe), "variant": variant, "error": f"{type(error).__name__}: {error}"}
             entry["recipes"].append(result)
-            done = [r["projected_minutes"] for r in entry["recipes"] if "projected_minutes" in r]
-            entry["projected_table_minutes"] = sum(done)
+            done = [r for r in entry["recipes"] if "projected_minutes" in r]
+            entry["projected_table_minutes"] = sum(r["projected_minutes"] for r in done)
             entry["complete"] = len(done) == len(recipes)
+            if done and all("minutes_at_peak" in r for r in done):
+                entry["table_minutes_at_peak"] = sum(r["minutes_at_peak"] for r in done)
+                entry["table_fraction_of_peak"] = entry["table_minutes_at_peak"] / entry["projected_table_minutes"]
             if on_progress is not None:
                 on_progress(table)
     return table

@@ -134,16 +134,25 @@ def format_report(results: dict[str, Any]) -> str:
                 lines.append(f"   {r['recipe']}: {error}")
                 continue
             mfu = f", MFU {train['mfu'] * 100:.1f}%" if train["mfu"] is not None else ""
+            eval_mfu = f", MFU {evaluation['mfu'] * 100:.1f}%" if evaluation["mfu"] is not None else ""
+            peak = f"; at the datasheet peaks {_fmt(r['minutes_at_peak'])} min" if "minutes_at_peak" in r else ""
             lines.append(
                 f"   {r['recipe']} ({r['model']}): train {train['micro_batch']} x {_precision(train['precision'])} "
                 f"{_fmt(train['images_per_s'])} img/s{mfu}; eval {evaluation['micro_batch']} x {r['eval_precision']} "
-                f"{_fmt(evaluation['images_per_s'])} img/s; {r['epochs']} epochs {_fmt(r['projected_minutes'])} min "
-                f"(train {_fmt(r['train_minutes'])} + eval {_fmt(r['eval_minutes'])})"
+                f"{_fmt(evaluation['images_per_s'])} img/s{eval_mfu}; {r['epochs']} epochs "
+                f"{_fmt(r['projected_minutes'])} min (train {_fmt(r['train_minutes'])} + "
+                f"eval {_fmt(r['eval_minutes'])}){peak}"
             )
         measured = sum("projected_minutes" in r for r in variant["recipes"])
+        at_peak = (
+            f"; at the datasheet peaks {_fmt(variant['table_minutes_at_peak'])} min, "
+            f"{variant['table_fraction_of_peak'] * 100:.1f}% of peak"
+            if "table_minutes_at_peak" in variant
+            else ""
+        )
         lines.append(
             f"   projected table: {_fmt(variant['projected_table_minutes'])} min "
-            f"({measured} of {len(variant['recipes'])} recipes measured)"
+            f"({measured} of {len(variant['recipes'])} recipes measured){at_peak}"
         )
     if results.get("options"):
         lines.append("\noptions, each against the default in the same run (speedup > 1: faster):")

@@ -20,6 +20,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from tiny_transformers.augment import BatchAugment
 from tiny_transformers.config import AugmentConfig, FinetuneConfig, ModelConfig, OptimConfig, TrainConfig
@@ -150,8 +151,6 @@ def saved_for_backward_bytes(model: torch.nn.Module, x: torch.Tensor, autocast: 
 
 def _count_flops(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor, autocast: Callable) -> int:
     """FLOPs of one training forward + backward (as far as anything requires grad), torch.utils.flop_counter."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     from tiny_transformers.engine import loss_fn_per_image
     from tiny_transformers.models import unwrap_logits
 
@@ -186,9 +185,13 @@ def inference_throughput(
     net = build(model_config or w.model, "head" if head else "full", w.image_size, device, fused_attention).eval()
     if backbone_dtype == "bf16":
         cast_backbone(net)
+    x = torch.randn(w.micro_batch, 3, w.image_size, w.image_size, device=device)
+    # Before compiling, so that the counter sees every op of the eager forward; with grad mode on, as its module
+    # tracker needs (under no_grad or inference_mode it fails on CaiT's class-attention blocks, torch 2.14).
+    with FlopCounterMode(display=False) as counter, autocast(device, w.precision)():
+        net(x[:1])
     if compile:
         compile_backbone(net, w.micro_batch, w.micro_batch)
-    x = torch.randn(w.micro_batch, 3, w.image_size, w.image_size, device=device)
     times = []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -210,6 +213,7 @@ def inference_throughput(
     del net, x
     free(device)
     seconds = statistics.median(times)
+    flops, (peak_device_flops, peak_source) = counter.get_total_flops(), peak_flops(device, w.precision)
     return {
         "model": w.model,
         "micro_batch": w.micro_batch,
@@ -220,6 +224,9 @@ def inference_throughput(
         "seconds_per_batch": seconds,
         "images_per_s": w.micro_batch / seconds,
         "first_seconds": first,
+        "flops_per_image": flops,
+        "mfu": flops * w.micro_batch / seconds / peak_device_flops if peak_device_flops else None,
+        "peak_flops_source": peak_source,
         "peak_memory_gib": peak,
     }
 
@@ -328,7 +335,7 @@ def train_throughput(
 
     seconds = statistics.median(times)
     images_per_s = w.micro_batch / seconds
-    peak_device_flops, peak_source = peak_flops(device)
+    peak_device_flops, peak_source = peak_flops(device, w.precision)
     achieved = flops / w.micro_batch * images_per_s
     return {
         "model": w.model,

@@ -212,13 +212,16 @@ def test_versus_timm_skips_without_timms_train_py(tmp_path, capsys):
     assert versus_timm([]) is None and "pass --timm-train PATH" in capsys.readouterr().out
 
 
-def test_the_recipes_are_measured_as_their_configs_run_them_and_projected(tmp_path, capsys):
+def test_the_recipes_are_measured_as_their_configs_run_them_and_projected(tmp_path, capsys, monkeypatch):
     """`--sections recipes` (benchmarks/gpu.sh's projection of the paper's table) on the real recipe files, made tiny
     by overrides: each recipe's training step runs at its micro-batch with its preprocessing and its evaluation in
     its eval precision (the paper recipes: fp32); each variant's table is the sum of the formula of its measured
     speeds; a recipe-scoped override reaches that recipe alone; a bad override is one recipe's error, not the run's."""
     from accelerate.state import AcceleratorState
 
+    # As on a GPU whose datasheet gives 100 TFLOP/s in bf16 and 10 in fp32 (peak_flops is None on a CPU)
+    peaks = {"bf16": 100e12, "no": 10e12}
+    monkeypatch.setattr("benchmarks.recipes.peak_flops", lambda device, precision: (peaks[precision], "test"))
     tiny = "model.name=test_vit data.image_size=32 train.mixed_precision=bf16 train.micro_batch_size=4"
     fast = f"{tiny} train.eval_precision=autocast train.eval_batch_size=8 cait_s36:model.name=cait_xxs24_224"
     fast += " cait_s36:model.fast_attention=true"
@@ -239,9 +242,17 @@ def test_the_recipes_are_measured_as_their_configs_run_them_and_projected(tmp_pa
             assert train["micro_batch"] == 4 and train["precision"] == "bf16" and train["image_size"] == 32
             expected = 30 * (100_000 / train["images_per_s"] + 10_000 / evaluation["images_per_s"]) / 60
             assert r["projected_minutes"] == pytest.approx(expected)
+            # the run's FLOPs at the peaks: an fp32 evaluation is held to the fp32 peak, autocast to the bf16 one
+            assert positive(train["flops_per_image"]) and positive(evaluation["flops_per_image"])
+            eval_peak = peaks[evaluation["precision"]]
+            at_peak = 30 * (1e5 * train["flops_per_image"] / 100e12 + 1e4 * evaluation["flops_per_image"] / eval_peak)
+            assert r["minutes_at_peak"] == pytest.approx(at_peak / 60)
+            assert r["fraction_of_peak"] == pytest.approx(r["minutes_at_peak"] / r["projected_minutes"])
         assert variant["projected_table_minutes"] == pytest.approx(
             sum(r["projected_minutes"] for r in variant["recipes"])
         )
+        assert variant["table_minutes_at_peak"] == pytest.approx(sum(r["minutes_at_peak"] for r in variant["recipes"]))
+        assert f"{variant['table_fraction_of_peak'] * 100:.1f}% of peak" in report
         assert f"projected table: {variant['projected_table_minutes']:,.1f} min (2 of 2 recipes measured)" in report
     as_written, faster = written[0]["recipes"], written[1]["recipes"]
     # as written: fp32 evaluation (the official code's) at the micro-batch; the variant: autocast at 8
