@@ -186,3 +186,28 @@ def test_inductor_compiled_backbone_computes_what_the_eager_one_does():
         for batch in (x, x[:3]):
             torch.testing.assert_close(model(batch), model.forward_head(features.eager(batch)), rtol=1e-4, atol=1e-5)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
+def test_fp32_evaluation_is_fp32_and_changes_no_trained_weight(stanford_dir, tmp_path, bf16_process):
+    """train.eval_precision of a bf16 run: fp32 (the official code's, the paper recipes') scores exactly what
+    `evaluate` scores the exported weights with in fp32 (Accelerate's prepared forward carries the training autocast,
+    which evaluation must step around: engine.own_forward); autocast (the fast table's: an fp32 evaluation alone keeps
+    the exact recipes above 90 minutes on an H100, docs/benchmarks.md) scores what `evaluate` scores in bf16. Either
+    way the run trains bitwise the same weights with the same training losses."""
+    from accelerate.state import AcceleratorState
+
+    from tiny_transformers.evaluation import evaluate_checkpoint
+
+    runs = {p: finetune(head_config(stanford_dir, tmp_path / p, eval_precision=p)) for p in ("fp32", "autocast")}
+    exact, fast = runs["fp32"], runs["autocast"]
+    a, b = (load_file(r.output_dir / "last" / "model.safetensors") for r in (exact, fast))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["train_loss"] for h in exact.history] == [h["train_loss"] for h in fast.history]
+    for run, precision in ((exact, "no"), (fast, "bf16")):
+        config = head_config(stanford_dir, tmp_path / "unused")
+        config.model = dataclasses.replace(config.model, checkpoint=str(run.output_dir / "last"))
+        AcceleratorState._reset_state(reset_partial_state=True)  # as a new process would: another precision
+        scored = evaluate_checkpoint(config, mixed_precision=precision)
+        last = run.history[-1]
+        assert (scored["loss"], scored["top1"], scored["top5"]) == (last["eval_loss"], last["top1"], last["top5"])
+    assert exact.history[-1]["eval_loss"] != fast.history[-1]["eval_loss"]  # bf16 rounding moved it

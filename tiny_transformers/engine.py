@@ -233,7 +233,7 @@ def evaluate(
         loader, desc="evaluate", disable=not (progress and accelerator.is_main_process), dynamic_ncols=True, leave=False
     ):
         x = augment.resize_normalize(images)
-        with accelerator.autocast() if autocast else contextlib.nullcontext():
+        with accelerator.autocast() if autocast else own_forward(accelerator, model):
             logits = unwrap_logits(model(x)).float()
         losses = F.cross_entropy(logits, labels, reduction="none")
         topk = logits.topk(metric.k, dim=-1).indices
@@ -258,6 +258,38 @@ def evaluate(
         result["references"] = torch.cat(references).tolist() if references else []
     model.train()
     return result
+
+
+@contextlib.contextmanager
+def own_forward(accelerator: Accelerator, model: torch.nn.Module) -> Iterator[None]:
+    """Inside the block the prepared ``model`` runs its own forward, without the training autocast.
+
+    ``Accelerator.prepare`` wraps a model's forward in the run's autocast (bf16/fp16) whatever context the caller
+    sets, so a plain fp32 context still evaluated a bf16 run in bf16 (on one ``nn.Linear(64, 64)``, outputs 5e-3 off
+    fp32; tests/test_backbone.py). The official code evaluated in fp32 (``train.eval_precision fp32``). Accelerate's
+    only public way back, ``unwrap_model(keep_fp32_wrapper=False)``, removes the wrapper for good, and training needs
+    it again after the evaluation; so the forward it kept (``_original_forward``, set by ``prepare_model``) is put
+    back for the block alone. A model that was not wrapped (no mixed precision) is left as it is.
+
+    >>> from accelerate import Accelerator
+    >>> accelerator = Accelerator(cpu=True, mixed_precision="bf16")
+    >>> model = accelerator.prepare(torch.nn.Linear(4, 4))
+    >>> x = torch.randn(2, 4)
+    >>> with own_forward(accelerator, model):
+    ...     torch.equal(model(x), torch.nn.functional.linear(x, model.weight, model.bias))
+    True
+    """
+    inner = accelerator.unwrap_model(model)  # under DDP the wrapper sits on the module inside it
+    original = inner.__dict__.get("_original_forward")
+    if original is None:
+        yield
+        return
+    wrapped = inner.forward
+    inner.forward = original
+    try:
+        yield
+    finally:
+        inner.forward = wrapped
 
 
 def _broadcast(accelerator: Accelerator, result: dict) -> dict:
