@@ -15,6 +15,8 @@ dicts (the tests call them with tiny settings), one module per section:
 - :mod:`benchmarks.throughput`: 3. inference and training throughput, FLOPs, MFU and memory of a
   :class:`Workload`;
 - :mod:`benchmarks.options`: GPU speed options, each against the default;
+- :mod:`benchmarks.recipes`: the recipe files as their configs run them, projected to their whole run and the table
+  (``--sections recipes``); :mod:`benchmarks.end_to_end` times one real epoch of a recipe against that projection;
 - :mod:`benchmarks.versus_timm`: the whole ``tiny-transformers train`` process against timm's ``train.py``
   (``python -m benchmarks.versus_timm --timm-train PATH``);
 - :mod:`benchmarks.machine`, :mod:`benchmarks.report`, :mod:`benchmarks.cli`: the machine and timing
