@@ -211,17 +211,17 @@ def run_benchmark(
             results["recipes"] = table
             report(results)
 
-        with compute_threads():
-            recipe_table(
-                settings.recipes,
-                settings.recipe_variants,
-                on_progress=tabled,
-                steps=steps,
-                warmup=warmup,
-                repeats=repeats,
-                device=device,
-                isolate=isolate,
-            )
+        # every thread, unlike the sections above: a projection is of the run on this machine as it is
+        recipe_table(
+            settings.recipes,
+            settings.recipe_variants,
+            on_progress=tabled,
+            steps=steps,
+            warmup=warmup,
+            repeats=repeats,
+            device=device,
+            isolate=isolate,
+        )
     return results
 
 

@@ -9,8 +9,8 @@ Tiny-ImageNet-sized synthetic set (benchmarks/tiny_imagenet_like.py), timed whol
 The set is written first if ``--data`` holds none (about 45 s on one core, seconds on many). The run has random
 weights (``--model.pretrained false``: nothing is downloaded) and one epoch; everything else is the recipe's.
 ``epoch_seconds`` (the run's own metrics.jsonl: the epoch's steps and its evaluation) is what the projection
-predicts; ``process_seconds`` adds the fixed costs of a run (imports, loading and decode-checking the data, building
-the model, the checkpoint, the exports).
+predicts, scaled to the set's size; ``process_seconds`` adds the fixed costs of a run (imports, loading and
+decode-checking the data, building the model, the checkpoint, the exports).
 """
 
 from __future__ import annotations
@@ -48,18 +48,22 @@ class Settings:
     json: str | None = None  # write the figures here
 
 
-def projected_epoch_seconds(projection: dict[str, Any], recipe: str, variant: str) -> float | None:
+def projected_epoch_seconds(
+    projection: dict[str, Any], recipe: str, variant: str, train_images: int = 100_000, eval_images: int = 10_000
+) -> float | None:
     """Seconds that ``projection`` (the JSON of ``--sections recipes``) predicts for one epoch of ``recipe`` under
-    ``variant``, or None if it did not measure them.
+    ``variant`` over ``train_images`` and an evaluation of ``eval_images``, or None if it did not measure them.
 
-    >>> table = {"recipes": [{"variant": "", "recipes": [{"recipe": "r.py", "epochs": 30, "projected_minutes": 15.0}]}]}
+    >>> rates = {"train": {"images_per_s": 5000.0}, "eval": {"images_per_s": 2000.0}}
+    >>> table = {"recipes": [{"variant": "", "recipes": [{"recipe": "r.py", **rates}]}]}
     >>> projected_epoch_seconds(table, "r.py", ""), projected_epoch_seconds(table, "r.py", "train.compile=true")
-    (30.0, None)
+    (25.0, None)
     """
     for entry in projection.get("recipes", []):
         for r in entry["recipes"] if entry["variant"] == variant else ():
-            if Path(r["recipe"]) == Path(recipe) and "projected_minutes" in r:
-                return r["projected_minutes"] * 60 / r["epochs"]
+            rates = [r.get(part, {}).get("images_per_s") for part in ("train", "eval")]
+            if Path(r["recipe"]).resolve() == Path(recipe).resolve() and all(rates):
+                return train_images / rates[0] + eval_images / rates[1]
     return None
 
 
@@ -90,8 +94,9 @@ def end_to_end(settings: Settings) -> dict[str, Any]:
     result["epoch_seconds"] = record["epoch_seconds"]
     result["fixed_seconds"] = result["process_seconds"] - record["epoch_seconds"]
     if settings.projection:
-        projected = projected_epoch_seconds(json.loads(Path(settings.projection).read_text()), settings.recipe,
-                                            settings.variant)  # fmt: skip
+        projection = json.loads(Path(settings.projection).read_text())
+        images = settings.classes * settings.train_per_class, settings.classes * settings.val_per_class
+        projected = projected_epoch_seconds(projection, settings.recipe, settings.variant, *images)
         if projected is not None:
             result["projected_epoch_seconds"] = projected
             result["epoch_over_projection"] = record["epoch_seconds"] / projected

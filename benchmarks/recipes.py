@@ -71,7 +71,9 @@ def load_recipe(recipe: str | Path, overrides: Sequence[str] = ()) -> FinetuneCo
 
     path = Path(recipe)
     if not path.is_file():
-        raise FileNotFoundError(f"recipe {path} does not exist; give a recipe file such as recipes/vit_l.py")
+        raise FileNotFoundError(
+            f"recipe {path} does not exist in {Path.cwd()}; run from the repository root or give the recipe's path"
+        )
     spec = importlib.util.spec_from_file_location(f"_recipe_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # a recipe runs only under `if __name__ == "__main__"`

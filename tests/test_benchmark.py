@@ -281,8 +281,8 @@ def test_one_real_epoch_is_timed_against_its_projection(tmp_path, capsys):
 
     recipe, variant = "recipes/deit_b_distilled.py", "model.name=test_vit data.image_size=32 train.micro_batch_size=8"
     variant += " train.batch_size=16 train.mixed_precision=bf16"
-    projection = tmp_path / "projection.json"  # as --sections recipes writes it: 30 epochs in 15 min, 30 s each
-    entry = {"recipe": recipe, "epochs": 30, "projected_minutes": 15.0}
+    projection = tmp_path / "projection.json"  # as --sections recipes writes it: 1,000 img/s training, 500 evaluation
+    entry = {"recipe": recipe, "train": {"images_per_s": 1000.0}, "eval": {"images_per_s": 500.0}}
     projection.write_text(json.dumps({"recipes": [{"variant": variant, "recipes": [entry]}]}))
     data, out, figures = tmp_path / "set", tmp_path / "run", tmp_path / "e2e.json"
     args = ["--data", str(data), "--output-dir", str(out), "--classes", "3", "--train-per-class", "16"]
@@ -295,8 +295,8 @@ def test_one_real_epoch_is_timed_against_its_projection(tmp_path, capsys):
     assert result["returncode"] == 0 and "error" not in result
     (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert result["epoch_seconds"] == record["epoch_seconds"] and record["epoch"] == 1
-    assert result["projected_epoch_seconds"] == 30.0
-    assert result["epoch_over_projection"] == pytest.approx(record["epoch_seconds"] / 30.0)
+    assert result["projected_epoch_seconds"] == pytest.approx(48 / 1000 + 6 / 500)  # the set's 48 + 6 images
+    assert result["epoch_over_projection"] == pytest.approx(record["epoch_seconds"] / result["projected_epoch_seconds"])
     assert result["fixed_seconds"] == pytest.approx(result["process_seconds"] - record["epoch_seconds"])
     assert result["command"].startswith("accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no")
     assert f"{recipe} --data.source {data} --model.pretrained false --train.epochs 1" in result["command"]

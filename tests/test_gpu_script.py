@@ -31,7 +31,9 @@ def run_gpu_sh(tmp_path: Path, **env: str) -> tuple[list[list[str]], str]:
     fake.write_text(FAKE_PYTHON)
     fake.chmod(0o755)
     log = tmp_path / "commands.jsonl"
-    environment = {**os.environ, "PYTHON": str(fake), "FAKE_LOG": str(log), **env}
+    # no wheels unless a test gives some: the checkout's own .whl/ (benchmarks/gpu_wheels.sh) must not matter here
+    environment = {**os.environ, "PYTHON": str(fake), "FAKE_LOG": str(log), "GPU_SH_WHEELS": str(tmp_path / "none")}
+    environment.update(env)
     done = subprocess.run(
         ["bash", "benchmarks/gpu.sh", str(tmp_path / "out")], cwd=ROOT, env=environment, capture_output=True, text=True
     )
