@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import tyro
 
 from .machine import describe_machine
@@ -78,7 +79,10 @@ def end_to_end(settings: Settings) -> dict[str, Any]:
         write(data, settings.classes, settings.train_per_class, settings.val_per_class)
         result["write_seconds"] = time.perf_counter() - started
     shutil.rmtree(out, ignore_errors=True)  # one epoch from scratch, never a resume of an earlier run
+    # accelerate launch gives a process 1 thread (OMP_NUM_THREADS=1) unless told otherwise; the projection measured
+    # with this process's threads, and so must the run it is checked against
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1"]
+    command += ["--num_cpu_threads_per_process", str(torch.get_num_threads())]
     command += ["--mixed_precision", "no", "--dynamo_backend", "no", settings.recipe, "--data.source", str(data)]
     command += ["--model.pretrained", "false", "--train.epochs", "1", "--train.output_dir", str(out)]
     command += overrides_for(settings.recipe, settings.variant)

@@ -298,7 +298,10 @@ def test_one_real_epoch_is_timed_against_its_projection(tmp_path, capsys):
     assert result["projected_epoch_seconds"] == pytest.approx(48 / 1000 + 6 / 500)  # the set's 48 + 6 images
     assert result["epoch_over_projection"] == pytest.approx(record["epoch_seconds"] / result["projected_epoch_seconds"])
     assert result["fixed_seconds"] == pytest.approx(result["process_seconds"] - record["epoch_seconds"])
-    assert result["command"].startswith("accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no")
+    assert result["command"].startswith(
+        f"accelerate launch --num_processes 1 --num_machines 1 --num_cpu_threads_per_process {torch.get_num_threads()} "
+        "--mixed_precision no"
+    )
     assert f"{recipe} --data.source {data} --model.pretrained false --train.epochs 1" in result["command"]
     assert json.loads(figures.read_text())["epoch_seconds"] == record["epoch_seconds"]
     assert f"measured / projected {result['epoch_over_projection']:.3f}" in capsys.readouterr().out

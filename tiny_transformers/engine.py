@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import time
 from collections.abc import Iterator
@@ -258,6 +259,27 @@ def evaluate(
         result["references"] = torch.cat(references).tolist() if references else []
     model.train()
     return result
+
+
+def cpu_threads_warning(device: torch.device, num_processes: int) -> str | None:
+    """A warning when one training process computes on the CPU with fewer threads than it has cores, else None.
+
+    ``accelerate launch`` sets OMP_NUM_THREADS=1 on a machine without a GPU unless told otherwise, which suits several
+    processes but leaves one process on one core: on 2 cores a real epoch of a recipe took 1.97x its projection, and
+    1.17x once given both (docs/benchmarks.md).
+
+    >>> cpu_threads_warning(torch.device("cuda"), 1), cpu_threads_warning(torch.device("cpu"), num_processes=2)
+    (None, None)
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or num_processes != 1 or threads >= cores:
+        return None
+    return (
+        f"training on the CPU with {threads} thread(s) of {cores} usable cores (OMP_NUM_THREADS="
+        f"{os.environ.get('OMP_NUM_THREADS', 'unset')}; accelerate launch sets 1 where there is no GPU); use them "
+        f"with accelerate launch --num_cpu_threads_per_process {cores} ..., or run the recipe with plain python"
+    )
 
 
 @contextlib.contextmanager
