@@ -1,6 +1,7 @@
-"""Head mode's backbone options (backbone.py): a bf16 backbone computes what bf16 autocast does, exports fp32 weights
-and resumes bitwise; a compiled backbone compiles once per mode per run, ragged batches included, and computes what
-the eager one does."""
+"""Head mode's speed options (backbone.py, and the evaluation's): a bf16 backbone computes what bf16 autocast does,
+exports fp32 weights and resumes bitwise; a compiled backbone compiles once per mode per run, ragged batches included,
+and computes what the eager one does; the evaluation's batch size and precision change no trained weight, and its
+fp32 is fp32."""
 
 import copy
 import dataclasses
@@ -211,3 +212,16 @@ def test_fp32_evaluation_is_fp32_and_changes_no_trained_weight(stanford_dir, tmp
         last = run.history[-1]
         assert (scored["loss"], scored["top1"], scored["top5"]) == (last["eval_loss"], last["top1"], last["top5"])
     assert exact.history[-1]["eval_loss"] != fast.history[-1]["eval_loss"]  # bf16 rounding moved it
+
+
+def test_a_larger_evaluation_batch_scores_the_same(stanford_dir, tmp_path, bf16_process):
+    """train.eval_batch_size: the 12-image eval split in one batch against micro-batches of 5 (5 + 5 + 2): each image is
+    scored alone, so the same top-1 and top-5, the loss to float rounding, and the same trained weights."""
+    small = finetune(head_config(stanford_dir, tmp_path / "small"))
+    large = finetune(head_config(stanford_dir, tmp_path / "large", eval_batch_size=12))
+    for a, b in zip(small.history, large.history):
+        assert (a["top1"], a["top5"]) == (b["top1"], b["top5"])
+        # equal on the 2-core CPU; bf16 kernels blocked for another batch shape may round differently elsewhere
+        assert b["eval_loss"] == pytest.approx(a["eval_loss"], rel=1e-3)
+    weights = [load_file(r.output_dir / "last" / "model.safetensors") for r in (small, large)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
