@@ -133,18 +133,10 @@ def run_benchmark(
         "quick": quick,
     }
     report = on_progress or (lambda _: None)
+    timing = dict(device=device, steps=steps, warmup=warmup, repeats=repeats)  # every throughput measurement's
 
     def workload(model: str) -> Workload:
-        return Workload.for_model(
-            model,
-            settings.micro_batch,
-            settings.image_size,
-            device=device,
-            precision=precision,
-            steps=steps,
-            warmup=warmup,
-            repeats=repeats,
-        )
+        return Workload.for_model(model, settings.micro_batch, settings.image_size, precision=precision, **timing)
 
     def compute_threads() -> contextlib.AbstractContextManager:
         # On a CPU, one intra-op thread: figures per core, and no OpenMP stalls when other programs share it.
@@ -212,16 +204,7 @@ def run_benchmark(
             report(results)
 
         # every thread, unlike the sections above: a projection is of the run on this machine as it is
-        recipe_table(
-            settings.recipes,
-            settings.recipe_variants,
-            on_progress=tabled,
-            steps=steps,
-            warmup=warmup,
-            repeats=repeats,
-            device=device,
-            isolate=isolate,
-        )
+        recipe_table(settings.recipes, settings.recipe_variants, on_progress=tabled, isolate=isolate, **timing)
     return results
 
 
