@@ -261,25 +261,26 @@ def evaluate(
     return result
 
 
-def cpu_threads_warning(device: torch.device, num_processes: int) -> str | None:
-    """A warning when one training process computes on the CPU with fewer threads than it has cores, else None.
+def cpu_threads_warnings(num_processes: int) -> list[str]:
+    """A warning when one training process computes on the CPU (no CUDA device: the library's Accelerator then runs
+    on the CPU) with fewer threads than it has cores, else none.
 
     ``accelerate launch`` sets OMP_NUM_THREADS=1 on a machine without a GPU unless told otherwise, which suits several
     processes but leaves one process on one core: on 2 cores a real epoch of a recipe took 1.97x its projection, and
     1.17x once given both (docs/benchmarks.md).
 
-    >>> cpu_threads_warning(torch.device("cuda"), 1), cpu_threads_warning(torch.device("cpu"), num_processes=2)
-    (None, None)
+    >>> cpu_threads_warnings(num_processes=2)  # several processes: one thread each is as it should be
+    []
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = torch.get_num_threads()
-    if device.type != "cpu" or num_processes != 1 or threads >= cores:
-        return None
-    return (
+    if torch.cuda.is_available() or num_processes != 1 or threads >= cores:
+        return []
+    return [
         f"training on the CPU with {threads} thread(s) of {cores} usable cores (OMP_NUM_THREADS="
         f"{os.environ.get('OMP_NUM_THREADS', 'unset')}; accelerate launch sets 1 where there is no GPU); use them "
         f"with accelerate launch --num_cpu_threads_per_process {cores} ..., or run the recipe with plain python"
-    )
+    ]
 
 
 @contextlib.contextmanager

@@ -36,7 +36,7 @@ from .checkpoint import (
 )
 from .config import FinetuneConfig, flat_config
 from .data import DataBundle, DecodeTransform, collate, load_data, verify_images
-from .engine import check_process_precision, cpu_threads_warning, current_lr, eval_loader, evaluate, train_steps
+from .engine import check_process_precision, cpu_threads_warnings, current_lr, eval_loader, evaluate, train_steps
 from .errors import CheckpointError, ConfigError, TinyTransformersError
 from .models import (
     build_model,
@@ -360,11 +360,8 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
     resumed_at = state.global_step if resume_from else None
     trackers = folder.tracker_init_kwargs(resumed_at) if accelerator.is_main_process and config.train.log_with else {}
     accelerator.init_trackers("tiny_transformers", config=flat_config(config), init_kwargs=trackers)
-    warnings = [
-        *push_warnings(folder.root, config.hub),
-        cpu_threads_warning(accelerator.device, accelerator.num_processes),
-    ]
-    for warning in filter(None, warnings) if accelerator.is_main_process else []:
+    warnings = push_warnings(folder.root, config.hub) + cpu_threads_warnings(plan.num_processes)
+    for warning in warnings if accelerator.is_main_process else []:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     return Run(config, folder, data, plan, accelerator, model, optimizer, scheduler, augment, train_data,
                evaluation, state, mean, std, ema, teacher)  # fmt: skip
