@@ -24,6 +24,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-${OUT:-./gpu-results}}"
+case "$out" in *.json) echo "benchmarks/gpu.sh: give a folder for its JSON files, not the file $out" >&2 && exit 2 ;; esac
 mkdir -p "$out"
 deadline=$((SECONDS + ${GPU_SH_SECONDS:-540}))
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1

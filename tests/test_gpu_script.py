@@ -111,3 +111,10 @@ def test_gpu_sh_installs_carried_wheels_only_when_there_are_some(tmp_path, wheel
         assert install[:4] == ["-m", "pip", "install", "-q"] and install[-1] == f"{folder}/x-1.0-py3-none-any.whl"
         assert "--no-index" in install and "--no-deps" in install
     assert commands[0][:2] == ["-m", "benchmarks"] and len(commands) == 7
+
+
+def test_gpu_sh_refuses_a_json_file_for_its_folder(tmp_path):
+    """Its figures are several files: `bash benchmarks/gpu.sh gpu.json` (the old form) is one sentence, not a folder."""
+    done = subprocess.run(["bash", "benchmarks/gpu.sh", "gpu.json"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2 and not (ROOT / "gpu.json").exists()
+    assert done.stderr == "benchmarks/gpu.sh: give a folder for its JSON files, not the file gpu.json\n"
