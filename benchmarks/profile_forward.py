@@ -37,7 +37,6 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from tiny_transformers.attention import use_fast_attention
 from tiny_transformers.config import ModelConfig
 from tiny_transformers.models import build_model
 from tiny_transformers.paper import paper_model_for
@@ -82,9 +81,8 @@ def measure(
     for name in models:
         paper = paper_model_for(name)
         size = image_size or 384
-        model = build_model(ModelConfig(name=name, pretrained=False), 200, size).to(target).eval()
-        if fast_attention:
-            use_fast_attention(model)
+        config = ModelConfig(name=name, pretrained=False, fast_attention=fast_attention)
+        model = build_model(config, 200, size).to(target).eval()
         images = torch.randn(batch, 3, size, size, device=target)
         autocast = torch.autocast(target.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
         with torch.no_grad(), autocast:

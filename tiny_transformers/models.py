@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from . import hub
+from .attention import use_fast_attention
 from .config import ModelConfig
 from .errors import ConfigError, ModelError
 from .paper import PAPER_MODELS, resolve_model_name
@@ -119,6 +120,11 @@ def build_model(cfg: ModelConfig, num_classes: int, image_size: int) -> nn.Modul
     if cfg.head_init == "linear" and checkpoint is None:
         # the official code's new head: reset_classifier makes plain nn.Linear layers (PyTorch's default init)
         model.reset_classifier(num_classes)
+    if cfg.fast_attention and not use_fast_attention(model):  # the module swap, before anything compiles it
+        raise ConfigError(
+            "model.fast_attention rewrites CaiT's talking-heads attention and Swin's window attention, and "
+            f"{cfg.name} has neither; use --model.fast_attention false."
+        )
     if cfg.train_mode == "head":
         freeze_backbone(model)
     if cfg.grad_checkpointing:

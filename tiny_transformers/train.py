@@ -22,7 +22,6 @@ from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader
 
-from .attention import use_fast_attention
 from .augment import BatchAugment
 from .backbone import backbone_in_fp32, speed_up_backbone
 from .checkpoint import (
@@ -37,7 +36,7 @@ from .checkpoint import (
 from .config import FinetuneConfig, flat_config
 from .data import DataBundle, DecodeTransform, collate, load_data, verify_images
 from .engine import check_process_precision, cpu_threads_warnings, current_lr, eval_loader, evaluate, train_steps
-from .errors import CheckpointError, ConfigError, TinyTransformersError
+from .errors import CheckpointError, TinyTransformersError
 from .models import (
     build_model,
     check_image_size,
@@ -303,12 +302,7 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
     plan = Plan.build(config, world_size_from_env(), len(data.train))
 
     set_seed(config.train.seed)  # the new head's initialisation, identical on every process
-    model = build_model(config.model, data.num_classes, config.data.image_size)
-    if config.model.fast_attention and not use_fast_attention(model):  # before compile: the rewrite is compiled
-        raise ConfigError(
-            "model.fast_attention rewrites CaiT's talking-heads attention and Swin's window attention, and "
-            f"{config.model.name} has neither; use --model.fast_attention false."
-        )
+    model = build_model(config.model, data.num_classes, config.data.image_size)  # model.fast_attention's swap too
     speed_up_backbone(model, config)  # model.backbone_dtype bf16 and train.compile (full mode: the whole model)
     mean, std = normalization(model, config.data.normalization)
     optimizer = build_optimizer(config.optim, model)
