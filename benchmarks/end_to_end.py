@@ -32,6 +32,7 @@ import tyro
 from .machine import describe_machine
 from .recipes import overrides_for
 from .report import write_json
+from .throughput import projected_minutes
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def projected_epoch_seconds(
         for r in entry["recipes"] if entry["variant"] == variant else ():
             rates = [r.get(part, {}).get("images_per_s") for part in ("train", "eval")]
             if Path(r["recipe"]).resolve() == Path(recipe).resolve() and all(rates):
-                return train_images / rates[0] + eval_images / rates[1]
+                return 60 * projected_minutes(*rates, epochs=1, train_images=train_images, eval_images=eval_images)
     return None
 
 

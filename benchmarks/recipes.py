@@ -25,7 +25,6 @@ from typing import Any
 
 from tiny_transformers.config import FinetuneConfig
 
-from .machine import peak_flops
 from .throughput import (
     EVAL_IMAGES,
     TRAIN_IMAGES,
@@ -136,17 +135,10 @@ def recipe_throughput(
     result["projected_minutes"] = projected_minutes(train["images_per_s"], evaluation["images_per_s"], t.epochs)
     result["train_minutes"] = t.epochs * TRAIN_IMAGES / train["images_per_s"] / 60
     result["eval_minutes"] = t.epochs * EVAL_IMAGES / evaluation["images_per_s"] / 60
-    train_peak, eval_peak = (
-        peak_flops(workload.device, t.mixed_precision)[0],
-        peak_flops(workload.device, eval_precision)[0],
-    )
-    if train_peak and eval_peak:
-        # the same run at the datasheet peaks (fp32's for an fp32 evaluation): its floor on this GPU
-        seconds = (
-            TRAIN_IMAGES * train["flops_per_image"] / train_peak
-            + EVAL_IMAGES * evaluation["flops_per_image"] / eval_peak
-        )
-        result["minutes_at_peak"] = t.epochs * seconds / 60
+    if train["mfu"] is not None and evaluation["mfu"] is not None:
+        # the same run at the datasheet peaks (fp32's for an fp32 evaluation: each MFU is against its precision's
+        # peak), its floor on this GPU: a part's time at the peak is its measured time x its MFU
+        result["minutes_at_peak"] = result["train_minutes"] * train["mfu"] + result["eval_minutes"] * evaluation["mfu"]
         result["fraction_of_peak"] = result["minutes_at_peak"] / result["projected_minutes"]
     return result
 

@@ -399,15 +399,21 @@ def measure(
 TRAIN_IMAGES, EVAL_IMAGES = 100_000, 10_000  # Tiny ImageNet's training and validation splits
 
 
-def projected_minutes(train_images_per_s: float, eval_images_per_s: float, epochs: int = 30) -> float:
-    """Minutes of a Tiny ImageNet run at these speeds: ``epochs`` x (a pass over the 100,000 training images + the
-    10,000-image evaluation after every epoch); loading and checkpoints not included (the end-to-end epoch measured
-    against it is in docs/benchmarks.md).
+def projected_minutes(
+    train_images_per_s: float,
+    eval_images_per_s: float,
+    epochs: int = 30,
+    train_images: int = TRAIN_IMAGES,
+    eval_images: int = EVAL_IMAGES,
+) -> float:
+    """Minutes of a run at these speeds: ``epochs`` x (a pass over the training images + the evaluation after every
+    epoch), by default over Tiny ImageNet's 100,000 + 10,000; loading and checkpoints not included (the end-to-end
+    epoch measured against it is in docs/benchmarks.md).
 
     >>> round(projected_minutes(2660, 8000), 1)  # DeiT-B's H200 head-mode speed, an inference speed of 8,000 img/s
     19.4
     """
-    return epochs * (TRAIN_IMAGES / train_images_per_s + EVAL_IMAGES / eval_images_per_s) / 60
+    return epochs * (train_images / train_images_per_s + eval_images / eval_images_per_s) / 60
 
 
 def model_throughput(

@@ -221,7 +221,7 @@ def test_the_recipes_are_measured_as_their_configs_run_them_and_projected(tmp_pa
 
     # As on a GPU whose datasheet gives 100 TFLOP/s in bf16 and 10 in fp32 (peak_flops is None on a CPU)
     peaks = {"bf16": 100e12, "no": 10e12}
-    monkeypatch.setattr("benchmarks.recipes.peak_flops", lambda device, precision: (peaks[precision], "test"))
+    monkeypatch.setattr("benchmarks.throughput.peak_flops", lambda device, precision: (peaks[precision], "test"))
     tiny = "model.name=test_vit data.image_size=32 train.mixed_precision=bf16 train.micro_batch_size=4"
     fast = f"{tiny} train.eval_precision=autocast train.eval_batch_size=8 cait_s36:model.name=cait_xxs24_224"
     fast += " cait_s36:model.fast_attention=true"
