@@ -15,7 +15,7 @@ import atexit
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -91,3 +91,28 @@ def saved_dir(stanford_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 def parquet_dir(stanford_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same images as zh-plus-style parquet files under ``data/``."""
     return make_parquet(stanford_dir, tmp_path_factory.mktemp("parquet"))
+
+
+@pytest.fixture
+def fp8_on_this_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``model.backbone_dtype fp8`` on this CPU: torchao refuses fp8 without a GPU of compute capability 8.9, but
+    torch has CPU kernels for the scaled fp8 product it calls (``torch._scaled_mm``), so this lifts torchao's one
+    hardware check and the library's own (``backbone.fp8_unavailable``); the fp8 arithmetic is torchao's and torch's."""
+    pytest.importorskip("torchao", reason="model.backbone_dtype fp8 needs torchao (the test extra installs it)")
+    from torchao.quantization import quant_api
+
+    from tiny_transformers import backbone
+
+    monkeypatch.setattr(quant_api, "_check_hardware_support", lambda granularity: None)
+    monkeypatch.setattr(backbone, "fp8_unavailable", lambda: None)
+
+
+@pytest.fixture
+def bf16_process() -> Iterator[None]:
+    """Accelerate fixes the autocast precision once per process and the other tests' runs use 'no': these runs
+    start from a fresh Accelerate state, and leave one behind, as a new process would."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)

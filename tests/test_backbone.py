@@ -41,17 +41,6 @@ def head_config(source, output_dir, model=None, **train) -> FinetuneConfig:
     return config
 
 
-@pytest.fixture
-def bf16_process():
-    """Accelerate fixes the autocast precision once per process and the other tests' runs use 'no': these runs
-    start from a fresh Accelerate state, and leave one behind, as a new process would."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
 def untimed(history):
     return [{k: v for k, v in h.items() if k != "epoch_seconds"} for h in history]
 

@@ -1,5 +1,6 @@
-"""Head mode's frozen backbone at inference speed: its matmul weights kept in bf16 (``model.backbone_dtype``) and its
-forward features compiled once per run (``train.compile``), without changing the module tree or the state_dict keys.
+"""Head mode's frozen backbone at inference speed: its matmul weights kept in bf16 (``model.backbone_dtype``), its
+linear layers computed in fp8 by torchao (``model.backbone_dtype fp8``, GPUs with fp8 tensor cores), and its forward
+features compiled once per run (``train.compile``), without changing the module tree or the state_dict keys.
 
 Both act on a model whose backbone is frozen (``models.freeze_backbone``) and leave the trainable head(s) alone: the
 head keeps fp32 master weights and trains as it does without them.
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -22,6 +25,9 @@ from .config import FinetuneConfig
 # cast (a read of the fp32 weight and a write of its bf16 copy per call). Norms, position embeddings, tokens and
 # layer-scale gammas stay fp32: autocast runs their ops in fp32 and they are under 1% of a paper model's weights.
 _MATMUL_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+# fp8 tensor cores (and torch._scaled_mm's CUDA kernels) start at compute capability 8.9: Ada (L4, RTX 4090), Hopper
+FP8_MIN_CAPABILITY = (8, 9)
 
 # torch.compile's backend for the backbone; a test swaps in a counting backend (torch._dynamo.testing.CompileCounter)
 BACKEND: str | Callable[..., Any] = "inductor"
@@ -88,6 +94,76 @@ def backbone_in_fp32(model: nn.Module) -> Iterator[nn.Module]:
             parameter.data = parameter.data.to(dtype)
 
 
+def fp8_unavailable() -> str | None:
+    """Why ``model.backbone_dtype fp8`` cannot run in this process, as the end of a sentence, or None when it can:
+    it needs torchao and a CUDA GPU of compute capability 8.9 or newer (this process's, ``LOCAL_RANK``).
+
+    >>> fp8_unavailable()  # on a machine without a GPU, torchao installed  # doctest: +SKIP
+    'a CUDA GPU of compute capability 8.9 or newer (H100, H200, L4, RTX 4090), and this machine has no CUDA GPU'
+    """
+    gpu = "a CUDA GPU of compute capability 8.9 or newer (H100, H200, L4, RTX 4090)"
+    if importlib.util.find_spec("torchao") is None:  # found, not imported: importing torchao takes seconds
+        return "torchao, which is not installed (pip install 'tiny_transformers[fp8]')"
+    if not torch.cuda.is_available():
+        return f"{gpu}, and this machine has no CUDA GPU"
+    index = int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count()
+    capability = torch.cuda.get_device_capability(index)
+    if capability < FP8_MIN_CAPABILITY:
+        name = torch.cuda.get_device_name(index)
+        return f"{gpu}, and this machine's {name} is {capability[0]}.{capability[1]}"
+    return None
+
+
+class Float8Forward:
+    """The forward of a frozen ``nn.Linear`` through torchao's fp8 copy of its weight: the weight in float8 (e4m3)
+    with one scale per output row, each input row scaled and cast to float8 at every call (torchao's
+    ``Float8DynamicActivationFloat8WeightConfig`` with ``PerRow``, its more accurate granularity), the product on
+    the fp8 tensor cores (``torch._scaled_mm``), out in bf16.
+
+    The copy lives outside the module tree: the module keeps its own (bf16) weight, so its state_dict, checkpoints
+    and exports are those of ``model.backbone_dtype bf16``. ``quantized`` is False where torchao leaves the weight
+    as it is (a dimension not a multiple of 16, which the fp8 matmul needs); such a layer stays bf16.
+    """
+
+    def __init__(self, linear: nn.Linear) -> None:
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+        # quantize_ replaces a module's weight by its fp8 tensor: it works on this stand-in, not on the model's layer
+        stand_in = nn.Linear(linear.in_features, linear.out_features, linear.bias is not None, device="meta")
+        for name, parameter in linear.named_parameters(recurse=False):
+            setattr(stand_in, name, nn.Parameter(parameter.detach().to(torch.bfloat16), requires_grad=False))
+        quantize_(stand_in, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+        self.linear = stand_in
+        self.quantized = type(stand_in.weight) not in (torch.Tensor, nn.Parameter)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Float8Forward:
+        return self  # frozen: a copy of the model computes with the same fp8 weights
+
+
+def fp8_backbone(model: nn.Module, *copies: nn.Module) -> int:
+    """Compute the frozen linear layers of ``model`` in fp8 (:class:`Float8Forward`), in place, and the same layers
+    of each of ``copies`` (an EMA's copy of the model) with the same fp8 weights; returns how many layers. Call it
+    once the model is on its GPU: torchao quantizes on the device the weights are on. Convolutions (a ViT's patch
+    embedding) and layers torchao cannot run in fp8 keep their bf16 weights (:func:`cast_backbone`).
+
+    >>> from tiny_transformers.models import build_model
+    >>> from tiny_transformers.config import ModelConfig
+    >>> model = build_model(ModelConfig(name="test_vit", pretrained=False), num_classes=4, image_size=32).cuda()
+    >>> fp8_backbone(model)  # on an H100; its 24 linear layers, not its patch embedding's conv  # doctest: +SKIP
+    24
+    """
+    layers = 0
+    for name, module in frozen_matmul_modules(model):
+        if isinstance(module, nn.Linear) and (forward := Float8Forward(module)).quantized:
+            for each in (model, *copies):
+                each.get_submodule(name).forward = forward  # an instance attribute: nn.Module.__call__ calls it
+            layers += 1
+    return layers
+
+
 class CompiledFeatures:
     """``model.forward_features`` compiled once per run at fixed batch sizes; installed by :func:`compile_backbone`.
 
@@ -145,9 +221,10 @@ def compile_backbone(model: nn.Module, train_batch: int, eval_batch: int) -> Com
 
 def speed_up_backbone(model: nn.Module, config: FinetuneConfig) -> None:
     """Apply the backbone's speed options of ``config`` to a freshly built model, before Accelerate prepares it:
-    ``model.backbone_dtype`` bf16 casts the frozen weights; ``train.compile`` compiles the backbone's forward in head
-    mode (:func:`compile_backbone`) and the whole model in place in full mode (``nn.Module.compile``: same module,
-    same state_dict keys, so checkpoints and exports are unchanged).
+    ``model.backbone_dtype`` bf16 (and fp8, whose fp8 copies :func:`fp8_backbone` makes later, on the GPU) casts the
+    frozen weights; ``train.compile`` compiles the backbone's forward in head mode (:func:`compile_backbone`) and the
+    whole model in place in full mode (``nn.Module.compile``: same module, same state_dict keys, so checkpoints and
+    exports are unchanged).
 
     >>> from tiny_transformers.config import FinetuneConfig, ModelConfig
     >>> from tiny_transformers.models import build_model
@@ -157,7 +234,7 @@ def speed_up_backbone(model: nn.Module, config: FinetuneConfig) -> None:
     torch.bfloat16
     """
     t = config.train
-    if config.model.backbone_dtype == "bf16":
+    if config.model.backbone_dtype in ("bf16", "fp8"):  # fp8: torchao's copies come later, on the GPU (fp8_backbone)
         cast_backbone(model, torch.bfloat16)
     if t.compile and config.model.train_mode == "head":
         compile_backbone(model, t.micro_batch_size, t.eval_batch_size or t.micro_batch_size)

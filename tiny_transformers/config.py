@@ -63,8 +63,10 @@ class ModelConfig:
     fast_attention: bool = False
     # head mode only: the frozen backbone's linear and convolution weights stored in bf16 (backbone.cast_backbone)
     # instead of rounded to bf16 by autocast at every forward; fp32 keeps them as loaded. The head keeps fp32
-    # weights. Needs train.mixed_precision bf16 (its outputs equal the autocast path's: bitwise on the CPU tests)
-    backbone_dtype: Literal["fp32", "bf16"] = "fp32"
+    # weights. Needs train.mixed_precision bf16 (its outputs equal the autocast path's: bitwise on the CPU tests).
+    # fp8: bf16 as stored, and the linear layers computed in fp8 by torchao (backbone.fp8_backbone): not the same
+    # outputs (within fp8's rounding), for a GPU with fp8 tensor cores (compute capability 8.9+) and torchao
+    backbone_dtype: Literal["fp32", "bf16", "fp8"] = "fp32"
     # a teacher for a model with a distillation head (distilled DeiT): a trained folder (e.g. outputs/swin_l/best),
     # a training checkpoint, hf-hub:owner/name or a timm name (its pretrained weights); None: no distillation
     teacher: str | None = None

@@ -23,7 +23,7 @@ from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader
 
 from .augment import BatchAugment
-from .backbone import backbone_in_fp32, speed_up_backbone
+from .backbone import backbone_in_fp32, fp8_backbone, speed_up_backbone
 from .checkpoint import (
     RunningLoss,
     TrainerState,
@@ -303,7 +303,7 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
 
     set_seed(config.train.seed)  # the new head's initialisation, identical on every process
     model = build_model(config.model, data.num_classes, config.data.image_size)  # model.fast_attention's swap too
-    speed_up_backbone(model, config)  # model.backbone_dtype bf16 and train.compile (full mode: the whole model)
+    speed_up_backbone(model, config)  # model.backbone_dtype bf16/fp8's cast and train.compile (full: the whole model)
     mean, std = normalization(model, config.data.normalization)
     optimizer = build_optimizer(config.optim, model)
     scheduler = build_schedule(optimizer, config.optim, plan)
@@ -324,6 +324,9 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
     if ema is not None:
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
+    if config.model.backbone_dtype == "fp8":  # on the GPU: torchao quantizes where the weights are; the EMA shares them
+        layers = fp8_backbone(accelerator.unwrap_model(model), *([ema.module] if ema else []))
+        accelerator.print(f"model.backbone_dtype fp8: {layers} linear layers compute in fp8, the rest in bf16")
     teacher = None
     if config.model.teacher:
         teacher = build_teacher(config.model.teacher, data.num_classes, config.data.image_size, data.class_ids)

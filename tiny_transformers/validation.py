@@ -136,15 +136,22 @@ def validate(config: FinetuneConfig, num_processes: int | None = None, cuda_avai
             f"{field_name} needs model.train_mode full: in head mode the backbone is frozen (nothing to "
             "checkpoint or to decay per layer)."
         )
-    if m.backbone_dtype == "bf16":
-        # the bf16 weights need bf16 autocast on every forward, evaluation's included (backbone.cast_backbone)
+    if m.backbone_dtype != "fp32":
+        # the bf16 weights (fp8's too) need bf16 autocast on every forward, evaluation's included (backbone.py)
         fix = {
             m.train_mode != "head": "model.train_mode head (in full mode the backbone trains and needs fp32 weights)",
             t.mixed_precision != "bf16": "train.mixed_precision bf16 (the backbone computes under bf16 autocast)",
             t.eval_precision != "autocast": "train.eval_precision autocast (an fp32 evaluation needs fp32 weights)",
         }.get(True)
         if fix:
-            raise ConfigError(f"model.backbone_dtype bf16 needs {fix}; set it, or use --model.backbone_dtype fp32.")
+            raise ConfigError(
+                f"model.backbone_dtype {m.backbone_dtype} needs {fix}; set it, or use --model.backbone_dtype fp32."
+            )
+    if m.backbone_dtype == "fp8":
+        from . import backbone  # imports torch: only for the option that needs it
+
+        if reason := backbone.fp8_unavailable():
+            raise ConfigError(f"model.backbone_dtype fp8 needs {reason}; use --model.backbone_dtype bf16.")
     if not t.output_dir.strip():
         raise ConfigError("train.output_dir is empty; give the folder the run writes into, e.g. outputs/vit_l.")
     if o.min_lr > o.lr:
