@@ -11,7 +11,8 @@
 #                          (accelerate launch), against stage 1's projected epoch (benchmarks/end_to_end.py)
 #   3. gpu-options.json    head mode's options for each model, each against its default in the same run:
 #                          model.backbone_dtype bf16, evaluation at 2x and 4x the micro-batch, model.fast_attention
-#                          (CaiT, Swin), then train.compile's backbone compile, model by model (20-45 s each)
+#                          (CaiT, Swin), model.backbone_dtype fp8 against bf16 with its outputs' agreement (torchao,
+#                          from the wheels), then train.compile's backbone compile, model by model (20-45 s each)
 #   4. gpu-attention.json  CaiT's talking-heads attention, timm's against the rewrite, eager and compiled (a JSON
 #                          line each)
 #   5. gpu-profile*.json   where Swin-L's and CaiT-S36's forward spends its time, by kind of operator, without and

@@ -2,7 +2,7 @@
 # Downloads into .whl/ the wheels that benchmarks/gpu.sh needs on the GPU machine, which has no network: Python 3.12
 # (cp312, manylinux x86-64) with torch, timm, accelerate, huggingface_hub 1.33.0, pyarrow 25.0.1, fsspec, numpy,
 # pandas, requests, tqdm, xxhash, filelock, packaging, pyyaml, aiohttp and typing-extensions already installed, but
-# not datasets, evaluate or tyro. Run it from the repository root on a machine that reaches PyPI:
+# not datasets, evaluate, tyro or torchao. Run it from the repository root on a machine that reaches PyPI:
 #
 #   bash benchmarks/gpu_wheels.sh
 #
@@ -21,12 +21,14 @@
 #   docstring-parser 0.18.0 for tyro; no requirements
 #   typeguard 4.6.1         for tyro; needs typing-extensions>=4.14 (there, version not read; any release since
 #                           2025-06 will do)
+#   torchao 0.18.0          model.backbone_dtype fp8 (backbone.fp8_backbone). Needs torch>=2.11 (there: 2.11.0; its
+#                           release notes, not its metadata, say so) and nothing else; an abi3 wheel (3.4 MB)
 # The machine's versions above were read off its pip list (huggingface_hub, numpy) and a run there (pyarrow); the
-# others are unread, and the --dry-run printed at the end checks them there. All seven wheels are pure Python
-# (about 1.2 MB in all). The script fails on a second version of a package or a wheel not in this list in .whl/.
+# others are unread, and the --dry-run printed at the end checks them there. Seven wheels are pure Python (about
+# 1.2 MB in all), torchao's is built for Python 3.10 and later. The script fails on a second version of a package or a wheel not in this list in .whl/.
 set -euo pipefail
 pins="datasets==5.2.0 evaluate==0.4.6 dill==0.4.1 multiprocess==0.70.19 tyro==1.0.17 docstring-parser==0.18.0
-typeguard==4.6.1"
+typeguard==4.6.1 torchao==0.18.0"
 exclude="$(git rev-parse --git-common-dir)/info/exclude"
 mkdir -p "$(dirname "$exclude")" .whl
 grep -qxF /.whl/ "$exclude" 2>/dev/null || echo /.whl/ >>"$exclude"
@@ -50,6 +52,6 @@ On the GPU machine (device run, carry [".whl"]), benchmarks/gpu.sh installs thes
   bash benchmarks/gpu.sh
 Any other command there starts with:
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit;
-Before that install, to check there that its own packages meet every requirement (pip "Would install" these 7 alone):
-  python3 -m pip install --dry-run --no-index --find-links .whl datasets==5.2.0 evaluate==0.4.6 tyro==1.0.17
+Before that install, to check there that its own packages meet every requirement (pip "Would install" these 8 alone):
+  python3 -m pip install --dry-run --no-index --find-links .whl datasets==5.2.0 evaluate==0.4.6 tyro==1.0.17 torchao==0.18.0
 EOF

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from tiny_transformers import backbone
+
 from .data_path import data_path
-from .throughput import Workload, build, inference_throughput, measure, model_config_for, train_throughput
+from .machine import autocast
+from .throughput import (
+    Workload,
+    build,
+    frozen_backbone_dtype,
+    inference_throughput,
+    measure,
+    model_config_for,
+    train_throughput,
+)
+
+FP8_EVALUATION = "model.backbone_dtype fp8 (evaluation)"  # its effect also holds fp8_agreement's figures
 
 
 def has_fast_attention(model: str) -> bool:
@@ -79,6 +93,45 @@ def option_effects(
     return effects
 
 
+def fp8_agreement(workload: Workload, batches: int = 4) -> dict[str, Any]:
+    """How far ``model.backbone_dtype fp8``'s outputs are from bf16's (``model.backbone_dtype bf16``), the same
+    weights on the same images: ``batches`` micro-batches of random normal images through ``workload.model`` with
+    timm's random initialisation and a random 200-class head (nothing is downloaded). Reports the features' and the
+    logits' relative error (norm of the difference over the norm of bf16's), the largest logit difference beside
+    the logits' standard deviation, and the fraction of images whose top-1 class is the same.
+
+    >>> fp8_agreement(Workload(device="cuda", precision="bf16"))["top1_agreement"]  # an fp8 GPU  # doctest: +SKIP
+    0.99
+    """
+    device = workload.torch_device()
+    bf16 = build(workload.model, "head", workload.image_size, device).eval()
+    frozen_backbone_dtype(bf16, "bf16")
+    fp8 = copy.deepcopy(bf16)
+    frozen_backbone_dtype(fp8, "fp8")
+    generator = torch.Generator().manual_seed(0)
+    features: dict[str, list[torch.Tensor]] = {"bf16": [], "fp8": []}
+    logits: dict[str, list[torch.Tensor]] = {"bf16": [], "fp8": []}
+    with torch.inference_mode(), autocast(device, "bf16")():
+        for _ in range(batches):
+            images = torch.randn(workload.micro_batch, 3, workload.image_size, workload.image_size, generator=generator)
+            for name, model in (("bf16", bf16), ("fp8", fp8)):
+                x = model.forward_features(images.to(device))
+                y = model.forward_head(x)
+                features[name].append(x.flatten(1).float().cpu())
+                logits[name].append((y[0] if isinstance(y, tuple) else y).float().cpu())  # distilled DeiT: a pair
+    del bf16, fp8
+    (f16, f8), (l16, l8) = ((torch.cat(each["bf16"]), torch.cat(each["fp8"])) for each in (features, logits))
+    return {
+        "images": len(l16),
+        "weights": "random (timm's initialisation, random head)",
+        "features_relative_error": ((f8 - f16).norm() / f16.norm()).item(),
+        "logits_relative_error": ((l8 - l16).norm() / l16.norm()).item(),
+        "logits_max_abs_difference": (l8 - l16).abs().max().item(),
+        "logits_std": l16.std().item(),
+        "top1_agreement": (l8.argmax(1) == l16.argmax(1)).float().mean().item(),
+    }
+
+
 def head_option_effects(
     workload: Workload,
     compile: bool = True,
@@ -91,9 +144,11 @@ def head_option_effects(
     (docs/benchmarks.md, "Head-mode options"): ``model.backbone_dtype`` bf16 against bf16 autocast of fp32 weights
     (training step), the evaluation batch at ``eval_multiples`` x the micro-batch against 1x (evaluation's forward,
     with its peak memory), ``model.fast_attention`` against timm's attention for CaiT and Swin (training step and
-    evaluation), then ``train.compile``'s backbone compile against eager, in the training step and in
-    evaluation (``warmup_seconds``: the first steps, mostly compiling). bf16 options run under bf16 autocast
-    whatever the workload's precision (they need it). ``speedup`` > 1 means the option is faster. ``others=False``
+    evaluation), ``model.backbone_dtype`` fp8 against bf16 where this machine runs fp8 (training step, evaluation
+    with :func:`fp8_agreement`'s figures under ``agreement``), then ``train.compile``'s backbone compile against
+    eager, in the training step and in evaluation, and fp8 against bf16 both compiled (``warmup_seconds``: the
+    first steps, mostly compiling). bf16 and fp8 options run under bf16 autocast whatever the workload's precision
+    (they need it). ``speedup`` > 1 means the option is faster. ``others=False``
     measures the compile options only (``python -m benchmarks`` measures them after every model's other options).
 
     >>> quick = Workload(device="cpu", precision="no", steps=1, warmup=1, repeats=1)
@@ -152,6 +207,13 @@ def head_option_effects(
                         dict(options, model_config=fast),
                     )
                 )
+    fp8 = backbone.fp8_unavailable() is None  # torchao and a GPU of compute capability 8.9+ (or a test's stand-in)
+    if others and fp8:
+        variants += [
+            ("model.backbone_dtype fp8 (training step)", train_throughput, bf16, dict(head, backbone_dtype="bf16"),
+             bf16, dict(head, backbone_dtype="fp8")),
+            (FP8_EVALUATION, inference_throughput, bf16, dict(backbone_dtype="bf16"), bf16, dict(backbone_dtype="fp8")),
+        ]  # fmt: skip
     if compile:  # last: each compiles first (the JSON keeps the rest if the run is cut short)
         variants.append(
             (
@@ -166,6 +228,11 @@ def head_option_effects(
         variants.append(
             ("train.compile, head mode (evaluation)", inference_throughput, workload, {}, workload, dict(compile=True))
         )
+    if compile and fp8:  # eager, each input's fp8 scale and cast are kernels of their own; torchao's examples compile
+        variants.append(
+            ("model.backbone_dtype fp8, compiled (evaluation)", inference_throughput, bf16,
+             dict(backbone_dtype="bf16", compile=True), bf16, dict(backbone_dtype="fp8", compile=True))
+        )  # fmt: skip
     effects = []
     for name, measurement, base_workload, base_options, changed, options in variants:
         baseline = measure(measurement, base_workload, isolate, **base_options)
@@ -188,6 +255,8 @@ def head_option_effects(
                 "baseline_peak_memory_gib": baseline["peak_memory_gib"],
                 "peak_memory_gib": variant["peak_memory_gib"],
             }
+        if name == FP8_EVALUATION:
+            effect["agreement"] = measure(fp8_agreement, bf16, isolate)
         effects.append(effect)
         if on_effect is not None:
             on_effect(effect)

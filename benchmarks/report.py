@@ -125,6 +125,15 @@ def format_report(results: dict[str, Any]) -> str:
             f"speedup {e['speedup']:.3f} (micro-batch {e['micro_batch']} vs {e['baseline_micro_batch']}, "
             f"{e['precision']}, first steps {e['warmup_seconds']:.1f} s{memory})"
         )
+        if "agreement" in e:  # model.backbone_dtype fp8's outputs against bf16's (options.fp8_agreement)
+            a = e["agreement"]
+            lines.append(
+                f"      fp8 outputs vs bf16: {a['error']}"
+                if "error" in a
+                else f"      fp8 outputs vs bf16 ({a['images']} images, {a['weights']} weights): relative error "
+                f"{a['features_relative_error']:.4f} (features), {a['logits_relative_error']:.4f} (logits), top-1 "
+                f"agreement {a['top1_agreement']:.3f}"
+            )
     for variant in results.get("recipes", []):
         lines.append(f"\nrecipes as they run, {variant['variant'] or 'as written'}:")
         for r in variant["recipes"]:

@@ -23,6 +23,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from tiny_transformers.augment import BatchAugment
+from tiny_transformers.backbone import cast_backbone, compile_backbone, fp8_backbone
 from tiny_transformers.config import AugmentConfig, FinetuneConfig, ModelConfig, OptimConfig, TrainConfig
 from tiny_transformers.models import IMAGENET_MEAN, IMAGENET_STD
 from tiny_transformers.paper import paper_model_for, resolve_model_name
@@ -158,6 +159,15 @@ def _count_flops(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor,
     return counter.get_total_flops()
 
 
+def frozen_backbone_dtype(net: torch.nn.Module, backbone_dtype: str) -> None:
+    """``model.backbone_dtype`` on a head-mode model already on its device, as a run applies it: bf16 (and fp8) cast
+    the frozen weights; fp8 then computes the linear layers in fp8 (``backbone.fp8_backbone``)."""
+    if backbone_dtype in ("bf16", "fp8"):
+        cast_backbone(net)
+    if backbone_dtype == "fp8":
+        fp8_backbone(net)
+
+
 def inference_throughput(
     workload: Workload,
     fused_attention: bool | None = None,
@@ -174,13 +184,10 @@ def inference_throughput(
     >>> inference_throughput(Workload(device="cpu", precision="no", steps=1, warmup=0, repeats=1))["model"]
     'test_vit'
     """
-    from tiny_transformers.backbone import cast_backbone, compile_backbone
-
     w, device = workload, workload.torch_device()
     head = backbone_dtype != "fp32" or compile
     net = build(model_config or w.model, "head" if head else "full", w.image_size, device, fused_attention).eval()
-    if backbone_dtype == "bf16":
-        cast_backbone(net)
+    frozen_backbone_dtype(net, backbone_dtype)
     x = torch.randn(w.micro_batch, 3, w.image_size, w.image_size, device=device)
     # Before compiling, so that the counter sees every op of the eager forward; with grad mode on, as its module
     # tracker needs (under no_grad or inference_mode it fails on CaiT's class-attention blocks, torch 2.14).
@@ -287,15 +294,13 @@ def train_throughput(
     in bf16 (``model.backbone_dtype``); ``model_config``, ``augment`` and ``preprocess``: a recipe's model, augmentation
     and ``data.preprocess`` (official: the uint8 resize and RandAugment at full size on the device).
     """
-    from tiny_transformers.backbone import cast_backbone, compile_backbone
     from tiny_transformers.optim import build_optimizer
 
     w, device = workload, workload.torch_device()
     augment_cfg = augment if augment is not None else AugmentConfig()
     accelerator = fresh_accelerator(device, w.precision)
     net = build(model_config or w.model, mode, w.image_size, device, fused_attention)
-    if backbone_dtype == "bf16":
-        cast_backbone(net)
+    frozen_backbone_dtype(net, backbone_dtype)
     optimizer = build_optimizer(OptimConfig(fused=fused_optimizer), net)
     cast = autocast(device, w.precision)
 

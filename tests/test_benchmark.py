@@ -203,6 +203,28 @@ def test_head_mode_options_are_measured_per_model(capsys):
     assert "head-mode options" in capsys.readouterr().out
 
 
+def test_fp8_is_measured_against_bf16_with_its_agreement_where_the_machine_runs_it(capsys, fp8_on_this_cpu):
+    """Where fp8 runs (an fp8 GPU; this CPU through the fixture), the head_options section adds
+    model.backbone_dtype fp8 against bf16 in the training step and in evaluation, and beside the evaluation's speed
+    how far fp8's outputs are from bf16's (fp8_agreement): the same images, in the JSON and the report."""
+    from accelerate.state import AcceleratorState
+
+    args = ["--quick", "--sections", "head_options", "--model", "test_vit", "--no-compile", "--repeats", "1"]
+    try:
+        results = main(args)
+    finally:  # bf16 measurements leave Accelerate's process-wide state in bf16; later tests train in 'no'
+        AcceleratorState._reset_state(reset_partial_state=True)
+    effects = {e["option"]: e for e in results["head_options"]}
+    assert list(effects)[-2:] == ["model.backbone_dtype fp8 (training step)", "model.backbone_dtype fp8 (evaluation)"]
+    for effect in list(effects.values())[-2:]:
+        assert "error" not in effect and effect["precision"] == "bf16"
+    agreement = effects["model.backbone_dtype fp8 (evaluation)"]["agreement"]
+    assert agreement["images"] == 4 * 8  # four micro-batches of --quick's 8
+    assert 1e-3 < agreement["features_relative_error"] < 0.15  # fp8's rounding: not bf16's outputs, near them
+    assert 0.5 <= agreement["top1_agreement"] <= 1.0 and agreement["logits_max_abs_difference"] > 0
+    assert "fp8 outputs vs bf16 (32 images, random" in capsys.readouterr().out
+
+
 def test_versus_timm_skips_without_timms_train_py(tmp_path, capsys):
     """timm's train.py is not a dependency: without it the comparison says why and measures nothing."""
     from benchmarks.versus_timm import main as versus_timm
