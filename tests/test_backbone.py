@@ -45,6 +45,20 @@ def untimed(history):
     return [{k: v for k, v in h.items() if k != "epoch_seconds"} for h in history]
 
 
+def assert_resumes_bitwise(result, source, output_dir, model) -> None:
+    """What a crash during epoch 2 of ``result``'s two-epoch head_config run leaves (the epoch-1 checkpoint and its
+    metrics line), copied to ``output_dir`` and resumed with ``model``'s settings, ends with the uninterrupted run's
+    history and last weights, bitwise."""
+    shutil.copytree(result.output_dir, output_dir)
+    for leftover in ("best", "last", "checkpoints/step_00000010"):
+        shutil.rmtree(output_dir / leftover)
+    (output_dir / "metrics.jsonl").write_text((output_dir / "metrics.jsonl").read_text().splitlines()[0] + "\n")
+    resumed = finetune(head_config(source, output_dir, model=model))
+    assert untimed(resumed.history) == untimed(result.history)
+    a, b = (load_file(r.output_dir / "last" / "model.safetensors") for r in (result, resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.parametrize(
     "name, size",
     [
@@ -105,15 +119,7 @@ def test_bf16_backbone_trains_like_autocast_exports_fp32_and_resumes_bitwise(sta
         "model.backbone_dtype"
     ]
 
-    out = tmp_path / "resumed"  # what a crash during epoch 2 leaves: the epoch-1 checkpoint and its metrics line
-    shutil.copytree(result.output_dir, out)
-    for leftover in ("best", "last", "checkpoints/step_00000010"):
-        shutil.rmtree(out / leftover)
-    (out / "metrics.jsonl").write_text((out / "metrics.jsonl").read_text().splitlines()[0] + "\n")
-    resumed = finetune(head_config(stanford_dir, out, model={"backbone_dtype": "bf16"}))
-    assert untimed(resumed.history) == untimed(result.history)
-    a, b = (load_file(r.output_dir / "last" / "model.safetensors") for r in (result, resumed))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_resumes_bitwise(result, stanford_dir, tmp_path / "resumed", {"backbone_dtype": "bf16"})
 
 
 def test_bf16_backbone_is_refused_where_it_cannot_work():

@@ -9,7 +9,6 @@ GPU's (benchmarks/gpu.sh).
 
 import copy
 import dataclasses
-import shutil
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from tiny_transformers.models import build_model, unwrap_logits
 from tiny_transformers.validation import validate
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_backbone import head_config, untimed  # noqa: E402
+from test_backbone import assert_resumes_bitwise, head_config  # noqa: E402
 
 MODELS = [
     ("test_vit", 32),
@@ -150,15 +149,7 @@ def test_fp8_run_evaluates_near_bf16_exports_bf16_values_and_resumes_bitwise(
     assert all(torch.equal(exported[k], reference[k]) for k in backbone)
     timm.create_model("test_vit", num_classes=4, img_size=32).load_state_dict(exported)
 
-    out = tmp_path / "resumed"  # what a crash during epoch 2 leaves: the epoch-1 checkpoint and its metrics line
-    shutil.copytree(result.output_dir, out)
-    for leftover in ("best", "last", "checkpoints/step_00000010"):
-        shutil.rmtree(out / leftover)
-    (out / "metrics.jsonl").write_text((out / "metrics.jsonl").read_text().splitlines()[0] + "\n")
-    resumed = finetune(head_config(stanford_dir, out, model={"backbone_dtype": "fp8"}))
-    assert untimed(resumed.history) == untimed(result.history)
-    a, b = (load_file(r.output_dir / "last" / "model.safetensors") for r in (result, resumed))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_resumes_bitwise(result, stanford_dir, tmp_path / "resumed", {"backbone_dtype": "fp8"})
 
 
 def test_fp8_is_refused_in_one_sentence_where_it_cannot_run(monkeypatch):
