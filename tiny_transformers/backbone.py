@@ -151,8 +151,8 @@ def fp8_backbone(model: nn.Module, *copies: nn.Module) -> int:
 
     >>> from tiny_transformers.models import build_model
     >>> from tiny_transformers.config import ModelConfig
-    >>> model = build_model(ModelConfig(name="test_vit", pretrained=False), num_classes=4, image_size=32).cuda()
-    >>> fp8_backbone(model)  # on an H100; its 24 linear layers, not its patch embedding's conv  # doctest: +SKIP
+    >>> model = build_model(ModelConfig(name="test_vit", pretrained=False), num_classes=4, image_size=32)
+    >>> fp8_backbone(model.cuda())  # on an H100; its 24 linear layers, not its patch embedding's conv  # doctest: +SKIP
     24
     """
     layers = 0
