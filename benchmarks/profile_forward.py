@@ -28,7 +28,6 @@ the ``top`` list names the operators. The CPU's split is not the GPU's; the GPU 
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +39,8 @@ from torch.profiler import ProfilerActivity, profile
 from tiny_transformers.config import ModelConfig
 from tiny_transformers.models import build_model
 from tiny_transformers.paper import paper_model_for
+
+from .report import write_json
 
 KINDS = {  # first match wins; names are aten operators without the "aten::" prefix
     "attention": ("scaled_dot_product", "_flash_attention", "_efficient_attention", "flash_attn"),
@@ -159,8 +160,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         print("  " + "  ".join(f"{k} {v:.1%}" for k, v in row["share"].items()))
         for top in row["top"][:6]:
             print(f"    {top['operator']:40s} {top['share']:6.1%}")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+    write_json(args.json, rows)
     return rows
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import statistics
 import tempfile
 import time
@@ -34,6 +33,8 @@ import tiny_transformers.train as train_module
 from tiny_transformers import DataConfig, FinetuneConfig, ModelConfig, TrainConfig, finetune
 from tiny_transformers.config import HubConfig
 from tiny_transformers.synthetic import write_stanford_folder
+
+from .report import write_json
 
 
 class _SlowHub:
@@ -155,8 +156,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             + " s"
         )
     print(f"with / without a push in flight: median step {rows['median_ratio']:.3f}x, mean {rows['mean_ratio']:.3f}x")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+    write_json(args.json, rows)
     return rows
 
 

@@ -181,7 +181,7 @@ def format_report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: str | None, results: dict[str, Any]) -> None:
+def write_json(path: str | Path | None, results: dict[str, Any] | list[Any]) -> None:
     """Write ``results`` to ``path`` (nothing when None), atomically: a reader never sees half a file."""
     if not path:
         return

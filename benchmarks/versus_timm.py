@@ -15,7 +15,6 @@ timm); without it the benchmark says so and measures nothing. Figures: docs/benc
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import shutil
@@ -31,6 +30,7 @@ from typing import Any
 import tyro
 
 from .machine import describe_machine
+from .report import write_json
 
 
 @dataclass(frozen=True)
@@ -210,7 +210,7 @@ def main(args: list[str] | None = None) -> dict[str, Any] | None:
     if result is not None:
         date = result["machine"].get("date", time.strftime("%Y-%m-%d"))[:10]
         path = Path(settings.json or Path(__file__).parent / "results" / f"versus-timm-{date}.json")
-        path.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(path, result)
         print(f"figures written to {path}")
     return result
 
