@@ -9,6 +9,9 @@ import json
 import os
 import shutil
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -20,6 +23,7 @@ from huggingface_hub.utils import filter_repo_objects
 from safetensors.torch import load_file
 
 import tiny_transformers.hub as hub
+import tiny_transformers.push_staging as push_staging
 import tiny_transformers.train as train_module
 from tiny_transformers import DataConfig, FinetuneConfig, ModelConfig, TrainConfig, finetune
 from tiny_transformers.config import HubConfig
@@ -390,6 +394,38 @@ def test_a_push_slower_than_preempt_seconds_is_left_behind_and_the_run_exits(sta
             f"intact; push them later with: {retry}"
         ) in err
     assert (tmp_path / "A" / "checkpoints" / f"step_{STEPS_PER_EPOCH + 1:08d}" / "trainer_state.json").is_file()
+
+
+def test_what_a_push_left_when_its_process_died_is_removed_by_the_next_push_or_run_end(tmp_path, capsys):
+    """A process that ends mid-upload (killed, or a push still running at train.preempt_seconds) cannot remove its
+    snapshot, a copy of the weights; the next push or run end in the folder does. A live process's staging and
+    another host's (whose process cannot be checked from here) are kept."""
+    out = tmp_path / "out"
+    out.mkdir()
+    stage_and_die = (
+        "import os, sys; from pathlib import Path; from tiny_transformers.push_staging import new_staging; "
+        "(new_staging(Path(sys.argv[1]), 'snapshot') / 'model.safetensors').write_bytes(b'weights'); os._exit(0)"
+    )
+    subprocess.run([sys.executable, "-c", stage_and_die, str(out)], check=True)
+    (dead,) = (out / ".hub-push").iterdir()
+    dead_pid = int(dead.name.split("-")[1])
+    assert dead.name == f"snapshot-{dead_pid}-0-{socket.gethostname()}" and (dead / "model.safetensors").is_file()
+    live = push_staging.new_staging(out, "upload")  # this process's: a push in flight
+    elsewhere = out / ".hub-push" / f"snapshot-{dead_pid}-0-another-host"
+    elsewhere.mkdir()
+
+    with BackgroundPublisher(out, HubConfig()):
+        pass  # a run's end: no push, but its wait() sweeps
+    assert not dead.exists() and live.is_dir() and elsewhere.is_dir()
+    assert (
+        f"removed 1 folder under {out / '.hub-push'} that a push left when its process (pid {dead_pid}) ended "
+        "mid-upload"
+    ) in capsys.readouterr().out
+
+    shutil.rmtree(live)
+    shutil.rmtree(elsewhere)
+    dead.mkdir(parents=True)  # the same dead process's, again
+    assert push_staging.remove_abandoned(out) == [dead] and not (out / ".hub-push").exists()  # the folder, once empty
 
 
 def test_a_background_push_runs_no_torch_op(stanford_dir, reference, tmp_path, monkeypatch):

@@ -18,7 +18,6 @@ the run's local files. During training, :class:`BackgroundPublisher` pushes with
 from __future__ import annotations
 
 import functools
-import itertools
 import os
 import shlex
 import shutil
@@ -35,8 +34,18 @@ from .card import model_card, weights_folder
 from .checkpoint import list_checkpoints
 from .config import HubConfig
 from .errors import ConfigError, PublishError, TinyTransformersError, clean_message
+from .push_staging import link_tree, new_staging, remove_abandoned
 from .report import plot_training_curves
-from .rundir import CONFIG_FILE, CURVES_FILE, METRICS_FILE, WEIGHTS_FILE, RunDir, RunSummary, read_run
+from .rundir import (
+    CONFIG_FILE,
+    CURVES_FILE,
+    METRICS_FILE,
+    WEIGHTS_FILE,
+    RunDir,
+    RunSummary,
+    is_main_launch_process,
+    read_run,
+)
 from .validation import validate_hub
 
 EXPORT_FILES = (WEIGHTS_FILE, CONFIG_FILE, "README.md", CURVES_FILE, METRICS_FILE)
@@ -191,9 +200,9 @@ def _push(
     message = message or commit_message(run, hub)
     upload, files, delete = exported, EXPORT_FILES, ()
     if checkpoint is not None:  # one folder, one commit: the export and the checkpoint, linked (not copied) there
-        upload = _new_staging(output_dir, "upload")
-        _link_tree(exported, upload)
-        _link_tree(checkpoint, upload / hub_io.CHECKPOINT_DIR)
+        upload = new_staging(output_dir, "upload")
+        link_tree(exported, upload)
+        link_tree(checkpoint, upload / hub_io.CHECKPOINT_DIR)
         files, delete = (*EXPORT_FILES, _CHECKPOINT_FILES), (_CHECKPOINT_FILES,)
     try:  # only the export's files (and the checkpoint's): nothing else is sent, whatever the folder holds
         return _upload(upload, hub, files, delete, message, output_dir)
@@ -214,30 +223,6 @@ def _upload(
             f"{hub_io.explain(error, str(hub.model_id))}. Nothing local was lost (the run's files are in "
             f"place); retry with: {retry_command(output_dir, hub)}"
         ) from error
-
-
-_staging_names = itertools.count()
-
-
-def _new_staging(output_dir: Path, kind: str) -> Path:
-    """A new empty folder under the run's ``.hub-push/`` (same file system: hard links work)."""
-    folder = RunDir(Path(output_dir)).push_staging / f"{kind}-{os.getpid()}-{next(_staging_names)}"
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    return folder
-
-
-def _link_tree(source: Path, target: Path) -> None:
-    """``target`` with the files of ``source`` hard-linked (copied where links fail): instant, and the snapshot keeps
-    its bytes when the source is deleted later (a pruned checkpoint). Only for files that are replaced, never
-    rewritten in place: checkpoints (renamed into place whole) and the export (swapped in whole)."""
-    for file in sorted(p for p in Path(source).rglob("*") if p.is_file()):
-        destination = target / file.relative_to(source)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(file, destination)
-        except OSError:
-            shutil.copy2(file, destination)
 
 
 def publish_after_training(output_dir: str | Path, hub: HubConfig) -> str | None:
@@ -375,16 +360,14 @@ class BackgroundPublisher:
                     print(line, file=sys.stderr, flush=True)
                     self._record(PushResult(snapshot.number, snapshot.epochs, None, line))
             self._thread = None
-        try:
-            RunDir(self.output_dir).push_staging.rmdir()  # only when empty: a `push` command may be using it
-        except OSError:
-            pass
+        if is_main_launch_process():  # one process sweeps what dead pushes left, and .hub-push/ itself when empty
+            remove_abandoned(self.output_dir)
         return sorted(self.results, key=lambda result: result.number)
 
     def _snapshot(self, number: int, checkpoint: Path | None) -> _Snapshot:
         """What the push sends, as it is now, under the run's .hub-push/: the weights to publish are copied (the next
         epoch rewrites them in place), the checkpoint hard-linked (checkpoints are never rewritten)."""
-        source, folder = RunDir(self.output_dir), _new_staging(self.output_dir, "snapshot")
+        source, folder = RunDir(self.output_dir), new_staging(self.output_dir, "snapshot")
         published = source.weights(self.hub.weights)
         checkpoint_only = self.hub.strategy == "checkpoint" and not (source.metrics.is_file() and published.is_dir())
         try:
@@ -398,7 +381,7 @@ class BackgroundPublisher:
             if self.hub.strategy == "checkpoint":
                 checkpoint = checkpoint or _newest_checkpoint(self.output_dir)
                 linked = folder / hub_io.CHECKPOINT_DIR
-                _link_tree(checkpoint, linked)
+                link_tree(checkpoint, linked)
             epochs = _epochs_done(self.output_dir) if checkpoint_only else len(target.read_metrics())
             return _Snapshot(number, folder, epochs, linked, checkpoint_only, checkpoint.name if checkpoint else "")
         except BaseException:

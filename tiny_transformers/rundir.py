@@ -8,7 +8,8 @@ A run's ``train.output_dir``::
     checkpoints/step_XXXXXXXX/   training checkpoints; checkpoint.py owns what is inside one
     best/  last/                 trained weights as timm's save_for_hf writes them (model.safetensors, config.json)
     export/                      the folder `tiny-transformers export` and `push` write (publish.py)
-    .hub-push/                   what a Hub push in flight sends (publish.py); removed after each push
+    .hub-push/                   what a Hub push in flight sends (push_staging.py); removed after each push, or
+                                 by the next push or run end when its process died mid-push
     training_curves.png  predictions.png  results.md      written by report.py at the end of training
 
 Every other module takes these names from here; none spells a file name of the run folder itself.
@@ -47,7 +48,7 @@ TRACKERS_FILE = "trackers.json"  # the W&B run id a resumed run continues
 PER_CLASS_FILE = "per_class_accuracy.csv"  # written by `evaluate` into the working directory unless --output
 LOCK_FILE = ".lock"  # {"host", "pid", "started"} of the run that holds the folder
 MARKER_FILE = ".tiny_transformers_run"  # written when a run starts: this folder is a run folder
-PUSH_STAGING_DIR = ".hub-push"  # snapshots and upload folders of Hub pushes (publish.py), removed after each
+PUSH_STAGING_DIR = ".hub-push"  # snapshots and upload folders of Hub pushes (push_staging.py)
 
 
 def json_line(record: dict[str, Any]) -> str:
@@ -249,7 +250,7 @@ class RunLock:
         _make_folder(self.folder.root)
         if not self._create():
             holder = self._holder()
-            if holder is not None and holder.get("host") == self.mine["host"] and not _alive(holder.get("pid")):
+            if holder is not None and holder.get("host") == self.mine["host"] and not process_alive(holder.get("pid")):
                 print(
                     f"warning: taking over {self.path}, left by process {holder.get('pid')} (started "
                     f"{holder.get('started')}), which no longer runs.",
@@ -290,7 +291,12 @@ class RunLock:
             return None
 
 
-def _alive(pid: Any) -> bool:
+def process_alive(pid: Any) -> bool:
+    """Whether process ``pid`` runs on this host (under any user).
+
+    >>> process_alive(os.getpid()), process_alive(-1)
+    (True, False)
+    """
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:

@@ -1,0 +1,83 @@
+"""The run's ``.hub-push/``: what a Hub push in flight sends, one folder per push named after the process that owns
+it, and the removal of what pushes left when their process died mid-upload (publish.py pushes; rundir.py names the
+folder).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import socket
+from pathlib import Path
+
+from .rundir import RunDir, process_alive
+
+_names = itertools.count()
+
+
+def new_staging(output_dir: Path, kind: str) -> Path:
+    """A new empty folder under the run's ``.hub-push/`` (same file system: hard links work), named after the
+    process that owns it: ``<kind>-<pid>-<n>-<host>``. What dead processes left there is removed first.
+
+    >>> new_staging(Path("outputs/run"), "snapshot")  # doctest: +SKIP
+    PosixPath('outputs/run/.hub-push/snapshot-4121-0-gpu-node-7')
+    """
+    remove_abandoned(output_dir)
+    name = f"{kind}-{os.getpid()}-{next(_names)}-{socket.gethostname()}"
+    folder = RunDir(Path(output_dir)).push_staging / name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def remove_abandoned(output_dir: str | Path) -> list[Path]:
+    """Remove what pushes left under the run's ``.hub-push/`` when their process ended mid-upload (a push still
+    running at ``train.preempt_seconds``, a killed run): a snapshot holds a copy of the published weights (1.2 GB
+    for ViT-L) and keeps a pruned checkpoint's bytes through its hard links. Only folders of processes on this host
+    that no longer run are removed, the rule ``RunLock`` follows; the folder itself goes when empty. Returns what
+    was removed.
+
+    >>> remove_abandoned("outputs/run")  # doctest: +SKIP
+    removed 1 folder under outputs/run/.hub-push that a push left when its process (pid 4121) ended mid-upload
+    [PosixPath('outputs/run/.hub-push/snapshot-4121-3-gpu-node-7')]
+    """
+    staging, host = RunDir(Path(output_dir)).push_staging, socket.gethostname()
+    try:
+        folders = sorted(staging.iterdir())
+    except OSError:  # no push has staged anything here
+        return []
+    removed, pids = [], set()
+    for folder in folders:
+        kind, pid, number, owner = (folder.name.split("-", 3) + ["", "", ""])[:4]
+        if owner == host and pid.isdigit() and number.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+            pids.add(pid)
+    if removed:
+        print(
+            f"removed {len(removed)} folder{'s' * (len(removed) > 1)} under {staging} that a push left when its "
+            f"process (pid {', '.join(sorted(pids))}) ended mid-upload",
+            flush=True,
+        )
+    try:
+        staging.rmdir()  # only when empty: a `push` command or another run's push may be using it
+    except OSError:
+        pass
+    return removed
+
+
+def link_tree(source: Path, target: Path) -> None:
+    """``target`` with the files of ``source`` hard-linked (copied where links fail): instant, and the snapshot keeps
+    its bytes when the source is deleted later (a pruned checkpoint). Only for files that are replaced, never
+    rewritten in place: checkpoints (renamed into place whole) and the export (swapped in whole).
+
+    >>> link_tree(Path("run/checkpoints/step_00000300"), Path("run/.hub-push/upload-1-0-h/ckpt"))  # doctest: +SKIP
+    """
+    for file in sorted(p for p in Path(source).rglob("*") if p.is_file()):
+        destination = target / file.relative_to(source)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(file, destination)
+        except OSError:
+            shutil.copy2(file, destination)
