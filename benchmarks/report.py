@@ -135,22 +135,26 @@ def format_report(results: dict[str, Any]) -> str:
                 f"agreement {a['top1_agreement']:.3f}"
             )
     for variant in results.get("recipes", []):
-        lines.append(f"\nrecipes as they run, {variant['variant'] or 'as written'}:")
+        # a markdown table, as issue 12 and docs/benchmarks.md show the paper's table: pasteable as it is printed
+        lines += [
+            f"\nrecipes as they run, {variant['variant'] or 'as written'}:\n",
+            "| recipe | model | training: micro-batch x precision, img/s | evaluation: micro-batch x precision, img/s "
+            "| 30 epochs: train + eval | GFLOP per image (fwd) | MFU: training / evaluation | at the datasheet peaks |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in variant["recipes"]:
             train, evaluation = r.get("train", {}), r.get("eval", {})
             error = r.get("error") or train.get("error") or evaluation.get("error")
             if error:
-                lines.append(f"   {r['recipe']}: {error}")
+                lines.append(f"| {r['recipe']} | {error.replace('|', '/')} | | | | | | |")
                 continue
-            mfu = f", MFU {train['mfu'] * 100:.1f}%" if train["mfu"] is not None else ""
-            eval_mfu = f", MFU {evaluation['mfu'] * 100:.1f}%" if evaluation["mfu"] is not None else ""
-            peak = f"; at the datasheet peaks {_fmt(r['minutes_at_peak'])} min" if "minutes_at_peak" in r else ""
+            mfu = " / ".join("n/a" if x["mfu"] is None else f"{x['mfu'] * 100:.1f}%" for x in (train, evaluation))
             lines.append(
-                f"   {r['recipe']} ({r['model']}): train {train['micro_batch']} x {_precision(train['precision'])} "
-                f"{_fmt(train['images_per_s'])} img/s{mfu}; eval {evaluation['micro_batch']} x {r['eval_precision']} "
-                f"{_fmt(evaluation['images_per_s'])} img/s{eval_mfu}; {r['epochs']} epochs "
-                f"{_fmt(r['projected_minutes'])} min (train {_fmt(r['train_minutes'])} + "
-                f"eval {_fmt(r['eval_minutes'])}){peak}"
+                f"| {r['recipe']} | {r['model']} | {train['micro_batch']} x {_precision(train['precision'])}: "
+                f"{_fmt(train['images_per_s'])} | {evaluation['micro_batch']} x {r['eval_precision']}: "
+                f"{_fmt(evaluation['images_per_s'])} | {_fmt(r['projected_minutes'])} min ({_fmt(r['train_minutes'])} "
+                f"+ {_fmt(r['eval_minutes'])}) | {evaluation['flops_per_image'] / 1e9:.4g} | {mfu} | "
+                f"{_fmt(r['minutes_at_peak']) + ' min' if 'minutes_at_peak' in r else 'n/a'} |"
             )
         measured = sum("projected_minutes" in r for r in variant["recipes"])
         at_peak = (
@@ -160,7 +164,7 @@ def format_report(results: dict[str, Any]) -> str:
             else ""
         )
         lines.append(
-            f"   projected table: {_fmt(variant['projected_table_minutes'])} min "
+            f"\n   projected table: {_fmt(variant['projected_table_minutes'])} min "
             f"({measured} of {len(variant['recipes'])} recipes measured){at_peak}"
         )
     if results.get("options"):

@@ -270,6 +270,14 @@ def test_the_recipes_are_measured_as_their_configs_run_them_and_projected(tmp_pa
             at_peak = 30 * (1e5 * train["flops_per_image"] / 100e12 + 1e4 * evaluation["flops_per_image"] / eval_peak)
             assert r["minutes_at_peak"] == pytest.approx(at_peak / 60)
             assert r["fraction_of_peak"] == pytest.approx(r["minutes_at_peak"] / r["projected_minutes"])
+            # the printed table's row (markdown, as docs/benchmarks.md shows the paper's table)
+            assert (
+                f"| {r['recipe']} | {r['model']} | 4 x bf16: {train['images_per_s']:,.1f} | "
+                f"{evaluation['micro_batch']} x {r['eval_precision']}: {evaluation['images_per_s']:,.1f} | "
+                f"{r['projected_minutes']:,.1f} min ({r['train_minutes']:,.1f} + {r['eval_minutes']:,.1f}) | "
+                f"{evaluation['flops_per_image'] / 1e9:.4g} | {train['mfu'] * 100:.1f}% / "
+                f"{evaluation['mfu'] * 100:.1f}% | {r['minutes_at_peak']:,.1f} min |"
+            ) in report
         assert variant["projected_table_minutes"] == pytest.approx(
             sum(r["projected_minutes"] for r in variant["recipes"])
         )
@@ -290,7 +298,7 @@ def test_the_recipes_are_measured_as_their_configs_run_them_and_projected(tmp_pa
     broken = written[2]
     assert not broken["complete"] and broken["projected_table_minutes"] == 0
     assert all("recipe override 'train.compile' is not field=value" in r["error"] for r in broken["recipes"])
-    assert "recipes/cait_s36.py: ValueError: recipe override 'train.compile' is not field=value" in report
+    assert "| recipes/cait_s36.py | ValueError: recipe override 'train.compile' is not field=value" in report
 
 
 def test_one_real_epoch_is_timed_against_its_projection(tmp_path, capsys):
