@@ -109,31 +109,42 @@ def format_report(results: dict[str, Any]) -> str:
         lines.append(
             f"\nprojected table, the {len(projected)} models above one after the other: {sum(projected):,.1f} min"
         )
-    if results.get("head_options"):
-        lines.append("\nhead-mode options, each against its default in the same run (speedup > 1: faster):")
+    if results.get("head_options"):  # markdown, as the Speed options table of docs/benchmarks.md takes it
+        lines += [
+            "\nhead-mode options, each against its default in the same run (speedup > 1: faster):\n",
+            "| model | option | img/s: option vs default | speedup | micro-batch | peak memory, GiB | first steps |",
+            "|---|---|---|---|---|---|---|",
+        ]
+    agreements = []
     for e in results.get("head_options", []):
         if "error" in e:
-            lines.append(f"   {e['model']}, {e['option']}: {e['error']}")
+            lines.append(f"| {e['model']} | {e['option']} | {e['error'].replace('|', '/')} | | | | |")
             continue
         memory = (
-            f", peak {e['peak_memory_gib']:.2f} vs {e['baseline_peak_memory_gib']:.2f} GiB"
+            f"{e['peak_memory_gib']:.2f} vs {e['baseline_peak_memory_gib']:.2f}"
             if e.get("peak_memory_gib") is not None
-            else ""
+            else "n/a"
         )
         lines.append(
-            f"   {e['model']}, {e['option']}: {_fmt(e['images_per_s'])} vs {_fmt(e['baseline_images_per_s'])} img/s, "
-            f"speedup {e['speedup']:.3f} (micro-batch {e['micro_batch']} vs {e['baseline_micro_batch']}, "
-            f"{e['precision']}, first steps {e['warmup_seconds']:.1f} s{memory})"
+            f"| {e['model']} | {e['option']} | {_fmt(e['images_per_s'])} vs {_fmt(e['baseline_images_per_s'])} | "
+            f"**{e['speedup']:.3f}** | {e['micro_batch']} vs {e['baseline_micro_batch']}, {e['precision']} | "
+            f"{memory} | {e['warmup_seconds']:.1f} s |"
         )
         if "agreement" in e:  # model.backbone_dtype fp8's outputs against bf16's (options.fp8_agreement)
-            a = e["agreement"]
-            lines.append(
-                f"      fp8 outputs vs bf16: {a['error']}"
-                if "error" in a
-                else f"      fp8 outputs vs bf16 ({a['images']} images, {a['weights']} weights): relative error "
-                f"{a['features_relative_error']:.4f} (features), {a['logits_relative_error']:.4f} (logits), top-1 "
-                f"agreement {a['top1_agreement']:.3f}"
-            )
+            agreements.append((e["model"], e["agreement"]))
+    if agreements:
+        lines += [
+            "\nfp8 outputs against bf16's, the same weights and images:\n",
+            "| model | images, weights | relative error: features | relative error: logits | top-1 agreement |",
+            "|---|---|---|---|---|",
+        ]
+    for model, a in agreements:
+        lines.append(
+            f"| {model} | {a['error'].replace('|', '/')} | | | |"
+            if "error" in a
+            else f"| {model} | {a['images']}, {a['weights']} | {a['features_relative_error']:.4f} | "
+            f"{a['logits_relative_error']:.4f} | {a['top1_agreement']:.3f} |"
+        )
     for variant in results.get("recipes", []):
         # a markdown table, as issue 12 and docs/benchmarks.md show the paper's table: pasteable as it is printed
         lines += [

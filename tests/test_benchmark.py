@@ -200,7 +200,13 @@ def test_head_mode_options_are_measured_per_model(capsys):
     ]
     assert all("error" not in e and e["speedup"] == e["images_per_s"] / e["baseline_images_per_s"] for e in effects)
     assert [e["micro_batch"] for e in effects[:4]] == [8, 8, 16, 32] and effects[0]["precision"] == "bf16"
-    assert "head-mode options" in capsys.readouterr().out
+    report = capsys.readouterr().out
+    e = effects[2]  # a row of the printed markdown table, as the Speed options table of docs/benchmarks.md takes it
+    assert (
+        f"| test_vit | train.eval_batch_size 2x micro-batch (evaluation) | {e['images_per_s']:,.1f} vs "
+        f"{e['baseline_images_per_s']:,.1f} | **{e['speedup']:.3f}** | 16 vs 8, {e['precision']} | n/a | "
+        f"{e['warmup_seconds']:.1f} s |"
+    ) in report
 
 
 def test_fp8_is_measured_against_bf16_with_its_agreement_where_the_machine_runs_it(capsys, fp8_on_this_cpu):
@@ -222,7 +228,11 @@ def test_fp8_is_measured_against_bf16_with_its_agreement_where_the_machine_runs_
     assert agreement["images"] == 4 * 8  # four micro-batches of --quick's 8
     assert 1e-3 < agreement["features_relative_error"] < 0.15  # fp8's rounding: not bf16's outputs, near them
     assert 0.5 <= agreement["top1_agreement"] <= 1.0 and agreement["logits_max_abs_difference"] > 0
-    assert "fp8 outputs vs bf16 (32 images, random" in capsys.readouterr().out
+    a = agreement
+    assert (
+        f"| test_vit | 32, {a['weights']} | {a['features_relative_error']:.4f} | {a['logits_relative_error']:.4f} | "
+        f"{a['top1_agreement']:.3f} |"
+    ) in capsys.readouterr().out
 
 
 def test_versus_timm_skips_without_timms_train_py(tmp_path, capsys):
