@@ -406,11 +406,11 @@ def test_what_a_push_left_when_its_process_died_is_removed_by_the_next_push_or_r
         "import os, sys; from pathlib import Path; from tiny_transformers.push_staging import new_staging; "
         "(new_staging(Path(sys.argv[1]), 'snapshot') / 'model.safetensors').write_bytes(b'weights'); os._exit(0)"
     )
+    live = push_staging.new_staging(out, "upload")  # this process's: a push in flight
     subprocess.run([sys.executable, "-c", stage_and_die, str(out)], check=True)
-    (dead,) = (out / ".hub-push").iterdir()
+    (dead,) = set((out / ".hub-push").iterdir()) - {live}
     dead_pid = int(dead.name.split("-")[1])
     assert dead.name == f"snapshot-{dead_pid}-0-{socket.gethostname()}" and (dead / "model.safetensors").is_file()
-    live = push_staging.new_staging(out, "upload")  # this process's: a push in flight
     elsewhere = out / ".hub-push" / f"snapshot-{dead_pid}-0-another-host"
     elsewhere.mkdir()
 
@@ -424,7 +424,11 @@ def test_what_a_push_left_when_its_process_died_is_removed_by_the_next_push_or_r
 
     shutil.rmtree(live)
     shutil.rmtree(elsewhere)
-    dead.mkdir(parents=True)  # the same dead process's, again
+    dead.mkdir()  # the same dead process's, again: the next push sweeps it before staging its own
+    fresh = push_staging.new_staging(out, "snapshot")
+    assert not dead.exists() and fresh.is_dir()
+    shutil.rmtree(fresh)
+    dead.mkdir()
     assert push_staging.remove_abandoned(out) == [dead] and not (out / ".hub-push").exists()  # the folder, once empty
 
 

@@ -23,7 +23,7 @@ def new_staging(output_dir: Path, kind: str) -> Path:
     >>> new_staging(Path("outputs/run"), "snapshot")  # doctest: +SKIP
     PosixPath('outputs/run/.hub-push/snapshot-4121-0-gpu-node-7')
     """
-    remove_abandoned(output_dir)
+    remove_abandoned(output_dir, remove_empty=False)  # another thread may be making its folder here right now
     name = f"{kind}-{os.getpid()}-{next(_names)}-{socket.gethostname()}"
     folder = RunDir(Path(output_dir)).push_staging / name
     shutil.rmtree(folder, ignore_errors=True)
@@ -31,12 +31,12 @@ def new_staging(output_dir: Path, kind: str) -> Path:
     return folder
 
 
-def remove_abandoned(output_dir: str | Path) -> list[Path]:
+def remove_abandoned(output_dir: str | Path, remove_empty: bool = True) -> list[Path]:
     """Remove what pushes left under the run's ``.hub-push/`` when their process ended mid-upload (a push still
     running at ``train.preempt_seconds``, a killed run): a snapshot holds a copy of the published weights (1.2 GB
     for ViT-L) and keeps a pruned checkpoint's bytes through its hard links. Only folders of processes on this host
-    that no longer run are removed, the rule ``RunLock`` follows; the folder itself goes when empty. Returns what
-    was removed.
+    that no longer run are removed, the rule ``RunLock`` follows; with ``remove_empty`` the folder itself goes when
+    empty. Returns what was removed.
 
     >>> remove_abandoned("outputs/run")  # doctest: +SKIP
     removed 1 folder under outputs/run/.hub-push that a push left when its process (pid 4121) ended mid-upload
@@ -49,7 +49,7 @@ def remove_abandoned(output_dir: str | Path) -> list[Path]:
         return []
     removed, pids = [], set()
     for folder in folders:
-        kind, pid, number, owner = (folder.name.split("-", 3) + ["", "", ""])[:4]
+        _kind, pid, number, owner = (folder.name.split("-", 3) + ["", "", ""])[:4]
         if owner == host and pid.isdigit() and number.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
@@ -60,10 +60,11 @@ def remove_abandoned(output_dir: str | Path) -> list[Path]:
             f"process (pid {', '.join(sorted(pids))}) ended mid-upload",
             flush=True,
         )
-    try:
-        staging.rmdir()  # only when empty: a `push` command or another run's push may be using it
-    except OSError:
-        pass
+    if remove_empty:
+        try:
+            staging.rmdir()  # only when empty: a `push` command or another run's push may be using it
+        except OSError:
+            pass
     return removed
 
 
