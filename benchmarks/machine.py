@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from tiny_transformers.engine import usable_cores
+
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
@@ -61,12 +63,11 @@ def describe_machine() -> dict[str, Any]:
     import timm
     import torchvision
 
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     return {
         "cpu": _cpu_model(),
         "cpu_cores": os.cpu_count(),
-        "cpu_cores_usable": usable,
+        "cpu_cores_usable": usable_cores(),
         "cuda": torch.version.cuda if gpu else None,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "gpu": gpu,

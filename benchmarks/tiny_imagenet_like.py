@@ -12,7 +12,6 @@ The recipe's own printout and ``metrics.jsonl`` (``epoch_seconds``) give the mea
 
 from __future__ import annotations
 
-import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import datasets
 from tqdm.auto import tqdm
 
+from tiny_transformers.engine import usable_cores
 from tiny_transformers.synthetic import synthetic_jpegs
 
 CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS, SHARD = 200, 500, 50, 10_000
@@ -59,7 +59,7 @@ def write(
         for number, start in enumerate(starts):
             path = root / "data" / f"{split}-{number:05d}-of-{len(starts):05d}.parquet"
             jobs.append((path, labels[start : start + SHARD], names, seed * 1000 + number))
-    workers = min(workers or len(os.sched_getaffinity(0)), len(jobs))
+    workers = min(workers or usable_cores(), len(jobs))
     with ProcessPoolExecutor(workers) as pool:
         for _ in tqdm(pool.map(_write_shard, *zip(*jobs)), total=len(jobs), desc="shards", unit="shard"):
             pass

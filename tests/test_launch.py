@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tiny_transformers.engine import usable_cores
 from tiny_transformers.paper import PAPER_MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,7 +103,7 @@ def test_bad_input_is_one_sentence_not_a_traceback(tmp_path):
     assert f'File "{ROOT / "tiny_transformers"}' not in launched.stderr
 
 
-CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+CORES = usable_cores()
 
 
 @pytest.mark.skipif(CORES < 2, reason="needs a machine with two or more cores")

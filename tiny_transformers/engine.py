@@ -261,6 +261,16 @@ def evaluate(
     return result
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on: its affinity where the OS reports one (a container or ``taskset`` limits
+    it), else every core.
+
+    >>> usable_cores() >= 1
+    True
+    """
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def cpu_threads_warnings(num_processes: int) -> list[str]:
     """A warning when one training process computes on the CPU (no CUDA device: the library's Accelerator then runs
     on the CPU) with fewer threads than it has cores, else none.
@@ -272,7 +282,7 @@ def cpu_threads_warnings(num_processes: int) -> list[str]:
     >>> cpu_threads_warnings(num_processes=2)  # several processes: one thread each is as it should be
     []
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     threads = torch.get_num_threads()
     if torch.cuda.is_available() or num_processes != 1 or threads >= cores:
         return []
