@@ -175,17 +175,12 @@ def test_the_recipe_projection_is_the_formula_of_the_measured_speeds(quick_run):
     )
 
 
-def test_head_mode_options_are_measured_per_model(capsys):
+def test_head_mode_options_are_measured_per_model(capsys, bf16_process):
     """The head_options section of benchmarks/gpu.sh, in its CPU smoke form (compile left out: it is timed on the
     GPU; tests/test_backbone.py covers its correctness): each option against its default, per model, in the JSON
     and the report; model.fast_attention only for a model it rewrites (a CaiT here, not the ViT)."""
-    from accelerate.state import AcceleratorState
-
     args = ["--quick", "--sections", "head_options", "--model", "test_vit", "cait_xxs24_224", "--no-compile"]
-    try:
-        results = main([*args, "--repeats", "1"])
-    finally:  # its bf16 measurements leave Accelerate's process-wide state in bf16; later tests train in 'no'
-        AcceleratorState._reset_state(reset_partial_state=True)
+    results = main([*args, "--repeats", "1"])  # bf16 measurements: bf16_process resets Accelerate's state after
     effects = results["head_options"]
     common = [
         "model.backbone_dtype bf16 (training step)",
@@ -209,17 +204,13 @@ def test_head_mode_options_are_measured_per_model(capsys):
     ) in report
 
 
-def test_fp8_is_measured_against_bf16_with_its_agreement_where_the_machine_runs_it(capsys, fp8_on_this_cpu):
+def test_fp8_is_measured_against_bf16_with_its_agreement_where_the_machine_runs_it(
+    capsys, fp8_on_this_cpu, bf16_process
+):
     """Where fp8 runs (an fp8 GPU; this CPU through the fixture), the head_options section adds
     model.backbone_dtype fp8 against bf16 in the training step and in evaluation, and beside the evaluation's speed
     how far fp8's outputs are from bf16's (fp8_agreement): the same images, in the JSON and the report."""
-    from accelerate.state import AcceleratorState
-
-    args = ["--quick", "--sections", "head_options", "--model", "test_vit", "--no-compile", "--repeats", "1"]
-    try:
-        results = main(args)
-    finally:  # bf16 measurements leave Accelerate's process-wide state in bf16; later tests train in 'no'
-        AcceleratorState._reset_state(reset_partial_state=True)
+    results = main(["--quick", "--sections", "head_options", "--model", "test_vit", "--no-compile", "--repeats", "1"])
     effects = {e["option"]: e for e in results["head_options"]}
     assert list(effects)[-2:] == ["model.backbone_dtype fp8 (training step)", "model.backbone_dtype fp8 (evaluation)"]
     for effect in list(effects.values())[-2:]:
@@ -244,13 +235,11 @@ def test_versus_timm_skips_without_timms_train_py(tmp_path, capsys):
     assert versus_timm([]) is None and "pass --timm-train PATH" in capsys.readouterr().out
 
 
-def test_the_recipes_are_measured_as_their_configs_run_them_and_projected(tmp_path, capsys, monkeypatch):
+def test_the_recipes_are_measured_as_their_configs_run_them_and_projected(tmp_path, capsys, monkeypatch, bf16_process):
     """`--sections recipes` (benchmarks/gpu.sh's projection of the paper's table) on the real recipe files, made tiny
     by overrides: each recipe's training step runs at its micro-batch with its preprocessing and its evaluation in
     its eval precision (the paper recipes: fp32); each variant's table is the sum of the formula of its measured
     speeds; a recipe-scoped override reaches that recipe alone; a bad override is one recipe's error, not the run's."""
-    from accelerate.state import AcceleratorState
-
     # As on a GPU whose datasheet gives 100 TFLOP/s in bf16 and 10 in fp32 (peak_flops is None on a CPU)
     peaks = {"bf16": 100e12, "no": 10e12}
     monkeypatch.setattr("benchmarks.throughput.peak_flops", lambda device, precision: (peaks[precision], "test"))
@@ -260,10 +249,7 @@ def test_the_recipes_are_measured_as_their_configs_run_them_and_projected(tmp_pa
     path = tmp_path / "recipes.json"
     args = ["--sections", "recipes", "--recipes", "recipes/cait_s36.py", "recipes/deit_b_distilled.py"]
     args += ["--recipe-variants", tiny, fast, "train.compile", "--steps", "1", "--warmup", "1", "--repeats", "1"]
-    try:
-        main([*args, "--json", str(path)])
-    finally:  # bf16 measurements leave Accelerate's process-wide state in bf16; later tests train in 'no'
-        AcceleratorState._reset_state(reset_partial_state=True)
+    main([*args, "--json", str(path)])  # bf16 measurements: bf16_process resets Accelerate's state after
     written, report = json.loads(path.read_text())["recipes"], capsys.readouterr().out
     assert [v["variant"] for v in written] == [tiny, fast, "train.compile"]
     for variant in written[:2]:
