@@ -167,6 +167,11 @@ class TrainConfig:
     # evaluated every epoch beside the raw weights; 0: off; e.g. 0.9998
     ema_decay: float = 0.0
     ema_warmup: bool = False  # ramp the EMA decay up over the first updates (timm's use_warmup)
+    # head mode: keep what the frozen backbone hands the head (features.py), computed once per run: the validation
+    # images' at the first evaluation, the training images' in the first epoch when nothing random happens before
+    # the head (no augmentation, Mixup/CutMix, random erasing, drop path or teacher); the same scores and weights,
+    # bitwise. false: every feature computed every time (for comparison and debugging)
+    cache_features: bool = resumable(True)
 
 
 @dataclass
