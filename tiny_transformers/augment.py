@@ -110,10 +110,15 @@ class BatchAugment:
         if self.mixup is not None:
             x, targets = self._mix(x, labels)
         else:
-            targets = mixup_target(labels, self.num_classes, lam=1.0, smoothing=self.label_smoothing)
+            targets = self.targets(labels)
         if self.erasing is not None:
             x = self.erasing(x)
         return x, targets
+
+    def targets(self, labels: torch.Tensor) -> torch.Tensor:
+        """The soft targets of a micro-batch without Mixup/CutMix (label smoothing only): what :meth:`train` gives
+        with them off, for a micro-batch whose model input is not needed (the feature cache, features.py)."""
+        return mixup_target(labels, self.num_classes, lam=1.0, smoothing=self.label_smoothing)
 
     def _mix(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # timm's batch Mixup pairs image i with image B-1-i and needs an even batch; an epoch's last

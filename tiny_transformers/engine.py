@@ -22,6 +22,7 @@ from .checkpoint import TrainerState
 from .config import AugmentConfig, FinetuneConfig
 from .data import DataBundle, DecodeTransform, collate
 from .errors import ConfigError
+from .features import EvalFeatures, FeatureCache, TrainFeatures, capture, head_forward, head_logits
 from .metrics import TopKScores
 from .models import unwrap_logits
 from .plan import Plan
@@ -80,6 +81,7 @@ class Training(Protocol):
     config: FinetuneConfig
     ema: nn.Module | None  # timm ModelEmaV3
     teacher: nn.Module | None  # frozen, eval mode
+    features: FeatureCache | None  # head mode's kept features (train.cache_features)
 
 
 def train_steps(run: Training, loader: torch.utils.data.DataLoader) -> Iterator[int]:
@@ -102,6 +104,8 @@ def train_steps(run: Training, loader: torch.utils.data.DataLoader) -> Iterator[
     n, k = plan.num_processes, plan.accumulation_steps
     rank, device = accelerator.process_index, accelerator.device
     batches = iter(loader)
+    cache = run.features.train if run.features is not None else None
+    order = iter(loader.batch_sampler) if cache is not None else None  # each micro-batch's rows, for the cache
     bar = tqdm(
         total=plan.steps_per_epoch,
         initial=state.step_in_epoch,
@@ -118,9 +122,11 @@ def train_steps(run: Training, loader: torch.utils.data.DataLoader) -> Iterator[
                 real = g < plan.micro_batches_per_epoch
                 if not real and n == 1:
                     break
+                indices = None
                 if real:
                     images, labels = next(batches)
                     images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                    indices = next(order) if order is not None else None
                 else:
                     # The epoch's last window is short: a process without data still runs a zero-weight pass so
                     # that every process joins DDP's gradient all-reduce the same number of times.
@@ -129,10 +135,7 @@ def train_steps(run: Training, loader: torch.utils.data.DataLoader) -> Iterator[
                 # Gradients are all-reduced once per update: on the window's last micro-batch.
                 context = contextlib.nullcontext() if j == k - 1 else accelerator.no_sync(model)
                 with context, keyed_rng(device, seed, state.epoch, g, **augment.host_generators):
-                    x, targets = augment.train(images, labels)
-                    with accelerator.autocast():
-                        output = model(x)
-                        teacher_logits = _teacher_logits(run.teacher, x)
+                    output, targets, teacher_logits = _forward(run, images, labels, cache, indices)
                     per_image = loss_per_image(output, targets, teacher_logits, run.config.augment)
                     weight = (n / window_images) if real else 0.0
                     accelerator.backward(per_image.sum() * weight)
@@ -161,6 +164,24 @@ def train_steps(run: Training, loader: torch.utils.data.DataLoader) -> Iterator[
             yield state.global_step
     finally:
         bar.close()
+
+
+def _forward(run: Training, images: torch.Tensor, labels: torch.Tensor, cache: TrainFeatures | None, indices):
+    """The model's output, the soft targets and the teacher's logits of one micro-batch, under the training
+    autocast. With the training feature cache (features.py), a micro-batch whose head inputs are kept runs only the
+    head; one whose are not runs the whole model and keeps them."""
+    accelerator, model, augment = run.accelerator, run.model, run.augment
+    kept = cache.lookup(indices) if indices is not None else None
+    if kept is not None:
+        with accelerator.autocast(), head_forward(accelerator.unwrap_model(model)):
+            return model(kept), augment.targets(labels), None
+    x, targets = augment.train(images, labels)
+    inner = accelerator.unwrap_model(model)
+    with accelerator.autocast(), capture(inner, indices is not None) as captured:
+        output = model(x)
+        if captured is not None:
+            cache.keep(inner, indices, captured, output)
+        return output, targets, _teacher_logits(run.teacher, x)
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
@@ -219,6 +240,7 @@ def evaluate(
     progress: bool = True,
     collect_predictions: bool = False,
     autocast: bool = True,
+    features: EvalFeatures | None = None,
 ) -> dict:
     """Top-1, top-5 (percent) and mean cross-entropy over the whole eval split, each image counted once.
 
@@ -226,24 +248,36 @@ def evaluate(
     count equals the split's size on any number of processes. With ``collect_predictions`` the
     result also holds ``predictions`` and ``references`` (top-1 class per image, in split order).
     ``autocast=False`` evaluates in fp32 whatever the training precision (the official code's evaluation).
+    ``features`` (head mode's cache, features.py): an empty one is filled by this pass, a full one replaces the
+    frozen backbone, so that only the head runs.
     """
     model.eval()
     metric = TopKScores(k=min(5, num_classes))  # on the device: no host read per batch
     top1_predictions, references = [], []
-    for images, labels in tqdm(
-        loader, desc="evaluate", disable=not (progress and accelerator.is_main_process), dynamic_ncols=True, leave=False
+    batches = _cached_logits if features is not None and features.ready else _model_logits
+    for logits, labels, kept in tqdm(
+        batches(accelerator, model, loader, augment, autocast, features),
+        total=len(loader),
+        desc="evaluate",
+        disable=not (progress and accelerator.is_main_process),
+        dynamic_ncols=True,
+        leave=False,
     ):
-        x = augment.resize_normalize(images)
-        with accelerator.autocast() if autocast else own_forward(accelerator, model):
-            logits = unwrap_logits(model(x)).float()
         losses = F.cross_entropy(logits, labels, reduction="none")
         topk = logits.topk(metric.k, dim=-1).indices
-        topk, labels, losses = accelerator.gather_for_metrics((topk, labels, losses))
+        if kept is None:
+            topk, labels, losses = accelerator.gather_for_metrics((topk, labels, losses))
+        else:  # what gather_for_metrics kept of this batch at the first pass
+            topk, labels, losses = (t[:kept] for t in accelerator.gather((topk, labels, losses)))
+        if features is not None and not features.ready:
+            features.kept(len(labels))
         if accelerator.is_main_process:
             metric.add(topk, labels, losses)
         if collect_predictions:
             top1_predictions.append(topk[:, 0])
             references.append(labels)
+    if features is not None:
+        features.finish()
     result = {}
     if accelerator.is_main_process:
         computed = metric.compute()
@@ -259,6 +293,31 @@ def evaluate(
         result["references"] = torch.cat(references).tolist() if references else []
     model.train()
     return result
+
+
+def _model_logits(accelerator, model, loader, augment, autocast, features) -> Iterator[tuple]:
+    """(fp32 logits, labels, None) per batch of the loader, through the whole model; with ``features`` (empty),
+    each batch's head inputs are kept (the first batch's checked against the model's own output)."""
+    inner = accelerator.unwrap_model(model)
+    if features is not None:
+        features.batches.clear()  # a pass cut short earlier kept part of the split
+    for images, labels in loader:
+        x = augment.resize_normalize(images)
+        keeping = features is not None and features.enabled
+        with accelerator.autocast() if autocast else own_forward(accelerator, model), capture(inner, keeping) as kept:
+            output = model(x)
+            if keeping:
+                features.add(inner, kept, output, labels)
+        yield unwrap_logits(output).float(), labels, None
+
+
+def _cached_logits(accelerator, model, loader, augment, autocast, features) -> Iterator[tuple]:
+    """(fp32 logits, labels, rows kept) per batch that the first evaluation kept, through the head alone."""
+    inner = accelerator.unwrap_model(model)
+    for batch_features, labels, kept in features.batches:
+        with accelerator.autocast() if autocast else contextlib.nullcontext():
+            logits = unwrap_logits(head_logits(inner, batch_features)).float()
+        yield logits, labels, kept
 
 
 def usable_cores() -> int:

@@ -37,6 +37,7 @@ from .config import FinetuneConfig, flat_config
 from .data import DataBundle, DecodeTransform, collate, load_data, verify_images
 from .engine import check_process_precision, cpu_threads_warnings, current_lr, eval_loader, evaluate, train_steps
 from .errors import CheckpointError, TinyTransformersError
+from .features import FeatureCache
 from .models import (
     build_model,
     check_image_size,
@@ -153,6 +154,7 @@ class Run:
     ema: ModelEmaV3 | None = None  # with train.ema_decay
     teacher: torch.nn.Module | None = None  # with model.teacher
     loader: DataLoader | None = None  # the training loader, made by the first train_loader() and kept
+    features: FeatureCache | None = None  # head mode's kept backbone features (train.cache_features)
 
     def train_loader(self) -> DataLoader:
         """This process's micro-batches of ``state.epoch``, from ``state.step_in_epoch`` on (see sampler.py).
@@ -231,6 +233,7 @@ class Run:
             self.data.num_classes,
             t.progress,
             autocast=autocast,
+            features=self.features.eval if self.features is not None else None,
         )
 
     def save_checkpoint(self) -> Path:
@@ -305,6 +308,7 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
     model = build_model(config.model, data.num_classes, config.data.image_size)  # model.fast_attention's swap too
     speed_up_backbone(model, config)  # model.backbone_dtype bf16/fp8's cast and train.compile (full: the whole model)
     mean, std = normalization(model, config.data.normalization)
+    features, cache_line = FeatureCache.for_run(config, model, len(data.train), config.train.micro_batch_size)
     optimizer = build_optimizer(config.optim, model)
     scheduler = build_schedule(optimizer, config.optim, plan)
     ema = ModelEmaV3(model, config.train.ema_decay, use_warmup=config.train.ema_warmup, stochastic_rounding=False)
@@ -347,7 +351,7 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
     accelerator.print(
         f"tiny_transformers: {config.model.name} ({_count(total)} parameters, {_count(trainable)} trainable, "
         f"{config.model.train_mode} mode) on {data.source_kind} data: {len(data.train)} train / {len(data.eval)} "
-        f"eval images, {data.num_classes} classes\n{plan.describe()}\noutputs: {folder.root}"
+        f"eval images, {data.num_classes} classes\n{plan.describe()}\n{cache_line}\noutputs: {folder.root}"
         + (
             f"\nresuming from {resume_from.name}: epoch {state.epoch + 1}, step {state.step_in_epoch}"
             if resume_from
@@ -361,7 +365,7 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
     for warning in warnings if accelerator.is_main_process else []:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     return Run(config, folder, data, plan, accelerator, model, optimizer, scheduler, augment, train_data,
-               evaluation, state, mean, std, ema, teacher)  # fmt: skip
+               evaluation, state, mean, std, ema, teacher, features=features)  # fmt: skip
 
 
 def finish(run: Run, pushes: BackgroundPublisher | None = None) -> FinetuneResult:

@@ -1,0 +1,262 @@
+"""Head mode's feature cache (``train.cache_features``): what the frozen backbone hands the head, computed once.
+
+In head mode only the classifier head(s) train. What reaches them from the frozen part (a ViT's class token after
+its norm, distilled DeiT's two tokens, Swin's pooled features: each head module's input, whatever the family) is
+the same every time an image passes in eval mode, and in train mode when nothing random happens before the head.
+So the first evaluation of a run keeps each validation batch's head inputs and every later evaluation (raw weights
+and EMA) runs only the head on them; and a run whose training input is deterministic keeps each training image's
+head inputs in its first epoch and later epochs run only the head.
+
+The results are bitwise those of the uncached run: every head pass sees the very tensors the full forward handed
+it, in batches of the same size (a matmul's rows can round differently at another batch size, so evaluation
+replays its own batches, and training serves a micro-batch from the cache only when each of its images was computed
+in a full micro-batch, recomputing the epoch's ragged last one). The first cached batch is checked against the
+model's own output; a model whose output is not its head's (an unusual family) computes every feature every time,
+said in one line. The features live where the model does (device memory) and are never part of a checkpoint: a
+resumed run computes them again. Costs per paper model: docs/benchmarks.md#feature-cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from .config import FinetuneConfig
+from .models import head_modules, unwrap_logits
+
+Features = tuple[torch.Tensor, ...]  # one tensor per head module: its input, a row per image
+
+
+def head_logits(model: nn.Module, features: Features) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """The model's output computed from its heads' inputs alone, as its own forward combines them: one head's
+    output, or distilled DeiT's two heads averaged (in train mode with distillation, the pair).
+
+    >>> import timm
+    >>> model = timm.create_model("test_vit", pretrained=False, num_classes=3).eval()
+    >>> x = torch.randn(2, 3, 160, 160)
+    >>> with capture_head_inputs(model) as captured: logits = model(x)
+    >>> torch.equal(head_logits(model, captured.features()), logits)
+    True
+    """
+    heads = head_modules(model)
+    outputs = [head(f) for head, f in zip(heads, features)]
+    if len(outputs) == 1:
+        return outputs[0]
+    if getattr(model, "distilled_training", False) and model.training:
+        return outputs[0], outputs[1]
+    return (outputs[0] + outputs[1]) / 2
+
+
+class _Captured:
+    """The inputs of a model's head modules during one forward (filled by :func:`capture_head_inputs`)."""
+
+    def __init__(self, count: int) -> None:
+        self.inputs: list[torch.Tensor | None] = [None] * count
+
+    def features(self) -> Features:
+        if any(f is None for f in self.inputs):
+            raise RuntimeError("the forward did not call every head module")
+        return tuple(self.inputs)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def capture_head_inputs(model: nn.Module) -> Iterator[_Captured]:
+    """Inside the block, each forward of ``model`` records the input of each head module (a contiguous copy, so
+    that a ViT's class-token view does not keep the whole token tensor alive)."""
+    captured = _Captured(len(head_modules(model)))
+
+    def hook(index: int):
+        def record(_module: nn.Module, args: tuple) -> None:
+            captured.inputs[index] = args[0].detach().clone()
+
+        return record
+
+    handles = [head.register_forward_pre_hook(hook(i)) for i, head in enumerate(head_modules(model))]
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _stochastic_modules(model: nn.Module) -> list[str]:
+    """The modules before the head that draw random numbers or see the batch in train mode: dropout, drop path,
+    patch dropout with a non-zero rate, batch norm (batch statistics)."""
+    heads = {id(m) for head in head_modules(model) for m in head.modules()}
+    found = []
+    for name, module in model.named_modules():
+        if id(module) in heads:
+            continue
+        rate = next((getattr(module, a) for a in ("p", "drop_prob", "prob") if hasattr(module, a)), None)
+        random_drop = "drop" in type(module).__name__.lower() and isinstance(rate, (int, float)) and rate > 0
+        if random_drop or isinstance(module, nn.modules.batchnorm._BatchNorm):
+            found.append(name or type(module).__name__)
+    return found
+
+
+def training_cache_off(config: FinetuneConfig) -> str | None:
+    """Why a head-mode run's training features cannot be kept (the first reason, as the end of a sentence), or
+    None when its input to the head is deterministic. The model's own stochastic modules are checked when it is
+    built (:meth:`FeatureCache.for_model`).
+
+    >>> from tiny_transformers.config import paper_config
+    >>> training_cache_off(paper_config("vit_l"))
+    'augment.randaugment_ops is 2'
+    """
+    a, m = config.augment, config.model
+    mixing = (a.mixup_alpha > 0 or a.cutmix_alpha > 0) and a.mixup_prob > 0
+    reasons = [
+        (a.randaugment_ops > 0, f"augment.randaugment_ops is {a.randaugment_ops}"),
+        (mixing, "Mixup/CutMix is on"),
+        (a.random_erasing > 0, f"augment.random_erasing is {a.random_erasing:g}"),
+        (m.drop_path_rate > 0, f"model.drop_path_rate is {m.drop_path_rate:g}"),
+        (bool(m.teacher), "model.teacher is set"),
+    ]
+    return next((reason for on, reason in reasons if on), None)
+
+
+class EvalFeatures:
+    """This process's evaluation batches as head inputs, in loader order, kept by the first evaluation.
+
+    ``batches`` holds (features, labels, rows kept after the gather): a later pass gathers the same tensors and
+    drops what ``gather_for_metrics`` dropped at the first (the duplicates that even sharding adds)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list] = []  # [features, labels, rows kept]
+        self.ready = False  # every batch of one whole pass is in
+        self.enabled = True  # False once the head alone did not reproduce the model's output
+
+    def add(self, model: nn.Module, captured: _Captured, output: torch.Tensor, labels: torch.Tensor) -> None:
+        """Keep a batch's head inputs (call inside the forward's precision context); the first is checked."""
+        features = captured.features()
+        if self.batches or check_head_alone(model, features, output):
+            self.batches.append([features, labels, None])
+        else:
+            self.enabled = False
+
+    def kept(self, rows: int) -> None:
+        """The rows of the last batch that the gather kept."""
+        if self.enabled and self.batches and self.batches[-1][2] is None:
+            self.batches[-1][2] = rows
+
+    def finish(self) -> None:
+        self.ready = self.enabled and bool(self.batches)
+
+    def nbytes(self) -> int:
+        return sum(f.nbytes for features, _, _ in self.batches for f in features)
+
+
+class TrainFeatures:
+    """Each training image's head inputs, computed in a full micro-batch of the first epoch (or of the first epoch
+    it was in one), indexed by its row in the train split; served only to full micro-batches of later epochs."""
+
+    def __init__(self, train_samples: int, micro_batch_size: int) -> None:
+        self.size, self.micro_batch_size = train_samples, micro_batch_size
+        self.store: list[torch.Tensor] | None = None  # one (train_samples, ...) tensor per head, made at first use
+        self.filled: torch.Tensor | None = None
+        self.enabled = True  # False once the head alone did not reproduce the model's output
+
+    def lookup(self, indices: Sequence[int]) -> Features | None:
+        """The kept head inputs of a full micro-batch whose every image is kept, else None."""
+        if self.store is None or len(indices) != self.micro_batch_size:
+            return None
+        rows = torch.as_tensor(indices, device=self.filled.device)
+        if not bool(self.filled[rows].all()):
+            return None
+        return tuple(s[rows] for s in self.store)
+
+    def keep(self, model: nn.Module, indices: Sequence[int], captured: _Captured, output: torch.Tensor) -> None:
+        """Keep the head inputs of a full micro-batch (call inside the forward's precision context; a ragged
+        micro-batch is recomputed every epoch); the first is checked against the model's ``output``."""
+        if len(indices) != self.micro_batch_size or not self.enabled:
+            return
+        features = captured.features()
+        if self.store is None and not check_head_alone(model, features, output):
+            self.enabled = False
+            return
+        first = features[0]
+        if self.store is None:
+            self.store = [f.new_empty((self.size, *f.shape[1:])) for f in features]
+            self.filled = torch.zeros(self.size, dtype=torch.bool, device=first.device)
+        rows = torch.as_tensor(indices, device=first.device)
+        for store, f in zip(self.store, features):
+            store[rows] = f
+        self.filled[rows] = True
+
+    def nbytes(self) -> int:
+        return sum(s.nbytes for s in self.store) if self.store is not None else 0
+
+
+@contextlib.contextmanager
+def head_forward(model: nn.Module) -> Iterator[None]:
+    """Inside the block ``model`` (the module a DDP wrapper holds, when there is one) takes a micro-batch's head
+    inputs and runs only its head(s); called through the prepared model, DDP all-reduces the head's gradients as
+    for a full forward. The block must set the training precision itself (``accelerator.autocast()``): the forward
+    Accelerate wrapped in it is set aside meanwhile."""
+    own = model.__dict__.get("forward")  # Accelerate's autocast wrapper, when it made one
+    model.forward = lambda features: head_logits(model, features)
+    try:
+        yield
+    finally:
+        if own is None:
+            del model.forward
+        else:
+            model.forward = own
+
+
+class FeatureCache:
+    """A run's kept features: evaluation always (in head mode), training when its input is deterministic."""
+
+    def __init__(self, train: TrainFeatures | None) -> None:
+        self.eval = EvalFeatures()
+        self.train = train
+
+    @classmethod
+    def for_run(
+        cls, config: FinetuneConfig, model: nn.Module, train_samples: int, micro_batch_size: int
+    ) -> tuple[FeatureCache | None, str]:
+        """The cache of a run (None in full mode or with ``train.cache_features false``) and the plan's line
+        saying what it keeps, and why training features are not kept when they are not."""
+        if config.model.train_mode != "head" or not config.train.cache_features:
+            why = "full mode" if config.model.train_mode != "head" else "train.cache_features false"
+            return None, f"feature cache: off ({why}): every feature computed every time"
+        off = training_cache_off(config)
+        if off is None and (stochastic := _stochastic_modules(model)):
+            off = f"the backbone has random or batch-dependent layers in training ({', '.join(stochastic[:3])})"
+        train = TrainFeatures(train_samples, micro_batch_size) if off is None else None
+        line = "feature cache: evaluation features computed once per run" + (
+            "; training features too, in the first epoch (nothing random before the head)"
+            if train
+            else f"; training features every step ({off}; train.cache_features needs no augmentation before the head)"
+        )
+        return cls(train), line
+
+
+def check_head_alone(model: nn.Module, features: Features, output: torch.Tensor) -> bool:
+    """Whether the head alone reproduces the model's ``output`` bitwise from ``features`` (call it in the forward's
+    precision context); when not, says once that the cache is off for the run."""
+    with torch.no_grad():
+        alone = unwrap_logits(head_logits(model, features))
+    if torch.equal(alone.float(), unwrap_logits(output).float()):
+        return True
+    print(
+        "warning: train.cache_features: this model's output is not its head's output on the backbone's features, "
+        "so every feature is computed every time (the same results, without the speed-up).",
+        file=sys.stderr,
+        flush=True,
+    )
+    return False
+
+
+@contextlib.contextmanager
+def capture(model: nn.Module, on: bool = True) -> Iterator[_Captured | None]:
+    """:func:`capture_head_inputs` when ``on``, else nothing."""
+    if not on:
+        yield None
+        return
+    with capture_head_inputs(model) as captured:
+        yield captured
