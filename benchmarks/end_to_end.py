@@ -79,21 +79,8 @@ def end_to_end(settings: Settings) -> dict[str, Any]:
         started = time.perf_counter()
         write(data, settings.classes, settings.train_per_class, settings.val_per_class)
         result["write_seconds"] = time.perf_counter() - started
-    shutil.rmtree(out, ignore_errors=True)  # one epoch from scratch, never a resume of an earlier run
-    # accelerate launch gives a process 1 thread (OMP_NUM_THREADS=1) unless told otherwise; the projection measured
-    # with this process's threads, and so must the run it is checked against
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1"]
-    command += ["--num_cpu_threads_per_process", str(torch.get_num_threads())]
-    command += ["--mixed_precision", "no", "--dynamo_backend", "no", settings.recipe, "--data.source", str(data)]
-    command += ["--model.pretrained", "false", "--train.epochs", "1", "--train.output_dir", str(out)]
-    command += overrides_for(settings.recipe, settings.variant)
-    result["command"] = shlex.join(["accelerate", "launch", *command[3:]])
-    started = time.perf_counter()
-    launched = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    result["process_seconds"] = time.perf_counter() - started
-    result["returncode"] = launched.returncode
-    if launched.returncode != 0:
-        result["error"] = (launched.stderr or launched.stdout)[-2000:]
+    result.update(launch_recipe(settings.recipe, data, out, settings.variant, epochs=1))
+    if "error" in result:
         return result
     (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     result["epoch_seconds"] = record["epoch_seconds"]
@@ -105,6 +92,27 @@ def end_to_end(settings: Settings) -> dict[str, Any]:
         if projected is not None:
             result["projected_epoch_seconds"] = projected
             result["epoch_over_projection"] = record["epoch_seconds"] / projected
+    return result
+
+
+def launch_recipe(recipe: str, data: Path, out: Path, variant: str = "", epochs: int = 1) -> dict[str, Any]:
+    """Run ``epochs`` of ``recipe`` on ``data`` into ``out`` (emptied first: never a resume of an earlier run) with
+    random weights, timed whole: ``command``, ``process_seconds``, ``returncode`` and, on failure, ``error``."""
+    shutil.rmtree(out, ignore_errors=True)
+    # accelerate launch gives a process 1 thread (OMP_NUM_THREADS=1) unless told otherwise; the projection measured
+    # with this process's threads, and so must the run it is checked against
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1"]
+    command += ["--num_cpu_threads_per_process", str(torch.get_num_threads())]
+    command += ["--mixed_precision", "no", "--dynamo_backend", "no", recipe, "--data.source", str(data)]
+    command += ["--model.pretrained", "false", "--train.epochs", str(epochs), "--train.output_dir", str(out)]
+    command += overrides_for(recipe, variant)
+    result: dict[str, Any] = {"command": shlex.join(["accelerate", "launch", *command[3:]])}
+    started = time.perf_counter()
+    launched = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    result["process_seconds"] = time.perf_counter() - started
+    result["returncode"] = launched.returncode
+    if launched.returncode != 0:
+        result["error"] = (launched.stderr or launched.stdout)[-2000:]
     return result
 
 

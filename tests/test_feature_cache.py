@@ -253,3 +253,25 @@ def test_a_cached_run_killed_and_resumed_ends_as_the_uncached_one(probe_data, tm
     done = launched(probe_data, out, 1, *extra)
     assert "resuming from step_" in done.stdout
     assert_same_run(out, reference)
+
+
+@pytest.mark.slow
+def test_the_benchmark_runs_the_recipe_with_and_without_the_cache_and_compares_the_scores(tmp_path, capsys):
+    """benchmarks/feature_cache.py, tiny: the real recipe launched off then on, as a probe (so both caches act);
+    the runs' scores compared and the ratio is of the runs' own timings (never asserted as a speed)."""
+    from benchmarks.feature_cache import main as feature_cache
+
+    variant = "model.name=test_vit data.image_size=32 train.micro_batch_size=8 train.batch_size=16"
+    variant += " train.mixed_precision=bf16 augment.randaugment_ops=0 model.drop_path_rate=0 augment.mixup_alpha=0"
+    variant += " augment.cutmix_alpha=0 augment.random_erasing=0"
+    args = ["--data", str(tmp_path / "set"), "--output-dir", str(tmp_path / "runs"), "--classes", "3"]
+    args += ["--train-per-class", "16", "--val-per-class", "2", "--epochs", "2", "--variant", variant]
+    result = feature_cache([*args, "--json", str(tmp_path / "cache.json")])
+    assert result["same_scores"] is True
+    (off,), (on,) = result["runs"]["false"], result["runs"]["true"]
+    assert len(off["scores"]) == len(on["scores"]) == 2 and off["scores"] == on["scores"]
+    assert "--train.cache_features true" in on["command"] and "--train.cache_features false" in off["command"]
+    assert result["process_ratio"] == pytest.approx(on["process_seconds"] / off["process_seconds"])
+    assert result["epochs_ratio"] == pytest.approx(on["epoch_seconds"] / off["epoch_seconds"])
+    assert json.loads((tmp_path / "cache.json").read_text())["same_scores"] is True
+    assert "same metrics.jsonl scores: True" in capsys.readouterr().out
