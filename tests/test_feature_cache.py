@@ -16,7 +16,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from tiny_transformers import finetune
 from tiny_transformers.config import AugmentConfig, FinetuneConfig, ModelConfig, paper_config
-from tiny_transformers.features import FeatureCache, capture_head_inputs, head_logits, training_cache_off
+from tiny_transformers.features import FeatureCache, TrainFeatures, capture_head_inputs, head_logits, training_cache_off
 from tiny_transformers.models import build_model
 from tiny_transformers.plan import Plan
 from tiny_transformers.sampler import MicroBatchSampler
@@ -275,3 +275,30 @@ def test_the_benchmark_runs_the_recipe_with_and_without_the_cache_and_compares_t
     assert result["epochs_ratio"] == pytest.approx(on["epoch_seconds"] / off["epoch_seconds"])
     assert json.loads((tmp_path / "cache.json").read_text())["same_scores"] is True
     assert "same metrics.jsonl scores: True" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("device_full", [False, True])
+def test_training_features_are_kept_by_image_and_served_only_to_full_micro_batches(monkeypatch, device_full):
+    """TrainFeatures: a full micro-batch's head inputs kept under each image's row, served to a later full
+    micro-batch whose images are all kept (in its own order), never to a ragged one; where the device has no room
+    for the store, it lives in host memory and serves the same values."""
+    if device_full:
+
+        def no_room(self, *args, **kwargs):
+            raise torch.OutOfMemoryError("no room")
+
+        monkeypatch.setattr(torch.Tensor, "new_empty", no_room)
+    model = timm.create_model("test_vit", pretrained=False, num_classes=3, img_size=32).eval()
+    cache, images = TrainFeatures(train_samples=6, micro_batch_size=2), torch.randn(6, 3, 32, 32)
+    outputs = {}
+    for batch in ([4, 1], [0, 5], [2]):  # the last is ragged
+        with torch.no_grad(), capture_head_inputs(model) as captured:
+            outputs[tuple(batch)] = model(images[batch])
+            cache.keep(model, batch, captured, outputs[tuple(batch)])
+    assert cache.filled.tolist() == [True, True, False, False, True, True]
+    assert cache.lookup([2]) is None and cache.lookup([2, 0]) is None and cache.lookup([3]) is None
+    (served,) = cache.lookup([5, 4])
+    with torch.no_grad(), capture_head_inputs(model) as captured:
+        model(images[[0, 5]])
+    assert torch.equal(served[0], captured.features()[0][1])  # image 5, as its full micro-batch computed it
+    assert served.dtype == torch.float32 and cache.nbytes() == 6 * 64 * 4

@@ -159,6 +159,7 @@ class TrainFeatures:
         self.store: list[torch.Tensor] | None = None  # one (train_samples, ...) tensor per head, made at first use
         self.filled: torch.Tensor | None = None
         self.enabled = True  # False once the head alone did not reproduce the model's output
+        self.device: torch.device | None = None  # the model's, where a served micro-batch goes
 
     def lookup(self, indices: Sequence[int]) -> Features | None:
         """The kept head inputs of a full micro-batch whose every image is kept, else None."""
@@ -167,7 +168,7 @@ class TrainFeatures:
         rows = torch.as_tensor(indices, device=self.filled.device)
         if not bool(self.filled[rows].all()):
             return None
-        return tuple(s[rows] for s in self.store)
+        return tuple(s[rows].to(self.device, non_blocking=True) for s in self.store)
 
     def keep(self, model: nn.Module, indices: Sequence[int], captured: _Captured, output: torch.Tensor) -> None:
         """Keep the head inputs of a full micro-batch (call inside the forward's precision context; a ragged
@@ -178,17 +179,26 @@ class TrainFeatures:
         if self.store is None and not check_head_alone(model, features, output):
             self.enabled = False
             return
-        first = features[0]
         if self.store is None:
-            self.store = [f.new_empty((self.size, *f.shape[1:])) for f in features]
-            self.filled = torch.zeros(self.size, dtype=torch.bool, device=first.device)
-        rows = torch.as_tensor(indices, device=first.device)
+            self.device, self.store = features[0].device, _allocate(features, self.size)
+            self.filled = torch.zeros(self.size, dtype=torch.bool, device=self.store[0].device)
+        rows = torch.as_tensor(indices, device=self.filled.device)
         for store, f in zip(self.store, features):
-            store[rows] = f
+            store[rows] = f.to(store.device)
         self.filled[rows] = True
 
     def nbytes(self) -> int:
         return sum(s.nbytes for s in self.store) if self.store is not None else 0
+
+
+def _allocate(features: Features, rows: int) -> list[torch.Tensor]:
+    """One (rows, ...) tensor per head input, on the model's device, or in (pinned) host memory where the device
+    has no room for them (the paper models' training features take 0.15-0.6 GB: docs/benchmarks.md#feature-cache)."""
+    try:
+        return [f.new_empty((rows, *f.shape[1:])) for f in features]
+    except torch.OutOfMemoryError:
+        pinned = torch.cuda.is_available()
+        return [torch.empty((rows, *f.shape[1:]), dtype=f.dtype, pin_memory=pinned) for f in features]
 
 
 @contextlib.contextmanager
