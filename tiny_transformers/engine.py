@@ -22,7 +22,7 @@ from .checkpoint import TrainerState
 from .config import AugmentConfig, FinetuneConfig
 from .data import DataBundle, DecodeTransform, collate
 from .errors import ConfigError
-from .features import EvalFeatures, FeatureCache, TrainFeatures, capture, head_forward, head_logits
+from .features import EvalFeatures, FeatureCache, capture, head_forward, head_logits
 from .metrics import TopKScores
 from .models import unwrap_logits
 from .plan import Plan
@@ -98,22 +98,10 @@ def train_steps(run: Training, loader: torch.utils.data.DataLoader) -> Iterator[
     >>> for updates_done in train_steps(run, run.train_loader()):
     ...     pass  # doctest: +SKIP
     """
-    accelerator, model, state, plan, augment = run.accelerator, run.model, run.state, run.plan, run.augment
-    seed, clip = run.config.train.seed, run.config.optim.clip_grad
+    accelerator, model, state, plan = run.accelerator, run.model, run.state, run.plan
     model.train()
-    n, k = plan.num_processes, plan.accumulation_steps
-    rank, device = accelerator.process_index, accelerator.device
-    batches = iter(loader)
-    cache = run.features.train if run.features is not None else None
-    order = iter(loader.batch_sampler) if cache is not None else None  # each micro-batch's rows, for the cache
-    bar = tqdm(
-        total=plan.steps_per_epoch,
-        initial=state.step_in_epoch,
-        desc=f"epoch {state.epoch + 1}",
-        disable=not (run.config.train.progress and accelerator.is_main_process),
-        dynamic_ncols=True,
-    )
-    started, images_seen, shown = time.perf_counter(), 0, 0.0
+    n, k, rank = plan.num_processes, plan.accumulation_steps, accelerator.process_index
+    batches, progress = _micro_batches(run, loader), _Progress(run)
     try:
         for step in range(state.step_in_epoch, plan.steps_per_epoch):
             window_images = window_sample_count(plan, step)
@@ -122,65 +110,108 @@ def train_steps(run: Training, loader: torch.utils.data.DataLoader) -> Iterator[
                 real = g < plan.micro_batches_per_epoch
                 if not real and n == 1:
                     break
-                indices = None
-                if real:
-                    images, labels = next(batches)
-                    images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                    indices = next(order) if order is not None else None
-                else:
-                    # The epoch's last window is short: a process without data still runs a zero-weight pass so
-                    # that every process joins DDP's gradient all-reduce the same number of times.
-                    images = torch.zeros(1, 3, augment.image_size, augment.image_size, dtype=torch.uint8, device=device)
-                    labels = torch.zeros(1, dtype=torch.long, device=device)
+                # The epoch's last window is short: a process without data still runs a zero-weight pass so that
+                # every process joins DDP's gradient all-reduce the same number of times.
+                images, labels, indices = next(batches) if real else _empty_micro_batch(run)
                 # Gradients are all-reduced once per update: on the window's last micro-batch.
                 context = contextlib.nullcontext() if j == k - 1 else accelerator.no_sync(model)
-                with context, keyed_rng(device, seed, state.epoch, g, **augment.host_generators):
-                    output, targets, teacher_logits = _forward(run, images, labels, cache, indices)
+                with (
+                    context,
+                    keyed_rng(accelerator.device, run.config.train.seed, state.epoch, g, **run.augment.host_generators),
+                ):
+                    output, targets, teacher_logits = _forward(run, images, labels, indices)
                     per_image = loss_per_image(output, targets, teacher_logits, run.config.augment)
-                    weight = (n / window_images) if real else 0.0
-                    accelerator.backward(per_image.sum() * weight)
+                    accelerator.backward(per_image.sum() * ((n / window_images) if real else 0.0))
                 if real:
                     state.loss.add(per_image.sum(), len(labels), state.global_step)
-            if clip:
-                state.loss.add_grad_norm(accelerator.clip_grad_norm_(model.parameters(), clip))  # norm before
-            run.optimizer.step()
-            run.optimizer.zero_grad(set_to_none=True)
-            state.step_in_epoch, state.global_step = step + 1, state.global_step + 1
-            run.scheduler.step_update(state.global_step)  # the lr of the next update
-            if run.ema is not None:
-                run.ema.update(accelerator.unwrap_model(model), step=state.global_step)
-
-            images_seen += window_images
-            now = time.perf_counter()
-            if not bar.disable and now - shown >= 1.0:  # the loss shown costs a sync: once a second is plenty
-                shown = now
-                bar.set_postfix(
-                    loss=f"{state.loss.peek_both()[0]:.4f}",
-                    lr=f"{current_lr(run.optimizer):.2e}",
-                    img_s=f"{images_seen / (now - started):.1f}",
-                    refresh=False,  # tqdm's default redraws on every call; update() redraws at its own pace
-                )
-            bar.update(1)
+            _update(run, step)
+            progress.advance(window_images)
             yield state.global_step
     finally:
-        bar.close()
+        progress.close()
 
 
-def _forward(run: Training, images: torch.Tensor, labels: torch.Tensor, cache: TrainFeatures | None, indices):
+def _micro_batches(run: Training, loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor, list | None]]:
+    """This process's micro-batches on the device, with their rows of the train split when the training feature
+    cache needs them (the loader's batch sampler, iterated alongside: the same lists in the same order)."""
+    device = run.accelerator.device
+    order = iter(loader.batch_sampler) if run.features is not None and run.features.train is not None else None
+    for images, labels in loader:
+        rows = next(order) if order is not None else None
+        yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True), rows
+
+
+def _empty_micro_batch(run: Training) -> tuple[torch.Tensor, torch.Tensor, None]:
+    size, device = run.augment.image_size, run.accelerator.device
+    return (
+        torch.zeros(1, 3, size, size, dtype=torch.uint8, device=device),
+        torch.zeros(1, dtype=torch.long, device=device),
+        None,
+    )
+
+
+def _update(run: Training, step: int) -> None:
+    """One optimizer update after the window's micro-batches: clipping (its norm kept), the step, the counters, the
+    schedule's lr for the next update and the EMA."""
+    state, clip = run.state, run.config.optim.clip_grad
+    if clip:
+        state.loss.add_grad_norm(run.accelerator.clip_grad_norm_(run.model.parameters(), clip))  # norm before
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    state.step_in_epoch, state.global_step = step + 1, state.global_step + 1
+    run.scheduler.step_update(state.global_step)  # the lr of the next update
+    if run.ema is not None:
+        run.ema.update(run.accelerator.unwrap_model(run.model), step=state.global_step)
+
+
+class _Progress:
+    """The epoch's tqdm bar on the main process: loss, lr and images/s, redrawn at most once a second (the loss
+    shown costs a host-device read)."""
+
+    def __init__(self, run: Training) -> None:
+        self.run, self.images, self.shown, self.started = run, 0, 0.0, time.perf_counter()
+        self.bar = tqdm(
+            total=run.plan.steps_per_epoch,
+            initial=run.state.step_in_epoch,
+            desc=f"epoch {run.state.epoch + 1}",
+            disable=not (run.config.train.progress and run.accelerator.is_main_process),
+            dynamic_ncols=True,
+        )
+
+    def advance(self, images: int) -> None:
+        self.images += images
+        now = time.perf_counter()
+        if not self.bar.disable and now - self.shown >= 1.0:
+            self.shown = now
+            self.bar.set_postfix(
+                loss=f"{self.run.state.loss.peek_both()[0]:.4f}",
+                lr=f"{current_lr(self.run.optimizer):.2e}",
+                img_s=f"{self.images / (now - self.started):.1f}",
+                refresh=False,  # tqdm's default redraws on every call; update() redraws at its own pace
+            )
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _forward(run: Training, images: torch.Tensor, labels: torch.Tensor, rows: list | None):
     """The model's output, the soft targets and the teacher's logits of one micro-batch, under the training
-    autocast. With the training feature cache (features.py), a micro-batch whose head inputs are kept runs only the
-    head; one whose are not runs the whole model and keeps them."""
+    autocast. With the training feature cache (features.py; ``rows``: the micro-batch's rows of the train split), a
+    micro-batch whose head inputs are kept runs only the head; one whose are not runs the whole model and keeps
+    them."""
     accelerator, model, augment = run.accelerator, run.model, run.augment
-    kept = cache.lookup(indices) if indices is not None else None
+    cache = run.features.train if rows is not None else None
+    kept = cache.lookup(rows) if cache is not None else None
     if kept is not None:
         with accelerator.autocast(), head_forward(accelerator.unwrap_model(model)):
             return model(kept), augment.targets(labels), None
     x, targets = augment.train(images, labels)
     inner = accelerator.unwrap_model(model)
-    with accelerator.autocast(), capture(inner, indices is not None) as captured:
+    with accelerator.autocast(), capture(inner, cache is not None) as captured:
         output = model(x)
         if captured is not None:
-            cache.keep(inner, indices, captured, output)
+            cache.keep(inner, rows, captured, output)
         return output, targets, _teacher_logits(run.teacher, x)
 
 
@@ -278,16 +309,9 @@ def evaluate(
             references.append(labels)
     if features is not None:
         features.finish()
-    result = {}
-    if accelerator.is_main_process:
-        computed = metric.compute()
-        result = {
-            "top1": computed["top1"],
-            "top5": computed[f"top{metric.k}"],
-            "loss": computed["loss"],
-            "count": computed["count"],
-        }
-    result = _broadcast(accelerator, result)
+    computed = metric.compute() if accelerator.is_main_process else {}
+    scores = ("top1", f"top{metric.k}", "loss", "count")
+    result = _broadcast(accelerator, dict(zip(("top1", "top5", "loss", "count"), map(computed.get, scores))))
     if collect_predictions:
         result["predictions"] = torch.cat(top1_predictions).tolist() if top1_predictions else []
         result["references"] = torch.cat(references).tolist() if references else []
