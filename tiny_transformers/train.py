@@ -308,7 +308,7 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
     model = build_model(config.model, data.num_classes, config.data.image_size)  # model.fast_attention's swap too
     speed_up_backbone(model, config)  # model.backbone_dtype bf16/fp8's cast and train.compile (full: the whole model)
     mean, std = normalization(model, config.data.normalization)
-    features, cache_line = FeatureCache.for_run(config, model, len(data.train), config.train.micro_batch_size)
+    features, cache_line = FeatureCache.for_run(config, model, len(data.train), plan.micro_batch_size)
     optimizer = build_optimizer(config.optim, model)
     scheduler = build_schedule(optimizer, config.optim, plan)
     ema = ModelEmaV3(model, config.train.ema_decay, use_warmup=config.train.ema_warmup, stochastic_rounding=False)
@@ -325,33 +325,53 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
     # (timm's t_in_epochs=False), set once per update, so 1 or N processes agree and a resumed run with more
     # train.epochs follows the new, longer cosine instead of the one it started with.
     model, optimizer, evaluation = accelerator.prepare(model, optimizer, evaluation)
-    if ema is not None:
-        ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
-    if config.model.backbone_dtype == "fp8":  # on the GPU: torchao quantizes where the weights are; the EMA shares them
-        layers = fp8_backbone(accelerator.unwrap_model(model), *([ema.module] if ema else []))
-        accelerator.print(f"model.backbone_dtype fp8: {layers} linear layers compute in fp8, the rest in bf16")
-    teacher = None
-    if config.model.teacher:
-        teacher = build_teacher(config.model.teacher, data.num_classes, config.data.image_size, data.class_ids)
-        teacher = teacher.to(accelerator.device)
-        accelerator.unwrap_model(model).set_distilled_training(True)  # the forward returns (class, distillation)
+    teacher = _on_device(accelerator, config, model, ema, data)
     augment = BatchAugment(
         config.data.image_size, mean, std, data.num_classes, config.augment, accelerator.device, config.data.preprocess
     )
-    train_data = data.train.with_transform(DecodeTransform(config.data.native_size))  # RandAugment: on the device
     state, resume_from = (
         _resume(accelerator, resume_from, config, folder.root) if resume_from else (TrainerState(), None)
     )
     scheduler.step_update(state.global_step)
+    run = Run(
+        config=config, folder=folder, data=data, plan=plan, accelerator=accelerator, model=model, optimizer=optimizer,
+        scheduler=scheduler, augment=augment, eval_loader=evaluation, state=state, mean=mean, std=std, ema=ema,
+        teacher=teacher, features=features,
+        train_data=data.train.with_transform(DecodeTransform(config.data.native_size)),  # RandAugment: on the device
+    )  # fmt: skip
+    _announce(run, resume_from, cache_line)
+    return run
 
-    total, trainable = count_parameters(accelerator.unwrap_model(model))
+
+def _on_device(
+    accelerator: Accelerator, config: FinetuneConfig, model: torch.nn.Module, ema: ModelEmaV3 | None, data: DataBundle
+) -> torch.nn.Module | None:
+    """What goes on the device after ``prepare``: the EMA (checkpointed with the run), model.backbone_dtype fp8's
+    copies (torchao quantizes where the weights are; the EMA shares them) and the teacher, which is returned."""
+    if ema is not None:
+        ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
+    if config.model.backbone_dtype == "fp8":
+        layers = fp8_backbone(accelerator.unwrap_model(model), *([ema.module] if ema else []))
+        accelerator.print(f"model.backbone_dtype fp8: {layers} linear layers compute in fp8, the rest in bf16")
+    if not config.model.teacher:
+        return None
+    teacher = build_teacher(config.model.teacher, data.num_classes, config.data.image_size, data.class_ids)
+    accelerator.unwrap_model(model).set_distilled_training(True)  # the forward returns (class, distillation)
+    return teacher.to(accelerator.device)
+
+
+def _announce(run: Run, resume_from: Path | None, cache_line: str) -> None:
+    """``config.json`` and ``labels.json`` written, what will run printed (the derived numbers included), the
+    trackers started, warnings said."""
+    accelerator, config, data, state = run.accelerator, run.config, run.data, run.state
+    total, trainable = count_parameters(accelerator.unwrap_model(run.model))
     if accelerator.is_main_process:
-        folder.write_start(config, data.class_ids, data.class_names)
+        run.folder.write_start(config, data.class_ids, data.class_names)
     accelerator.print(
         f"tiny_transformers: {config.model.name} ({_count(total)} parameters, {_count(trainable)} trainable, "
         f"{config.model.train_mode} mode) on {data.source_kind} data: {len(data.train)} train / {len(data.eval)} "
-        f"eval images, {data.num_classes} classes\n{plan.describe()}\n{cache_line}\noutputs: {folder.root}"
+        f"eval images, {data.num_classes} classes\n{run.plan.describe()}\n{cache_line}\noutputs: {run.folder.root}"
         + (
             f"\nresuming from {resume_from.name}: epoch {state.epoch + 1}, step {state.step_in_epoch}"
             if resume_from
@@ -359,13 +379,12 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
         )
     )
     resumed_at = state.global_step if resume_from else None
-    trackers = folder.tracker_init_kwargs(resumed_at) if accelerator.is_main_process and config.train.log_with else {}
+    main, log_with = accelerator.is_main_process, config.train.log_with
+    trackers = run.folder.tracker_init_kwargs(resumed_at) if main and log_with else {}
     accelerator.init_trackers("tiny_transformers", config=flat_config(config), init_kwargs=trackers)
-    warnings = push_warnings(folder.root, config.hub) + cpu_threads_warnings(plan.num_processes)
-    for warning in warnings if accelerator.is_main_process else []:
+    warnings = push_warnings(run.folder.root, config.hub) + cpu_threads_warnings(run.plan.num_processes)
+    for warning in warnings if main else []:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
-    return Run(config, folder, data, plan, accelerator, model, optimizer, scheduler, augment, train_data,
-               evaluation, state, mean, std, ema, teacher, features=features)  # fmt: skip
 
 
 def finish(run: Run, pushes: BackgroundPublisher | None = None) -> FinetuneResult:
