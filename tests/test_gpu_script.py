@@ -187,6 +187,20 @@ def test_a_failing_check_is_a_row_and_the_next_check_still_runs(smoke, monkeypat
     assert printed.splitlines()[-1] == "cuda smoke: 1 of 2 passed or skipped; failed: preprocess"
 
 
+def test_a_failed_set_up_fails_every_check_in_its_row(smoke, monkeypatch):
+    from benchmarks import cuda_smoke
+
+    def no_data(self, device, root):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(cuda_smoke.Smoke, "__init__", no_data)
+    rows, written, _ = smoke("--checks", "preprocess", "resume")
+    assert [(row["name"], row["status"], row["detail"]) for row in written["rows"]] == [
+        ("preprocess", "fail", "set-up: OSError: No space left on device"),
+        ("resume", "fail", "set-up: OSError: No space left on device"),
+    ]
+
+
 def test_checks_not_started_in_time_are_skip_rows(smoke):
     rows, written, _ = smoke("--seconds", "0", "--checks", "preprocess", "compile")
     assert [(row["name"], row["status"], row["detail"]) for row in rows] == [
