@@ -197,7 +197,8 @@ def check_fp16_step(smoke: Smoke) -> str:
 
 def check_fp32_evaluation(smoke: Smoke) -> str:
     """train.eval_precision fp32 in a run (the forward Accelerate wrapped in the training autocast put back for the
-    evaluation): the run's last scores equal `evaluate`'s fp32 scores of its exported weights."""
+    evaluation): the run's last scores equal `evaluate`'s fp32 scores of its exported weights (bitwise on the CPU;
+    the loss within 1e-5, relative, elsewhere)."""
     from accelerate.state import AcceleratorState
 
     from tiny_transformers.evaluation import evaluate_checkpoint
@@ -212,9 +213,12 @@ def check_fp32_evaluation(smoke: Smoke) -> str:
     ours, theirs = (last["eval_loss"], last["top1"], last["top5"]), (scored["loss"], scored["top1"], scored["top5"])
     detail = f"in training: loss {ours[0]:.6f}, top-1 {ours[1]:.2f}%; evaluate: loss {theirs[0]:.6f}, "
     detail += f"top-1 {theirs[1]:.2f}%"
-    if ours != theirs:
+    if ours == theirs:
+        return f"equal, bitwise ({detail})"
+    # another process's kernels may round fp32 differently; an evaluation left in fp16 moves the loss by ~1e-3
+    if ours[1:] != theirs[1:] or abs(ours[0] - theirs[0]) > 1e-5 * abs(theirs[0]):
         raise AssertionError(f"not equal: {detail}")
-    return f"equal, bitwise ({detail})"
+    return f"equal top-1 and top-5, loss within {abs(ours[0] - theirs[0]) / abs(theirs[0]):.1e} ({detail})"
 
 
 def check_compile(smoke: Smoke) -> str:
