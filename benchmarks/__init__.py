@@ -17,6 +17,8 @@ dicts (the tests call them with tiny settings), one module per section:
 - :mod:`benchmarks.options`: GPU speed options, each against the default;
 - :mod:`benchmarks.recipes`: the recipe files as their configs run them, projected to their whole run and the table
   (``--sections recipes``); :mod:`benchmarks.end_to_end` times one real epoch of a recipe against that projection;
+- :mod:`benchmarks.cuda_smoke`: benchmarks/gpu.sh's first stage, every GPU-only path once on tiny models, pass or
+  fail (``python -m benchmarks.cuda_smoke``);
 - :mod:`benchmarks.versus_timm`: the whole ``tiny-transformers train`` process against timm's ``train.py``
   (``python -m benchmarks.versus_timm --timm-train PATH``);
 - :mod:`benchmarks.machine`, :mod:`benchmarks.report`, :mod:`benchmarks.cli`: the machine and timing

@@ -3,6 +3,8 @@
 # inside one device call (GPU_SH_SECONDS, default 540 s) with every figure measured before the cut in its JSON file
 # (each is rewritten after every measurement). Random weights and synthetic images: nothing is downloaded.
 #
+#   0. gpu-smoke.json      the CUDA smoke stage, at most 60 s: every path only a GPU runs, once, on tiny models
+#                          (benchmarks/cuda_smoke.py): one markdown table of check | pass/fail | detail
 #   1. gpu.json            the four paper recipes as their files run them (fp16 training at their micro-batches with
 #                          the official preprocessing, fp32 evaluation), then with evaluation under autocast and
 #                          model.fast_attention for CaiT and Swin: per recipe img/s, MFU and the projected 30 epochs;
@@ -41,10 +43,15 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 "$python" -c 'import datasets, evaluate, tyro, timm, accelerate' || exit 1
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
 
-# stage NAME COMMAND...: run COMMAND until the deadline (less 15 s for the stages' own exits); report how it ended
+# stage NAME [--cap SECONDS] COMMAND...: run COMMAND until the deadline (less 15 s for the stages' own exits), or for
+# at most SECONDS; report how it ended
 stage() {
   local name=$1 left=$((deadline - SECONDS - 15))
   shift
+  if [ "$1" = "--cap" ]; then
+    [ "$2" -lt "$left" ] && left=$2
+    shift 2
+  fi
   if [ "$left" -le 10 ]; then
     echo "gpu.sh: $name skipped: the deadline has passed (GPU_SH_SECONDS)"
     return
@@ -54,6 +61,7 @@ stage() {
   echo "gpu.sh: $name ended with status $? after $((SECONDS - started)) s in all"
 }
 started=$SECONDS
+stage "0 CUDA smoke" --cap 60 "$python" -m benchmarks.cuda_smoke --seconds 45 --json "$out/gpu-smoke.json"
 fast="train.eval_precision=autocast cait_s36:model.fast_attention=true swin_l:model.fast_attention=true"
 stage "1 recipes" "$python" -m benchmarks --sections recipes --recipe-variants "" "$fast" \
   --steps 4 --warmup 1 --repeats 3 --json "$out/gpu.json"

@@ -13,6 +13,14 @@ Random weights, random 64x64 images; nothing is downloaded.
 
 A variant is a space-separated list of ``field=value`` overrides (``""``: the recipes as written); one prefixed with a
 recipe's file stem, ``cait_s36:model.fast_attention=true``, applies to that recipe alone.
+
+Each head-mode recipe is projected three ways from the same measurements: as ``train.cache_features false`` runs it
+(every pass through the backbone: ``projected_minutes``), with the feature cache (``cached``: the evaluation's
+features computed at the first epoch, later evaluations the head alone; the training's too when nothing random
+happens before the head), and as the ``probe`` ablation row would run it (training: one backbone pass in the first
+epoch, then the head alone; evaluation as cached). A head-only pass is counted from its FLOPs, at the FLOP rate
+measured for the whole pass it replaces (``head_passes``): a floor, which leaves out the per-step overhead
+(launches, optimizer steps) that dominates such tiny passes.
 """
 
 from __future__ import annotations
@@ -140,7 +148,54 @@ def recipe_throughput(
         # peak), its floor on this GPU: a part's time at the peak is its measured time x its MFU
         result["minutes_at_peak"] = result["train_minutes"] * train["mfu"] + result["eval_minutes"] * evaluation["mfu"]
         result["fraction_of_peak"] = result["minutes_at_peak"] / result["projected_minutes"]
+    if m.train_mode == "head" and t.cache_features:
+        result["cached"] = cached_projection(train, evaluation, t.epochs, training_cached=_training_cached(config))
+        result["probe"] = cached_projection(train, evaluation, t.epochs, training_cached=True)
     return result
+
+
+def head_passes(epochs: int, flops_per_image: float, head_flops_per_image: float) -> float:
+    """A run's passes over one split in units of a whole pass, when the features are computed once: the first
+    epoch's whole pass, then ``epochs - 1`` passes of the head alone, each its share of the FLOPs.
+
+    >>> head_passes(30, 100e9, 0.5e9)  # 1 + 29 x 0.005
+    1.145
+    """
+    return 1 + (epochs - 1) * head_flops_per_image / flops_per_image
+
+
+def cached_projection(
+    train: dict[str, Any], evaluation: dict[str, Any], epochs: int, training_cached: bool
+) -> dict[str, float]:
+    """Minutes of a head-mode run with the feature cache, from the measured passes (``train_throughput``'s and
+    ``inference_throughput``'s figures): the evaluation's features once (:func:`head_passes`), the training's too
+    when ``training_cached``; with MFUs (a GPU), the same at the datasheet peaks.
+
+    >>> train = {"images_per_s": 1000.0, "flops_per_image": 3e11, "head_flops_per_image": 6e8, "mfu": None}
+    >>> evaluation = {"images_per_s": 500.0, "flops_per_image": 1e11, "head_flops_per_image": 1e8, "mfu": None}
+    >>> round(cached_projection(train, evaluation, 30, training_cached=False)["eval_minutes"], 4)  # 20 s x 1.029
+    0.343
+    """
+    train_passes = head_passes(epochs, train["flops_per_image"], train["head_flops_per_image"])
+    eval_passes = head_passes(epochs, evaluation["flops_per_image"], evaluation["head_flops_per_image"])
+    minutes = {
+        "train_minutes": (train_passes if training_cached else epochs) * TRAIN_IMAGES / train["images_per_s"] / 60,
+        "eval_minutes": eval_passes * EVAL_IMAGES / evaluation["images_per_s"] / 60,
+    }
+    minutes["projected_minutes"] = minutes["train_minutes"] + minutes["eval_minutes"]
+    if train["mfu"] is not None and evaluation["mfu"] is not None:
+        minutes["minutes_at_peak"] = (
+            minutes["train_minutes"] * train["mfu"] + minutes["eval_minutes"] * evaluation["mfu"]
+        )
+    return minutes
+
+
+def _training_cached(config: FinetuneConfig) -> bool:
+    """Whether the run caches its training features: nothing random before the head (the rule of issue 22's
+    feature cache; the paper recipes' Mixup, CutMix, random erasing and drop path each rule it out)."""
+    a, m = config.augment, config.model
+    mixing = (a.mixup_alpha > 0 or a.cutmix_alpha > 0) and a.mixup_prob > 0
+    return not (a.randaugment_ops or mixing or a.random_erasing or m.drop_path_rate or m.teacher)
 
 
 def recipe_table(
@@ -151,8 +206,10 @@ def recipe_table(
 ) -> list[dict[str, Any]]:
     """Every recipe under every variant, variant by variant; each variant's ``projected_table_minutes`` sums its
     recipes' projections (``complete``: all of them measured) and, on a GPU, ``table_minutes_at_peak`` what they would
-    take at the datasheet peaks, ``table_fraction_of_peak`` the ratio of the two. ``on_progress`` gets the table after
-    each recipe. A recipe that fails (a bad override, out of memory) is recorded with its error and the others go on."""
+    take at the datasheet peaks, ``table_fraction_of_peak`` the ratio of the two; ``cached`` and ``probe`` the same
+    sums with the feature cache and as linear probes (head-mode recipes with ``train.cache_features``).
+    ``on_progress`` gets the table after each recipe. A recipe that fails (a bad override, out of memory) is recorded
+    with its error and the others go on."""
     table: list[dict[str, Any]] = []
     for variant in variants:
         entry: dict[str, Any] = {"variant": variant, "recipes": [], "projected_table_minutes": 0.0, "complete": False}
@@ -169,6 +226,13 @@ def recipe_table(
             if done and all("minutes_at_peak" in r for r in done):
                 entry["table_minutes_at_peak"] = sum(r["minutes_at_peak"] for r in done)
                 entry["table_fraction_of_peak"] = entry["table_minutes_at_peak"] / entry["projected_table_minutes"]
+            for kind in ("cached", "probe"):  # the same table with the feature cache, and as linear probes
+                parts = [r[kind] for r in done if kind in r]
+                if parts:
+                    entry[kind] = {"projected_table_minutes": sum(p["projected_minutes"] for p in parts)}
+                    entry[kind]["complete"] = len(parts) == len(recipes)
+                    if all("minutes_at_peak" in p for p in parts):
+                        entry[kind]["table_minutes_at_peak"] = sum(p["minutes_at_peak"] for p in parts)
             if on_progress is not None:
                 on_progress(table)
     return table

@@ -148,7 +148,8 @@ def format_report(results: dict[str, Any]) -> str:
     for variant in results.get("recipes", []):
         # a markdown table, as issue 12 and docs/benchmarks.md show the paper's table: pasteable as it is printed
         lines += [
-            f"\nrecipes as they run, {variant['variant'] or 'as written'}:\n",
+            f"\nrecipes as they run, {variant['variant'] or 'as written'}, every feature computed every time "
+            "(train.cache_features false):\n",
             "| recipe | model | training: micro-batch x precision, img/s | evaluation: micro-batch x precision, img/s "
             "| 30 epochs: train + eval | GFLOP per image (fwd) | MFU: training / evaluation | at the datasheet peaks |",
             "|---|---|---|---|---|---|---|---|",
@@ -178,6 +179,7 @@ def format_report(results: dict[str, Any]) -> str:
             f"\n   projected table: {_fmt(variant['projected_table_minutes'])} min "
             f"({measured} of {len(variant['recipes'])} recipes measured){at_peak}"
         )
+        lines += _cached_table(variant)
     if results.get("options"):
         lines.append("\noptions, each against the default in the same run (speedup > 1: faster):")
     for e in results.get("options", []):
@@ -194,6 +196,47 @@ def format_report(results: dict[str, Any]) -> str:
             f"speedup {e['speedup']:.3f} ({where})"
         )
     return "\n".join(lines)
+
+
+def _minutes(projection: dict[str, Any], at_peak: bool = False) -> str:
+    if at_peak:
+        return f"{_fmt(projection['minutes_at_peak'])} min" if "minutes_at_peak" in projection else "n/a"
+    return (
+        f"{_fmt(projection['projected_minutes'])} min ({_fmt(projection['train_minutes'])} + "
+        f"{_fmt(projection['eval_minutes'])})"
+    )
+
+
+def _cached_table(variant: dict[str, Any]) -> list[str]:
+    """The variant's recipes with the feature cache and as linear probes (benchmarks/recipes.py), as markdown."""
+    cached = [r for r in variant["recipes"] if "cached" in r]
+    if not cached:
+        return []
+    lines = [
+        f"\nthe same with the feature cache (train.cache_features true), and as linear probes (the ablation's probe "
+        f"row), {variant['variant'] or 'as written'}; head-only passes counted from their FLOPs:\n",
+        "| recipe | head GFLOP per image: training step / evaluation | train.cache_features false | with the cache: "
+        "train + eval | at the datasheet peaks | probe: train + eval | probe at the datasheet peaks |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in cached:
+        lines.append(
+            f"| {r['recipe']} | {r['train']['head_flops_per_image'] / 1e9:.4g} / "
+            f"{r['eval']['head_flops_per_image'] / 1e9:.4g} | {_fmt(r['projected_minutes'])} min | "
+            f"{_minutes(r['cached'])} | {_minutes(r['cached'], True)} | {_minutes(r['probe'])} | "
+            f"{_minutes(r['probe'], True)} |"
+        )
+    totals = []
+    for kind, label in (("cached", "with the cache"), ("probe", "as probes")):
+        entry = variant[kind]
+        peak = (
+            f", at the datasheet peaks {_fmt(entry['table_minutes_at_peak'])} min"
+            if "table_minutes_at_peak" in entry
+            else ""
+        )
+        totals.append(f"{label} {_fmt(entry['projected_table_minutes'])} min{peak}")
+    lines.append(f"\n   projected table: {'; '.join(totals)} ({len(cached)} of {len(variant['recipes'])} recipes)")
+    return lines
 
 
 def write_json(path: str | Path | None, results: dict[str, Any] | list[Any]) -> None:

@@ -159,6 +159,32 @@ def _count_flops(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor,
     return counter.get_total_flops()
 
 
+def head_flops_per_image(
+    model: torch.nn.Module, x: torch.Tensor, autocast: Callable, targets: torch.Tensor | None = None
+) -> float:
+    """FLOPs per image of the trainable head alone on the frozen backbone's features (``forward_head`` on
+    ``forward_features``'s output): what a head-mode pass costs once ``train.cache_features`` holds the features. Its
+    forward; with ``targets``, forward and backward of the loss (the head's weight gradients), a training step's.
+
+    >>> from tiny_transformers.models import build_model
+    >>> m = build_model(ModelConfig(name="test_vit", pretrained=False, train_mode="head"), 10, 32)
+    >>> head_flops_per_image(m, torch.zeros(2, 3, 32, 32), contextlib.nullcontext)  # 2 x 64 x 10 multiply-adds
+    1280.0
+    """
+    from tiny_transformers.engine import loss_fn_per_image
+    from tiny_transformers.models import unwrap_logits
+
+    with torch.no_grad(), autocast():
+        features = model.forward_features(x)
+    with FlopCounterMode(display=False) as counter:
+        with autocast():
+            logits = unwrap_logits(model.forward_head(features))
+        if targets is not None:
+            loss_fn_per_image(logits.float(), targets).sum().backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / len(x)
+
+
 def frozen_backbone_dtype(net: torch.nn.Module, backbone_dtype: str) -> None:
     """``model.backbone_dtype`` on a head-mode model already on its device, as a run applies it: bf16 (and fp8) cast
     the frozen weights; fp8 then computes the linear layers in fp8 (``backbone.fp8_backbone``)."""
@@ -193,6 +219,7 @@ def inference_throughput(
     # tracker needs (under no_grad or inference_mode it fails on CaiT's class-attention blocks, torch 2.14).
     with FlopCounterMode(display=False) as counter, autocast(device, w.precision)():
         net(x[:1])
+    head_flops = head_flops_per_image(net, x[:1], autocast(device, w.precision))
     if compile:
         compile_backbone(net, w.micro_batch, w.micro_batch)
     times = []
@@ -228,6 +255,7 @@ def inference_throughput(
         "images_per_s": w.micro_batch / seconds,
         "first_seconds": first,
         "flops_per_image": flops,
+        "head_flops_per_image": head_flops,  # the forward of the head alone (a cached evaluation's)
         "mfu": flops * w.micro_batch / seconds / peak_device_flops if peak_device_flops else None,
         "peak_flops_source": peak_source,
         "peak_memory_gib": peak,
@@ -317,6 +345,7 @@ def train_throughput(
     x, targets = batch_augment.train(images.to(device), labels.to(device))
     saved = saved_for_backward_bytes(net, x, cast)
     flops = _count_flops(net, x, targets, cast)
+    head_flops = head_flops_per_image(net, x, cast, targets) if mode == "head" else None
     del x, targets
 
     if compile and mode == "head":
@@ -355,6 +384,7 @@ def train_throughput(
         "images_per_s": images_per_s,
         "warmup_seconds": first,
         "flops_per_image": flops / w.micro_batch,
+        "head_flops_per_image": head_flops,  # head mode: the head's forward and backward alone (a cached step's)
         "achieved_tflops": achieved / 1e12,
         "mfu": achieved / peak_device_flops if peak_device_flops else None,
         "peak_flops_source": peak_source,

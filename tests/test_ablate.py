@@ -114,3 +114,97 @@ def test_an_unknown_row_is_one_sentence(tmp_path, capsys):
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "unknown ablation row 'no_mixups'" in line and "no_mixup," in line and line.count(". ") == 0
     assert not (tmp_path / "r").exists()
+
+
+# The probe row: a plain linear probe of the paper recipe, beside the paper's rows
+PROBE_FIELDS = {
+    "model.drop_path_rate": 0.0,
+    "augment.randaugment_ops": 0,
+    "augment.mixup_alpha": 0.0,
+    "augment.cutmix_alpha": 0.0,
+    "augment.random_erasing": 0.0,
+}
+
+
+@pytest.mark.parametrize("model", ["vit_l", "cait_s36", "deit_b_distilled", "swin_l"])
+def test_the_probe_row_is_the_recipe_without_augmentation_or_drop_path(model, tmp_path, capsys):
+    """`ablate MODEL --rows probe` resolves to the paper recipe with exactly the augmentation and drop path off (head
+    only, the recipe's optimizer, schedule and label smoothing kept), and its printed launch line, parsed as the recipe
+    file parses its arguments, gives that same config."""
+    from tiny_transformers.ablate import ALL_ROWS, row_config
+    from tiny_transformers.config import paper_config
+
+    recipe = paper_config(model)
+    probe = row_config(recipe, ALL_ROWS["probe"], tmp_path)
+    old, new = (
+        {f"{s}.{k}": v for s, values in c.to_dict().items() for k, v in values.items()} for c in (recipe, probe)
+    )
+    changed = {name: new[name] for name in new if new[name] != old[name]}
+    expected = {**PROBE_FIELDS, "train.output_dir": str(tmp_path / "probe")}
+    if recipe.model.drop_path_rate == 0:  # distilled DeiT: the official code already ran it without drop path
+        del expected["model.drop_path_rate"]
+    assert changed == expected
+    assert new["model.train_mode"] == "head" and new["augment.label_smoothing"] == 0.1
+    assert (new["optim.lr"], new["optim.weight_decay"], new["train.epochs"]) == (1e-3, 0.05, 30)
+
+    cli.main(["ablate", model, "--rows", "probe", "--print-commands", "--root", str(tmp_path)])
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    words = shlex.split(line)
+    assert words[:3] == ["accelerate", "launch", f"recipes/{model}.py"]
+    assert words[3:] == [
+        *("--train.output_dir", str(tmp_path / "probe"), "--model.train_mode", "head"),
+        *("--model.drop_path_rate", "0", "--augment.randaugment_ops", "0", "--augment.mixup_alpha", "0"),
+        *("--augment.cutmix_alpha", "0", "--augment.random_erasing", "0"),
+    ]
+    launched, _ = cli.parse_config(recipe, words[3:])
+    assert launched == probe
+
+
+def test_the_default_rows_include_the_probe_and_refuse_overriding_its_fields(tmp_path, capsys):
+    from tiny_transformers.ablate import select_rows
+
+    assert [row.name for row in select_rows()] == list(ABLATION_ROWS)[:5] + ["probe"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["ablate", "swin_l", "--model.train_mode", "full", "--root", str(tmp_path / "r")])
+    assert exit_info.value.code == 2
+    assert "--model.train_mode is what the ablation row probe changes" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_report_shows_the_probe_as_a_row_the_paper_has_not_and_what_augmentation_buys(tmp_path):
+    """A finished probe row: its numbers, 'not in the paper' where the paper's number would be, and one line with the
+    difference between the recipe (default) and the probe."""
+    from tiny_transformers.ablate import RowResult, ablation_markdown
+    from tiny_transformers.paper import PAPER_MODELS
+
+    results = [
+        RowResult(ABLATION_ROWS["default"], "finished", 30, 30, 91.5, 98.0),
+        RowResult(ABLATION_ROWS["no_mixup"], "not started"),
+        RowResult(ABLATION_ROWS["probe"], "finished", 30, 30, 89.25, 97.5),
+    ]
+    text = ablation_markdown(tmp_path, results, PAPER_MODELS["swin_l"])
+    (probe,) = [line for line in text.splitlines() if line.startswith("| probe |")]
+    cells = [cell.strip() for cell in probe.strip("|").split("|")]
+    assert cells[2:] == ["none", "89.25", "97.50", "not in the paper", "30"]
+    assert "augment.mixup_alpha 0, augment.cutmix_alpha 0" in cells[1]
+    assert "| default | nothing: the paper recipe" in text and "| 91.35 | 30 |" in text
+    assert "What the paper's augmentation buys over a plain linear probe: +2.25 points top-1" in text
+    unfinished = [results[0], RowResult(ABLATION_ROWS["probe"], "unfinished", 3, 30)]
+    assert "buys" not in ablation_markdown(tmp_path, unfinished, PAPER_MODELS["swin_l"])
+
+
+@pytest.mark.slow
+def test_the_probe_row_trains_head_only_without_augmentation(ablation, stanford_dir, tmp_path, capsys):
+    """One real probe run (test_vit, random weights, the 24-image fixture, one epoch, head mode as the row requires):
+    a finished run whose config has the probe's fields and whose line is in the report beside the recipe's."""
+    root = tmp_path / "swin_l"
+    overrides = [word for word in tiny_overrides(stanford_dir) if word not in ("--model.train_mode", "full")]
+    cli.main(["ablate", "swin_l", "--rows", "probe", "--root", str(root), *overrides])
+    config = flat(root / "probe" / "config.json")
+    assert {name: config[name] for name in PROBE_FIELDS} == PROBE_FIELDS and config["model.train_mode"] == "head"
+    record = json.loads((root / "probe" / "metrics.jsonl").read_text().splitlines()[-1])
+    shutil.copytree(ablation[0] / "default", root / "default")  # the recipe's row, trained by the fixture
+    cli.main(["ablate", "--report", str(root)])
+    text = (root / "ablation.md").read_text()
+    assert f"| {record['top1']:.2f} | {record['top5']:.2f} | not in the paper | 1 |" in text
+    assert "What the paper's augmentation buys over a plain linear probe:" in text

@@ -245,7 +245,7 @@ def test_the_recipes_are_measured_as_their_configs_run_them_and_projected(tmp_pa
     monkeypatch.setattr("benchmarks.throughput.peak_flops", lambda device, precision: (peaks[precision], "test"))
     tiny = "model.name=test_vit data.image_size=32 train.mixed_precision=bf16 train.micro_batch_size=4"
     fast = f"{tiny} train.eval_precision=autocast train.eval_batch_size=8 cait_s36:model.name=cait_xxs24_224"
-    fast += " cait_s36:model.fast_attention=true"
+    fast += " cait_s36:model.fast_attention=true deit_b_distilled:train.cache_features=false"
     path = tmp_path / "recipes.json"
     args = ["--sections", "recipes", "--recipes", "recipes/cait_s36.py", "recipes/deit_b_distilled.py"]
     args += ["--recipe-variants", tiny, fast, "train.compile", "--steps", "1", "--warmup", "1", "--repeats", "1"]
@@ -280,6 +280,17 @@ def test_the_recipes_are_measured_as_their_configs_run_them_and_projected(tmp_pa
         assert variant["table_minutes_at_peak"] == pytest.approx(sum(r["minutes_at_peak"] for r in variant["recipes"]))
         assert f"{variant['table_fraction_of_peak'] * 100:.1f}% of peak" in report
         assert f"projected table: {variant['projected_table_minutes']:,.1f} min (2 of 2 recipes measured)" in report
+        for r in variant["recipes"]:
+            if "cached" in r:
+                check_cached_projection(r, peaks, report)
+        cached = [r for r in variant["recipes"] if "cached" in r]
+        for kind in ("cached", "probe"):
+            table = variant[kind]
+            assert table["complete"] == (len(cached) == 2)
+            assert table["projected_table_minutes"] == pytest.approx(sum(r[kind]["projected_minutes"] for r in cached))
+            assert table["table_minutes_at_peak"] == pytest.approx(sum(r[kind]["minutes_at_peak"] for r in cached))
+    # the feature cache is projected where the run would use it: not with train.cache_features false
+    assert ["cached" in r for r in written[0]["recipes"] + written[1]["recipes"]] == [True, True, True, False]
     as_written, faster = written[0]["recipes"], written[1]["recipes"]
     # as written: fp32 evaluation (the official code's) at the micro-batch; the variant: autocast at 8
     assert [(r["eval_precision"], r["eval"]["precision"], r["eval"]["micro_batch"]) for r in as_written] == [
@@ -295,6 +306,58 @@ def test_the_recipes_are_measured_as_their_configs_run_them_and_projected(tmp_pa
     assert not broken["complete"] and broken["projected_table_minutes"] == 0
     assert all("recipe override 'train.compile' is not field=value" in r["error"] for r in broken["recipes"])
     assert "| recipes/cait_s36.py | ValueError: recipe override 'train.compile' is not field=value" in report
+
+
+def check_cached_projection(r, peaks, report):
+    """One recipe's projection with the feature cache and as a linear probe, recomputed from its JSON's inputs: a
+    split whose features are cached costs one whole pass, then 29 passes of the head alone, counted from the head's
+    FLOPs at the rate measured for the whole pass; at the datasheet peaks, the same FLOPs at the pass's peak."""
+    train, evaluation = r["train"], r["eval"]
+    head = {"test_vit": 64 * 200 * 2, "cait_xxs24_224": 192 * 200 * 2}[r["model"]]  # features x classes multiply-adds
+    assert (evaluation["head_flops_per_image"], train["head_flops_per_image"]) == (head, 2 * head)  # + weight grads
+    eval_seconds = 10_000 / evaluation["images_per_s"] * (1 + 29 * head / evaluation["flops_per_image"])
+    probe_train_seconds = 100_000 / train["images_per_s"] * (1 + 29 * 2 * head / train["flops_per_image"])
+    # the recipe's Mixup, CutMix, random erasing and drop path: every training pass stays whole
+    assert r["cached"]["train_minutes"] == pytest.approx(r["train_minutes"])
+    assert r["cached"]["eval_minutes"] == pytest.approx(eval_seconds / 60)
+    assert r["probe"]["eval_minutes"] == pytest.approx(eval_seconds / 60)
+    assert r["probe"]["train_minutes"] == pytest.approx(probe_train_seconds / 60)
+    for kind in ("cached", "probe"):
+        assert r[kind]["projected_minutes"] == pytest.approx(r[kind]["train_minutes"] + r[kind]["eval_minutes"])
+    train_peak, eval_peak = peaks[train["precision"]], peaks[evaluation["precision"]]
+    eval_flops = 10_000 * (evaluation["flops_per_image"] + 29 * head)
+    recipe_train_flops = 30 * 100_000 * train["flops_per_image"]
+    probe_train_flops = 100_000 * (train["flops_per_image"] + 29 * 2 * head)
+    assert r["cached"]["minutes_at_peak"] == pytest.approx(
+        (recipe_train_flops / train_peak + eval_flops / eval_peak) / 60
+    )
+    assert r["probe"]["minutes_at_peak"] == pytest.approx(
+        (probe_train_flops / train_peak + eval_flops / eval_peak) / 60
+    )
+    c, p = r["cached"], r["probe"]
+    assert (
+        f"| {r['recipe']} | {2 * head / 1e9:.4g} / {head / 1e9:.4g} | {r['projected_minutes']:,.1f} min | "
+        f"{c['projected_minutes']:,.1f} min ({c['train_minutes']:,.1f} + {c['eval_minutes']:,.1f}) | "
+        f"{c['minutes_at_peak']:,.1f} min | {p['projected_minutes']:,.1f} min ({p['train_minutes']:,.1f} + "
+        f"{p['eval_minutes']:,.1f}) | {p['minutes_at_peak']:,.1f} min |"
+    ) in report
+
+
+def test_the_probe_caches_training_features_and_the_recipes_do_not():
+    """The projection's rule for the training features: cached only when nothing random happens before the head,
+    as in the ablation's probe row; each of the recipe's random steps alone turns it off."""
+    from benchmarks.recipes import _training_cached, load_recipe
+    from tiny_transformers.ablate import ABLATION_ROWS
+
+    bf16 = ["--train.mixed_precision", "bf16"]  # fp16 needs a GPU
+    assert not _training_cached(load_recipe("recipes/vit_l.py", bf16))
+    probe = ABLATION_ROWS["probe"].args()
+    assert _training_cached(load_recipe("recipes/vit_l.py", [*bf16, *probe]))
+    for field, value in [("augment.randaugment_ops", "2"), ("augment.mixup_alpha", "0.8"), ("model.drop_path_rate",
+                         "0.1"), ("augment.random_erasing", "0.25")]:  # fmt: skip
+        assert not _training_cached(load_recipe("recipes/vit_l.py", [*bf16, *probe, f"--{field}", value]))
+    assert _training_cached(load_recipe("recipes/vit_l.py", [*bf16, *probe, "--augment.mixup_alpha", "0.8",
+                                                              "--augment.mixup_prob", "0"]))  # fmt: skip
 
 
 def test_one_real_epoch_is_timed_against_its_projection(tmp_path, capsys):

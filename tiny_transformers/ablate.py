@@ -5,6 +5,8 @@ Each row is the paper recipe of one model with a few fields changed, trained by 
 magnitude 9) and its "no RandAugment" is what the official code runs when RandAugment is "removed": 2 ops at
 magnitude 0, the library's recipe. So this library's ``default`` row is the paper's "no RandAugment" and
 ``randaugment_9`` the paper's "default" (docs/ablation.md). The paper reports the ablation for Swin-L only.
+Beside its rows, ``probe``: the same recipe as a plain linear probe (no augmentation, no drop path, head only),
+which the paper did not run: what its augmentation buys over it.
 
 Files of the root (beside the row folders): ``ablation.json`` (which paper model the runner trained),
 ``ablation.md`` and ``ablation.png`` (the report, from whatever rows have finished).
@@ -41,7 +43,7 @@ class AblationRow:
 
     name: str
     overrides: tuple[tuple[str, str], ...]
-    paper_row: str  # the paper's name for the same setting
+    paper_row: str | None  # the paper's name for the same setting; None: a row the paper does not have
     swin_l_top1: float | None  # the paper's Swin-L top-1 for it (paper-recipe.md); None: not reported
 
     @property
@@ -65,6 +67,16 @@ def grid_row_name(lr: str, wd: str) -> str:
     return f"lr{lr}_wd{wd}"
 
 
+# A linear probe of the recipe: nothing random before the head (the feature cache then serves epochs 2..N), the
+# recipe's optimizer, schedule and label smoothing (not an augmentation) unchanged.
+PROBE_OVERRIDES = (
+    ("model.train_mode", "head"),
+    ("model.drop_path_rate", "0"),
+    ("augment.randaugment_ops", "0"),
+    ("augment.mixup_alpha", "0"),
+    ("augment.cutmix_alpha", "0"),
+    ("augment.random_erasing", "0"),
+)
 ABLATION_ROWS: dict[str, AblationRow] = {
     row.name: row
     for row in (
@@ -75,6 +87,7 @@ ABLATION_ROWS: dict[str, AblationRow] = {
         AblationRow("no_random_erasing", (("augment.random_erasing", "0"),), "no random erasing", 91.28),
         AblationRow("no_mixup", (("augment.mixup_alpha", "0"),), "no Mixup", 91.11),
         AblationRow("no_cutmix", (("augment.cutmix_alpha", "0"),), "no CutMix", 91.04),
+        AblationRow("probe", PROBE_OVERRIDES, None, None),
     )
 }
 GRID_ROWS: dict[str, AblationRow] = {
@@ -117,12 +130,12 @@ def default_root(model: str) -> Path:
 
 
 def select_rows(names: Sequence[str] = (), grid: bool = False) -> list[AblationRow]:
-    """The rows named (all five ablation rows when none), plus the lr x wd grid with ``grid``; in table order.
+    """The rows named (all six ablation rows when none), plus the lr x wd grid with ``grid``; in table order.
 
     >>> [row.name for row in select_rows(["no_mixup", "default"])]
     ['default', 'no_mixup']
     >>> len(select_rows(grid=True))
-    16
+    17
     """
     unknown = [name for name in names if name not in ALL_ROWS and name not in ALIASES]
     if unknown:
@@ -309,7 +322,8 @@ def ablation_markdown(root: Path, results: Sequence[RowResult], model: PaperMode
         "the eval split each run used. The paper's numbers are Swin-L top-1 on the Tiny ImageNet validation set "
         '(Huynh 2022, section 4); it reports no ablation for the other models. Its "default" had RandAugment on '
         '(magnitude 9), which is the `randaugment_9` row here; its "no RandAugment" is the official code\'s '
-        "RandAugment at magnitude 0, which is this library's recipe: the `default` row.",
+        "RandAugment at magnitude 0, which is this library's recipe: the `default` row. The `probe` row, a plain "
+        "linear probe of the same recipe, is not in the paper.",
         "",
         "| row | what it changes | the paper's row | top-1 (%) | top-5 (%) | paper top-1 (%) | epochs |",
         "|---|---|---|---:|---:|---:|---|",
@@ -317,6 +331,8 @@ def ablation_markdown(root: Path, results: Sequence[RowResult], model: PaperMode
     for result in results:
         row = result.row
         paper = _number(row.swin_l_top1) if swin and row.swin_l_top1 is not None else "not reported"
+        if row.paper_row is None:
+            paper = "not in the paper"
         if result.status == "finished":
             epochs = str(result.epochs_done)
         elif result.status == "unfinished":
@@ -324,10 +340,17 @@ def ablation_markdown(root: Path, results: Sequence[RowResult], model: PaperMode
         else:
             epochs = "not started"
         lines.append(
-            f"| {row.name} | {row.change} | {row.paper_row} | {_number(result.top1)} | {_number(result.top5)} | "
-            f"{paper} | {epochs} |"
+            f"| {row.name} | {row.change} | {row.paper_row or 'none'} | {_number(result.top1)} | "
+            f"{_number(result.top5)} | {paper} | {epochs} |"
         )
     by_name = {result.row.name: result for result in results}
+    default, probe = by_name.get("default"), by_name.get("probe")
+    if default and probe and default.top1 is not None and probe.top1 is not None:
+        lines += [
+            "",
+            f"What the paper's augmentation buys over a plain linear probe: {default.top1 - probe.top1:+.2f} points "
+            f"top-1 (default {default.top1:.2f} against probe {probe.top1:.2f}).",
+        ]
     if any(name in by_name for name in GRID_ROWS):
         lines += ["", "## AdamW lr x weight decay (final top-1, %)", "", "| lr \\ wd | " + " | ".join(GRID_WDS) + " |"]
         lines.append("|---|" + "---:|" * len(GRID_WDS))
@@ -376,7 +399,7 @@ def ablation_figure(results: Sequence[RowResult], model: PaperModel | None):
 def write_ablation_report(root: str | Path) -> tuple[Path, Path]:
     """Write ``ablation.md`` and ``ablation.png`` (:data:`CHART_SIZE` pixels) into ``root``; never trains.
 
-    The five ablation rows are always listed (not started ones as such); grid rows when their folder exists.
+    The six ablation rows are always listed (not started ones as such); grid rows when their folder exists.
 
     >>> write_ablation_report("outputs/ablation/swin_l")  # doctest: +SKIP
     (PosixPath('outputs/ablation/swin_l/ablation.md'), PosixPath('outputs/ablation/swin_l/ablation.png'))

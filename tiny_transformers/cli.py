@@ -312,7 +312,8 @@ def _predict(args: list[str]) -> None:
 class AblateArgs(FinetuneConfig):
     """Options of ``ablate``: the config every row starts from (the paper recipe of NAME), and which rows."""
 
-    rows: tuple[str, ...] = ()  # rows to run: default randaugment_9 no_random_erasing no_mixup no_cutmix (all five)
+    # rows to run: default randaugment_9 no_random_erasing no_mixup no_cutmix probe (all six)
+    rows: tuple[str, ...] = ()
     grid: bool = False  # also the AdamW lr x weight-decay grid (rows lr3e-3_wd0.2 ... lr5e-4_wd0.01)
     print_commands: bool = False  # print each row's `accelerate launch` command instead of training
     root: str | None = None  # the folder of the rows' runs; default outputs/ablation/NAME
