@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from tiny_transformers.config import FinetuneConfig
+from tiny_transformers.features import training_cache_off
 
 from .throughput import (
     EVAL_IMAGES,
@@ -149,7 +150,9 @@ def recipe_throughput(
         result["minutes_at_peak"] = result["train_minutes"] * train["mfu"] + result["eval_minutes"] * evaluation["mfu"]
         result["fraction_of_peak"] = result["minutes_at_peak"] / result["projected_minutes"]
     if m.train_mode == "head" and t.cache_features:
-        result["cached"] = cached_projection(train, evaluation, t.epochs, training_cached=_training_cached(config))
+        result["cached"] = cached_projection(
+            train, evaluation, t.epochs, training_cached=training_cache_off(config) is None
+        )
         result["probe"] = cached_projection(train, evaluation, t.epochs, training_cached=True)
     return result
 
@@ -188,14 +191,6 @@ def cached_projection(
             minutes["train_minutes"] * train["mfu"] + minutes["eval_minutes"] * evaluation["mfu"]
         )
     return minutes
-
-
-def _training_cached(config: FinetuneConfig) -> bool:
-    """Whether the run caches its training features: nothing random before the head (the rule of issue 22's
-    feature cache; the paper recipes' Mixup, CutMix, random erasing and drop path each rule it out)."""
-    a, m = config.augment, config.model
-    mixing = (a.mixup_alpha > 0 or a.cutmix_alpha > 0) and a.mixup_prob > 0
-    return not (a.randaugment_ops or mixing or a.random_erasing or m.drop_path_rate or m.teacher)
 
 
 def recipe_table(

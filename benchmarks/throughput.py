@@ -287,7 +287,7 @@ def _timed_epoch(
     schedule = build_schedule(optimizer, config.optim, plan)
     run = SimpleNamespace(
         accelerator=accelerator, model=net, optimizer=optimizer, scheduler=schedule, augment=batch_augment, plan=plan,
-        state=TrainerState(), config=config, ema=None, teacher=None,
+        state=TrainerState(), config=config, ema=None, teacher=None, features=None,
     )  # fmt: skip
     sync(device)
     started = time.perf_counter()

@@ -344,20 +344,24 @@ def check_cached_projection(r, peaks, report):
 
 
 def test_the_probe_caches_training_features_and_the_recipes_do_not():
-    """The projection's rule for the training features: cached only when nothing random happens before the head,
-    as in the ablation's probe row; each of the recipe's random steps alone turns it off."""
-    from benchmarks.recipes import _training_cached, load_recipe
+    """The projection's rule for the training features is the library's (features.training_cache_off): cached only
+    when nothing random happens before the head, as in the ablation's probe row; each of the recipe's random steps
+    alone turns it off."""
+    from benchmarks.recipes import load_recipe
     from tiny_transformers.ablate import ABLATION_ROWS
+    from tiny_transformers.features import training_cache_off
+
+    def cached(args):
+        return training_cache_off(load_recipe("recipes/vit_l.py", args)) is None
 
     bf16 = ["--train.mixed_precision", "bf16"]  # fp16 needs a GPU
-    assert not _training_cached(load_recipe("recipes/vit_l.py", bf16))
+    assert not cached(bf16)
     probe = ABLATION_ROWS["probe"].args()
-    assert _training_cached(load_recipe("recipes/vit_l.py", [*bf16, *probe]))
+    assert cached([*bf16, *probe])
     for field, value in [("augment.randaugment_ops", "2"), ("augment.mixup_alpha", "0.8"), ("model.drop_path_rate",
                          "0.1"), ("augment.random_erasing", "0.25")]:  # fmt: skip
-        assert not _training_cached(load_recipe("recipes/vit_l.py", [*bf16, *probe, f"--{field}", value]))
-    assert _training_cached(load_recipe("recipes/vit_l.py", [*bf16, *probe, "--augment.mixup_alpha", "0.8",
-                                                              "--augment.mixup_prob", "0"]))  # fmt: skip
+        assert not cached([*bf16, *probe, f"--{field}", value])
+    assert cached([*bf16, *probe, "--augment.mixup_alpha", "0.8", "--augment.mixup_prob", "0"])
 
 
 def test_one_real_epoch_is_timed_against_its_projection(tmp_path, capsys):

@@ -164,7 +164,7 @@ def test_the_distillation_head_learns_the_teachers_answer_on_the_same_augmented_
     schedule = build_schedule(optimizer, config.optim, plan)
     training = SimpleNamespace(
         accelerator=accelerator, model=student, optimizer=optimizer, scheduler=schedule, augment=augment, plan=plan,
-        state=TrainerState(), config=config, ema=None, teacher=Teacher(),
+        state=TrainerState(), config=config, ema=None, teacher=Teacher(), features=None,
     )  # fmt: skip
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     assert list(engine.train_steps(training, [(images, torch.tensor([0, 1, 2, 3]))])) == [1]
