@@ -69,6 +69,7 @@ def test_hub_io_depends_on_nothing_that_publishes():
     }
 
 
+@pytest.mark.slow
 def test_every_module_imports_on_its_own():
     """Each module in a fresh set of package modules (torch and friends stay loaded, so this takes seconds)."""
     script = """

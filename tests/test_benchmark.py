@@ -297,6 +297,7 @@ def test_the_recipes_are_measured_as_their_configs_run_them_and_projected(tmp_pa
     assert "| recipes/cait_s36.py | ValueError: recipe override 'train.compile' is not field=value" in report
 
 
+@pytest.mark.slow
 def test_one_real_epoch_is_timed_against_its_projection(tmp_path, capsys):
     """benchmarks/end_to_end.py, as gpu.sh runs it but tiny: it writes the synthetic set (Tiny ImageNet's parquet
     layout, the sizes asked for), launches the real recipe for one epoch with `accelerate launch`, and divides the

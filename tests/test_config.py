@@ -116,6 +116,7 @@ def test_config_round_trips_through_json():
         FinetuneConfig.from_dict({"train": {"epoch": 3}})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(PAPER_MODELS))
 def test_recipe_prints_the_paper_values(name):
     out = subprocess.run(

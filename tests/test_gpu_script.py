@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here starts processes
 ROOT = Path(__file__).resolve().parent.parent
 
 # The stand-in for python3: `-c` checks (CUDA, imports) pass; anything else is recorded as one JSON line, and a command
