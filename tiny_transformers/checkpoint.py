@@ -220,7 +220,7 @@ def find_resume_checkpoint(config: FinetuneConfig, output_dir: Path) -> Path | N
                 "choose a new train.output_dir, or resume with --train.resume auto."
             )
         return None
-    if resume == "hub" or resume.startswith("hf-hub:"):
+    if resume == "hub" or hub_io.hub_repo(resume) is not None:
         return checkpoint_from_hub(config, output_dir)
     if resume == "auto":
         folder, saved_config = _newest_readable(output_dir)
@@ -252,7 +252,7 @@ def hub_resume_repo(config: FinetuneConfig) -> str | None:
     resume = config.train.resume
     if resume == "hub":
         return config.hub.model_id
-    return resume[len("hf-hub:") :] if resume.startswith("hf-hub:") else None
+    return hub_io.hub_repo(resume)
 
 
 def checkpoint_from_hub(config: FinetuneConfig, output_dir: Path) -> Path:

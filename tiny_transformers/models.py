@@ -94,7 +94,7 @@ def build_model(cfg: ModelConfig, num_classes: int, image_size: int) -> nn.Modul
     _check_name(timm_name)
     kwargs = dict(num_classes=num_classes, drop_path_rate=cfg.drop_path_rate)
     checkpoint = Path(cfg.checkpoint).expanduser() if cfg.checkpoint else None
-    if cfg.checkpoint and cfg.checkpoint.startswith("hf-hub:"):  # a model pushed by this library (or any timm folder)
+    if cfg.checkpoint and hub.hub_repo(cfg.checkpoint) is not None:  # pushed by this library (or any timm folder)
         checkpoint = hub.download_model(cfg.checkpoint)
 
     if checkpoint is not None and checkpoint.is_dir():

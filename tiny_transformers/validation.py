@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from pathlib import Path
 
 from .config import FinetuneConfig, HubConfig, OptimConfig, TrainConfig
 from .errors import ConfigError
+from .hub import hub_repo, is_repo_id
 
 
 def world_size_from_env() -> int:
@@ -195,23 +195,19 @@ def validate(config: FinetuneConfig, num_processes: int | None = None, cuda_avai
     if o.fused or t.compile:
         _check_speed_options(o, t, cuda_available)
 
-    rid = (config.hub.model_id or "") if t.resume == "hub" else t.resume[7:] if t.resume[:7] == "hf-hub:" else None
-    if t.resume not in ("auto", "never") and not (_HUB_ID.match(rid) if rid else Path(t.resume).expanduser().exists()):
+    rid = (config.hub.model_id or "") if t.resume == "hub" else hub_repo(t.resume)
+    if t.resume not in ("auto", "never") and not (is_repo_id(rid) if rid else Path(t.resume).expanduser().exists()):
         raise ConfigError(
             f"train.resume '{t.resume}' {'does not exist' if rid is None else 'names no Hub repo'}; give a checkpoint "
             "folder, 'auto' (newest in train.output_dir), 'never', or hf-hub:owner/name ('hub': hub.model_id)."
         )
-    if m.checkpoint is not None and not m.checkpoint.startswith("hf-hub:"):
+    if m.checkpoint is not None and hub_repo(m.checkpoint) is None:
         if not Path(m.checkpoint).expanduser().exists():
             raise ConfigError(
                 f"model.checkpoint '{m.checkpoint}' does not exist; give a .safetensors/.pth file or a folder "
                 "with model.safetensors and config.json."
             )
     validate_hub(config.hub)
-
-
-# A Hub model id: 'owner/name', each part letters, digits, '-', '_' or '.', as huggingface_hub accepts them.
-_HUB_ID = re.compile(r"^[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9])?/[A-Za-z0-9_](?:[\w.-]{0,94}[\w])?$")
 
 
 def validate_hub(hub: HubConfig) -> None:
@@ -226,9 +222,7 @@ def validate_hub(hub: HubConfig) -> None:
         raise ConfigError(
             "hub.push is on but hub.model_id is not set; add --hub.model_id your-user/model-name (or --hub.push false)."
         )
-    if hub.model_id is not None and (
-        not _HUB_ID.match(hub.model_id) or ".." in hub.model_id or "--" in hub.model_id or hub.model_id.endswith(".git")
-    ):
+    if hub.model_id is not None and not is_repo_id(hub.model_id):
         raise ConfigError(
             f"hub.model_id '{hub.model_id}' is not a Hub model id; write it as owner/name (your user or organisation, "
             "a slash, then letters, digits, '-', '_' or '.'), e.g. --hub.model_id your-user/vit-l-tiny-imagenet."
