@@ -1,7 +1,7 @@
 """Training checkpoints: Accelerate's ``save_state`` written atomically, found again, resumed safely.
 
-Layout of ``output_dir/checkpoints/step_00001234/``: what ``accelerator.save_state`` writes (model,
-optimizer, scheduler, scaler, RNG) plus ``trainer_state.json``, written last. A checkpoint is written
+Layout of ``output_dir/checkpoints/step_00001234/``: what ``accelerator.save_state`` writes (model, optimizer,
+scaler, RNG, EMA; no scheduler: the lr is recomputed) plus ``trainer_state.json``, written last. A checkpoint is written
 into ``.tmp-step_...`` and renamed into place only when complete, so a run killed mid-write leaves a
 temporary folder that is never loaded (and is cleaned up by the next save).
 """
@@ -358,7 +358,7 @@ def _disk_full(error: BaseException) -> bool:
 
 
 def load_checkpoint(accelerator: Accelerator, folder: Path) -> TrainerState:
-    """Restore model, optimizer, scheduler, scaler and RNG from ``folder``; return the trainer state."""
+    """Restore model, optimizer, scaler, RNG and EMA from ``folder``; return the trainer state."""
     state, _ = read_state(folder)
     try:
         accelerator.load_state(str(folder))
