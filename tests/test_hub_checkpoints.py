@@ -45,9 +45,12 @@ class FakeHub:
     event that upload waits for (at most a minute) before it commits; ``uploading`` is set when an upload starts."""
 
     def __init__(
-        self, root: Path, upload_seconds: float = 0.0, fail_uploads: tuple[int, ...] = (),
+        self,
+        root: Path,
+        upload_seconds: float = 0.0,
+        fail_uploads: tuple[int, ...] = (),
         gates: dict[int, threading.Event] | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.root, self.upload_seconds, self.fail_uploads, self.gates = root, upload_seconds, fail_uploads, gates or {}
         self.uploads: list[dict] = []  # one per upload_folder call: its files, start and end times, outcome
         self.uploading = threading.Event()
@@ -157,11 +160,17 @@ def config_for(source, output_dir, resume="auto", **hub_fields) -> FinetuneConfi
         model=ModelConfig(name="test_vit", pretrained=False, train_mode="full"),
         data=DataConfig(source=str(source), image_size=32, num_workers=0),
         train=TrainConfig(
-            epochs=EPOCHS, batch_size=8, micro_batch_size=4, mixed_precision="no", output_dir=str(output_dir),
-            progress=False, ema_decay=0.9, resume=resume,
+            epochs=EPOCHS,
+            batch_size=8,
+            micro_batch_size=4,
+            mixed_precision="no",
+            output_dir=str(output_dir),
+            progress=False,
+            ema_decay=0.9,
+            resume=resume,
         ),
         hub=HubConfig(**hub_fields),
-    )  # fmt: skip
+    )
 
 
 def pushed(resume: str = "auto", **extra) -> dict:

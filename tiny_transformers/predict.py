@@ -76,9 +76,14 @@ class Predictor:
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model = build_trained_model(weights)
         augment = BatchAugment(
-            weights.image_size, weights.mean, weights.std, weights.num_classes, AugmentConfig(), device,
+            weights.image_size,
+            weights.mean,
+            weights.std,
+            weights.num_classes,
+            AugmentConfig(),
+            device,
             weights.preprocess or "default",
-        )  # fmt: skip
+        )
         return cls(
             model.to(device).eval(), augment, weights.native_size or weights.image_size, class_ids, class_names, device
         )
