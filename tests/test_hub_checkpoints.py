@@ -402,6 +402,7 @@ def test_a_push_slower_than_preempt_seconds_is_left_behind_and_the_run_exits(sta
         patch.setattr(train_module, "train_steps", terminated_at(STEPS_PER_EPOCH + 1))
         with pytest.raises(TrainingInterrupted, match="at epoch 2, step 1"):
             finetune(config)
+        assert [u["ok"] for u in fake.uploads] == [False]  # the run ended with the first upload still held open
         err = capsys.readouterr().err
         release.set()
         for thread in threading.enumerate():  # the abandoned upload, let end before the fake Hub goes away

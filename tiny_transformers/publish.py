@@ -348,6 +348,11 @@ class BackgroundPublisher:
             thread.join(timeout)
             with self._lock:
                 left = [s for s in (self._uploading, self._pending) if s is not None] if thread.is_alive() else []
+                dropped = self._pending if left else None
+                if left:  # given up: the upload in flight ends on its own or dies with the process; nothing follows
+                    self._thread, self._pending = None, None
+            if dropped is not None:
+                shutil.rmtree(dropped.folder, ignore_errors=True)
             for snapshot in left:
                 line = (
                     f"warning: {snapshot} did not end within train.preempt_seconds; exiting without it. The "
@@ -384,20 +389,23 @@ class BackgroundPublisher:
             raise
 
     def _work(self) -> None:
-        """Send the pending push, then the one submitted meanwhile, and so on; end when none is left."""
+        """Send the pending push, then the one submitted meanwhile, and so on; end when none is left, or when
+        :meth:`wait` gave up on this thread."""
         while True:
             with self._lock:
-                snapshot, self._pending = self._pending, None
-                if snapshot is None:
-                    self._thread = None  # the next submit starts a new worker
+                if self._thread is not threading.current_thread() or self._pending is None:
+                    if self._thread is threading.current_thread():
+                        self._thread = None  # the next submit starts a new worker
                     return
+                snapshot, self._pending = self._pending, None
                 self._uploading = snapshot
             try:
                 url, line = _reported(self.output_dir, self.hub, functools.partial(self._send, snapshot))
             finally:
                 shutil.rmtree(snapshot.folder, ignore_errors=True)
                 with self._lock:
-                    self._uploading = None
+                    if self._uploading is snapshot:
+                        self._uploading = None
             self._record(PushResult(snapshot.number, snapshot.epochs, url, line))
 
     def _send(self, snapshot: _Snapshot) -> str:
