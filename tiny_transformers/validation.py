@@ -71,24 +71,28 @@ def validate(config: FinetuneConfig, num_processes: int | None = None, cuda_avai
     _validate_across_sections(config, cuda_available)
 
 
-def _check_ranges(fields: dict[str, tuple[str, float | None]]) -> None:
-    """Each numeric field (dotted name -> (its range, its value)) in its range; None (unset: "all" or "the default")
-    passes. tests/test_config.py checks that every numeric field of the config is in one of these tables."""
-    rules = {
-        "positive": (lambda v: v > 0, "must be positive"),
-        "non-negative": (lambda v: v >= 0, "must be zero or positive"),
-        "probability": (lambda v: 0.0 <= v <= 1.0, "is a probability and must lie in [0, 1]"),
-        "fraction": (lambda v: 0.0 <= v <= 1.0, "must lie in [0, 1]"),
-    }
-    for name, (kind, value) in fields.items():
-        if value is not None and not math.isfinite(value):  # nan slips through every comparison
-            raise ConfigError(f"{name} must be a finite number, got {value}.")
-        if value is not None and not rules[kind][0](value):
-            raise ConfigError(f"{name} {rules[kind][1]}, got {value}.")
+_RANGES = {
+    "positive": (lambda v: v > 0, "must be positive"),
+    "non_negative": (lambda v: v >= 0, "must be zero or positive"),
+    "probability": (lambda v: 0.0 <= v <= 1.0, "is a probability and must lie in [0, 1]"),
+    "fraction": (lambda v: 0.0 <= v <= 1.0, "must lie in [0, 1]"),
+}
+
+
+def _check_ranges(name: str, section: object, **fields: str) -> None:
+    """The fields of config section ``name`` in their range (``fields``: range -> field names, space-separated);
+    None (unset: "all" or "the default") passes. tests/test_config.py checks that every numeric field is named."""
+    for kind, names in fields.items():
+        for field in names.split():
+            value = getattr(section, field)
+            if value is not None and not math.isfinite(value):  # nan slips through every comparison
+                raise ConfigError(f"{name}.{field} must be a finite number, got {value}.")
+            if value is not None and not _RANGES[kind][0](value):
+                raise ConfigError(f"{name}.{field} {_RANGES[kind][1]}, got {value}.")
 
 
 def _validate_model(m: ModelConfig) -> None:
-    _check_ranges({"model.drop_path_rate": ("probability", m.drop_path_rate)})
+    _check_ranges("model", m, probability="drop_path_rate")
     if m.checkpoint is not None and hub_repo(m.checkpoint) is None and not Path(m.checkpoint).expanduser().exists():
         raise ConfigError(
             f"model.checkpoint '{m.checkpoint}' does not exist; give a .safetensors/.pth file or a folder "
@@ -98,13 +102,7 @@ def _validate_model(m: ModelConfig) -> None:
 
 def _validate_data(d: DataConfig) -> None:
     _check_ranges(
-        {
-            "data.image_size": ("positive", d.image_size),
-            "data.native_size": ("positive", d.native_size),
-            "data.max_train_samples": ("positive", d.max_train_samples),
-            "data.max_eval_samples": ("positive", d.max_eval_samples),
-            "data.num_workers": ("non-negative", d.num_workers),
-        }
+        "data", d, positive="image_size native_size max_train_samples max_eval_samples", non_negative="num_workers"
     )
     if not d.source.strip():
         # An empty path means the working directory to pathlib, which would be searched for a dataset layout.
@@ -116,17 +114,11 @@ def _validate_data(d: DataConfig) -> None:
 
 def _validate_augment(a: AugmentConfig) -> None:
     _check_ranges(
-        {
-            "augment.distill_temperature": ("positive", a.distill_temperature),
-            "augment.mixup_alpha": ("non-negative", a.mixup_alpha),
-            "augment.cutmix_alpha": ("non-negative", a.cutmix_alpha),
-            "augment.randaugment_ops": ("non-negative", a.randaugment_ops),
-            "augment.randaugment_magnitude": ("non-negative", a.randaugment_magnitude),
-            "augment.mixup_prob": ("probability", a.mixup_prob),
-            "augment.switch_prob": ("probability", a.switch_prob),
-            "augment.label_smoothing": ("probability", a.label_smoothing),
-            "augment.random_erasing": ("probability", a.random_erasing),
-        }
+        "augment",
+        a,
+        positive="distill_temperature",
+        non_negative="mixup_alpha cutmix_alpha randaugment_ops randaugment_magnitude",
+        probability="mixup_prob switch_prob label_smoothing random_erasing",
     )
     if a.randaugment_magnitude > 30:
         raise ConfigError(
@@ -136,16 +128,11 @@ def _validate_augment(a: AugmentConfig) -> None:
 
 def _validate_optim(o: OptimConfig) -> None:
     _check_ranges(
-        {
-            "optim.lr": ("positive", o.lr),
-            "optim.weight_decay": ("non-negative", o.weight_decay),
-            "optim.min_lr": ("non-negative", o.min_lr),
-            "optim.warmup_epochs": ("non-negative", o.warmup_epochs),
-            "optim.warmup_lr": ("non-negative", o.warmup_lr),
-            "optim.clip_grad": ("non-negative", o.clip_grad),
-            "optim.momentum": ("fraction", o.momentum),
-            "optim.layer_decay": ("fraction", o.layer_decay),
-        }
+        "optim",
+        o,
+        positive="lr",
+        non_negative="weight_decay min_lr warmup_epochs warmup_lr clip_grad",
+        fraction="momentum layer_decay",
     )
     if o.warmup_epochs and o.warmup_lr > o.lr:
         raise ConfigError(f"optim.warmup_lr {o.warmup_lr} is above optim.lr {o.lr}; the warmup must rise.")
@@ -155,18 +142,11 @@ def _validate_optim(o: OptimConfig) -> None:
 
 def _validate_train(t: TrainConfig, num_processes: int) -> None:
     _check_ranges(
-        {
-            "train.epochs": ("positive", t.epochs),
-            "train.batch_size": ("positive", t.batch_size),
-            "train.micro_batch_size": ("positive", t.micro_batch_size),
-            "train.keep_checkpoints": ("positive", t.keep_checkpoints),
-            "train.eval_batch_size": ("positive", t.eval_batch_size),
-            "train.checkpoint_every": ("non-negative", t.checkpoint_every),
-            "train.log_every": ("non-negative", t.log_every),
-            "train.preempt_seconds": ("non-negative", t.preempt_seconds),
-            "train.seed": ("non-negative", t.seed),
-            "train.ema_decay": ("fraction", t.ema_decay),
-        }
+        "train",
+        t,
+        positive="epochs batch_size micro_batch_size keep_checkpoints eval_batch_size",
+        non_negative="checkpoint_every log_every preempt_seconds seed",
+        fraction="ema_decay",
     )
     if t.seed > 2**32 - 1:  # numpy's seed range: Accelerate's set_seed would fail with a ValueError
         raise ConfigError(f"train.seed {t.seed} is above 4294967295 (2**32 - 1), the largest seed numpy accepts.")
