@@ -126,15 +126,17 @@ def epoch_events() -> list[threading.Event]:
     return [threading.Event() for _ in range(EPOCHS)]
 
 
-def killing_at(step: int | None, epoch_started: list[threading.Event]):
+def killing_at(step: int | None, epoch_started: list[threading.Event], killed: threading.Event | None = None):
     """train_steps that sets the next of ``epoch_started`` when an epoch's steps start and raises :class:`Killed`
-    after update ``step``."""
+    after update ``step``, setting ``killed`` first."""
     real = train_module.train_steps
 
     def steps(run, loader):
         next(event for event in epoch_started if not event.is_set()).set()
         for item in real(run, loader):
             if run.state.global_step == step:
+                if killed is not None:
+                    killed.set()
                 raise Killed
             yield item
 
@@ -210,15 +212,15 @@ def reference(stanford_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def killed_run(stanford_dir, tmp_path_factory):
-    """hub.strategy checkpoint, killed at the second update of epoch 3. Each upload commits only once the next
-    epoch's steps have started (a run that waited for it would never get there), so the push after epoch 2 is still
-    uploading at the kill: leaving the run waits for it, as finish() does."""
+    """hub.strategy checkpoint, killed at the second update of epoch 3. The upload after epoch 1 commits only once
+    epoch 2's steps have started (a run that waited for it would never get there), the one after epoch 2 only once
+    the kill came: leaving the run waits for it, as finish() does."""
     root = tmp_path_factory.mktemp("killed")
-    epoch_started = epoch_events()
-    fake = FakeHub(root / "hub", gates={1: epoch_started[1], 2: epoch_started[2]})
+    epoch_started, killed = epoch_events(), threading.Event()
+    fake = FakeHub(root / "hub", gates={1: epoch_started[1], 2: killed})
     with pytest.MonkeyPatch.context() as patch:
         fake.install(patch)
-        patch.setattr(train_module, "train_steps", killing_at(2 * STEPS_PER_EPOCH + 2, epoch_started))
+        patch.setattr(train_module, "train_steps", killing_at(2 * STEPS_PER_EPOCH + 2, epoch_started, killed))
         with pytest.raises(Killed):
             finetune(config_for(stanford_dir, root / "A", **pushed()))
     return fake, root
@@ -228,8 +230,9 @@ def test_pushes_run_in_the_background_and_carry_the_checkpoint(killed_run):
     fake, root = killed_run
     first, second = fake.uploads
     assert first["ok"] and second["ok"]
-    # the run did not wait for the upload after epoch 1: epoch 2's steps started while it was still uploading,
-    # and the push after epoch 2 was asked for (and started) only after the first ended (one upload in flight)
+    # the run did not wait for the upload after epoch 1: epoch 2's steps started while it was still uploading; the
+    # push after epoch 2 was asked for (and started) only after the first ended (one upload in flight), and still
+    # uploading at the kill, it was waited for
     assert first["held"] and second["held"]
     assert second["started"] >= first["ended"]
     checkpoint_files = [name for name in second["sent"] if name.startswith("last-checkpoint/")]
