@@ -364,6 +364,7 @@ def test_the_probe_caches_training_features_and_the_recipes_do_not():
     assert cached([*bf16, *probe, "--augment.mixup_alpha", "0.8", "--augment.mixup_prob", "0"])
 
 
+@pytest.mark.slow
 def test_one_real_epoch_is_timed_against_its_projection(tmp_path, capsys):
     """benchmarks/end_to_end.py, as gpu.sh runs it but tiny: it writes the synthetic set (Tiny ImageNet's parquet
     layout, the sizes asked for), launches the real recipe for one epoch with `accelerate launch`, and divides the

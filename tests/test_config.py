@@ -76,6 +76,7 @@ def test_batch_size_that_does_not_divide_suggests_valid_values():
         ("augment.random_erasing", 1.5, "augment.random_erasing is a probability"),
         ("train.epochs", 0, "train.epochs must be positive"),
         ("data.num_workers", -1, "data.num_workers must be zero or positive"),
+        ("train.seed", 2**32, "train.seed 4294967296 is above 4294967295 .2..32 - 1., the largest seed numpy accepts"),
         ("train.resume", "/no/such/checkpoint", "train.resume '/no/such/checkpoint' does not exist"),
         (
             "model.checkpoint",
@@ -116,6 +117,7 @@ def test_config_round_trips_through_json():
         FinetuneConfig.from_dict({"train": {"epoch": 3}})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(PAPER_MODELS))
 def test_recipe_prints_the_paper_values(name):
     out = subprocess.run(

@@ -57,6 +57,7 @@ def run_script(body: str, timeout: int = 300) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_two_runs_into_one_folder_one_runs_and_the_other_names_the_holder(stanford_dir, tmp_path):
     """Both start together (each imports first, then waits for the go file); one trains until it is stopped, the
     other refuses with the holder's host, pid and start time, and writes nothing."""
@@ -95,6 +96,7 @@ def test_two_runs_into_one_folder_one_runs_and_the_other_names_the_holder(stanfo
     assert not (out / ".lock").exists()  # released when the run ended
 
 
+@pytest.mark.slow
 def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_message(stanford_dir, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()

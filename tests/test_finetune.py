@@ -178,6 +178,7 @@ def test_log_with_passes_metrics_to_accelerate_trackers(stanford_dir, tmp_path):
     assert [(e.step, e.value) for e in top1] == [(3, pytest.approx(result.top1))]
 
 
+@pytest.mark.slow
 def test_a_second_run_in_another_precision_is_refused_before_it_starts(stanford_dir, tmp_path):
     """Accelerate fixes the precision once per Python process (a notebook): a second finetune() or evaluation
     in another precision gets one sentence with the fix, before any data loads or any file is written.

@@ -253,6 +253,7 @@ def _recipe(path: str, *args: str, timeout: int = 120) -> subprocess.CompletedPr
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", list(RECIPES))
 def test_full_recipe_prints_its_values(path):
     done = _recipe(path, "--print-config")
@@ -273,6 +274,7 @@ def test_full_recipe_prints_its_values(path):
         assert m["teacher"] is None and printed["augment"]["distill_type"] == "hard"
 
 
+@pytest.mark.slow
 def test_the_distillation_recipe_refuses_to_start_without_a_teacher():
     done = _recipe("deit_b_from_swin.py", "--train.epochs", "1")
     assert done.returncode == 2 and done.stdout == ""
@@ -280,6 +282,7 @@ def test_the_distillation_recipe_refuses_to_start_without_a_teacher():
     assert "--model.teacher outputs/swin_l/best" in message and one_sentence(message)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", list(RECIPES))
 def test_full_recipe_runs_one_optimizer_step_on_a_tiny_stand_in(path, stanford_dir, teacher_run, tmp_path):
     distilled = RECIPES[path]["name"] == "deit_b_distilled"

@@ -63,6 +63,7 @@ def full_reference(data, tmp_path_factory):  # noqa: F811
     return out
 
 
+@pytest.mark.slow
 def test_the_learning_rate_follows_warmup_then_cosine_at_every_update(full_reference):
     steps = STEPS_PER_EPOCH * EPOCHS
     for step in range(1, steps + 1):
@@ -74,6 +75,7 @@ def test_the_learning_rate_follows_warmup_then_cosine_at_every_update(full_refer
     assert min(lrs) == pytest.approx(max(lrs) * 0.75**depth, rel=1e-9)
 
 
+@pytest.mark.slow
 def test_full_finetuning_gives_the_same_raw_and_ema_weights_on_two_processes(data, full_reference, tmp_path):  # noqa: F811
     out = tmp_path / "out"
     run(data, out, 2, *FULL)
@@ -86,6 +88,7 @@ def test_full_finetuning_gives_the_same_raw_and_ema_weights_on_two_processes(dat
     assert all(0 < h["grad_norm"] and {"ema_top1", "ema_top5", "ema_loss"} <= set(h) for h in history)
 
 
+@pytest.mark.slow
 def test_sigkill_during_full_finetuning_resumes_to_the_same_raw_and_ema_weights(data, full_reference, tmp_path):  # noqa: F811
     out = tmp_path / "out"
     process = start(data, out, 1, *FULL)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # every test here starts processes
 ROOT = Path(__file__).resolve().parent.parent
 
 # The stand-in for python3: `-c` checks (CUDA, imports) pass; anything else is recorded as one JSON line, and a command

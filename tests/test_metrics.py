@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from tiny_transformers import metrics
@@ -24,6 +25,7 @@ def test_device_scores_equal_the_evaluate_metric():
     assert scores.compute()["count"] == 103 and np.isfinite(scores.compute()["loss"])
 
 
+@pytest.mark.slow
 def test_training_imports_no_evaluate_nor_transformers():
     code = "import sys, tiny_transformers.train; print('evaluate' in sys.modules, 'transformers' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split() == [

@@ -12,6 +12,7 @@ from PIL import Image
 
 from tiny_transformers import DataConfig, FinetuneConfig, ModelConfig, TrainConfig, finetune
 from tiny_transformers.augment import BatchAugment
+from tiny_transformers.cli import main
 from tiny_transformers.config import AugmentConfig
 from tiny_transformers.data import decode_image
 from tiny_transformers.models import IMAGENET_MEAN, IMAGENET_STD
@@ -32,10 +33,7 @@ def exported(stanford_dir, tmp_path_factory):
             ),
         )
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "tiny_transformers.cli", "export", str(out)], capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
+    main(["export", str(out)])  # the export command, in this process
     return out, out / "export"
 
 
@@ -75,6 +73,7 @@ def make_images(folder):
     return folder
 
 
+@pytest.mark.slow
 def test_predict_matches_the_evaluation_path_and_reports_bad_files(exported, tmp_path):
     run_dir, folder = exported
     images = make_images(tmp_path / "images")
@@ -115,6 +114,7 @@ def test_predict_matches_the_evaluation_path_and_reports_bad_files(exported, tmp
         assert len(top) == 3 and top[0]["probability"] >= top[1]["probability"] >= top[2]["probability"]
 
 
+@pytest.mark.slow
 def test_predict_names_a_missing_input(exported, tmp_path):
     run_dir, _ = exported
     done = subprocess.run(

@@ -17,6 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+pytestmark = pytest.mark.slow  # every test here starts processes
 ROOT = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 5  # 40 images / effective batch 8
 EPOCHS = 2

@@ -31,6 +31,7 @@ def test_the_config_reaches_trackers_as_flat_typed_keys():
     assert set(flat) == {f"{s}.{k}" for s, v in FinetuneConfig().to_dict().items() for k in v}
 
 
+@pytest.mark.slow
 def test_a_killed_and_resumed_run_logs_each_step_once(data, tmp_path):  # noqa: F811
     pytest.importorskip("tensorboard")
     out = tmp_path / "out"

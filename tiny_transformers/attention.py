@@ -2,31 +2,12 @@
 talking-heads attention (:func:`swap_talking_heads`), and timm's own fused window attention for Swin.
 
 timm's ``TalkingHeadAttn`` mixes the heads of the (B, H, N, N) attention map with an H x H ``nn.Linear`` applied to
-a permuted (B, N, N, H) view, before and after the softmax (``proj_l``, ``proj_w``). Each mixing is a permute copy,
-a linear whose inner dimension is 8, and a permute back, after which the softmax reads its rows with a stride of H:
-memory passes over B x 8 x 576 x 576 elements (10.6 MB per image in fp32) twice per block, 36 blocks in CaiT-S36 at
-384 px, where the attention itself is a few small matmuls. Mixing heads is a left multiplication of the contiguous
-(B, H, N*N) view by the H x H weight, so here each mixing is one ``baddbmm`` (weight, input and bias in one kernel)
-and every (B, H, N, N) tensor stays contiguous. Same parameters under the same names, same function, same dtypes
-under autocast (the softmax is the same call, so it runs in whatever dtype autocast gives timm's).
-
-Measured on 2 shared CPU cores at the CaiT-S36-384 shape (batch 2, 576 tokens, dim 384, 8 heads), median ms per
-call, timm vs this module (``python benchmarks/attention.py``, runs under varying load from other processes):
-fp32 61 vs 30 ms (1.6-2.3x over runs), bf16 autocast 70 vs 28 ms (1.7-2.7x); with ``torch.compile`` of each,
-fp32 68 vs 35 ms (1.6-2.0x), bf16 41 vs 21 ms (1.9x).
-
-Alternatives measured and dropped:
-
-* ``torch.matmul(W, attn.view(B, H, N * N)) + bias``: the bias add is one more pass over the map; 1.2x (bf16) to
-  2.7x (fp32) slower than ``baddbmm`` on CPU.
-* folding ``proj_w``'s bias past ``attn @ v`` (bias x column sums of v, exact since the bias is one constant over a
-  head's whole map): removes the bias from the big tensor but was no faster on CPU (within noise, slightly slower).
-* folding ``proj_l`` into ``q @ k^T`` (contraction over all C = 384 channels of k instead of 48, bias as an extra
-  column) and, further, ``proj_w`` into ``attn @ v`` (one (N, H*N) @ (H*N, C) product that lands in (B, N, C)
-  directly): no permute at all, but 8x the attention FLOPs; 1.1-1.2x slower than timm in fp32 on CPU and only
-  1.2-1.4x faster in bf16, against 1.9x and 2.9x for ``baddbmm`` in the same run.
-* folding the 1/sqrt(48) scale into ``baddbmm``'s alpha: not exact (not a power of two) and no faster; timm's
-  ``q * scale`` is kept, so q@k^T is bitwise timm's.
+a permuted (B, N, N, H) view, before and after the softmax (``proj_l``, ``proj_w``): each mixing is a permute copy,
+a linear of inner dimension 8 and a permute back, then a softmax reading its rows with a stride of H, memory passes
+that outweigh the attention's own small matmuls. Mixing heads is a left multiplication of the contiguous (B, H, N*N)
+view by the H x H weight, so here each mixing is one ``baddbmm`` (weight, input and bias in one kernel) and every
+(B, H, N, N) tensor stays contiguous. Same parameters under the same names, same function, same dtypes under
+autocast (the softmax is the same call). Timings and the alternatives measured and dropped: docs/benchmarks.md.
 
 Not bitwise timm's: with ``attn_drop > 0`` in training (CaiT's default is 0), dropout draws its mask over a
 contiguous (B, H, N, N) tensor where timm's is laid out (B, N, N, H), so the masks differ (same distribution).
@@ -150,9 +131,8 @@ def use_fast_attention(model: nn.Module) -> int:
     - Swin: every window attention switched to timm's own fused path (``fused_attn``: one
       ``scaled_dot_product_attention`` with the relative-position bias and the shifted-window mask as its additive
       mask, instead of q@k^T, two adds, softmax and @v as separate passes over the (windows, heads, 144, 144) map).
-      timm ships it off ("experimental"); it computes the same function (tests/test_attention.py). Measured on 2
-      CPU cores, Swin-L at 384 px, batch 1: 1.04x (fp32) and 1.21x (bf16) over timm's default; the GPU figure is
-      owed (docs/benchmarks.md).
+      timm ships it off ("experimental"); it computes the same function (tests/test_attention.py). Timings:
+      docs/benchmarks.md.
 
     Parameters, their names and the state_dict are untouched, so checkpoints and exports load in plain timm.
 

@@ -50,7 +50,7 @@ class BatchAugment:
         self.std = list(std)
         # Normalization statistics as tensors on the batch's device, made once: torchvision's normalize builds
         # them from these lists on every call, a copy from pageable host memory that waits for the GPU to
-        # finish its queued work (a host-device sync per micro-batch, ~1.4 ms of an H200 left idle per step).
+        # finish its queued work (a host-device sync per micro-batch; measured: docs/benchmarks.md, GPU figures).
         self._statistics: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
         self.num_classes = num_classes
         self.label_smoothing = augment.label_smoothing

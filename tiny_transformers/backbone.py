@@ -172,9 +172,9 @@ class CompiledFeatures:
     padded rows are dropped from the features, so no loss or metric sees them. Padding was chosen over marking the
     batch dimension dynamic because a dynamic graph serves every batch with kernels not specialised to the batch
     size (and dynamo would first compile the static graph, then recompile a dynamic one at the first ragged batch:
-    two compiles of 21-45 s where one will do); the price is one padded batch per epoch and per evaluation, under
-    1/100 of an epoch of Tiny ImageNet (100,000 images in micro-batches of 64-128). A batch larger than its mode's
-    size runs eager rather than compile again.
+    two compiles where one will do; compile times: docs/benchmarks.md); the price is one padded batch per epoch and
+    per evaluation, under 1/100 of an epoch of Tiny ImageNet (100,000 images in micro-batches of 64-128). A batch
+    larger than its mode's size runs eager rather than compile again.
 
     Train and eval mode are two graphs (drop path and dropout read ``module.training``, which dynamo guards on), each
     compiled once and reused every epoch: two compiles per run. The frozen backbone runs under ``torch.no_grad`` in

@@ -1,7 +1,7 @@
 """Training checkpoints: Accelerate's ``save_state`` written atomically, found again, resumed safely.
 
-Layout of ``output_dir/checkpoints/step_00001234/``: what ``accelerator.save_state`` writes (model,
-optimizer, scheduler, scaler, RNG) plus ``trainer_state.json``, written last. A checkpoint is written
+Layout of ``output_dir/checkpoints/step_00001234/``: what ``accelerator.save_state`` writes (model, optimizer,
+scaler, RNG, EMA; no scheduler: the lr is recomputed) plus ``trainer_state.json``, written last. A checkpoint is written
 into ``.tmp-step_...`` and renamed into place only when complete, so a run killed mid-write leaves a
 temporary folder that is never loaded (and is cleaned up by the next save).
 """
@@ -220,7 +220,7 @@ def find_resume_checkpoint(config: FinetuneConfig, output_dir: Path) -> Path | N
                 "choose a new train.output_dir, or resume with --train.resume auto."
             )
         return None
-    if resume == "hub" or resume.startswith("hf-hub:"):
+    if resume == "hub" or hub_io.hub_repo(resume) is not None:
         return checkpoint_from_hub(config, output_dir)
     if resume == "auto":
         folder, saved_config = _newest_readable(output_dir)
@@ -252,7 +252,7 @@ def hub_resume_repo(config: FinetuneConfig) -> str | None:
     resume = config.train.resume
     if resume == "hub":
         return config.hub.model_id
-    return resume[len("hf-hub:") :] if resume.startswith("hf-hub:") else None
+    return hub_io.hub_repo(resume)
 
 
 def checkpoint_from_hub(config: FinetuneConfig, output_dir: Path) -> Path:
@@ -358,7 +358,7 @@ def _disk_full(error: BaseException) -> bool:
 
 
 def load_checkpoint(accelerator: Accelerator, folder: Path) -> TrainerState:
-    """Restore model, optimizer, scheduler, scaler and RNG from ``folder``; return the trainer state."""
+    """Restore model, optimizer, scaler, RNG and EMA from ``folder``; return the trainer state."""
     state, _ = read_state(folder)
     try:
         accelerator.load_state(str(folder))

@@ -53,7 +53,7 @@ class ModelConfig:
     # the new classifier head's initialisation: timm's (as timm.create_model makes it), or linear: a default
     # nn.Linear from reset_classifier, as the official code makes it
     head_init: Literal["timm", "linear"] = "timm"
-    drop_path_rate: float = 0.1  # stochastic depth inside the backbone (paper 2.2)
+    drop_path_rate: float = 0.1  # stochastic depth inside the backbone (paper 2.2), a probability in [0, 1]
     # recompute each block's activations in the backward pass instead of keeping them (timm's
     # set_grad_checkpointing): less memory, about one more forward of compute; same gradients
     grad_checkpointing: bool = False
@@ -145,10 +145,11 @@ class TrainConfig:
     eval_precision: Literal["autocast", "fp32"] = resumable(
         "autocast"
     )  # evaluation under the training autocast or fp32
-    seed: int = 0
+    seed: int = 0  # model head init, data order, every augmentation draw; 0 to 2**32 - 1 (numpy's range)
     output_dir: str = resumable("outputs/run")  # checkpoints, metrics.jsonl, config.json, best/ and last/
     # auto: the newest checkpoint in output_dir, if any; never: start fresh (refused when output_dir already holds
-    # checkpoints, so nothing is overwritten); or the path of one checkpoint folder
+    # checkpoints, so nothing is overwritten); the path of one checkpoint folder; hf-hub:owner/name: that repo's
+    # last-checkpoint/ (pushed with hub.strategy checkpoint); hub: the same from hub.model_id
     resume: str = resumable("auto")
     checkpoint_every: int = resumable(0)  # also save every N optimizer updates; 0: only at epoch ends
     keep_checkpoints: int = resumable(3)  # newest checkpoints kept in output_dir/checkpoints

@@ -20,6 +20,30 @@ from .errors import CheckpointError, ModelError
 LOGIN_HINT = "set HF_TOKEN or run `hf auth login` (`huggingface-cli login` in older huggingface_hub)"
 _DOWNLOAD_FILES = ["config.json", "model.safetensors", "pytorch_model.bin"]  # a timm save_for_hf folder
 CHECKPOINT_DIR = "last-checkpoint"  # the repo folder of the training checkpoint that hub.strategy checkpoint pushes
+HUB_PREFIX = "hf-hub:"  # timm's spelling of a Hub location, which every option naming a model or checkpoint accepts
+
+
+def hub_repo(location: str | Path) -> str | None:
+    """The repo id of an ``hf-hub:owner/name`` location, or None when ``location`` is not one (a local path).
+
+    >>> hub_repo("hf-hub:me/vit"), hub_repo("outputs/run")
+    ('me/vit', None)
+    """
+    text = str(location)
+    return text[len(HUB_PREFIX) :] if text.startswith(HUB_PREFIX) else None
+
+
+def is_repo_id(text: str) -> bool:
+    """Whether ``text`` is an ``owner/name`` model id as huggingface_hub's ``validate_repo_id`` accepts it.
+
+    >>> is_repo_id("me/vit-l.v2"), is_repo_id("vit"), is_repo_id("me/not a repo"), is_repo_id("me/a--b")
+    (True, False, False, False)
+    """
+    try:
+        validate_repo_id(text)
+    except hf_errors.HFValidationError:
+        return False
+    return text.count("/") == 1
 
 
 def offline() -> bool:
@@ -134,7 +158,7 @@ def download_model(location: str) -> Path:
     >>> download_model("hf-hub:me/vit-l-tiny-imagenet")  # doctest: +SKIP
     PosixPath('/home/me/.cache/huggingface/hub/models--me--vit-l-tiny-imagenet/snapshots/3f2c...')
     """
-    repo_id = location[len("hf-hub:") :] if location.startswith("hf-hub:") else location
+    repo_id = hub_repo(location) or location
     try:
         return Path(snapshot_download(repo_id, repo_type="model", allow_patterns=_DOWNLOAD_FILES))
     except hf_errors.HFValidationError as error:
@@ -166,7 +190,7 @@ def download_checkpoint(repo_id: str, into: Path) -> Path:
     >>> download_checkpoint("me/vit-l-tiny-imagenet", Path("outputs/run/checkpoints/.tmp-hub"))  # doctest: +SKIP
     PosixPath('outputs/run/checkpoints/.tmp-hub/last-checkpoint')
     """
-    location = f"hf-hub:{repo_id}"
+    location = f"{HUB_PREFIX}{repo_id}"
     try:
         snapshot_download(repo_id, repo_type="model", allow_patterns=[f"{CHECKPOINT_DIR}/*"], local_dir=str(into))
     except Exception as error:  # noqa: BLE001 - offline, not found, no access: each gets its own sentence below

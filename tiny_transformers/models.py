@@ -10,6 +10,8 @@ from pathlib import Path
 
 import timm
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
+from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
 from torch import nn
 
 from . import hub
@@ -18,9 +20,6 @@ from .config import ModelConfig
 from .errors import ConfigError, ModelError
 from .paper import PAPER_MODELS, resolve_model_name
 from .rundir import CONFIG_FILE, WEIGHTS_FILE
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _check_name(timm_name: str) -> None:
@@ -95,7 +94,7 @@ def build_model(cfg: ModelConfig, num_classes: int, image_size: int) -> nn.Modul
     _check_name(timm_name)
     kwargs = dict(num_classes=num_classes, drop_path_rate=cfg.drop_path_rate)
     checkpoint = Path(cfg.checkpoint).expanduser() if cfg.checkpoint else None
-    if cfg.checkpoint and cfg.checkpoint.startswith("hf-hub:"):  # a model pushed by this library (or any timm folder)
+    if cfg.checkpoint and hub.hub_repo(cfg.checkpoint) is not None:  # pushed by this library (or any timm folder)
         checkpoint = hub.download_model(cfg.checkpoint)
 
     if checkpoint is not None and checkpoint.is_dir():

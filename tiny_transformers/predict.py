@@ -14,6 +14,7 @@ from .augment import BatchAugment
 from .config import AugmentConfig
 from .data import IMAGE_EXTENSIONS, decode_image
 from .errors import ConfigError, DataError, ModelError
+from .hub import hub_repo
 from .models import unwrap_logits
 from .weights import build_trained_model, describe_trained_weights
 
@@ -57,13 +58,13 @@ class Predictor:
     @classmethod
     def load(cls, location: str | Path, device: str | torch.device | None = None) -> Predictor:
         """From an exported folder, a run's output dir (its ``best/``), a training checkpoint or ``hf-hub:id``."""
-        location = str(location)
-        if not location.startswith("hf-hub:") and not Path(location).expanduser().exists():
+        location, local = str(location), hub_repo(location) is None
+        if local and not Path(location).expanduser().exists():
             raise ModelError(
                 f"model.checkpoint '{location}' does not exist; give an exported folder, a run's output dir or "
                 "hf-hub:owner/name."
             )
-        if not location.startswith("hf-hub:") and (Path(location) / "best" / "config.json").is_file():
+        if local and (Path(location) / "best" / "config.json").is_file():
             location = str(Path(location) / "best")
         weights = describe_trained_weights(location)
         if weights.num_classes is None:
@@ -75,9 +76,14 @@ class Predictor:
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model = build_trained_model(weights)
         augment = BatchAugment(
-            weights.image_size, weights.mean, weights.std, weights.num_classes, AugmentConfig(), device,
+            weights.image_size,
+            weights.mean,
+            weights.std,
+            weights.num_classes,
+            AugmentConfig(),
+            device,
             weights.preprocess or "default",
-        )  # fmt: skip
+        )
         return cls(
             model.to(device).eval(), augment, weights.native_size or weights.image_size, class_ids, class_names, device
         )

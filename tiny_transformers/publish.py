@@ -287,10 +287,10 @@ class _Snapshot:
 class BackgroundPublisher:
     """Pushes during training without stopping it: :meth:`submit` takes a snapshot of what the push sends (a copy of
     ``metrics.jsonl`` and the published weights, the checkpoint hard-linked) and returns; one worker thread exports
-    and uploads it. At most one upload is in flight; a push submitted meanwhile waits, and a newer one replaces it
-    (latest wins: the skipped one is printed). :meth:`wait` (also on leaving the ``with`` block) lets the last
-    upload end and returns every push's :class:`PushResult`; each outcome is printed when it is known. A failed push
-    never raises and never touches the run's files.
+    and uploads it (no torch op on it: see :func:`_export`). At most one upload is in flight; a push submitted
+    meanwhile waits, and a newer one replaces it (latest wins: the skipped one is printed). :meth:`wait` (also on
+    leaving the ``with`` block) lets the last upload end and returns every push's :class:`PushResult`; each outcome
+    is printed when it is known. A failed push never raises and never touches the run's files.
 
     >>> with BackgroundPublisher("outputs/run", HubConfig(push=True, model_id="me/vit")) as pushes:  # doctest: +SKIP
     ...     pushes.submit()  # after an epoch: the snapshot is taken now, the upload runs in the background
@@ -302,9 +302,8 @@ class BackgroundPublisher:
         self.results: list[PushResult] = []
         self._pending: _Snapshot | None = None
         self._uploading: _Snapshot | None = None  # the push in flight
-        self._closed = False
-        self._changed = threading.Condition()
-        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None  # the worker, while there is a push to send
         self._submitted = 0
 
     def __enter__(self) -> BackgroundPublisher:
@@ -323,13 +322,13 @@ class BackgroundPublisher:
             url, line = _reported(self.output_dir, self.hub, _raiser(error))
             self._record(PushResult(self._submitted, _epochs_done(self.output_dir), url, line))
             return
-        with self._changed:
+        with self._lock:
             replaced, self._pending = self._pending, snapshot
             if self._thread is None:
-                self._closed = False
+                # not huggingface_hub's run_as_future: the interpreter joins its executor's thread at exit, so a push
+                # still running at train.preempt_seconds would hold the exit; a daemon thread is left behind instead
                 self._thread = threading.Thread(target=self._work, name="hub-push", daemon=True)
                 self._thread.start()
-            self._changed.notify_all()
         if replaced is not None:
             shutil.rmtree(replaced.folder, ignore_errors=True)
             line = f"note: {replaced} was skipped: {snapshot} replaced it while an upload was in flight"
@@ -340,26 +339,27 @@ class BackgroundPublisher:
         """Let the upload in flight and the pending push end, for at most ``timeout`` seconds (None: as long as they
         take); every push's result so far, oldest first. A push still running at the timeout is left behind (its
         thread dies with the process), reported with the retry command; the run's files are untouched."""
-        with self._changed:
-            self._closed = True
-            busy = [s for s in (self._uploading, self._pending) if s is not None]
-            self._changed.notify_all()
-        if self._thread is not None:
+        with self._lock:
+            thread, busy = self._thread, [s for s in (self._uploading, self._pending) if s is not None]
+        if thread is not None:
             if busy:
                 limit = "" if timeout is None else f" (at most {timeout:.0f} s: train.preempt_seconds)"
                 print(f"waiting for {busy[-1]} to finish{limit}", flush=True)
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                with self._changed:
-                    left = [s for s in (self._uploading, self._pending) if s is not None]
-                for snapshot in left:
-                    line = (
-                        f"warning: {snapshot} did not end within train.preempt_seconds; exiting without it. The "
-                        f"run's files are intact; push them later with: {retry_command(self.output_dir, self.hub)}"
-                    )
-                    print(line, file=sys.stderr, flush=True)
-                    self._record(PushResult(snapshot.number, snapshot.epochs, None, line))
-            self._thread = None
+            thread.join(timeout)
+            with self._lock:
+                left = [s for s in (self._uploading, self._pending) if s is not None] if thread.is_alive() else []
+                dropped = self._pending if left else None
+                if left:  # given up: the upload in flight ends on its own or dies with the process; nothing follows
+                    self._thread, self._pending = None, None
+            if dropped is not None:
+                shutil.rmtree(dropped.folder, ignore_errors=True)
+            for snapshot in left:
+                line = (
+                    f"warning: {snapshot} did not end within train.preempt_seconds; exiting without it. The "
+                    f"run's files are intact; push them later with: {retry_command(self.output_dir, self.hub)}"
+                )
+                print(line, file=sys.stderr, flush=True)
+                self._record(PushResult(snapshot.number, snapshot.epochs, None, line))
         if is_main_launch_process():  # one process sweeps what dead pushes left, and .hub-push/ itself when empty
             remove_abandoned(self.output_dir)
         return sorted(self.results, key=lambda result: result.number)
@@ -389,20 +389,23 @@ class BackgroundPublisher:
             raise
 
     def _work(self) -> None:
+        """Send the pending push, then the one submitted meanwhile, and so on; end when none is left, or when
+        :meth:`wait` gave up on this thread."""
         while True:
-            with self._changed:
-                while self._pending is None and not self._closed:
-                    self._changed.wait()
-                snapshot, self._pending = self._pending, None
-                if snapshot is None:
+            with self._lock:
+                if self._thread is not threading.current_thread() or self._pending is None:
+                    if self._thread is threading.current_thread():
+                        self._thread = None  # the next submit starts a new worker
                     return
+                snapshot, self._pending = self._pending, None
                 self._uploading = snapshot
             try:
                 url, line = _reported(self.output_dir, self.hub, functools.partial(self._send, snapshot))
             finally:
                 shutil.rmtree(snapshot.folder, ignore_errors=True)
-                with self._changed:
-                    self._uploading = None
+                with self._lock:
+                    if self._uploading is snapshot:
+                        self._uploading = None
             self._record(PushResult(snapshot.number, snapshot.epochs, url, line))
 
     def _send(self, snapshot: _Snapshot) -> str:
@@ -419,7 +422,7 @@ class BackgroundPublisher:
         return _push(run, self.hub, export, None, self.output_dir, snapshot.checkpoint, checked=True)
 
     def _record(self, result: PushResult) -> None:
-        with self._changed:
+        with self._lock:
             self.results.append(result)
 
 

@@ -14,11 +14,9 @@ bitwise equal to torchvision's per-image ``transforms.RandAugment`` given the sa
 (``torchvision.transforms.functional``), except Equalize, whose v2 kernel is vectorised over the batch
 (v1 loops over images and channels in Python) and is integer arithmetic, so equal bit for bit.
 
-Not v2 for the rest: v2's AutoContrast divides by (max - min) / 255 where v1 multiplies by 255 / (max - min),
-and v2's Color and Sharpness blend as ``x + (1 - r) * (y - x)``; after truncation to uint8 they differ from
-v1 by one level in 1.1% (AutoContrast), 0.09% (Color, factor 1.27) and 23% (Sharpness, factor 1.27) of the
-pixels of 384x384 test images. The geometric ops use NEAREST, torchvision's RandAugment default, so they copy
-pixels and need no tolerance either.
+Not v2 for the rest: v2's AutoContrast, Color and Sharpness round differently from v1's, one uint8 level off on
+some pixels (measured: docs/benchmarks.md). The geometric ops use NEAREST, torchvision's RandAugment default, so
+they copy pixels and need no tolerance either.
 
 On CUDA the float steps (bicubic resize, blends, grid sampling) may round differently from the CPU at rare
 pixels (one uint8 level); the draws come from the CUDA generator, so they differ from a CPU run's.

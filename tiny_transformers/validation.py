@@ -1,16 +1,17 @@
-"""All validation of a :class:`~tiny_transformers.config.FinetuneConfig`, in one place: :func:`validate` runs before
-any process group or data loader starts and raises :class:`ConfigError` with one sentence naming the field and the fix.
+"""All validation of a :class:`~tiny_transformers.config.FinetuneConfig`: one function per config section (its
+fields' ranges and rules), then the rules that relate sections. :func:`validate` runs them all before any process group
+or data loader starts and raises :class:`ConfigError` with one sentence naming the field and the fix.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import re
 from pathlib import Path
 
-from .config import FinetuneConfig, HubConfig, OptimConfig, TrainConfig
+from .config import AugmentConfig, DataConfig, FinetuneConfig, HubConfig, ModelConfig, OptimConfig, TrainConfig
 from .errors import ConfigError
+from .hub import hub_repo, is_repo_id
 
 
 def world_size_from_env() -> int:
@@ -53,6 +54,7 @@ def _check_speed_options(o: OptimConfig, t: TrainConfig, cuda_available: bool) -
 
 def validate(config: FinetuneConfig, num_processes: int | None = None, cuda_available: bool | None = None) -> None:
     """Check every field before anything starts; raise :class:`ConfigError` with one sentence on the first problem.
+    Each section's own fields first (their ranges, then their rules), then the rules that relate sections.
 
     >>> config = FinetuneConfig(train=TrainConfig(batch_size=100, micro_batch_size=64))
     >>> validate(config, num_processes=1)  # doctest: +ELLIPSIS
@@ -60,76 +62,125 @@ def validate(config: FinetuneConfig, num_processes: int | None = None, cuda_avai
     ...
     tiny_transformers.errors.ConfigError: train.batch_size 100 is not a multiple of ... = 64; use 64 or 128, or ...
     """
-    num_processes = num_processes or world_size_from_env()
-    m, d, a, o, t = config.model, config.data, config.augment, config.optim, config.train
+    _validate_model(config.model)
+    _validate_data(config.data)
+    _validate_augment(config.augment)
+    _validate_optim(config.optim)
+    _validate_train(config.train, num_processes or world_size_from_env())
+    validate_hub(config.hub)
+    _validate_across_sections(config, cuda_available)
 
-    # Every numeric field, by the range it must lie in (tests/test_config.py checks that none is missing).
-    positive = {
-        "data.image_size": d.image_size,
-        "data.native_size": d.native_size,
-        "train.epochs": t.epochs,
-        "train.batch_size": t.batch_size,
-        "train.micro_batch_size": t.micro_batch_size,
-        "train.keep_checkpoints": t.keep_checkpoints,
-        "optim.lr": o.lr,
-        "augment.distill_temperature": a.distill_temperature,
-        # unset (None) means "all" or "the default"
-        "train.eval_batch_size": t.eval_batch_size,
-        "data.max_train_samples": d.max_train_samples,
-        "data.max_eval_samples": d.max_eval_samples,
-    }
-    non_negative = {
-        "data.num_workers": d.num_workers,
-        "train.checkpoint_every": t.checkpoint_every,
-        "train.log_every": t.log_every,
-        "train.preempt_seconds": t.preempt_seconds,
-        "train.seed": t.seed,
-        "optim.weight_decay": o.weight_decay,
-        "optim.min_lr": o.min_lr,
-        "optim.warmup_epochs": o.warmup_epochs,
-        "optim.warmup_lr": o.warmup_lr,
-        "optim.clip_grad": o.clip_grad,
-        "augment.mixup_alpha": a.mixup_alpha,
-        "augment.cutmix_alpha": a.cutmix_alpha,
-        "augment.randaugment_ops": a.randaugment_ops,
-        "augment.randaugment_magnitude": a.randaugment_magnitude,
-    }
+
+_RANGES = {
+    "positive": (lambda v: v > 0, "must be positive"),
+    "non_negative": (lambda v: v >= 0, "must be zero or positive"),
+    "probability": (lambda v: 0.0 <= v <= 1.0, "is a probability and must lie in [0, 1]"),
+    "fraction": (lambda v: 0.0 <= v <= 1.0, "must lie in [0, 1]"),
+}
+
+
+def _check_ranges(name: str, section: object, **fields: str) -> None:
+    """The fields of config section ``name`` in their range (``fields``: range -> field names, space-separated);
+    None (unset: "all" or "the default") passes. tests/test_config.py checks that every numeric field is named."""
+    for kind, names in fields.items():
+        for field in names.split():
+            value = getattr(section, field)
+            if value is not None and not math.isfinite(value):  # nan slips through every comparison
+                raise ConfigError(f"{name}.{field} must be a finite number, got {value}.")
+            if value is not None and not _RANGES[kind][0](value):
+                raise ConfigError(f"{name}.{field} {_RANGES[kind][1]}, got {value}.")
+
+
+def _validate_model(m: ModelConfig) -> None:
+    _check_ranges("model", m, probability="drop_path_rate")
+    if m.checkpoint is not None and hub_repo(m.checkpoint) is None and not Path(m.checkpoint).expanduser().exists():
+        raise ConfigError(
+            f"model.checkpoint '{m.checkpoint}' does not exist; give a .safetensors/.pth file or a folder "
+            "with model.safetensors and config.json."
+        )
+
+
+def _validate_data(d: DataConfig) -> None:
+    _check_ranges(
+        "data", d, positive="image_size native_size max_train_samples max_eval_samples", non_negative="num_workers"
+    )
+    if not d.source.strip():
+        # An empty path means the working directory to pathlib, which would be searched for a dataset layout.
+        raise ConfigError(
+            "data.source is empty; give a Hub dataset id (zh-plus/tiny-imagenet) or a local path "
+            "(./tiny-imagenet-200, tiny-imagenet-200.zip)."
+        )
+
+
+def _validate_augment(a: AugmentConfig) -> None:
+    _check_ranges(
+        "augment",
+        a,
+        positive="distill_temperature",
+        non_negative="mixup_alpha cutmix_alpha randaugment_ops randaugment_magnitude",
+        probability="mixup_prob switch_prob label_smoothing random_erasing",
+    )
     if a.randaugment_magnitude > 30:
         raise ConfigError(
             f"augment.randaugment_magnitude {a.randaugment_magnitude} is above 30, the top of RandAugment's scale."
         )
-    probabilities = {
-        "model.drop_path_rate": m.drop_path_rate,
-        "augment.mixup_prob": a.mixup_prob,
-        "augment.switch_prob": a.switch_prob,
-        "augment.label_smoothing": a.label_smoothing,
-        "augment.random_erasing": a.random_erasing,
-    }
-    fractions = {"optim.momentum": o.momentum, "optim.layer_decay": o.layer_decay, "train.ema_decay": t.ema_decay}
-    for name, value in {**positive, **non_negative, **probabilities, **fractions}.items():
-        if value is not None and not math.isfinite(value):  # nan slips through every comparison below
-            raise ConfigError(f"{name} must be a finite number, got {value}.")
-    for name, value in positive.items():
-        if value is not None and value <= 0:
-            raise ConfigError(f"{name} must be positive, got {value}.")
-    for name, value in non_negative.items():
-        if value < 0:
-            raise ConfigError(f"{name} must be zero or positive, got {value}.")
-    for name, value in probabilities.items():
-        if not 0.0 <= value <= 1.0:
-            raise ConfigError(f"{name} is a probability and must lie in [0, 1], got {value}.")
-    for name, value in fractions.items():
-        if not 0.0 <= value <= 1.0:
-            raise ConfigError(f"{name} must lie in [0, 1], got {value}.")
+
+
+def _validate_optim(o: OptimConfig) -> None:
+    _check_ranges(
+        "optim",
+        o,
+        positive="lr",
+        non_negative="weight_decay min_lr warmup_epochs warmup_lr clip_grad",
+        fraction="momentum layer_decay",
+    )
+    if o.warmup_epochs and o.warmup_lr > o.lr:
+        raise ConfigError(f"optim.warmup_lr {o.warmup_lr} is above optim.lr {o.lr}; the warmup must rise.")
+    if o.min_lr > o.lr:
+        raise ConfigError(f"optim.min_lr {o.min_lr} is above optim.lr {o.lr}; the cosine must decay.")
+
+
+def _validate_train(t: TrainConfig, num_processes: int) -> None:
+    _check_ranges(
+        "train",
+        t,
+        positive="epochs batch_size micro_batch_size keep_checkpoints eval_batch_size",
+        non_negative="checkpoint_every log_every preempt_seconds seed",
+        fraction="ema_decay",
+    )
+    if t.seed > 2**32 - 1:  # numpy's seed range: Accelerate's set_seed would fail with a ValueError
+        raise ConfigError(f"train.seed {t.seed} is above 4294967295 (2**32 - 1), the largest seed numpy accepts.")
     if t.ema_decay == 1.0:
         raise ConfigError("train.ema_decay 1 would never move the average; use a value below 1 (e.g. 0.9998), or 0.")
+    if not t.output_dir.strip():
+        raise ConfigError("train.output_dir is empty; give the folder the run writes into, e.g. outputs/vit_l.")
+    for variable, plugin in (("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"), ("ACCELERATE_USE_FSDP", "FSDP")):
+        if os.environ.get(variable, "false").lower() == "true":
+            # DeepSpeed's engine owns accumulation and steps inside backward(); FSDP shards what best/ and
+            # last/ export. Neither can run here (no GPU) to be verified: refuse rather than train wrongly.
+            raise ConfigError(
+                f"accelerate launch was configured for {plugin}, which tiny_transformers does not support yet; "
+                "launch with plain data parallelism (accelerate config: 'multi-GPU', no FSDP/DeepSpeed), see "
+                "docs/scaling.md."
+            )
+    unit = t.micro_batch_size * num_processes
+    if t.batch_size % unit:
+        raise ConfigError(
+            f"train.batch_size {t.batch_size} is not a multiple of train.micro_batch_size {t.micro_batch_size} "
+            f"x {num_processes} process(es) = {unit}; use "
+            f"{' or '.join(map(str, _valid_batch_sizes(t.micro_batch_size, num_processes, t.batch_size)))}, "
+            "or change train.micro_batch_size."
+        )
+
+
+def _validate_across_sections(config: FinetuneConfig, cuda_available: bool | None) -> None:
+    """The rules that relate two sections (or a section and the machine)."""
+    m, o, t = config.model, config.optim, config.train
     if o.warmup_epochs >= t.epochs:
         raise ConfigError(
             f"optim.warmup_epochs {o.warmup_epochs} is not shorter than train.epochs {t.epochs}; the cosine needs "
             "updates after the warmup."
         )
-    if o.warmup_epochs and o.warmup_lr > o.lr:
-        raise ConfigError(f"optim.warmup_lr {o.warmup_lr} is above optim.lr {o.lr}; the warmup must rise.")
     if m.train_mode == "head" and (m.grad_checkpointing or o.layer_decay not in (0.0, 1.0)):
         field_name = "model.grad_checkpointing" if m.grad_checkpointing else "optim.layer_decay"
         raise ConfigError(
@@ -147,41 +198,11 @@ def validate(config: FinetuneConfig, num_processes: int | None = None, cuda_avai
             raise ConfigError(
                 f"model.backbone_dtype {m.backbone_dtype} needs {fix}; set it, or use --model.backbone_dtype fp32."
             )
-    if m.backbone_dtype == "fp8":
+    if m.backbone_dtype == "fp8":  # the settings first, then whether this machine runs it
         from . import backbone  # imports torch: only for the option that needs it
 
         if reason := backbone.fp8_unavailable():
             raise ConfigError(f"model.backbone_dtype fp8 needs {reason}; use --model.backbone_dtype bf16.")
-    if not t.output_dir.strip():
-        raise ConfigError("train.output_dir is empty; give the folder the run writes into, e.g. outputs/vit_l.")
-    if o.min_lr > o.lr:
-        raise ConfigError(f"optim.min_lr {o.min_lr} is above optim.lr {o.lr}; the cosine must decay.")
-    if not config.data.source.strip():
-        # An empty path means the working directory to pathlib, which would be searched for a dataset layout.
-        raise ConfigError(
-            "data.source is empty; give a Hub dataset id (zh-plus/tiny-imagenet) or a local path "
-            "(./tiny-imagenet-200, tiny-imagenet-200.zip)."
-        )
-
-    for variable, plugin in (("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"), ("ACCELERATE_USE_FSDP", "FSDP")):
-        if os.environ.get(variable, "false").lower() == "true":
-            # DeepSpeed's engine owns accumulation and steps inside backward(); FSDP shards what best/ and
-            # last/ export. Neither can run here (no GPU) to be verified: refuse rather than train wrongly.
-            raise ConfigError(
-                f"accelerate launch was configured for {plugin}, which tiny_transformers does not support yet; "
-                "launch with plain data parallelism (accelerate config: 'multi-GPU', no FSDP/DeepSpeed), see "
-                "docs/scaling.md."
-            )
-
-    unit = t.micro_batch_size * num_processes
-    if t.batch_size % unit:
-        raise ConfigError(
-            f"train.batch_size {t.batch_size} is not a multiple of train.micro_batch_size {t.micro_batch_size} "
-            f"x {num_processes} process(es) = {unit}; use "
-            f"{' or '.join(map(str, _valid_batch_sizes(t.micro_batch_size, num_processes, t.batch_size)))}, "
-            "or change train.micro_batch_size."
-        )
-
     needs_device = t.mixed_precision == "fp16" or o.fused or t.compile
     if needs_device and cuda_available is None:  # torch is imported only when a check needs it
         import torch
@@ -194,24 +215,12 @@ def validate(config: FinetuneConfig, num_processes: int | None = None, cuda_avai
         )
     if o.fused or t.compile:
         _check_speed_options(o, t, cuda_available)
-
-    rid = (config.hub.model_id or "") if t.resume == "hub" else t.resume[7:] if t.resume[:7] == "hf-hub:" else None
-    if t.resume not in ("auto", "never") and not (_HUB_ID.match(rid) if rid else Path(t.resume).expanduser().exists()):
+    rid = (config.hub.model_id or "") if t.resume == "hub" else hub_repo(t.resume)
+    if t.resume not in ("auto", "never") and not (is_repo_id(rid) if rid else Path(t.resume).expanduser().exists()):
         raise ConfigError(
             f"train.resume '{t.resume}' {'does not exist' if rid is None else 'names no Hub repo'}; give a checkpoint "
             "folder, 'auto' (newest in train.output_dir), 'never', or hf-hub:owner/name ('hub': hub.model_id)."
         )
-    if m.checkpoint is not None and not m.checkpoint.startswith("hf-hub:"):
-        if not Path(m.checkpoint).expanduser().exists():
-            raise ConfigError(
-                f"model.checkpoint '{m.checkpoint}' does not exist; give a .safetensors/.pth file or a folder "
-                "with model.safetensors and config.json."
-            )
-    validate_hub(config.hub)
-
-
-# A Hub model id: 'owner/name', each part letters, digits, '-', '_' or '.', as huggingface_hub accepts them.
-_HUB_ID = re.compile(r"^[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9])?/[A-Za-z0-9_](?:[\w.-]{0,94}[\w])?$")
 
 
 def validate_hub(hub: HubConfig) -> None:
@@ -226,9 +235,7 @@ def validate_hub(hub: HubConfig) -> None:
         raise ConfigError(
             "hub.push is on but hub.model_id is not set; add --hub.model_id your-user/model-name (or --hub.push false)."
         )
-    if hub.model_id is not None and (
-        not _HUB_ID.match(hub.model_id) or ".." in hub.model_id or "--" in hub.model_id or hub.model_id.endswith(".git")
-    ):
+    if hub.model_id is not None and not is_repo_id(hub.model_id):
         raise ConfigError(
             f"hub.model_id '{hub.model_id}' is not a Hub model id; write it as owner/name (your user or organisation, "
             "a slash, then letters, digits, '-', '_' or '.'), e.g. --hub.model_id your-user/vit-l-tiny-imagenet."

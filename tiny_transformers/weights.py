@@ -98,7 +98,7 @@ def describe_trained_weights(location: str | Path) -> TrainedWeights:
     >>> describe_trained_weights("outputs/run/best").timm_name  # doctest: +SKIP
     'vit_large_patch16_384'
     """
-    if str(location).startswith("hf-hub:"):
+    if hub.hub_repo(location) is not None:
         location = hub.download_model(str(location))
     folder = Path(location).expanduser()
     weights, config_file = folder / WEIGHTS_FILE, folder / CONFIG_FILE
@@ -187,7 +187,7 @@ def build_teacher(location: str, num_classes: int, image_size: int, class_ids: l
     """
     what = f"model.teacher '{location}'"
     folder = Path(location).expanduser()
-    if location.startswith("hf-hub:") or folder.exists():
+    if hub.hub_repo(location) is not None or folder.exists():
         if folder.is_dir() and not (folder / WEIGHTS_FILE).is_file():
             inside = [name for name in ("best", "last", "export") if (folder / name / WEIGHTS_FILE).is_file()]
             hint = f" (this looks like a run folder: use {folder / inside[0]})" if inside else ""
