@@ -68,17 +68,21 @@ def backbone_calls(monkeypatch):
 
 @pytest.mark.parametrize("precision, micro_batch", [("no", 5), ("bf16", 4)])
 def test_a_probe_computes_each_feature_once_and_trains_bitwise_the_same(
-    precision, micro_batch, stanford_dir, tmp_path, backbone_calls, bf16_process
+    precision, micro_batch, stanford_dir, tmp_path, backbone_calls, bf16_process, capsys
 ):
     """3 epochs over 24 training images in micro-batches of 5 (a ragged one of 4 per epoch) or 4 (none), 12
     evaluation images in batches of the same size, raw weights and EMA evaluated each epoch."""
     settings = dict(epochs=3, mixed_precision=precision, batch_size=micro_batch, micro_batch_size=micro_batch)
     uncached = finetune(probe_config(stanford_dir, tmp_path / "off", False, **settings))
+    assert (
+        "feature cache: off (train.cache_features false): every feature computed every time" in capsys.readouterr().out
+    )
     steps, batches = -(-24 // micro_batch), -(-12 // micro_batch)
     assert backbone_calls == {"train": 3 * steps, "eval": 3 * batches * 2 + 1}  # + the report's prediction grid
     backbone_calls.update(train=0, eval=0)
     config = probe_config(stanford_dir, tmp_path / "on", True, **settings)
     cached = finetune(config)
+    assert "feature cache: evaluation features computed once per run; training features too" in capsys.readouterr().out
     # evaluation: the first pass only; training: the micro-batches with an image not yet kept from a full one
     assert backbone_calls == {"train": uncached_micro_batches(config, train_samples=24), "eval": batches + 1}
     if micro_batch == 4:  # no ragged micro-batch: the 3 epochs cost one backbone pass
@@ -102,7 +106,7 @@ def uncached_micro_batches(config: FinetuneConfig, train_samples: int) -> int:
 
 
 def test_with_augmentation_only_the_evaluation_is_cached_and_scores_the_same(
-    stanford_dir, tmp_path, backbone_calls, bf16_process
+    stanford_dir, tmp_path, backbone_calls, bf16_process, capsys
 ):
     """The paper's augmentation (Mixup, CutMix, random erasing, drop path) keeps training uncached; the evaluation
     features are still computed once, for the raw weights and the EMA alike."""
@@ -112,22 +116,12 @@ def test_with_augmentation_only_the_evaluation_is_cached_and_scores_the_same(
         runs[cache] = finetune(head_config(stanford_dir, tmp_path / str(cache), cache_features=cache, ema_decay=0.9))
         assert backbone_calls["train"] == 2 * 5
     assert backbone_calls["eval"] == 3 + 1  # and the report's grid; uncached: 2 epochs x 3 batches x (raw, EMA) + 1
+    assert (
+        "feature cache: evaluation features computed once per run; training features every step (Mixup/CutMix is on; "
+        "train.cache_features needs no augmentation before the head)"
+    ) in capsys.readouterr().out
     assert untimed(runs[True].history) == untimed(runs[False].history)
     assert_same_run(runs[True].output_dir, runs[False].output_dir)
-
-
-def test_the_plan_says_what_is_cached(stanford_dir, tmp_path, capsys, bf16_process):
-    finetune(probe_config(stanford_dir, tmp_path / "probe", True, epochs=1))
-    assert "feature cache: evaluation features computed once per run; training features too" in capsys.readouterr().out
-    finetune(head_config(stanford_dir, tmp_path / "paper", epochs=1))
-    assert (
-        "training features every step (Mixup/CutMix is on; train.cache_features needs no augmentation before the head)"
-        in capsys.readouterr().out
-    )
-    finetune(head_config(stanford_dir, tmp_path / "off", epochs=1, cache_features=False))
-    assert (
-        "feature cache: off (train.cache_features false): every feature computed every time" in capsys.readouterr().out
-    )
 
 
 @pytest.mark.parametrize(
@@ -179,12 +173,12 @@ def test_what_turns_the_training_cache_off():
 def test_a_model_whose_output_is_not_its_heads_is_not_cached(stanford_dir, tmp_path, monkeypatch, capsys, bf16_process):
     """A family whose forward does more after the head (here: a scaled output) gets no cache, says so, and still
     scores and trains what the uncached run does."""
-    reference = finetune(probe_config(stanford_dir, tmp_path / "off", False, mixed_precision="no"))
+    reference = finetune(probe_config(stanford_dir, tmp_path / "off", False, mixed_precision="no", epochs=1))
     own = VisionTransformer.forward_head
     monkeypatch.setattr(VisionTransformer, "forward_head", lambda self, x, pre_logits=False: own(self, x) * 2)
-    scaled = finetune(probe_config(stanford_dir, tmp_path / "scaled-off", False, mixed_precision="no"))
+    scaled = finetune(probe_config(stanford_dir, tmp_path / "scaled-off", False, mixed_precision="no", epochs=1))
     capsys.readouterr()
-    cached = finetune(probe_config(stanford_dir, tmp_path / "scaled-on", True, mixed_precision="no"))
+    cached = finetune(probe_config(stanford_dir, tmp_path / "scaled-on", True, mixed_precision="no", epochs=1))
     err = capsys.readouterr().err
     assert err.count("warning: train.cache_features: this model's output is not its head's output") == 2
     assert untimed(cached.history) == untimed(scaled.history) != untimed(reference.history)

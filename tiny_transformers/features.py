@@ -27,6 +27,7 @@ from torch import nn
 
 from .config import FinetuneConfig
 from .models import head_modules, unwrap_logits
+from .rundir import is_main_launch_process
 
 Features = tuple[torch.Tensor, ...]  # one tensor per head module: its input, a row per image
 
@@ -253,12 +254,13 @@ def check_head_alone(model: nn.Module, features: Features, output: torch.Tensor)
         alone = unwrap_logits(head_logits(model, features))
     if torch.equal(alone.float(), unwrap_logits(output).float()):
         return True
-    print(
-        "warning: train.cache_features: this model's output is not its head's output on the backbone's features, "
-        "so every feature is computed every time (the same results, without the speed-up).",
-        file=sys.stderr,
-        flush=True,
-    )
+    if is_main_launch_process():  # every process finds the same; one says it
+        print(
+            "warning: train.cache_features: this model's output is not its head's output on the backbone's "
+            "features, so every feature is computed every time (the same results, without the speed-up).",
+            file=sys.stderr,
+            flush=True,
+        )
     return False
 
 
