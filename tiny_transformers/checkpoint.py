@@ -24,7 +24,7 @@ from accelerate import Accelerator
 from . import hub as hub_io
 from .config import FinetuneConfig, describe_differences, trajectory_differences
 from .errors import CheckpointError
-from .rundir import RunDir, is_main_launch_process
+from .rundir import RunDir, epoch_score, is_main_launch_process
 
 STATE_FILE = "trainer_state.json"
 
@@ -152,7 +152,7 @@ class TrainerState:
 
     def finish_epoch(self, record: dict[str, Any]) -> bool:
         """Record a finished epoch's metrics and move to the next epoch; True when its top-1 is the best so far."""
-        score = max(record["top1"], record.get("ema_top1", float("-inf")))  # raw or EMA weights: best/ takes either
+        score = epoch_score(record)  # raw or EMA weights: best/ takes either
         improved = score > self.best_top1
         self.best_top1 = max(self.best_top1, score)
         self.history.append(record)

@@ -178,7 +178,7 @@ class RunSummary:
         """The metrics of the weights in ``last/`` or ``best/``: with an EMA, ``last/`` holds the EMA and ``best/``
         whichever of raw and EMA scored higher, so their numbers are the EMA's there."""
         record = self.best if weights == "best" else self.final
-        if "ema_top1" in record and (weights == "last" or record["ema_top1"] > record["top1"]):
+        if "ema_top1" in record and (weights == "last" or ema_is_better(record)):
             return {**record, "top1": record["ema_top1"], "top5": record["ema_top5"], "eval_loss": record["ema_loss"]}
         return record
 
@@ -188,14 +188,34 @@ class RunSummary:
         return paper_model_for(self.config.model.name)
 
 
+def ema_is_better(record: dict[str, Any]) -> bool:
+    """The one rule for an epoch's ``best/`` candidate: its EMA weights when they scored a higher top-1 than its raw
+    weights (ties go to the raw weights), else the raw ones.
+
+    >>> ema_is_better({"top1": 50.0, "ema_top1": 51.0}), ema_is_better({"top1": 50.0, "ema_top1": 50.0})
+    (True, False)
+    """
+    ema = record.get("ema_top1")
+    return ema is not None and (record["top1"] is None or ema > record["top1"])
+
+
+def epoch_score(record: dict[str, Any]) -> float:
+    """The top-1 of the weights an epoch would put in ``best/`` (:func:`ema_is_better` decides which).
+
+    >>> epoch_score({"top1": 50.0, "ema_top1": 51.0})
+    51.0
+    """
+    score = record["ema_top1"] if ema_is_better(record) else record["top1"]
+    return float("-inf") if score is None else score  # a NaN epoch (written as null) is never the best
+
+
 def best_record(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The first epoch with the highest top-1, as ``finetune`` chooses ``best/``.
 
     >>> best_record([{"epoch": 1, "top1": 50.0}, {"epoch": 2, "top1": 60.0}, {"epoch": 3, "top1": 60.0}])["epoch"]
     2
     """
-    # max() keeps the first of equal keys; with an EMA an epoch scores the better of its raw and EMA weights
-    return max(history, key=lambda record: max(record["top1"], record.get("ema_top1", float("-inf"))))
+    return max(history, key=epoch_score)  # max() keeps the first of equal keys
 
 
 def read_run(output_dir: str | Path) -> RunSummary:

@@ -1,0 +1,65 @@
+"""The run folder's small files: written whole or not at all, read back as one sentence when damaged, a run finished
+only when its marker says so, and a full disk named with the file it stopped."""
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from tiny_transformers import cli, finetune
+from tiny_transformers.checkpoint import TrainerState
+from tiny_transformers.rundir import RunSummary, best_record
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_finetune import tiny_config  # noqa: E402
+
+
+class Killed(BaseException):
+    """What a SIGKILL does to the code that runs: nothing after this point happens (not an Exception: no handler
+    of the library catches it)."""
+
+
+@pytest.fixture(scope="module")
+def finished(stanford_dir, tmp_path_factory):
+    """A two-epoch run the tests below copy before they damage it."""
+    return finetune(tiny_config(stanford_dir, tmp_path_factory.mktemp("finished") / "out", epochs=2))
+
+
+def copy_run(finished, tmp_path) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(finished.output_dir, run)
+    return run
+
+
+def fail(args, capsys) -> str:
+    """Run the command line, expect exit 2, return its one error line on stderr."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(args)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert "Traceback" not in err and len(errors) == 1, err
+    return errors[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# The raw-vs-EMA rule for best/, in one place
+# --------------------------------------------------------------------------------------------------
+
+
+def test_best_is_chosen_by_one_rule_everywhere():
+    history = [
+        {"epoch": 1, "top1": 50.0, "top5": 80.0, "eval_loss": 1.0, "ema_top1": 50.0, "ema_top5": 81.0, "ema_loss": 0.9},
+        {"epoch": 2, "top1": 49.0, "top5": 80.0, "eval_loss": 1.0, "ema_top1": 52.0, "ema_top5": 82.0, "ema_loss": 0.8},
+        {"epoch": 3, "top1": 52.0, "top5": 83.0, "eval_loss": 0.7, "ema_top1": 51.0, "ema_top5": 82.0, "ema_loss": 0.8},
+    ]
+    state, improved = TrainerState(), []
+    for record in history:
+        improved.append(state.finish_epoch(dict(record)))
+    assert improved == [True, True, False]  # epoch 3 ties epoch 2's 52.0: the first keeps best/
+    assert best_record(history)["epoch"] == 2 and state.best_top1 == 52.0
+    run = RunSummary(Path("x"), tiny_config("x", "x"), history, [], [])
+    assert run.record_for("best")["top1"] == 52.0 and run.record_for("best")["top5"] == 82.0  # the EMA's numbers
+    assert run.record_for("last")["top1"] == 51.0  # last/ holds the EMA
