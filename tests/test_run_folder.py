@@ -1,6 +1,7 @@
 """The run folder's small files: written whole or not at all, read back as one sentence when damaged, a run finished
 only when its marker says so, and a full disk named with the file it stopped."""
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 
 from tiny_transformers import cli, finetune
 from tiny_transformers.checkpoint import TrainerState
-from tiny_transformers.rundir import RunSummary, best_record
+from tiny_transformers.rundir import RunDir, RunSummary, best_record
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_finetune import tiny_config  # noqa: E402
@@ -63,3 +64,35 @@ def test_best_is_chosen_by_one_rule_everywhere():
     run = RunSummary(Path("x"), tiny_config("x", "x"), history, [], [])
     assert run.record_for("best")["top1"] == 52.0 and run.record_for("best")["top5"] == 82.0  # the EMA's numbers
     assert run.record_for("last")["top1"] == 51.0  # last/ holds the EMA
+
+
+# --------------------------------------------------------------------------------------------------
+# The lock: filelock holds the folder; what a killed holder left is taken over aloud
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("left", ["", '{"host": "'])
+def test_an_empty_or_unreadable_lock_is_taken_over_aloud(stanford_dir, tmp_path, capsys, left):
+    """23.9: a kill between creating .lock and writing it blocked every rerun ("host ?, pid ?, started ?")."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".lock").write_text(left)
+    (out / ".tiny_transformers_run").write_text("{}")
+    assert finetune(tiny_config(stanford_dir, out, epochs=1)).epochs_completed == 1
+    err = capsys.readouterr().err
+    assert f"warning: taking over {out / '.lock'}, whose contents are unreadable (a run killed while it took the" in err
+    assert not (out / ".lock").exists()
+
+
+def test_a_held_lock_is_refused_at_once_naming_the_holder_and_left_as_it_was(tmp_path):
+    from tiny_transformers.rundir import RunFolderBusy, RunLock
+
+    folder = RunDir(tmp_path / "out")
+    with RunLock(folder) as holder:
+        written = (folder.root / ".lock").read_text()
+        assert json.loads(written) == holder.mine
+        with pytest.raises(RunFolderBusy, match=r"is already used by this process\.$"):
+            with RunLock(folder):
+                pass
+        assert (folder.root / ".lock").read_text() == written  # the refused one changed nothing
+    assert not folder.root.exists()  # created by the lock, released empty: no trace

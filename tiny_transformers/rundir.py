@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from filelock import FileLock, Timeout
+
 from .config import FinetuneConfig, trajectory_differences
 from .errors import ConfigError, PublishError, TinyTransformersError
 from .paper import PaperModel, paper_model_for
@@ -251,8 +253,9 @@ def is_main_launch_process() -> bool:
 
 
 class RunLock:
-    """The run folder held by one run for its whole life: a lock file made with O_EXCL (atomic on POSIX file
-    systems), removed on any exit; a lock left by a dead process on this host is taken over with a message.
+    """The run folder held by one run for its whole life: ``filelock`` locks ``.lock`` (the kernel releases it when
+    the process dies, however it dies), and the file names the holder for the refusal message. Taking over what a
+    previous holder left is said aloud: a dead process of this host, or contents a kill left empty or unreadable.
 
     >>> with RunLock(RunDir(Path("outputs/vit_l"))):  # doctest: +SKIP
     ...     train()
@@ -262,53 +265,60 @@ class RunLock:
         self.folder, self.enabled, self.created = folder, enabled, False
         self.path = folder.root / LOCK_FILE
         self.mine = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        self.lock = FileLock(self.path, timeout=0)  # never waits: a held folder is refused at once
 
     def __enter__(self) -> RunLock:
         if not self.enabled:
             return self
         self.created = not self.folder.root.exists()
         _make_folder(self.folder.root)
-        if not self._create():
-            holder = self._holder()
-            if holder is not None and holder.get("host") == self.mine["host"] and not process_alive(holder.get("pid")):
-                print(
-                    f"warning: taking over {self.path}, left by process {holder.get('pid')} (started "
-                    f"{holder.get('started')}), which no longer runs.",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                self.path.unlink(missing_ok=True)
-            if holder is not None and holder.get("pid") == self.mine["pid"] and holder.get("host") == self.mine["host"]:
-                raise RunFolderBusy(f"train.output_dir '{self.folder.root}' is already used by this process.")
-            if not self._create():
-                holder = self._holder() or {}
-                raise RunFolderBusy(
-                    f"train.output_dir '{self.folder.root}' is in use by another run (host {holder.get('host', '?')}, "
-                    f"pid {holder.get('pid', '?')}, started {holder.get('started', '?')}); wait for it to finish or "
-                    f"choose another train.output_dir (delete {self.path} only if that run is gone)."
-                )
+        existed = self.path.exists()  # filelock makes an empty one when there is none
+        try:
+            self.lock.acquire()
+        except Timeout:
+            self._refuse(self._holder() or {})
+        left = self._holder() if existed else {}  # what a previous holder left: None when empty or unreadable
+        if left is None or (left and left.get("host") == self.mine["host"] and not process_alive(left.get("pid"))):
+            print(
+                f"warning: taking over {self.path}, "
+                + ("whose contents are unreadable (a run killed while it took the folder)" if left is None else
+                   f"left by process {left.get('pid')} (started {left.get('started')}), which no longer runs") + ".",
+                file=sys.stderr,
+                flush=True,
+            )  # fmt: skip
+        elif left:
+            # flock is local to each host on some network file systems: another host's entry is trusted, as is a
+            # live process of this host (a run of a version that did not lock with flock)
+            self.lock.release()
+            self._refuse(left)
+        # written in place, not with write_atomic: a renamed file would be another inode, not the locked one; a kill
+        # mid-write leaves it unreadable, and the next run takes it over aloud
+        self.path.write_text(json.dumps(self.mine))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.enabled and self._holder() == self.mine:
-            self.path.unlink(missing_ok=True)
+        if self.enabled and self.lock.is_locked:
+            self.path.unlink(missing_ok=True)  # while still held: filelock retries a waiter that got the old inode
+            self.lock.release()
             if self.created and not any(self.folder.root.iterdir()):
                 self.folder.root.rmdir()  # a run refused before it wrote anything leaves no trace
 
-    def _create(self) -> bool:
-        try:
-            descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(descriptor, "w") as handle:
-            json.dump(self.mine, handle)
-        return True
+    def _refuse(self, holder: dict[str, Any]) -> None:
+        if holder.get("pid") == self.mine["pid"] and holder.get("host") == self.mine["host"]:
+            raise RunFolderBusy(f"train.output_dir '{self.folder.root}' is already used by this process.")
+        raise RunFolderBusy(
+            f"train.output_dir '{self.folder.root}' is in use by another run (host {holder.get('host', '?')}, "
+            f"pid {holder.get('pid', '?')}, started {holder.get('started', '?')}); wait for it to finish or "
+            f"choose another train.output_dir (delete {self.path} only if that run is gone)."
+        )
 
     def _holder(self) -> dict[str, Any] | None:
+        """The holder the lock file names; None when it is empty or unreadable."""
         try:
-            return json.loads(self.path.read_text())
+            holder = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return None
+        return holder if isinstance(holder, dict) else None
 
 
 def process_alive(pid: Any) -> bool:
