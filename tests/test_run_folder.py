@@ -13,6 +13,7 @@ from tiny_transformers.checkpoint import TrainerState
 from tiny_transformers.rundir import RunDir, RunSummary, best_record
 
 sys.path.insert(0, str(Path(__file__).parent))
+from test_ablate import tiny_overrides  # noqa: E402
 from test_finetune import tiny_config  # noqa: E402
 
 
@@ -43,6 +44,29 @@ def fail(args, capsys) -> str:
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert "Traceback" not in err and len(errors) == 1, err
     return errors[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# A shorter train.epochs than the checkpoint reached
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("keep", "where"), [(5, "step 2 of epoch 2"), (6, "the end of epoch 2")])
+def test_resuming_with_fewer_epochs_than_the_checkpoint_reached_is_refused(stanford_dir, tmp_path, capsys, keep, where):
+    """23.2: exit 0 with epoch 1's top-1 while last/ held the mid-epoch-2 weights; now one sentence, nothing written."""
+    out = tmp_path / "out"
+    finetune(tiny_config(stanford_dir, out, epochs=2, checkpoint_every=1, keep_checkpoints=100))
+    for step in sorted((out / "checkpoints").glob("step_*"))[keep:]:
+        shutil.rmtree(step)  # the run as a kill after step `keep` left it
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    overrides = tiny_overrides(stanford_dir)  # one epoch
+    err = fail(["train", "test_vit", *overrides, "--train.output_dir", str(out)], capsys)
+    newest = out / "checkpoints" / f"step_{keep:08d}"
+    assert err == (
+        f"error: Checkpoint '{newest}' has trained to {where}, past train.epochs 1; resume with --train.epochs 2 "
+        "or more, or train the shorter run afresh in a new train.output_dir."
+    )
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 # --------------------------------------------------------------------------------------------------

@@ -223,18 +223,33 @@ def find_resume_checkpoint(config: FinetuneConfig, output_dir: Path) -> Path | N
     if resume == "hub" or resume.startswith("hf-hub:"):
         return checkpoint_from_hub(config, output_dir)
     if resume == "auto":
-        folder, saved_config = _newest_readable(output_dir)
+        folder, (state, saved_config) = _newest_readable(output_dir)
     else:
         folder = Path(resume).expanduser().resolve()
         if not folder.is_dir():
             raise CheckpointError(
                 f"train.resume '{resume}' is not a folder; give a checkpoint folder, 'auto' or 'never'."
             )
-        _, saved_config = read_state(folder)
+        state, saved_config = read_state(folder)
     if folder is None:
         return None
     _refuse_another_trajectory(f"Checkpoint '{folder}'", saved_config, config)
+    _refuse_past_the_end(f"Checkpoint '{folder}'", state, config)
     return folder
+
+
+def _refuse_past_the_end(name: str, state: TrainerState, config: FinetuneConfig) -> None:
+    """A checkpoint past ``train.epochs`` is refused: resuming it would report the shorter run's last epoch while
+    ``last/`` and ``best/`` held weights trained further."""
+    epochs, reached = config.train.epochs, state.epoch + (state.step_in_epoch > 0)
+    if reached > epochs:
+        where = (
+            f"step {state.step_in_epoch} of epoch {reached}" if state.step_in_epoch else f"the end of epoch {reached}"
+        )
+        raise CheckpointError(
+            f"{name} has trained to {where}, past train.epochs {epochs}; resume with --train.epochs {reached} or "
+            "more, or train the shorter run afresh in a new train.output_dir."
+        )
 
 
 def _refuse_another_trajectory(name: str, saved_config: dict[str, Any], config: FinetuneConfig) -> None:
@@ -277,6 +292,7 @@ def checkpoint_from_hub(config: FinetuneConfig, output_dir: Path) -> Path:
         state, saved_config = read_state(downloaded)
         name = f"The Hub checkpoint 'hf-hub:{repo_id}' ({hub_io.CHECKPOINT_DIR}/, step {state.global_step})"
         _refuse_another_trajectory(name, saved_config, config)
+        _refuse_past_the_end(name, state, config)
         final = root / f"step_{state.global_step:08d}"
         if is_checkpoint(final):
             print(f"{name} is already here as {final}; resuming from it", flush=True)
@@ -289,14 +305,15 @@ def checkpoint_from_hub(config: FinetuneConfig, output_dir: Path) -> Path:
     return final
 
 
-def _newest_readable(output_dir: Path) -> tuple[Path | None, dict[str, Any]]:
-    """The newest checkpoint whose trainer state can be read, and its config; corrupt ones are passed over aloud."""
+def _newest_readable(output_dir: Path) -> tuple[Path | None, tuple[TrainerState, dict[str, Any]]]:
+    """The newest checkpoint whose trainer state can be read, with its state and config; corrupt ones are passed
+    over aloud."""
     for folder in reversed(list_checkpoints(output_dir)):
         try:
-            return folder, read_state(folder)[1]
+            return folder, read_state(folder)
         except CorruptCheckpoint as error:
             print(f"warning: {error} Falling back to the previous checkpoint.", file=sys.stderr, flush=True)
-    return None, {}
+    return None, (TrainerState(), {})
 
 
 def save_checkpoint(
