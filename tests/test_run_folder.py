@@ -1,7 +1,9 @@
 """The run folder's small files: written whole or not at all, read back as one sentence when damaged, a run finished
 only when its marker says so, and a full disk named with the file it stopped."""
 
+import errno
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -10,7 +12,7 @@ import pytest
 
 from tiny_transformers import cli, finetune
 from tiny_transformers.checkpoint import TrainerState
-from tiny_transformers.rundir import RunDir, RunSummary, best_record
+from tiny_transformers.rundir import RunDir, RunFileError, RunSummary, best_record, read_json, write_atomic
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_ablate import tiny_overrides  # noqa: E402
@@ -47,6 +49,140 @@ def fail(args, capsys) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
+# One writer
+# --------------------------------------------------------------------------------------------------
+
+
+def test_a_write_killed_before_its_rename_leaves_the_previous_file_whole(finished, tmp_path, monkeypatch):
+    """23.9: a kill while a restart rewrites labels.json left it empty and every resume failed."""
+    run = copy_run(finished, tmp_path)
+    before = {name: (run / name).read_bytes() for name in ("config.json", "labels.json", ".tiny_transformers_run")}
+
+    def killed(descriptor):
+        raise Killed
+
+    monkeypatch.setattr(os, "fsync", killed)  # the bytes are in the temporary file; the kill comes before the rename
+    with pytest.raises(Killed):
+        RunDir(run).write_start(tiny_config("x", run), ["a"], ["ant"])
+    monkeypatch.undo()
+    assert {name: (run / name).read_bytes() for name in before} == before
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+    resumed = finetune(_same_config(finished, run))  # the run goes on from its folder as it was
+    assert resumed.epochs_completed == 2
+
+
+def _same_config(finished, run):
+    config = RunDir(finished.output_dir).read_config()
+    config.train.output_dir = str(run)
+    return config
+
+
+def test_every_small_file_of_a_run_goes_through_the_one_writer(stanford_dir, tmp_path, monkeypatch):
+    import tiny_transformers.rundir as rundir
+
+    written = []
+    real = rundir.write_atomic
+
+    def recording(path, text):
+        written.append(Path(path).name)
+        return real(path, text)
+
+    for module in ("rundir", "report", "ablate", "weights", "checkpoint"):
+        monkeypatch.setattr(f"tiny_transformers.{module}.write_atomic", recording)
+    out = tmp_path / "out"
+    finetune(tiny_config(stanford_dir, out, epochs=1, log_with=("tensorboard",)))
+    small = {p.name for p in out.iterdir() if p.is_file() and p.suffix in (".json", ".jsonl", ".md", "")}
+    small |= {"config.json", "trainer_state.json"}  # best/ and last/, and each checkpoint's state
+    assert small <= set(written), small - set(written)
+
+
+# --------------------------------------------------------------------------------------------------
+# One reader: a damaged file is one sentence naming it and the fix
+# --------------------------------------------------------------------------------------------------
+
+
+def test_read_json_names_the_file_and_a_fix(tmp_path):
+    with pytest.raises(RunFileError, match=rf"^'{tmp_path / 'trackers.json'}' is missing; delete it"):
+        read_json(tmp_path / "trackers.json")
+
+
+@pytest.mark.parametrize(
+    ("damaged", "content", "says"),
+    [
+        ("config.json", b'{"model": {"name": "te', "is truncated or not valid JSON"),
+        ("labels.json", b"", "is empty"),
+        ("labels.json", b"[1, 2]", "holds a JSON array where a JSON object belongs"),
+        ("metrics.jsonl", b'{"epoch": 1, "top1": 50.0}\n{"epoch": 2, "to', "line 2 is not an epoch's record"),
+        ("last/model.safetensors", b"\x00" * 10, "is truncated or not a safetensors file"),
+    ],
+)
+def test_export_of_a_damaged_run_file_is_one_sentence_naming_it(finished, tmp_path, capsys, damaged, content, says):
+    run = copy_run(finished, tmp_path)
+    (run / damaged).write_bytes(content)
+    err = fail(["export", str(run)], capsys)
+    assert err.startswith(f"error: '{run / damaged}' {says}"), err
+    assert "run the training command again" in err or "restore it" in err
+    assert not (run / "export").exists()
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_predict_and_evaluate_of_a_truncated_weights_config_is_one_sentence(
+    finished, stanford_dir, tmp_path, capsys, command
+):
+    best = tmp_path / "best"
+    shutil.copytree(finished.output_dir / "best", best)
+    (best / "config.json").write_text((best / "config.json").read_text()[:40])
+    image = next((stanford_dir / "val" / "images").iterdir())
+    args = {
+        "predict": ["predict", "--model.checkpoint", str(best), str(image)],
+        "evaluate": ["evaluate", "--model.checkpoint", str(best), "--data.source", str(stanford_dir)],
+    }[command]
+    err = fail(args, capsys)
+    assert err.startswith(f"error: '{best / 'config.json'}' is truncated or not valid JSON"), err
+    assert "copy the folder again from its run" in err
+
+
+@pytest.mark.parametrize(
+    ("damaged", "content", "says"),
+    [
+        ("default/config.json", "", "is empty"),
+        ("ablation.json", "", "is empty"),
+        ("default/metrics.jsonl", "not json\n", "line 1 is not an epoch's record"),
+    ],
+)
+def test_ablate_report_of_a_damaged_file_is_one_sentence(finished, tmp_path, capsys, damaged, content, says):
+    root = tmp_path / "ablation"
+    shutil.copytree(finished.output_dir, root / "default", ignore=shutil.ignore_patterns("checkpoints"))
+    (root / "ablation.json").write_text(json.dumps({"model": "swin_l"}))
+    (root / damaged).write_text(content)
+    err = fail(["ablate", "--report", str(root)], capsys)
+    assert err.startswith(f"error: '{root / damaged}' {says}"), err
+    assert not (root / "ablation.md").exists()
+
+
+@pytest.mark.parametrize("value", [{"epoch": "2"}, {"history": {"epoch": 1}}, {"best_top1": [1]}, []])
+def test_a_trainer_state_of_the_wrong_type_falls_back_like_a_corrupt_one(finished, tmp_path, capsys, value):
+    """23.12: a field of the wrong type was a traceback mid-resume; now the previous checkpoint is used."""
+    run = copy_run(finished, tmp_path)
+    steps = sorted((run / "checkpoints").glob("step_*"))
+    state = steps[-1] / "trainer_state.json"
+    payload = json.loads(state.read_text())
+    if isinstance(value, dict):
+        payload["state"].update(value)
+    else:
+        payload["state"] = value
+    state.write_text(json.dumps(payload))
+    shutil.rmtree(run / "last")
+    (run / "finished.json").unlink(missing_ok=True)
+    capsys.readouterr()
+    resumed = finetune(_same_config(finished, run))
+    printed = capsys.readouterr()
+    assert f"Checkpoint '{steps[-1]}' is corrupt" in printed.err
+    assert f"resuming from {steps[-2].name}" in printed.out
+    assert [h["top1"] for h in resumed.history] == [h["top1"] for h in finished.history]
+
+
+# --------------------------------------------------------------------------------------------------
 # A shorter train.epochs than the checkpoint reached
 # --------------------------------------------------------------------------------------------------
 
@@ -67,6 +203,65 @@ def test_resuming_with_fewer_epochs_than_the_checkpoint_reached_is_refused(stanf
         "or more, or train the shorter run afresh in a new train.output_dir."
     )
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+# --------------------------------------------------------------------------------------------------
+# A full disk or a read-only folder: which file, what the error means, the fix
+# --------------------------------------------------------------------------------------------------
+
+
+def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("writer", ["last/", "training_curves.png", "metrics.jsonl"])
+def test_a_full_disk_while_writing_an_output_is_one_sentence_naming_it(stanford_dir, tmp_path, monkeypatch, writer):
+    """23.13: `SafetensorError: No space left` from last/, `OSError 28` from the PNGs, were tracebacks."""
+    import safetensors.torch
+    from matplotlib.figure import Figure
+
+    out = tmp_path / "out"
+    if writer == "last/":
+        real = safetensors.torch.save_file
+
+        def save_file(tensors, filename, *args, **kwargs):
+            if Path(filename).parent.name == "last":
+                raise safetensors.SafetensorError(
+                    "Error while serializing: IoError(No space left on device (os error 28))"
+                )
+            return real(tensors, filename, *args, **kwargs)
+
+        monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+        path = out / "last" / "model.safetensors"
+    elif writer == "training_curves.png":
+        monkeypatch.setattr(Figure, "savefig", no_space)
+        path = out / "training_curves.png"
+    else:
+        real_fsync = os.fsync
+
+        def fsync(descriptor):
+            if os.readlink(f"/proc/self/fd/{descriptor}").endswith(f".metrics.jsonl.{os.getpid()}.tmp"):
+                no_space()
+            real_fsync(descriptor)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        path = out / "metrics.jsonl"
+    with pytest.raises(RunFileError) as full:
+        finetune(tiny_config(stanford_dir, out, epochs=1))
+    assert str(full.value) == (
+        f"Writing '{path}' failed: No space left on device (ENOSPC); free some space on that disk, then run the same "
+        "command again (what was written before is intact)."
+    )
+    assert not (out / "finished.json").exists()
+    assert not [p for p in out.rglob("*.tmp")]
+
+
+def test_a_read_only_file_names_the_errno_and_its_fix(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError(errno.EROFS, "Read-only")))
+    with pytest.raises(RunFileError, match=r"Read-only file system \(EROFS\); make that file system writable"):
+        write_atomic(tmp_path / "results.md", "x")
+    monkeypatch.undo()
+    assert not list(tmp_path.iterdir())
 
 
 # --------------------------------------------------------------------------------------------------

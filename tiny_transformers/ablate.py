@@ -23,9 +23,10 @@ from pathlib import Path
 from .config import FinetuneConfig, trajectory_differences
 from .errors import ConfigError, TinyTransformersError, clean_message
 from .paper import PAPER_MODELS, PaperModel, paper_model_for
-from .rundir import RunDir, RunSummary
+from .rundir import RunDir, RunFileError, RunSummary, read_json, write_atomic, writing
 
 MANIFEST_FILE = "ablation.json"  # {"model": short name}: the paper model whose rows the root holds
+_MANIFEST_FIX = "delete it: the report then takes the model from the rows' config.json, and ablate writes it anew"
 REPORT_FILE = "ablation.md"
 CHART_FILE = "ablation.png"
 CHART_DPI = 100
@@ -220,7 +221,7 @@ def run_ablation(
     short = paper_model(model).short_name
     print(f"ablation of {short}: {len(rows)} row(s) into {root}: {', '.join(row.name for row in rows)}", flush=True)
     root.mkdir(parents=True, exist_ok=True)
-    (root / MANIFEST_FILE).write_text(json.dumps({"model": short}))
+    write_atomic(root / MANIFEST_FILE, json.dumps({"model": short}))
     failed: list[tuple[str, str]] = []
     for index, row in enumerate(rows, 1):
         config = row_config(base, row, root)
@@ -248,8 +249,8 @@ def run_ablation(
 def _changed(folder: RunDir, config: FinetuneConfig) -> bool:
     """Whether the finished run was trained with another config (then finetune, not a skip, says what to do)."""
     try:
-        return bool(trajectory_differences(json.loads(folder.config.read_text()), config))
-    except (OSError, ValueError):
+        return bool(trajectory_differences(read_json(folder.config), config))
+    except (RunFileError, AttributeError):
         return True
 
 
@@ -287,7 +288,8 @@ def ablation_model(root: Path) -> PaperModel | None:
     """The paper model of the ablation in ``root``: as the runner recorded it, else the model its runs trained."""
     manifest = root / MANIFEST_FILE
     if manifest.is_file():
-        return paper_model_for(json.loads(manifest.read_text()).get("model", ""))
+        model = read_json(manifest, fix=_MANIFEST_FIX).get("model")
+        return paper_model_for(model if isinstance(model, str) else "")
     for row in ALL_ROWS:
         if RunDir(root / row).config.is_file():
             return paper_model_for(RunDir(root / row).read_config().model.name)
@@ -390,6 +392,7 @@ def write_ablation_report(root: str | Path) -> tuple[Path, Path]:
         raise ConfigError(f"'{root}' holds no ablation run yet; run `tiny-transformers ablate MODEL --root {root}`.")
     model = ablation_model(root)
     markdown, chart = root / REPORT_FILE, root / CHART_FILE
-    markdown.write_text(ablation_markdown(root, results, model))
-    ablation_figure(results, model).savefig(chart, dpi=CHART_DPI)  # no bbox_inches: the exact pixel size
+    write_atomic(markdown, ablation_markdown(root, results, model))
+    with writing(chart):
+        ablation_figure(results, model).savefig(chart, dpi=CHART_DPI)  # no bbox_inches: the exact pixel size
     return markdown, chart

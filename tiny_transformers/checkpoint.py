@@ -24,7 +24,15 @@ from accelerate import Accelerator
 from . import hub as hub_io
 from .config import FinetuneConfig, describe_differences, trajectory_differences
 from .errors import CheckpointError
-from .rundir import RunDir, epoch_score, is_main_launch_process
+from .rundir import (
+    RunDir,
+    RunFileError,
+    epoch_score,
+    is_main_launch_process,
+    read_json,
+    write_atomic,
+    write_errno,
+)
 
 STATE_FILE = "trainer_state.json"
 
@@ -141,7 +149,17 @@ class TrainerState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainerState:
+        """The state :meth:`to_dict` wrote; TypeError naming the field when one has the wrong type."""
         data = dict(data)
+        types = {"epoch": int, "step_in_epoch": int, "global_step": int, "best_top1": (int, float), "history": list,
+                 "running_loss_sum": (int, float), "running_samples": int, "running_grad_norm_sum": (int, float),
+                 "running_grad_norms": int}  # fmt: skip
+        for name, kind in types.items():
+            value = data.get(name, 0)
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise TypeError(f"{name} is {json.dumps(value)[:40]}, not a {getattr(kind, '__name__', 'number')}")
+        if not all(isinstance(record, dict) for record in data.get("history", [])):
+            raise TypeError("history holds something else than epoch records")
         loss = RunningLoss(
             data.pop("running_loss_sum", 0.0),
             data.pop("running_samples", 0),
@@ -182,10 +200,11 @@ def read_state(folder: Path) -> tuple[TrainerState, dict[str, Any]]:
             "under <output_dir>/checkpoints/, or use 'auto'."
         )
     try:
-        payload = json.loads(state_file.read_text())
-        payload["state"], payload["config"]  # noqa: B018 - both must be there
-    except (ValueError, KeyError, TypeError) as error:  # JSON, UTF-8 or shape
-        raise CorruptCheckpoint(f"Checkpoint '{folder}' is corrupt ({STATE_FILE} unreadable: {error}).") from error
+        payload = read_json(state_file, fix="it cannot be resumed from")
+        if not isinstance(payload.get("state"), dict) or not isinstance(payload.get("config"), dict):
+            raise RunFileError(f"'{state_file}' lacks its state or config; it cannot be resumed from.")
+    except RunFileError as error:  # missing, truncated, not JSON, or another shape
+        raise CorruptCheckpoint(f"Checkpoint '{folder}' is corrupt: {error}") from error
     if payload.get("format_version") not in READABLE_VERSIONS:
         readable = " or ".join(map(str, READABLE_VERSIONS))
         raise CheckpointError(
@@ -195,14 +214,14 @@ def read_state(folder: Path) -> tuple[TrainerState, dict[str, Any]]:
         )
     try:
         state = TrainerState.from_dict(payload["state"])
-    except TypeError as error:
+    except TypeError as error:  # a field of the wrong type falls back like a truncated file
         raise CorruptCheckpoint(f"Checkpoint '{folder}' is corrupt ({STATE_FILE}: {error}).") from error
     return state, payload["config"]
 
 
 def checkpoint_labels(folder: Path) -> tuple[list[str], list[str]] | None:
     """(class ids, class names) a checkpoint records, or None (written before checkpoints carried them)."""
-    labels = json.loads((Path(folder) / STATE_FILE).read_text()).get("labels")
+    labels = read_json(Path(folder) / STATE_FILE).get("labels")
     return (list(labels["class_ids"]), list(labels["class_names"])) if labels else None
 
 
@@ -342,12 +361,9 @@ def save_checkpoint(
         if accelerator.is_main_process:
             payload = {"format_version": FORMAT_VERSION, "state": state.to_dict(), "config": config.to_dict()}
             payload["labels"] = {"class_ids": list(labels[0]), "class_names": list(labels[1])}
-            with open(temporary / STATE_FILE, "w") as handle:
-                json.dump(payload, handle, indent=2)
-                handle.flush()
-                os.fsync(handle.fileno())
-    except (OSError, RuntimeError) as error:
-        if not _disk_full(error):
+            write_atomic(temporary / STATE_FILE, json.dumps(payload, indent=2))
+    except (OSError, RuntimeError, RunFileError) as error:
+        if write_errno(error) != errno.ENOSPC:
             raise
         shutil.rmtree(temporary, ignore_errors=True)
         previous = list_checkpoints(output_dir)
@@ -364,14 +380,6 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
-
-
-def _disk_full(error: BaseException) -> bool:
-    """ENOSPC, or torch's serializer failing mid-write ("unexpected pos", "file write failed") for that reason."""
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-        return True
-    text = str(error)
-    return "No space left" in text or "unexpected pos" in text or "file write failed" in text
 
 
 def load_checkpoint(accelerator: Accelerator, folder: Path) -> TrainerState:

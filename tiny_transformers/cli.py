@@ -242,7 +242,7 @@ def _publish_args(command: str, args: list[str]) -> tuple[Path, PublishArgs]:
     hub = HubConfig()
     try:  # the run's own hub settings are the defaults, so `push OUTPUT_DIR` repeats a failed push as configured
         hub = RunDir(output_dir).read_config().hub
-    except (OSError, ValueError):
+    except TinyTransformersError:
         pass  # not a run folder: export_run/push_run name the problem
     return output_dir, _parse(PublishArgs, PublishArgs(hub), args[1:], f"tiny-transformers {command} {args[0]}")
 

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from . import hub as hub_io
@@ -42,14 +43,17 @@ from .rundir import (
     METRICS_FILE,
     WEIGHTS_FILE,
     RunDir,
+    RunFileError,
     RunSummary,
     is_main_launch_process,
+    read_json,
     read_run,
 )
 from .validation import validate_hub
 
 EXPORT_FILES = (WEIGHTS_FILE, CONFIG_FILE, "README.md", CURVES_FILE, METRICS_FILE)
 _CHECKPOINT_FILES = f"{hub_io.CHECKPOINT_DIR}/*"
+_RERUN = "run the training command again (it resumes from the newest checkpoint and writes {}/ anew), or restore it"
 
 
 def export_run(output_dir: str | Path, hub: HubConfig | None = None, folder: str | Path | None = None) -> Path:
@@ -84,6 +88,7 @@ def _export(run: RunSummary, hub: HubConfig, folder: str | Path | None, checked:
                 f"'{target}' already holds other files ({', '.join(foreign[:3])}); export into a new or empty folder."
             )
     if not checked:
+        read_json(source / CONFIG_FILE, fix=_RERUN.format(source.name))  # the card reads it
         _check_finite(source / WEIGHTS_FILE)
     # Built beside the target and swapped in, so a crash mid-export never leaves a half-written folder.
     staging = target.parent / f".{target.name}.tmp-{os.getpid()}"
@@ -111,7 +116,12 @@ def _export(run: RunSummary, hub: HubConfig, folder: str | Path | None, checked:
 
 def _check_finite(weights: Path) -> None:
     """Weights with NaN or inf (a diverged run) are never exported or pushed: they would publish a broken model."""
-    tensors = load_file(weights)
+    try:
+        tensors = load_file(weights)
+    except (OSError, SafetensorError) as error:  # truncated, or not safetensors at all
+        raise RunFileError(
+            f"'{weights}' is truncated or not a safetensors file ({error}); {_RERUN.format(weights.parent.name)}."
+        ) from error
     broken = [name for name, tensor in tensors.items() if tensor.is_floating_point() and not tensor.isfinite().all()]
     if broken:
         raise PublishError(

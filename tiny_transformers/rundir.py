@@ -12,19 +12,24 @@ A run's ``train.output_dir``::
                                  by the next push or run end when its process died mid-push
     training_curves.png  predictions.png  results.md      written by report.py at the end of training
 
-Every other module takes these names from here; none spells a file name of the run folder itself.
+Every small file is written whole or not at all (:func:`write_atomic`) and read back through :func:`read_json`,
+which turns a missing, truncated or foreign file into one sentence naming it and the fix. Every other module takes
+these names from here; none spells a file name of the run folder itself.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
+import re
 import socket
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -61,6 +66,131 @@ def json_line(record: dict[str, Any]) -> str:
     """
     finite = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
     return json.dumps(finite, allow_nan=False)
+
+
+class RunFileError(TinyTransformersError):
+    """A file of a run folder cannot be read (missing, truncated, not what the library wrote) or written (disk full,
+    read-only); the message names the file and the fix."""
+
+
+# what to do about a damaged file, by name; a run's config, labels and metrics are written anew by a resumed run
+_REWRITTEN = "restore it from a copy, or delete it and run the training command again (it resumes from the newest "
+_FIXES = {
+    CONFIG_FILE: _REWRITTEN + "checkpoint and writes config.json anew)",
+    LABELS_FILE: _REWRITTEN + "checkpoint and writes labels.json anew)",
+    METRICS_FILE: _REWRITTEN + "checkpoint and writes metrics.jsonl anew from it)",
+    TRACKERS_FILE: "delete it (the next run starts a new W&B run instead of continuing the old one)",
+}
+_WRITE_FIXES = {
+    errno.ENOSPC: "free some space on that disk",
+    errno.EDQUOT: "free some of your disk quota",
+    errno.EROFS: "make that file system writable, or choose a folder on a writable one",
+    errno.EACCES: "fix that folder's permissions, or choose a folder you can write to",
+    errno.EPERM: "fix that folder's permissions, or choose a folder you can write to",
+}
+
+
+def write_errno(error: BaseException) -> int | None:
+    """The errno of a failed write, also when torch or safetensors wrapped it in their own error.
+
+    >>> write_errno(RuntimeError("No space left on device (os error 28)")) == errno.ENOSPC
+    True
+    """
+    if isinstance(error, RunFileError) and error.__cause__ is not None:
+        return write_errno(error.__cause__)
+    if isinstance(getattr(error, "errno", None), int):
+        return error.errno  # type: ignore[attr-defined]
+    found = re.search(r"os error (\d+)", str(error))  # safetensors: "... (os error 28)"
+    if found:
+        return int(found.group(1))
+    # torch's serializer: "file write failed", "unexpected pos" when the disk filled up under it
+    text = str(error)
+    return errno.ENOSPC if any(t in text for t in ("No space left", "file write failed", "unexpected pos")) else None
+
+
+def write_error(path: str | Path, error: BaseException) -> RunFileError | None:
+    """The one sentence for a write of ``path`` that failed for want of space or permission (which file, what the
+    error means, the fix); None for any other error. Understands torch's and safetensors' wrapped OS errors.
+
+    >>> print(write_error("out/last/model.safetensors", OSError(errno.ENOSPC, "No space left")))  # doctest: +ELLIPSIS
+    Writing 'out/last/model.safetensors' failed: No space left on device (ENOSPC); free some space on that disk, ...
+    """
+    code = write_errno(error)
+    if code not in _WRITE_FIXES:
+        return None
+    return RunFileError(
+        f"Writing '{path}' failed: {os.strerror(code)} ({errno.errorcode[code]}); {_WRITE_FIXES[code]}, then run the "
+        "same command again (what was written before is intact)."
+    )
+
+
+@contextlib.contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Turn a full disk or a read-only folder met while writing ``path`` into :func:`write_error`'s sentence.
+
+    >>> with writing("out/training_curves.png"):  # doctest: +SKIP
+    ...     figure.savefig("out/training_curves.png")
+    """
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001 - OSError, safetensors' and torch's errors carry the same errno
+        sentence = write_error(path, error)
+        if sentence is None:
+            raise
+        raise sentence from error
+
+
+def write_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` whole or not at all: a temporary file in the same folder, then ``os.replace``;
+    a process killed meanwhile leaves the previous file in place. Every small file of a run goes through here.
+
+    >>> write_atomic(Path("outputs/run/labels.json"), "{}")  # doctest: +SKIP
+    PosixPath('outputs/run/labels.json')
+    """
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with writing(path):
+            with open(temporary, "w") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())  # the bytes reach the disk before the name points at them
+            os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def read_json(path: str | Path, kind: type = dict, fix: str | None = None) -> Any:
+    """The JSON value of the run file ``path``, checked to be a ``kind``; a missing, empty, truncated or foreign
+    file is :class:`RunFileError` naming it and ``fix`` (by default the fix for that file name).
+
+    >>> read_json(Path("nowhere/labels.json"))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    tiny_transformers.rundir.RunFileError: 'nowhere/labels.json' is missing; restore it from a copy, or delete ...
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        problem = "is missing"
+    except (OSError, UnicodeDecodeError) as error:
+        problem = f"cannot be read ({getattr(error, 'strerror', None) or error})"
+    else:
+        try:
+            value = json.loads(text)
+        except ValueError as error:
+            problem = "is empty" if not text.strip() else f"is truncated or not valid JSON ({error})"
+        else:
+            if isinstance(value, kind):
+                return value
+            problem = f"holds a JSON {_json_type(type(value))} where a JSON {_json_type(kind)} belongs"
+    raise RunFileError(f"'{path}' {problem}; {fix or _FIXES.get(path.name, 'restore it from a copy')}.")
+
+
+def _json_type(kind: type) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(kind, "number")
 
 
 @dataclass(frozen=True)
@@ -114,42 +244,79 @@ class RunDir:
     def write_start(self, config: FinetuneConfig, class_ids: Sequence[str], class_names: Sequence[str]) -> None:
         """``config.json`` and ``labels.json``, written when a run starts (main process only)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / MARKER_FILE).write_text(json.dumps({"tiny_transformers_run": 1}))  # see claim()
-        self.config.write_text(config.to_json())
-        self.labels.write_text(json.dumps({"class_ids": list(class_ids), "class_names": list(class_names)}))
+        write_atomic(self.root / MARKER_FILE, json.dumps({"tiny_transformers_run": 1}))  # see claim()
+        write_atomic(self.config, config.to_json())
+        write_atomic(self.labels, json.dumps({"class_ids": list(class_ids), "class_names": list(class_names)}))
 
     def write_metrics(self, history: Sequence[dict[str, Any]]) -> None:
         """Rewrite ``metrics.jsonl`` from the run's history (restored with each checkpoint), atomically: a run
         killed after logging an epoch but before checkpointing it logs that epoch once, not twice, on resume."""
-        temporary = self.metrics.with_suffix(".tmp")
-        temporary.write_text("".join(json_line(record) + "\n" for record in history))
-        temporary.replace(self.metrics)
+        write_atomic(self.metrics, "".join(json_line(record) + "\n" for record in history))
 
     def tracker_init_kwargs(self, resumed_at: int | None) -> dict[str, dict[str, Any]]:
         """Accelerate ``init_kwargs`` that make a resumed run continue its tracker runs instead of starting new ones:
         W&B's run id, made once and kept in ``trackers.json``; TensorBoard's ``purge_step``, so that the steps a killed
         run logged after its last checkpoint are dropped, not shown twice, when the resumed run logs them again."""
-        ids = json.loads((self.root / TRACKERS_FILE).read_text()) if (self.root / TRACKERS_FILE).is_file() else {}
-        if "wandb_id" not in ids:
+        trackers = self.root / TRACKERS_FILE
+        ids = read_json(trackers) if trackers.is_file() else {}
+        if not isinstance(ids.get("wandb_id"), str):
             ids["wandb_id"] = uuid.uuid4().hex[:8]
-            (self.root / TRACKERS_FILE).write_text(json.dumps(ids))
+            write_atomic(trackers, json.dumps(ids))
         kwargs: dict[str, dict[str, Any]] = {"wandb": {"id": ids["wandb_id"], "resume": "allow"}}
         if resumed_at is not None:
             kwargs["tensorboard"] = {"purge_step": resumed_at + 1}  # steps after the checkpoint were never kept
         return kwargs
 
     def read_config(self) -> FinetuneConfig:
-        return FinetuneConfig.from_dict(json.loads(self.config.read_text()))
+        """The run's ``config.json``; :class:`RunFileError` when it is damaged or not a run's config."""
+        return config_from(read_json(self.config), self.config)
 
     def read_labels(self) -> tuple[list[str], list[str]] | None:
         """(class ids, class names) of the run, or None when it has no ``labels.json``."""
         if not self.labels.is_file():
             return None
-        labels = json.loads(self.labels.read_text())
-        return list(labels["class_ids"]), list(labels["class_names"])
+        labels = read_json(self.labels)
+        ids, names = labels.get("class_ids"), labels.get("class_names")
+        if not (isinstance(ids, list) and isinstance(names, list) and len(ids) == len(names)):
+            raise RunFileError(
+                f"'{self.labels}' does not hold equally long lists class_ids and class_names; {_FIXES[LABELS_FILE]}."
+            )
+        return [str(i) for i in ids], [str(n) for n in names]
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+        """One dict per finished epoch; :class:`RunFileError` naming the line when one is damaged."""
+        try:
+            lines = self.metrics.read_text().splitlines()
+        except OSError as error:
+            raise RunFileError(
+                f"'{self.metrics}' {'is missing' if isinstance(error, FileNotFoundError) else 'cannot be read'}; "
+                f"{_FIXES[METRICS_FILE]}."
+            ) from error
+        history = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if not isinstance(record, dict) or not isinstance(record.get("epoch"), int) or "top1" not in record:
+                raise RunFileError(
+                    f"'{self.metrics}' line {number} is not an epoch's record (truncated or edited); "
+                    f"{_FIXES[METRICS_FILE]}."
+                )
+            history.append(record)
+        return history
+
+
+def config_from(data: dict[str, Any], path: Path) -> FinetuneConfig:
+    """A run config from the dict read from ``path``; :class:`RunFileError` naming the file when it is not one."""
+    try:
+        return FinetuneConfig.from_dict(data)
+    except (TypeError, ValueError, AttributeError) as error:
+        raise RunFileError(
+            f"'{path}' is not a tiny_transformers run config ({error}); {_FIXES[CONFIG_FILE]}."
+        ) from error
 
 
 @dataclass(frozen=True)
@@ -233,7 +400,7 @@ def read_run(output_dir: str | Path) -> RunSummary:
             f"'{run.root}' is not the output directory of a finished run (no {', '.join(missing)}); give the "
             "train.output_dir of a run that trained at least one epoch."
         )
-    history = run.read_metrics()
+    history = run.read_metrics()  # the reader: a damaged file is one sentence naming it
     if not history:
         raise PublishError(f"'{run.metrics}' is empty; train at least one epoch before exporting or pushing.")
     class_ids, class_names = run.read_labels()
@@ -372,8 +539,8 @@ def claim(folder: RunDir, config: FinetuneConfig, resuming: bool) -> None:
     results = [name for name in _RESULTS if (root / name).exists()]
     if ours and results and not resuming and folder.config.is_file():
         try:
-            changed = trajectory_differences(json.loads(folder.config.read_text()), config)
-        except (OSError, ValueError):
+            changed = trajectory_differences(read_json(folder.config), config)
+        except (RunFileError, AttributeError):
             changed = ["config.json (unreadable)"]
         if changed:
             raise ConfigError(
