@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from tiny_transformers import cli, finetune
 from tiny_transformers.checkpoint import TrainerState
@@ -180,6 +182,92 @@ def test_a_trainer_state_of_the_wrong_type_falls_back_like_a_corrupt_one(finishe
     assert f"Checkpoint '{steps[-1]}' is corrupt" in printed.err
     assert f"resuming from {steps[-2].name}" in printed.out
     assert [h["top1"] for h in resumed.history] == [h["top1"] for h in finished.history]
+
+
+# --------------------------------------------------------------------------------------------------
+# Finished: a marker written last
+# --------------------------------------------------------------------------------------------------
+
+
+def weights_of(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def reference_row(stanford_dir, tmp_path_factory):
+    """The `default` row trained for two epochs without interruption: what a killed and resumed row must equal."""
+    root = tmp_path_factory.mktemp("reference") / "swin_l"
+    cli.main(["ablate", "swin_l", "--rows", "default", "--root", str(root), *two_epochs(stanford_dir)])
+    return root / "default"
+
+
+def two_epochs(source) -> list[str]:
+    overrides = tiny_overrides(source)
+    overrides[overrides.index("--train.epochs") + 1] = "2"
+    return overrides
+
+
+@pytest.mark.parametrize("killed_in", ["the last epoch's checkpoint", "last/"])
+def test_a_row_killed_before_its_marker_resumes_and_its_report_matches_last(
+    stanford_dir, reference_row, tmp_path, monkeypatch, capsys, killed_in
+):
+    """23.1: killed after metrics.jsonl got the last epoch's line, the row was skipped as finished while last/ held
+    another epoch (or nothing); now only finished.json, written after everything else, makes a row finished."""
+    import timm
+    from accelerate import Accelerator
+
+    root = tmp_path / "swin_l"
+    args = ["ablate", "swin_l", "--rows", "default", "--root", str(root), *two_epochs(stanford_dir)]
+    if killed_in == "last/":
+        real = timm.models.save_for_hf
+
+        def save_for_hf(model, folder, **kwargs):
+            real(model, folder, **kwargs)
+            if Path(folder).name == "last":
+                (Path(folder) / "config.json").unlink()  # the weights written, its config not yet
+                raise Killed
+
+        monkeypatch.setattr(timm.models, "save_for_hf", save_for_hf)
+    else:
+        real, calls = Accelerator.save_state, []
+
+        def save_state(self, output_dir=None, **kwargs):
+            calls.append(output_dir)
+            real(self, output_dir, **kwargs)
+            if len(calls) == 2:  # the second epoch's: half written when the process dies
+                raise Killed
+
+        monkeypatch.setattr(Accelerator, "save_state", save_state)
+    with pytest.raises(Killed):
+        cli.main(args)
+    monkeypatch.undo()
+    row = root / "default"
+    assert len((row / "metrics.jsonl").read_text().splitlines()) == 2  # the last epoch was logged
+    assert not (row / "finished.json").exists()
+    capsys.readouterr()
+    cli.main(args)
+    out = capsys.readouterr().out
+    assert "[1/1] default: training into" in out and "skipped, already finished" not in out
+    assert json.loads((row / "finished.json").read_text()) == {"epochs": 2}
+    expected = weights_of(reference_row / "last")
+    assert all(torch.equal(t, expected[k]) for k, t in weights_of(row / "last").items())
+    history, expected_history = RunDir(row).read_metrics(), RunDir(reference_row).read_metrics()
+    untimed = [{k: v for k, v in record.items() if k != "epoch_seconds"} for record in history]
+    assert untimed == [{k: v for k, v in record.items() if k != "epoch_seconds"} for record in expected_history]
+    final = history[-1]
+    (line,) = [line for line in (root / "ablation.md").read_text().splitlines() if line.startswith("| default |")]
+    assert f" {final['top1']:.2f} | {final['top5']:.2f} | " in line and line.endswith("| 2 |")
+    assert f"{final['top1']:.2f}" in (row / "results.md").read_text()
+
+
+def test_the_marker_is_written_last_and_removed_when_the_run_goes_on(finished, tmp_path):
+    run = copy_run(finished, tmp_path)
+    marker = run / "finished.json"
+    assert json.loads(marker.read_text()) == {"epochs": 2}
+    outputs = [run / "last" / "model.safetensors", run / "results.md", run / "metrics.jsonl", run / "predictions.png"]
+    assert all(marker.stat().st_mtime_ns >= path.stat().st_mtime_ns for path in outputs)
+    RunDir(run).write_start(_same_config(finished, run), ["a"], ["ant"])  # a run that continues is unfinished again
+    assert not marker.exists() and RunDir(run).finished_epochs() is None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -178,13 +178,11 @@ def row_config(base: FinetuneConfig, row: AblationRow, root: str | Path) -> Fine
 
 
 def is_finished(folder: RunDir, epochs: int) -> bool:
-    """Whether the run in ``folder`` has finished ``epochs`` epochs: its ``last/`` exists and its metrics hold them."""
-    if not folder.weights("last").is_dir() or not folder.metrics.is_file():
-        return False
-    try:
-        return len(folder.read_metrics()) >= epochs
-    except (OSError, ValueError):
-        return False
+    """Whether the run in ``folder`` finished ``epochs`` epochs: its ``finished.json``, written after every other
+    output, says so. A run killed anywhere before it (last epoch's checkpoint, ``last/``, the report) is unfinished
+    and resumes."""
+    finished = folder.finished_epochs()
+    return finished is not None and finished >= epochs
 
 
 def ablation_commands(

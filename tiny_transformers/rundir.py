@@ -11,6 +11,7 @@ A run's ``train.output_dir``::
     .hub-push/                   what a Hub push in flight sends (push_staging.py); removed after each push, or
                                  by the next push or run end when its process died mid-push
     training_curves.png  predictions.png  results.md      written by report.py at the end of training
+    finished.json                written last, after every other output of the run: the run is finished
 
 Every small file is written whole or not at all (:func:`write_atomic`) and read back through :func:`read_json`,
 which turns a missing, truncated or foreign file into one sentence naming it and the fix. Every other module takes
@@ -55,6 +56,7 @@ TRACKERS_FILE = "trackers.json"  # the W&B run id a resumed run continues
 PER_CLASS_FILE = "per_class_accuracy.csv"  # written by `evaluate` into the working directory unless --output
 LOCK_FILE = ".lock"  # {"host", "pid", "started"} of the run that holds the folder
 MARKER_FILE = ".tiny_transformers_run"  # written when a run starts: this folder is a run folder
+FINISHED_FILE = "finished.json"  # {"epochs": N}: written last, after last/, the report and metrics.jsonl
 PUSH_STAGING_DIR = ".hub-push"  # snapshots and upload folders of Hub pushes (push_staging.py)
 
 
@@ -80,6 +82,7 @@ _FIXES = {
     LABELS_FILE: _REWRITTEN + "checkpoint and writes labels.json anew)",
     METRICS_FILE: _REWRITTEN + "checkpoint and writes metrics.jsonl anew from it)",
     TRACKERS_FILE: "delete it (the next run starts a new W&B run instead of continuing the old one)",
+    FINISHED_FILE: "delete it and run the training command again (it resumes and finishes the run)",
 }
 _WRITE_FIXES = {
     errno.ENOSPC: "free some space on that disk",
@@ -242,8 +245,10 @@ class RunDir:
         return cls(Path(checkpoint).parent.parent)
 
     def write_start(self, config: FinetuneConfig, class_ids: Sequence[str], class_names: Sequence[str]) -> None:
-        """``config.json`` and ``labels.json``, written when a run starts (main process only)."""
+        """``config.json`` and ``labels.json``, written when a run starts (main process only); a finished run that
+        goes on (more train.epochs, or resumed) is unfinished again until :meth:`write_finished`."""
         self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / FINISHED_FILE).unlink(missing_ok=True)
         write_atomic(self.root / MARKER_FILE, json.dumps({"tiny_transformers_run": 1}))  # see claim()
         write_atomic(self.config, config.to_json())
         write_atomic(self.labels, json.dumps({"class_ids": list(class_ids), "class_names": list(class_names)}))
@@ -252,6 +257,27 @@ class RunDir:
         """Rewrite ``metrics.jsonl`` from the run's history (restored with each checkpoint), atomically: a run
         killed after logging an epoch but before checkpointing it logs that epoch once, not twice, on resume."""
         write_atomic(self.metrics, "".join(json_line(record) + "\n" for record in history))
+
+    def write_finished(self, history: Sequence[dict[str, Any]]) -> None:
+        """Mark the run finished, after every other output (``last/``, the report): ``metrics.jsonl`` is rewritten
+        from the history that ``last/`` was saved with, then ``finished.json``. A run without it is unfinished, and
+        the training command (or ``ablate``) resumes it."""
+        self.write_metrics(history)
+        write_atomic(self.root / FINISHED_FILE, json.dumps({"epochs": len(history)}))
+
+    def finished_epochs(self) -> int | None:
+        """The epochs of the finished run in this folder, or None when it has not finished (no ``finished.json``).
+
+        >>> RunDir(Path("nowhere")).finished_epochs() is None
+        True
+        """
+        marker = self.root / FINISHED_FILE
+        if not marker.is_file():
+            return None
+        epochs = read_json(marker).get("epochs")
+        if not isinstance(epochs, int):
+            raise RunFileError(f"'{marker}' does not say how many epochs the run finished; {_FIXES[FINISHED_FILE]}.")
+        return epochs
 
     def tracker_init_kwargs(self, resumed_at: int | None) -> dict[str, dict[str, Any]]:
         """Accelerate ``init_kwargs`` that make a resumed run continue its tracker runs instead of starting new ones:

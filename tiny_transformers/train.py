@@ -377,6 +377,7 @@ def finish(run: Run, pushes: BackgroundPublisher | None = None) -> FinetuneResul
         if run.config.hub.push:
             pushes.submit()
         pushes.wait()  # the last upload ends before the run does; each push's outcome is printed as it ends
+        run.folder.write_finished(state.history)  # last: a run killed before this line is unfinished and resumes
     accelerator.wait_for_everyone()
     accelerator.end_training()
     nan = float("nan")
