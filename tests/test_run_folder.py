@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 
 from tiny_transformers import cli, finetune
 from tiny_transformers.checkpoint import TrainerState
-from tiny_transformers.rundir import RunDir, RunFileError, RunSummary, best_record, read_json, write_atomic
+from tiny_transformers.rundir import RunDir, RunSummary, best_record
+from tiny_transformers.runfiles import RunFileError, write_atomic
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_ablate import tiny_overrides  # noqa: E402
@@ -80,10 +81,10 @@ def _same_config(finished, run):
 
 
 def test_every_small_file_of_a_run_goes_through_the_one_writer(stanford_dir, tmp_path, monkeypatch):
-    import tiny_transformers.rundir as rundir
+    import tiny_transformers.runfiles as runfiles
 
     written = []
-    real = rundir.write_atomic
+    real = runfiles.write_atomic
 
     def recording(path, text):
         written.append(Path(path).name)
@@ -103,9 +104,9 @@ def test_every_small_file_of_a_run_goes_through_the_one_writer(stanford_dir, tmp
 # --------------------------------------------------------------------------------------------------
 
 
-def test_read_json_names_the_file_and_a_fix(tmp_path):
-    with pytest.raises(RunFileError, match=rf"^'{tmp_path / 'trackers.json'}' is missing; delete it"):
-        read_json(tmp_path / "trackers.json")
+def test_a_missing_run_file_is_named_with_its_fix(tmp_path):
+    with pytest.raises(RunFileError, match=rf"^'{tmp_path / 'config.json'}' is missing; restore it from a copy, or "):
+        RunDir(tmp_path).read_config()
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,8 @@ from pathlib import Path
 from .config import FinetuneConfig, trajectory_differences
 from .errors import ConfigError, TinyTransformersError, clean_message
 from .paper import PAPER_MODELS, PaperModel, paper_model_for
-from .rundir import RunDir, RunFileError, RunSummary, read_json, write_atomic, writing
+from .rundir import RunDir, RunSummary
+from .runfiles import RunFileError, read_json, write_atomic, writing
 
 MANIFEST_FILE = "ablation.json"  # {"model": short name}: the paper model whose rows the root holds
 _MANIFEST_FIX = "delete it: the report then takes the model from the rows' config.json, and ablate writes it anew"

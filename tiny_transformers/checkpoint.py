@@ -24,15 +24,8 @@ from accelerate import Accelerator
 from . import hub as hub_io
 from .config import FinetuneConfig, describe_differences, trajectory_differences
 from .errors import CheckpointError
-from .rundir import (
-    RunDir,
-    RunFileError,
-    epoch_score,
-    is_main_launch_process,
-    read_json,
-    write_atomic,
-    write_errno,
-)
+from .rundir import RunDir, epoch_score, is_main_launch_process
+from .runfiles import RunFileError, read_json, write_atomic, write_errno
 
 STATE_FILE = "trainer_state.json"
 

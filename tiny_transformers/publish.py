@@ -43,12 +43,11 @@ from .rundir import (
     METRICS_FILE,
     WEIGHTS_FILE,
     RunDir,
-    RunFileError,
     RunSummary,
     is_main_launch_process,
-    read_json,
     read_run,
 )
+from .runfiles import RunFileError, read_json
 from .validation import validate_hub
 
 EXPORT_FILES = (WEIGHTS_FILE, CONFIG_FILE, "README.md", CURVES_FILE, METRICS_FILE)

@@ -32,7 +32,8 @@ from .data import decode_image
 from .hub import is_hub_id
 from .models import unwrap_logits
 from .paper import CITATION, PAPER_MODELS, paper_model_for, resolve_model_name
-from .rundir import CURVES_FILE, GRID_FILE, RESULTS_FILE, RunDir, best_record, write_atomic, writing
+from .rundir import CURVES_FILE, GRID_FILE, RESULTS_FILE, RunDir, best_record
+from .runfiles import write_atomic, writing
 
 CURVES_DPI = 100
 CURVES_SIZE = (1500, 420)  # pixels (width, height) of training_curves.png

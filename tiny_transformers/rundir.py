@@ -20,17 +20,14 @@ these names from here; none spells a file name of the run folder itself.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
 import math
 import os
-import re
 import socket
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -40,6 +37,7 @@ from filelock import FileLock, Timeout
 from .config import FinetuneConfig, trajectory_differences
 from .errors import ConfigError, PublishError, TinyTransformersError
 from .paper import PaperModel, paper_model_for
+from .runfiles import RunFileError, read_json, write_atomic
 
 CONFIG_FILE = "config.json"  # the run's config in its folder; timm's model config in a weights folder
 WEIGHTS_FILE = "model.safetensors"
@@ -70,11 +68,6 @@ def json_line(record: dict[str, Any]) -> str:
     return json.dumps(finite, allow_nan=False)
 
 
-class RunFileError(TinyTransformersError):
-    """A file of a run folder cannot be read (missing, truncated, not what the library wrote) or written (disk full,
-    read-only); the message names the file and the fix."""
-
-
 # what to do about a damaged file, by name; a run's config, labels and metrics are written anew by a resumed run
 _REWRITTEN = "restore it from a copy, or delete it and run the training command again (it resumes from the newest "
 _FIXES = {
@@ -84,116 +77,6 @@ _FIXES = {
     TRACKERS_FILE: "delete it (the next run starts a new W&B run instead of continuing the old one)",
     FINISHED_FILE: "delete it and run the training command again (it resumes and finishes the run)",
 }
-_WRITE_FIXES = {
-    errno.ENOSPC: "free some space on that disk",
-    errno.EDQUOT: "free some of your disk quota",
-    errno.EROFS: "make that file system writable, or choose a folder on a writable one",
-    errno.EACCES: "fix that folder's permissions, or choose a folder you can write to",
-    errno.EPERM: "fix that folder's permissions, or choose a folder you can write to",
-}
-
-
-def write_errno(error: BaseException) -> int | None:
-    """The errno of a failed write, also when torch or safetensors wrapped it in their own error.
-
-    >>> write_errno(RuntimeError("No space left on device (os error 28)")) == errno.ENOSPC
-    True
-    """
-    if isinstance(error, RunFileError) and error.__cause__ is not None:
-        return write_errno(error.__cause__)
-    if isinstance(getattr(error, "errno", None), int):
-        return error.errno  # type: ignore[attr-defined]
-    found = re.search(r"os error (\d+)", str(error))  # safetensors: "... (os error 28)"
-    if found:
-        return int(found.group(1))
-    # torch's serializer: "file write failed", "unexpected pos" when the disk filled up under it
-    text = str(error)
-    return errno.ENOSPC if any(t in text for t in ("No space left", "file write failed", "unexpected pos")) else None
-
-
-def write_error(path: str | Path, error: BaseException) -> RunFileError | None:
-    """The one sentence for a write of ``path`` that failed for want of space or permission (which file, what the
-    error means, the fix); None for any other error. Understands torch's and safetensors' wrapped OS errors.
-
-    >>> print(write_error("out/last/model.safetensors", OSError(errno.ENOSPC, "No space left")))  # doctest: +ELLIPSIS
-    Writing 'out/last/model.safetensors' failed: No space left on device (ENOSPC); free some space on that disk, ...
-    """
-    code = write_errno(error)
-    if code not in _WRITE_FIXES:
-        return None
-    return RunFileError(
-        f"Writing '{path}' failed: {os.strerror(code)} ({errno.errorcode[code]}); {_WRITE_FIXES[code]}, then run the "
-        "same command again (what was written before is intact)."
-    )
-
-
-@contextlib.contextmanager
-def writing(path: str | Path) -> Iterator[None]:
-    """Turn a full disk or a read-only folder met while writing ``path`` into :func:`write_error`'s sentence.
-
-    >>> with writing("out/training_curves.png"):  # doctest: +SKIP
-    ...     figure.savefig("out/training_curves.png")
-    """
-    try:
-        yield
-    except Exception as error:  # noqa: BLE001 - OSError, safetensors' and torch's errors carry the same errno
-        sentence = write_error(path, error)
-        if sentence is None:
-            raise
-        raise sentence from error
-
-
-def write_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` whole or not at all: a temporary file in the same folder, then ``os.replace``;
-    a process killed meanwhile leaves the previous file in place. Every small file of a run goes through here.
-
-    >>> write_atomic(Path("outputs/run/labels.json"), "{}")  # doctest: +SKIP
-    PosixPath('outputs/run/labels.json')
-    """
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with writing(path):
-            with open(temporary, "w") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())  # the bytes reach the disk before the name points at them
-            os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
-
-
-def read_json(path: str | Path, kind: type = dict, fix: str | None = None) -> Any:
-    """The JSON value of the run file ``path``, checked to be a ``kind``; a missing, empty, truncated or foreign
-    file is :class:`RunFileError` naming it and ``fix`` (by default the fix for that file name).
-
-    >>> read_json(Path("nowhere/labels.json"))  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    tiny_transformers.rundir.RunFileError: 'nowhere/labels.json' is missing; restore it from a copy, or delete ...
-    """
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        problem = "is missing"
-    except (OSError, UnicodeDecodeError) as error:
-        problem = f"cannot be read ({getattr(error, 'strerror', None) or error})"
-    else:
-        try:
-            value = json.loads(text)
-        except ValueError as error:
-            problem = "is empty" if not text.strip() else f"is truncated or not valid JSON ({error})"
-        else:
-            if isinstance(value, kind):
-                return value
-            problem = f"holds a JSON {_json_type(type(value))} where a JSON {_json_type(kind)} belongs"
-    raise RunFileError(f"'{path}' {problem}; {fix or _FIXES.get(path.name, 'restore it from a copy')}.")
-
-
-def _json_type(kind: type) -> str:
-    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(kind, "number")
 
 
 @dataclass(frozen=True)
@@ -274,7 +157,7 @@ class RunDir:
         marker = self.root / FINISHED_FILE
         if not marker.is_file():
             return None
-        epochs = read_json(marker).get("epochs")
+        epochs = read_json(marker, fix=_FIXES[FINISHED_FILE]).get("epochs")
         if not isinstance(epochs, int):
             raise RunFileError(f"'{marker}' does not say how many epochs the run finished; {_FIXES[FINISHED_FILE]}.")
         return epochs
@@ -284,7 +167,7 @@ class RunDir:
         W&B's run id, made once and kept in ``trackers.json``; TensorBoard's ``purge_step``, so that the steps a killed
         run logged after its last checkpoint are dropped, not shown twice, when the resumed run logs them again."""
         trackers = self.root / TRACKERS_FILE
-        ids = read_json(trackers) if trackers.is_file() else {}
+        ids = read_json(trackers, fix=_FIXES[TRACKERS_FILE]) if trackers.is_file() else {}
         if not isinstance(ids.get("wandb_id"), str):
             ids["wandb_id"] = uuid.uuid4().hex[:8]
             write_atomic(trackers, json.dumps(ids))
@@ -295,13 +178,13 @@ class RunDir:
 
     def read_config(self) -> FinetuneConfig:
         """The run's ``config.json``; :class:`RunFileError` when it is damaged or not a run's config."""
-        return config_from(read_json(self.config), self.config)
+        return config_from(read_json(self.config, fix=_FIXES[CONFIG_FILE]), self.config)
 
     def read_labels(self) -> tuple[list[str], list[str]] | None:
         """(class ids, class names) of the run, or None when it has no ``labels.json``."""
         if not self.labels.is_file():
             return None
-        labels = read_json(self.labels)
+        labels = read_json(self.labels, fix=_FIXES[LABELS_FILE])
         ids, names = labels.get("class_ids"), labels.get("class_names")
         if not (isinstance(ids, list) and isinstance(names, list) and len(ids) == len(names)):
             raise RunFileError(

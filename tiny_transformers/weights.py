@@ -17,7 +17,8 @@ from .config import ModelConfig
 from .errors import ConfigError, ModelError
 from .models import IMAGENET_MEAN, IMAGENET_STD, build_model, normalization
 from .paper import resolve_model_name
-from .rundir import CONFIG_FILE, WEIGHTS_FILE, RunDir, read_json, write_atomic, writing
+from .rundir import CONFIG_FILE, WEIGHTS_FILE, RunDir
+from .runfiles import read_json, write_atomic, writing
 
 _DAMAGED_WEIGHTS = "copy the folder again from its run (best/ or last/), or export it anew (tiny-transformers export)"
 
