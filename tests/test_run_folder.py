@@ -404,3 +404,57 @@ def test_a_held_lock_is_refused_at_once_naming_the_holder_and_left_as_it_was(tmp
                 pass
         assert (folder.root / ".lock").read_text() == written  # the refused one changed nothing
     assert not folder.root.exists()  # created by the lock, released empty: no trace
+
+
+# --------------------------------------------------------------------------------------------------
+# export --to: only over its own folder, and the previous export kept until the new one is complete
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("foreign", ["a user's folder", "another run's best/"])
+def test_export_refuses_a_folder_it_did_not_write_and_leaves_it_as_it_was(finished, tmp_path, capsys, foreign):
+    """23.3: a folder holding a user's README.md and config.json, or another run's best/, was replaced silently."""
+    target = tmp_path / "target"
+    if foreign == "a user's folder":
+        target.mkdir()
+        (target / "README.md").write_text("my notes")
+        (target / "config.json").write_text("{}")
+        names = "README.md, config.json"
+    else:
+        shutil.copytree(finished.output_dir / "best", target)
+        names = "config.json, model.safetensors"
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    err = fail(["export", str(finished.output_dir), "--to", str(target)], capsys)
+    assert err == (
+        f"error: '{target}' already holds files that export did not write ({names}); export into a new or empty "
+        "folder, or move them away first."
+    )
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["target"]  # nothing left beside it
+
+
+@pytest.mark.slow
+def test_an_export_killed_midway_keeps_the_previous_one_and_the_next_removes_what_it_left(finished, tmp_path, capsys):
+    """23.10: a kill during export left .export.tmp-PID (a copy of the weights) for good and the old export gone."""
+    import subprocess
+
+    target = tmp_path / "shared"
+    cli.main(["export", str(finished.output_dir), "--to", str(target)])
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    assert set(before) == {"model.safetensors", "config.json", "README.md", "training_curves.png", "metrics.jsonl",
+                           ".tiny_transformers_export"}  # fmt: skip
+    killed = subprocess.Popen(
+        [sys.executable, "-c", "import os, sys; import tiny_transformers.publish as p; "
+         "p.plot_training_curves = lambda *a: os._exit(9); p.export_run(sys.argv[1], folder=sys.argv[2])",
+         str(finished.output_dir), str(target)],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )  # fmt: skip
+    assert killed.wait(timeout=300) == 9  # died between copying the weights and finishing the folder
+    (left,) = [p for p in tmp_path.iterdir() if p.name != "shared"]
+    assert left.name.startswith(f".shared.tmp-{killed.pid}-") and (left / "model.safetensors").is_file()
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before  # the previous export, whole
+    capsys.readouterr()
+    cli.main(["export", str(finished.output_dir), "--to", str(target)])
+    assert f"removed what an export killed mid-write left beside {target}" in capsys.readouterr().out
+    assert [p.name for p in tmp_path.iterdir()] == ["shared"]
+    assert (target / "model.safetensors").read_bytes() == before["model.safetensors"]

@@ -54,6 +54,7 @@ TRACKERS_FILE = "trackers.json"  # the W&B run id a resumed run continues
 PER_CLASS_FILE = "per_class_accuracy.csv"  # written by `evaluate` into the working directory unless --output
 LOCK_FILE = ".lock"  # {"host", "pid", "started"} of the run that holds the folder
 MARKER_FILE = ".tiny_transformers_run"  # written when a run starts: this folder is a run folder
+EXPORT_MARKER = ".tiny_transformers_export"  # in a folder `export` wrote (never uploaded): it may replace it
 FINISHED_FILE = "finished.json"  # {"epochs": N}: written last, after last/, the report and metrics.jsonl
 PUSH_STAGING_DIR = ".hub-push"  # snapshots and upload folders of Hub pushes (push_staging.py)
 
