@@ -458,3 +458,51 @@ def test_an_export_killed_midway_keeps_the_previous_one_and_the_next_removes_wha
     assert f"removed what an export killed mid-write left beside {target}" in capsys.readouterr().out
     assert [p.name for p in tmp_path.iterdir()] == ["shared"]
     assert (target / "model.safetensors").read_bytes() == before["model.safetensors"]
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluate --output: only over a table evaluate wrote, and only from the main process
+# --------------------------------------------------------------------------------------------------
+
+
+def evaluate_args(finished, source, output) -> list[str]:
+    return ["evaluate", "--model.checkpoint", str(finished.output_dir / "last"), "--data.source", str(source),
+            "--data.num_workers", "0", "--train.progress", "false", "--output", str(output)]  # fmt: skip
+
+
+def test_evaluate_output_refuses_a_file_it_did_not_write_and_replaces_its_own(finished, stanford_dir, tmp_path, capsys):
+    """23.11: `evaluate --output` onto an existing file (even the run's own metrics.jsonl) overwrote it silently."""
+    run = copy_run(finished, tmp_path)
+    metrics = (run / "metrics.jsonl").read_bytes()
+    err = fail(evaluate_args(finished, stanford_dir, run / "metrics.jsonl"), capsys)
+    assert err == (
+        f"error: --output '{run / 'metrics.jsonl'}' already exists and is not a per-class table that evaluate wrote "
+        "(its first line is not 'class_id,class_name,images,correct,top1'); give a new file name, or move that file "
+        "away first."
+    )
+    assert (run / "metrics.jsonl").read_bytes() == metrics
+    table = tmp_path / "classes.csv"
+    for _ in range(2):  # the second run replaces the table the first one wrote
+        cli.main(evaluate_args(finished, stanford_dir, table))
+        assert json.loads(capsys.readouterr().out)["top1"] == finished.top1
+    assert table.read_text().splitlines()[0] == "class_id,class_name,images,correct,top1"
+    assert len(table.read_text().splitlines()) == 1 + 4  # a row per class
+
+
+@pytest.mark.slow
+def test_evaluate_under_a_two_process_launch_prints_and_writes_once(finished, stanford_dir, tmp_path):
+    import subprocess
+
+    table = tmp_path / "classes.csv"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "-m", "tiny_transformers.cli"]  # fmt: skip
+    done = subprocess.run(
+        [*launch, *evaluate_args(finished, stanford_dir, table)], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("{")]  # one process printed the scores
+    assert json.loads(line)["top1"] == finished.top1 and json.loads(line)["count"] == 12
+    assert done.stderr.count("per-class accuracy:") == 1
+    assert table.read_text().splitlines()[0] == "class_id,class_name,images,correct,top1"

@@ -364,8 +364,7 @@ def write_per_class_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Pat
     writer.writeheader()
     for row in rows:
         writer.writerow({**row, "top1": "" if row["top1"] is None else f"{row['top1']:.4f}"})
-    with writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     return write_atomic(path, text.getvalue())
 
 
