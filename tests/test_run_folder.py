@@ -163,6 +163,31 @@ def test_ablate_report_of_a_damaged_file_is_one_sentence(finished, tmp_path, cap
     assert not (root / "ablation.md").exists()
 
 
+def test_a_resume_over_damaged_small_files_names_the_one_it_needs_or_writes_them_anew(finished, tmp_path, capsys):
+    """labels.json is checked against the data on resume: damaged, it is named with its fix, and the fix works;
+    config.json and metrics.jsonl are written anew from the config and the checkpoint."""
+    run = copy_run(finished, tmp_path)
+    shutil.rmtree(run / "last")
+    (run / "finished.json").unlink()
+    (run / "labels.json").write_text('{"class_ids": ["n0')
+    (run / "config.json").write_text("")
+    (run / "metrics.jsonl").write_text('{"epoch": 1, "to')
+    with pytest.raises(RunFileError) as damaged:
+        finetune(_same_config(finished, run))
+    assert str(damaged.value).startswith(f"'{run / 'labels.json'}' is truncated or not valid JSON (")
+    assert str(damaged.value).endswith(
+        "restore it from a copy, or delete it and run the training command again (it resumes from the newest "
+        "checkpoint and writes labels.json anew)."
+    )
+    (run / "labels.json").unlink()  # the fix the sentence gives
+    resumed = finetune(_same_config(finished, run))
+    assert resumed.epochs_completed == 2
+    assert RunDir(run).read_labels() == RunDir(finished.output_dir).read_labels()
+    assert RunDir(run).read_config() == _same_config(finished, run)  # written anew at the start
+    assert [r["top1"] for r in RunDir(run).read_metrics()] == [r["top1"] for r in finished.history]
+    assert json.loads((run / "finished.json").read_text()) == {"epochs": 2}
+
+
 @pytest.mark.parametrize("value", [{"epoch": "2"}, {"history": {"epoch": 1}}, {"best_top1": [1]}, []])
 def test_a_trainer_state_of_the_wrong_type_falls_back_like_a_corrupt_one(finished, tmp_path, capsys, value):
     """23.12: a field of the wrong type was a traceback mid-resume; now the previous checkpoint is used."""
