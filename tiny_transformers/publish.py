@@ -46,6 +46,7 @@ from .rundir import (
     CONFIG_FILE,
     CURVES_FILE,
     EXPORT_MARKER,
+    MARKER_FILE,
     METRICS_FILE,
     WEIGHTS_FILE,
     RunDir,
@@ -84,7 +85,7 @@ def _export(run: RunSummary, hub: HubConfig, folder: str | Path | None, checked:
     own = (run.output_dir, run.folder.weights("best"), run.folder.weights("last"))
     if target in own or run.folder.checkpoints in (target, *target.parents):
         raise PublishError(f"Cannot export into '{target}', which holds the run itself; choose another folder.")
-    _check_replaceable(target, run.folder.export)
+    _check_replaceable(target)
     if not checked:
         read_json(source / CONFIG_FILE, fix=_RERUN.format(source.name))  # the card reads it
         _check_finite(source / WEIGHTS_FILE)
@@ -107,7 +108,7 @@ def _export(run: RunSummary, hub: HubConfig, folder: str | Path | None, checked:
                 shutil.copyfile(origin / name, staging / name)
         plot_training_curves(run.history, staging / CURVES_FILE)
         model_card(run, hub).save(staging / "README.md")
-        if target != run.folder.export:  # the run's own export/ is the run's: known without a mark
+        if not _is_run_export(target):  # a run's own export/ is known without a mark
             write_atomic(staging / EXPORT_MARKER, json.dumps({"run": str(run.output_dir)}))
         if target.exists():
             target.rename(previous)  # the two renames are the only moment without a complete export in place
@@ -122,13 +123,19 @@ def _export(run: RunSummary, hub: HubConfig, folder: str | Path | None, checked:
     return target
 
 
-def _check_replaceable(target: Path, own_export: Path) -> None:
-    """Refuse a target holding anything ``export`` did not write: its marker says it did (the run's own
-    ``export/`` from before the marker existed: when it holds nothing but :data:`EXPORT_FILES`)."""
+def _is_run_export(target: Path) -> bool:
+    """Whether ``target`` is a run folder's own ``export/`` (that run's to replace, no mark needed)."""
+    run = RunDir(target.parent)
+    return target == run.export and ((run.root / MARKER_FILE).is_file() or run.checkpoints.is_dir())
+
+
+def _check_replaceable(target: Path) -> None:
+    """Refuse a target holding anything ``export`` did not write: its mark says it did, or it is a run's own
+    ``export/`` holding nothing but :data:`EXPORT_FILES`."""
     if not target.exists():
         return
     present = sorted(p.name for p in target.iterdir()) if target.is_dir() else [target.name]
-    ours = (target / EXPORT_MARKER).is_file() or (target == own_export and set(present) <= set(EXPORT_FILES))
+    ours = (target / EXPORT_MARKER).is_file() or (_is_run_export(target) and set(present) <= set(EXPORT_FILES))
     foreign = [name for name in present if name not in (*EXPORT_FILES, EXPORT_MARKER)] if ours else present
     if foreign:
         raise PublishError(
@@ -459,7 +466,7 @@ class BackgroundPublisher:
 def _epochs_done(output_dir: Path) -> int:
     try:
         return len(RunDir(output_dir).read_metrics())
-    except (OSError, ValueError):  # no metrics.jsonl yet (a resumed run's fresh folder), or unreadable
+    except RunFileError:  # no metrics.jsonl yet (a resumed run's fresh folder), or unreadable
         return 0
 
 
