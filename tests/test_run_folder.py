@@ -116,6 +116,7 @@ def test_a_missing_run_file_is_named_with_its_fix(tmp_path):
         ("labels.json", b"", "is empty"),
         ("labels.json", b"[1, 2]", "holds a JSON array where a JSON object belongs"),
         ("metrics.jsonl", b'{"epoch": 1, "top1": 50.0}\n{"epoch": 2, "to', "line 2 is not an epoch's record"),
+        ("metrics.jsonl", b"\xff\xfe{", "cannot be read"),
         ("last/model.safetensors", b"\x00" * 10, "is truncated or not a safetensors file"),
     ],
 )

@@ -179,7 +179,7 @@ class RunDir:
 
     def read_config(self) -> FinetuneConfig:
         """The run's ``config.json``; :class:`RunFileError` when it is damaged or not a run's config."""
-        return config_from(read_json(self.config, fix=_FIXES[CONFIG_FILE]), self.config)
+        return _config_from(read_json(self.config, fix=_FIXES[CONFIG_FILE]), self.config)
 
     def read_labels(self) -> tuple[list[str], list[str]] | None:
         """(class ids, class names) of the run, or None when it has no ``labels.json``."""
@@ -196,8 +196,8 @@ class RunDir:
     def read_metrics(self) -> list[dict[str, Any]]:
         """One dict per finished epoch; :class:`RunFileError` naming the line when one is damaged."""
         try:
-            lines = self.metrics.read_text().splitlines()
-        except OSError as error:
+            lines = self.metrics.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
             raise RunFileError(
                 f"'{self.metrics}' {'is missing' if isinstance(error, FileNotFoundError) else 'cannot be read'}; "
                 f"{_FIXES[METRICS_FILE]}."
@@ -219,7 +219,7 @@ class RunDir:
         return history
 
 
-def config_from(data: dict[str, Any], path: Path) -> FinetuneConfig:
+def _config_from(data: dict[str, Any], path: Path) -> FinetuneConfig:
     """A run config from the dict read from ``path``; :class:`RunFileError` naming the file when it is not one."""
     try:
         return FinetuneConfig.from_dict(data)
@@ -355,19 +355,17 @@ class RunLock:
         except Timeout:
             self._refuse(self._holder() or {})
         left = self._holder() if existed else {}  # what a previous holder left: None when empty or unreadable
-        if left is None or (left and left.get("host") == self.mine["host"] and not process_alive(left.get("pid"))):
-            print(
-                f"warning: taking over {self.path}, "
-                + ("whose contents are unreadable (a run killed while it took the folder)" if left is None else
-                   f"left by process {left.get('pid')} (started {left.get('started')}), which no longer runs") + ".",
-                file=sys.stderr,
-                flush=True,
-            )  # fmt: skip
-        elif left:
+        said = "whose contents are unreadable (a run killed while it took the folder)" if left is None else ""
+        if left and left.get("host") == self.mine["host"]:  # we hold the flock: its own pid is an earlier process
+            if left.get("pid") == self.mine["pid"] or not process_alive(left.get("pid")):
+                said = f"left by process {left.get('pid')} (started {left.get('started')}), which no longer runs"
+        if left and not said:
             # flock is local to each host on some network file systems: another host's entry is trusted, as is a
             # live process of this host (a run of a version that did not lock with flock)
             self.lock.release()
             self._refuse(left)
+        if said:
+            print(f"warning: taking over {self.path}, {said}.", file=sys.stderr, flush=True)
         # written in place, not with write_atomic: a renamed file would be another inode, not the locked one; a kill
         # mid-write leaves it unreadable, and the next run takes it over aloud
         self.path.write_text(json.dumps(self.mine))

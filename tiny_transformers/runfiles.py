@@ -91,7 +91,7 @@ def write_atomic(path: str | Path, text: str) -> Path:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with writing(path):
-            with open(temporary, "w") as handle:
+            with open(temporary, "w", encoding="utf-8") as handle:
                 handle.write(text)
                 handle.flush()
                 os.fsync(handle.fileno())  # the bytes reach the disk before the name points at them
@@ -112,7 +112,7 @@ def read_json(path: str | Path, kind: type = dict, fix: str = "restore it from a
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         problem = "is missing"
     except (OSError, UnicodeDecodeError) as error:
