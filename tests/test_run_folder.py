@@ -532,3 +532,20 @@ def test_evaluate_under_a_two_process_launch_prints_and_writes_once(finished, st
     assert json.loads(line)["top1"] == finished.top1 and json.loads(line)["count"] == 12
     assert done.stderr.count("per-class accuracy:") == 1
     assert table.read_text().splitlines()[0] == "class_id,class_name,images,correct,top1"
+
+
+def test_a_lock_entry_naming_this_pid_is_an_earlier_process_taken_over_aloud(tmp_path, capsys):
+    """In a container every run may get the same pid: an entry of that pid whose flock nobody holds is stale."""
+    import socket
+
+    from tiny_transformers.rundir import RunLock
+
+    folder = RunDir(tmp_path / "out")
+    folder.root.mkdir()
+    stale = {"host": socket.gethostname(), "pid": os.getpid(), "started": "2026-01-01 00:00:00"}
+    (folder.root / ".lock").write_text(json.dumps(stale))
+    with RunLock(folder) as lock:
+        assert json.loads((folder.root / ".lock").read_text()) == lock.mine
+    assert f"taking over {folder.root / '.lock'}, left by process {os.getpid()} (started 2026-01-01" in (
+        capsys.readouterr().err
+    )
