@@ -69,7 +69,7 @@ def test_a_write_killed_before_its_rename_leaves_the_previous_file_whole(finishe
         RunDir(run).write_start(tiny_config("x", run), ["a"], ["ant"])
     monkeypatch.undo()
     assert {name: (run / name).read_bytes() for name in before} == before
-    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]  # a failed write cleans up after itself
     resumed = finetune(_same_config(finished, run))  # the run goes on from its folder as it was
     assert resumed.epochs_completed == 2
 
