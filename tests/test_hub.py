@@ -343,7 +343,7 @@ def test_export_command_writes_the_folder_and_protects_other_files(published, tm
     _, result, _ = published
     target = tmp_path / "shared"
     main(["export", str(result.output_dir), "--to", str(target), "--hub.weights", "best"])
-    assert sorted(p.name for p in target.iterdir()) == sorted(EXPORT_FILES)
+    assert sorted(p.name for p in target.iterdir()) == sorted([*EXPORT_FILES, ".tiny_transformers_export"])
     assert (target / "model.safetensors").read_bytes() == (
         result.output_dir / "best" / "model.safetensors"
     ).read_bytes()
@@ -353,7 +353,8 @@ def test_export_command_writes_the_folder_and_protects_other_files(published, tm
     with pytest.raises(SystemExit):
         main(["export", str(result.output_dir), "--to", str(target)])
     assert capsys.readouterr().err.strip() == (
-        f"error: '{target}' already holds other files (notes.txt); export into a new or empty folder."
+        f"error: '{target}' already holds files that export did not write (notes.txt); export into a new or empty "
+        "folder, or move them away first."
     )
     assert (target / "notes.txt").read_text() == "mine"
     best = (result.output_dir / "best" / "model.safetensors").read_bytes()

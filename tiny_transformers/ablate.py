@@ -26,8 +26,10 @@ from .config import FinetuneConfig, trajectory_differences
 from .errors import ConfigError, TinyTransformersError, clean_message
 from .paper import PAPER_MODELS, PaperModel, paper_model_for
 from .rundir import RunDir, RunSummary
+from .runfiles import RunFileError, read_json, write_atomic, writing
 
 MANIFEST_FILE = "ablation.json"  # {"model": short name}: the paper model whose rows the root holds
+_MANIFEST_FIX = "delete it: the report then takes the model from the rows' config.json, and ablate writes it anew"
 REPORT_FILE = "ablation.md"
 CHART_FILE = "ablation.png"
 CHART_DPI = 100
@@ -190,13 +192,11 @@ def row_config(base: FinetuneConfig, row: AblationRow, root: str | Path) -> Fine
 
 
 def is_finished(folder: RunDir, epochs: int) -> bool:
-    """Whether the run in ``folder`` has finished ``epochs`` epochs: its ``last/`` exists and its metrics hold them."""
-    if not folder.weights("last").is_dir() or not folder.metrics.is_file():
-        return False
-    try:
-        return len(folder.read_metrics()) >= epochs
-    except (OSError, ValueError):
-        return False
+    """Whether the run in ``folder`` finished ``epochs`` epochs: its ``finished.json``, written after every other
+    output, says so. A run killed anywhere before it (last epoch's checkpoint, ``last/``, the report) is unfinished
+    and resumes."""
+    finished = folder.finished_epochs()
+    return finished is not None and finished >= epochs
 
 
 def ablation_commands(
@@ -233,7 +233,7 @@ def run_ablation(
     short = paper_model(model).short_name
     print(f"ablation of {short}: {len(rows)} row(s) into {root}: {', '.join(row.name for row in rows)}", flush=True)
     root.mkdir(parents=True, exist_ok=True)
-    (root / MANIFEST_FILE).write_text(json.dumps({"model": short}))
+    write_atomic(root / MANIFEST_FILE, json.dumps({"model": short}))
     failed: list[tuple[str, str]] = []
     for index, row in enumerate(rows, 1):
         config = row_config(base, row, root)
@@ -261,8 +261,8 @@ def run_ablation(
 def _changed(folder: RunDir, config: FinetuneConfig) -> bool:
     """Whether the finished run was trained with another config (then finetune, not a skip, says what to do)."""
     try:
-        return bool(trajectory_differences(json.loads(folder.config.read_text()), config))
-    except (OSError, ValueError):
+        return bool(trajectory_differences(read_json(folder.config), config))
+    except (RunFileError, AttributeError):
         return True
 
 
@@ -300,7 +300,8 @@ def ablation_model(root: Path) -> PaperModel | None:
     """The paper model of the ablation in ``root``: as the runner recorded it, else the model its runs trained."""
     manifest = root / MANIFEST_FILE
     if manifest.is_file():
-        return paper_model_for(json.loads(manifest.read_text()).get("model", ""))
+        model = read_json(manifest, fix=_MANIFEST_FIX).get("model")
+        return paper_model_for(model if isinstance(model, str) else "")
     for row in ALL_ROWS:
         if RunDir(root / row).config.is_file():
             return paper_model_for(RunDir(root / row).read_config().model.name)
@@ -413,6 +414,7 @@ def write_ablation_report(root: str | Path) -> tuple[Path, Path]:
         raise ConfigError(f"'{root}' holds no ablation run yet; run `tiny-transformers ablate MODEL --root {root}`.")
     model = ablation_model(root)
     markdown, chart = root / REPORT_FILE, root / CHART_FILE
-    markdown.write_text(ablation_markdown(root, results, model))
-    ablation_figure(results, model).savefig(chart, dpi=CHART_DPI)  # no bbox_inches: the exact pixel size
+    write_atomic(markdown, ablation_markdown(root, results, model))
+    with writing(chart):
+        ablation_figure(results, model).savefig(chart, dpi=CHART_DPI)  # no bbox_inches: the exact pixel size
     return markdown, chart

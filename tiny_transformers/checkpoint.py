@@ -24,7 +24,8 @@ from accelerate import Accelerator
 from . import hub as hub_io
 from .config import FinetuneConfig, describe_differences, trajectory_differences
 from .errors import CheckpointError
-from .rundir import RunDir, is_main_launch_process
+from .rundir import RunDir, epoch_score, is_main_launch_process
+from .runfiles import RunFileError, read_json, write_atomic, write_errno
 
 STATE_FILE = "trainer_state.json"
 
@@ -141,7 +142,17 @@ class TrainerState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainerState:
+        """The state :meth:`to_dict` wrote; TypeError naming the field when one has the wrong type."""
         data = dict(data)
+        types = {"epoch": int, "step_in_epoch": int, "global_step": int, "best_top1": (int, float), "history": list,
+                 "running_loss_sum": (int, float), "running_samples": int, "running_grad_norm_sum": (int, float),
+                 "running_grad_norms": int}  # fmt: skip
+        for name, kind in types.items():
+            value = data.get(name, 0)
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise TypeError(f"{name} is {json.dumps(value)[:40]}, not a {getattr(kind, '__name__', 'number')}")
+        if not all(isinstance(record, dict) for record in data.get("history", [])):
+            raise TypeError("history holds something else than epoch records")
         loss = RunningLoss(
             data.pop("running_loss_sum", 0.0),
             data.pop("running_samples", 0),
@@ -152,7 +163,7 @@ class TrainerState:
 
     def finish_epoch(self, record: dict[str, Any]) -> bool:
         """Record a finished epoch's metrics and move to the next epoch; True when its top-1 is the best so far."""
-        score = max(record["top1"], record.get("ema_top1", float("-inf")))  # raw or EMA weights: best/ takes either
+        score = epoch_score(record)  # raw or EMA weights: best/ takes either
         improved = score > self.best_top1
         self.best_top1 = max(self.best_top1, score)
         self.history.append(record)
@@ -182,10 +193,11 @@ def read_state(folder: Path) -> tuple[TrainerState, dict[str, Any]]:
             "under <output_dir>/checkpoints/, or use 'auto'."
         )
     try:
-        payload = json.loads(state_file.read_text())
-        payload["state"], payload["config"]  # noqa: B018 - both must be there
-    except (ValueError, KeyError, TypeError) as error:  # JSON, UTF-8 or shape
-        raise CorruptCheckpoint(f"Checkpoint '{folder}' is corrupt ({STATE_FILE} unreadable: {error}).") from error
+        payload = read_json(state_file, fix="it cannot be resumed from")
+        if not isinstance(payload.get("state"), dict) or not isinstance(payload.get("config"), dict):
+            raise RunFileError(f"'{state_file}' lacks its state or config; it cannot be resumed from.")
+    except RunFileError as error:  # missing, truncated, not JSON, or another shape
+        raise CorruptCheckpoint(f"Checkpoint '{folder}' is corrupt: {error}") from error
     if payload.get("format_version") not in READABLE_VERSIONS:
         readable = " or ".join(map(str, READABLE_VERSIONS))
         raise CheckpointError(
@@ -195,14 +207,14 @@ def read_state(folder: Path) -> tuple[TrainerState, dict[str, Any]]:
         )
     try:
         state = TrainerState.from_dict(payload["state"])
-    except TypeError as error:
+    except TypeError as error:  # a field of the wrong type falls back like a truncated file
         raise CorruptCheckpoint(f"Checkpoint '{folder}' is corrupt ({STATE_FILE}: {error}).") from error
     return state, payload["config"]
 
 
 def checkpoint_labels(folder: Path) -> tuple[list[str], list[str]] | None:
     """(class ids, class names) a checkpoint records, or None (written before checkpoints carried them)."""
-    labels = json.loads((Path(folder) / STATE_FILE).read_text()).get("labels")
+    labels = read_json(Path(folder) / STATE_FILE).get("labels")
     return (list(labels["class_ids"]), list(labels["class_names"])) if labels else None
 
 
@@ -223,18 +235,33 @@ def find_resume_checkpoint(config: FinetuneConfig, output_dir: Path) -> Path | N
     if resume == "hub" or hub_io.hub_repo(resume) is not None:
         return checkpoint_from_hub(config, output_dir)
     if resume == "auto":
-        folder, saved_config = _newest_readable(output_dir)
+        folder, (state, saved_config) = _newest_readable(output_dir)
     else:
         folder = Path(resume).expanduser().resolve()
         if not folder.is_dir():
             raise CheckpointError(
                 f"train.resume '{resume}' is not a folder; give a checkpoint folder, 'auto' or 'never'."
             )
-        _, saved_config = read_state(folder)
+        state, saved_config = read_state(folder)
     if folder is None:
         return None
     _refuse_another_trajectory(f"Checkpoint '{folder}'", saved_config, config)
+    _refuse_past_the_end(f"Checkpoint '{folder}'", state, config)
     return folder
+
+
+def _refuse_past_the_end(name: str, state: TrainerState, config: FinetuneConfig) -> None:
+    """A checkpoint past ``train.epochs`` is refused: resuming it would report the shorter run's last epoch while
+    ``last/`` and ``best/`` held weights trained further."""
+    epochs, reached = config.train.epochs, state.epoch + (state.step_in_epoch > 0)
+    if reached > epochs:
+        where = (
+            f"step {state.step_in_epoch} of epoch {reached}" if state.step_in_epoch else f"the end of epoch {reached}"
+        )
+        raise CheckpointError(
+            f"{name} has trained to {where}, past train.epochs {epochs}; resume with --train.epochs {reached} or "
+            "more, or train the shorter run afresh in a new train.output_dir."
+        )
 
 
 def _refuse_another_trajectory(name: str, saved_config: dict[str, Any], config: FinetuneConfig) -> None:
@@ -277,6 +304,7 @@ def checkpoint_from_hub(config: FinetuneConfig, output_dir: Path) -> Path:
         state, saved_config = read_state(downloaded)
         name = f"The Hub checkpoint 'hf-hub:{repo_id}' ({hub_io.CHECKPOINT_DIR}/, step {state.global_step})"
         _refuse_another_trajectory(name, saved_config, config)
+        _refuse_past_the_end(name, state, config)
         final = root / f"step_{state.global_step:08d}"
         if is_checkpoint(final):
             print(f"{name} is already here as {final}; resuming from it", flush=True)
@@ -289,14 +317,15 @@ def checkpoint_from_hub(config: FinetuneConfig, output_dir: Path) -> Path:
     return final
 
 
-def _newest_readable(output_dir: Path) -> tuple[Path | None, dict[str, Any]]:
-    """The newest checkpoint whose trainer state can be read, and its config; corrupt ones are passed over aloud."""
+def _newest_readable(output_dir: Path) -> tuple[Path | None, tuple[TrainerState, dict[str, Any]]]:
+    """The newest checkpoint whose trainer state can be read, with its state and config; corrupt ones are passed
+    over aloud."""
     for folder in reversed(list_checkpoints(output_dir)):
         try:
-            return folder, read_state(folder)[1]
+            return folder, read_state(folder)
         except CorruptCheckpoint as error:
             print(f"warning: {error} Falling back to the previous checkpoint.", file=sys.stderr, flush=True)
-    return None, {}
+    return None, (TrainerState(), {})
 
 
 def save_checkpoint(
@@ -325,12 +354,9 @@ def save_checkpoint(
         if accelerator.is_main_process:
             payload = {"format_version": FORMAT_VERSION, "state": state.to_dict(), "config": config.to_dict()}
             payload["labels"] = {"class_ids": list(labels[0]), "class_names": list(labels[1])}
-            with open(temporary / STATE_FILE, "w") as handle:
-                json.dump(payload, handle, indent=2)
-                handle.flush()
-                os.fsync(handle.fileno())
-    except (OSError, RuntimeError) as error:
-        if not _disk_full(error):
+            write_atomic(temporary / STATE_FILE, json.dumps(payload, indent=2))
+    except (OSError, RuntimeError, RunFileError) as error:
+        if write_errno(error) != errno.ENOSPC:
             raise
         shutil.rmtree(temporary, ignore_errors=True)
         previous = list_checkpoints(output_dir)
@@ -347,14 +373,6 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
-
-
-def _disk_full(error: BaseException) -> bool:
-    """ENOSPC, or torch's serializer failing mid-write ("unexpected pos", "file write failed") for that reason."""
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-        return True
-    text = str(error)
-    return "No space left" in text or "unexpected pos" in text or "file write failed" in text
 
 
 def load_checkpoint(accelerator: Accelerator, folder: Path) -> TrainerState:

@@ -21,7 +21,7 @@ import tyro
 from .config import FinetuneConfig, HubConfig, paper_config
 from .errors import TinyTransformersError, clean_message
 from .paper import PAPER_MODELS, paper_model_for
-from .rundir import PER_CLASS_FILE, RunDir, json_line
+from .rundir import PER_CLASS_FILE, RunDir, is_main_launch_process, json_line
 
 USAGE = """usage: tiny-transformers COMMAND [--section.field VALUE ...]
 
@@ -206,12 +206,15 @@ def _evaluate(args: list[str]) -> None:
     # the user's precision only when given; otherwise evaluate_checkpoint takes the one the weights record
     given = any(_option(a) == "--train.mixed_precision" for a in args)
     from .evaluation import evaluate_checkpoint
-    from .report import per_class_accuracy, write_per_class_csv
+    from .report import PER_CLASS_COLUMNS, per_class_accuracy, write_per_class_csv
 
     try:
+        _refuse_foreign_output(Path(options.output), ",".join(PER_CLASS_COLUMNS))
         result = evaluate_checkpoint(config, config.train.mixed_precision if given else None)
     except TinyTransformersError as error:
         _fail(error)
+    if not is_main_launch_process():  # under `accelerate launch`, every process scores; the first one reports
+        return
     # the scores first: a per-class file that cannot be written must not cost the evaluation
     print(json_line({k: result[k] for k in ("top1", "top5", "loss", "count")}), flush=True)  # NaN -> null
     rows = per_class_accuracy(result["references"], result["predictions"], result["class_ids"], result["class_names"])
@@ -220,7 +223,25 @@ def _evaluate(args: list[str]) -> None:
     except OSError as error:
         _fail(TinyTransformersError(f"--output '{options.output}' cannot be written ({error.strerror or error}); the "
                                     "scores are above; give a path in a folder you can write to."))  # fmt: skip
+    except TinyTransformersError as error:  # a full disk or a read-only folder: the file, the errno, the fix
+        _fail(TinyTransformersError(f"{error} The scores are above."))
     print(f"per-class accuracy: {path}", file=sys.stderr)  # stdout stays one JSON line for scripts
+
+
+def _refuse_foreign_output(path: Path, header: str) -> None:
+    """``evaluate --output`` replaces only a per-class table it wrote (its header line), never another file."""
+    if not path.exists():
+        return
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            first = handle.readline().strip()
+    except OSError:
+        first = ""
+    if first != header:
+        raise TinyTransformersError(
+            f"--output '{path}' already exists and is not a per-class table that evaluate wrote (its first line is "
+            f"not '{header}'); give a new file name, or move that file away first."
+        )
 
 
 @dataclasses.dataclass
@@ -242,7 +263,7 @@ def _publish_args(command: str, args: list[str]) -> tuple[Path, PublishArgs]:
     hub = HubConfig()
     try:  # the run's own hub settings are the defaults, so `push OUTPUT_DIR` repeats a failed push as configured
         hub = RunDir(output_dir).read_config().hub
-    except (OSError, ValueError):
+    except TinyTransformersError:
         pass  # not a run folder: export_run/push_run name the problem
     return output_dir, _parse(PublishArgs, PublishArgs(hub), args[1:], f"tiny-transformers {command} {args[0]}")
 

@@ -1,13 +1,17 @@
 """Sharing a finished run: a timm-compatible folder with a model card, exported locally or pushed to the Hub.
 
-The exported folder holds exactly :data:`EXPORT_FILES`:
+The exported folder holds :data:`EXPORT_FILES`:
 
 - ``model.safetensors`` and ``config.json``: the run's ``last/`` (or ``best/``, with ``hub.weights best``)
   as timm's ``save_for_hf`` wrote them: architecture, ``num_classes``, ``label_names`` (the class ids),
   ``label_descriptions`` (readable names) and a ``pretrained_cfg`` with the input size, mean/std and
   interpolation used in training, so ``timm.create_model("hf-hub:owner/name", pretrained=True)`` loads it;
 - ``README.md``: the model card (card.py);
-- ``training_curves.png`` and ``metrics.jsonl``.
+- ``training_curves.png`` and ``metrics.jsonl``;
+
+and, in a folder other than the run's own ``export/``, :data:`~tiny_transformers.rundir.EXPORT_MARKER` (never
+uploaded), which lets the next export replace it: a folder holding anything else is refused. The folder is built
+beside its place and swapped in once complete.
 
 Never checkpoints or optimizer state; with ``hub.strategy checkpoint`` a push also sends the newest training
 checkpoint to the repo's ``last-checkpoint/`` (replacing the previous one in the same commit), beside the export.
@@ -18,7 +22,8 @@ the run's local files. During training, :class:`BackgroundPublisher` pushes with
 from __future__ import annotations
 
 import functools
-import os
+import json
+import re
 import shlex
 import shutil
 import sys
@@ -27,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from . import hub as hub_io
@@ -34,11 +40,13 @@ from .card import model_card, weights_folder
 from .checkpoint import list_checkpoints
 from .config import HubConfig
 from .errors import ConfigError, PublishError, TinyTransformersError, clean_message
-from .push_staging import link_tree, new_staging, remove_abandoned
+from .push_staging import link_tree, new_staging, owned_name, remove_abandoned, remove_dead_owners
 from .report import plot_training_curves
 from .rundir import (
     CONFIG_FILE,
     CURVES_FILE,
+    EXPORT_MARKER,
+    MARKER_FILE,
     METRICS_FILE,
     WEIGHTS_FILE,
     RunDir,
@@ -46,10 +54,12 @@ from .rundir import (
     is_main_launch_process,
     read_run,
 )
+from .runfiles import RunFileError, read_json, write_atomic, writing
 from .validation import validate_hub
 
 EXPORT_FILES = (WEIGHTS_FILE, CONFIG_FILE, "README.md", CURVES_FILE, METRICS_FILE)
 _CHECKPOINT_FILES = f"{hub_io.CHECKPOINT_DIR}/*"
+_RERUN = "run the training command again (it resumes from the newest checkpoint and writes {}/ anew), or restore it"
 
 
 def export_run(output_dir: str | Path, hub: HubConfig | None = None, folder: str | Path | None = None) -> Path:
@@ -75,19 +85,16 @@ def _export(run: RunSummary, hub: HubConfig, folder: str | Path | None, checked:
     own = (run.output_dir, run.folder.weights("best"), run.folder.weights("last"))
     if target in own or run.folder.checkpoints in (target, *target.parents):
         raise PublishError(f"Cannot export into '{target}', which holds the run itself; choose another folder.")
-    if target.exists():
-        foreign = (
-            sorted(p.name for p in target.iterdir() if p.name not in EXPORT_FILES) if target.is_dir() else [target.name]
-        )
-        if foreign:
-            raise PublishError(
-                f"'{target}' already holds other files ({', '.join(foreign[:3])}); export into a new or empty folder."
-            )
+    _check_replaceable(target)
     if not checked:
+        read_json(source / CONFIG_FILE, fix=_RERUN.format(source.name))  # the card reads it
         _check_finite(source / WEIGHTS_FILE)
-    # Built beside the target and swapped in, so a crash mid-export never leaves a half-written folder.
-    staging = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
+    # Built beside the target and swapped in once complete: a kill mid-export keeps the previous export, and what
+    # it left (named after its process) is removed by the next export.
+    leftovers = re.escape(f".{target.name}.") + "(?:tmp|old)-"
+    if remove_dead_owners(target.parent, leftovers):
+        print(f"removed what an export killed mid-write left beside {target}", flush=True)
+    staging, previous = (target.parent / owned_name(f".{target.name}.{kind}-") for kind in ("tmp", "old"))
     try:
         staging.mkdir(parents=True)
     except OSError as error:
@@ -96,22 +103,55 @@ def _export(run: RunSummary, hub: HubConfig, folder: str | Path | None, checked:
             "with --to."
         ) from error
     try:
-        shutil.copyfile(source / WEIGHTS_FILE, staging / WEIGHTS_FILE)
-        shutil.copyfile(source / CONFIG_FILE, staging / CONFIG_FILE)
-        shutil.copyfile(run.folder.metrics, staging / METRICS_FILE)
+        for name, origin in ((WEIGHTS_FILE, source), (CONFIG_FILE, source), (METRICS_FILE, run.output_dir)):
+            with writing(target / name):
+                shutil.copyfile(origin / name, staging / name)
         plot_training_curves(run.history, staging / CURVES_FILE)
         model_card(run, hub).save(staging / "README.md")
+        if not _is_run_export(target):  # a run's own export/ is known without a mark
+            write_atomic(staging / EXPORT_MARKER, json.dumps({"run": str(run.output_dir)}))
         if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
+            target.rename(previous)  # the two renames are the only moment without a complete export in place
+        try:
+            staging.rename(target)
+        except OSError:
+            previous.rename(target)
+            raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(previous, ignore_errors=True)
     return target
+
+
+def _is_run_export(target: Path) -> bool:
+    """Whether ``target`` is a run folder's own ``export/`` (that run's to replace, no mark needed)."""
+    run = RunDir(target.parent)
+    return target == run.export and ((run.root / MARKER_FILE).is_file() or run.checkpoints.is_dir())
+
+
+def _check_replaceable(target: Path) -> None:
+    """Refuse a target holding anything ``export`` did not write: its mark says it did, or it is a run's own
+    ``export/`` holding nothing but :data:`EXPORT_FILES`."""
+    if not target.exists():
+        return
+    present = sorted(p.name for p in target.iterdir()) if target.is_dir() else [target.name]
+    ours = (target / EXPORT_MARKER).is_file() or (_is_run_export(target) and set(present) <= set(EXPORT_FILES))
+    foreign = [name for name in present if name not in (*EXPORT_FILES, EXPORT_MARKER)] if ours else present
+    if foreign:
+        raise PublishError(
+            f"'{target}' already holds files that export did not write ({', '.join(foreign[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''}); export into a new or empty folder, or move them away first."
+        )
 
 
 def _check_finite(weights: Path) -> None:
     """Weights with NaN or inf (a diverged run) are never exported or pushed: they would publish a broken model."""
-    tensors = load_file(weights)
+    try:
+        tensors = load_file(weights)
+    except (OSError, SafetensorError) as error:  # truncated, or not safetensors at all
+        raise RunFileError(
+            f"'{weights}' is truncated or not a safetensors file ({error}); {_RERUN.format(weights.parent.name)}."
+        ) from error
     broken = [name for name, tensor in tensors.items() if tensor.is_floating_point() and not tensor.isfinite().all()]
     if broken:
         raise PublishError(
@@ -429,7 +469,7 @@ class BackgroundPublisher:
 def _epochs_done(output_dir: Path) -> int:
     try:
         return len(RunDir(output_dir).read_metrics())
-    except (OSError, ValueError):  # no metrics.jsonl yet (a resumed run's fresh folder), or unreadable
+    except RunFileError:  # no metrics.jsonl yet (a resumed run's fresh folder), or unreadable
         return 0
 
 

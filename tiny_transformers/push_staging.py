@@ -1,12 +1,13 @@
 """The run's ``.hub-push/``: what a Hub push in flight sends, one folder per push named after the process that owns
 it, and the removal of what pushes left when their process died mid-upload (publish.py pushes; rundir.py names the
-folder).
+folder). The same owned names and removal serve the export's temporary folders.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import re
 import shutil
 import socket
 from pathlib import Path
@@ -14,6 +15,36 @@ from pathlib import Path
 from .rundir import RunDir, process_alive
 
 _names = itertools.count()
+
+
+def owned_name(prefix: str) -> str:
+    """A new name ``<prefix><pid>-<n>-<host>``: the folder says which process of which host owns it, so that
+    :func:`remove_dead_owners` can tell what a process that died left behind.
+
+    >>> owned_name("snapshot-")  # doctest: +SKIP
+    'snapshot-4121-0-gpu-node-7'
+    """
+    return f"{prefix}{os.getpid()}-{next(_names)}-{socket.gethostname()}"
+
+
+def remove_dead_owners(parent: Path, prefix: str) -> list[Path]:
+    """Remove the folders under ``parent`` named by :func:`owned_name` (``prefix`` a regular expression) whose
+    process ran on this host and no longer runs, the rule ``RunLock`` follows; returns what was removed.
+
+    >>> remove_dead_owners(Path("outputs"), re.escape(".export.tmp-"))  # doctest: +SKIP
+    [PosixPath('outputs/.export.tmp-4121-0-gpu-node-7')]
+    """
+    try:
+        children = sorted(Path(parent).iterdir())
+    except OSError:  # nothing there
+        return []
+    removed, host = [], socket.gethostname()
+    for child in children:
+        owner = re.fullmatch(rf"{prefix}(\d+)-\d+-(.+)", child.name)
+        if owner and owner.group(2) == host and not process_alive(int(owner.group(1))):
+            shutil.rmtree(child, ignore_errors=True)
+            removed.append(child)
+    return removed
 
 
 def new_staging(output_dir: Path, kind: str) -> Path:
@@ -24,8 +55,7 @@ def new_staging(output_dir: Path, kind: str) -> Path:
     PosixPath('outputs/run/.hub-push/snapshot-4121-0-gpu-node-7')
     """
     remove_abandoned(output_dir, remove_empty=False)  # another thread may be making its folder here right now
-    name = f"{kind}-{os.getpid()}-{next(_names)}-{socket.gethostname()}"
-    folder = RunDir(Path(output_dir)).push_staging / name
+    folder = RunDir(Path(output_dir)).push_staging / owned_name(f"{kind}-")
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     return folder
@@ -35,29 +65,20 @@ def remove_abandoned(output_dir: str | Path, remove_empty: bool = True) -> list[
     """Remove what pushes left under the run's ``.hub-push/`` when their process ended mid-upload (a push still
     running at ``train.preempt_seconds``, a killed run): a snapshot holds a copy of the published weights (1.2 GB
     for ViT-L) and keeps a pruned checkpoint's bytes through its hard links. Only folders of processes on this host
-    that no longer run are removed, the rule ``RunLock`` follows; with ``remove_empty`` the folder itself goes when
+    that no longer run are removed (:func:`remove_dead_owners`); with ``remove_empty`` the folder itself goes when
     empty. Returns what was removed.
 
     >>> remove_abandoned("outputs/run")  # doctest: +SKIP
     removed 1 folder under outputs/run/.hub-push that a push left when its process (pid 4121) ended mid-upload
     [PosixPath('outputs/run/.hub-push/snapshot-4121-3-gpu-node-7')]
     """
-    staging, host = RunDir(Path(output_dir)).push_staging, socket.gethostname()
-    try:
-        folders = sorted(staging.iterdir())
-    except OSError:  # no push has staged anything here
-        return []
-    removed, pids = [], set()
-    for folder in folders:
-        _kind, pid, number, owner = (folder.name.split("-", 3) + ["", "", ""])[:4]
-        if owner == host and pid.isdigit() and number.isdigit() and not process_alive(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-            pids.add(pid)
+    staging = RunDir(Path(output_dir)).push_staging
+    removed = remove_dead_owners(staging, "[a-z]+-")
     if removed:
+        pids = sorted({folder.name.split("-")[1] for folder in removed})
         print(
             f"removed {len(removed)} folder{'s' * (len(removed) > 1)} under {staging} that a push left when its "
-            f"process (pid {', '.join(sorted(pids))}) ended mid-upload",
+            f"process (pid {', '.join(pids)}) ended mid-upload",
             flush=True,
         )
     if remove_empty:

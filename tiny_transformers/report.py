@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -32,6 +33,7 @@ from .hub import is_hub_id
 from .models import unwrap_logits
 from .paper import CITATION, PAPER_MODELS, paper_model_for, resolve_model_name
 from .rundir import CURVES_FILE, GRID_FILE, RESULTS_FILE, RunDir, best_record
+from .runfiles import write_atomic, writing
 
 CURVES_DPI = 100
 CURVES_SIZE = (1500, 420)  # pixels (width, height) of training_curves.png
@@ -92,8 +94,8 @@ def plot_training_curves(
     PosixPath('curves.png')
     """
     path = Path(path)
-    # No bbox_inches="tight": the PNG keeps the figure's exact pixel size.
-    training_curves_figure(history, x).savefig(path, dpi=CURVES_DPI)
+    with writing(path):  # No bbox_inches="tight": the PNG keeps the figure's exact pixel size.
+        training_curves_figure(history, x).savefig(path, dpi=CURVES_DPI)
     return path
 
 
@@ -195,7 +197,8 @@ def plot_prediction_grid(
     PosixPath('grid.png')
     """
     path = Path(path)
-    prediction_grid_figure(images, true_names, predicted_names, columns).savefig(path, dpi=_GRID_DPI)
+    with writing(path):
+        prediction_grid_figure(images, true_names, predicted_names, columns).savefig(path, dpi=_GRID_DPI)
     return path
 
 
@@ -346,6 +349,9 @@ def per_class_accuracy(
     ]
 
 
+PER_CLASS_COLUMNS = ["class_id", "class_name", "images", "correct", "top1"]  # the header evaluate recognises
+
+
 def write_per_class_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Write :func:`per_class_accuracy` rows as CSV (a class without eval images has an empty top1).
 
@@ -353,13 +359,13 @@ def write_per_class_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Pat
     PosixPath('per_class_accuracy.csv')
     """
     path = Path(path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=PER_CLASS_COLUMNS)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**row, "top1": "" if row["top1"] is None else f"{row['top1']:.4f}"})
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["class_id", "class_name", "images", "correct", "top1"])
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**row, "top1": "" if row["top1"] is None else f"{row['top1']:.4f}"})
-    return path
+    return write_atomic(path, text.getvalue())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -389,7 +395,7 @@ def write_run_report(
     written: dict[str, Path] = {}
     if history:
         written["curves"] = plot_training_curves(history, run.file(CURVES_FILE))
-        run.file(RESULTS_FILE).write_text(results_markdown(config, history))
+        write_atomic(run.file(RESULTS_FILE), results_markdown(config, history))
         written["results"] = run.file(RESULTS_FILE)
     if len(eval_dataset):
         images, labels, predicted = sample_predictions(

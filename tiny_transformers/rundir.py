@@ -11,8 +11,11 @@ A run's ``train.output_dir``::
     .hub-push/                   what a Hub push in flight sends (push_staging.py); removed after each push, or
                                  by the next push or run end when its process died mid-push
     training_curves.png  predictions.png  results.md      written by report.py at the end of training
+    finished.json                written last, after every other output of the run: the run is finished
 
-Every other module takes these names from here; none spells a file name of the run folder itself.
+Every small file is written whole or not at all (:func:`write_atomic`) and read back through :func:`read_json`,
+which turns a missing, truncated or foreign file into one sentence naming it and the fix. Every other module takes
+these names from here; none spells a file name of the run folder itself.
 """
 
 from __future__ import annotations
@@ -29,9 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from filelock import FileLock, Timeout
+
 from .config import FinetuneConfig, trajectory_differences
 from .errors import ConfigError, PublishError, TinyTransformersError
 from .paper import PaperModel, paper_model_for
+from .runfiles import RunFileError, read_json, write_atomic
 
 CONFIG_FILE = "config.json"  # the run's config in its folder; timm's model config in a weights folder
 WEIGHTS_FILE = "model.safetensors"
@@ -48,6 +54,8 @@ TRACKERS_FILE = "trackers.json"  # the W&B run id a resumed run continues
 PER_CLASS_FILE = "per_class_accuracy.csv"  # written by `evaluate` into the working directory unless --output
 LOCK_FILE = ".lock"  # {"host", "pid", "started"} of the run that holds the folder
 MARKER_FILE = ".tiny_transformers_run"  # written when a run starts: this folder is a run folder
+EXPORT_MARKER = ".tiny_transformers_export"  # in a folder `export` wrote (never uploaded): it may replace it
+FINISHED_FILE = "finished.json"  # {"epochs": N}: written last, after last/, the report and metrics.jsonl
 PUSH_STAGING_DIR = ".hub-push"  # snapshots and upload folders of Hub pushes (push_staging.py)
 
 
@@ -59,6 +67,17 @@ def json_line(record: dict[str, Any]) -> str:
     """
     finite = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
     return json.dumps(finite, allow_nan=False)
+
+
+# what to do about a damaged file, by name; a run's config, labels and metrics are written anew by a resumed run
+_REWRITTEN = "restore it from a copy, or delete it and run the training command again (it resumes from the newest "
+_FIXES = {
+    CONFIG_FILE: _REWRITTEN + "checkpoint and writes config.json anew)",
+    LABELS_FILE: _REWRITTEN + "checkpoint and writes labels.json anew)",
+    METRICS_FILE: _REWRITTEN + "checkpoint and writes metrics.jsonl anew from it)",
+    TRACKERS_FILE: "delete it (the next run starts a new W&B run instead of continuing the old one)",
+    FINISHED_FILE: "delete it and run the training command again (it resumes and finishes the run)",
+}
 
 
 @dataclass(frozen=True)
@@ -110,44 +129,104 @@ class RunDir:
         return cls(Path(checkpoint).parent.parent)
 
     def write_start(self, config: FinetuneConfig, class_ids: Sequence[str], class_names: Sequence[str]) -> None:
-        """``config.json`` and ``labels.json``, written when a run starts (main process only)."""
+        """``config.json`` and ``labels.json``, written when a run starts (main process only); a finished run that
+        goes on (more train.epochs, or resumed) is unfinished again until :meth:`write_finished`."""
         self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / MARKER_FILE).write_text(json.dumps({"tiny_transformers_run": 1}))  # see claim()
-        self.config.write_text(config.to_json())
-        self.labels.write_text(json.dumps({"class_ids": list(class_ids), "class_names": list(class_names)}))
+        (self.root / FINISHED_FILE).unlink(missing_ok=True)
+        write_atomic(self.root / MARKER_FILE, json.dumps({"tiny_transformers_run": 1}))  # see claim()
+        write_atomic(self.config, config.to_json())
+        write_atomic(self.labels, json.dumps({"class_ids": list(class_ids), "class_names": list(class_names)}))
 
     def write_metrics(self, history: Sequence[dict[str, Any]]) -> None:
         """Rewrite ``metrics.jsonl`` from the run's history (restored with each checkpoint), atomically: a run
         killed after logging an epoch but before checkpointing it logs that epoch once, not twice, on resume."""
-        temporary = self.metrics.with_suffix(".tmp")
-        temporary.write_text("".join(json_line(record) + "\n" for record in history))
-        temporary.replace(self.metrics)
+        write_atomic(self.metrics, "".join(json_line(record) + "\n" for record in history))
+
+    def write_finished(self, history: Sequence[dict[str, Any]]) -> None:
+        """Mark the run finished, after every other output (``last/``, the report): ``metrics.jsonl`` is rewritten
+        from the history that ``last/`` was saved with, then ``finished.json``. A run without it is unfinished, and
+        the training command (or ``ablate``) resumes it."""
+        self.write_metrics(history)
+        write_atomic(self.root / FINISHED_FILE, json.dumps({"epochs": len(history)}))
+
+    def finished_epochs(self) -> int | None:
+        """The epochs of the finished run in this folder, or None when it has not finished (no ``finished.json``).
+
+        >>> RunDir(Path("nowhere")).finished_epochs() is None
+        True
+        """
+        marker = self.root / FINISHED_FILE
+        if not marker.is_file():
+            return None
+        epochs = read_json(marker, fix=_FIXES[FINISHED_FILE]).get("epochs")
+        if not isinstance(epochs, int):
+            raise RunFileError(f"'{marker}' does not say how many epochs the run finished; {_FIXES[FINISHED_FILE]}.")
+        return epochs
 
     def tracker_init_kwargs(self, resumed_at: int | None) -> dict[str, dict[str, Any]]:
         """Accelerate ``init_kwargs`` that make a resumed run continue its tracker runs instead of starting new ones:
         W&B's run id, made once and kept in ``trackers.json``; TensorBoard's ``purge_step``, so that the steps a killed
         run logged after its last checkpoint are dropped, not shown twice, when the resumed run logs them again."""
-        ids = json.loads((self.root / TRACKERS_FILE).read_text()) if (self.root / TRACKERS_FILE).is_file() else {}
-        if "wandb_id" not in ids:
+        trackers = self.root / TRACKERS_FILE
+        ids = read_json(trackers, fix=_FIXES[TRACKERS_FILE]) if trackers.is_file() else {}
+        if not isinstance(ids.get("wandb_id"), str):
             ids["wandb_id"] = uuid.uuid4().hex[:8]
-            (self.root / TRACKERS_FILE).write_text(json.dumps(ids))
+            write_atomic(trackers, json.dumps(ids))
         kwargs: dict[str, dict[str, Any]] = {"wandb": {"id": ids["wandb_id"], "resume": "allow"}}
         if resumed_at is not None:
             kwargs["tensorboard"] = {"purge_step": resumed_at + 1}  # steps after the checkpoint were never kept
         return kwargs
 
     def read_config(self) -> FinetuneConfig:
-        return FinetuneConfig.from_dict(json.loads(self.config.read_text()))
+        """The run's ``config.json``; :class:`RunFileError` when it is damaged or not a run's config."""
+        return _config_from(read_json(self.config, fix=_FIXES[CONFIG_FILE]), self.config)
 
     def read_labels(self) -> tuple[list[str], list[str]] | None:
         """(class ids, class names) of the run, or None when it has no ``labels.json``."""
         if not self.labels.is_file():
             return None
-        labels = json.loads(self.labels.read_text())
-        return list(labels["class_ids"]), list(labels["class_names"])
+        labels = read_json(self.labels, fix=_FIXES[LABELS_FILE])
+        ids, names = labels.get("class_ids"), labels.get("class_names")
+        if not (isinstance(ids, list) and isinstance(names, list) and len(ids) == len(names)):
+            raise RunFileError(
+                f"'{self.labels}' does not hold equally long lists class_ids and class_names; {_FIXES[LABELS_FILE]}."
+            )
+        return [str(i) for i in ids], [str(n) for n in names]
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+        """One dict per finished epoch; :class:`RunFileError` naming the line when one is damaged."""
+        try:
+            lines = self.metrics.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise RunFileError(
+                f"'{self.metrics}' {'is missing' if isinstance(error, FileNotFoundError) else 'cannot be read'}; "
+                f"{_FIXES[METRICS_FILE]}."
+            ) from error
+        history = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if not isinstance(record, dict) or not isinstance(record.get("epoch"), int) or "top1" not in record:
+                raise RunFileError(
+                    f"'{self.metrics}' line {number} is not an epoch's record (truncated or edited); "
+                    f"{_FIXES[METRICS_FILE]}."
+                )
+            history.append(record)
+        return history
+
+
+def _config_from(data: dict[str, Any], path: Path) -> FinetuneConfig:
+    """A run config from the dict read from ``path``; :class:`RunFileError` naming the file when it is not one."""
+    try:
+        return FinetuneConfig.from_dict(data)
+    except (TypeError, ValueError, AttributeError) as error:
+        raise RunFileError(
+            f"'{path}' is not a tiny_transformers run config ({error}); {_FIXES[CONFIG_FILE]}."
+        ) from error
 
 
 @dataclass(frozen=True)
@@ -178,7 +257,7 @@ class RunSummary:
         """The metrics of the weights in ``last/`` or ``best/``: with an EMA, ``last/`` holds the EMA and ``best/``
         whichever of raw and EMA scored higher, so their numbers are the EMA's there."""
         record = self.best if weights == "best" else self.final
-        if "ema_top1" in record and (weights == "last" or record["ema_top1"] > record["top1"]):
+        if "ema_top1" in record and (weights == "last" or ema_is_better(record)):
             return {**record, "top1": record["ema_top1"], "top5": record["ema_top5"], "eval_loss": record["ema_loss"]}
         return record
 
@@ -188,14 +267,34 @@ class RunSummary:
         return paper_model_for(self.config.model.name)
 
 
+def ema_is_better(record: dict[str, Any]) -> bool:
+    """The one rule for an epoch's ``best/`` candidate: its EMA weights when they scored a higher top-1 than its raw
+    weights (ties go to the raw weights), else the raw ones.
+
+    >>> ema_is_better({"top1": 50.0, "ema_top1": 51.0}), ema_is_better({"top1": 50.0, "ema_top1": 50.0})
+    (True, False)
+    """
+    ema = record.get("ema_top1")
+    return ema is not None and (record["top1"] is None or ema > record["top1"])
+
+
+def epoch_score(record: dict[str, Any]) -> float:
+    """The top-1 of the weights an epoch would put in ``best/`` (:func:`ema_is_better` decides which).
+
+    >>> epoch_score({"top1": 50.0, "ema_top1": 51.0})
+    51.0
+    """
+    score = record["ema_top1"] if ema_is_better(record) else record["top1"]
+    return float("-inf") if score is None else score  # a NaN epoch (written as null) is never the best
+
+
 def best_record(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The first epoch with the highest top-1, as ``finetune`` chooses ``best/``.
 
     >>> best_record([{"epoch": 1, "top1": 50.0}, {"epoch": 2, "top1": 60.0}, {"epoch": 3, "top1": 60.0}])["epoch"]
     2
     """
-    # max() keeps the first of equal keys; with an EMA an epoch scores the better of its raw and EMA weights
-    return max(history, key=lambda record: max(record["top1"], record.get("ema_top1", float("-inf"))))
+    return max(history, key=epoch_score)  # max() keeps the first of equal keys
 
 
 def read_run(output_dir: str | Path) -> RunSummary:
@@ -211,7 +310,7 @@ def read_run(output_dir: str | Path) -> RunSummary:
             f"'{run.root}' is not the output directory of a finished run (no {', '.join(missing)}); give the "
             "train.output_dir of a run that trained at least one epoch."
         )
-    history = run.read_metrics()
+    history = run.read_metrics()  # the reader: a damaged file is one sentence naming it
     if not history:
         raise PublishError(f"'{run.metrics}' is empty; train at least one epoch before exporting or pushing.")
     class_ids, class_names = run.read_labels()
@@ -231,8 +330,9 @@ def is_main_launch_process() -> bool:
 
 
 class RunLock:
-    """The run folder held by one run for its whole life: a lock file made with O_EXCL (atomic on POSIX file
-    systems), removed on any exit; a lock left by a dead process on this host is taken over with a message.
+    """The run folder held by one run for its whole life: ``filelock`` locks ``.lock`` (the kernel releases it when
+    the process dies, however it dies), and the file names the holder for the refusal message. Taking over what a
+    previous holder left is said aloud: a dead process of this host, or contents a kill left empty or unreadable.
 
     >>> with RunLock(RunDir(Path("outputs/vit_l"))):  # doctest: +SKIP
     ...     train()
@@ -242,53 +342,58 @@ class RunLock:
         self.folder, self.enabled, self.created = folder, enabled, False
         self.path = folder.root / LOCK_FILE
         self.mine = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        self.lock = FileLock(self.path, timeout=0)  # never waits: a held folder is refused at once
 
     def __enter__(self) -> RunLock:
         if not self.enabled:
             return self
         self.created = not self.folder.root.exists()
         _make_folder(self.folder.root)
-        if not self._create():
-            holder = self._holder()
-            if holder is not None and holder.get("host") == self.mine["host"] and not process_alive(holder.get("pid")):
-                print(
-                    f"warning: taking over {self.path}, left by process {holder.get('pid')} (started "
-                    f"{holder.get('started')}), which no longer runs.",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                self.path.unlink(missing_ok=True)
-            if holder is not None and holder.get("pid") == self.mine["pid"] and holder.get("host") == self.mine["host"]:
-                raise RunFolderBusy(f"train.output_dir '{self.folder.root}' is already used by this process.")
-            if not self._create():
-                holder = self._holder() or {}
-                raise RunFolderBusy(
-                    f"train.output_dir '{self.folder.root}' is in use by another run (host {holder.get('host', '?')}, "
-                    f"pid {holder.get('pid', '?')}, started {holder.get('started', '?')}); wait for it to finish or "
-                    f"choose another train.output_dir (delete {self.path} only if that run is gone)."
-                )
+        existed = self.path.exists()  # filelock makes an empty one when there is none
+        try:
+            self.lock.acquire()
+        except Timeout:
+            self._refuse(self._holder() or {})
+        left = self._holder() if existed else {}  # what a previous holder left: None when empty or unreadable
+        said = "whose contents are unreadable (a run killed while it took the folder)" if left is None else ""
+        if left and left.get("host") == self.mine["host"]:  # we hold the flock: its own pid is an earlier process
+            if left.get("pid") == self.mine["pid"] or not process_alive(left.get("pid")):
+                said = f"left by process {left.get('pid')} (started {left.get('started')}), which no longer runs"
+        if left and not said:
+            # flock is local to each host on some network file systems: another host's entry is trusted, as is a
+            # live process of this host (a run of a version that did not lock with flock)
+            self.lock.release()
+            self._refuse(left)
+        if said:
+            print(f"warning: taking over {self.path}, {said}.", file=sys.stderr, flush=True)
+        # written in place, not with write_atomic: a renamed file would be another inode, not the locked one; a kill
+        # mid-write leaves it unreadable, and the next run takes it over aloud
+        self.path.write_text(json.dumps(self.mine))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.enabled and self._holder() == self.mine:
-            self.path.unlink(missing_ok=True)
+        if self.enabled and self.lock.is_locked:
+            self.path.unlink(missing_ok=True)  # while still held: filelock retries a waiter that got the old inode
+            self.lock.release()
             if self.created and not any(self.folder.root.iterdir()):
                 self.folder.root.rmdir()  # a run refused before it wrote anything leaves no trace
 
-    def _create(self) -> bool:
-        try:
-            descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(descriptor, "w") as handle:
-            json.dump(self.mine, handle)
-        return True
+    def _refuse(self, holder: dict[str, Any]) -> None:
+        if holder.get("pid") == self.mine["pid"] and holder.get("host") == self.mine["host"]:
+            raise RunFolderBusy(f"train.output_dir '{self.folder.root}' is already used by this process.")
+        raise RunFolderBusy(
+            f"train.output_dir '{self.folder.root}' is in use by another run (host {holder.get('host', '?')}, "
+            f"pid {holder.get('pid', '?')}, started {holder.get('started', '?')}); wait for it to finish or "
+            f"choose another train.output_dir (delete {self.path} only if that run is gone)."
+        )
 
     def _holder(self) -> dict[str, Any] | None:
+        """The holder the lock file names; None when it is empty or unreadable."""
         try:
-            return json.loads(self.path.read_text())
+            holder = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return None
+        return holder if isinstance(holder, dict) else None
 
 
 def process_alive(pid: Any) -> bool:
@@ -342,8 +447,8 @@ def claim(folder: RunDir, config: FinetuneConfig, resuming: bool) -> None:
     results = [name for name in _RESULTS if (root / name).exists()]
     if ours and results and not resuming and folder.config.is_file():
         try:
-            changed = trajectory_differences(json.loads(folder.config.read_text()), config)
-        except (OSError, ValueError):
+            changed = trajectory_differences(read_json(folder.config), config)
+        except (RunFileError, AttributeError):
             changed = ["config.json (unreadable)"]
         if changed:
             raise ConfigError(

@@ -49,7 +49,7 @@ from .optim import build_optimizer, build_schedule
 from .plan import Plan
 from .publish import BackgroundPublisher, push_warnings
 from .report import write_run_report
-from .rundir import RunDir, RunLock, claim, is_main_launch_process
+from .rundir import RunDir, RunLock, claim, ema_is_better, is_main_launch_process
 from .sampler import MicroBatchSampler
 from .validation import validate, world_size_from_env
 from .weights import build_teacher, save_for_timm
@@ -123,7 +123,7 @@ def finetune(config: FinetuneConfig, command: str | None = None) -> FinetuneResu
             if accelerator.is_main_process:
                 run.folder.write_metrics(state.history)
                 if improved:
-                    run.export("best", ema=record.get("ema_top1", float("-inf")) > record["top1"])
+                    run.export("best", ema=ema_is_better(record))
             checkpoint = run.save_checkpoint()
             hub = config.hub
             if hub.push and hub.strategy != "end" and epoch + 1 < train.epochs and accelerator.is_main_process:
@@ -400,6 +400,7 @@ def finish(run: Run, pushes: BackgroundPublisher | None = None) -> FinetuneResul
         if run.config.hub.push:
             pushes.submit()
         pushes.wait()  # the last upload ends before the run does; each push's outcome is printed as it ends
+        run.folder.write_finished(state.history)  # last: a run killed before this line is unfinished and resumes
     accelerator.wait_for_everyone()
     accelerator.end_training()
     nan = float("nan")

@@ -18,6 +18,9 @@ from .errors import ConfigError, ModelError
 from .models import IMAGENET_MEAN, IMAGENET_STD, build_model, normalization
 from .paper import resolve_model_name
 from .rundir import CONFIG_FILE, WEIGHTS_FILE, RunDir
+from .runfiles import read_json, write_atomic, writing
+
+_DAMAGED_WEIGHTS = "copy the folder again from its run (best/ or last/), or export it anew (tiny-transformers export)"
 
 
 def save_for_timm(
@@ -42,24 +45,25 @@ def save_for_timm(
     ``predict`` and ``evaluate`` feed new images the same way and reproduce the run's numbers.
     """
     descriptions = dict(zip(class_ids, class_names))
-    timm.models.save_for_hf(
-        model,
-        str(folder),
-        model_config={"label_names": list(class_ids), "label_descriptions": descriptions},
-        safe_serialization=True,
-        data_config={
-            "input_size": (3, image_size, image_size),
-            "interpolation": "bicubic",
-            "mean": tuple(mean),
-            "std": tuple(std),
-            "crop_pct": 1.0,
-        },
-    )
+    with writing(Path(folder) / WEIGHTS_FILE):  # a full disk or read-only folder: one sentence naming the file
+        timm.models.save_for_hf(
+            model,
+            str(folder),
+            model_config={"label_names": list(class_ids), "label_descriptions": descriptions},
+            safe_serialization=True,
+            data_config={
+                "input_size": (3, image_size, image_size),
+                "interpolation": "bicubic",
+                "mean": tuple(mean),
+                "std": tuple(std),
+                "crop_pct": 1.0,
+            },
+        )
     # timm records num_classes both at the top of config.json and inside model_args; transformers'
     # TimmWrapper passes both to timm.create_model and fails ("got multiple values for keyword argument
     # 'num_classes'"). The top-level value is the one timm's loader reads, so model_args drops its copy.
     config_file = Path(folder) / CONFIG_FILE
-    config = json.loads(config_file.read_text())
+    config = read_json(config_file)
     config.get("model_args", {}).pop("num_classes", None)
     recorded = {
         "native_size": native_size,
@@ -70,7 +74,7 @@ def save_for_timm(
     }
     if any(value is not None for value in recorded.values()):
         config["tiny_transformers"] = {k: v for k, v in recorded.items() if v is not None}
-    config_file.write_text(json.dumps(config, indent=2))
+    write_atomic(config_file, json.dumps(config, indent=2))
 
 
 @dataclass(frozen=True)
@@ -130,7 +134,7 @@ def describe_trained_weights(location: str | Path) -> TrainedWeights:
             saved["train"].get("eval_precision"),
         )
     if weights.is_file() and config_file.is_file():
-        saved = json.loads(config_file.read_text())
+        saved = read_json(config_file, fix=_DAMAGED_WEIGHTS)
         pretrained_cfg = saved.get("pretrained_cfg", {})
         labels = saved.get("label_names")
         labels = list(labels) if isinstance(labels, (list, tuple)) else None
