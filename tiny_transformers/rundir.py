@@ -20,6 +20,7 @@ these names from here; none spells a file name of the run folder itself.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -265,6 +266,33 @@ class RunSummary:
     def paper(self) -> PaperModel | None:
         """The paper's model this run trained, when it is one of the four."""
         return paper_model_for(self.config.model.name)
+
+
+@dataclass
+class EpochRecord:
+    """One finished epoch: a line of ``metrics.jsonl`` (its keys, in this order) and of ``TrainerState.history``.
+    Scores are percentages (0-100) and losses cross-entropies on the eval split; the EMA's and the gradient norm's
+    only with an EMA and with clipping.
+
+    >>> EpochRecord(1, 3, 1.2, 1.1, 50.0, 90.0, 1e-3, 9.5).as_dict()["eval_loss"]
+    1.1
+    """
+
+    epoch: int
+    step: int  # optimizer updates done
+    train_loss: float  # the epoch's mean over every process's images
+    eval_loss: float
+    top1: float
+    top5: float
+    lr: float
+    epoch_seconds: float
+    ema_top1: float | None = None
+    ema_top5: float | None = None
+    ema_loss: float | None = None
+    grad_norm: float | None = None  # mean before clipping
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
 def ema_is_better(record: dict[str, Any]) -> bool:

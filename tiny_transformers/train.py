@@ -49,7 +49,7 @@ from .optim import build_optimizer, build_schedule
 from .plan import Plan
 from .publish import BackgroundPublisher, push_warnings
 from .report import write_run_report
-from .rundir import RunDir, RunLock, claim, ema_is_better, is_main_launch_process
+from .rundir import EpochRecord, RunDir, RunLock, claim, ema_is_better, is_main_launch_process
 from .sampler import MicroBatchSampler
 from .validation import validate, world_size_from_env
 from .weights import build_teacher, save_for_timm
@@ -118,12 +118,12 @@ def finetune(config: FinetuneConfig, command: str | None = None) -> FinetuneResu
                         f"{command or 'the same command again'} (train.resume auto continues from it)."
                     )
             record = run.evaluate_epoch(epoch, started)  # raw and EMA weights; stops the run if it diverged
-            improved = state.finish_epoch(record)
+            improved = state.finish_epoch(record.as_dict())
             run.log_epoch(record)
             if accelerator.is_main_process:
                 run.folder.write_metrics(state.history)
                 if improved:
-                    run.export("best", ema=ema_is_better(record))
+                    run.export("best", ema=ema_is_better(record.as_dict()))
             checkpoint = run.save_checkpoint()
             hub = config.hub
             if hub.push and hub.strategy != "end" and epoch + 1 < train.epochs and accelerator.is_main_process:
@@ -186,38 +186,38 @@ class Run:
             values["step/grad_norm"] = grad_norm
         self.accelerator.log(values, step=self.state.global_step)
 
-    def evaluate_epoch(self, epoch: int, started: float) -> dict[str, Any]:
+    def evaluate_epoch(self, epoch: int, started: float) -> EpochRecord:
         """The finished epoch's record for metrics.jsonl: train loss (all processes), eval loss, top-1/top-5 of the
         raw weights and, with an EMA, of the EMA; lr, grad norm (with clipping), seconds. Stops with
         :class:`TrainingDiverged` before anything of the epoch is logged, exported or saved."""
-        metrics = self.evaluate(self.model)
-        ema = self.evaluate(self.ema.module) if self.ema is not None else None
-        self.check_finite(metrics["loss"])
-        record = {
-            "epoch": epoch + 1,
-            "step": self.state.global_step,
-            "train_loss": _gathered_mean(self.accelerator, self.state.loss),
-            "eval_loss": metrics["loss"],
-            "top1": metrics["top1"],
-            "top5": metrics["top5"],
-            "lr": current_lr(self.optimizer),
-            "epoch_seconds": time.perf_counter() - started,
-        }
-        if ema is not None:
-            record.update(ema_top1=ema["top1"], ema_top5=ema["top5"], ema_loss=ema["loss"])
-        if self.config.optim.clip_grad:
-            record["grad_norm"] = self.state.loss.mean_grad_norm()  # the same on every process after the all-reduce
-        return record
+        raw = self.evaluate(self.model)
+        ema = self.evaluate(self.ema.module) if self.ema is not None else {}
+        self.check_finite(raw["loss"])
+        return EpochRecord(
+            epoch=epoch + 1,
+            step=self.state.global_step,
+            train_loss=_gathered_mean(self.accelerator, self.state.loss),
+            eval_loss=raw["loss"],
+            top1=raw["top1"],
+            top5=raw["top5"],
+            lr=current_lr(self.optimizer),
+            epoch_seconds=time.perf_counter() - started,
+            ema_top1=ema.get("top1"),
+            ema_top5=ema.get("top5"),
+            ema_loss=ema.get("loss"),
+            # the same on every process after the all-reduce
+            grad_norm=self.state.loss.mean_grad_norm() if self.config.optim.clip_grad else None,
+        )
 
-    def log_epoch(self, record: dict[str, Any]) -> None:
+    def log_epoch(self, record: EpochRecord) -> None:
         """The epoch's record to the trackers (at its last update) and one line on the console."""
-        self.accelerator.log({k: v for k, v in record.items() if k != "epoch"}, step=record["step"])
+        self.accelerator.log({k: v for k, v in record.as_dict().items() if k != "epoch"}, step=record.step)
         self.accelerator.print(
-            f"epoch {record['epoch']}/{self.config.train.epochs}: train loss {record['train_loss']:.4f}, eval loss "
-            f"{record['eval_loss']:.4f}, top-1 {record['top1']:.2f}%, top-5 {record['top5']:.2f}%"
+            f"epoch {record.epoch}/{self.config.train.epochs}: train loss {record.train_loss:.4f}, eval loss "
+            f"{record.eval_loss:.4f}, top-1 {record.top1:.2f}%, top-5 {record.top5:.2f}%"
             + (
-                f"; EMA top-1 {record['ema_top1']:.2f}%, top-5 {record['ema_top5']:.2f}%"
-                if "ema_top1" in record
+                f"; EMA top-1 {record.ema_top1:.2f}%, top-5 {record.ema_top5:.2f}%"
+                if record.ema_top1 is not None
                 else ""
             )
         )
