@@ -29,6 +29,34 @@ def _path_labels(split: datasets.Dataset) -> dict[str, int]:
     return {Path(row["image"]["path"]).name: row["label"] for row in split}
 
 
+def _train_refused(source: Path, out: Path, capsys) -> str:
+    """`tiny-transformers train test_vit` on ``source``: exit status 2, nothing trained; returns the one line printed."""
+    from tiny_transformers.cli import main
+
+    args = ["train", "test_vit", "--model.pretrained", "false", "--data.source", str(source), "--data.image_size"]
+    args += ["32", "--data.num_workers", "0", "--train.mixed_precision", "no", "--train.output_dir", str(out)]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(
+            [
+                *args,
+                "--train.epochs",
+                "1",
+                "--train.batch_size",
+                "4",
+                "--train.micro_batch_size",
+                "4",
+                "--train.progress",
+                "false",
+            ]
+        )
+    assert exit_.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1
+    assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()  # refused before training
+    return lines[0][len("error: ") :]
+
+
 def _empty_sentence(split: str, source: object) -> str:
     return re.escape(f"The {split} split of data.source '{source}' is empty; it needs at least one image.")
 
@@ -62,6 +90,20 @@ def test_a_byte_order_mark_is_read_as_one(small_stanford: Path) -> None:
     assert with_bom.class_names == baseline.class_names
     assert _path_labels(with_bom.train) == _path_labels(baseline.train)
     assert _path_labels(with_bom.eval) == _path_labels(baseline.eval)
+
+
+def test_an_image_named_twice_in_val_annotations_is_refused_with_both_lines(small_stanford: Path, tmp_path, capsys):
+    annotations = small_stanford / "val" / "val_annotations.txt"
+    lines = annotations.read_text().splitlines()
+    first = lines[1].split("\t")
+    other = next(w for w in (small_stanford / "wnids.txt").read_text().split() if w != first[1])
+    lines.append("\t".join([first[0], other, *first[2:]]))  # val_1.JPEG again, as another class
+    annotations.write_text("\n".join(lines) + "\n")
+    sentence = _train_refused(small_stanford, tmp_path / "out", capsys)
+    assert sentence == (
+        f"Lines 2 and {len(lines)} of {annotations} both name {first[0]} (as {first[1]} and {other}); keep one "
+        "line per image, with its right class."
+    )
 
 
 # ------------------------------------------------------------------------------------- the zip

@@ -189,6 +189,7 @@ def load_stanford(root: Path) -> tuple[dict[str, datasets.Dataset], dict[str, st
         )
     val_paths: list[str] = []
     val_labels: list[int] = []
+    seen: dict[str, tuple[int, str]] = {}  # file name -> (line, wnid): an image listed twice would be scored twice
     for number, line in enumerate(read_text(annotations).splitlines(), start=1):
         if not line.strip():
             continue
@@ -201,6 +202,13 @@ def load_stanford(root: Path) -> tuple[dict[str, datasets.Dataset], dict[str, st
                 f"Line {number} of {annotations} labels {file_name} as {wnid}, a class with no training folder; "
                 f"add {wnid} to wnids.txt and train/, or remove the line."
             )
+        if file_name in seen:
+            first, first_wnid = seen[file_name]
+            raise DataError(
+                f"Lines {first} and {number} of {annotations} both name {file_name} (as {first_wnid} and {wnid}); "
+                "keep one line per image, with its right class."
+            )
+        seen[file_name] = (number, wnid)
         image_path = root / "val" / "images" / file_name
         if not image_path.is_file():
             raise DataError(
