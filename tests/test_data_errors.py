@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import datasets
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -30,7 +31,7 @@ def _path_labels(split: datasets.Dataset) -> dict[str, int]:
 
 
 def _train_refused(source: Path, out: Path, capsys) -> str:
-    """`tiny-transformers train test_vit` on ``source``: exit status 2, nothing trained; returns the one line printed."""
+    """`tiny-transformers train test_vit` on ``source``: exit status 2, nothing trained; returns the sentence."""
     from tiny_transformers.cli import main
 
     args = ["train", "test_vit", "--model.pretrained", "false", "--data.source", str(source), "--data.image_size"]
@@ -238,6 +239,41 @@ def test_an_empty_split_is_one_sentence_in_parquet(
     for source in (folder, valid):
         with pytest.raises(DataError, match=_empty_sentence("eval", source)):
             load_data(DataConfig(source=str(source)))
+
+
+def _rewrite_labels(file: Path, labels: list, kind: pa.DataType) -> None:
+    """The parquet file with other labels, written as plain parquet (no datasets metadata), as pandas would."""
+    table = pq.read_table(file).replace_schema_metadata(None)
+    pq.write_table(table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels, kind)), file)
+
+
+def test_parquet_with_a_null_label_is_refused_before_training(stanford_dir: Path, tmp_path: Path, data_tools, capsys):
+    folder = data_tools.make_parquet(stanford_dir, tmp_path / "parquet")
+    train = folder / "data" / "train-00000-of-00001.parquet"
+    labels = pq.read_table(train).column("label").to_pylist()
+    labels[5] = labels[9] = None
+    _rewrite_labels(train, labels, pa.int64())
+    for file in folder.glob("data/valid-*"):
+        _rewrite_labels(file, pq.read_table(file).column("label").to_pylist(), pa.int64())
+    assert _train_refused(folder, tmp_path / "out", capsys) == (
+        f"2 image(s) of the train split of data.source '{folder}' have no label (the first is row 5, "
+        f"'{pq.read_table(train).column('image')[5]['path']}'); give every image its class, or remove those rows."
+    )
+
+
+def test_parquet_with_integer_train_labels_and_string_eval_labels_names_the_mismatch(
+    stanford_dir: Path, tmp_path: Path, data_tools, capsys
+):
+    folder = data_tools.make_parquet(stanford_dir, tmp_path / "parquet")
+    train, valid = folder / "data" / "train-00000-of-00001.parquet", folder / "data" / "valid-00000-of-00001.parquet"
+    _rewrite_labels(train, pq.read_table(train).column("label").to_pylist(), pa.int64())
+    names = sorted((stanford_dir / "wnids.txt").read_text().split())
+    _rewrite_labels(valid, [names[i] for i in pq.read_table(valid).column("label").to_pylist()], pa.string())
+    assert _train_refused(folder, tmp_path / "out", capsys) == (
+        f"The label column holds class indices (integers) in the parquet file '{train.resolve()}' and class names "
+        f"(strings) in '{valid.resolve()}'; every split needs the same kind of label, so write them again with one "
+        "(the class names, or the same indices)."
+    )
 
 
 def test_a_parquet_file_of_no_rows_beside_others_is_left_out(stanford_dir: Path, tmp_path: Path, data_tools) -> None:

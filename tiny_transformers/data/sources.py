@@ -106,6 +106,7 @@ def load_data(cfg: DataConfig) -> DataBundle:
 
     train, eval_ = _pick_splits(raw.splits, source)
     train, eval_ = _standard_columns(train, "train", source), _standard_columns(eval_, "eval", source)
+    _refuse_missing_labels(train, "train", source), _refuse_missing_labels(eval_, "eval", source)
     train, eval_, class_ids = _normalise_labels(train, eval_, source)
     for split_name, split in (("train", train), ("eval", eval_)):
         if len(split) == 0:
@@ -222,6 +223,17 @@ def _standard_columns(ds: datasets.Dataset, split: str, source: str) -> datasets
                 "(it must hold encoded image bytes or file paths)."
             ) from error
     return ds
+
+
+def _refuse_missing_labels(ds: datasets.Dataset, split: str, source: str) -> None:
+    """A row with no label (a null in parquet) would stop training at its batch with a TypeError: refuse it now."""
+    labels = ds.with_format("arrow").select_columns(["label"])[:]["label"]  # arrow: no row decoded
+    if labels.null_count:
+        row = labels.is_null().to_pylist().index(True)
+        raise DataError(
+            f"{labels.null_count} image(s) of the {split} split of data.source '{source}' have no label (the first "
+            f"is row {row}, {_describe(ds[row]['image'])}); give every image its class, or remove those rows."
+        )
 
 
 def _relabel(ds: datasets.Dataset, mapping: Mapping[Any, int], class_ids: list[str]) -> datasets.Dataset:
