@@ -46,7 +46,8 @@ def find_stanford_root(folder: Path) -> Path | None:
     return candidates[0] if candidates else None
 
 
-def _cache_root() -> Path:
+def cache_root() -> Path:
+    """Where zips are extracted: TINY_TRANSFORMERS_CACHE, else ~/.cache/tiny_transformers."""
     configured = os.environ.get("TINY_TRANSFORMERS_CACHE")
     return Path(configured).expanduser() if configured else Path.home() / ".cache" / "tiny_transformers"
 
@@ -61,7 +62,7 @@ def extract_stanford_zip(zip_path: Path) -> Path:
     zip_path = zip_path.resolve()
     stat = zip_path.stat()
     key = hashlib.sha256(f"{zip_path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    target = _cache_root() / "extracted" / f"{zip_path.stem}-{key}"
+    target = cache_root() / "extracted" / f"{zip_path.stem}-{key}"
 
     if not target.is_dir():
         try:
