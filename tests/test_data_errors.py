@@ -311,3 +311,35 @@ def test_verify_images_names_the_first_unreadable_image(small_stanford: Path) ->
             DataError, match=rf"^Cannot read image '{first}' \(.*\); replace or delete the file, or set"
         ):
             verify_images(split, "eval", 64, progress=False)
+
+
+@pytest.mark.slow
+def test_a_corrupt_training_image_in_a_loader_worker_is_one_sentence_for_python_callers(
+    stanford_factory, tmp_path: Path
+) -> None:
+    """finetune() with 2 loader workers: the DataError a worker raised reaches the caller as the one sentence (the
+    worker's traceback kept aside), not PyTorch's 'Caught DataError in DataLoader worker process' text."""
+    from tiny_transformers import DataConfig as Data
+    from tiny_transformers import FinetuneConfig, ModelConfig, TrainConfig, finetune
+
+    source = stanford_factory(tmp_path / "data")
+    broken = sorted((source / "train").glob("*/images/*"))[7]
+    broken.write_bytes(b"not a JPEG at all")
+    out = tmp_path / "out"
+    config = FinetuneConfig(
+        model=ModelConfig(name="test_vit", pretrained=False, train_mode="full"),
+        data=Data(source=str(source), image_size=32, num_workers=2),
+        train=TrainConfig(
+            epochs=1, batch_size=8, micro_batch_size=4, mixed_precision="no", output_dir=str(out), progress=False
+        ),
+    )
+    with pytest.raises(DataError) as info:
+        finetune(config)
+    message = str(info.value)
+    assert message.startswith(f"Cannot read image '{broken}' (UnidentifiedImageError: ")
+    assert message.endswith(
+        "; replace or delete the file, or set --data.skip_corrupt true to skip and count unreadable images."
+    )
+    assert "\n" not in message and "Traceback" not in message
+    assert "in DataLoader worker process" in info.value.worker_traceback  # kept for whoever wants it
+    assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()
