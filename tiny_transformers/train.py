@@ -55,7 +55,12 @@ from .weights import build_teacher, save_for_timm
 
 
 class TrainingInterrupted(TinyTransformersError):
-    """SIGTERM/SIGINT arrived; a checkpoint was written and the message says how to resume."""
+    """SIGTERM/SIGINT arrived; a checkpoint was written and the message says how to resume. ``exit_status`` is
+    what the command line exits with."""
+
+    def __init__(self, message: str, exit_status: int = 143) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
 
 
 class TrainingDiverged(TinyTransformersError):
@@ -415,6 +420,9 @@ class StopSignals:
     def __exit__(self, *exc: object) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+            outer = getattr(handler, "__self__", None)  # a StopSignals around this one (ablate's, between rows)
+            if self.received and isinstance(outer, StopSignals):  # a signal that came as the run ended: pass it on
+                outer.received, outer.arrived = outer.received or self.received, outer.arrived or self.arrived
 
     def _handle(self, signum: int, _frame: object) -> None:
         self.received = self.received or signal.Signals(signum).name
