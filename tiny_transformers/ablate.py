@@ -215,7 +215,8 @@ def run_ablation(
     >>> run_ablation(paper_config("swin_l"), "swin_l", select_rows(), "outputs/ablation/swin_l")  # doctest: +SKIP
     [('no_mixup', 'data.source ... does not exist; ...')]
     """
-    from .train import StopSignals, TrainingInterrupted, finetune
+    from .stop import StopSignals
+    from .train import TrainingInterrupted, finetune
 
     root = Path(root)
     short = paper_model(model).short_name
