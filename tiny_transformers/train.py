@@ -33,7 +33,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import FinetuneConfig, flat_config
-from .data import DataBundle, DecodeTransform, collate, load_data, verify_images
+from .data import DataBundle, DecodeTransform, collate, load_data, verify_images, worker_options
 from .engine import check_process_precision, cpu_threads_warnings, current_lr, eval_loader, evaluate, train_steps
 from .errors import CheckpointError, TinyTransformersError
 from .models import (
@@ -174,6 +174,7 @@ class Run:
                 collate_fn=collate,
                 pin_memory=self.accelerator.device.type == "cuda",
                 persistent_workers=workers > 0,
+                **worker_options(workers),  # a group signal (SLURM) stops the run here, not in a worker
             )
         self.loader.batch_sampler.move_to(self.state.epoch, self.state.step_in_epoch)
         return self.loader

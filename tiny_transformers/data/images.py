@@ -18,6 +18,8 @@ torch.Size([3, 64, 64])
 from __future__ import annotations
 
 import io
+import multiprocessing
+import signal
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -124,6 +126,53 @@ class DecodeTransform:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(native_size={self.native_size})"
+
+
+_STOPS = {signal.SIGTERM, signal.SIGINT}
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """The ``worker_init_fn`` of the library's loaders: the worker ignores SIGTERM and SIGINT from now on.
+
+    A scheduler stops a job by signalling its whole process group (SLURM, ``kill -TERM -- -PGID``, Ctrl-C in a
+    terminal); a worker that died of it would take the main process down ("DataLoader worker ... exited
+    unexpectedly") before its stop checkpoint. The main process's signal handling stops the run and ends the workers.
+    The workers start with both signals blocked (:data:`WORKER_CONTEXT`), so one that came while a worker started
+    is dropped here too.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
+
+
+_DEFAULT_CONTEXT = multiprocessing.get_context()
+
+
+class _WorkerProcess(_DEFAULT_CONTEXT.Process):  # type: ignore[name-defined,misc]
+    """A loader worker started with SIGTERM and SIGINT blocked (held for the main process meanwhile, not lost)."""
+
+    def start(self) -> None:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+        try:
+            super().start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class _WorkerContext(type(_DEFAULT_CONTEXT)):  # type: ignore[misc]
+    Process = _WorkerProcess
+
+
+WORKER_CONTEXT = _WorkerContext()  # the platform's default start method, workers started as above
+
+
+def worker_options(num_workers: int) -> dict[str, Any]:
+    """The DataLoader options that make ``num_workers`` workers leave SIGTERM/SIGINT to the main process.
+
+    >>> sorted(worker_options(2)), worker_options(0)
+    (['multiprocessing_context', 'worker_init_fn'], {})
+    """
+    return {"worker_init_fn": ignore_stop_signals, "multiprocessing_context": WORKER_CONTEXT} if num_workers else {}
 
 
 def collate(samples: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
