@@ -345,6 +345,7 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
     state, resume_from = (
         _resume(accelerator, resume_from, config, folder.root) if resume_from else (TrainerState(), None)
     )
+    state.check_data(len(data.train), len(data.eval), config.data.source)  # recorded, or the same as recorded
     scheduler.step_update(state.global_step)
 
     total, trainable = count_parameters(accelerator.unwrap_model(model))
