@@ -108,8 +108,9 @@ def test_a_plain_timm_folder_with_another_class_count_is_refused_not_scored_with
     sentence = (
         f"error: The weights in '{folder / 'model.safetensors'}' have a head for 4 classes and 3 are expected here"
     )
+    evaluate_options = ["--data.num_workers", "0", "--train.mixed_precision", "no"]  # fp32, as the other tests
     with pytest.raises(SystemExit) as exit_:
-        main(["evaluate", "--model.checkpoint", str(folder), "--data.source", str(data), "--data.num_workers", "0"])
+        main(["evaluate", "--model.checkpoint", str(folder), "--data.source", str(data), *evaluate_options])
     printed = capsys.readouterr()
     assert exit_.value.code == 2
     assert printed.err.startswith(sentence) and "Traceback" not in printed.err
