@@ -159,7 +159,8 @@ def test_sigterm_to_the_process_group_of_a_two_process_launch_stops_both_process
 
 
 def test_the_evaluation_loaders_workers_leave_stop_signals_to_the_main_process(stanford_dir):
-    """The eval loader's workers (as training and evaluate build it) survive SIGTERM and SIGINT: every batch arrives."""
+    """The eval loader's workers (as training and evaluate build it) survive SIGTERM and SIGINT from another process
+    (a group signal): every batch arrives."""
     import multiprocessing
 
     from accelerate import Accelerator
@@ -178,13 +179,35 @@ def test_the_evaluation_loaders_workers_leave_stop_signals_to_the_main_process(s
     seen = len(next(batches)[1])
     workers = [worker for worker in multiprocessing.active_children() if worker not in before]
     assert len(workers) == 2
-    for worker in workers:
-        os.kill(worker.pid, signal.SIGTERM)
-        os.kill(worker.pid, signal.SIGINT)
+    for worker in workers:  # from a process of its own, as a scheduler's signal comes
+        subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)
+        subprocess.run(["kill", "-INT", str(worker.pid)], check=True)
     seen += sum(len(labels) for _, labels in batches)
     assert seen == len(data.eval) == 12
     assert all(worker.is_alive() for worker in workers)
-    del batches, loader  # persistent workers end with their loader
+    batches._shutdown_workers()  # persistent workers end with their loader
+    assert not any(worker.is_alive() for worker in workers)
+
+
+@pytest.mark.slow
+def test_a_process_that_exits_with_its_loader_workers_running_ends_them(stanford_dir):
+    """multiprocessing ends a process's workers at its exit with SIGTERM from that process: that one they obey (a
+    worker ignoring every SIGTERM would hang the exit forever)."""
+    script = (
+        "import os, sys; from accelerate import Accelerator\n"
+        "from tiny_transformers import DataConfig, FinetuneConfig, TrainConfig\n"
+        "from tiny_transformers.data import load_data\nfrom tiny_transformers.engine import eval_loader\n"
+        f"config = FinetuneConfig(data=DataConfig(source={str(stanford_dir)!r}, num_workers=2), "
+        "train=TrainConfig(micro_batch_size=2))\n"
+        "batches = iter(eval_loader(load_data(config.data), config, 64, Accelerator(cpu=True)))\n"
+        "next(batches)\nprint(*(w.pid for w in batches._workers), flush=True)\n"
+        "import atexit; atexit.register(print, 'exiting', flush=True)\n"  # the workers still run here
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=ENV)
+    assert done.returncode == 0, done.stderr[-2000:]
+    pids = [int(pid) for pid in done.stdout.split()[:2]]
+    assert done.stdout.split()[2] == "exiting"
+    assert not [pid for pid in pids if tree(pid)]
 
 
 # ------------------------------------------------------------- docs/scaling.md's SLURM script, on one CPU machine

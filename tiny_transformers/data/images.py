@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import io
 import multiprocessing
+import os
 import signal
+import threading
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -132,17 +134,23 @@ _STOPS = {signal.SIGTERM, signal.SIGINT}
 
 
 def ignore_stop_signals(worker_id: int) -> None:
-    """The ``worker_init_fn`` of the library's loaders: the worker ignores SIGTERM and SIGINT from now on.
+    """The ``worker_init_fn`` of the library's loaders: the worker leaves SIGTERM and SIGINT to the main process.
 
     A scheduler stops a job by signalling its whole process group (SLURM, ``kill -TERM -- -PGID``, Ctrl-C in a
     terminal); a worker that died of it would take the main process down ("DataLoader worker ... exited
-    unexpectedly") before its stop checkpoint. The main process's signal handling stops the run and ends the workers.
-    The workers start with both signals blocked (:data:`WORKER_CONTEXT`), so one that came while a worker started
-    is dropped here too.
+    unexpectedly") before its stop checkpoint. So SIGINT is ignored, and SIGTERM (blocked since the worker started,
+    :data:`WORKER_CONTEXT`) is taken by a thread that ends the worker only when the main process sends it
+    (multiprocessing's ``terminate``, at that process's exit) and ignores it from anyone else.
     """
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    threading.Thread(target=_exit_on_sigterm_from_parent, name="sigterm-from-parent", daemon=True).start()
+
+
+def _exit_on_sigterm_from_parent() -> None:
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == os.getppid():
+            os._exit(128 + signal.SIGTERM)
 
 
 _DEFAULT_CONTEXT = multiprocessing.get_context()
