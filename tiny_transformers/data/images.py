@@ -180,7 +180,9 @@ def worker_options(num_workers: int) -> dict[str, Any]:
     >>> sorted(worker_options(2)), worker_options(0)
     (['multiprocessing_context', 'worker_init_fn'], {})
     """
-    return {"worker_init_fn": ignore_stop_signals, "multiprocessing_context": WORKER_CONTEXT} if num_workers else {}
+    if not num_workers or not hasattr(signal, "sigwaitinfo"):  # macOS and Windows have no sigwaitinfo: as torch does
+        return {}
+    return {"worker_init_fn": ignore_stop_signals, "multiprocessing_context": WORKER_CONTEXT}
 
 
 def collate(samples: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
