@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import datasets
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -27,6 +28,34 @@ def small_stanford(stanford_factory, tmp_path: Path) -> Path:
 
 def _path_labels(split: datasets.Dataset) -> dict[str, int]:
     return {Path(row["image"]["path"]).name: row["label"] for row in split}
+
+
+def _train_refused(source: Path, out: Path, capsys) -> str:
+    """`tiny-transformers train test_vit` on ``source``: exit status 2, nothing trained; returns the sentence."""
+    from tiny_transformers.cli import main
+
+    args = ["train", "test_vit", "--model.pretrained", "false", "--data.source", str(source), "--data.image_size"]
+    args += ["32", "--data.num_workers", "0", "--train.mixed_precision", "no", "--train.output_dir", str(out)]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(
+            [
+                *args,
+                "--train.epochs",
+                "1",
+                "--train.batch_size",
+                "4",
+                "--train.micro_batch_size",
+                "4",
+                "--train.progress",
+                "false",
+            ]
+        )
+    assert exit_.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1
+    assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()  # refused before training
+    return lines[0][len("error: ") :]
 
 
 def _empty_sentence(split: str, source: object) -> str:
@@ -62,6 +91,20 @@ def test_a_byte_order_mark_is_read_as_one(small_stanford: Path) -> None:
     assert with_bom.class_names == baseline.class_names
     assert _path_labels(with_bom.train) == _path_labels(baseline.train)
     assert _path_labels(with_bom.eval) == _path_labels(baseline.eval)
+
+
+def test_an_image_named_twice_in_val_annotations_is_refused_with_both_lines(small_stanford: Path, tmp_path, capsys):
+    annotations = small_stanford / "val" / "val_annotations.txt"
+    lines = annotations.read_text().splitlines()
+    first = lines[1].split("\t")
+    other = next(w for w in (small_stanford / "wnids.txt").read_text().split() if w != first[1])
+    lines.append("\t".join([first[0], other, *first[2:]]))  # val_1.JPEG again, as another class
+    annotations.write_text("\n".join(lines) + "\n")
+    sentence = _train_refused(small_stanford, tmp_path / "out", capsys)
+    assert sentence == (
+        f"Lines 2 and {len(lines)} of {annotations} both name {first[0]} (as {first[1]} and {other}); keep one "
+        "line per image, with its right class."
+    )
 
 
 # ------------------------------------------------------------------------------------- the zip
@@ -198,6 +241,41 @@ def test_an_empty_split_is_one_sentence_in_parquet(
             load_data(DataConfig(source=str(source)))
 
 
+def _rewrite_labels(file: Path, labels: list, kind: pa.DataType) -> None:
+    """The parquet file with other labels, written as plain parquet (no datasets metadata), as pandas would."""
+    table = pq.read_table(file).replace_schema_metadata(None)
+    pq.write_table(table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels, kind)), file)
+
+
+def test_parquet_with_a_null_label_is_refused_before_training(stanford_dir: Path, tmp_path: Path, data_tools, capsys):
+    folder = data_tools.make_parquet(stanford_dir, tmp_path / "parquet")
+    train = folder / "data" / "train-00000-of-00001.parquet"
+    labels = pq.read_table(train).column("label").to_pylist()
+    labels[5] = labels[9] = None
+    _rewrite_labels(train, labels, pa.int64())
+    for file in folder.glob("data/valid-*"):
+        _rewrite_labels(file, pq.read_table(file).column("label").to_pylist(), pa.int64())
+    assert _train_refused(folder, tmp_path / "out", capsys) == (
+        f"2 image(s) of the train split of data.source '{folder}' have no label (the first is row 5, "
+        f"'{pq.read_table(train).column('image')[5]['path']}'); give every image its class, or remove those rows."
+    )
+
+
+def test_parquet_with_integer_train_labels_and_string_eval_labels_names_the_mismatch(
+    stanford_dir: Path, tmp_path: Path, data_tools, capsys
+):
+    folder = data_tools.make_parquet(stanford_dir, tmp_path / "parquet")
+    train, valid = folder / "data" / "train-00000-of-00001.parquet", folder / "data" / "valid-00000-of-00001.parquet"
+    _rewrite_labels(train, pq.read_table(train).column("label").to_pylist(), pa.int64())
+    names = sorted((stanford_dir / "wnids.txt").read_text().split())
+    _rewrite_labels(valid, [names[i] for i in pq.read_table(valid).column("label").to_pylist()], pa.string())
+    assert _train_refused(folder, tmp_path / "out", capsys) == (
+        f"The label column holds class indices (integers) in the parquet file '{train.resolve()}' and class names "
+        f"(strings) in '{valid.resolve()}'; every split needs the same kind of label, so write them again with one "
+        "(the class names, or the same indices)."
+    )
+
+
 def test_a_parquet_file_of_no_rows_beside_others_is_left_out(stanford_dir: Path, tmp_path: Path, data_tools) -> None:
     folder = data_tools.make_parquet(stanford_dir, tmp_path / "parquet")
     full = pq.read_table(folder / "data" / "valid-00000-of-00001.parquet")
@@ -233,3 +311,35 @@ def test_verify_images_names_the_first_unreadable_image(small_stanford: Path) ->
             DataError, match=rf"^Cannot read image '{first}' \(.*\); replace or delete the file, or set"
         ):
             verify_images(split, "eval", 64, progress=False)
+
+
+@pytest.mark.slow
+def test_a_corrupt_training_image_in_a_loader_worker_is_one_sentence_for_python_callers(
+    stanford_factory, tmp_path: Path
+) -> None:
+    """finetune() with 2 loader workers: the DataError a worker raised reaches the caller as the one sentence (the
+    worker's traceback kept aside), not PyTorch's 'Caught DataError in DataLoader worker process' text."""
+    from tiny_transformers import DataConfig as Data
+    from tiny_transformers import FinetuneConfig, ModelConfig, TrainConfig, finetune
+
+    source = stanford_factory(tmp_path / "data")
+    broken = sorted((source / "train").glob("*/images/*"))[7]
+    broken.write_bytes(b"not a JPEG at all")
+    out = tmp_path / "out"
+    config = FinetuneConfig(
+        model=ModelConfig(name="test_vit", pretrained=False, train_mode="full"),
+        data=Data(source=str(source), image_size=32, num_workers=2),
+        train=TrainConfig(
+            epochs=1, batch_size=8, micro_batch_size=4, mixed_precision="no", output_dir=str(out), progress=False
+        ),
+    )
+    with pytest.raises(DataError) as info:
+        finetune(config)
+    message = str(info.value)
+    assert message.startswith(f"Cannot read image '{broken}' (UnidentifiedImageError: ")
+    assert message.endswith(
+        "; replace or delete the file, or set --data.skip_corrupt true to skip and count unreadable images."
+    )
+    assert "\n" not in message and "Traceback" not in message
+    assert "in DataLoader worker process" in info.value.worker_traceback  # kept for whoever wants it
+    assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()

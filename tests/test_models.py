@@ -84,3 +84,43 @@ def test_export_config_names_the_class_count_once(tmp_path):
     assert config["model_args"]["img_size"] == [32, 32]
     assert config["label_names"] == list("abcde") and config["label_descriptions"] == dict(zip("abcde", "ABCDE"))
     assert config["pretrained_cfg"]["mean"] == [0.5] * 3 and config["pretrained_cfg"]["interpolation"] == "bicubic"
+
+
+def test_a_plain_timm_folder_with_another_class_count_is_refused_not_scored_with_a_random_head(
+    stanford_factory, tmp_path, capsys, monkeypatch
+):
+    """A best/ copy whose config.json lost the library's label fields, evaluated on data of 3 classes with its
+    4-class head, or predicted with a config.json that claims 3: refused, never a fresh random head."""
+    import json
+
+    from tiny_transformers.cli import main
+
+    source = build_model(ModelConfig(name="test_vit", pretrained=False), 4, image_size=32)
+    folder = tmp_path / "best-copy"
+    save_for_timm(source, folder, list("abcd"), list("ABCD"), 32, (0.5,) * 3, (0.5,) * 3)
+    config = json.loads((folder / "config.json").read_text())
+    for key in ("label_names", "label_descriptions", "tiny_transformers"):
+        config.pop(key, None)
+    (folder / "config.json").write_text(json.dumps(config))
+    before = sorted(p.name for p in folder.iterdir())
+    data = stanford_factory(tmp_path / "three", n_classes=3)
+    monkeypatch.chdir(tmp_path)  # where evaluate would write its per-class CSV
+    sentence = (
+        f"error: The weights in '{folder / 'model.safetensors'}' have a head for 4 classes and 3 are expected here"
+    )
+    evaluate_options = ["--data.num_workers", "0", "--train.mixed_precision", "no"]  # fp32, as the other tests
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate", "--model.checkpoint", str(folder), "--data.source", str(data), *evaluate_options])
+    printed = capsys.readouterr()
+    assert exit_.value.code == 2
+    assert printed.err.startswith(sentence) and "Traceback" not in printed.err
+    assert printed.out == "" and sorted(p.name for p in folder.iterdir()) == before
+    assert not list(tmp_path.glob("*.csv"))  # no scores of a random head anywhere
+
+    config["num_classes"] = 3  # config.json and the weights disagree: the weights' head decides
+    (folder / "config.json").write_text(json.dumps(config))
+    image = next((data / "val" / "images").iterdir())
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", "--model.checkpoint", str(folder), str(image)])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.startswith(sentence)

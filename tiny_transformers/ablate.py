@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import shlex
+import signal
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -227,6 +228,7 @@ def run_ablation(
     >>> run_ablation(paper_config("swin_l"), "swin_l", select_rows(), "outputs/ablation/swin_l")  # doctest: +SKIP
     [('no_mixup', 'data.source ... does not exist; ...')]
     """
+    from .stop import StopSignals
     from .train import TrainingInterrupted, finetune
 
     root = Path(root)
@@ -235,22 +237,29 @@ def run_ablation(
     root.mkdir(parents=True, exist_ok=True)
     write_atomic(root / MANIFEST_FILE, json.dumps({"model": short}))
     failed: list[tuple[str, str]] = []
-    for index, row in enumerate(rows, 1):
-        config = row_config(base, row, root)
-        folder, step = RunDir(root / row.name), f"[{index}/{len(rows)}] {row.name}"
-        if is_finished(folder, config.train.epochs) and not _changed(folder, config):
-            print(f"{step}: skipped, already finished ({config.train.epochs} epochs in {folder.root})", flush=True)
-            continue
-        print(f"{step}: training into {folder.root} ({row.change})", flush=True)
-        try:
-            result = finetune(config, command)
-        except TrainingInterrupted:
-            raise
-        except TinyTransformersError as error:
-            failed.append((row.name, clean_message(error)))
-            print(f"{step}: failed: {clean_message(error)}", file=sys.stderr, flush=True)
-            continue
-        print(f"{step}: done, top-1 {result.top1:.2f}%", flush=True)
+    with StopSignals() as stop:  # a signal between rows (a row's own run handles those during it)
+        for index, row in enumerate(rows, 1):
+            config = row_config(base, row, root)
+            folder, step = RunDir(root / row.name), f"[{index}/{len(rows)}] {row.name}"
+            if stop.received:
+                raise TrainingInterrupted(
+                    f"Ablation stopped by {stop.received} between rows, before {step}; the rows before it are kept. "
+                    f"Resume with {command or 'the same command again'} (finished rows are skipped).",
+                    exit_status=128 + getattr(signal, stop.received, signal.SIGTERM),
+                )
+            if is_finished(folder, config.train.epochs) and not _changed(folder, config):
+                print(f"{step}: skipped, already finished ({config.train.epochs} epochs in {folder.root})", flush=True)
+                continue
+            print(f"{step}: training into {folder.root} ({row.change})", flush=True)
+            try:
+                result = finetune(config, command)
+            except TrainingInterrupted:
+                raise
+            except TinyTransformersError as error:
+                failed.append((row.name, clean_message(error)))
+                print(f"{step}: failed: {clean_message(error)}", file=sys.stderr, flush=True)
+                continue
+            print(f"{step}: done, top-1 {result.top1:.2f}%", flush=True)
     markdown, _ = write_ablation_report(root)
     print(f"ablation: {len(rows) - len(failed)} of {len(rows)} row(s) finished or skipped; report: {markdown}")
     if failed:

@@ -21,7 +21,7 @@ from .report import public_value, results_table
 from .rundir import CONFIG_FILE, CURVES_FILE, WEIGHTS_FILE, RunSummary
 
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
-TINY_IMAGENET_HUB_ID = "zh-plus/tiny-imagenet"  # the Hub copy of Tiny ImageNet, recorded for local sources
+TINY_IMAGENET_HUB_ID = "zh-plus/tiny-imagenet"  # the Hub copy of Tiny ImageNet, named so in the model-index
 _TAGS = ["image-classification", "timm", "vision-transformer", "tiny-imagenet", "tiny_transformers"]
 
 
@@ -40,8 +40,9 @@ def weights_folder(run: RunSummary, weights: str = "last") -> Path:
 
 
 def model_card(run: RunSummary, hub: HubConfig | None = None) -> ModelCard:
-    """The model card of ``run``: YAML metadata with a ``model-index`` of the published epoch's top-1/top-5,
-    then the results beside the paper's number, how to load it, the training config, curves and citation.
+    """The model card of ``run``: YAML metadata with a ``model-index`` of the published epoch's top-1/top-5 (when
+    it trained on a Hub dataset, which the card names; never for local data), then the results beside the paper's
+    number, how to load it, the training config, curves and citation.
 
     >>> card = model_card(read_run("outputs/run"), HubConfig(model_id="me/vit-l-tiny-imagenet"))  # doctest: +SKIP
     >>> card.data.eval_results[0].metric_value  # doctest: +SKIP
@@ -51,13 +52,15 @@ def model_card(run: RunSummary, hub: HubConfig | None = None) -> ModelCard:
     config, record = run.config, run.record_for(hub.weights)
     timm_name = resolve_model_name(config.model.name)
     name = hub.model_id or run.output_dir.name
-    dataset_id = config.data.source if is_hub_id(config.data.source) else TINY_IMAGENET_HUB_ID
+    # The card names only the data the run saw: a Hub id when it trained on one; a local copy is no Hub dataset,
+    # so then no `datasets` entry and no model-index result (the body's table still gives the numbers).
+    dataset_id = config.data.source if is_hub_id(config.data.source) else None
     results = [
         EvalResult(
             task_type="image-classification",
             task_name="Image Classification",
             dataset_type=dataset_id,
-            dataset_name="Tiny ImageNet",
+            dataset_name="Tiny ImageNet" if dataset_id == TINY_IMAGENET_HUB_ID else dataset_id,
             dataset_split="validation",
             metric_type=metric_type,
             metric_name=metric_name,
@@ -67,17 +70,18 @@ def model_card(run: RunSummary, hub: HubConfig | None = None) -> ModelCard:
             ("top1", "accuracy", "Top-1 accuracy"),
             ("top5", "top_5_accuracy", "Top-5 accuracy"),
         )
+        if dataset_id
     ]
     metadata = ModelCardData(
         library_name="timm",
         license=hub.license,
-        datasets=[dataset_id],
+        datasets=[dataset_id] if dataset_id else None,
         metrics=["accuracy"],
         tags=_TAGS,
         pipeline_tag="image-classification",
         base_model=_base_model(run),
-        model_name=name,
-        eval_results=results,
+        model_name=name if results else None,
+        eval_results=results or None,
     )
     pretrained_cfg = json.loads((weights_folder(run, hub.weights) / CONFIG_FILE).read_text()).get("pretrained_cfg", {})
     epochs = len(run.history)
@@ -105,7 +109,8 @@ def model_card(run: RunSummary, hub: HubConfig | None = None) -> ModelCard:
         load_id=f"hf-hub:{hub.model_id}" if hub.model_id else "local-dir:path/to/this/folder",
         pipeline_id=hub.model_id or "path/to/this/folder",
         checkpoint=f"hf-hub:{hub.model_id}" if hub.model_id else "path/to/this/folder",
-        dataset_id=dataset_id,
+        dataset_id=dataset_id or "path/to/your/data",  # a local copy's path is private: the reader's own
+        model_index=bool(results),
         interpolation=pretrained_cfg.get("interpolation", "bicubic"),
         mean=_format(pretrained_cfg.get("mean")),
         std=_format(pretrained_cfg.get("std")),

@@ -130,12 +130,14 @@ class TrainerState:
     best_top1: float = float("-inf")
     history: list[dict[str, Any]] = field(default_factory=list)  # one dict of metrics per finished epoch
     loss: RunningLoss = field(default_factory=RunningLoss)  # training loss of the unfinished epoch
+    data_sizes: list[int] | None = None  # [train, eval] images of the run's data (None: not recorded yet)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``trainer_state.json`` (the running loss read from the device first)."""
         self.loss.settle()
         self.loss.mean_grad_norm()  # settles the norms too
         fields = {name: getattr(self, name) for name in ("epoch", "step_in_epoch", "global_step", "best_top1")}
+        fields["data_sizes"] = self.data_sizes
         return {**fields, "history": list(self.history), "running_loss_sum": self.loss.total,
                 "running_samples": self.loss.images, "running_grad_norm_sum": self.loss.grad_norm_total,
                 "running_grad_norms": self.loss.grad_norms}  # fmt: skip
@@ -160,6 +162,19 @@ class TrainerState:
             data.pop("running_grad_norms", 0),
         )
         return cls(**data, loss=loss)
+
+    def check_data(self, train: int, eval_: int, source: str) -> None:
+        """Record the data's split sizes on a fresh run; refuse a resume on data of other sizes (the schedule, the
+        step to resume at and the epoch's images all count them: another set of images is another run)."""
+        if self.data_sizes is not None and list(self.data_sizes) != [train, eval_]:
+            was_train, was_eval = self.data_sizes
+            raise CheckpointError(
+                f"data.source '{source}' holds {train} train / {eval_} eval images and this run's checkpoint was "
+                f"written on {was_train} / {was_eval}, so resuming would run another schedule on other images; the "
+                "checkpoints are fine: resume with the data the run was trained on, or train on this data in a new "
+                "train.output_dir."
+            )
+        self.data_sizes = [train, eval_]
 
     def finish_epoch(self, record: dict[str, Any]) -> bool:
         """Record a finished epoch's metrics and move to the next epoch; True when its top-1 is the best so far."""

@@ -405,7 +405,7 @@ def _ablate(args: list[str]) -> None:
         failed = run_ablation(config, paper.short_name, rows, root, shlex.join(["tiny-transformers", "ablate", *args]))
     except TrainingInterrupted as error:
         print(f"stopped: {clean_message(error)}", file=sys.stderr)
-        sys.exit(143)
+        sys.exit(error.exit_status)  # 130 for SIGINT between rows
     except TinyTransformersError as error:
         _fail(error)
     if failed:

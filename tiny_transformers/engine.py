@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .augment import BatchAugment
 from .checkpoint import TrainerState
 from .config import AugmentConfig, FinetuneConfig
-from .data import DataBundle, DecodeTransform, collate
+from .data import DataBundle, DecodeTransform, collate, worker_options
 from .errors import ConfigError
 from .features import EvalFeatures, FeatureCache, capture, head_forward, head_logits
 from .metrics import TopKScores
@@ -429,6 +429,7 @@ def eval_loader(data: DataBundle, config: FinetuneConfig, native_size: int, acce
         collate_fn=collate,
         pin_memory=accelerator.device.type == "cuda",
         persistent_workers=config.data.num_workers > 0,  # one evaluation per epoch: start the workers once
+        **worker_options(config.data.num_workers),  # a group signal (SLURM) is the main process's to handle
     )
 
 

@@ -6,8 +6,20 @@ from __future__ import annotations
 class TinyTransformersError(Exception):
     """Base class for problems with the user's input (config, data, weights, checkpoints).
 
-    The command-line entry points print only the message of these errors, never a traceback.
+    The command-line entry points print only the message of these errors, never a traceback. One raised in a
+    DataLoader worker comes back as PyTorch builds it, ``type(error)(the worker's traceback)``: its message is
+    still the one sentence, for Python callers too; the traceback is kept in ``worker_traceback``.
+
+    >>> str(DataError("Caught DataError in DataLoader worker process 1.\\nOriginal Traceback (most recent call "
+    ...               "last):\\n  ...\\ntiny_transformers.errors.DataError: Cannot read image 'x.JPEG'."))
+    "Cannot read image 'x.JPEG'."
     """
+
+    def __init__(self, *args: object) -> None:
+        self.worker_traceback: str | None = None
+        if args and isinstance(args[0], str) and "Original Traceback" in args[0]:
+            self.worker_traceback, args = args[0], (clean_message(args[0]), *args[1:])
+        super().__init__(*args)
 
 
 class ConfigError(TinyTransformersError, ValueError):

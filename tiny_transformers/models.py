@@ -49,16 +49,21 @@ def _is_classifier_key(key: str, model: nn.Module) -> bool:
     return any(key.startswith(f"{name}.") for name in names)
 
 
-def _load_weights_file(model: nn.Module, path: Path, keep_head: bool, trained_size: int | None = None) -> None:
+def _load_weights_file(
+    model: nn.Module, path: Path, keep_head: bool, trained_size: int | None = None, trained_head: bool = False
+) -> None:
     """Load a .safetensors/.pth state dict; drop classifier weights whose shape no longer fits (1000 -> N classes).
 
     ``trained_size`` (the image size the weights were trained at, when recorded) names the fix of a size mismatch.
+    ``trained_head``: the file's own head is the model (inference), so a head of another size is refused.
     """
     try:
         state = timm.models.load_state_dict(str(path))
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same sentence
         raise ModelError(f"model.checkpoint '{path}' could not be read as a weights file ({error}).") from error
     own = model.state_dict()
+    if trained_head:
+        _require_head(model, state, own, path)
     for key in list(state):
         if _is_classifier_key(key, model) and (not keep_head or own.get(key, state[key]).shape != state[key].shape):
             del state[key]
@@ -81,10 +86,32 @@ def _load_weights_file(model: nn.Module, path: Path, keep_head: bool, trained_si
         )
 
 
-def build_model(cfg: ModelConfig, num_classes: int, image_size: int) -> nn.Module:
+def _require_head(model: nn.Module, state: dict, own: dict, path: Path) -> None:
+    """A trained model scores with its own head: one missing, or sized for another class count, is refused (a
+    random head in its place would score as chance without a word)."""
+    heads = [key for key in own if _is_classifier_key(key, model)]
+    missing = [key for key in heads if key not in state]
+    if missing:
+        raise ModelError(
+            f"The weights in '{path}' hold no classifier head ({missing[0]} is missing), so they cannot classify; "
+            "give a trained folder (e.g. <output_dir>/best) or fine-tune them first with --model.checkpoint."
+        )
+    wrong = [key for key in heads if state[key].shape != own[key].shape]
+    if wrong:
+        raise ModelError(
+            f"The weights in '{path}' have a head for {state[wrong[0]].shape[0]} classes and "
+            f"{own[wrong[0]].shape[0]} are expected here (the data's classes, or config.json's num_classes); "
+            "evaluate them on the data they were trained on, or fine-tune them on this data with "
+            "tiny-transformers train --model.checkpoint."
+        )
+
+
+def build_model(cfg: ModelConfig, num_classes: int, image_size: int, trained_head: bool = False) -> nn.Module:
     """Create the network with a fresh ``num_classes`` head at ``image_size``; freeze the backbone in head mode.
 
     Weights: ``cfg.checkpoint`` if given, else the Hub's pretrained weights when ``cfg.pretrained``, else random.
+    ``trained_head`` (inference: evaluate, predict, a teacher): the checkpoint file's own head is kept and must
+    have ``num_classes`` outputs.
 
     >>> model = build_model(ModelConfig(name="test_vit", pretrained=False), num_classes=10, image_size=32)
     >>> sum(p.numel() for p in trainable_parameters(model))
@@ -101,7 +128,7 @@ def build_model(cfg: ModelConfig, num_classes: int, image_size: int) -> nn.Modul
         model = _create_from_folder(checkpoint, timm_name, num_classes, image_size, kwargs)
     elif checkpoint is not None:
         model = _create(timm_name, image_size, pretrained=False, **kwargs)
-        _load_weights_file(model, checkpoint, keep_head=True)
+        _load_weights_file(model, checkpoint, keep_head=True, trained_head=trained_head)
     elif cfg.pretrained:
         try:
             model = _create(timm_name, image_size, pretrained=True, **kwargs)

@@ -8,7 +8,6 @@ the report, the Hub push) -> the result.
 from __future__ import annotations
 
 import math
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import FinetuneConfig, flat_config
-from .data import DataBundle, DecodeTransform, collate, load_data, verify_images
+from .data import DataBundle, DecodeTransform, collate, load_data, verify_images, worker_options
 from .engine import check_process_precision, cpu_threads_warnings, current_lr, eval_loader, evaluate, train_steps
 from .errors import CheckpointError, TinyTransformersError
 from .features import FeatureCache
@@ -51,12 +50,18 @@ from .publish import BackgroundPublisher, push_warnings
 from .report import write_run_report
 from .rundir import EpochRecord, RunDir, RunLock, claim, ema_is_better, is_main_launch_process
 from .sampler import MicroBatchSampler
+from .stop import StopSignals
 from .validation import validate, world_size_from_env
 from .weights import build_teacher, save_for_timm
 
 
 class TrainingInterrupted(TinyTransformersError):
-    """SIGTERM/SIGINT arrived; a checkpoint was written and the message says how to resume."""
+    """SIGTERM/SIGINT arrived; a checkpoint was written and the message says how to resume. ``exit_status`` is
+    what the command line exits with."""
+
+    def __init__(self, message: str, exit_status: int = 143) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
 
 
 class TrainingDiverged(TinyTransformersError):
@@ -171,6 +176,7 @@ class Run:
                 collate_fn=collate,
                 pin_memory=self.accelerator.device.type == "cuda",
                 persistent_workers=workers > 0,
+                **worker_options(workers),  # a group signal (SLURM) stops the run here, not in a worker
             )
         self.loader.batch_sampler.move_to(self.state.epoch, self.state.step_in_epoch)
         return self.loader
@@ -332,6 +338,7 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
     state, resume_from = (
         _resume(accelerator, resume_from, config, folder.root) if resume_from else (TrainerState(), None)
     )
+    state.check_data(len(data.train), len(data.eval), config.data.source)  # recorded, or the same as recorded
     scheduler.step_update(state.global_step)
     run = Run(
         config=config, folder=folder, data=data, plan=plan, accelerator=accelerator, model=model, optimizer=optimizer,
@@ -417,47 +424,6 @@ def finish(run: Run, pushes: BackgroundPublisher | None = None) -> FinetuneResul
         output_dir=run.folder.root,
         history=list(state.history),
     )
-
-
-class StopSignals:
-    """Records SIGTERM/SIGINT instead of dying mid-step; the previous handlers come back on exit.
-
-    >>> with StopSignals() as stop:
-    ...     stop.received is None
-    True
-    """
-
-    def __init__(self) -> None:
-        self.received: str | None = None  # the name of the first signal that arrived
-        self.arrived: float | None = None  # time.monotonic() when this process learned of it
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopSignals:
-        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-
-    def _handle(self, signum: int, _frame: object) -> None:
-        self.received = self.received or signal.Signals(signum).name
-        self.arrived = self.arrived or time.monotonic()
-
-    def requested(self, accelerator: Accelerator) -> bool:
-        """Whether any process received a signal; with several processes all answer the same (one all-reduce)."""
-        stopping = self.received is not None
-        if accelerator.num_processes > 1:
-            flag = torch.tensor(float(stopping), device=accelerator.device)
-            stopping = accelerator.reduce(flag, reduction="sum").item() > 0
-            self.received = self.received or ("a signal to another process" if stopping else None)
-        if stopping:
-            self.arrived = self.arrived or time.monotonic()
-        return stopping
-
-    def seconds_left(self, budget: float) -> float:
-        """What is left of ``budget`` seconds counted from the signal (train.preempt_seconds), at least 0."""
-        return max(0.0, budget - (time.monotonic() - (self.arrived or time.monotonic())))
 
 
 def _resume(

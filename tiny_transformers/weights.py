@@ -162,7 +162,7 @@ def describe_trained_weights(location: str | Path) -> TrainedWeights:
 
 def build_trained_model(weights: TrainedWeights, num_classes: int | None = None) -> nn.Module:
     """The model in ``weights`` with its trained head, for inference (no drop path); ``num_classes`` defaults to
-    the recorded one.
+    the recorded one, and a head of another size is refused, whatever config.json says.
 
     >>> model = build_trained_model(describe_trained_weights("outputs/run/best")).eval()  # doctest: +SKIP
     """
@@ -173,7 +173,8 @@ def build_trained_model(weights: TrainedWeights, num_classes: int | None = None)
         train_mode="full",
         drop_path_rate=0.0,
     )
-    return build_model(cfg, num_classes if num_classes is not None else weights.num_classes, weights.image_size)
+    classes = num_classes if num_classes is not None else weights.num_classes
+    return build_model(cfg, classes, weights.image_size, trained_head=True)
 
 
 def build_teacher(location: str, num_classes: int, image_size: int, class_ids: list[str] | None = None) -> nn.Module:

@@ -18,7 +18,7 @@ process; :mod:`.images` (decoding to RGB uint8, the batch transforms, :func:`col
 ...                     collate_fn=collate)  # doctest: +SKIP
 """
 
-from .images import IMAGE_EXTENSIONS, DecodeTransform, collate, decode_image
+from .images import IMAGE_EXTENSIONS, DecodeTransform, collate, decode_image, worker_options
 from .sources import SOURCE_KINDS, DataBundle, load_data, verify_images
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "decode_image",
     "DecodeTransform",
     "collate",
+    "worker_options",
     "IMAGE_EXTENSIONS",
     "SOURCE_KINDS",
 ]

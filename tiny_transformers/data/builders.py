@@ -168,6 +168,38 @@ def _parquet_rows(file: str) -> int:
         ) from error
 
 
+def _label_kind(file: str) -> tuple[str, str] | None:
+    """(column, 'class indices' or 'class names') of a parquet file's label column, from its schema alone."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(file)
+    for column in ("label", "labels"):
+        if column in schema.names:
+            kind = schema.field(column).type
+            if pa.types.is_integer(kind):
+                return column, "class indices (integers)"
+            if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+                return column, "class names (strings)"
+            return column, str(kind)
+    return None
+
+
+def _refuse_mixed_label_kinds(files: list[str]) -> None:
+    """datasets casts every split to the first file's label type and fails on another ("An error occurred while
+    generating the dataset"): name the two files and the two kinds instead."""
+    kinds = {file: _label_kind(file) for file in files}
+    known = [(file, kind) for file, kind in kinds.items() if kind is not None]
+    for file, kind in known[1:]:
+        first, first_kind = known[0]
+        if kind[1] != first_kind[1]:
+            raise DataError(
+                f"The {first_kind[0]} column holds {first_kind[1]} in the parquet file '{first}' and {kind[1]} in "
+                f"'{file}'; every split needs the same kind of label, so write them again with one (the class "
+                "names, or the same indices)."
+            )
+
+
 def _refuse_nested_class_folders(folder: Path, split: str, files: list[str]) -> None:
     """imagefolder labels an image by its parent folder's name, so ``train/<class>/sub/x.jpg`` would make a class
     named ``sub``: every image of a split must sit directly in a class folder of one split folder."""
@@ -208,6 +240,8 @@ def load_with_builder(folder: Path, builder: str, data_files: DataFilesDict) -> 
             data_files[split] = DataFilesList(kept, origin_metadata=data_files[split].origin_metadata)
         else:
             _refuse_nested_class_folders(folder, role, list(data_files[split]))
+    if builder == "parquet":
+        _refuse_mixed_label_kinds([file for split in (train, eval_) for file in data_files[split]])
     what = f"The parquet files under '{folder}'" if builder == "parquet" else f"The imagefolder tree '{folder}'"
     # drop_labels=False keeps the label column even with a single class folder (datasets drops it otherwise);
     # its ClassLabel names are the sorted folder names of all splits together.

@@ -18,6 +18,10 @@ torch.Size([3, 64, 64])
 from __future__ import annotations
 
 import io
+import multiprocessing
+import os
+import signal
+import threading
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -124,6 +128,61 @@ class DecodeTransform:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(native_size={self.native_size})"
+
+
+_STOPS = {signal.SIGTERM, signal.SIGINT}
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """The ``worker_init_fn`` of the library's loaders: the worker leaves SIGTERM and SIGINT to the main process.
+
+    A scheduler stops a job by signalling its whole process group (SLURM, ``kill -TERM -- -PGID``, Ctrl-C in a
+    terminal); a worker that died of it would take the main process down ("DataLoader worker ... exited
+    unexpectedly") before its stop checkpoint. So SIGINT is ignored, and SIGTERM (blocked since the worker started,
+    :data:`WORKER_CONTEXT`) is taken by a thread that ends the worker only when the main process sends it
+    (multiprocessing's ``terminate``, at that process's exit) and ignores it from anyone else.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    threading.Thread(target=_exit_on_sigterm_from_parent, name="sigterm-from-parent", daemon=True).start()
+
+
+def _exit_on_sigterm_from_parent() -> None:
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == os.getppid():
+            os._exit(128 + signal.SIGTERM)
+
+
+_DEFAULT_CONTEXT = multiprocessing.get_context()
+
+
+class _WorkerProcess(_DEFAULT_CONTEXT.Process):  # type: ignore[name-defined,misc]
+    """A loader worker started with SIGTERM and SIGINT blocked (held for the main process meanwhile, not lost)."""
+
+    def start(self) -> None:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+        try:
+            super().start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class _WorkerContext(type(_DEFAULT_CONTEXT)):  # type: ignore[misc]
+    Process = _WorkerProcess
+
+
+WORKER_CONTEXT = _WorkerContext()  # the platform's default start method, workers started as above
+
+
+def worker_options(num_workers: int) -> dict[str, Any]:
+    """The DataLoader options that make ``num_workers`` workers leave SIGTERM/SIGINT to the main process.
+
+    >>> sorted(worker_options(2)), worker_options(0)
+    (['multiprocessing_context', 'worker_init_fn'], {})
+    """
+    if not num_workers or not hasattr(signal, "sigwaitinfo"):  # macOS and Windows have no sigwaitinfo: as torch does
+        return {}
+    return {"worker_init_fn": ignore_stop_signals, "multiprocessing_context": WORKER_CONTEXT}
 
 
 def collate(samples: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:

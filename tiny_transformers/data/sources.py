@@ -22,7 +22,9 @@ training run can find a corrupt eval image before it trains.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +50,7 @@ from .builders import (
     split_names,
 )
 from .images import _describe, decode_image
-from .stanford import extract_stanford_zip, find_stanford_root, load_stanford
+from .stanford import cache_root, extract_stanford_zip, find_stanford_root, load_stanford
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +91,16 @@ def load_data(cfg: DataConfig) -> DataBundle:
     >>> bundle.source_kind, bundle.num_classes, len(bundle.train), len(bundle.eval)  # doctest: +SKIP
     ('stanford', 200, 100000, 10000)
     """
+    try:
+        return _load_data(cfg)
+    except (DataError, OSError) as error:
+        unwritable = _unwritable_cache(error, cfg.source)
+        if unwritable is None:
+            raise
+        raise unwritable from error
+
+
+def _load_data(cfg: DataConfig) -> DataBundle:
     source = cfg.source
     path = Path(source).expanduser()
     if path.exists():
@@ -106,6 +118,7 @@ def load_data(cfg: DataConfig) -> DataBundle:
 
     train, eval_ = _pick_splits(raw.splits, source)
     train, eval_ = _standard_columns(train, "train", source), _standard_columns(eval_, "eval", source)
+    _refuse_missing_labels(train, "train", source), _refuse_missing_labels(eval_, "eval", source)
     train, eval_, class_ids = _normalise_labels(train, eval_, source)
     for split_name, split in (("train", train), ("eval", eval_)):
         if len(split) == 0:
@@ -147,6 +160,34 @@ def load_data(cfg: DataConfig) -> DataBundle:
         source_kind=raw.kind,
         skipped_corrupt=skipped,
     )
+
+
+def _unwritable_cache(error: BaseException, source: str) -> DataError | None:
+    """A cache folder that cannot be written (read-only HOME, HF_HOME, HF_DATASETS_CACHE or
+    TINY_TRANSFORMERS_CACHE), named with the variable that moves it; None when ``error`` is about something else."""
+    denied = error
+    while denied is not None and not (
+        isinstance(denied, OSError) and denied.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and denied.filename
+    ):
+        denied = denied.__cause__ or denied.__context__
+    if denied is None:
+        return None
+    where = Path(os.fsdecode(denied.filename)).expanduser().resolve()
+    caches = (
+        (cache_root(), "TINY_TRANSFORMERS_CACHE", "the zip is extracted once"),
+        (Path(datasets.config.HF_DATASETS_CACHE), "HF_DATASETS_CACHE (or HF_HOME, which holds it by default)",
+         "datasets prepares the data once"),
+    )  # fmt: skip
+    for root, variable, why in caches:
+        root = root.expanduser().resolve()
+        if where == root or root in where.parents or where in root.parents:
+            home = Path.home().resolve()
+            default = f" (it lies under HOME, '{home}', by default)" if home in root.parents else ""
+            return DataError(
+                f"The cache folder '{root}' cannot be written ({denied.strerror}: '{where}'), and it is where {why} "
+                f"for data.source '{source}'; set {variable} to a writable folder{default}."
+            )
+    return None
 
 
 def _load_local(path: Path) -> Raw:
@@ -222,6 +263,17 @@ def _standard_columns(ds: datasets.Dataset, split: str, source: str) -> datasets
                 "(it must hold encoded image bytes or file paths)."
             ) from error
     return ds
+
+
+def _refuse_missing_labels(ds: datasets.Dataset, split: str, source: str) -> None:
+    """A row with no label (a null in parquet) would stop training at its batch with a TypeError: refuse it now."""
+    labels = ds.with_format("arrow").select_columns(["label"])[:]["label"]  # arrow: no row decoded
+    if labels.null_count:
+        row = labels.is_null().to_pylist().index(True)
+        raise DataError(
+            f"{labels.null_count} image(s) of the {split} split of data.source '{source}' have no label (the first "
+            f"is row {row}, {_describe(ds[row]['image'])}); give every image its class, or remove those rows."
+        )
 
 
 def _relabel(ds: datasets.Dataset, mapping: Mapping[Any, int], class_ids: list[str]) -> datasets.Dataset:

@@ -46,7 +46,8 @@ def find_stanford_root(folder: Path) -> Path | None:
     return candidates[0] if candidates else None
 
 
-def _cache_root() -> Path:
+def cache_root() -> Path:
+    """Where zips are extracted: TINY_TRANSFORMERS_CACHE, else ~/.cache/tiny_transformers."""
     configured = os.environ.get("TINY_TRANSFORMERS_CACHE")
     return Path(configured).expanduser() if configured else Path.home() / ".cache" / "tiny_transformers"
 
@@ -61,7 +62,7 @@ def extract_stanford_zip(zip_path: Path) -> Path:
     zip_path = zip_path.resolve()
     stat = zip_path.stat()
     key = hashlib.sha256(f"{zip_path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    target = _cache_root() / "extracted" / f"{zip_path.stem}-{key}"
+    target = cache_root() / "extracted" / f"{zip_path.stem}-{key}"
 
     if not target.is_dir():
         try:
@@ -189,6 +190,7 @@ def load_stanford(root: Path) -> tuple[dict[str, datasets.Dataset], dict[str, st
         )
     val_paths: list[str] = []
     val_labels: list[int] = []
+    seen: dict[str, tuple[int, str]] = {}  # file name -> (line, wnid): an image listed twice would be scored twice
     for number, line in enumerate(read_text(annotations).splitlines(), start=1):
         if not line.strip():
             continue
@@ -201,6 +203,13 @@ def load_stanford(root: Path) -> tuple[dict[str, datasets.Dataset], dict[str, st
                 f"Line {number} of {annotations} labels {file_name} as {wnid}, a class with no training folder; "
                 f"add {wnid} to wnids.txt and train/, or remove the line."
             )
+        if file_name in seen:
+            first, first_wnid = seen[file_name]
+            raise DataError(
+                f"Lines {first} and {number} of {annotations} both name {file_name} (as {first_wnid} and {wnid}); "
+                "keep one line per image, with its right class."
+            )
+        seen[file_name] = (number, wnid)
         image_path = root / "val" / "images" / file_name
         if not image_path.is_file():
             raise DataError(
