@@ -132,8 +132,16 @@ def parse_config(default: FinetuneConfig, args: Sequence[str], prog: str | None 
 
 
 def _fail(error: BaseException) -> typing.NoReturn:
-    print(f"error: {clean_message(error)}", file=sys.stderr)
-    sys.exit(2)
+    """Exit with the error's one sentence: a stopped run (``TrainingInterrupted``) with its status (143, or 130 for
+    SIGINT between ablation rows), anything else a user can fix with 2."""
+    status = getattr(error, "exit_status", 2)
+    print(f"{'stopped' if status != 2 else 'error'}: {clean_message(error)}", file=sys.stderr)
+    sys.exit(status)
+
+
+def _config_of(options: FinetuneConfig) -> FinetuneConfig:
+    """The plain config inside a command's options (a dataclass that extends FinetuneConfig with its own fields)."""
+    return FinetuneConfig(**{f.name: getattr(options, f.name) for f in dataclasses.fields(FinetuneConfig)})
 
 
 def run(config: FinetuneConfig, args: Sequence[str] | None = None, command: str | None = None):
@@ -153,13 +161,10 @@ def run(config: FinetuneConfig, args: Sequence[str] | None = None, command: str 
     if show:
         print(config.to_json())
         return None
-    from .train import TrainingInterrupted, finetune
+    from .train import finetune
 
     try:
         return finetune(config, command)
-    except TrainingInterrupted as error:
-        print(f"stopped: {clean_message(error)}", file=sys.stderr)
-        sys.exit(143)
     except TinyTransformersError as error:
         _fail(error)
 
@@ -199,7 +204,7 @@ def _evaluate(args: list[str]) -> None:
     """``evaluate``: prints {"top1", "top5", "loss", "count"} as JSON; writes per-class accuracy to ``--output``."""
     show = "--print-config" in args
     options = _parse(EvaluateArgs, None, [a for a in args if a != "--print-config"], "tiny-transformers evaluate")
-    config = FinetuneConfig(**{f.name: getattr(options, f.name) for f in dataclasses.fields(FinetuneConfig)})
+    config = _config_of(options)
     if show:
         print(config.to_json())
         return
@@ -398,15 +403,10 @@ def _ablate(args: list[str]) -> None:
             return
     except TinyTransformersError as error:
         _fail(error)
-    config = FinetuneConfig(**{f.name: getattr(options, f.name) for f in dataclasses.fields(FinetuneConfig)})
-    from .train import TrainingInterrupted
-
+    config = _config_of(options)
     try:
         failed = run_ablation(config, paper.short_name, rows, root, shlex.join(["tiny-transformers", "ablate", *args]))
-    except TrainingInterrupted as error:
-        print(f"stopped: {clean_message(error)}", file=sys.stderr)
-        sys.exit(error.exit_status)  # 130 for SIGINT between rows
-    except TinyTransformersError as error:
+    except TinyTransformersError as error:  # a stopped row too: its sentence and exit status
         _fail(error)
     if failed:
         sys.exit(1)
