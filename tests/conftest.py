@@ -19,6 +19,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
+# The fast tier runs on every core with pytest-xdist (`-n 2`, CONTRIBUTING.md): each worker computes on its share
+# of the cores, as a process launched by `accelerate launch` does, instead of all of them fighting over every core
+# (engine.usable_cores would import torch, which must not load before the thread count is set).
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT") and "OMP_NUM_THREADS" not in os.environ:
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ["OMP_NUM_THREADS"] = str(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="tiny-transformers-tests-"))
 atexit.register(shutil.rmtree, _SESSION_DIR, ignore_errors=True)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -405,7 +405,9 @@ def test_a_push_slower_than_preempt_seconds_is_left_behind_and_the_run_exits(sta
         patch.setattr(train_module, "train_steps", terminated_at(STEPS_PER_EPOCH + 1))
         with pytest.raises(TrainingInterrupted, match="at epoch 2, step 1"):
             finetune(config)
-        assert [u["ok"] for u in fake.uploads] == [False]  # the run ended with the first upload still held open
+        # the run ended with no upload committed: the first is held open (or, on a loaded machine, not yet
+        # started); a run that waited for it would have committed it when its gate timed out
+        assert len(fake.uploads) <= 1 and not any(u["ok"] for u in fake.uploads)
         err = capsys.readouterr().err
         release.set()
         for thread in threading.enumerate():  # the abandoned upload, let end before the fake Hub goes away
