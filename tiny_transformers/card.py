@@ -7,7 +7,6 @@ Markdown, not as Python strings. Only what the template cannot compute is comput
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from .hub import is_hub_id
 from .paper import CITATION, resolve_model_name
 from .report import public_value, results_table
 from .rundir import CONFIG_FILE, CURVES_FILE, WEIGHTS_FILE, RunSummary
+from .runfiles import read_json
 
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
 TINY_IMAGENET_HUB_ID = "zh-plus/tiny-imagenet"  # the Hub copy of Tiny ImageNet, named so in the model-index
@@ -39,6 +39,29 @@ def weights_folder(run: RunSummary, weights: str = "last") -> Path:
     return folder
 
 
+def _eval_results(record: dict, dataset_id: str | None) -> list[EvalResult]:
+    """The model-index results of the published epoch: top-1 and top-5 on the Hub dataset's validation split; none
+    for local data, which the Hub cannot name."""
+    if not dataset_id:
+        return []
+    return [
+        EvalResult(
+            task_type="image-classification",
+            task_name="Image Classification",
+            dataset_type=dataset_id,
+            dataset_name="Tiny ImageNet" if dataset_id == TINY_IMAGENET_HUB_ID else dataset_id,
+            dataset_split="validation",
+            metric_type=metric_type,
+            metric_name=metric_name,
+            metric_value=round(float(record[key]), 2),
+        )
+        for key, metric_type, metric_name in (
+            ("top1", "accuracy", "Top-1 accuracy"),
+            ("top5", "top_5_accuracy", "Top-5 accuracy"),
+        )
+    ]
+
+
 def model_card(run: RunSummary, hub: HubConfig | None = None) -> ModelCard:
     """The model card of ``run``: YAML metadata with a ``model-index`` of the published epoch's top-1/top-5 (when
     it trained on a Hub dataset, which the card names; never for local data), then the results beside the paper's
@@ -55,23 +78,7 @@ def model_card(run: RunSummary, hub: HubConfig | None = None) -> ModelCard:
     # The card names only the data the run saw: a Hub id when it trained on one; a local copy is no Hub dataset,
     # so then no `datasets` entry and no model-index result (the body's table still gives the numbers).
     dataset_id = config.data.source if is_hub_id(config.data.source) else None
-    results = [
-        EvalResult(
-            task_type="image-classification",
-            task_name="Image Classification",
-            dataset_type=dataset_id,
-            dataset_name="Tiny ImageNet" if dataset_id == TINY_IMAGENET_HUB_ID else dataset_id,
-            dataset_split="validation",
-            metric_type=metric_type,
-            metric_name=metric_name,
-            metric_value=round(float(record[key]), 2),
-        )
-        for key, metric_type, metric_name in (
-            ("top1", "accuracy", "Top-1 accuracy"),
-            ("top5", "top_5_accuracy", "Top-5 accuracy"),
-        )
-        if dataset_id
-    ]
+    results = _eval_results(record, dataset_id)
     metadata = ModelCardData(
         library_name="timm",
         license=hub.license,
@@ -83,7 +90,7 @@ def model_card(run: RunSummary, hub: HubConfig | None = None) -> ModelCard:
         model_name=name if results else None,
         eval_results=results or None,
     )
-    pretrained_cfg = json.loads((weights_folder(run, hub.weights) / CONFIG_FILE).read_text()).get("pretrained_cfg", {})
+    pretrained_cfg = read_json(weights_folder(run, hub.weights) / CONFIG_FILE).get("pretrained_cfg", {})
     epochs = len(run.history)
     which = (
         f"the last epoch (epoch {record['epoch']} of {epochs})"

@@ -72,6 +72,9 @@ def evaluate_checkpoint(config: FinetuneConfig, mixed_precision: str | None = No
     )
     result["class_ids"] = data.class_ids
     result["class_names"] = data.class_names  # for the per-class table (report.per_class_accuracy)
+    # every collective is done: under a launch each process leaves the process group now, so that one returning
+    # before the others (only the main one reports) does not exit with gloo's threads still running
+    accelerator.end_training()
     return result
 
 

@@ -143,6 +143,21 @@ def _read_words(path: Path) -> dict[str, str]:
 
 def load_stanford(root: Path) -> tuple[dict[str, datasets.Dataset], dict[str, str]]:
     """The Stanford tree as train and val Datasets of file paths (no image bytes are copied), and words.txt's names."""
+    class_ids = _class_ids(root)
+    index = {wnid: i for i, wnid in enumerate(class_ids)}
+    train_paths, train_labels = _train_images(root, class_ids, index)
+    val_paths, val_labels = _val_images(root, index)
+    features = datasets.Features({"image": datasets.Image(decode=False), "label": datasets.ClassLabel(names=class_ids)})
+    splits = {
+        "train": datasets.Dataset.from_dict({"image": train_paths, "label": train_labels}, features=features),
+        "val": datasets.Dataset.from_dict({"image": val_paths, "label": val_labels}, features=features),
+    }
+    return splits, _read_words(root / "words.txt")
+
+
+def _class_ids(root: Path) -> list[str]:
+    """wnids.txt's classes, sorted: labels index the SORTED wnids (as zh-plus/tiny-imagenet does), not the file's
+    order; each must have its training folder and every training folder its wnid."""
     wnids_file = root / "wnids.txt"
     wnids = [line.strip() for line in read_text(wnids_file).splitlines() if line.strip()]
     if not wnids:
@@ -150,10 +165,7 @@ def load_stanford(root: Path) -> tuple[dict[str, datasets.Dataset], dict[str, st
     duplicates = sorted(w for w, n in Counter(wnids).items() if n > 1)
     if duplicates:
         raise DataError(f"{wnids_file} lists {', '.join(duplicates)} more than once; keep one line per wnid.")
-    # Labels index the SORTED wnids (as zh-plus/tiny-imagenet does), not wnids.txt's own order.
     class_ids = sorted(wnids)
-    index = {wnid: i for i, wnid in enumerate(class_ids)}
-
     train_dir = root / "train"
     if not train_dir.is_dir():
         raise DataError(f"The Stanford folder {root} has no train/ folder; it needs train/<wnid>/images/*.JPEG.")
@@ -170,7 +182,12 @@ def load_stanford(root: Path) -> tuple[dict[str, datasets.Dataset], dict[str, st
             f"Training folder {train_dir / extra[0]} is not listed in {wnids_file}"
             f"{f' ({len(extra)} such folders)' if len(extra) > 1 else ''}; add its wnid to wnids.txt or remove it."
         )
+    return class_ids
 
+
+def _train_images(root: Path, class_ids: list[str], index: dict[str, int]) -> tuple[list[str], list[int]]:
+    """Each class's training images (train/<wnid>/images/, or train/<wnid>/) with its label."""
+    train_dir = root / "train"
     train_paths: list[str] = []
     train_labels: list[int] = []
     for wnid in class_ids:
@@ -181,7 +198,11 @@ def load_stanford(root: Path) -> tuple[dict[str, datasets.Dataset], dict[str, st
             raise DataError(f"Training folder {image_dir} holds no images; every wnid needs at least one.")
         train_paths += [str(p) for p in images]
         train_labels += [index[wnid]] * len(images)
+    return train_paths, train_labels
 
+
+def _val_images(root: Path, index: dict[str, int]) -> tuple[list[str], list[int]]:
+    """val_annotations.txt's images with their labels, each line checked (its class, its file, listed once)."""
     annotations = root / "val" / "val_annotations.txt"
     if not annotations.is_file():
         raise DataError(
@@ -218,10 +239,4 @@ def load_stanford(root: Path) -> tuple[dict[str, datasets.Dataset], dict[str, st
             )
         val_paths.append(str(image_path))
         val_labels.append(index[wnid])
-
-    features = datasets.Features({"image": datasets.Image(decode=False), "label": datasets.ClassLabel(names=class_ids)})
-    splits = {
-        "train": datasets.Dataset.from_dict({"image": train_paths, "label": train_labels}, features=features),
-        "val": datasets.Dataset.from_dict({"image": val_paths, "label": val_labels}, features=features),
-    }
-    return splits, _read_words(root / "words.txt")
+    return val_paths, val_labels
