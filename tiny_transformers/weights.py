@@ -107,56 +107,66 @@ def describe_trained_weights(location: str | Path) -> TrainedWeights:
     folder = Path(location).expanduser()
     weights, config_file = folder / WEIGHTS_FILE, folder / CONFIG_FILE
     if weights.is_file() and is_checkpoint(folder):  # a training checkpoint: its trainer state holds the config
-        _, saved = read_state(folder)
-        # the checkpoint's own record; older checkpoints only have their run folder's labels.json, two levels up
-        labels = checkpoint_labels(folder) or RunDir.of_checkpoint(folder).read_labels()
-        if labels is None:
-            raise ModelError(
-                f"Checkpoint '{folder}' does not record its classes and has no labels.json two folders up (it was "
-                "copied out of its run folder); evaluate the run's exported best/ or last/ instead, or put the "
-                "checkpoint back under <output_dir>/checkpoints/."
-            )
-        class_ids, class_names = labels
-        timm_name = resolve_model_name(saved["model"]["name"])
-        mean, std = normalization(timm_name, saved["data"]["normalization"])
-        return TrainedWeights(
-            timm_name,
-            weights,
-            saved["data"]["image_size"],
-            mean,
-            std,
-            class_ids,
-            class_names,
-            len(class_ids) if class_ids else None,
-            saved["data"]["native_size"],
-            saved["train"]["mixed_precision"],
-            saved["data"].get("preprocess"),  # absent before the official preprocessing existed
-            saved["train"].get("eval_precision"),
-        )
+        return _checkpoint_weights(folder)
     if weights.is_file() and config_file.is_file():
-        saved = read_json(config_file, fix=_DAMAGED_WEIGHTS)
-        pretrained_cfg = saved.get("pretrained_cfg", {})
-        labels = saved.get("label_names")
-        labels = list(labels) if isinstance(labels, (list, tuple)) else None
-        descriptions = saved.get("label_descriptions") or {}
-        recorded = saved.get("tiny_transformers", {})  # written by save_for_timm
-        return TrainedWeights(
-            saved["architecture"],
-            weights,
-            int(pretrained_cfg.get("input_size", (3, 224, 224))[-1]),
-            tuple(pretrained_cfg.get("mean", IMAGENET_MEAN)),
-            tuple(pretrained_cfg.get("std", IMAGENET_STD)),
-            labels,
-            [descriptions.get(label, label) for label in labels] if labels else None,
-            saved.get("num_classes"),
-            recorded.get("native_size"),
-            recorded.get("mixed_precision"),
-            recorded.get("preprocess"),
-            recorded.get("eval_precision"),
-        )
+        return _folder_weights(folder)
     raise ModelError(
         f"model.checkpoint '{folder}' holds no trained model; give an exported folder (model.safetensors + "
         "config.json, e.g. <output_dir>/best) or a training checkpoint (<output_dir>/checkpoints/step_...)."
+    )
+
+
+def _checkpoint_weights(folder: Path) -> TrainedWeights:
+    """A training checkpoint's weights, described by its trainer state's config and its recorded classes."""
+    _, saved = read_state(folder)
+    # the checkpoint's own record; older checkpoints only have their run folder's labels.json, two levels up
+    labels = checkpoint_labels(folder) or RunDir.of_checkpoint(folder).read_labels()
+    if labels is None:
+        raise ModelError(
+            f"Checkpoint '{folder}' does not record its classes and has no labels.json two folders up (it was "
+            "copied out of its run folder); evaluate the run's exported best/ or last/ instead, or put the "
+            "checkpoint back under <output_dir>/checkpoints/."
+        )
+    class_ids, class_names = labels
+    timm_name = resolve_model_name(saved["model"]["name"])
+    mean, std = normalization(timm_name, saved["data"]["normalization"])
+    return TrainedWeights(
+        timm_name=timm_name,
+        weights_file=folder / WEIGHTS_FILE,
+        image_size=saved["data"]["image_size"],
+        mean=mean,
+        std=std,
+        class_ids=class_ids,
+        class_names=class_names,
+        num_classes=len(class_ids) if class_ids else None,
+        native_size=saved["data"]["native_size"],
+        mixed_precision=saved["train"]["mixed_precision"],
+        preprocess=saved["data"].get("preprocess"),  # absent before the official preprocessing existed
+        eval_precision=saved["train"].get("eval_precision"),
+    )
+
+
+def _folder_weights(folder: Path) -> TrainedWeights:
+    """A timm ``save_for_hf`` folder's weights (this library's exports record more in ``tiny_transformers``)."""
+    saved = read_json(folder / CONFIG_FILE, fix=_DAMAGED_WEIGHTS)
+    pretrained_cfg = saved.get("pretrained_cfg", {})
+    labels = saved.get("label_names")
+    labels = list(labels) if isinstance(labels, (list, tuple)) else None
+    descriptions = saved.get("label_descriptions") or {}
+    recorded = saved.get("tiny_transformers", {})  # written by save_for_timm
+    return TrainedWeights(
+        timm_name=saved["architecture"],
+        weights_file=folder / WEIGHTS_FILE,
+        image_size=int(pretrained_cfg.get("input_size", (3, 224, 224))[-1]),
+        mean=tuple(pretrained_cfg.get("mean", IMAGENET_MEAN)),
+        std=tuple(pretrained_cfg.get("std", IMAGENET_STD)),
+        class_ids=labels,
+        class_names=[descriptions.get(label, label) for label in labels] if labels else None,
+        num_classes=saved.get("num_classes"),
+        native_size=recorded.get("native_size"),
+        mixed_precision=recorded.get("mixed_precision"),
+        preprocess=recorded.get("preprocess"),
+        eval_precision=recorded.get("eval_precision"),
     )
 
 
