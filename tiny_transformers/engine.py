@@ -272,6 +272,7 @@ def evaluate(
     collect_predictions: bool = False,
     autocast: bool = True,
     features: EvalFeatures | None = None,
+    metric: TopKScores | None = None,
 ) -> dict:
     """Top-1, top-5 (percent) and mean cross-entropy over the whole eval split, each image counted once.
 
@@ -280,10 +281,11 @@ def evaluate(
     result also holds ``predictions`` and ``references`` (top-1 class per image, in split order).
     ``autocast=False`` evaluates in fp32 whatever the training precision (the official code's evaluation).
     ``features`` (head mode's cache, features.py): an empty one is filled by this pass, a full one replaces the
-    frozen backbone, so that only the head runs.
+    frozen backbone, so that only the head runs. ``metric``: what scores the pass (default: :class:`TopKScores`;
+    the ``evaluate`` command passes ``metrics.TopKAccuracy``, the same scores as an ``evaluate`` Metric).
     """
     model.eval()
-    metric = TopKScores(k=min(5, num_classes))  # on the device: no host read per batch
+    metric = metric or TopKScores(k=min(5, num_classes))  # on the device: no host read per batch
     top1_predictions, references = [], []
     batches = _cached_logits if features is not None and features.ready else _model_logits
     for logits, labels, kept in tqdm(

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
+from . import metrics
 from .augment import BatchAugment
 from .config import AugmentConfig, FinetuneConfig
 from .data import load_data
@@ -67,9 +68,8 @@ def evaluate_checkpoint(config: FinetuneConfig, mixed_precision: str | None = No
         weights.image_size, weights.mean, weights.std, data.num_classes, AugmentConfig(), accelerator.device,
         weights.preprocess or "default",
     )  # fmt: skip
-    result = evaluate(
-        accelerator, model, loader, augment, data.num_classes, config.train.progress, collect_predictions=True
-    )
+    scores = metrics.TopKAccuracy(k=min(5, data.num_classes))  # an `evaluate` Metric: the same numbers as training's
+    result = evaluate(accelerator, model, loader, augment, data.num_classes, config.train.progress, True, metric=scores)
     result["class_ids"] = data.class_ids
     result["class_names"] = data.class_names  # for the per-class table (report.per_class_accuracy)
     # every collective is done: under a launch each process leaves the process group now, so that one returning

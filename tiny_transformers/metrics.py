@@ -1,9 +1,9 @@
-"""Top-k accuracy and mean loss of an evaluation pass: kept on the device batch by batch, read once at the end.
+"""Top-k accuracy and mean loss of an evaluation pass.
 
-:class:`TopKScores` is what the evaluation loop uses: no host work per batch, one host read per pass.
-``TopKAccuracy``, the same scores as an ``evaluate`` Metric defined here (no Hub download, works offline), is
-built on first use: importing ``evaluate`` also imports ``transformers``' pipelines, seconds that a training run
-does not need.
+:class:`TopKScores` is what training's per-epoch evaluation uses: kept on the device, no host work per batch, one host
+read per pass. ``TopKAccuracy``, the same scores as an ``evaluate`` Metric defined here (no Hub download, works
+offline), scores the ``evaluate`` command (``evaluation.evaluate_checkpoint``); it is built on first use, since
+importing ``evaluate`` also imports ``transformers``' pipelines, seconds that a training run does not need.
 """
 
 from __future__ import annotations
@@ -85,6 +85,14 @@ def _topk_accuracy_class() -> type:
                         "losses": datasets.Value("float64"),
                     }
                 ),
+            )
+
+        def add(self, predictions: torch.Tensor, references: torch.Tensor, losses: torch.Tensor) -> None:
+            """One batch of device tensors, as :meth:`TopKScores.add` takes them (read to the host here)."""
+            self.add_batch(
+                predictions=predictions[:, : self.k].cpu().numpy(),
+                references=references.cpu().numpy(),
+                losses=losses.detach().double().cpu().numpy(),
             )
 
         def _compute(self, predictions, references, losses) -> dict:
