@@ -102,7 +102,7 @@ def _stochastic_modules(model: nn.Module) -> list[str]:
 def training_cache_off(config: FinetuneConfig) -> str | None:
     """Why a head-mode run's training features cannot be kept (the first reason, as the end of a sentence), or
     None when its input to the head is deterministic. The model's own stochastic modules are checked when it is
-    built (:meth:`FeatureCache.for_model`).
+    built (:meth:`FeatureCache.for_run`).
 
     >>> from tiny_transformers.config import paper_config
     >>> training_cache_off(paper_config("vit_l"))
@@ -147,9 +147,6 @@ class EvalFeatures:
     def finish(self) -> None:
         self.ready = self.enabled and bool(self.batches)
 
-    def nbytes(self) -> int:
-        return sum(f.nbytes for features, _, _ in self.batches for f in features)
-
 
 class TrainFeatures:
     """Each training image's head inputs, computed in a full micro-batch of the first epoch (or of the first epoch
@@ -158,7 +155,7 @@ class TrainFeatures:
     def __init__(self, train_samples: int, micro_batch_size: int) -> None:
         self.size, self.micro_batch_size = train_samples, micro_batch_size
         self.store: list[torch.Tensor] | None = None  # one (train_samples, ...) tensor per head, made at first use
-        self.filled: torch.Tensor | None = None
+        self.filled: torch.Tensor | None = None  # on the host: looking up a micro-batch reads nothing from the GPU
         self.enabled = True  # False once the head alone did not reproduce the model's output
         self.device: torch.device | None = None  # the model's, where a served micro-batch goes
 
@@ -166,10 +163,10 @@ class TrainFeatures:
         """The kept head inputs of a full micro-batch whose every image is kept, else None."""
         if self.store is None or len(indices) != self.micro_batch_size:
             return None
-        rows = torch.as_tensor(indices, device=self.filled.device)
+        rows = torch.as_tensor(indices)
         if not bool(self.filled[rows].all()):
             return None
-        return tuple(s[rows].to(self.device, non_blocking=True) for s in self.store)
+        return tuple(s[rows.to(s.device)].to(self.device, non_blocking=True) for s in self.store)
 
     def keep(self, model: nn.Module, indices: Sequence[int], captured: _Captured, output: torch.Tensor) -> None:
         """Keep the head inputs of a full micro-batch (call inside the forward's precision context; a ragged
@@ -182,14 +179,11 @@ class TrainFeatures:
             return
         if self.store is None:
             self.device, self.store = features[0].device, _allocate(features, self.size)
-            self.filled = torch.zeros(self.size, dtype=torch.bool, device=self.store[0].device)
-        rows = torch.as_tensor(indices, device=self.filled.device)
+            self.filled = torch.zeros(self.size, dtype=torch.bool)
+        rows = torch.as_tensor(indices)
         for store, f in zip(self.store, features):
-            store[rows] = f.to(store.device)
+            store[rows.to(store.device)] = f.to(store.device)
         self.filled[rows] = True
-
-    def nbytes(self) -> int:
-        return sum(s.nbytes for s in self.store) if self.store is not None else 0
 
 
 def _allocate(features: Features, rows: int) -> list[torch.Tensor]:
