@@ -23,11 +23,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import FinetuneConfig, trajectory_differences
+from .config import FinetuneConfig
 from .errors import ConfigError, TinyTransformersError, clean_message
 from .paper import PAPER_MODELS, PaperModel, paper_model_for
 from .rundir import RunDir, RunSummary
-from .runfiles import RunFileError, read_json, write_atomic, writing
+from .runfiles import read_json, write_atomic, writing
 
 MANIFEST_FILE = "ablation.json"  # {"model": short name}: the paper model whose rows the root holds
 _MANIFEST_FIX = "delete it: the report then takes the model from the rows' config.json, and ablate writes it anew"
@@ -247,7 +247,7 @@ def run_ablation(
                     f"Resume with {command or 'the same command again'} (finished rows are skipped).",
                     exit_status=128 + getattr(signal, stop.received, signal.SIGTERM),
                 )
-            if is_finished(folder, config.train.epochs) and not _changed(folder, config):
+            if is_finished(folder, config.train.epochs) and not folder.trajectory_changes(config):
                 print(f"{step}: skipped, already finished ({config.train.epochs} epochs in {folder.root})", flush=True)
                 continue
             print(f"{step}: training into {folder.root} ({row.change})", flush=True)
@@ -265,14 +265,6 @@ def run_ablation(
     if failed:
         print(f"ablation: failed row(s): {', '.join(name for name, _ in failed)}", file=sys.stderr, flush=True)
     return failed
-
-
-def _changed(folder: RunDir, config: FinetuneConfig) -> bool:
-    """Whether the finished run was trained with another config (then finetune, not a skip, says what to do)."""
-    try:
-        return bool(trajectory_differences(read_json(folder.config), config))
-    except (RunFileError, AttributeError):
-        return True
 
 
 # --------------------------------------------------------------------------------------------------

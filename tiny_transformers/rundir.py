@@ -164,6 +164,18 @@ class RunDir:
             raise RunFileError(f"'{marker}' does not say how many epochs the run finished; {_FIXES[FINISHED_FILE]}.")
         return epochs
 
+    def trajectory_changes(self, config: FinetuneConfig) -> list[str]:
+        """The fields in which ``config`` would train another trajectory than the one ``config.json`` records;
+        ``['config.json (unreadable)']`` when it is damaged (a run must not be mistaken for this one's).
+
+        >>> RunDir(Path("nowhere")).trajectory_changes(FinetuneConfig())
+        ['config.json (unreadable)']
+        """
+        try:
+            return trajectory_differences(read_json(self.config), config)
+        except (RunFileError, AttributeError):  # damaged, or sections that are not objects
+            return ["config.json (unreadable)"]
+
     def tracker_init_kwargs(self, resumed_at: int | None) -> dict[str, dict[str, Any]]:
         """Accelerate ``init_kwargs`` that make a resumed run continue its tracker runs instead of starting new ones:
         W&B's run id, made once and kept in ``trackers.json``; TensorBoard's ``purge_step``, so that the steps a killed
@@ -474,10 +486,7 @@ def claim(folder: RunDir, config: FinetuneConfig, resuming: bool) -> None:
         )
     results = [name for name in _RESULTS if (root / name).exists()]
     if ours and results and not resuming and folder.config.is_file():
-        try:
-            changed = trajectory_differences(read_json(folder.config), config)
-        except (RunFileError, AttributeError):
-            changed = ["config.json (unreadable)"]
+        changed = folder.trajectory_changes(config)
         if changed:
             raise ConfigError(
                 f"train.output_dir '{root}' holds the results of another run ({', '.join(results)}; its config "
