@@ -287,9 +287,12 @@ def evaluate(
     model.eval()
     metric = metric or TopKScores(k=min(5, num_classes))  # on the device: no host read per batch
     top1_predictions, references = [], []
-    batches = _cached_logits if features is not None and features.ready else _model_logits
+    if features is not None and features.ready:
+        batches = _cached_logits(accelerator, model, autocast, features)
+    else:
+        batches = _model_logits(accelerator, model, loader, augment, autocast, features)
     for logits, labels, kept in tqdm(
-        batches(accelerator, model, loader, augment, autocast, features),
+        batches,
         total=len(loader),
         desc="evaluate",
         disable=not (progress and accelerator.is_main_process),
@@ -326,7 +329,7 @@ def _model_logits(accelerator, model, loader, augment, autocast, features) -> It
     each batch's head inputs are kept (the first batch's checked against the model's own output)."""
     inner = accelerator.unwrap_model(model)
     if features is not None:
-        features.batches.clear()  # a pass cut short earlier kept part of the split
+        features.start()
     for images, labels in loader:
         x = augment.resize_normalize(images)
         keeping = features is not None and features.enabled
@@ -337,7 +340,7 @@ def _model_logits(accelerator, model, loader, augment, autocast, features) -> It
         yield unwrap_logits(output).float(), labels, None
 
 
-def _cached_logits(accelerator, model, loader, augment, autocast, features) -> Iterator[tuple]:
+def _cached_logits(accelerator, model, autocast, features) -> Iterator[tuple]:
     """(fp32 logits, labels, rows kept) per batch that the first evaluation kept, through the head alone."""
     inner = accelerator.unwrap_model(model)
     for batch_features, labels, kept in features.batches:

@@ -131,6 +131,10 @@ class EvalFeatures:
         self.ready = False  # every batch of one whole pass is in
         self.enabled = True  # False once the head alone did not reproduce the model's output
 
+    def start(self) -> None:
+        """A pass that keeps the batches begins (one cut short earlier kept part of the split)."""
+        self.batches.clear()
+
     def add(self, model: nn.Module, captured: _Captured, output: torch.Tensor, labels: torch.Tensor) -> None:
         """Keep a batch's head inputs (call inside the forward's precision context); the first is checked."""
         features = captured.features()

@@ -128,7 +128,7 @@ def finetune(config: FinetuneConfig, command: str | None = None) -> FinetuneResu
             if accelerator.is_main_process:
                 run.folder.write_metrics(state.history)
                 if improved:
-                    run.export("best", ema=ema_is_better(record.as_dict()))
+                    run.export("best", ema=ema_is_better(state.history[-1]))
             checkpoint = run.save_checkpoint()
             hub = config.hub
             if hub.push and hub.strategy != "end" and epoch + 1 < train.epochs and accelerator.is_main_process:
