@@ -49,7 +49,17 @@ class ModelConfig:
     name: str = "vit_l"  # a paper short name (vit_l, cait_s36, deit_b_distilled, swin_l) or any timm model name
     pretrained: bool = True  # start from ImageNet weights (from the Hub, or from `checkpoint`)
     checkpoint: str | None = None  # .safetensors/.pth file, a save_for_hf folder, or hf-hub:owner/name
-    train_mode: Literal["head", "full"] = "head"  # head: frozen backbone, as the official code; full: every parameter
+    # head: frozen backbone, as the official code; full: every parameter; lora: low-rank adapters (peft) on the
+    # backbone's linear layers, the classifier head(s) trained whole, the rest frozen (tiny_transformers.lora)
+    train_mode: Literal["head", "full", "lora"] = "head"
+    # lora mode: each adapter's rank r and scale alpha (its update is multiplied by alpha / r), the dropout on its
+    # input (a probability), and which nn.Linear layers of the backbone get one, by their last name: timm's
+    # ViT/DeiT/CaiT/Swin attention (qkv; CaiT's class attention q, k, v), its output projection (proj) and the MLP
+    # (fc1, fc2). r=16, alpha=16, dropout 0.1: peft's image-classification guide for ViT
+    lora_rank: int = 16
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.1
+    lora_targets: tuple[str, ...] = ("qkv", "q", "k", "v", "proj", "fc1", "fc2")
     # the new classifier head's initialisation: timm's (as timm.create_model makes it), or linear: a default
     # nn.Linear from reset_classifier, as the official code makes it
     head_init: Literal["timm", "linear"] = "timm"
@@ -224,8 +234,8 @@ class FinetuneConfig:
             unknown = sorted(set(values) - known)
             if unknown:
                 raise ConfigError(f"Unknown config field(s) {', '.join(f'{section}.{k}' for k in unknown)}.")
-            if "log_with" in values:
-                values = {**values, "log_with": tuple(values["log_with"])}
+            # JSON has no tuples: the tuple fields (train.log_with, model.lora_targets) come back as lists
+            values = {key: tuple(value) if isinstance(value, list) else value for key, value in values.items()}
             kwargs[section] = section_cls(**values)
         return cls(**kwargs)
 

@@ -231,7 +231,9 @@ class FeatureCache:
         """The cache of a run (None in full mode or with ``train.cache_features false``) and the plan's line
         saying what it keeps, and why training features are not kept when they are not."""
         if config.model.train_mode != "head" or not config.train.cache_features:
-            why = "full mode" if config.model.train_mode != "head" else "train.cache_features false"
+            why = (
+                f"{config.model.train_mode} mode" if config.model.train_mode != "head" else "train.cache_features false"
+            )
             return None, f"feature cache: off ({why}): every feature computed every time"
         off = training_cache_off(config)
         if off is None and (stochastic := _stochastic_modules(model)):

@@ -18,6 +18,7 @@ from . import hub
 from .attention import use_fast_attention
 from .config import ModelConfig
 from .errors import ConfigError, ModelError
+from .lora import add_lora
 from .paper import PAPER_MODELS, resolve_model_name
 from .rundir import CONFIG_FILE, WEIGHTS_FILE
 
@@ -107,7 +108,8 @@ def _require_head(model: nn.Module, state: dict, own: dict, path: Path) -> None:
 
 
 def build_model(cfg: ModelConfig, num_classes: int, image_size: int, trained_head: bool = False) -> nn.Module:
-    """Create the network with a fresh ``num_classes`` head at ``image_size``; freeze the backbone in head mode.
+    """Create the network with a fresh ``num_classes`` head at ``image_size``; freeze the backbone in head mode, add
+    LoRA adapters in lora mode (:func:`tiny_transformers.lora.add_lora`).
 
     Weights: ``cfg.checkpoint`` if given, else the Hub's pretrained weights when ``cfg.pretrained``, else random.
     ``trained_head`` (inference: evaluate, predict, a teacher): the checkpoint file's own head is kept and must
@@ -157,6 +159,8 @@ def build_model(cfg: ModelConfig, num_classes: int, image_size: int, trained_hea
         enable_grad_checkpointing(model, timm_name)
     if cfg.teacher:
         _require_distillation_head(model, cfg.name)
+    if cfg.train_mode == "lora":  # last: the timm model, ready, inside peft's PeftModel (lora.py)
+        model = add_lora(model, cfg)
     return model
 
 

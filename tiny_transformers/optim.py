@@ -39,6 +39,8 @@ def build_schedule(optimizer: torch.optim.Optimizer, cfg: OptimConfig, plan: Pla
 def build_optimizer(cfg: OptimConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     """timm's optimizer factory over the trainable parameters: no weight decay on biases and norms unless
     ``optim.decay_all`` (the official code's plain AdamW decays every parameter), per-layer lr with layer decay."""
+    # lora mode: the timm model inside peft's wrapper, whose parameter names timm's grouping reads (the same tensors)
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
     name = "adamw" if cfg.name == "adamw" else ("sgd" if cfg.nesterov else "momentum")  # timm's 'sgd' is Nesterov
     kwargs = {"momentum": cfg.momentum} if cfg.name == "sgd" else {}
     if cfg.fused:

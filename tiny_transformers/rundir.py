@@ -48,6 +48,7 @@ CHECKPOINTS_DIR = "checkpoints"
 BEST_DIR = "best"
 LAST_DIR = "last"
 EXPORT_DIR = "export"
+ADAPTER_DIR = "adapter"  # in best/ and last/ of a lora run: the adapter alone (lora.save_adapter)
 CURVES_FILE = "training_curves.png"
 GRID_FILE = "predictions.png"
 RESULTS_FILE = "results.md"
@@ -119,6 +120,10 @@ class RunDir:
     def weights(self, which: Literal["best", "last"]) -> Path:
         """``best/`` (the epoch of highest top-1) or ``last/`` (the final epoch)."""
         return self.root / (BEST_DIR if which == "best" else LAST_DIR)
+
+    def adapter(self, which: Literal["best", "last"]) -> Path:
+        """lora mode's adapter alone (peft's ``save_pretrained``), inside ``best/`` or ``last/``."""
+        return self.weights(which) / ADAPTER_DIR
 
     def file(self, name: str) -> Path:
         """A file of the report (:data:`CURVES_FILE`, :data:`GRID_FILE`, :data:`RESULTS_FILE`) in this folder."""

@@ -37,6 +37,7 @@ from .data import DataBundle, DecodeTransform, collate, load_data, verify_images
 from .engine import check_process_precision, cpu_threads_warnings, current_lr, eval_loader, evaluate, train_steps
 from .errors import CheckpointError, TinyTransformersError
 from .features import FeatureCache
+from .lora import check_targets, is_lora, plain_model, save_adapter
 from .models import (
     build_model,
     check_image_size,
@@ -279,8 +280,12 @@ class Run:
 
     def export(self, which: str, ema: bool = False) -> None:
         """The weights as they are now (the EMA's with ``ema``) into ``best/`` or ``last/``, loadable by timm; its
-        config.json records which (main process only)."""
-        model = self.ema.module if ema else self.accelerator.unwrap_model(self.model)
+        config.json records which (main process only). In lora mode the adapters are merged into the exported
+        weights, and written alone into its ``adapter/`` too."""
+        trained = self.ema.module if ema else self.accelerator.unwrap_model(self.model)
+        model = plain_model(trained)  # lora mode: a merged copy
+        if is_lora(trained):
+            save_adapter(trained, self.folder.adapter(which))
         with backbone_in_fp32(model):  # a bf16 backbone (model.backbone_dtype) is exported in fp32, exactly
             save_for_timm(
                 model, self.folder.weights(which), self.data.class_ids, self.data.class_names,
@@ -303,6 +308,7 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
     claim(folder, config, resuming=resume_from is not None)
     check_image_size(config.model, config.data.image_size)  # a size the model cannot see whole, before the data loads
     check_teacher(config.model)  # a teacher for a student without a distillation head, before the data loads
+    check_targets(config.model)  # lora mode's model.lora_targets naming no layer, before the data loads
     data = load_data(config.data)
     if not config.data.skip_corrupt:  # a broken eval image found now costs nothing; after an epoch, the epoch
         verify_images(data.eval, "eval", config.data.native_size, config.train.progress and is_main_launch_process())

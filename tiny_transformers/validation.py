@@ -92,7 +92,16 @@ def _check_ranges(name: str, section: object, **fields: str) -> None:
 
 
 def _validate_model(m: ModelConfig) -> None:
-    _check_ranges("model", m, probability="drop_path_rate")
+    _check_ranges("model", m, probability="drop_path_rate lora_dropout", positive="lora_rank lora_alpha")
+    if m.train_mode == "lora":
+        from .lora import require_peft  # lora.py imports torch: only for the mode that needs it
+
+        require_peft()
+        if not m.lora_targets:
+            raise ConfigError(
+                "model.lora_targets is empty; name the linear layers that get adapters, e.g. "
+                "--model.lora_targets qkv proj fc1 fc2."
+            )
     if m.checkpoint is not None and hub_repo(m.checkpoint) is None and not Path(m.checkpoint).expanduser().exists():
         raise ConfigError(
             f"model.checkpoint '{m.checkpoint}' does not exist; give a .safetensors/.pth file or a folder "
@@ -184,13 +193,13 @@ def _validate_across_sections(config: FinetuneConfig, cuda_available: bool | Non
     if m.train_mode == "head" and (m.grad_checkpointing or o.layer_decay not in (0.0, 1.0)):
         field_name = "model.grad_checkpointing" if m.grad_checkpointing else "optim.layer_decay"
         raise ConfigError(
-            f"{field_name} needs model.train_mode full: in head mode the backbone is frozen (nothing to "
+            f"{field_name} needs model.train_mode full or lora: in head mode the backbone is frozen (nothing to "
             "checkpoint or to decay per layer)."
         )
     if m.backbone_dtype != "fp32":
         # the bf16 weights (fp8's too) need bf16 autocast on every forward, evaluation's included (backbone.py)
         fix = {
-            m.train_mode != "head": "model.train_mode head (in full mode the backbone trains and needs fp32 weights)",
+            m.train_mode != "head": "model.train_mode head (in full and lora mode weights train and need fp32)",
             t.mixed_precision != "bf16": "train.mixed_precision bf16 (the backbone computes under bf16 autocast)",
             t.eval_precision != "autocast": "train.eval_precision autocast (an fp32 evaluation needs fp32 weights)",
         }.get(True)

@@ -15,6 +15,7 @@ from . import hub
 from .checkpoint import checkpoint_labels, is_checkpoint, read_state
 from .config import ModelConfig
 from .errors import ConfigError, ModelError
+from .lora import load_merged
 from .models import IMAGENET_MEAN, IMAGENET_STD, build_model, normalization
 from .paper import resolve_model_name
 from .rundir import CONFIG_FILE, WEIGHTS_FILE, RunDir
@@ -93,6 +94,7 @@ class TrainedWeights:
     mixed_precision: str | None = None  # the autocast of training, when recorded
     preprocess: str | None = None  # data.preprocess of training (official: the uint8 resize), when recorded
     eval_precision: str | None = None  # fp32 when the run evaluated without autocast, when recorded
+    lora: dict | None = None  # a lora-mode training checkpoint's lora_* settings: its weights carry peft's names
 
 
 def describe_trained_weights(location: str | Path) -> TrainedWeights:
@@ -143,6 +145,9 @@ def _checkpoint_weights(folder: Path) -> TrainedWeights:
         mixed_precision=saved["train"]["mixed_precision"],
         preprocess=saved["data"].get("preprocess"),  # absent before the official preprocessing existed
         eval_precision=saved["train"].get("eval_precision"),
+        lora={k: v for k, v in saved["model"].items() if k.startswith("lora_")}
+        if saved["model"].get("train_mode") == "lora"
+        else None,
     )
 
 
@@ -176,6 +181,12 @@ def build_trained_model(weights: TrainedWeights, num_classes: int | None = None)
 
     >>> model = build_trained_model(describe_trained_weights("outputs/run/best")).eval()  # doctest: +SKIP
     """
+    classes = num_classes if num_classes is not None else weights.num_classes
+    if weights.lora is not None:  # a lora checkpoint: built as its run built it, loaded, adapters merged (lora.py)
+        cfg = ModelConfig(
+            name=weights.timm_name, pretrained=False, train_mode="lora", drop_path_rate=0.0, **weights.lora
+        )
+        return load_merged(build_model(cfg, classes, weights.image_size), weights.weights_file)
     cfg = ModelConfig(
         name=weights.timm_name,
         pretrained=False,
@@ -183,7 +194,6 @@ def build_trained_model(weights: TrainedWeights, num_classes: int | None = None)
         train_mode="full",
         drop_path_rate=0.0,
     )
-    classes = num_classes if num_classes is not None else weights.num_classes
     return build_model(cfg, classes, weights.image_size, trained_head=True)
 
 
