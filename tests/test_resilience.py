@@ -2,9 +2,11 @@
 
 Everything here launches the user's real command, `accelerate launch [--multi_gpu --num_processes 2]
 recipes/vit_l.py ...`, on CPU (gloo), with Mixup, CutMix, random erasing, drop path and shuffling on,
-in `full` mode so every weight moves.
+in `full` mode so every weight moves; the SIGKILL and 1-vs-2-process guarantees also in `lora` mode (peft's
+adapters, their dropout drawn from the same keyed generators).
 """
 
+import json
 import os
 import shutil
 import signal
@@ -29,7 +31,10 @@ def data(tmp_path_factory, data_tools):
     return data_tools.make_stanford(tmp_path_factory.mktemp("resilience"), n_train=10, n_val=2)
 
 
-def command(source: Path, out: Path, processes: int, *extra: str) -> list[str]:
+MODES = ["full", "lora"]
+
+
+def command(source: Path, out: Path, processes: int, *extra: str, mode: str = "full") -> list[str]:
     layout = [
         "--num_processes",
         str(processes),
@@ -53,7 +58,7 @@ def command(source: Path, out: Path, processes: int, *extra: str) -> list[str]:
         "--model.pretrained",
         "false",
         "--model.train_mode",
-        "full",
+        mode,
         "--data.source",
         str(source),
         "--data.image_size",
@@ -83,9 +88,9 @@ def command(source: Path, out: Path, processes: int, *extra: str) -> list[str]:
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def run(source, out, processes, *extra, timeout=300):
+def run(source, out, processes, *extra, timeout=300, mode="full"):
     done = subprocess.run(
-        command(source, out, processes, *extra), capture_output=True, text=True, env=ENV, timeout=timeout
+        command(source, out, processes, *extra, mode=mode), capture_output=True, text=True, env=ENV, timeout=timeout
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -95,6 +100,12 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(folder / "model.safetensors")
 
 
+def scores(out: Path) -> list[tuple[float, float, float]]:
+    """(top-1, top-5, eval loss) of each epoch in metrics.jsonl."""
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [(r["top1"], r["top5"], r["eval_loss"]) for r in records]
+
+
 def assert_close(actual, expected, rel=0.0):
     for key, value in expected.items():
         tolerance = rel * value.abs().max().item()
@@ -102,11 +113,23 @@ def assert_close(actual, expected, rel=0.0):
 
 
 @pytest.fixture(scope="module")
-def reference(data, tmp_path_factory):
-    """An uninterrupted run on 1 process with 2 accumulation steps, a checkpoint after every update."""
-    out = tmp_path_factory.mktemp("reference") / "out"
-    run(data, out, 1)
-    return out
+def references(data, tmp_path_factory):
+    """``references(mode)``: an uninterrupted run in that train mode on 1 process with 2 accumulation steps, a
+    checkpoint after every update (made once per module)."""
+    made = {}
+
+    def reference_of(mode: str) -> Path:
+        if mode not in made:
+            made[mode] = tmp_path_factory.mktemp(f"reference-{mode}") / "out"
+            run(data, made[mode], 1, mode=mode)
+        return made[mode]
+
+    return reference_of
+
+
+@pytest.fixture(scope="module")
+def reference(references):
+    return references("full")
 
 
 def test_checkpoint_after_every_update(reference):
@@ -114,20 +137,23 @@ def test_checkpoint_after_every_update(reference):
     assert names == [f"step_{s:08d}" for s in range(1, STEPS_PER_EPOCH * EPOCHS + 1)]
 
 
-def test_two_processes_give_the_same_weights_after_every_step(data, reference, tmp_path):
+@pytest.mark.parametrize("mode", MODES)
+def test_two_processes_give_the_same_weights_after_every_step(data, references, mode, tmp_path):
     """1 process x accumulation 2 vs 2 processes x accumulation 1, 10 updates across an epoch boundary."""
-    out = tmp_path / "out"
-    done = run(data, out, 2)
+    out, reference = tmp_path / "out", references(mode)
+    done = run(data, out, 2, mode=mode)
     assert "2 process(es) x micro-batch 4 x 1 accumulation step(s) = effective batch 8" in done.stdout
+    adapters = [key for key in weights(reference / "checkpoints" / "step_00000001") if ".lora_" in key]
+    assert bool(adapters) == (mode == "lora")  # a lora run's checkpoints hold peft's adapters
     for step in range(1, STEPS_PER_EPOCH * EPOCHS + 1):
         name = f"step_{step:08d}"
         assert_close(weights(out / "checkpoints" / name), weights(reference / "checkpoints" / name), rel=1e-5)
     assert_close(weights(out / "last"), weights(reference / "last"), rel=1e-5)
 
 
-def start(source, out, processes, *extra):
+def start(source, out, processes, *extra, mode="full"):
     return subprocess.Popen(
-        command(source, out, processes, *extra),
+        command(source, out, processes, *extra, mode=mode),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -157,15 +183,16 @@ def kill(process, sig=signal.SIGKILL):
     return process.communicate(timeout=120)
 
 
-def test_sigkill_anywhere_then_resume_ends_with_the_same_weights(data, reference, tmp_path):
-    out = tmp_path / "out"
+@pytest.mark.parametrize("mode", MODES)
+def test_sigkill_anywhere_then_resume_ends_with_the_same_weights(data, references, mode, tmp_path):
+    out, reference = tmp_path / "out", references(mode)
     # 1. killed at a random step after the third update
-    process = start(data, out, 1)
+    process = start(data, out, 1, mode=mode)
     wait_for(lambda: len(checkpoints(out)) >= 3, process)
     kill(process)
     assert process.returncode == -signal.SIGKILL
     # 2. resumed, then killed while a checkpoint is being written
-    process = start(data, out, 1)
+    process = start(data, out, 1, mode=mode)
     seen = len(checkpoints(out))
     wait_for(
         lambda: (
@@ -174,10 +201,14 @@ def test_sigkill_anywhere_then_resume_ends_with_the_same_weights(data, reference
         process,
     )
     kill(process)
-    # 3. resumed to the end: bitwise the uninterrupted run's weights, and the same metrics
-    done = run(data, out, 1)
+    # 3. resumed to the end: bitwise the uninterrupted run's weights (lora: the merged export and the checkpoint's
+    # adapters), and the same metrics
+    done = run(data, out, 1, mode=mode)
     assert "resuming from step_" in done.stdout
     assert_close(weights(out / "last"), weights(reference / "last"))
+    final = checkpoints(reference)[-1]
+    assert_close(weights(out / "checkpoints" / final), weights(reference / "checkpoints" / final))
+    assert scores(out) == scores(reference)
     assert (out / "metrics.jsonl").read_text().count("\n") == EPOCHS
     assert not any(p.name.startswith(".tmp") for p in (out / "checkpoints").iterdir())
 
