@@ -13,10 +13,11 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 
-from tiny_transformers import cli
-from tiny_transformers.config import FinetuneConfig, ModelConfig, OptimConfig
+from tiny_transformers import cli, finetune
+from tiny_transformers.config import DataConfig, FinetuneConfig, ModelConfig, OptimConfig, TrainConfig
 from tiny_transformers.errors import ConfigError
 from tiny_transformers.lora import check_targets, target_names
 from tiny_transformers.models import build_model
@@ -218,3 +219,34 @@ def test_a_lora_checkpoint_is_read_back_merged_for_inference(lora_run):
     plain = timm.create_model(f"local-dir:{out / 'last'}", pretrained=True)
     x = torch.randn(3, 3, 32, 32)
     torch.testing.assert_close(_logits(model, x), _logits(plain, x), rtol=0, atol=1e-5)
+
+
+def test_with_an_ema_last_holds_the_ema_merged(stanford_dir, tmp_path):
+    config = FinetuneConfig(
+        model=lora(lora_rank=2),
+        data=DataConfig(source=str(stanford_dir), image_size=32, num_workers=0),
+        train=TrainConfig(
+            epochs=1, batch_size=8, micro_batch_size=4, mixed_precision="no", output_dir=str(tmp_path), progress=False,
+            ema_decay=0.5,
+        ),
+    )  # fmt: skip
+    finetune(config)
+    saved = json.loads((tmp_path / "last" / "config.json").read_text())
+    assert saved["tiny_transformers"]["weights"] == "ema"
+    reference = timm.create_model("test_vit", pretrained=False, num_classes=4).state_dict()
+    assert load_file(tmp_path / "last" / "model.safetensors").keys() == reference.keys()
+    assert (tmp_path / "last" / "adapter" / "adapter_model.safetensors").is_file()
+    # adapter/ and last/ are the same model, the EMA's: the adapter on the run's random start (the same seed) ...
+    set_seed(0)
+    start = build_model(ModelConfig(name="test_vit", pretrained=False), 4, 32)
+    adapted = peft.PeftModel.from_pretrained(start, str(tmp_path / "last" / "adapter"))
+    x = torch.randn(3, 3, 32, 32)
+    plain = timm.create_model(f"local-dir:{tmp_path / 'last'}", pretrained=True)
+    torch.testing.assert_close(_logits(adapted, x), _logits(plain, x), rtol=0, atol=1e-5)
+    # ... and not the raw weights of the run's checkpoint
+    raw = load_file(next((tmp_path / "checkpoints").iterdir()) / "model.safetensors")
+    ema = load_file(tmp_path / "last" / "adapter" / "adapter_model.safetensors")
+    key = "blocks.0.attn.qkv.lora_B.weight"
+    assert not torch.equal(
+        ema[f"base_model.model.{key}"], raw[f"base_model.model.{key.replace('.weight', '.default.weight')}"]
+    )
