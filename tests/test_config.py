@@ -136,7 +136,7 @@ def test_recipe_prints_the_paper_values(name):
         "train_mode": "head",
         "lora_rank": 16,  # lora mode's settings, unused in head mode
         "lora_alpha": 16.0,
-        "lora_dropout": 0.1,
+        "lora_dropout": 0.0,
         "lora_targets": ["qkv", "q", "k", "v", "proj", "fc1", "fc2"],
         "drop_path_rate": paper.drop_path_rate,
         "head_init": "linear",  # exact mode: the official code's reset_classifier head

@@ -3,7 +3,7 @@
 Everything here launches the user's real command, `accelerate launch [--multi_gpu --num_processes 2]
 recipes/vit_l.py ...`, on CPU (gloo), with Mixup, CutMix, random erasing, drop path and shuffling on,
 in `full` mode so every weight moves; the SIGKILL and 1-vs-2-process guarantees also in `lora` mode (peft's
-adapters, their dropout drawn from the same keyed generators).
+adapters, with their dropout on: it draws from the same keyed generators).
 """
 
 import json
@@ -81,6 +81,7 @@ def command(source: Path, out: Path, processes: int, *extra: str, mode: str = "f
         "1",
         "--train.keep_checkpoints",
         "100",
+        *(("--model.lora_dropout", "0.1") if mode == "lora" else ()),  # draws from the keyed generators too
         *extra,
     ]
 
