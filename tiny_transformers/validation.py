@@ -209,20 +209,34 @@ def _validate_train(t: TrainConfig, num_processes: int) -> None:
 
 
 def _check_trackers(log_with: tuple[str, ...]) -> None:
-    """``train.log_with`` names trackers Accelerate knows (its own list, custom registered ones included)."""
-    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+    """``train.log_with`` names trackers Accelerate knows (custom registered ones included) and can start here:
+    Accelerate drops one whose package is missing without a word, and the run would log nothing."""
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
     from accelerate.utils import LoggerType
 
     if isinstance(log_with, str):  # a Python caller's "wandb" would be read as the trackers w, a, n, d and b
         raise ConfigError(
             f"train.log_with is a tuple of tracker names, not the text {log_with!r}; use ({log_with!r},)."
         )
-    known = [*LoggerType.list(), *(name for name in LOGGER_TYPE_TO_CLASS if name not in LoggerType.list())]
+    builtin = LoggerType.list()
+    known = [*builtin, *(name for name in LOGGER_TYPE_TO_CLASS if name not in builtin)]
     for name in log_with:
         if name not in known:
             raise ConfigError(
                 f"train.log_with '{name}' is not a tracker Accelerate knows; choose among {', '.join(known)}."
             )
+    installed = {str(tracker) for tracker in get_available_trackers()}
+    for name in log_with:
+        if name in builtin and name != "all" and name not in installed:  # the pip package is the tracker's name
+            raise ConfigError(
+                f"train.log_with {name} needs the {name} package, which this Python does not have; install it "
+                f"(pip install {name}) or leave {name} out of train.log_with."
+            )
+    if "all" in log_with and not installed:
+        raise ConfigError(
+            "train.log_with all finds no tracker installed in this Python; install one (pip install tensorboard) "
+            "or leave train.log_with empty."
+        )
 
 
 def _validate_across_sections(config: FinetuneConfig, cuda_available: bool | None) -> None:
