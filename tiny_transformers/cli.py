@@ -266,7 +266,7 @@ class EvaluateTrain:
     # the autocast to evaluate under; default: the one the weights record, so that the run's own numbers come
     # back (fp32 for an fp16 run on a machine without CUDA)
     mixed_precision: typing.Literal["bf16", "fp16", "no"] | None
-    eval_batch_size: int | None  # images per forward pass; default: train.micro_batch_size (64)
+    eval_batch_size: int | None  # images per forward pass; default: 64
     progress: bool  # a progress bar
 
 
@@ -281,9 +281,9 @@ class EvaluateArgs:
     output: str = PER_CLASS_FILE  # the per-class accuracy CSV (class_id, class_name, images, correct, top1)
 
 
-def _options_of(cls: type, config: FinetuneConfig, **own: typing.Any) -> typing.Any:
-    """The options ``cls`` of a command (sections that each offer some of the config's fields, beside the
-    command's ``own``) filled from ``config``, so that their defaults are the config's."""
+def _options_of(cls: type, config: FinetuneConfig) -> typing.Any:
+    """The options ``cls`` of a command (sections that each offer some of the config's fields, by the same names,
+    beside the command's own options, which keep their defaults) filled from ``config``: their defaults."""
     hints = typing.get_type_hints(cls)
     sections = [f.name for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name])]
     offered = {name: [f.name for f in dataclasses.fields(hints[name])] for name in sections}
@@ -291,8 +291,7 @@ def _options_of(cls: type, config: FinetuneConfig, **own: typing.Any) -> typing.
         **{
             name: hints[name](**{f: getattr(getattr(config, name), f) for f in fields})
             for name, fields in offered.items()
-        },
-        **own,
+        }
     )
 
 
