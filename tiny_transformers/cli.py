@@ -199,17 +199,17 @@ def run(
     args = sys.argv[1:] if args is None else list(args)
     if command is None:
         command = shlex.join(["accelerate", "launch", *sys.argv]) if sys.argv[0].endswith(".py") else None
-    config, show = parse_config(config, args, prog or sys.argv[0], description)
-    if show:
-        with _closed_pipe_ends_quietly():
+    with _closed_pipe_ends_quietly():  # `recipes/x.py --print-config | head` as the console script's commands
+        config, show = parse_config(config, args, prog or sys.argv[0], description)
+        if show:
             print(config.to_json())
-        return None
-    from .train import finetune
+            return None
+        from .train import finetune
 
-    try:
-        return finetune(config, command)
-    except TinyTransformersError as error:
-        _fail(error)
+        try:
+            return finetune(config, command)
+        except TinyTransformersError as error:
+            _fail(error)
 
 
 def _train(args: list[str]) -> None:
