@@ -35,7 +35,7 @@ from .checkpoint import (
 from .config import FinetuneConfig, flat_config
 from .data import DataBundle, DecodeTransform, collate, load_data, verify_images, worker_options
 from .engine import check_process_precision, cpu_threads_warnings, current_lr, eval_loader, evaluate, train_steps
-from .errors import CheckpointError, TinyTransformersError
+from .errors import CheckpointError, TrainingDiverged, TrainingInterrupted
 from .features import FeatureCache
 from .models import (
     build_model,
@@ -53,19 +53,6 @@ from .sampler import MicroBatchSampler
 from .stop import StopSignals
 from .validation import validate, world_size_from_env
 from .weights import build_teacher, save_for_timm
-
-
-class TrainingInterrupted(TinyTransformersError):
-    """SIGTERM/SIGINT arrived; a checkpoint was written and the message says how to resume. ``exit_status`` is
-    what the command line exits with."""
-
-    def __init__(self, message: str, exit_status: int = 143) -> None:
-        super().__init__(message)
-        self.exit_status = exit_status
-
-
-class TrainingDiverged(TinyTransformersError):
-    """The loss or the weights stopped being finite; nothing was exported and the last good checkpoint is kept."""
 
 
 @dataclass
