@@ -150,3 +150,26 @@ def test_probe_then_fine_tune_with_the_recipe_variant(probe, stanford_dir, tmp_p
     assert wrong.returncode != 0
     assert "error: model.head_from" in wrong.stderr and "is a head of test_vit" in wrong.stderr
     assert not (tmp_path / "wrong" / "metrics.jsonl").exists()
+
+
+def test_both_heads_of_a_distilled_deit_probe_are_taken(tmp_path):
+    """Distilled DeiT's probe trained head and head_dist: both replace the new ones, and nothing else changes."""
+    from tiny_transformers.weights import load_probe_head, save_for_timm
+
+    ids = [f"n{i:08d}" for i in range(5)]
+    config = ModelConfig(name="deit_tiny_distilled_patch16_224", pretrained=False, train_mode="head")
+    trained = build_model(config, len(ids), 32)
+    with torch.no_grad():
+        for module in (trained.head, trained.head_dist):
+            module.weight.normal_()
+    save_for_timm(trained, tmp_path / "export", ids, ids, 32, (0.5,) * 3, (0.5,) * 3)
+    torch.manual_seed(1)
+    fresh = build_model(replace(config, train_mode="full"), len(ids), 32)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    load_probe_head(fresh, tmp_path / "export", "deit_tiny_distilled_patch16_224", ids)
+    after, saved = fresh.state_dict(), trained.state_dict()
+    heads = {k for k in after if k.startswith(("head.", "head_dist."))}
+    assert heads == {"head.weight", "head.bias", "head_dist.weight", "head_dist.bias"}
+    assert all(torch.equal(after[k], saved[k]) for k in heads)
+    assert all(torch.equal(after[k], before[k]) for k in after if k not in heads)
+    assert not torch.equal(after["head_dist.weight"], before["head_dist.weight"])
