@@ -267,11 +267,12 @@ def test_a_sweep_prints_one_launch_line_per_combination(stanford_dir, tmp_path, 
         ("train.batch_size=4,abc", "'abc' is not a value of train.batch_size, which takes int."),
         ("model.pretrained=yes,maybe", "'maybe' is not a value of model.pretrained, which takes true or false."),
         ("train.batch_size", "--sweep 'train.batch_size' is not FIELD=V1,V2,..."),
+        ("train.epochs=1,2", "--train.epochs is swept by --sweep, which sets it for each row; give it in one place."),
     ],
 )
 def test_a_sweep_of_an_unknown_field_or_a_bad_value_is_one_sentence(sweep, sentence, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["ablate", "swin_l", "--sweep", sweep, "--root", str(tmp_path / "r")])
+        cli.main(["ablate", "swin_l", "--sweep", sweep, "--root", str(tmp_path / "r"), "--train.epochs", "3"])
     assert exit_info.value.code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("error: ") and sentence in line

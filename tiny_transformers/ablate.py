@@ -169,6 +169,8 @@ def check_overrides(options: Iterable[str], rows: Sequence[AblationRow]) -> None
                 "--train.output_dir is set for each row (<root>/<row>); give the ablation's folder with --root instead."
             )
         for row in rows:
+            if option in {f"--{name}" for name, _ in row.overrides} and row.name not in ALL_ROWS:
+                raise ConfigError(f"{option} is swept by --sweep, which sets it for each row; give it in one place.")
             if option in {f"--{name}" for name, _ in row.overrides}:
                 raise ConfigError(
                     f"{option} is what the ablation row {row.name} changes; leave it out, or select rows that do not "
