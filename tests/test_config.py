@@ -140,6 +140,7 @@ def test_recipe_prints_the_paper_values(name):
         "fast_attention": False,  # not default-on until a GPU measures it faster
         "backbone_dtype": "fp32",  # likewise (and the recipes' fp16 autocast and fp32 evaluation need fp32 weights)
         "teacher": None,
+        "head_from": None,  # a new head, as the official code's
     }
     assert printed["optim"]["name"] == "adamw" and printed["optim"]["lr"] == 1e-3
     assert printed["optim"]["weight_decay"] == 0.05

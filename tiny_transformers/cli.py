@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import io
 import json
 import os
 import shlex
@@ -22,9 +23,12 @@ from pathlib import Path
 import tyro
 
 from .config import FinetuneConfig, HubConfig, paper_config
-from .errors import TinyTransformersError, clean_message
+from .errors import ConfigError, TinyTransformersError, clean_message
 from .paper import PAPER_MODELS, paper_model_for
 from .rundir import PER_CLASS_FILE, RunDir, is_main_launch_process, json_line
+
+if typing.TYPE_CHECKING:
+    from .ablate import AblationRow
 
 USAGE = """usage: tiny-transformers COMMAND [--section.field VALUE ...]
 
@@ -40,6 +44,7 @@ commands:
                   --model.checkpoint <exported folder | run dir | hf-hub:owner/name> IMAGE_OR_FOLDER... [--json]
   ablate NAME     the paper's ablation rows of a paper model, one run each in --root/<row> (default
                   outputs/ablation/NAME): [--rows default no_mixup ...] [--grid] [--print-commands];
+                  or any fields' cross product: --sweep train.batch_size=32,64,128 [optim.lr=1e-3,5e-4];
                   ablate --report ROOT writes ROOT/ablation.md and ablation.png (docs/ablation.md)
 
 every config field is an option: --train.epochs 1 --data.source ./tiny-imagenet-200 --optim.lr 5e-4
@@ -477,12 +482,15 @@ class AblateArgs(FinetuneConfig):
     # rows to run: default randaugment_9 no_random_erasing no_mixup no_cutmix probe (all six)
     rows: tuple[str, ...] = ()
     grid: bool = False  # also the AdamW lr x weight-decay grid (rows lr3e-3_wd0.2 ... lr5e-4_wd0.01)
+    # FIELD=V1,V2,... words: one row per combination of the values, instead of the paper's six rows (with --rows or
+    # --grid: beside them); each value parsed as --FIELD VALUE would be
+    sweep: tuple[str, ...] = ()
     print_commands: bool = False  # print each row's `accelerate launch` command instead of training
     root: str | None = None  # the folder of the rows' runs; default outputs/ablation/NAME
     report: str | None = None  # write ablation.md and ablation.png of the ablation in this folder; never trains
 
 
-_ABLATE_OWN = {"--rows", "--grid", "--print_commands", "--root", "--report"}
+_ABLATE_OWN = {"--rows", "--grid", "--print_commands", "--root", "--report", "--sweep"}
 
 
 def _config_overrides(args: list[str]) -> list[str]:
@@ -492,12 +500,46 @@ def _config_overrides(args: list[str]) -> list[str]:
         word, i = args[i], i + 1
         if _option(word) not in _ABLATE_OWN:
             out.append(word)
-        elif "=" not in word and _option(word) == "--rows":
+        elif "=" not in word and _option(word) in ("--rows", "--sweep"):
             while i < len(args) and not args[i].startswith("-"):
-                i += 1  # --rows takes several names
+                i += 1  # --rows and --sweep take several words
         elif "=" not in word:
             i += 1  # the option's one value (a bare boolean was given "true" above)
     return out
+
+
+def _type_words(hint: object) -> str:
+    """A field's type as the user writes its values: ``one of 'no', 'bf16'``, ``true or false``, ``int``."""
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(repr(choice) for choice in typing.get_args(hint))
+    return "true or false" if hint is bool else getattr(hint, "__name__", str(hint).replace("typing.", ""))
+
+
+def row_config(base: FinetuneConfig, row: AblationRow, root: str | Path) -> FinetuneConfig:
+    """``base`` with an ablation row's fields set as ``--field value`` sets them (tyro, each field's own type) and
+    ``train.output_dir`` ``<root>/<row>``; a field that does not exist or a value its type refuses is one sentence.
+
+    >>> from tiny_transformers.ablate import ALL_ROWS
+    >>> config = row_config(paper_config("swin_l"), ALL_ROWS["lr3e-3_wd0.2"], "out")
+    >>> config.optim.lr, config.optim.weight_decay, config.train.output_dir
+    (0.003, 0.2, 'out/lr3e-3_wd0.2')
+    """
+    hints = {
+        f"{section}.{name}": hint
+        for section, cls in typing.get_type_hints(FinetuneConfig).items()
+        for name, hint in typing.get_type_hints(cls).items()
+    }
+    for name, value in row.overrides:
+        if name not in hints:
+            close = difflib.get_close_matches(name, list(hints), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"{name} is not a config field{hint}; the fields are listed in docs/config.md.")
+        try:  # tyro prints its own box and exits; the sentence below says the same in one line
+            with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+                parse_config(base, [f"--{name}", value])
+        except SystemExit:
+            raise ConfigError(f"'{value}' is not a value of {name}, which takes {_type_words(hints[name])}.") from None
+    return parse_config(base, [*row.args(), "--train.output_dir", str(Path(root) / row.name)])[0]
 
 
 def _ablate(args: list[str]) -> None:
@@ -507,18 +549,21 @@ def _ablate(args: list[str]) -> None:
         check_overrides,
         default_root,
         paper_model,
+        parse_sweep,
         run_ablation,
         select_rows,
+        sweep_rows,
         write_ablation_report,
+        write_manifest,
     )
 
     prog = "tiny-transformers ablate"
     name = args[0] if args and not args[0].startswith("-") else None
     rest = args[1:] if name else args
     if name is None and not any(_option(a) in ("--report", "--help", "-h") for a in rest):
-        print(f"usage: {prog} NAME [--rows ROW ...] [--grid] [--print-commands] [--root FOLDER] [--section.field "
-              f"VALUE ...]\n       {prog} --report ROOT\nNAME: {', '.join(PAPER_MODELS)} (or its timm name)",
-              file=sys.stderr)  # fmt: skip
+        print(f"usage: {prog} NAME [--rows ROW ...] [--grid] [--sweep FIELD=V1,V2 ...] [--print-commands] [--root "
+              f"FOLDER] [--section.field VALUE ...]\n       {prog} --report ROOT\nNAME: {', '.join(PAPER_MODELS)} (or "
+              "its timm name)", file=sys.stderr)  # fmt: skip
         sys.exit(2)
     try:
         paper = paper_model(name) if name else None
@@ -531,17 +576,22 @@ def _ablate(args: list[str]) -> None:
         if paper is None:
             raise TinyTransformersError(f"ablate needs a model before its options: {prog} swin_l [--rows ...].")
         overrides = _config_overrides(rest)
-        rows = select_rows(options.rows, options.grid)
+        sweep = parse_sweep(options.sweep)
+        paper_rows = select_rows(options.rows, options.grid) if options.rows or options.grid or not sweep else []
+        rows = paper_rows + sweep_rows(sweep)
         check_overrides([_option(a) for a in overrides if a.startswith("--")], rows)
         root = Path(options.root).expanduser() if options.root else default_root(paper.short_name)
+        runs = [(row, row_config(_config_of(options), row, root)) for row in rows]  # every value checked first
         if options.print_commands:
+            if sweep:  # the report of the printed runs lists the sweep's rows
+                write_manifest(root, paper.short_name, sweep)
             print("\n".join(ablation_commands(paper.short_name, rows, root, overrides)))
             return
     except TinyTransformersError as error:
         _fail(error)
-    config = _config_of(options)
+    command = shlex.join(["tiny-transformers", "ablate", *args])
     try:
-        failed = run_ablation(config, paper.short_name, rows, root, shlex.join(["tiny-transformers", "ablate", *args]))
+        failed = run_ablation(runs, paper.short_name, root, command, sweep)
     except TinyTransformersError as error:  # a stopped row too: its sentence and exit status
         _fail(error)
     if failed:

@@ -70,6 +70,10 @@ class ModelConfig:
     # a teacher for a model with a distillation head (distilled DeiT): a trained folder (e.g. outputs/swin_l/best),
     # a training checkpoint, hf-hub:owner/name or a timm name (its pretrained weights); None: no distillation
     teacher: str | None = None
+    # full mode's start from a probe (probe, then fine-tune): a head-mode run's folder (its best/) or an exported
+    # folder, whose classifier head(s) replace the new head; the backbone still comes from the pretrained weights
+    # (or model.checkpoint). None: a new head
+    head_from: str | None = None
 
 
 @dataclass

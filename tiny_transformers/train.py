@@ -52,7 +52,7 @@ from .rundir import EpochRecord, RunDir, RunLock, claim, ema_is_better, is_main_
 from .sampler import MicroBatchSampler
 from .stop import StopSignals
 from .validation import validate, world_size_from_env
-from .weights import build_teacher, save_for_timm
+from .weights import build_teacher, load_probe_head, save_for_timm
 
 
 @dataclass
@@ -299,6 +299,8 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
 
     set_seed(config.train.seed)  # the new head's initialisation, identical on every process
     model = build_model(config.model, data.num_classes, config.data.image_size)  # model.fast_attention's swap too
+    if config.model.head_from and resume_from is None:  # probe, then fine-tune (a resumed run's head is checkpointed)
+        load_probe_head(model, config.model.head_from, config.model.name, data.class_ids)
     speed_up_backbone(model, config)  # model.backbone_dtype bf16/fp8's cast and train.compile (full: the whole model)
     mean, std = normalization(model, config.data.normalization)
     features, cache_line = FeatureCache.for_run(config, model, len(data.train), plan.micro_batch_size)
