@@ -289,3 +289,18 @@ def test_every_error_class_is_importable_from_the_package():
     for name in ("ConfigError", "DataError", "ModelError", "CheckpointError", "PublishError", "TrainingInterrupted"):
         error = getattr(tiny_transformers, name)
         assert issubclass(error, tiny_transformers.TinyTransformersError) and name in tiny_transformers.__all__
+
+
+def test_path_fields_are_compared_as_the_folders_they_name(tmp_path, monkeypatch):
+    """data.source, model.checkpoint and model.head_from written as `probe/` or `./probe` are one run's config."""
+    from tiny_transformers.config import trajectory_differences
+
+    (tmp_path / "probe").mkdir()
+    monkeypatch.chdir(tmp_path)
+    saved = FinetuneConfig()
+    saved.data.source, saved.model.checkpoint, saved.model.head_from = "probe/", "probe/", "probe/"
+    current = FinetuneConfig.from_dict(saved.to_dict())
+    current.data.source, current.model.checkpoint, current.model.head_from = "./probe", "./probe", "./probe"
+    assert trajectory_differences(saved.to_dict(), current) == []
+    current.model.head_from = "elsewhere"
+    assert trajectory_differences(saved.to_dict(), current) == ["model.head_from"]

@@ -238,7 +238,7 @@ def _flatten(config: dict[str, Any]) -> dict[str, Any]:
     return {f"{section}.{key}": value for section, values in config.items() for key, value in values.items()}
 
 
-_PATH_FIELDS = ("data.source", "model.checkpoint")  # compared as the folders they name: data/x/ == data/x
+_PATH_FIELDS = ("data.source", "model.checkpoint", "model.head_from")  # compared as the folders they name
 
 
 def trajectory_differences(saved: dict[str, Any], current: FinetuneConfig) -> list[str]:
