@@ -317,7 +317,8 @@ def check_backbone_fp8(smoke: Smoke) -> str:
 def check_feature_cache(smoke: Smoke) -> str:
     """train.cache_features on against off, on the tiny recipe as a linear probe (the ablation's probe row: the
     evaluation's and the training's features cached): the same metrics and head weights, bitwise."""
-    from tiny_transformers.ablate import ALL_ROWS, row_config
+    from tiny_transformers.ablate import ALL_ROWS
+    from tiny_transformers.cli import row_config
 
     runs = {}
     for cached in (True, False):

@@ -101,10 +101,28 @@ def test_report_writes_the_table_and_the_chart(ablation, capsys):
         (line,) = [line for line in text.splitlines() if line.startswith(f"| {row} |")]
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         assert cells[3:5] == [f"{record['top1']:.2f}", f"{record['top5']:.2f}"] and cells[6] == "1"
-    assert "| default |" in text and "| 91.35 |" in text and "| 91.11 |" in text  # the paper's Swin-L numbers
     assert "no RandAugment" in text and "not started" in text  # the rows not run are listed as such
     with Image.open(root / "ablation.png") as chart:
         assert chart.size == CHART_SIZE
+
+
+def test_the_report_of_another_model_names_it_and_leaves_the_paper_out(ablation):
+    """The fixture ran Swin-L's recipe with `--model.name test_vit`: the report names test_vit (not "Swin-L/4"),
+    shows no paper number beside its rows, and its chart's bars start at 0 with no paper bar."""
+    from tiny_transformers.ablate import ablation_figure, ablation_model, read_row
+
+    root, _ = ablation
+    text = (root / "ablation.md").read_text()
+    assert text.splitlines()[0] == "# Ablation: test_vit, with the swin_l recipe"
+    assert "These runs trained test_vit, not the paper's Swin-L/4" in text and "Swin-L/4 (swin_l)" not in text
+    assert "91.35" not in text and "91.11" not in text
+    (line,) = [line for line in text.splitlines() if line.startswith("| no_mixup |")]
+    assert line.split("|")[6].strip() == "not compared"
+    results = [read_row(root, ABLATION_ROWS[row]) for row in ROWS]
+    figure = ablation_figure(results, ablation_model(root))
+    (axes,) = figure.axes
+    assert axes.get_xlim()[0] == 0 and "test_vit" in axes.get_title() and "Swin-L" not in axes.get_title()
+    assert [bar.get_width() for bar in axes.patches] == [result.top1 for result in results]  # ours only
 
 
 def test_an_unknown_row_is_one_sentence(tmp_path, capsys):
@@ -131,11 +149,11 @@ def test_the_probe_row_is_the_recipe_without_augmentation_or_drop_path(model, tm
     """`ablate MODEL --rows probe` resolves to the paper recipe with exactly the augmentation and drop path off (head
     only, the recipe's optimizer, schedule and label smoothing kept), and its printed launch line, parsed as the recipe
     file parses its arguments, gives that same config."""
-    from tiny_transformers.ablate import ALL_ROWS, row_config
+    from tiny_transformers.ablate import ALL_ROWS
     from tiny_transformers.config import paper_config
 
     recipe = paper_config(model)
-    probe = row_config(recipe, ALL_ROWS["probe"], tmp_path)
+    probe = cli.row_config(recipe, ALL_ROWS["probe"], tmp_path)
     old, new = (
         {f"{s}.{k}": v for s, values in c.to_dict().items() for k, v in values.items()} for c in (recipe, probe)
     )
@@ -177,10 +195,11 @@ def test_the_report_shows_the_probe_as_a_row_the_paper_has_not_and_what_augmenta
     from tiny_transformers.ablate import RowResult, ablation_markdown
     from tiny_transformers.paper import PAPER_MODELS
 
+    swin = "swin_large_patch4_window12_384"  # the paper's model itself: its numbers are shown
     results = [
-        RowResult(ABLATION_ROWS["default"], "finished", 30, 30, 91.5, 98.0),
+        RowResult(ABLATION_ROWS["default"], "finished", 30, 30, 91.5, 98.0, swin),
         RowResult(ABLATION_ROWS["no_mixup"], "not started"),
-        RowResult(ABLATION_ROWS["probe"], "finished", 30, 30, 89.25, 97.5),
+        RowResult(ABLATION_ROWS["probe"], "finished", 30, 30, 89.25, 97.5, swin),
     ]
     text = ablation_markdown(tmp_path, results, PAPER_MODELS["swin_l"])
     (probe,) = [line for line in text.splitlines() if line.startswith("| probe |")]
@@ -188,6 +207,7 @@ def test_the_report_shows_the_probe_as_a_row_the_paper_has_not_and_what_augmenta
     assert cells[2:] == ["none", "89.25", "97.50", "not in the paper", "30"]
     assert "augment.mixup_alpha 0, augment.cutmix_alpha 0" in cells[1]
     assert "| default | nothing: the paper recipe" in text and "| 91.35 | 30 |" in text
+    assert text.splitlines()[0] == "# Ablation: Swin-L/4 (swin_l)" and "not compared" not in text
     assert "What the paper's augmentation buys over a plain linear probe: +2.25 points top-1" in text
     unfinished = [results[0], RowResult(ABLATION_ROWS["probe"], "unfinished", 3, 30)]
     assert "buys" not in ablation_markdown(tmp_path, unfinished, PAPER_MODELS["swin_l"])
@@ -208,3 +228,105 @@ def test_the_probe_row_trains_head_only_without_augmentation(ablation, stanford_
     text = (root / "ablation.md").read_text()
     assert f"| {record['top1']:.2f} | {record['top5']:.2f} | not in the paper | 1 |" in text
     assert "What the paper's augmentation buys over a plain linear probe:" in text
+
+
+# --sweep: the cross product of any config fields' values as rows, reported like the paper's rows
+SWEEP = ["train.batch_size=4,8", "optim.lr=1e-3,5e-4"]
+SWEEP_ROWS = {"batch_size4_lr1e-3": (4, 1e-3), "batch_size4_lr5e-4": (4, 5e-4),
+              "batch_size8_lr1e-3": (8, 1e-3), "batch_size8_lr5e-4": (8, 5e-4)}  # fmt: skip
+
+
+def sweep_overrides(source) -> list[str]:
+    return [w for w in tiny_overrides(source) if w not in ("--train.batch_size", "8")]
+
+
+def test_a_sweep_prints_one_launch_line_per_combination(stanford_dir, tmp_path, capsys):
+    """`--sweep` with --print-commands: one line per combination of the values, in folders named after them; each
+    line parsed as its recipe parses it gives the value with the field's own type. The manifest is the only file."""
+    root = tmp_path / "sweep"
+    overrides = sweep_overrides(stanford_dir)
+    cli.main(["ablate", "swin_l", "--sweep", *SWEEP, "--print-commands", "--root", str(root), *overrides])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4
+    for line, (row, (batch, lr)) in zip(lines, SWEEP_ROWS.items()):
+        words = shlex.split(line)
+        assert words[:5] == ["accelerate", "launch", "recipes/swin_l.py", "--train.output_dir", str(root / row)]
+        config, _ = cli.parse_config(cli.paper_config("swin_l"), words[3:])
+        assert (config.train.batch_size, config.optim.lr, config.data.source) == (batch, lr, str(stanford_dir))
+    assert [p.name for p in root.iterdir()] == ["ablation.json"]
+    assert json.loads((root / "ablation.json").read_text())["sweep"] == {
+        "train.batch_size": ["4", "8"],
+        "optim.lr": ["1e-3", "5e-4"],
+    }
+
+
+@pytest.mark.parametrize(
+    "sweep, sentence",
+    [
+        ("train.batch_sizes=4,8", "train.batch_sizes is not a config field (did you mean train.batch_size?)"),
+        ("train.batch_size=4,abc", "'abc' is not a value of train.batch_size, which takes int."),
+        ("model.pretrained=yes,maybe", "'maybe' is not a value of model.pretrained, which takes true or false."),
+        ("train.batch_size", "--sweep 'train.batch_size' is not FIELD=V1,V2,..."),
+        ("train.epochs=1,2", "--train.epochs is swept by --sweep, which sets it for each row; give it in one place."),
+    ],
+)
+def test_a_sweep_of_an_unknown_field_or_a_bad_value_is_one_sentence(sweep, sentence, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["ablate", "swin_l", "--sweep", sweep, "--root", str(tmp_path / "r"), "--train.epochs", "3"])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: ") and sentence in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_swept_value_has_its_fields_type(tmp_path):
+    """Values are parsed as `--field value` is: 'no' is False for a boolean, '0' is 0.0 for a float."""
+    from tiny_transformers.ablate import parse_sweep, sweep_rows
+
+    (row,) = sweep_rows(parse_sweep(["model.pretrained=no", "augment.mixup_alpha=0"]))
+    config = cli.row_config(cli.paper_config("swin_l"), row, tmp_path)
+    assert row.name == "pretrainedno_mixup_alpha0"
+    assert (config.model.pretrained, config.augment.mixup_alpha) == (False, 0.0)
+    assert config.train.output_dir == str(tmp_path / row.name)
+
+
+@pytest.mark.slow
+def test_a_sweep_trains_each_combination_reports_them_and_skips_them_once_finished(stanford_dir, tmp_path, capsys):
+    """Two fields of two values on test_vit: four finished runs whose configs carry the values with their types, a
+    table of the swept values and scores in ablation.md (no paper rows), and a second run skips all four."""
+    root = tmp_path / "sweep"
+    args = ["ablate", "swin_l", "--sweep", *SWEEP, "--root", str(root), *sweep_overrides(stanford_dir)]
+    cli.main(args)
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted(SWEEP_ROWS)
+    text = (root / "ablation.md").read_text()
+    assert "| row | train.batch_size | optim.lr | top-1 (%) | top-5 (%) | epochs |" in text
+    assert "| default |" not in text and "91.35" not in text
+    for row, (batch, lr) in SWEEP_ROWS.items():
+        config = flat(root / row / "config.json")
+        assert (config["train.batch_size"], config["optim.lr"]) == (batch, lr)
+        record = json.loads((root / row / "metrics.jsonl").read_text().splitlines()[-1])
+        values = f"{batch} | {'1e-3' if lr == 1e-3 else '5e-4'}"
+        assert f"| {row} | {values} | {record['top1']:.2f} | {record['top5']:.2f} | 1 |" in text
+    with Image.open(root / "ablation.png") as chart:
+        assert chart.size == CHART_SIZE
+    before = {row: (root / row / "metrics.jsonl").read_text() for row in SWEEP_ROWS}
+    capsys.readouterr()
+    cli.main(args)
+    out = capsys.readouterr().out
+    assert out.count("skipped, already finished") == 4 and "training into" not in out
+    assert {row: (root / row / "metrics.jsonl").read_text() for row in SWEEP_ROWS} == before
+
+
+def test_the_documented_batch_size_sweep_gives_three_valid_runs(tmp_path, capsys):
+    """docs/ablation.md's command for the seed report's table: three launch lines, each a config validate() accepts."""
+    from tiny_transformers.validation import validate
+
+    root = tmp_path / "deit"
+    sweep = ["--sweep", "train.batch_size=32,64,128", "--train.micro_batch_size", "32"]
+    cli.main(["ablate", "deit_b_distilled", *sweep, "--print-commands", "--root", str(root)])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [shlex.split(line)[4] for line in lines] == [str(root / f"batch_size{b}") for b in (32, 64, 128)]
+    for line, batch in zip(lines, (32, 64, 128)):
+        config, _ = cli.parse_config(cli.paper_config("deit_b_distilled"), shlex.split(line)[3:])
+        assert (config.train.batch_size, config.train.micro_batch_size) == (batch, 32)
+        validate(config, num_processes=1, cuda_available=True)

@@ -207,6 +207,17 @@ def test_fp32_evaluation_is_fp32_and_changes_no_trained_weight(stanford_dir, tmp
         last = run.history[-1]
         assert (scored["loss"], scored["top1"], scored["top5"]) == (last["eval_loss"], last["top1"], last["top5"])
     assert exact.history[-1]["eval_loss"] != fast.history[-1]["eval_loss"]  # bf16 rounding moved it
+    # this process now runs bf16 and the config says bf16, but the exact run recorded an fp32 evaluation: the
+    # refusal names where each precision came from and the keyword that changes it
+    config.model = dataclasses.replace(config.model, checkpoint=str(exact.output_dir / "last"))
+    with pytest.raises(ConfigError) as refused:
+        evaluate_checkpoint(config)
+    assert str(refused.value) == (
+        f"The precision 'no' recorded with model.checkpoint '{exact.output_dir / 'last'}' (its run evaluated in fp32) "
+        "differs from the 'bf16' this Python process already runs with, and Accelerate fixes it once per process; "
+        "pass mixed_precision='bf16' to evaluate_checkpoint, or run this in a new process (e.g. restart the notebook "
+        "kernel)."
+    )
 
 
 def test_a_larger_evaluation_batch_scores_the_same(stanford_dir, tmp_path, bf16_process):

@@ -4,7 +4,12 @@ benchmark command's pointer to the repository; `predict --json` end to end."""
 import dataclasses
 import functools
 import json
+import re
+import subprocess
+import sys
+import types
 import typing
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,11 +35,16 @@ def parse_train(args):
 
 
 def parse_evaluate(args):
-    return cli._parse(cli.EvaluateArgs, None, args, "tiny-transformers evaluate")
+    default = cli._options_of(cli.EvaluateArgs, FinetuneConfig())
+    return cli._parse(cli.EvaluateArgs, default, args, "tiny-transformers evaluate")
 
 
-def parse_publish(args):
-    return cli._publish_args("export", ["no-such-run", *args])[1]
+def parse_publish(command):
+    def parse(args):
+        _, hub, to = cli._publish_args(command, ["no-such-run", *args])
+        return types.SimpleNamespace(hub=hub, to=to)
+
+    return parse
 
 
 def parse_predict(args):
@@ -46,14 +56,14 @@ def parse_predict(args):
 PARSERS = {
     "train": (parse_train, FinetuneConfig),
     "evaluate": (parse_evaluate, cli.EvaluateArgs),
-    "export": (parse_publish, cli.PublishArgs),
-    "push": (parse_publish, cli.PublishArgs),
+    "export": (parse_publish("export"), cli.ExportArgs),
+    "push": (parse_publish("push"), cli.PushArgs),
     "predict": (parse_predict, cli.PredictArgs),
     "ablate": (lambda args: cli._parse(cli.AblateArgs, None, args, "ablate"), cli.AblateArgs),
 }
 OTHER = {
     "train": "--train.seed",
-    "evaluate": "--train.seed",
+    "evaluate": "--data.num_workers",
     "export": "--to",
     "push": "--to",
     "predict": "--top_k",
@@ -64,10 +74,10 @@ CASES = [(command, option) for command, (_, cls) in PARSERS.items() for option i
 
 def test_every_command_is_covered():
     assert set(PARSERS) == set(cli.COMMANDS) - {"benchmark"}
-    # the config's booleans under train, evaluate and ablate; HubConfig's 2 under export and push; predict --json;
-    # ablate's --grid and --print-commands
+    # the config's booleans under train and ablate; evaluate's data.skip_corrupt and train.progress; none under
+    # export; push's hub.private; predict --json; ablate's --grid and --print-commands
     config = len(bool_options(FinetuneConfig))
-    assert config >= 13 and len(CASES) == config + config + 2 + 2 + 1 + config + 2
+    assert config >= 13 and len(CASES) == config + 2 + 0 + 1 + 1 + config + 2
 
 
 @pytest.mark.parametrize("command,option", CASES)
@@ -85,6 +95,9 @@ def test_every_boolean_works_bare_and_with_a_value(command, option):
     assert value([option, "false"]) is False
     assert value([option, "OFF"]) is False and value([f"{option}=yes"]) is True
     assert value([option, OTHER[command], "3"]) is True  # followed by another option
+    prefix, dot, name = option[2:].rpartition(".")
+    negated = f"--{prefix}{dot}no-{name.replace('_', '-')}"  # tyro's flag style: --model.no-pretrained
+    assert value([negated]) is False and value([negated, OTHER[command], "3"]) is False
 
 
 def test_a_bare_boolean_is_not_given_the_next_word_as_a_value(capsys):
@@ -106,23 +119,90 @@ def test_evaluate_parses_output_with_the_config_in_one_call():
 
 
 def test_evaluate_prints_the_config_without_output(capsys):
-    cli.main(["evaluate", "--model.checkpoint", "run/export", "--output", "x.csv", "--hub.push", "--print-config"])
+    args = ["--model.checkpoint", "run/export", "--output", "x.csv", "--data.max_eval_samples", "5", "--print-config"]
+    cli.main(["evaluate", *args])
     printed = json.loads(capsys.readouterr().out)
-    assert printed["model"]["checkpoint"] == "run/export" and printed["hub"]["push"] is True
+    assert printed["model"]["checkpoint"] == "run/export" and printed["data"]["max_eval_samples"] == 5
     assert FinetuneConfig.from_dict(printed).model.checkpoint == "run/export"  # no "output" in the config
 
 
-def test_help_lists_every_field_with_its_comment(capsys, monkeypatch):
-    monkeypatch.setenv("COLUMNS", "200")
+def help_text(capsys, *args: str) -> str:
+    """What ``tiny-transformers ARGS --help`` prints; it must exit 0."""
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["evaluate", "--help"])
+        cli.main([*args, "--help"])
     assert exit_info.value.code == 0
-    text = capsys.readouterr().out
+    return capsys.readouterr().out
+
+
+def test_train_help_without_a_model_lists_every_field_with_its_comment(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    text = help_text(capsys, "train")
+    assert text.startswith("usage: tiny-transformers train NAME ")
     config = FinetuneConfig()
     for section in dataclasses.fields(config):
         for field in dataclasses.fields(getattr(config, section.name)):
             assert f"--{section.name}.{field.name}" in text
-    assert "--output" in text and "passes over the training split" in text and "[{true,false}]" in text
+    assert "passes over the training split" in text and "[{true,false}]" in text
+    assert "tiny-transformers train NAME --help" in text  # where a recipe's own defaults are shown
+
+
+def offered(text: str) -> set[str]:
+    return set(re.findall(r"(--[a-z_]+(?:\.[a-z_]+)?) ", text)) - {"--help"}
+
+
+def test_evaluate_export_and_push_offer_only_the_options_that_act_there(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    evaluate = {"--model.checkpoint", "--data.source", "--data.max_eval_samples", "--data.skip_corrupt",
+                "--data.num_workers", "--data.native_size", "--train.mixed_precision", "--train.eval_batch_size",
+                "--train.progress", "--output"}  # fmt: skip
+    assert offered(help_text(capsys, "evaluate")) == evaluate
+    export = {"--hub.model_id", "--hub.weights", "--hub.license", "--to"}
+    assert offered(help_text(capsys, "export")) == export
+    assert offered(help_text(capsys, "push")) == export | {"--hub.private", "--hub.strategy"}
+    # each one is the config field of that name, of the same type
+    for cls in (cli.EvaluateArgs, cli.PushArgs):
+        for section, hint in typing.get_type_hints(cls).items():
+            if dataclasses.is_dataclass(hint):
+                config = typing.get_type_hints(type(getattr(FinetuneConfig(), section)))
+                for name, kind in typing.get_type_hints(hint).items():
+                    assert kind == config[name] or (section, name) == ("train", "mixed_precision"), (section, name)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["evaluate", "--model.checkpoint", "run/best", "--train.epochs", "3"])
+    assert exit_info.value.code == 2
+    said = capsys.readouterr()
+    assert "Unrecognized options: --train.epochs" in said.out + said.err
+    assert "run tiny-transformers evaluate --help" in said.out + said.err
+
+
+def test_help_and_error_footers_name_the_command_as_typed(capsys, monkeypatch):
+    """No interpreter path, no reStructuredText or doctest at the top; a typo's footer names the --help that lists
+    the fields."""
+    monkeypatch.setenv("COLUMNS", "200")
+    for args in (["train"], ["train", "swin_l"], ["evaluate"], ["export"], ["push"], ["predict"], ["ablate", "vit_l"]):
+        text = help_text(capsys, *args)
+        assert text.startswith(f"usage: tiny-transformers {args[0]} "), text[:80]
+        assert "``" not in text and ">>>" not in text, args
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "swin_l", "--train.epoch", "3"])
+    assert exit_info.value.code == 2
+    said = capsys.readouterr()
+    assert (
+        "--train.epochs" in said.out + said.err and "run tiny-transformers train swin_l --help" in said.out + said.err
+    )
+
+
+@pytest.mark.slow
+def test_a_reader_that_leaves_early_ends_the_command_quietly(tmp_path):
+    """`tiny-transformers train swin_l --print-config | head` and a recipe's: status 141 (SIGPIPE's), no traceback."""
+    root = Path(__file__).resolve().parents[1]
+    for command in (
+        [sys.executable, "-m", "tiny_transformers.cli", "train", "swin_l", "--print-config"],
+        [sys.executable, "recipes/swin_l.py", "--print-config"],
+    ):
+        process = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        process.stdout.close()  # the reader left before the first line
+        stderr = process.stderr.read()
+        assert process.wait(timeout=60) == 141 and stderr == "", (command, stderr)
 
 
 def test_benchmark_points_at_the_repository(capsys):

@@ -144,6 +144,7 @@ def test_recipe_prints_the_paper_values(name):
         "fast_attention": False,  # not default-on until a GPU measures it faster
         "backbone_dtype": "fp32",  # likewise (and the recipes' fp16 autocast and fp32 evaluation need fp32 weights)
         "teacher": None,
+        "head_from": None,  # a new head, as the official code's
     }
     assert printed["optim"]["name"] == "adamw" and printed["optim"]["lr"] == 1e-3
     assert printed["optim"]["weight_decay"] == 0.05
@@ -229,3 +230,81 @@ def test_a_non_finite_learning_rate_from_the_command_line_is_one_sentence(value)
 def test_an_empty_output_dir_is_refused():
     with pytest.raises(ConfigError, match="train.output_dir is empty"):
         validate(FinetuneConfig(train=TrainConfig(mixed_precision="no", output_dir=" ")), num_processes=1)
+
+
+def literal_fields() -> list[tuple[str, str, tuple]]:
+    """(section, field, choices) for every config field typed ``Literal[...]``, found from the dataclasses."""
+    import typing
+
+    found = []
+    for section in dataclasses.fields(FinetuneConfig):
+        for name, hint in typing.get_type_hints(section.default_factory).items():
+            if typing.get_origin(hint) is typing.Literal:
+                found.append((section.name, name, typing.get_args(hint)))
+    return found
+
+
+@pytest.mark.parametrize(("section", "name", "choices"), literal_fields())
+def test_every_choice_field_is_checked_for_python_callers(section, name, choices):
+    config = FinetuneConfig(train=TrainConfig(mixed_precision="no"))
+    setattr(getattr(config, section), name, "nonsense")
+    listed = ", ".join(repr(choice) for choice in choices)
+    with pytest.raises(ConfigError, match=rf"^{section}\.{name} 'nonsense' is not one of {listed}; set one of those"):
+        validate(config, num_processes=1)
+
+
+def test_finetune_from_python_refuses_a_bad_precision_or_tracker_before_anything(tmp_path):
+    from tiny_transformers import finetune
+
+    config = FinetuneConfig(train=TrainConfig(output_dir=str(tmp_path / "out"), mixed_precision="fp32"))
+    with pytest.raises(ConfigError) as refused:
+        finetune(config)
+    assert str(refused.value) == (
+        "train.mixed_precision 'fp32' is not one of 'bf16', 'fp16', 'no'; set one of those ('no' is full fp32)."
+    )
+    config.train.mixed_precision, config.train.log_with = "no", ("nonsense",)
+    with pytest.raises(ConfigError, match="^train.log_with 'nonsense' is not a tracker Accelerate knows; choose among"):
+        finetune(config)
+    config.train.log_with = "tensorboard"  # a string, not a tuple
+    with pytest.raises(ConfigError, match=r"^train.log_with is a tuple of tracker names.*use \('tensorboard',\)\.$"):
+        finetune(config)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unknown_tracker_on_the_command_line_is_one_sentence(tmp_path, capsys):
+    from tiny_transformers import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "test_vit", "--train.log_with", "nonsense", "--train.output_dir", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert (
+        capsys.readouterr()
+        .err.splitlines()[-1]
+        .startswith("error: train.log_with 'nonsense' is not a tracker Accelerate knows; choose among all, ")
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_error_class_is_importable_from_the_package():
+    import tiny_transformers
+    from tiny_transformers import errors, train
+
+    assert tiny_transformers.TrainingDiverged is train.TrainingDiverged is errors.TrainingDiverged
+    for name in ("ConfigError", "DataError", "ModelError", "CheckpointError", "PublishError", "TrainingInterrupted"):
+        error = getattr(tiny_transformers, name)
+        assert issubclass(error, tiny_transformers.TinyTransformersError) and name in tiny_transformers.__all__
+
+
+def test_path_fields_are_compared_as_the_folders_they_name(tmp_path, monkeypatch):
+    """data.source, model.checkpoint and model.head_from written as `probe/` or `./probe` are one run's config."""
+    from tiny_transformers.config import trajectory_differences
+
+    (tmp_path / "probe").mkdir()
+    monkeypatch.chdir(tmp_path)
+    saved = FinetuneConfig()
+    saved.data.source, saved.model.checkpoint, saved.model.head_from = "probe/", "probe/", "probe/"
+    current = FinetuneConfig.from_dict(saved.to_dict())
+    current.data.source, current.model.checkpoint, current.model.head_from = "./probe", "./probe", "./probe"
+    assert trajectory_differences(saved.to_dict(), current) == []
+    current.model.head_from = "elsewhere"
+    assert trajectory_differences(saved.to_dict(), current) == ["model.head_from"]

@@ -117,6 +117,7 @@ def test_lora_without_peft_names_the_install_command(monkeypatch):
         ({"lora_alpha": -1.0}, "model.lora_alpha must be positive, got -1.0."),
         ({"lora_dropout": 1.5}, "model.lora_dropout is a probability and must lie in [0, 1], got 1.5."),
         ({"lora_targets": ()}, "model.lora_targets is empty;"),
+        ({"head_from": "outputs/vit_l"}, "model.head_from starts full fine-tuning from a probe's head"),
     ],
 )
 def test_bad_lora_settings_are_one_sentence(fields, expected):

@@ -206,6 +206,9 @@ def test_a_process_that_exits_with_its_loader_workers_running_ends_them(stanford
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=ENV)
     assert done.returncode == 0, done.stderr[-2000:]
+    # ended with status 0 as torch's own workers are, else the SIGCHLD check raises "DataLoader worker ... exited
+    # unexpectedly" in the exiting process (a fresh-clone CI run once printed it before a stop checkpoint)
+    assert "DataLoader worker" not in done.stderr, done.stderr[-2000:]
     pids = [int(pid) for pid in done.stdout.split()[:2]]
     assert done.stdout.split()[2] == "exiting"
     assert not [pid for pid in pids if tree(pid)]

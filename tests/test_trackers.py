@@ -47,3 +47,22 @@ def test_a_killed_and_resumed_run_logs_each_step_once(data, tmp_path):  # noqa: 
     for tag in ("top1", "lr", "train_loss"):
         assert scalars(logs, tag) == [STEPS_PER_EPOCH, steps], tag
     assert json.loads((out / "trackers.json").read_text())["wandb_id"]  # kept for W&B to resume the same run
+
+
+def test_a_tracker_that_is_not_installed_is_refused_before_training(tmp_path, capsys):
+    """Accelerate drops a tracker whose package is missing without a word: the run would log nothing."""
+    import importlib.util
+
+    from tiny_transformers import cli
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "test_vit", "--train.log_with", "tensorboard", "wandb", "--train.output_dir", str(out)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: train.log_with wandb needs the wandb package, which this Python does not have; install it "
+        "(pip install wandb) or leave wandb out of train.log_with."
+    )
+    assert not out.exists()  # no trackers.json with a wandb_id, nothing trained

@@ -16,20 +16,36 @@ from .config import (
     TrainConfig,
     paper_config,
 )
-from .errors import TinyTransformersError
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    ModelError,
+    PublishError,
+    TinyTransformersError,
+    TrainingDiverged,
+    TrainingInterrupted,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AugmentConfig",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
     "DataConfig",
     "FinetuneConfig",
     "FinetuneResult",
     "HubConfig",
     "ModelConfig",
+    "ModelError",
     "OptimConfig",
+    "PublishError",
     "TinyTransformersError",
     "TrainConfig",
+    "TrainingDiverged",
+    "TrainingInterrupted",
     "evaluate_checkpoint",
     "finetune",
     "paper_config",

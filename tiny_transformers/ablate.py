@@ -14,8 +14,9 @@ Files of the root (beside the row folders): ``ablation.json`` (which paper model
 
 from __future__ import annotations
 
-import copy
+import itertools
 import json
+import re
 import shlex
 import signal
 import sys
@@ -29,7 +30,7 @@ from .paper import PAPER_MODELS, PaperModel, paper_model_for
 from .rundir import RunDir, RunSummary
 from .runfiles import read_json, write_atomic, writing
 
-MANIFEST_FILE = "ablation.json"  # {"model": short name}: the paper model whose rows the root holds
+MANIFEST_FILE = "ablation.json"  # {"model": short name, "sweep": {field: [values]}}: what the root holds
 _MANIFEST_FIX = "delete it: the report then takes the model from the rows' config.json, and ablate writes it anew"
 REPORT_FILE = "ablation.md"
 CHART_FILE = "ablation.png"
@@ -168,6 +169,8 @@ def check_overrides(options: Iterable[str], rows: Sequence[AblationRow]) -> None
                 "--train.output_dir is set for each row (<root>/<row>); give the ablation's folder with --root instead."
             )
         for row in rows:
+            if option in {f"--{name}" for name, _ in row.overrides} and row.name not in ALL_ROWS:
+                raise ConfigError(f"{option} is swept by --sweep, which sets it for each row; give it in one place.")
             if option in {f"--{name}" for name, _ in row.overrides}:
                 raise ConfigError(
                     f"{option} is what the ablation row {row.name} changes; leave it out, or select rows that do not "
@@ -175,21 +178,55 @@ def check_overrides(options: Iterable[str], rows: Sequence[AblationRow]) -> None
                 )
 
 
-def row_config(base: FinetuneConfig, row: AblationRow, root: str | Path) -> FinetuneConfig:
-    """``base`` with the row's fields changed and ``train.output_dir`` set to ``<root>/<row>``.
+def parse_sweep(specs: Sequence[str]) -> list[tuple[str, tuple[str, ...]]]:
+    """Split ``--sweep FIELD=V1,V2,...`` words into (field, values); the values stay text, which the command line
+    then parses with each field's own type. A malformed word is refused in one sentence.
 
-    >>> from tiny_transformers.config import paper_config
-    >>> config = row_config(paper_config("swin_l"), ALL_ROWS["lr3e-3_wd0.2"], "out")
-    >>> config.optim.lr, config.optim.weight_decay, config.train.output_dir
-    (0.003, 0.2, 'out/lr3e-3_wd0.2')
+    >>> parse_sweep(["train.batch_size=32,64", "optim.lr=1e-3"])
+    [('train.batch_size', ('32', '64')), ('optim.lr', ('1e-3',))]
     """
-    config = copy.deepcopy(base)
-    for name, value in row.overrides:
-        section, field = name.split(".")
-        part = getattr(config, section)
-        setattr(part, field, type(getattr(part, field))(value))  # "9" -> 9 for an int field, "0" -> 0.0 for a float
-    config.train.output_dir = str(Path(root) / row.name)
-    return config
+    sweep: dict[str, tuple[str, ...]] = {}
+    for spec in specs:
+        field, _, text = spec.partition("=")
+        values = tuple(text.split(","))
+        if not field or "." not in field or "" in values:
+            raise ConfigError(f"--sweep '{spec}' is not FIELD=V1,V2,...; write it as train.batch_size=32,64,128.")
+        if field == "train.output_dir":
+            raise ConfigError("--sweep train.output_dir: each row has its own folder (<root>/<row>); use --root.")
+        if field in sweep or len(set(values)) < len(values):
+            raise ConfigError(f"--sweep gives {field} or one of its values twice ({spec}); give each once.")
+        sweep[field] = values
+    return list(sweep.items())
+
+
+def sweep_rows(sweep: Sequence[tuple[str, Sequence[str]]]) -> list[AblationRow]:
+    """The cross product of the swept values, one row each, named after its values (the field's last part).
+
+    >>> [row.name for row in sweep_rows([("train.batch_size", ("32", "64")), ("optim.lr", ("1e-3",))])]
+    ['batch_size32_lr1e-3', 'batch_size64_lr1e-3']
+    """
+    if not sweep:
+        return []  # (the product of no values would be one row changing nothing)
+    fields = [field for field, _ in sweep]
+    short = [field.rsplit(".", 1)[-1] for field in fields]
+    labels = short if len(set(short)) == len(short) else [field.replace(".", "-") for field in fields]
+    rows = [
+        AblationRow(
+            "_".join(label + re.sub(r"[^A-Za-z0-9.+-]", "-", value) for label, value in zip(labels, values)),
+            tuple(zip(fields, values)),
+            None,
+            None,
+        )
+        for values in itertools.product(*(values for _, values in sweep))
+    ]
+    names = [row.name for row in rows]
+    clash = sorted({name for name in names if names.count(name) > 1 or name in ALL_ROWS})
+    if clash:
+        raise ConfigError(
+            f"--sweep values give two rows (or a row and a paper row) the folder name {clash[0]}; sweep them into "
+            "another --root."
+        )
+    return rows
 
 
 def is_finished(folder: RunDir, epochs: int) -> bool:
@@ -217,29 +254,51 @@ def ablation_commands(
     ]
 
 
+def write_manifest(root: Path, model: str, sweep: Sequence[tuple[str, Sequence[str]]] = ()) -> None:
+    """Record in ``root/ablation.json`` the paper model and the latest ``--sweep`` (kept when this run has none),
+    which the report lists as rows even before they start."""
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        old = read_manifest(root)
+    except TinyTransformersError:  # a damaged one is written anew, as its fix says
+        old = {}
+    sweep_map = {field: list(values) for field, values in sweep} or old.get("sweep", {})
+    write_atomic(root / MANIFEST_FILE, json.dumps({"model": model, "sweep": sweep_map}))
+
+
+def read_manifest(root: Path) -> dict:
+    """``root/ablation.json`` as written by :func:`write_manifest`; empty when there is none."""
+    manifest = root / MANIFEST_FILE
+    data = read_json(manifest, fix=_MANIFEST_FIX) if manifest.is_file() else {}
+    return data if isinstance(data, dict) else {}
+
+
 def run_ablation(
-    base: FinetuneConfig, model: str, rows: Sequence[AblationRow], root: str | Path, command: str | None = None
+    runs: Sequence[tuple[AblationRow, FinetuneConfig]],
+    model: str,
+    root: str | Path,
+    command: str | None = None,
+    sweep: Sequence[tuple[str, Sequence[str]]] = (),
 ) -> list[tuple[str, str]]:
-    """Train each row in turn (a finished one is skipped, an interrupted one resumes); returns the failed rows.
+    """Train each row's config in turn (a finished one is skipped, an interrupted one resumes); returns the failed
+    rows. ``sweep`` (the ``--sweep`` fields and values) is recorded for the report.
 
     A row that fails with a :class:`TinyTransformersError` is reported with its name and the next row starts; a
     stop signal (``TrainingInterrupted``) ends the whole ablation. The report is written at the end.
 
-    >>> run_ablation(paper_config("swin_l"), "swin_l", select_rows(), "outputs/ablation/swin_l")  # doctest: +SKIP
+    >>> run_ablation([(row, cli.row_config(base, row, root)) for row in rows], "swin_l", root)  # doctest: +SKIP
     [('no_mixup', 'data.source ... does not exist; ...')]
     """
     from .stop import StopSignals
     from .train import TrainingInterrupted, finetune
 
-    root = Path(root)
+    root, rows = Path(root), [row for row, _ in runs]
     short = paper_model(model).short_name
     print(f"ablation of {short}: {len(rows)} row(s) into {root}: {', '.join(row.name for row in rows)}", flush=True)
-    root.mkdir(parents=True, exist_ok=True)
-    write_atomic(root / MANIFEST_FILE, json.dumps({"model": short}))
+    write_manifest(root, short, sweep)
     failed: list[tuple[str, str]] = []
     with StopSignals() as stop:  # a signal between rows (a row's own run handles those during it)
-        for index, row in enumerate(rows, 1):
-            config = row_config(base, row, root)
+        for index, (row, config) in enumerate(runs, 1):
             folder, step = RunDir(root / row.name), f"[{index}/{len(rows)}] {row.name}"
             if stop.received:
                 raise TrainingInterrupted(
@@ -282,6 +341,7 @@ class RowResult:
     epochs: int | None = None
     top1: float | None = None  # the final epoch's, as last/ holds it (the EMA's with an EMA)
     top5: float | None = None
+    model: str | None = None  # the model.name the run trained (None: not started)
 
 
 def read_row(root: Path, row: AblationRow) -> RowResult:
@@ -291,17 +351,17 @@ def read_row(root: Path, row: AblationRow) -> RowResult:
         return RowResult(row, "not started")
     config = folder.read_config()
     history = folder.read_metrics() if folder.metrics.is_file() else []
+    name = config.model.name
     if not is_finished(folder, config.train.epochs):
-        return RowResult(row, "unfinished", len(history), config.train.epochs)
+        return RowResult(row, "unfinished", len(history), config.train.epochs, model=name)
     final = RunSummary(folder.root, config, history, [], []).record_for("last")
-    return RowResult(row, "finished", len(history), config.train.epochs, final["top1"], final["top5"])
+    return RowResult(row, "finished", len(history), config.train.epochs, final["top1"], final["top5"], name)
 
 
 def ablation_model(root: Path) -> PaperModel | None:
     """The paper model of the ablation in ``root``: as the runner recorded it, else the model its runs trained."""
-    manifest = root / MANIFEST_FILE
-    if manifest.is_file():
-        model = read_json(manifest, fix=_MANIFEST_FIX).get("model")
+    if (root / MANIFEST_FILE).is_file():
+        model = read_manifest(root).get("model")
         return paper_model_for(model if isinstance(model, str) else "")
     for row in ALL_ROWS:
         if RunDir(root / row).config.is_file():
@@ -309,16 +369,63 @@ def ablation_model(root: Path) -> PaperModel | None:
     return None
 
 
+def compared_with_paper(results: Sequence[RowResult], model: PaperModel | None) -> bool:
+    """Whether the paper's numbers belong beside these rows: every started row trained the paper's model itself (a
+    recipe run with another ``--model.name``, say ``test_vit``, is not that model).
+
+    >>> swin, row = paper_model("swin_l"), ABLATION_ROWS["default"]
+    >>> compared_with_paper([RowResult(row, "finished", model="swin_large_patch4_window12_384")], swin)
+    True
+    >>> compared_with_paper([RowResult(row, "finished", model="test_vit")], swin)
+    False
+    """
+    return model is not None and all(paper_model_for(r.model) == model for r in results if r.model is not None)
+
+
+def _title(results: Sequence[RowResult], model: PaperModel | None) -> str:
+    """The model the rows trained, in words: the paper's title when it is the paper's model."""
+    if compared_with_paper(results, model):
+        return f"{model.title} ({model.short_name})"
+    trained = ", ".join(sorted({r.model for r in results if r.model is not None})) or "unknown model"
+    return f"{trained}, with the {model.short_name} recipe" if model else trained
+
+
 def _number(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
-def ablation_markdown(root: Path, results: Sequence[RowResult], model: PaperModel | None) -> str:
-    """The text of ``ablation.md``: one table row per ablation row, and the lr x wd grid when it was run."""
-    swin = model is not None and model.short_name == "swin_l"
-    title = f"{model.title} ({model.short_name})" if model else "unknown model"
+def _epochs(result: RowResult) -> str:
+    if result.status == "finished":
+        return str(result.epochs_done)
+    if result.status == "unfinished":
+        return f"{result.epochs_done} of {result.epochs} (unfinished)"
+    return "not started"
+
+
+def ablation_markdown(
+    root: Path, results: Sequence[RowResult], model: PaperModel | None, sweep: Sequence[RowResult] = ()
+) -> str:
+    """The text of ``ablation.md``: the paper's rows that were run (with the lr x wd grid) and the ``--sweep`` rows,
+    one table each; the paper's numbers only beside runs of the paper's own model."""
+    compare = compared_with_paper([*results, *sweep], model)
+    swin = compare and model.short_name == "swin_l"
+    lines = [f"# Ablation: {_title([*results, *sweep], model)}"]
+    if not compare and model is not None:
+        lines += [
+            "",
+            f"These runs trained {_title([*results, *sweep], None)}, not the paper's {model.title}: the paper's "
+            "numbers are not shown beside them.",
+        ]
+    if results:
+        lines += _paper_table(root, results, swin, compare)
+    if sweep:
+        lines += _sweep_table(root, sweep)
+    lines += ["", f"![final top-1 per row]({CHART_FILE})", ""]
+    return "\n".join(lines)
+
+
+def _paper_table(root: Path, results: Sequence[RowResult], swin: bool, compare: bool) -> list[str]:
     lines = [
-        f"# The paper's ablation: {title}",
         "",
         f"Runs under `{root}`, one folder per row; top-1/top-5 are the final epoch's (the weights in `last/`), on "
         "the eval split each run used. The paper's numbers are Swin-L top-1 on the Tiny ImageNet validation set "
@@ -335,15 +442,11 @@ def ablation_markdown(root: Path, results: Sequence[RowResult], model: PaperMode
         paper = _number(row.swin_l_top1) if swin and row.swin_l_top1 is not None else "not reported"
         if row.paper_row is None:
             paper = "not in the paper"
-        if result.status == "finished":
-            epochs = str(result.epochs_done)
-        elif result.status == "unfinished":
-            epochs = f"{result.epochs_done} of {result.epochs} (unfinished)"
-        else:
-            epochs = "not started"
+        elif not compare:
+            paper = "not compared"
         lines.append(
             f"| {row.name} | {row.change} | {row.paper_row or 'none'} | {_number(result.top1)} | "
-            f"{_number(result.top5)} | {paper} | {epochs} |"
+            f"{_number(result.top5)} | {paper} | {_epochs(result)} |"
         )
     by_name = {result.row.name: result for result in results}
     default, probe = by_name.get("default"), by_name.get("probe")
@@ -360,17 +463,36 @@ def ablation_markdown(root: Path, results: Sequence[RowResult], model: PaperMode
             cells = [by_name.get(ALIASES.get(grid_row_name(lr, wd), grid_row_name(lr, wd))) for wd in GRID_WDS]
             lines.append(f"| {lr} | " + " | ".join(_number(c.top1 if c else None) for c in cells) + " |")
         lines += ["", "The 1e-3 / 0.05 cell is the `default` row. The paper names it the best and gives no numbers."]
-    lines += ["", f"![final top-1 per row]({CHART_FILE})", ""]
-    return "\n".join(lines)
+    return lines
+
+
+def _sweep_table(root: Path, sweep: Sequence[RowResult]) -> list[str]:
+    fields = [field for field, _ in sweep[0].row.overrides]
+    return [
+        "",
+        f"## Sweep: {' x '.join(fields)}",
+        "",
+        f"Runs under `{root}`, one folder per combination of the swept values (`--sweep`), the rest of the config "
+        "as given; top-1/top-5 are the final epoch's (the weights in `last/`).",
+        "",
+        "| row | " + " | ".join(fields) + " | top-1 (%) | top-5 (%) | epochs |",
+        "|---|" + "---|" * len(fields) + "---:|---:|---|",
+        *(
+            f"| {r.row.name} | " + " | ".join(value for _, value in r.row.overrides)
+            + f" | {_number(r.top1)} | {_number(r.top5)} | {_epochs(r)} |"
+            for r in sweep
+        ),
+    ]  # fmt: skip
 
 
 def ablation_figure(results: Sequence[RowResult], model: PaperModel | None):
-    """Horizontal bars: each finished row's final top-1, and the paper's Swin-L number beside it where known."""
+    """Horizontal bars from 0: each finished row's final top-1, and the paper's Swin-L number beside it where known
+    (only for runs of Swin-L itself)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(CHART_SIZE[0] / CHART_DPI, CHART_SIZE[1] / CHART_DPI), dpi=CHART_DPI, layout="constrained")
     ax = fig.subplots()
-    swin = model is not None and model.short_name == "swin_l"
+    swin = compared_with_paper(results, model) and model.short_name == "swin_l"
     ys = list(range(len(results)))[::-1]  # the table's first row on top
     ours = [r.top1 for r in results]
     papers = [r.row.swin_l_top1 if swin else None for r in results]
@@ -385,15 +507,13 @@ def ablation_figure(results: Sequence[RowResult], model: PaperModel | None):
             ax.text(value, y - height / 2, f" {value:.2f}", va="center", fontsize=8)
     labels = [r.row.name + ("" if r.status == "finished" else f" ({r.status})") for r in results]
     ax.set_yticks(ys, labels)
-    values = [v for v in ours + papers if v is not None]
-    if values:
-        ax.set_xlim(max(0.0, min(values) - 2.0), min(100.0, max(values) + 1.5))
+    ax.set_xlim(0.0, 100.0)  # from 0: a bar's length is its accuracy, whatever the rows' spread
     handles, names = ax.get_legend_handles_labels()
     unique = dict(zip(names, handles))
     if unique:
         ax.legend(unique.values(), unique.keys(), loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_xlabel("top-1 (%)")
-    ax.set_title(f"Ablation: {model.title if model else 'unknown model'}, final top-1 per row")
+    ax.set_title(f"Ablation: {_title(results, model)}, final top-1 per row")
     ax.grid(axis="x", alpha=0.3)
     return fig
 
@@ -401,7 +521,8 @@ def ablation_figure(results: Sequence[RowResult], model: PaperModel | None):
 def write_ablation_report(root: str | Path) -> tuple[Path, Path]:
     """Write ``ablation.md`` and ``ablation.png`` (:data:`CHART_SIZE` pixels) into ``root``; never trains.
 
-    The six ablation rows are always listed (not started ones as such); grid rows when their folder exists.
+    The six ablation rows are listed (not started ones as such) unless the root holds only a ``--sweep``, grid rows
+    when their folder exists, and the latest sweep's rows (recorded in ``ablation.json``).
 
     >>> write_ablation_report("outputs/ablation/swin_l")  # doctest: +SKIP
     (PosixPath('outputs/ablation/swin_l/ablation.md'), PosixPath('outputs/ablation/swin_l/ablation.png'))
@@ -409,13 +530,15 @@ def write_ablation_report(root: str | Path) -> tuple[Path, Path]:
     root = Path(root).expanduser()
     if not root.is_dir():
         raise ConfigError(f"'{root}' is not a folder; give the --root of an ablation (default outputs/ablation/MODEL).")
-    rows = [row for name, row in ALL_ROWS.items() if name in ABLATION_ROWS or (root / name).is_dir()]
-    results = [read_row(root, row) for row in rows]
-    if all(result.status == "not started" for result in results):
+    swept = read_manifest(root).get("sweep") or {}
+    sweep = [read_row(root, row) for row in sweep_rows(list(swept.items()))] if isinstance(swept, dict) else []
+    listed = [name for name in ALL_ROWS if (root / name).is_dir() or (name in ABLATION_ROWS and not sweep)]
+    results = [read_row(root, ALL_ROWS[name]) for name in listed]
+    if all(result.status == "not started" for result in [*results, *sweep]):
         raise ConfigError(f"'{root}' holds no ablation run yet; run `tiny-transformers ablate MODEL --root {root}`.")
     model = ablation_model(root)
     markdown, chart = root / REPORT_FILE, root / CHART_FILE
-    write_atomic(markdown, ablation_markdown(root, results, model))
+    write_atomic(markdown, ablation_markdown(root, results, model, sweep))
     with writing(chart):
-        ablation_figure(results, model).savefig(chart, dpi=CHART_DPI)  # no bbox_inches: the exact pixel size
+        ablation_figure([*results, *sweep], model).savefig(chart, dpi=CHART_DPI)  # no bbox_inches: the exact size
     return markdown, chart

@@ -2,26 +2,33 @@
 
 Every command's options are parsed by tyro from dataclasses (the config's own, or an args class per command),
 so every field is an option with its type, default and comment as help, and a mistyped name is answered with the
-closest one. A boolean takes a value (``--model.pretrained false``) or stands alone (``--json`` means true).
+closest one. A boolean takes a value (``--model.pretrained false``), stands alone (``--json`` means true) or is
+negated in tyro's flag style (``--model.no-pretrained``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import io
 import json
+import os
 import shlex
 import sys
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import tyro
 
 from .config import FinetuneConfig, HubConfig, paper_config
-from .errors import TinyTransformersError, clean_message
+from .errors import ConfigError, TinyTransformersError, clean_message
 from .paper import PAPER_MODELS, paper_model_for
 from .rundir import PER_CLASS_FILE, RunDir, is_main_launch_process, json_line
+
+if typing.TYPE_CHECKING:
+    from .ablate import AblationRow
 
 USAGE = """usage: tiny-transformers COMMAND [--section.field VALUE ...]
 
@@ -37,11 +44,14 @@ commands:
                   --model.checkpoint <exported folder | run dir | hf-hub:owner/name> IMAGE_OR_FOLDER... [--json]
   ablate NAME     the paper's ablation rows of a paper model, one run each in --root/<row> (default
                   outputs/ablation/NAME): [--rows default no_mixup ...] [--grid] [--print-commands];
+                  or any fields' cross product: --sweep train.batch_size=32,64,128 [optim.lr=1e-3,5e-4];
                   ablate --report ROOT writes ROOT/ablation.md and ablation.png (docs/ablation.md)
 
 every config field is an option: --train.epochs 1 --data.source ./tiny-imagenet-200 --optim.lr 5e-4
-a boolean alone is true, or takes a value: --hub.push, --model.pretrained false (true/false/yes/no/1/0/on/off)
---print-config prints the resolved config as JSON and exits; COMMAND --help lists every field.
+a boolean alone is true, or takes a value: --hub.push, --model.pretrained false (true/false/yes/no/1/0/on/off),
+or --model.no-pretrained
+--print-config prints the resolved config as JSON and exits; COMMAND --help lists its options (train --help: every
+config field, train NAME --help: with NAME's recipe as the defaults).
 """
 
 
@@ -85,8 +95,16 @@ def _option(arg: str) -> str:
     return "--" + arg[2:].split("=", 1)[0].replace("-", "_") if arg.startswith("--") else arg
 
 
+def _negated(option: str) -> str:
+    """The option that ``--section.no_field`` negates, in tyro's flag style: ``--model.no_pretrained`` ->
+    ``--model.pretrained`` (any other option is returned as it is)."""
+    prefix, dot, name = option[2:].rpartition(".")
+    return f"--{prefix}{dot}{name[3:]}" if option.startswith("--") and name.startswith("no_") else option
+
+
 def _bare_booleans(cls: type, args: Sequence[str]) -> list[str]:
-    """``--json`` alone becomes ``--json true``, so tyro reads every boolean as one value.
+    """``--json`` alone becomes ``--json true`` and ``--model.no-pretrained`` ``--model.pretrained false``, so tyro
+    reads every boolean as one value.
 
     A boolean is bare when the next word is missing, an option, or (where ``cls`` takes positional words,
     as ``predict`` its images) anything but a truth value; ``--json=no`` and words after ``--`` are left alone.
@@ -98,6 +116,9 @@ def _bare_booleans(cls: type, args: Sequence[str]) -> list[str]:
     for i, arg in enumerate(args):
         if arg == "--":
             return out + args[i:]
+        if "=" not in arg and _option(arg) not in booleans and _negated(_option(arg)) in booleans:
+            out += [_negated(_option(arg)), "false"]
+            continue
         out.append(arg)
         if "=" not in arg and _option(arg) in booleans:
             following = args[i + 1] if i + 1 < len(args) else "-"
@@ -106,13 +127,16 @@ def _bare_booleans(cls: type, args: Sequence[str]) -> list[str]:
     return out
 
 
-def _parse(cls, default, args: Sequence[str], prog: str | None):
-    """tyro with this CLI's conventions: ``--section.field_name VALUE``, booleans bare or with a value."""
+def _parse(cls, default, args: Sequence[str], prog: str | None, description: str | None = None):
+    """tyro with this CLI's conventions: ``--section.field_name VALUE``, booleans bare or with a value. ``prog`` is
+    the command as typed (tyro's usage line and its error footer's ``--help``); ``description`` heads the help,
+    instead of ``cls``'s docstring."""
     defaults = {} if default is None else {"default": default}
     return tyro.cli(
         cls,
         args=_bare_booleans(cls, args),
         prog=prog,
+        description=description,
         use_underscores=True,
         registry=_REGISTRY,
         config=(tyro.conf.FlagConversionOff,),  # booleans are `--x [VALUE]`, not tyro's `--x/--no-x` flags
@@ -120,15 +144,31 @@ def _parse(cls, default, args: Sequence[str], prog: str | None):
     )
 
 
-def parse_config(default: FinetuneConfig, args: Sequence[str], prog: str | None = None) -> tuple[FinetuneConfig, bool]:
+def parse_config(
+    default: FinetuneConfig, args: Sequence[str], prog: str | None = None, description: str | None = None
+) -> tuple[FinetuneConfig, bool]:
     """Apply dotted overrides to ``default``; returns (config, print_config_requested).
 
-    >>> cfg, show = parse_config(FinetuneConfig(), ["--train.epochs", "2", "--model.pretrained", "false", "--hub.push"])
+    >>> cfg, show = parse_config(FinetuneConfig(), ["--train.epochs", "2", "--model.no-pretrained", "--hub.push"])
     >>> cfg.train.epochs, cfg.model.pretrained, cfg.hub.push, show
     (2, False, True, False)
     """
     args = list(args)
-    return _parse(FinetuneConfig, default, [a for a in args if a != "--print-config"], prog), "--print-config" in args
+    description = description or "Fine-tune: every config field below is an option (the defaults are this recipe's)."
+    overrides = [a for a in args if a != "--print-config"]
+    return _parse(FinetuneConfig, default, overrides, prog, description), "--print-config" in args
+
+
+@contextlib.contextmanager
+def _closed_pipe_ends_quietly() -> Iterator[None]:
+    """A reader of stdout that leaves early (``--print-config | head``) ends the command as it ends a shell tool:
+    quietly, with status 141 (128 + SIGPIPE), instead of a BrokenPipeError traceback."""
+    try:
+        yield
+        sys.stdout.flush()  # inside: a pipe closed during the interpreter's own last flush is met here
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # that last flush now writes nowhere
+        sys.exit(141)
 
 
 def _fail(error: BaseException) -> typing.NoReturn:
@@ -144,12 +184,19 @@ def _config_of(options: FinetuneConfig) -> FinetuneConfig:
     return FinetuneConfig(**{f.name: getattr(options, f.name) for f in dataclasses.fields(FinetuneConfig)})
 
 
-def run(config: FinetuneConfig, args: Sequence[str] | None = None, command: str | None = None):
+def run(
+    config: FinetuneConfig,
+    args: Sequence[str] | None = None,
+    command: str | None = None,
+    prog: str | None = None,
+    description: str | None = None,
+):
     """Entry point of a recipe file: apply command-line overrides, then train (or print the config).
 
     ``accelerate launch recipes/swin_l.py --train.epochs 1`` ends here. Problems with the user's input
     are printed as one sentence and exit with status 2; an interrupted run exits with status 143 and prints
-    ``command`` (default: ``accelerate launch`` and this script's command line) as the way to resume.
+    ``command`` (default: ``accelerate launch`` and this script's command line) as the way to resume. ``prog``
+    (default: the script as typed) and ``description`` head ``--help``.
 
     >>> run(paper_config("swin_l"), ["--train.epochs", "1", "--print-config"])  # doctest: +ELLIPSIS
     {...
@@ -157,24 +204,32 @@ def run(config: FinetuneConfig, args: Sequence[str] | None = None, command: str 
     args = sys.argv[1:] if args is None else list(args)
     if command is None:
         command = shlex.join(["accelerate", "launch", *sys.argv]) if sys.argv[0].endswith(".py") else None
-    config, show = parse_config(config, args, prog=sys.argv[0])
-    if show:
-        print(config.to_json())
-        return None
-    from .train import finetune
+    with _closed_pipe_ends_quietly():  # `recipes/x.py --print-config | head` as the console script's commands
+        config, show = parse_config(config, args, prog or sys.argv[0], description)
+        if show:
+            print(config.to_json())
+            return None
+        from .train import finetune
 
-    try:
-        return finetune(config, command)
-    except TinyTransformersError as error:
-        _fail(error)
+        try:
+            return finetune(config, command)
+        except TinyTransformersError as error:
+            _fail(error)
 
 
 def _train(args: list[str]) -> None:
     """``train NAME``: the paper recipe of NAME (or defaults for any timm model) with the overrides applied."""
+    names = f"NAME is a paper recipe ({', '.join(PAPER_MODELS)}) or any timm model name"
+    if args and args[0] in ("-h", "--help"):  # every field, with the library's defaults
+        description = (
+            f"Fine-tune a model: {names} (trained with the library's defaults, shown here); a paper recipe sets its "
+            "own, which `tiny-transformers train NAME --help` shows. Every config field below is an option."
+        )
+        parse_config(FinetuneConfig(), args, "tiny-transformers train NAME", description)
     if not args or args[0].startswith("-"):
         print(
-            "usage: tiny-transformers train NAME [--section.field VALUE ...]\n"
-            f"NAME: {', '.join(PAPER_MODELS)} or any timm model name",
+            f"usage: tiny-transformers train NAME [--section.field VALUE ...]\n{names}; tiny-transformers train "
+            "--help lists every field",
             file=sys.stderr,
         )
         sys.exit(2)
@@ -188,34 +243,90 @@ def _train(args: list[str]) -> None:
         default.model.name = name
         default.train.output_dir = f"outputs/{name}"
         note = f"{name}: not one of the paper's models, trained with the library's defaults (docs/config.md)"
-    if "--print-config" not in overrides:
+    if "--print-config" not in overrides and not {"-h", "--help"} & set(overrides):
         print(f"tiny_transformers: {note}", file=sys.stderr)
-    run(default, overrides, command=shlex.join(["tiny-transformers", "train", name, *overrides]))
+    description = f"Fine-tune {note}. Every config field below is an option, its default the one {name} trains with."
+    command = shlex.join(["tiny-transformers", "train", name, *overrides])
+    run(default, overrides, command, f"tiny-transformers train {name}", description)
 
 
 @dataclasses.dataclass
-class EvaluateArgs(FinetuneConfig):
-    """Options of ``evaluate``: the config (--model.checkpoint, --data.source, ...) and where per-class results go."""
+class EvaluateModel:
+    # the trained model: an exported folder (outputs/run/best), a training checkpoint, or hf-hub:owner/name
+    checkpoint: str | None
 
+
+@dataclasses.dataclass
+class EvaluateData:
+    # the images scored (their eval split): Hub id, Stanford folder or zip, imagefolder, save_to_disk folder, parquet
+    source: str
+    max_eval_samples: int | None  # score a fixed random subset of N evaluation images
+    skip_corrupt: bool  # False: stop at the first unreadable image, naming it; True: scan, skip and count them
+    num_workers: int  # loader processes (decoding only)
+    native_size: int  # pixels per side the images are decoded to, for weights that record none (Tiny ImageNet: 64)
+
+
+@dataclasses.dataclass
+class EvaluateTrain:
+    # the autocast to evaluate under; default: the one the weights record, so that the run's own numbers come
+    # back (fp32 for an fp16 run on a machine without CUDA)
+    mixed_precision: typing.Literal["bf16", "fp16", "no"] | None
+    eval_batch_size: int | None  # images per forward pass; default: 64
+    progress: bool  # a progress bar
+
+
+@dataclasses.dataclass
+class EvaluateArgs:
+    """Top-1, top-5 and loss of a trained model as one JSON line, and its per-class accuracy in a CSV file. The
+    model is fed as its run fed it (image size, normalization, preprocessing and autocast as its weights record)."""
+
+    model: EvaluateModel
+    data: EvaluateData
+    train: EvaluateTrain
     output: str = PER_CLASS_FILE  # the per-class accuracy CSV (class_id, class_name, images, correct, top1)
+
+
+def _options_of(cls: type, config: FinetuneConfig) -> typing.Any:
+    """The options ``cls`` of a command (sections that each offer some of the config's fields, by the same names,
+    beside the command's own options, which keep their defaults) filled from ``config``: their defaults."""
+    hints = typing.get_type_hints(cls)
+    sections = [f.name for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name])]
+    offered = {name: [f.name for f in dataclasses.fields(hints[name])] for name in sections}
+    return cls(
+        **{
+            name: hints[name](**{f: getattr(getattr(config, name), f) for f in fields})
+            for name, fields in offered.items()
+        }
+    )
+
+
+def _with_options(config: FinetuneConfig, options: typing.Any) -> FinetuneConfig:
+    """``config`` with the fields of ``options``' sections (see :func:`_options_of`) set to theirs."""
+    sections = {f.name for f in dataclasses.fields(config)} & {f.name for f in dataclasses.fields(options)}
+    return dataclasses.replace(
+        config,
+        **{name: dataclasses.replace(getattr(config, name), **vars(getattr(options, name))) for name in sections},
+    )
 
 
 def _evaluate(args: list[str]) -> None:
     """``evaluate``: prints {"top1", "top5", "loss", "count"} as JSON; writes per-class accuracy to ``--output``."""
     show = "--print-config" in args
-    options = _parse(EvaluateArgs, None, [a for a in args if a != "--print-config"], "tiny-transformers evaluate")
-    config = _config_of(options)
+    default = _options_of(EvaluateArgs, FinetuneConfig())
+    default.train.mixed_precision = None  # the weights' own, unless given
+    options = _parse(EvaluateArgs, default, [a for a in args if a != "--print-config"], "tiny-transformers evaluate")
+    precision = options.train.mixed_precision  # None: evaluate_checkpoint takes the one the weights record
+    options.train.mixed_precision = precision or FinetuneConfig().train.mixed_precision
+    config = _with_options(FinetuneConfig(), options)
     if show:
         print(config.to_json())
         return
-    # the user's precision only when given; otherwise evaluate_checkpoint takes the one the weights record
-    given = any(_option(a) == "--train.mixed_precision" for a in args)
     from .evaluation import evaluate_checkpoint
     from .report import PER_CLASS_COLUMNS, per_class_accuracy, write_per_class_csv
 
     try:
         _refuse_foreign_output(Path(options.output), ",".join(PER_CLASS_COLUMNS))
-        result = evaluate_checkpoint(config, config.train.mixed_precision if given else None)
+        result = evaluate_checkpoint(config, precision)
     except TinyTransformersError as error:
         _fail(error)
     if not is_main_launch_process():  # under `accelerate launch`, every process scores; the first one reports
@@ -250,36 +361,64 @@ def _refuse_foreign_output(path: Path, header: str) -> None:
 
 
 @dataclasses.dataclass
-class PublishArgs:
-    """Options of ``export`` and ``push``; the hub.* defaults are the ones recorded in the run's config.json."""
+class ExportHub:
+    model_id: str | None  # the Hub repo owner/name that the model card's usage lines name (and push uploads to)
+    weights: typing.Literal["last", "best"]  # last: the final epoch (the reported numbers); best: the best top-1
+    license: str  # the model card's license (a Hub license id)
 
-    hub: HubConfig
+
+@dataclasses.dataclass
+class PushHub(ExportHub):
+    private: bool  # visibility of a repo that the push creates (an existing repo keeps its own)
+    # end or epoch: the exported folder; checkpoint: also the newest training checkpoint, as last-checkpoint/
+    strategy: typing.Literal["end", "epoch", "checkpoint"]
+
+
+@dataclasses.dataclass
+class ExportArgs:
+    """Write the run in OUTPUT_DIR as a folder that timm and the Hub load: weights, model card, training curves and
+    metrics. The hub.* defaults are the ones the run recorded."""
+
+    hub: ExportHub
     to: str | None = None  # the export folder; default: OUTPUT_DIR/export
 
 
-def _publish_args(command: str, args: list[str]) -> tuple[Path, PublishArgs]:
-    usage = f"usage: tiny-transformers {command} OUTPUT_DIR [--hub.model_id owner/name] [--hub.private] [--to FOLDER]"
+@dataclasses.dataclass
+class PushArgs:
+    """Export the run in OUTPUT_DIR (as export does) and upload that folder to the Hub repo hub.model_id. The hub.*
+    defaults are the ones the run recorded, so that a failed push is repeated as configured."""
+
+    hub: PushHub
+    to: str | None = None  # the export folder; default: OUTPUT_DIR/export
+
+
+def _publish_args(command: str, args: list[str]) -> tuple[Path, HubConfig, str | None]:
+    """OUTPUT_DIR, the hub settings (the run's, with the options given) and --to of ``export`` or ``push``."""
+    cls = ExportArgs if command == "export" else PushArgs
+    options = "[--hub.model_id owner/name] [--hub.weights best]" if cls is ExportArgs else "--hub.model_id owner/name"
+    usage = f"usage: tiny-transformers {command} OUTPUT_DIR {options} [--to FOLDER] (--help: every option)"
     if not args or args[0].startswith("-"):
         if args and args[0] in ("-h", "--help"):
-            _parse(PublishArgs, PublishArgs(HubConfig()), ["--help"], f"tiny-transformers {command} OUTPUT_DIR")
+            _parse(cls, _options_of(cls, FinetuneConfig()), ["--help"], f"tiny-transformers {command} OUTPUT_DIR")
         print(f"{usage}\nOUTPUT_DIR: the train.output_dir of a finished run", file=sys.stderr)
         sys.exit(2)
     output_dir = Path(args[0]).expanduser()
-    hub = HubConfig()
+    config = FinetuneConfig()
     try:  # the run's own hub settings are the defaults, so `push OUTPUT_DIR` repeats a failed push as configured
-        hub = RunDir(output_dir).read_config().hub
+        config = RunDir(output_dir).read_config()
     except TinyTransformersError:
         pass  # not a run folder: export_run/push_run name the problem
-    return output_dir, _parse(PublishArgs, PublishArgs(hub), args[1:], f"tiny-transformers {command} {args[0]}")
+    options = _parse(cls, _options_of(cls, config), args[1:], f"tiny-transformers {command} {args[0]}")
+    return output_dir, _with_options(config, options).hub, options.to
 
 
 def _export(args: list[str]) -> None:
     """``export OUTPUT_DIR``: the folder ``push`` would upload, written locally only."""
-    output_dir, options = _publish_args("export", args)
+    output_dir, hub, to = _publish_args("export", args)
     from .publish import export_run
 
     try:
-        folder = export_run(output_dir, options.hub, options.to)
+        folder = export_run(output_dir, hub, to)
     except TinyTransformersError as error:
         _fail(error)
     print(f"exported to {folder}: {', '.join(sorted(p.name for p in folder.iterdir()))}")
@@ -287,14 +426,14 @@ def _export(args: list[str]) -> None:
 
 def _push(args: list[str]) -> None:
     """``push OUTPUT_DIR --hub.model_id owner/name``: export, then upload to the Hub."""
-    output_dir, options = _publish_args("push", args)
+    output_dir, hub, to = _publish_args("push", args)
     from .publish import push_run
 
     try:
-        url = push_run(output_dir, options.hub, options.to)
+        url = push_run(output_dir, hub, to)
     except TinyTransformersError as error:
         _fail(error)
-    print(f"pushed to https://huggingface.co/{options.hub.model_id} ({url})")
+    print(f"pushed to https://huggingface.co/{hub.model_id} ({url})")
 
 
 @dataclasses.dataclass
@@ -304,7 +443,8 @@ class PredictModel:
 
 @dataclasses.dataclass
 class PredictArgs:
-    """Options of ``predict``."""
+    """Top-k classes, with readable names, of each image (files, and folders walked recursively) by a trained
+    model, fed as its run fed it."""
 
     images: tyro.conf.Positional[tuple[str, ...]]  # image files and folders (walked recursively)
     model: PredictModel
@@ -336,17 +476,21 @@ def _predict(args: list[str]) -> None:
 
 @dataclasses.dataclass
 class AblateArgs(FinetuneConfig):
-    """Options of ``ablate``: the config every row starts from (the paper recipe of NAME), and which rows."""
+    """The paper's ablation rows of NAME, one run each under --root: the config fields are every row's base (NAME's
+    recipe), the rows change theirs."""
 
     # rows to run: default randaugment_9 no_random_erasing no_mixup no_cutmix probe (all six)
     rows: tuple[str, ...] = ()
     grid: bool = False  # also the AdamW lr x weight-decay grid (rows lr3e-3_wd0.2 ... lr5e-4_wd0.01)
+    # FIELD=V1,V2,... words: one row per combination of the values, instead of the paper's six rows (with --rows or
+    # --grid: beside them); each value parsed as --FIELD VALUE would be
+    sweep: tuple[str, ...] = ()
     print_commands: bool = False  # print each row's `accelerate launch` command instead of training
     root: str | None = None  # the folder of the rows' runs; default outputs/ablation/NAME
     report: str | None = None  # write ablation.md and ablation.png of the ablation in this folder; never trains
 
 
-_ABLATE_OWN = {"--rows", "--grid", "--print_commands", "--root", "--report"}
+_ABLATE_OWN = {"--rows", "--grid", "--print_commands", "--root", "--report", "--sweep"}
 
 
 def _config_overrides(args: list[str]) -> list[str]:
@@ -356,12 +500,46 @@ def _config_overrides(args: list[str]) -> list[str]:
         word, i = args[i], i + 1
         if _option(word) not in _ABLATE_OWN:
             out.append(word)
-        elif "=" not in word and _option(word) == "--rows":
+        elif "=" not in word and _option(word) in ("--rows", "--sweep"):
             while i < len(args) and not args[i].startswith("-"):
-                i += 1  # --rows takes several names
+                i += 1  # --rows and --sweep take several words
         elif "=" not in word:
             i += 1  # the option's one value (a bare boolean was given "true" above)
     return out
+
+
+def _type_words(hint: object) -> str:
+    """A field's type as the user writes its values: ``one of 'no', 'bf16'``, ``true or false``, ``int``."""
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(repr(choice) for choice in typing.get_args(hint))
+    return "true or false" if hint is bool else getattr(hint, "__name__", str(hint).replace("typing.", ""))
+
+
+def row_config(base: FinetuneConfig, row: AblationRow, root: str | Path) -> FinetuneConfig:
+    """``base`` with an ablation row's fields set as ``--field value`` sets them (tyro, each field's own type) and
+    ``train.output_dir`` ``<root>/<row>``; a field that does not exist or a value its type refuses is one sentence.
+
+    >>> from tiny_transformers.ablate import ALL_ROWS
+    >>> config = row_config(paper_config("swin_l"), ALL_ROWS["lr3e-3_wd0.2"], "out")
+    >>> config.optim.lr, config.optim.weight_decay, config.train.output_dir
+    (0.003, 0.2, 'out/lr3e-3_wd0.2')
+    """
+    hints = {
+        f"{section}.{name}": hint
+        for section, cls in typing.get_type_hints(FinetuneConfig).items()
+        for name, hint in typing.get_type_hints(cls).items()
+    }
+    for name, value in row.overrides:
+        if name not in hints:
+            close = difflib.get_close_matches(name, list(hints), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"{name} is not a config field{hint}; the fields are listed in docs/config.md.")
+        try:  # tyro prints its own box and exits; the sentence below says the same in one line
+            with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+                parse_config(base, [f"--{name}", value])
+        except SystemExit:
+            raise ConfigError(f"'{value}' is not a value of {name}, which takes {_type_words(hints[name])}.") from None
+    return parse_config(base, [*row.args(), "--train.output_dir", str(Path(root) / row.name)])[0]
 
 
 def _ablate(args: list[str]) -> None:
@@ -371,18 +549,21 @@ def _ablate(args: list[str]) -> None:
         check_overrides,
         default_root,
         paper_model,
+        parse_sweep,
         run_ablation,
         select_rows,
+        sweep_rows,
         write_ablation_report,
+        write_manifest,
     )
 
     prog = "tiny-transformers ablate"
     name = args[0] if args and not args[0].startswith("-") else None
     rest = args[1:] if name else args
     if name is None and not any(_option(a) in ("--report", "--help", "-h") for a in rest):
-        print(f"usage: {prog} NAME [--rows ROW ...] [--grid] [--print-commands] [--root FOLDER] [--section.field "
-              f"VALUE ...]\n       {prog} --report ROOT\nNAME: {', '.join(PAPER_MODELS)} (or its timm name)",
-              file=sys.stderr)  # fmt: skip
+        print(f"usage: {prog} NAME [--rows ROW ...] [--grid] [--sweep FIELD=V1,V2 ...] [--print-commands] [--root "
+              f"FOLDER] [--section.field VALUE ...]\n       {prog} --report ROOT\nNAME: {', '.join(PAPER_MODELS)} (or "
+              "its timm name)", file=sys.stderr)  # fmt: skip
         sys.exit(2)
     try:
         paper = paper_model(name) if name else None
@@ -395,17 +576,22 @@ def _ablate(args: list[str]) -> None:
         if paper is None:
             raise TinyTransformersError(f"ablate needs a model before its options: {prog} swin_l [--rows ...].")
         overrides = _config_overrides(rest)
-        rows = select_rows(options.rows, options.grid)
+        sweep = parse_sweep(options.sweep)
+        paper_rows = select_rows(options.rows, options.grid) if options.rows or options.grid or not sweep else []
+        rows = paper_rows + sweep_rows(sweep)
         check_overrides([_option(a) for a in overrides if a.startswith("--")], rows)
         root = Path(options.root).expanduser() if options.root else default_root(paper.short_name)
+        runs = [(row, row_config(_config_of(options), row, root)) for row in rows]  # every value checked first
         if options.print_commands:
+            if sweep:  # the report of the printed runs lists the sweep's rows
+                write_manifest(root, paper.short_name, sweep)
             print("\n".join(ablation_commands(paper.short_name, rows, root, overrides)))
             return
     except TinyTransformersError as error:
         _fail(error)
-    config = _config_of(options)
+    command = shlex.join(["tiny-transformers", "ablate", *args])
     try:
-        failed = run_ablation(config, paper.short_name, rows, root, shlex.join(["tiny-transformers", "ablate", *args]))
+        failed = run_ablation(runs, paper.short_name, root, command, sweep)
     except TinyTransformersError as error:  # a stopped row too: its sentence and exit status
         _fail(error)
     if failed:
@@ -452,7 +638,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             file=sys.stderr,
         )
         sys.exit(2)
-    command(argv[1:])
+    with _closed_pipe_ends_quietly():
+        command(argv[1:])
 
 
 if __name__ == "__main__":

@@ -81,6 +81,10 @@ class ModelConfig:
     # a teacher for a model with a distillation head (distilled DeiT): a trained folder (e.g. outputs/swin_l/best),
     # a training checkpoint, hf-hub:owner/name or a timm name (its pretrained weights); None: no distillation
     teacher: str | None = None
+    # full mode's start from a probe (probe, then fine-tune): a head-mode run's folder (its best/) or an exported
+    # folder, whose classifier head(s) replace the new head; the backbone still comes from the pretrained weights
+    # (or model.checkpoint). None: a new head
+    head_from: str | None = None
 
 
 @dataclass
@@ -245,7 +249,7 @@ def _flatten(config: dict[str, Any]) -> dict[str, Any]:
     return {f"{section}.{key}": value for section, values in config.items() for key, value in values.items()}
 
 
-_PATH_FIELDS = ("data.source", "model.checkpoint")  # compared as the folders they name: data/x/ == data/x
+_PATH_FIELDS = ("data.source", "model.checkpoint", "model.head_from")  # compared as the folders they name
 
 
 def trajectory_differences(saved: dict[str, Any], current: FinetuneConfig) -> list[str]:

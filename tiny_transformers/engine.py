@@ -438,18 +438,20 @@ def eval_loader(data: DataBundle, config: FinetuneConfig, native_size: int, acce
     )
 
 
-def check_process_precision(mixed_precision: str) -> None:
+def check_process_precision(mixed_precision: str, source: str | None = None, fix: str | None = None) -> None:
     """Refuse, with the fix, a precision other than the one this Python process already trained or evaluated in.
 
     Accelerate fixes the autocast precision once per process; a second ``finetune()`` in a notebook with
     another ``train.mixed_precision`` would otherwise fail deep inside ``Accelerator()`` after the data loaded.
+    ``source`` says where ``mixed_precision`` came from and ``fix`` (``{current}``: the process's) what changes it.
     """
     from accelerate.state import AcceleratorState, is_initialized
 
     current = AcceleratorState().mixed_precision if is_initialized() else mixed_precision
     if current != mixed_precision:
         raise ConfigError(
-            f"train.mixed_precision '{mixed_precision}' differs from the '{current}' this Python process already "
-            f"runs with, and Accelerate fixes it once per process; use '{current}' here or run this in a new process "
-            "(e.g. restart the notebook kernel)."
+            f"{source or f'train.mixed_precision {mixed_precision!r}'} differs from the '{current}' this Python "
+            f"process already runs with, and Accelerate fixes it once per process; "
+            f"{(fix or 'use {current!r} here').format(current=current)} or run this in a new process (e.g. restart "
+            "the notebook kernel)."
         )

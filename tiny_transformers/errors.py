@@ -42,6 +42,19 @@ class PublishError(TinyTransformersError):
     """A run cannot be exported, or its push to the Hugging Face Hub failed (the message says how to retry)."""
 
 
+class TrainingInterrupted(TinyTransformersError):
+    """SIGTERM/SIGINT arrived; a checkpoint was written and the message says how to resume. ``exit_status`` is
+    what the command line exits with."""
+
+    def __init__(self, message: str, exit_status: int = 143) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+class TrainingDiverged(TinyTransformersError):
+    """The loss or the weights stopped being finite; nothing was exported and the last good checkpoint is kept."""
+
+
 def clean_message(error: BaseException) -> str:
     """The user-facing sentence of ``error``, also when a DataLoader worker re-raised it.
 

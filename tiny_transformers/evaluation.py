@@ -19,7 +19,7 @@ from .data import load_data
 from .engine import check_process_precision, eval_loader, evaluate
 from .errors import ConfigError, DataError
 from .validation import validate
-from .weights import build_trained_model, describe_trained_weights
+from .weights import TrainedWeights, build_trained_model, describe_trained_weights
 
 
 def evaluate_checkpoint(config: FinetuneConfig, mixed_precision: str | None = None) -> dict[str, Any]:
@@ -47,11 +47,10 @@ def evaluate_checkpoint(config: FinetuneConfig, mixed_precision: str | None = No
             "evaluate needs --model.checkpoint: an exported folder (e.g. outputs/run/best) or a checkpoint."
         )
     weights = describe_trained_weights(config.model.checkpoint)
-    trained = "no" if weights.eval_precision == "fp32" else weights.mixed_precision  # as the run scored itself
-    precision = mixed_precision or _evaluation_precision(trained) or config.train.mixed_precision
+    precision, source = _precision(mixed_precision, weights, config)
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, mixed_precision=precision))
     validate(config)
-    check_process_precision(precision)
+    check_process_precision(precision, source, fix="pass mixed_precision='{current}' to evaluate_checkpoint,")
     data = load_data(config.data)
     if weights.class_ids is not None and list(weights.class_ids) != list(data.class_ids):
         raise DataError(
@@ -78,8 +77,17 @@ def evaluate_checkpoint(config: FinetuneConfig, mixed_precision: str | None = No
     return result
 
 
-def _evaluation_precision(trained: str | None) -> str | None:
-    """The autocast to evaluate a model trained under ``trained`` in: the same, except fp16 (CUDA only) on a CPU."""
-    if trained == "fp16" and not torch.cuda.is_available():
-        return "no"
-    return trained
+def _precision(keyword: str | None, weights: TrainedWeights, config: FinetuneConfig) -> tuple[str, str]:
+    """The autocast to evaluate in, and where it came from in words: the keyword; else as the run scored itself
+    (fp32 for an fp16 run on a machine without CUDA, which fp16 needs); else ``config.train.mixed_precision``."""
+    if keyword:
+        return keyword, f"mixed_precision {keyword!r} (the keyword of evaluate_checkpoint)"
+    where = f"recorded with model.checkpoint '{config.model.checkpoint}'"
+    if weights.eval_precision == "fp32":
+        return "no", f"The precision 'no' {where} (its run evaluated in fp32)"
+    if weights.mixed_precision == "fp16" and not torch.cuda.is_available():
+        return "no", f"The precision 'no' {where} (its run trained in fp16, which needs CUDA: fp32 on this machine)"
+    if weights.mixed_precision:
+        return weights.mixed_precision, f"The precision {weights.mixed_precision!r} {where} (its run's autocast)"
+    precision = config.train.mixed_precision
+    return precision, f"config.train.mixed_precision {precision!r} (model.checkpoint records no precision)"

@@ -35,7 +35,7 @@ from .checkpoint import (
 from .config import FinetuneConfig, flat_config
 from .data import DataBundle, DecodeTransform, collate, load_data, verify_images, worker_options
 from .engine import check_process_precision, cpu_threads_warnings, current_lr, eval_loader, evaluate, train_steps
-from .errors import CheckpointError, TinyTransformersError
+from .errors import CheckpointError, TrainingDiverged, TrainingInterrupted
 from .features import FeatureCache
 from .lora import check_targets, is_lora, plain_model, save_adapter
 from .models import (
@@ -53,20 +53,7 @@ from .rundir import EpochRecord, RunDir, RunLock, claim, ema_is_better, is_main_
 from .sampler import MicroBatchSampler
 from .stop import StopSignals
 from .validation import validate, world_size_from_env
-from .weights import build_teacher, save_for_timm
-
-
-class TrainingInterrupted(TinyTransformersError):
-    """SIGTERM/SIGINT arrived; a checkpoint was written and the message says how to resume. ``exit_status`` is
-    what the command line exits with."""
-
-    def __init__(self, message: str, exit_status: int = 143) -> None:
-        super().__init__(message)
-        self.exit_status = exit_status
-
-
-class TrainingDiverged(TinyTransformersError):
-    """The loss or the weights stopped being finite; nothing was exported and the last good checkpoint is kept."""
+from .weights import build_teacher, load_probe_head, save_for_timm
 
 
 @dataclass
@@ -318,6 +305,8 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
 
     set_seed(config.train.seed)  # the new head's initialisation, identical on every process
     model = build_model(config.model, data.num_classes, config.data.image_size)  # model.fast_attention's swap too
+    if config.model.head_from and resume_from is None:  # probe, then fine-tune (a resumed run's head is checkpointed)
+        load_probe_head(model, config.model.head_from, config.model.name, data.class_ids)
     speed_up_backbone(model, config)  # model.backbone_dtype bf16/fp8's cast and train.compile (full: the whole model)
     mean, std = normalization(model, config.data.normalization)
     features, cache_line = FeatureCache.for_run(config, model, len(data.train), plan.micro_batch_size)

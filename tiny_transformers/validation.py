@@ -5,8 +5,11 @@ or data loader starts and raises :class:`ConfigError` with one sentence naming t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+import types
+import typing
 from pathlib import Path
 
 from .config import AugmentConfig, DataConfig, FinetuneConfig, HubConfig, ModelConfig, OptimConfig, TrainConfig
@@ -62,6 +65,7 @@ def validate(config: FinetuneConfig, num_processes: int | None = None, cuda_avai
     ...
     tiny_transformers.errors.ConfigError: train.batch_size 100 is not a multiple of ... = 64; use 64 or 128, or ...
     """
+    _check_choices(config)
     _validate_model(config.model)
     _validate_data(config.data)
     _validate_augment(config.augment)
@@ -69,6 +73,35 @@ def validate(config: FinetuneConfig, num_processes: int | None = None, cuda_avai
     _validate_train(config.train, num_processes or world_size_from_env())
     validate_hub(config.hub)
     _validate_across_sections(config, cuda_available)
+
+
+def _choices(hint: object) -> tuple:
+    """The values a ``Literal[...]`` hint allows (``None`` too for ``Literal[...] | None``); () for any other hint.
+
+    >>> _choices(typing.Optional[typing.Literal["a", "b"]]), _choices(int)
+    (('a', 'b', None), ())
+    """
+    if typing.get_origin(hint) is typing.Literal:
+        return typing.get_args(hint)
+    arms = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else ()
+    literals = sum((_choices(arm) for arm in arms), ())
+    return literals + ((None,) if literals and type(None) in arms else ())
+
+
+def _check_choices(config: FinetuneConfig) -> None:
+    """Every ``Literal`` field holds one of its values. The type hint is the one list of them (tyro reads the same
+    for the command line), so a Python caller's typo gets this sentence, not a ValueError from inside Accelerate."""
+    for section in dataclasses.fields(config):
+        values = getattr(config, section.name)
+        for name, hint in typing.get_type_hints(type(values)).items():
+            choices, value = _choices(hint), getattr(values, name)
+            if choices and value not in choices:
+                listed = ", ".join(repr(c) for c in choices)
+                hint = _CHOICE_HINTS.get(f"{section.name}.{name}", "")
+                raise ConfigError(f"{section.name}.{name} {value!r} is not one of {listed}; set one of those{hint}.")
+
+
+_CHOICE_HINTS = {"train.mixed_precision": " ('no' is full fp32)"}  # the values whose meaning is not their name
 
 
 _RANGES = {
@@ -101,6 +134,12 @@ def _validate_model(m: ModelConfig) -> None:
             raise ConfigError(
                 "model.lora_targets is empty; name the linear layers that get adapters, e.g. "
                 "--model.lora_targets qkv proj fc1 fc2."
+            )
+        if m.head_from:  # peft wraps the head it is given (modules_to_save); a probe's head is not put in yet
+            raise ConfigError(
+                "model.head_from starts full fine-tuning from a probe's head and is not supported with "
+                "model.train_mode lora yet; drop --model.head_from (the head trains beside the adapters), or use "
+                "--model.train_mode full."
             )
     if m.checkpoint is not None and hub_repo(m.checkpoint) is None and not Path(m.checkpoint).expanduser().exists():
         raise ConfigError(
@@ -163,6 +202,8 @@ def _validate_train(t: TrainConfig, num_processes: int) -> None:
         raise ConfigError("train.ema_decay 1 would never move the average; use a value below 1 (e.g. 0.9998), or 0.")
     if not t.output_dir.strip():
         raise ConfigError("train.output_dir is empty; give the folder the run writes into, e.g. outputs/vit_l.")
+    if t.log_with:
+        _check_trackers(t.log_with)
     for variable, plugin in (("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"), ("ACCELERATE_USE_FSDP", "FSDP")):
         if os.environ.get(variable, "false").lower() == "true":
             # DeepSpeed's engine owns accumulation and steps inside backward(); FSDP shards what best/ and
@@ -179,6 +220,37 @@ def _validate_train(t: TrainConfig, num_processes: int) -> None:
             f"x {num_processes} process(es) = {unit}; use "
             f"{' or '.join(map(str, _valid_batch_sizes(t.micro_batch_size, num_processes, t.batch_size)))}, "
             "or change train.micro_batch_size."
+        )
+
+
+def _check_trackers(log_with: tuple[str, ...]) -> None:
+    """``train.log_with`` names trackers Accelerate knows (custom registered ones included) and can start here:
+    Accelerate drops one whose package is missing without a word, and the run would log nothing."""
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
+    from accelerate.utils import LoggerType
+
+    if isinstance(log_with, str):  # a Python caller's "wandb" would be read as the trackers w, a, n, d and b
+        raise ConfigError(
+            f"train.log_with is a tuple of tracker names, not the text {log_with!r}; use ({log_with!r},)."
+        )
+    builtin = LoggerType.list()
+    known = [*builtin, *(name for name in LOGGER_TYPE_TO_CLASS if name not in builtin)]
+    for name in log_with:
+        if name not in known:
+            raise ConfigError(
+                f"train.log_with '{name}' is not a tracker Accelerate knows; choose among {', '.join(known)}."
+            )
+    installed = {str(tracker) for tracker in get_available_trackers()}
+    for name in log_with:
+        if name in builtin and name != "all" and name not in installed:  # the pip package is the tracker's name
+            raise ConfigError(
+                f"train.log_with {name} needs the {name} package, which this Python does not have; install it "
+                f"(pip install {name}) or leave {name} out of train.log_with."
+            )
+    if "all" in log_with and not installed:
+        raise ConfigError(
+            "train.log_with all finds no tracker installed in this Python; install one (pip install tensorboard) "
+            "or leave train.log_with empty."
         )
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import timm
+import torch
 from torch import nn
 
 from . import hub
@@ -16,9 +17,9 @@ from .checkpoint import checkpoint_labels, is_checkpoint, read_state
 from .config import ModelConfig
 from .errors import ConfigError, ModelError
 from .lora import load_merged
-from .models import IMAGENET_MEAN, IMAGENET_STD, build_model, normalization
+from .models import IMAGENET_MEAN, IMAGENET_STD, build_model, head_modules, normalization
 from .paper import resolve_model_name
-from .rundir import CONFIG_FILE, WEIGHTS_FILE, RunDir
+from .rundir import BEST_DIR, CONFIG_FILE, WEIGHTS_FILE, RunDir
 from .runfiles import read_json, write_atomic, writing
 
 _DAMAGED_WEIGHTS = "copy the folder again from its run (best/ or last/), or export it anew (tiny-transformers export)"
@@ -261,3 +262,54 @@ def build_teacher(location: str, num_classes: int, image_size: int, class_ids: l
         )
     model.requires_grad_(False)
     return model.eval()
+
+
+def load_probe_head(model: nn.Module, location: str | Path, model_name: str, class_ids: list[str]) -> Path:
+    """Put the trained head(s) of a head-mode run (``model.head_from``: its folder, read as its ``best/``, or an
+    exported folder) into ``model``, whose backbone came from the pretrained weights: full fine-tuning then starts
+    where the probe ended. Returns the weights folder used. Refused in one sentence: no weights there, another model,
+    other classes, another head shape, or a run that trained its backbone too (its head fits that backbone only).
+
+    >>> load_probe_head(model, "outputs/vit_l", "vit_l", data.class_ids)  # doctest: +SKIP
+    PosixPath('outputs/vit_l/best')
+    """
+    folder = Path(location).expanduser()
+    folder = folder / BEST_DIR if (folder / BEST_DIR / WEIGHTS_FILE).is_file() else folder
+    if not (folder / WEIGHTS_FILE).is_file() or not (folder / CONFIG_FILE).is_file():
+        raise ConfigError(
+            f"model.head_from '{location}' holds no trained head (no {WEIGHTS_FILE} and {CONFIG_FILE}); give the "
+            f"output_dir of a finished head-mode run (`tiny-transformers train {model_name}` writes "
+            f"outputs/{model_name})."
+        )
+    run = RunDir(folder.parent)  # best/ or last/ inside its run folder: the run's config says how it trained
+    if run.config.is_file() and run.read_config().model.train_mode != "head":
+        raise ConfigError(
+            f"model.head_from '{location}' is a full fine-tuning run, whose head fits its own trained backbone, not "
+            "the pretrained one; give a head-mode run (a probe: model.train_mode head)."
+        )
+    probe, timm_name = describe_trained_weights(folder), resolve_model_name(model_name)
+    if probe.timm_name != timm_name:
+        raise ConfigError(
+            f"model.head_from '{location}' is a head of {probe.timm_name} and this run trains {timm_name}; give a "
+            f"probe of {model_name}."
+        )
+    if probe.class_ids is not None and list(probe.class_ids) != list(class_ids):
+        raise ConfigError(
+            f"model.head_from '{location}' was trained on {len(probe.class_ids)} classes that are not this data's "
+            f"{len(class_ids)} (ids or order differ); give a probe trained on the same data.source."
+        )
+    heads = {id(module) for module in head_modules(model)}
+    prefixes = tuple(f"{name}." for name, module in model.named_modules() if id(module) in heads)
+    own = {key: value for key, value in model.state_dict().items() if key.startswith(prefixes)}
+    saved = timm.models.load_state_dict(str(probe.weights_file))
+    wrong = [key for key in own if key not in saved or saved[key].shape != own[key].shape]
+    if wrong:
+        shape = tuple(saved[wrong[0]].shape) if wrong[0] in saved else "missing"
+        raise ConfigError(
+            f"model.head_from '{location}' has no head that fits this model ({wrong[0]}: {shape} there, "
+            f"{tuple(own[wrong[0]].shape)} here); give a probe of the same model and classes."
+        )
+    with torch.no_grad():
+        for key, tensor in own.items():
+            tensor.copy_(saved[key])
+    return folder

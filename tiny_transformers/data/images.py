@@ -148,9 +148,11 @@ def ignore_stop_signals(worker_id: int) -> None:
 
 
 def _exit_on_sigterm_from_parent() -> None:
+    # status 0, as torch's own worker handler: a nonzero one makes the main process's SIGCHLD handler raise
+    # "DataLoader worker ... exited unexpectedly" when multiprocessing terminates the workers at its exit
     while True:
         if signal.sigwaitinfo({signal.SIGTERM}).si_pid == os.getppid():
-            os._exit(128 + signal.SIGTERM)
+            os._exit(0)
 
 
 _DEFAULT_CONTEXT = multiprocessing.get_context()

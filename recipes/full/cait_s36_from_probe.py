@@ -1,0 +1,28 @@
+"""CaiT-S36: recipes/full/cait_s36.py started from the paper's head-only run (probe, then fine-tune).
+
+    tiny-transformers train cait_s36         # the probe (the paper's recipe), into outputs/cait_s36
+    accelerate launch recipes/full/cait_s36_from_probe.py [--model.head_from outputs/cait_s36]
+
+Every value is recipes/full/cait_s36.py's (imported, not copied) except three: the head comes from the probe's
+best/ (model.head_from; the backbone still from the pretrained weights), so the small full fine-tuning learning
+rates start from a trained head rather than a random one (LP-FT, Kumar et al. 2022); images are preprocessed as
+the probe's were (its data.preprocess: the inputs its head was fitted to); the run goes to
+outputs/full/cait_s36_from_probe.
+"""
+
+from dataclasses import replace
+
+from cait_s36 import config as full  # recipes/full/cait_s36.py: a script's own folder is on sys.path
+
+from tiny_transformers import paper_config, run
+
+probe = paper_config("cait_s36")
+config = replace(
+    full,
+    model=replace(full.model, head_from=probe.train.output_dir),
+    data=replace(full.data, preprocess=probe.data.preprocess),
+    train=replace(full.train, output_dir="outputs/full/cait_s36_from_probe"),
+)
+
+if __name__ == "__main__":
+    run(config)

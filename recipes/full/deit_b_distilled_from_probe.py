@@ -1,0 +1,28 @@
+"""DeiT-B/16 distilled: recipes/full/deit_b_distilled.py started from the paper's head-only run (probe, then fine-tune).
+
+    tiny-transformers train deit_b_distilled         # the probe (the paper's recipe), into outputs/deit_b_distilled
+    accelerate launch recipes/full/deit_b_distilled_from_probe.py [--model.head_from outputs/deit_b_distilled]
+
+Every value is recipes/full/deit_b_distilled.py's (imported, not copied) except three: the head comes from the probe's
+best/ (model.head_from; the backbone still from the pretrained weights), so the small full fine-tuning learning
+rates start from a trained head rather than a random one (LP-FT, Kumar et al. 2022); images are preprocessed as
+the probe's were (its data.preprocess: the inputs its head was fitted to); the run goes to
+outputs/full/deit_b_distilled_from_probe.
+"""
+
+from dataclasses import replace
+
+from deit_b_distilled import config as full  # recipes/full/deit_b_distilled.py: a script's own folder is on sys.path
+
+from tiny_transformers import paper_config, run
+
+probe = paper_config("deit_b_distilled")
+config = replace(
+    full,
+    model=replace(full.model, head_from=probe.train.output_dir),
+    data=replace(full.data, preprocess=probe.data.preprocess),
+    train=replace(full.train, output_dir="outputs/full/deit_b_distilled_from_probe"),
+)
+
+if __name__ == "__main__":
+    run(config)

@@ -1,0 +1,28 @@
+"""Swin-L/4: recipes/full/swin_l.py started from the paper's head-only run (probe, then fine-tune).
+
+    tiny-transformers train swin_l         # the probe (the paper's recipe), into outputs/swin_l
+    accelerate launch recipes/full/swin_l_from_probe.py [--model.head_from outputs/swin_l]
+
+Every value is recipes/full/swin_l.py's (imported, not copied) except three: the head comes from the probe's
+best/ (model.head_from; the backbone still from the pretrained weights), so the small full fine-tuning learning
+rates start from a trained head rather than a random one (LP-FT, Kumar et al. 2022); images are preprocessed as
+the probe's were (its data.preprocess: the inputs its head was fitted to); the run goes to
+outputs/full/swin_l_from_probe.
+"""
+
+from dataclasses import replace
+
+from swin_l import config as full  # recipes/full/swin_l.py: a script's own folder is on sys.path
+
+from tiny_transformers import paper_config, run
+
+probe = paper_config("swin_l")
+config = replace(
+    full,
+    model=replace(full.model, head_from=probe.train.output_dir),
+    data=replace(full.data, preprocess=probe.data.preprocess),
+    train=replace(full.train, output_dir="outputs/full/swin_l_from_probe"),
+)
+
+if __name__ == "__main__":
+    run(config)
