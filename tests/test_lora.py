@@ -251,3 +251,12 @@ def test_with_an_ema_last_holds_the_ema_merged(stanford_dir, tmp_path):
     assert not torch.equal(
         ema[f"base_model.model.{key}"], raw[f"base_model.model.{key.replace('.weight', '.default.weight')}"]
     )
+
+
+def test_export_carries_the_merged_weights_and_not_the_adapter(lora_run):
+    _, out = lora_run
+    cli.main(["export", str(out)])
+    files = sorted(p.name for p in (out / "export").iterdir())
+    assert "adapter" not in files and "model.safetensors" in files
+    exported, last = (load_file(out / folder / "model.safetensors") for folder in ("export", "last"))
+    assert exported.keys() == last.keys() and all(torch.equal(exported[k], last[k]) for k in last)
