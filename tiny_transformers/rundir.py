@@ -7,6 +7,7 @@ A run's ``train.output_dir``::
     metrics.jsonl                one JSON object per finished epoch
     checkpoints/step_XXXXXXXX/   training checkpoints; checkpoint.py owns what is inside one
     best/  last/                 trained weights as timm's save_for_hf writes them (model.safetensors, config.json)
+    best/adapter/  last/adapter/ lora mode: the adapter alone, as peft's save_pretrained writes it (lora.py)
     export/                      the folder `tiny-transformers export` and `push` write (publish.py)
     .hub-push/                   what a Hub push in flight sends (push_staging.py); removed after each push, or
                                  by the next push or run end when its process died mid-push
