@@ -70,10 +70,11 @@ def target_names(model: nn.Module, targets: tuple[str, ...] | list[str]) -> list
 def _require_targets(model: nn.Module, cfg: ModelConfig) -> list[str]:
     names = target_names(model, cfg.lora_targets)
     if not names:
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        every = target_names(model, [n.rsplit(".", 1)[-1] for n, _ in model.named_modules()])  # heads left out
+        linear = sorted({name.rsplit(".", 1)[-1] for name in every})
         raise ConfigError(
             f"model.lora_targets ({' '.join(cfg.lora_targets)}) names none of {cfg.name}'s linear layers (their last "
-            f"names: {', '.join(linear)}); use e.g. --model.lora_targets {' '.join(linear[:3])}."
+            f"names: {', '.join(linear)}); use some of them, e.g. --model.lora_targets {' '.join(linear)}."
         )
     return names
 
