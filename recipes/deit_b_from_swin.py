@@ -2,7 +2,7 @@
 distillation from a Swin-L already fine-tuned on the same data: accuracy not measured yet.
 
     python recipes/swin_l.py                      # or recipes/full/swin_l.py: the teacher, 200 classes at 384
-    accelerate launch recipes/deit_b_from_swin.py --model.teacher outputs/swin_l/best [--data.source ...]
+    accelerate launch recipes/deit_b_from_swin.py --distill.teacher outputs/swin_l/best [--data.source ...]
 
 As recipes/full/deit_b_distilled.py (same values, same sources: DeiT's 384 fine-tuning command and main.py defaults),
 plus DeiT's hard distillation (its README's distillation command: --distillation-type hard, alpha 0.5): the class
@@ -10,19 +10,19 @@ head learns the labels, the distillation head the teacher's top-1 class on the s
 24 GB GPU with bf16: micro-batch 64 with gradient checkpointing, accumulation 2 to batch 128; the frozen teacher adds
 its fp32 weights (0.8 GB) and an inference forward: at most about 13 GiB at peak by the arithmetic of docs/recipes.md
 (up to ~22 GiB without checkpointing, too close to 24 GB; not measured on a GPU). The teacher must predict the same
-200 classes at 384 px (refused otherwise); without --model.teacher this recipe refuses to start.
+200 classes at 384 px (refused otherwise); without --distill.teacher this recipe refuses to start.
 """
 
 import sys
 
-from tiny_transformers import AugmentConfig, DataConfig, FinetuneConfig, ModelConfig, OptimConfig, TrainConfig, run
+from tiny_transformers import DataConfig, DistillConfig, FinetuneConfig, ModelConfig, OptimConfig, TrainConfig, run
 from tiny_transformers.cli import parse_config
 
 config = FinetuneConfig(
-    model=ModelConfig(name="deit_b_distilled", train_mode="full", drop_path_rate=0.1, grad_checkpointing=True,
-                      teacher=None),  # given on the command line: --model.teacher outputs/swin_l/best
+    model=ModelConfig(name="deit_b_distilled", train_mode="full", drop_path_rate=0.1, grad_checkpointing=True),
     data=DataConfig(image_size=384, normalization="imagenet"),
-    augment=AugmentConfig(distill_type="hard"),
+    # the teacher is given on the command line: --distill.teacher outputs/swin_l/best
+    distill=DistillConfig(teacher=None, type="hard", alpha=0.5),
     optim=OptimConfig(
         lr=1.25e-6, weight_decay=1e-8, layer_decay=0.0, warmup_epochs=5, warmup_lr=1e-6, min_lr=1.25e-6, clip_grad=0.0
     ),
@@ -32,9 +32,9 @@ config = FinetuneConfig(
 
 if __name__ == "__main__":
     parsed, show = parse_config(config, sys.argv[1:], prog=sys.argv[0])
-    if not show and not parsed.model.teacher:
+    if not show and not parsed.distill.teacher:
         print(
-            "error: recipes/deit_b_from_swin.py distils from a teacher and none was given; add --model.teacher "
+            "error: recipes/deit_b_from_swin.py distils from a teacher and none was given; add --distill.teacher "
             "outputs/swin_l/best (a Swin-L fine-tuned on this data at 384 px by recipes/swin_l.py or "
             "recipes/full/swin_l.py).",
             file=sys.stderr,

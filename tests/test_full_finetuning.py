@@ -204,13 +204,13 @@ def test_a_timm_teacher_offline_gets_the_offline_sentence():
 def test_only_a_student_with_a_distillation_head_takes_a_teacher(teacher_run):
     best = str(teacher_run / "best")
     with pytest.raises(ConfigError) as error:
-        check_teacher(ModelConfig(name="test_vit", teacher=best))
+        check_teacher(ModelConfig(name="test_vit"), best)
     assert "test_vit has none" in str(error.value) and one_sentence(str(error.value))
     with pytest.raises(ConfigError, match="distillation head"):  # also when the model is built
-        build_model(ModelConfig(name="test_vit", pretrained=False, train_mode="full", teacher=best), 4, 32)
-    check_teacher(ModelConfig(name="deit_tiny_distilled_patch16_224", teacher=best))  # accepted
-    student = ModelConfig(name="deit_tiny_distilled_patch16_224", pretrained=False, train_mode="full", teacher=best)
-    assert has_distillation_head(build_model(student, 4, 32))
+        build_model(ModelConfig(name="test_vit", pretrained=False, train_mode="full"), 4, 32, teacher=best)
+    check_teacher(ModelConfig(name="deit_tiny_distilled_patch16_224"), best)  # accepted
+    student = ModelConfig(name="deit_tiny_distilled_patch16_224", pretrained=False, train_mode="full")
+    assert has_distillation_head(build_model(student, 4, 32, teacher=best))
 
 
 # --- the recipes ----------------------------------------------------------------------------------------------------
@@ -271,7 +271,7 @@ def test_full_recipe_prints_its_values(path):
     assert t["mixed_precision"] == "bf16" and printed["data"]["image_size"] == 384
     assert t["output_dir"] == f"outputs/full/{Path(path).stem}"
     if path == "deit_b_from_swin.py":  # the teacher comes from the command line; DeiT's hard distillation
-        assert m["teacher"] is None and printed["augment"]["distill_type"] == "hard"
+        assert printed["distill"] == {"teacher": None, "type": "hard", "temperature": 1.0, "alpha": 0.5}
 
 
 @pytest.mark.slow
@@ -279,7 +279,7 @@ def test_the_distillation_recipe_refuses_to_start_without_a_teacher():
     done = _recipe("deit_b_from_swin.py", "--train.epochs", "1")
     assert done.returncode == 2 and done.stdout == ""
     message = done.stderr.strip().removeprefix("error: ")
-    assert "--model.teacher outputs/swin_l/best" in message and one_sentence(message)
+    assert "--distill.teacher outputs/swin_l/best" in message and one_sentence(message)
 
 
 @pytest.mark.slow
@@ -291,7 +291,7 @@ def test_full_recipe_runs_one_optimizer_step_on_a_tiny_stand_in(path, stanford_d
         path,
         "--model.name", "deit_tiny_distilled_patch16_224" if distilled else "test_vit",
         "--model.pretrained", "false",
-        *(("--model.teacher", str(teacher_run / "best")) if path == "deit_b_from_swin.py" else ()),
+        *(("--distill.teacher", str(teacher_run / "best")) if path == "deit_b_from_swin.py" else ()),
         "--data.source", str(stanford_dir), "--data.image_size", "32", "--data.num_workers", "0",
         "--data.max_train_samples", "8", "--data.max_eval_samples", "4",
         "--train.epochs", "1", "--train.batch_size", "8", "--train.micro_batch_size", "4",

@@ -130,7 +130,7 @@ def test_more_epochs_on_resume_follow_the_new_cosine_to_min_lr(stanford_dir, tmp
 def test_the_distillation_head_learns_the_teachers_answer_on_the_same_augmented_images(monkeypatch):
     from tiny_transformers.augment import BatchAugment
     from tiny_transformers.checkpoint import TrainerState
-    from tiny_transformers.config import AugmentConfig, FinetuneConfig, ModelConfig, TrainConfig
+    from tiny_transformers.config import AugmentConfig, DistillConfig, FinetuneConfig, ModelConfig, TrainConfig
     from tiny_transformers.optim import build_optimizer, build_schedule
     from tiny_transformers.plan import Plan
 
@@ -146,14 +146,15 @@ def test_the_distillation_head_learns_the_teachers_answer_on_the_same_augmented_
     shown = []
     student.register_forward_pre_hook(lambda _, args: shown.append(args[0].clone()))
     config = FinetuneConfig(
-        model=ModelConfig(name="deit_tiny_distilled_patch16_224", train_mode="full", teacher="a teacher"),
+        model=ModelConfig(name="deit_tiny_distilled_patch16_224", train_mode="full"),
+        distill=DistillConfig(teacher="a teacher"),
         train=TrainConfig(batch_size=4, micro_batch_size=4, epochs=1, mixed_precision="no", progress=False),
     )
     captured = []
     real_loss = engine.loss_per_image
 
-    def loss_per_image(output, targets, teacher_logits=None, augment=None):
-        value = real_loss(output, targets, teacher_logits, augment)
+    def loss_per_image(output, targets, teacher_logits=None, distill=None):
+        value = real_loss(output, targets, teacher_logits, distill)
         captured.append((output, targets, teacher_logits, value))
         return value
 

@@ -9,6 +9,7 @@
 from .config import (
     AugmentConfig,
     DataConfig,
+    DistillConfig,
     FinetuneConfig,
     HubConfig,
     ModelConfig,
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AugmentConfig",
     "DataConfig",
+    "DistillConfig",
     "FinetuneConfig",
     "FinetuneResult",
     "HubConfig",

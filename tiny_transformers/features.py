@@ -115,7 +115,7 @@ def training_cache_off(config: FinetuneConfig) -> str | None:
         (mixing, "Mixup/CutMix is on"),
         (a.random_erasing > 0, f"augment.random_erasing is {a.random_erasing:g}"),
         (m.drop_path_rate > 0, f"model.drop_path_rate is {m.drop_path_rate:g}"),
-        (bool(m.teacher), "model.teacher is set"),
+        (bool(config.distill.teacher), "distill.teacher is set"),
     ]
     return next((reason for on, reason in reasons if on), None)
 

@@ -157,7 +157,7 @@ class Run:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     ema: ModelEmaV3 | None = None  # with train.ema_decay
-    teacher: torch.nn.Module | None = None  # with model.teacher
+    teacher: torch.nn.Module | None = None  # with distill.teacher
     loader: DataLoader | None = None  # the training loader, made by the first train_loader() and kept
     features: FeatureCache | None = None  # head mode's kept backbone features (train.cache_features)
 
@@ -302,7 +302,7 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
     resume_from = find_resume_checkpoint(config, folder.root)
     claim(folder, config, resuming=resume_from is not None)
     check_image_size(config.model, config.data.image_size)  # a size the model cannot see whole, before the data loads
-    check_teacher(config.model)  # a teacher for a student without a distillation head, before the data loads
+    check_teacher(config.model, config.distill.teacher)  # a teacher for a student without one, before the data loads
     data = load_data(config.data)
     if not config.data.skip_corrupt:  # a broken eval image found now costs nothing; after an epoch, the epoch
         verify_images(data.eval, "eval", config.data.native_size, config.train.progress and is_main_launch_process())
@@ -311,7 +311,8 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
     plan = Plan.build(config, world_size_from_env(), len(data.train))
 
     set_seed(config.train.seed)  # the new head's initialisation, identical on every process
-    model = build_model(config.model, data.num_classes, config.data.image_size)  # model.fast_attention's swap too
+    # model.fast_attention's swap too
+    model = build_model(config.model, data.num_classes, config.data.image_size, teacher=config.distill.teacher)
     speed_up_backbone(model, config)  # model.backbone_dtype bf16/fp8's cast and train.compile (full: the whole model)
     mean, std = normalization(model, config.data.normalization)
     features, cache_line = FeatureCache.for_run(config, model, len(data.train), plan.micro_batch_size)
@@ -361,9 +362,9 @@ def _on_device(
     if config.model.backbone_dtype == "fp8":
         layers = fp8_backbone(accelerator.unwrap_model(model), *([ema.module] if ema else []))
         accelerator.print(f"model.backbone_dtype fp8: {layers} linear layers compute in fp8, the rest in bf16")
-    if not config.model.teacher:
+    if not config.distill.teacher:
         return None
-    teacher = build_teacher(config.model.teacher, data.num_classes, config.data.image_size, data.class_ids)
+    teacher = build_teacher(config.distill.teacher, data.num_classes, config.data.image_size, data.class_ids)
     accelerator.unwrap_model(model).set_distilled_training(True)  # the forward returns (class, distillation)
     return teacher.to(accelerator.device)
 

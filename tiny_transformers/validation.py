@@ -9,7 +9,16 @@ import math
 import os
 from pathlib import Path
 
-from .config import AugmentConfig, DataConfig, FinetuneConfig, HubConfig, ModelConfig, OptimConfig, TrainConfig
+from .config import (
+    AugmentConfig,
+    DataConfig,
+    DistillConfig,
+    FinetuneConfig,
+    HubConfig,
+    ModelConfig,
+    OptimConfig,
+    TrainConfig,
+)
 from .errors import ConfigError
 from .hub import hub_repo, is_repo_id
 
@@ -65,6 +74,7 @@ def validate(config: FinetuneConfig, num_processes: int | None = None, cuda_avai
     _validate_model(config.model)
     _validate_data(config.data)
     _validate_augment(config.augment)
+    _validate_distill(config.distill)
     _validate_optim(config.optim)
     _validate_train(config.train, num_processes or world_size_from_env())
     validate_hub(config.hub)
@@ -116,7 +126,6 @@ def _validate_augment(a: AugmentConfig) -> None:
     _check_ranges(
         "augment",
         a,
-        positive="distill_temperature",
         non_negative="mixup_alpha cutmix_alpha randaugment_ops randaugment_magnitude",
         probability="mixup_prob switch_prob label_smoothing random_erasing",
     )
@@ -124,6 +133,10 @@ def _validate_augment(a: AugmentConfig) -> None:
         raise ConfigError(
             f"augment.randaugment_magnitude {a.randaugment_magnitude} is above 30, the top of RandAugment's scale."
         )
+
+
+def _validate_distill(d: DistillConfig) -> None:
+    _check_ranges("distill", d, positive="temperature", fraction="alpha")
 
 
 def _validate_optim(o: OptimConfig) -> None:

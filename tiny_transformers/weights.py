@@ -200,7 +200,7 @@ def build_teacher(location: str, num_classes: int, image_size: int, class_ids: l
     >>> teacher.training, any(p.requires_grad for p in teacher.parameters())  # doctest: +SKIP
     (False, False)
     """
-    what = f"model.teacher '{location}'"
+    what = f"distill.teacher '{location}'"
     folder = Path(location).expanduser()
     if hub.hub_repo(location) is not None or folder.exists():
         if folder.is_dir() and not (folder / WEIGHTS_FILE).is_file():
