@@ -332,7 +332,7 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
     # (timm's t_in_epochs=False), set once per update, so 1 or N processes agree and a resumed run with more
     # train.epochs follows the new, longer cosine instead of the one it started with.
     model, optimizer, evaluation = accelerator.prepare(model, optimizer, evaluation)
-    teacher = _on_device(accelerator, config, model, ema, data)
+    teacher = _on_device(accelerator, config, model, ema, data, (mean, std))
     augment = BatchAugment(
         config.data.image_size, mean, std, data.num_classes, config.augment, accelerator.device, config.data.preprocess
     )
@@ -352,10 +352,16 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
 
 
 def _on_device(
-    accelerator: Accelerator, config: FinetuneConfig, model: torch.nn.Module, ema: ModelEmaV3 | None, data: DataBundle
+    accelerator: Accelerator,
+    config: FinetuneConfig,
+    model: torch.nn.Module,
+    ema: ModelEmaV3 | None,
+    data: DataBundle,
+    normalized: tuple[tuple[float, ...], tuple[float, ...]],
 ) -> torch.nn.Module | None:
     """What goes on the device after ``prepare``: the EMA (checkpointed with the run), model.backbone_dtype fp8's
-    copies (torchao quantizes where the weights are; the EMA shares them) and the teacher, which is returned."""
+    copies (torchao quantizes where the weights are; the EMA shares them) and the teacher, which is returned: it
+    sees the student's batch (``normalized``: its mean and std) converted to its own recorded mean/std."""
     if ema is not None:
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
@@ -364,7 +370,10 @@ def _on_device(
         accelerator.print(f"model.backbone_dtype fp8: {layers} linear layers compute in fp8, the rest in bf16")
     if not config.distill.teacher:
         return None
-    teacher = build_teacher(config.distill.teacher, data.num_classes, config.data.image_size, data.class_ids)
+    d = config.data
+    teacher = build_teacher(
+        config.distill.teacher, data.num_classes, d.image_size, data.class_ids, normalized, d.preprocess, d.native_size
+    )
     accelerator.unwrap_model(model).set_distilled_training(True)  # the forward returns (class, distillation)
     return teacher.to(accelerator.device)
 
