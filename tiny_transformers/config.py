@@ -102,6 +102,10 @@ class AugmentConfig:
     # code always runs 2 ops: at magnitude 0 in its final setting, which still changes about a third of the images
     randaugment_ops: int = 0
     randaugment_magnitude: int = 9  # 0-30, torchvision's scale (the paper's first runs: 9; its final setting: 0)
+    # timm's RandAugment by its config string (e.g. rand-m9-mstd0.5-inc1, as DeiT, BEiT and Swin fine-tune): timm's
+    # own rand_augment_transform on each image at the native size, on the host (PIL), drawing from the keyed
+    # Python and NumPy generators; None: off. Instead of randaugment_ops, not with it
+    timm_randaugment: str | None = None
 
 
 @dataclass

@@ -136,9 +136,10 @@ def _micro_batches(run: Training, loader: DataLoader) -> Iterator[tuple[torch.Te
     cache needs them (the loader's batch sampler, iterated alongside: the same lists in the same order)."""
     device = run.accelerator.device
     order = iter(loader.batch_sampler) if run.features is not None and run.features.train is not None else None
+    host = run.augment.host_randaugment is not None  # timm's RandAugment takes host images
     for images, labels in loader:
         rows = next(order) if order is not None else None
-        yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True), rows
+        yield images if host else images.to(device, non_blocking=True), labels.to(device, non_blocking=True), rows
 
 
 def _empty_micro_batch(run: Training) -> tuple[torch.Tensor, torch.Tensor, None]:

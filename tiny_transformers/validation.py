@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 
 from .config import (
@@ -122,6 +123,10 @@ def _validate_data(d: DataConfig) -> None:
         )
 
 
+# timm's rand_augment_transform options (timm/data/auto_augment.py); it silently ignores what it does not know
+_TIMM_RANDAUGMENT = r"rand(-(m\d+|n\d+|p\d*\.?\d+|mstd\d*\.?\d+|mmax\d+|inc[01]))*"
+
+
 def _validate_augment(a: AugmentConfig) -> None:
     _check_ranges(
         "augment",
@@ -132,6 +137,17 @@ def _validate_augment(a: AugmentConfig) -> None:
     if a.randaugment_magnitude > 30:
         raise ConfigError(
             f"augment.randaugment_magnitude {a.randaugment_magnitude} is above 30, the top of RandAugment's scale."
+        )
+    if a.timm_randaugment is not None and not re.fullmatch(_TIMM_RANDAUGMENT, a.timm_randaugment):
+        raise ConfigError(
+            f"augment.timm_randaugment '{a.timm_randaugment}' is not a timm RandAugment string; write rand- then "
+            "dash-separated m<magnitude>, n<ops>, p<probability>, mstd<std>, mmax<max>, inc<0|1>, e.g. "
+            "rand-m9-mstd0.5-inc1 (or None for none)."
+        )
+    if a.timm_randaugment is not None and a.randaugment_ops > 0:
+        raise ConfigError(
+            f"augment.timm_randaugment {a.timm_randaugment} and augment.randaugment_ops {a.randaugment_ops} both ask "
+            "for RandAugment; keep one (--augment.randaugment_ops 0 or --augment.timm_randaugment None)."
         )
 
 
