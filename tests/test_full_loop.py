@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import PIL.Image
 import pytest
 import timm
 import torch
@@ -182,11 +183,49 @@ def test_the_distillation_head_learns_the_teachers_answer_on_the_same_augmented_
     assert torch.allclose(value, expected)
 
 
-def test_ema_exports_load_in_timm_and_transformers_as_the_ema_weights(stanford_dir, tmp_path):
+def test_ema_exports_load_in_timm_and_transformers_as_the_ema_weights(stanford_dir, tmp_path, monkeypatch, capsys):
+    """With an EMA, last/ holds the EMA and best/ the better of raw and EMA; the result, the final line, results.md,
+    the prediction grid and the model card give those weights' numbers and say which they are."""
+    from tiny_transformers import report
+    from tiny_transformers.card import model_card
+    from tiny_transformers.rundir import GRID_FILE, RESULTS_FILE, epoch_score, read_run
+
     out = tmp_path / "out"
     config = tiny_config(stanford_dir, out, epochs=2)
     config.train.ema_decay = 0.5
+    grid_models, sample = [], report.sample_predictions
+
+    def sample_predictions(model, *args, **kwargs):
+        grid_models.append((model, sample(model, *args, **kwargs)))
+        return grid_models[-1][1]
+
+    monkeypatch.setattr(report, "sample_predictions", sample_predictions)
     result = finetune(config)
+    final_record, best_record = result.history[-1], max(result.history, key=epoch_score)
+    assert (result.top1, result.top5, result.loss, result.weights) == (
+        final_record["ema_top1"],
+        final_record["ema_top5"],
+        final_record["ema_loss"],
+        "ema",
+    )  # last/'s numbers, not the raw weights'
+    assert result.best_top1 == epoch_score(best_record)
+    printed = capsys.readouterr().out
+    assert (
+        f"done: top-1 {result.top1:.2f}% (EMA weights), best top-1 {result.best_top1:.2f}% "
+        f"({result.best_weights} weights)"
+    ) in printed
+    results = (out / RESULTS_FILE).read_text()
+    assert f"| this run, final (epoch 2, EMA weights) | {result.top1:.2f} | {result.top5:.2f} |" in results
+    best_label = "EMA" if result.best_weights == "ema" else "raw"
+    assert f"best top-1 (epoch {best_record['epoch']}, {best_label} weights) | {result.best_top1:.2f} |" in results
+    ((grid_model, _),) = grid_models  # the grid's predictions are those of last/'s weights
+    last = load_file(out / "last" / "model.safetensors")
+    assert all(torch.equal(tensor.cpu(), last[key]) for key, tensor in grid_model.state_dict().items())
+    with PIL.Image.open(out / GRID_FILE) as grid:  # with its caption strip, saying which weights
+        assert grid.size == report.grid_pixel_size(len(grid_models[0][1][0]), 64, caption=True)
+    card = str(model_card(read_run(out)))
+    assert "the exponential moving average (EMA) of the weights" in card
+    assert f"| this run, final (epoch 2, EMA weights) | {result.top1:.2f} |" in card
     final = sorted((out / "checkpoints").glob("step_*"))[-1]
     averaged = {k.removeprefix("module."): v for k, v in ema(final).items()}
     exported = load_file(out / "last" / "model.safetensors")

@@ -48,7 +48,16 @@ from .optim import build_optimizer, build_schedule
 from .plan import Plan
 from .publish import BackgroundPublisher, push_warnings
 from .report import write_run_report
-from .rundir import EpochRecord, RunDir, RunLock, claim, ema_is_better, is_main_launch_process
+from .rundir import (
+    EpochRecord,
+    RunDir,
+    RunLock,
+    best_record,
+    claim,
+    ema_is_better,
+    is_main_launch_process,
+    saved_scores,
+)
 from .sampler import MicroBatchSampler
 from .stop import StopSignals
 from .validation import validate, world_size_from_env
@@ -72,13 +81,15 @@ class TrainingDiverged(TinyTransformersError):
 class FinetuneResult:
     """What a run measured. Accuracies are percentages (0-100) on the eval split."""
 
-    top1: float  # after the last epoch
+    top1: float  # after the last epoch, of the weights in last/ (the EMA's, with train.ema_decay)
     top5: float
-    loss: float  # eval cross-entropy after the last epoch
-    best_top1: float
+    loss: float  # eval cross-entropy after the last epoch, of last/'s weights
+    best_top1: float  # of the weights in best/ (raw or EMA, whichever scored higher)
     epochs_completed: int
     output_dir: Path
     history: list[dict[str, Any]] = field(default_factory=list)  # one dict per epoch, as in metrics.jsonl
+    weights: str | None = None  # which weights top1/top5/loss (last/) describe: ema or raw; None without an EMA
+    best_weights: str | None = None  # which weights best_top1 (best/) describes: ema or raw; None without an EMA
 
 
 def finetune(config: FinetuneConfig, command: str | None = None) -> FinetuneResult:
@@ -407,11 +418,12 @@ def _announce(run: Run, resume_from: Path | None, cache_line: str) -> None:
 def finish(run: Run, pushes: BackgroundPublisher | None = None) -> FinetuneResult:
     """After the last epoch: ``last/``, the report and the Hub push on the main process; the run's result."""
     accelerator, state = run.accelerator, run.state
+    last_weights = run.ema.module if run.ema is not None else accelerator.unwrap_model(run.model)  # last/'s
     if accelerator.is_main_process:
         run.export("last", ema=run.ema is not None)
         write_run_report(
-            run.folder.root, run.config, state.history, accelerator.unwrap_model(run.model), run.data.eval,
-            run.data.class_names, run.augment.resize_normalize, accelerator.autocast,
+            run.folder.root, run.config, state.history, last_weights, run.data.eval, run.data.class_names,
+            run.augment.resize_normalize, accelerator.autocast, weights="ema" if run.ema is not None else None,
         )  # fmt: skip
         pushes = pushes or BackgroundPublisher(run.folder.root, run.config.hub)
         if run.config.hub.push:
@@ -421,9 +433,12 @@ def finish(run: Run, pushes: BackgroundPublisher | None = None) -> FinetuneResul
     accelerator.wait_for_everyone()
     accelerator.end_training()
     nan = float("nan")
-    last = state.history[-1] if state.history else {"top1": nan, "top5": nan, "eval_loss": nan}
+    history = state.history or [{"epoch": 0, "top1": nan, "top5": nan, "eval_loss": nan}]
+    last, best = saved_scores(history[-1], "last"), saved_scores(best_record(history), "best")  # last/'s, best/'s
+    which = {None: "", "ema": " (EMA weights)", "raw": " (raw weights)"}
     accelerator.print(
-        f"done: top-1 {last['top1']:.2f}%, best top-1 {state.best_top1:.2f}%; outputs in {run.folder.root}"
+        f"done: top-1 {last['top1']:.2f}%{which[last['weights']]}, best top-1 {state.best_top1:.2f}%"
+        f"{which[best['weights']]}; outputs in {run.folder.root}"
     )
     return FinetuneResult(
         top1=last["top1"],
@@ -433,6 +448,8 @@ def finish(run: Run, pushes: BackgroundPublisher | None = None) -> FinetuneResul
         epochs_completed=len(state.history),
         output_dir=run.folder.root,
         history=list(state.history),
+        weights=last["weights"],
+        best_weights=best["weights"],
     )
 
 
