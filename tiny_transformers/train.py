@@ -356,7 +356,7 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
         config=config, folder=folder, data=data, plan=plan, accelerator=accelerator, model=model, optimizer=optimizer,
         scheduler=scheduler, augment=augment, eval_loader=evaluation, state=state, mean=mean, std=std, ema=ema,
         teacher=teacher, features=features,
-        train_data=data.train.with_transform(DecodeTransform(config.data.native_size)),  # RandAugment: on the device
+        train_data=data.train.with_transform(DecodeTransform(config.data.native_size)),  # decoding only
     )  # fmt: skip
     _announce(run, resume_from, cache_line)
     return run
