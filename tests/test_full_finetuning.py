@@ -201,6 +201,55 @@ def test_a_timm_teacher_offline_gets_the_offline_sentence():
         build_teacher("test_vit", 1000, 160)
 
 
+def test_the_teacher_sees_the_students_images_normalised_as_it_was_trained(
+    teacher_run, stanford_dir, tmp_path, monkeypatch
+):
+    """A teacher saved with mean/std 0.5 under a student normalised with ImageNet's: in the run, its logits are the
+    plain timm model's on the same images normalised with 0.5 (converted on the device from the student's batch).
+    A teacher recorded with a preprocessing the student's batch cannot be converted from is refused."""
+    from tiny_transformers import engine
+    from tiny_transformers.config import DistillConfig
+    from tiny_transformers.models import IMAGENET_MEAN, IMAGENET_STD
+    from tiny_transformers.weights import build_trained_model, describe_trained_weights, save_for_timm
+
+    recorded = describe_trained_weights(str(teacher_run / "last"))
+    half, folder = (0.5,) * 3, tmp_path / "teacher"
+    model, ids, names = build_trained_model(recorded), recorded.class_ids, recorded.class_names
+    save_for_timm(model, folder, ids, names, 32, half, half, native_size=recorded.native_size)
+    seen, real = [], engine._teacher_logits
+
+    def teacher_logits(teacher, x):
+        logits = real(teacher, x)
+        seen.append((x.clone(), logits))
+        return logits
+
+    monkeypatch.setattr(engine, "_teacher_logits", teacher_logits)
+    config = _tiny_run(stanford_dir, tmp_path / "student", name="deit_tiny_distilled_patch16_224")
+    config.distill = DistillConfig(teacher=str(folder))
+    finetune(config)
+    plain = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()  # timm alone, with its own config
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+    assert seen
+    for x, logits in seen:
+        with torch.no_grad():
+            expected = plain(((x * std + mean) - 0.5) / 0.5)  # the same images in [0, 1], normalised with 0.5
+            unconverted = plain(x)
+        assert torch.allclose(logits, expected, atol=1e-5)
+        assert not torch.allclose(logits, unconverted, atol=1e-2)  # what the teacher was shown before: other logits
+    student = (IMAGENET_MEAN, IMAGENET_STD)
+    save_for_timm(model, folder, ids, names, 32, half, half, preprocess="official")
+    with pytest.raises(ConfigError) as error:
+        build_teacher(str(folder), 4, 32, student=student, preprocess="default")
+    assert "data.preprocess official" in str(error.value) and one_sentence(str(error.value))
+    save_for_timm(model, folder, ids, names, 32, half, half)
+    saved = json.loads((folder / "config.json").read_text())
+    saved["pretrained_cfg"]["interpolation"] = "bilinear"  # a timm folder fine-tuned elsewhere, resized bilinear
+    (folder / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ConfigError) as error:
+        build_teacher(str(folder), 4, 32, student=student)
+    assert "records bilinear resizing" in str(error.value) and one_sentence(str(error.value))
+
+
 def test_only_a_student_with_a_distillation_head_takes_a_teacher(teacher_run):
     best = str(teacher_run / "best")
     with pytest.raises(ConfigError) as error:

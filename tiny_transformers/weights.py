@@ -94,6 +94,7 @@ class TrainedWeights:
     mixed_precision: str | None = None  # the autocast of training, when recorded
     preprocess: str | None = None  # data.preprocess of training (official: the uint8 resize), when recorded
     eval_precision: str | None = None  # fp32 when the run evaluated without autocast, when recorded
+    interpolation: str = "bicubic"  # the resize its images had (timm's pretrained_cfg); this library's is bicubic
 
 
 def describe_trained_weights(location: str | Path) -> TrainedWeights:
@@ -168,6 +169,7 @@ def _folder_weights(folder: Path) -> TrainedWeights:
         mixed_precision=recorded.get("mixed_precision"),
         preprocess=recorded.get("preprocess"),
         eval_precision=recorded.get("eval_precision"),
+        interpolation=str(pretrained_cfg.get("interpolation") or "bicubic"),
     )
 
 
@@ -268,6 +270,12 @@ def build_teacher(
                     f"{what} was trained with data.{name} {theirs} and the student uses {ours}, which its batch "
                     f"cannot be converted from; use --data.{name} {theirs} or a teacher trained with {ours}."
                 )
+        if weights.interpolation != "bicubic":
+            raise ConfigError(
+                f"{what} records {weights.interpolation} resizing and the student's images are upscaled bicubic, "
+                "which its batch cannot be converted from; give a teacher fine-tuned with bicubic resizing (as "
+                "this library's runs are)."
+            )
         model = build_trained_model(weights, num_classes)
         own = (weights.mean, weights.std)
     elif timm.is_model(resolve_model_name(location)):
