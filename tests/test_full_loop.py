@@ -183,6 +183,27 @@ def test_the_distillation_head_learns_the_teachers_answer_on_the_same_augmented_
     assert torch.allclose(value, expected)
 
 
+@pytest.mark.parametrize("kind", ["hard", "soft"])
+def test_distillation_alpha_weighs_the_two_heads(kind):
+    """DeiT's DistillationLoss: (1 - alpha) x the class head's loss + alpha x the distillation head's."""
+    from tiny_transformers.config import DistillConfig
+
+    generator = torch.Generator().manual_seed(0)
+    cls, dist, teacher = (torch.randn(3, 5, generator=generator) for _ in range(3))
+    targets = torch.softmax(torch.randn(3, 5, generator=generator), -1)
+    base = torch.sum(-targets * F.log_softmax(cls, -1), -1)
+    if kind == "hard":
+        distill = F.cross_entropy(dist, teacher.argmax(-1), reduction="none")
+    else:  # DeiT: kl_div(log_softmax(s/T), log_softmax(t/T), sum, log_target) * T^2 / numel, here per image
+        log_p, log_q = F.log_softmax(dist / 2, -1), F.log_softmax(teacher / 2, -1)
+        distill = (log_q.exp() * (log_q - log_p)).sum(-1) * 4 / 5
+    value = engine.loss_per_image((cls, dist), targets, teacher, DistillConfig(type=kind, temperature=2.0, alpha=0.3))
+    assert torch.allclose(value, 0.7 * base + 0.3 * distill, atol=1e-6)
+    half = engine.loss_per_image((cls, dist), targets, teacher, DistillConfig(type=kind, temperature=2.0))
+    assert torch.allclose(half, (base + distill) / 2, atol=1e-6)  # the default alpha: DeiT's 0.5
+    assert not torch.allclose(value, half)
+
+
 def test_ema_exports_load_in_timm_and_transformers_as_the_ema_weights(stanford_dir, tmp_path, monkeypatch, capsys):
     """With an EMA, last/ holds the EMA and best/ the better of raw and EMA; the result, the final line, results.md,
     the prediction grid and the model card give those weights' numbers and say which they are."""
