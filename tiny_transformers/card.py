@@ -98,6 +98,9 @@ def model_card(run: RunSummary, hub: HubConfig | None = None) -> ModelCard:
         else f"the epoch with the best eval top-1 (epoch {record['epoch']} of {epochs}; chosen on the eval split "
         "itself, so its numbers are slightly optimistic)"
     )
+    if record["weights"]:  # with an EMA: which of the two the folder holds, the numbers above being theirs
+        ema = record["weights"] == "ema"
+        which += ", the exponential moving average (EMA) of the weights" if ema else ", the raw weights (not their EMA)"
     return ModelCard.from_template(
         metadata,
         template_path=str(TEMPLATE),

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .augment import BatchAugment
 from .checkpoint import TrainerState
-from .config import AugmentConfig, FinetuneConfig
+from .config import DistillConfig, FinetuneConfig
 from .data import DataBundle, DecodeTransform, collate, worker_options
 from .errors import ConfigError
 from .features import EvalFeatures, FeatureCache, capture, head_forward, head_logits
@@ -120,7 +120,7 @@ def train_steps(run: Training, loader: torch.utils.data.DataLoader) -> Iterator[
                     keyed_rng(accelerator.device, run.config.train.seed, state.epoch, g, **run.augment.host_generators),
                 ):
                     output, targets, teacher_logits = _forward(run, images, labels, indices)
-                    per_image = loss_per_image(output, targets, teacher_logits, run.config.augment)
+                    per_image = loss_per_image(output, targets, teacher_logits, run.config.distill)
                     accelerator.backward(per_image.sum() * ((n / window_images) if real else 0.0))
                 if real:
                     state.loss.add(per_image.sum(), len(labels), state.global_step)
@@ -136,9 +136,10 @@ def _micro_batches(run: Training, loader: DataLoader) -> Iterator[tuple[torch.Te
     cache needs them (the loader's batch sampler, iterated alongside: the same lists in the same order)."""
     device = run.accelerator.device
     order = iter(loader.batch_sampler) if run.features is not None and run.features.train is not None else None
+    host = run.augment.host_randaugment is not None  # timm's RandAugment takes host images
     for images, labels in loader:
         rows = next(order) if order is not None else None
-        yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True), rows
+        yield images if host else images.to(device, non_blocking=True), labels.to(device, non_blocking=True), rows
 
 
 def _empty_micro_batch(run: Training) -> tuple[torch.Tensor, torch.Tensor, None]:
@@ -234,31 +235,32 @@ def loss_per_image(
     output: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
     targets: torch.Tensor,
     teacher_logits: torch.Tensor | None = None,
-    augment: AugmentConfig | None = None,
+    distill: DistillConfig | None = None,
 ) -> torch.Tensor:
     """The training loss of each image, in float32.
 
     Without a teacher: soft-target cross-entropy of the logits (both heads averaged for distilled DeiT). With one,
-    DeiT's distillation (alpha 0.5): half the class head's loss on the (mixed) targets, half the distillation head's
-    on the teacher's answer for the same augmented image: its top-1 class (``hard``) or its probabilities at
-    temperature T (``soft``: KL divergence x T^2 / classes, as DeiT's ``DistillationLoss`` divides by numel).
+    DeiT's ``DistillationLoss``: ``(1 - alpha) x`` the class head's loss on the (mixed) targets ``+ alpha x`` the
+    distillation head's on the teacher's answer for the same augmented image: its top-1 class (``hard``) or its
+    probabilities at temperature T (``soft``: KL divergence x T^2 / classes, as DeiT divides by numel).
 
     >>> cls, dist = torch.zeros(1, 3), torch.tensor([[0.0, 0.0, 9.0]])
     >>> teacher = torch.tensor([[0.0, 0.0, 5.0]])  # the teacher says class 2
-    >>> loss_per_image((cls, dist), torch.full((1, 3), 1 / 3), teacher, AugmentConfig(distill_type="hard"))
+    >>> loss_per_image((cls, dist), torch.full((1, 3), 1 / 3), teacher, DistillConfig(type="hard"))
     tensor([0.5494])
     """
     if teacher_logits is None:
         return loss_fn_per_image(unwrap_logits(output).float(), targets)
+    distill = distill or DistillConfig()
     cls, dist = output[0].float(), output[1].float()
     teacher_logits = teacher_logits.float()
-    if augment is None or augment.distill_type == "hard":
-        distill = F.cross_entropy(dist, teacher_logits.argmax(dim=-1), reduction="none")
+    if distill.type == "hard":
+        distilled = F.cross_entropy(dist, teacher_logits.argmax(dim=-1), reduction="none")
     else:
-        t = augment.distill_temperature
+        t = distill.temperature
         log_p, log_q = F.log_softmax(dist / t, dim=-1), F.log_softmax(teacher_logits / t, dim=-1)
-        distill = F.kl_div(log_p, log_q, reduction="none", log_target=True).sum(dim=-1) * t * t / dist.shape[-1]
-    return (loss_fn_per_image(cls, targets) + distill) / 2
+        distilled = F.kl_div(log_p, log_q, reduction="none", log_target=True).sum(dim=-1) * t * t / dist.shape[-1]
+    return (1 - distill.alpha) * loss_fn_per_image(cls, targets) + distill.alpha * distilled
 
 
 @torch.no_grad()

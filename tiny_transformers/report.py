@@ -32,7 +32,7 @@ from .data import decode_image
 from .hub import is_hub_id
 from .models import unwrap_logits
 from .paper import CITATION, PAPER_MODELS, paper_model_for, resolve_model_name
-from .rundir import CURVES_FILE, GRID_FILE, RESULTS_FILE, RunDir, best_record
+from .rundir import CURVES_FILE, GRID_FILE, RESULTS_FILE, RunDir, best_record, saved_scores
 from .runfiles import write_atomic, writing
 
 CURVES_DPI = 100
@@ -43,6 +43,7 @@ _GRID_DPI = 100
 _GRID_MIN_CELL = 160  # native images are upscaled by a whole factor to at least this many pixels a side
 _GRID_TITLE = 34  # pixels above each image for its two title lines
 _GRID_PAD = 8  # pixels around each image
+_GRID_CAPTION = 24  # pixels below the grid for its caption (which weights predicted), when it has one
 _WRONG = "#c62828"  # red: title and frame of a wrong prediction
 _RIGHT = "#1b5e20"
 
@@ -117,16 +118,18 @@ def grid_scale(native_size: int) -> int:
     return max(1, math.ceil(_GRID_MIN_CELL / native_size))
 
 
-def grid_pixel_size(count: int, native_size: int, columns: int = GRID_COLUMNS) -> tuple[int, int]:
-    """(width, height) in pixels of the PNG :func:`plot_prediction_grid` writes.
+def grid_pixel_size(
+    count: int, native_size: int, columns: int = GRID_COLUMNS, caption: bool = False
+) -> tuple[int, int]:
+    """(width, height) in pixels of the PNG :func:`plot_prediction_grid` writes (with a caption strip below).
 
-    >>> grid_pixel_size(16, 64)
-    (832, 936)
+    >>> grid_pixel_size(16, 64), grid_pixel_size(16, 64, caption=True)
+    ((832, 936), (832, 960))
     """
     side = native_size * grid_scale(native_size)
     columns = min(columns, count)
     rows = math.ceil(count / columns)
-    return columns * (side + 2 * _GRID_PAD), rows * (side + _GRID_TITLE + _GRID_PAD)
+    return columns * (side + 2 * _GRID_PAD), rows * (side + _GRID_TITLE + _GRID_PAD) + (_GRID_CAPTION if caption else 0)
 
 
 def prediction_grid_figure(
@@ -134,9 +137,11 @@ def prediction_grid_figure(
     true_names: Sequence[str],
     predicted_names: Sequence[str],
     columns: int = GRID_COLUMNS,
+    caption: str | None = None,
 ):
     """One cell per image: the image upscaled by a whole factor (nearest, so its pixels stay visible), titled
-    ``true: ...`` / ``pred: ...``; a wrong prediction gets a red title and a red frame.
+    ``true: ...`` / ``pred: ...``; a wrong prediction gets a red title and a red frame. ``caption``, when given, is
+    written below the grid (e.g. which weights predicted).
 
     ``images`` are uint8 RGB, (N, 3, H, W) or (N, H, W, 3), all square and of the same size.
 
@@ -157,10 +162,12 @@ def prediction_grid_figure(
             "predicted names; give one of each per image."
         )
     count, native = len(array), array.shape[1]
-    width, height = grid_pixel_size(count, native, columns)
+    width, height = grid_pixel_size(count, native, columns, caption=caption is not None)
     columns = min(columns, count)
     side = native * grid_scale(native)
     fig = Figure(figsize=(width / _GRID_DPI, height / _GRID_DPI), dpi=_GRID_DPI)
+    if caption is not None:  # in the strip below the cells, which are placed from the top
+        fig.text(0.5, _GRID_CAPTION / 2 / height, caption, ha="center", va="center", fontsize=9)
     for i, (image, truth, predicted) in enumerate(zip(array, true_names, predicted_names)):
         row, column = divmod(i, columns)
         # Axes placed in whole pixels, the image filling them exactly: each source pixel maps to a
@@ -189,6 +196,7 @@ def plot_prediction_grid(
     predicted_names: Sequence[str],
     path: str | Path,
     columns: int = GRID_COLUMNS,
+    caption: str | None = None,
 ) -> Path:
     """Write :func:`prediction_grid_figure` as a PNG of :func:`grid_pixel_size` pixels.
 
@@ -198,7 +206,7 @@ def plot_prediction_grid(
     """
     path = Path(path)
     with writing(path):
-        prediction_grid_figure(images, true_names, predicted_names, columns).savefig(path, dpi=_GRID_DPI)
+        prediction_grid_figure(images, true_names, predicted_names, columns, caption).savefig(path, dpi=_GRID_DPI)
     return path
 
 
@@ -260,15 +268,14 @@ def results_table(config: FinetuneConfig, history: Sequence[dict[str, Any]]) -> 
     | this run, best top-1 (epoch 1) | 80.00 | 95.00 | 0.9000 | 1 |
     | paper: ViT-L/16 (Huynh 2022) | 86.43 | – | – | 30 |
     """
-    final, best = history[-1], best_record(history)
-    lines = [
-        "| | top-1 (%) | top-5 (%) | eval loss | epochs |",
-        "|---|---:|---:|---:|---:|",
-        f"| this run, final (epoch {final['epoch']}) | {final['top1']:.2f} | {final['top5']:.2f} | "
-        f"{final['eval_loss']:.4f} | {len(history)} |",
-        f"| this run, best top-1 (epoch {best['epoch']}) | {best['top1']:.2f} | {best['top5']:.2f} | "
-        f"{best['eval_loss']:.4f} | {len(history)} |",
-    ]
+    final, best = saved_scores(history[-1], "last"), saved_scores(best_record(history), "best")
+    lines = ["| | top-1 (%) | top-5 (%) | eval loss | epochs |", "|---|---:|---:|---:|---:|"]
+    for row, r in (("final", final), ("best top-1", best)):
+        which = f", {'EMA' if r['weights'] == 'ema' else 'raw'} weights" if r["weights"] else ""  # last/'s, best/'s
+        lines.append(
+            f"| this run, {row} (epoch {r['epoch']}{which}) | {r['top1']:.2f} | {r['top5']:.2f} | "
+            f"{r['eval_loss']:.4f} | {len(history)} |"
+        )
     paper = paper_model_for(config.model.name)
     if paper is not None:
         # the paper's protocol: 30 epochs (the official recipe), top-1 on the Tiny ImageNet validation set
@@ -282,7 +289,7 @@ def results_markdown(config: FinetuneConfig, history: Sequence[dict[str, Any]]) 
     >>> results_markdown(FinetuneConfig(), [{"epoch": 1, "top1": 80.0, "top5": 95.0, "eval_loss": 0.9}]).splitlines()[0]
     '# Results: vit_l (vit_large_patch16_384)'
     """
-    final = history[-1]
+    final = saved_scores(history[-1], "last")  # the numbers of last/'s weights (the EMA's, with one)
     paper = paper_model_for(config.model.name)
     text = [
         f"# Results: {config.model.name} ({resolve_model_name(config.model.name)})",
@@ -382,8 +389,10 @@ def write_run_report(
     class_names: Sequence[str],
     preprocess: Callable[[Any], Any],
     autocast: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
+    weights: str | None = None,
 ) -> dict[str, Path]:
-    """Write the training curves, the prediction grid (of the model as it is now) and ``results.md``.
+    """Write the training curves, the prediction grid (of ``model``: the weights in ``last/``; ``weights``, ``ema``
+    or ``raw`` when the run has a choice, is written under it) and ``results.md``.
 
     Called by ``finetune`` on the main process after the last epoch; returns the written paths by kind.
 
@@ -401,7 +410,7 @@ def write_run_report(
         images, labels, predicted = sample_predictions(
             model, eval_dataset, config.data.native_size, preprocess, GRID_IMAGES, config.train.seed, autocast
         )
-        written["grid"] = plot_prediction_grid(
-            images, [class_names[i] for i in labels], [class_names[i] for i in predicted], run.file(GRID_FILE)
-        )
+        caption = f"predictions of last/: the {'EMA' if weights == 'ema' else 'raw'} weights" if weights else None
+        truth, guesses = [class_names[i] for i in labels], [class_names[i] for i in predicted]
+        written["grid"] = plot_prediction_grid(images, truth, guesses, run.file(GRID_FILE), caption=caption)
     return written

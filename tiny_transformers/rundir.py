@@ -269,10 +269,7 @@ class RunSummary:
     def record_for(self, weights: Literal["last", "best"]) -> dict[str, Any]:
         """The metrics of the weights in ``last/`` or ``best/``: with an EMA, ``last/`` holds the EMA and ``best/``
         whichever of raw and EMA scored higher, so their numbers are the EMA's there."""
-        record = self.best if weights == "best" else self.final
-        if "ema_top1" in record and (weights == "last" or ema_is_better(record)):
-            return {**record, "top1": record["ema_top1"], "top5": record["ema_top5"], "eval_loss": record["ema_loss"]}
-        return record
+        return saved_scores(self.best if weights == "best" else self.final, weights)
 
     @property
     def paper(self) -> PaperModel | None:
@@ -316,6 +313,25 @@ def ema_is_better(record: dict[str, Any]) -> bool:
     """
     ema = record.get("ema_top1")
     return ema is not None and (record["top1"] is None or ema > record["top1"])
+
+
+def saved_scores(record: dict[str, Any], folder: Literal["last", "best"]) -> dict[str, Any]:
+    """An epoch's record with top-1, top-5 and eval loss of the weights ``folder`` holds, and which they are
+    (``weights``: ``ema`` or ``raw``; None without an EMA, when there is no choice): with an EMA, ``last/`` holds the
+    EMA and ``best/`` whichever of raw and EMA scored higher (:func:`ema_is_better`).
+
+    >>> record = {"top1": 50.0, "top5": 80.0, "eval_loss": 1.0, "ema_top1": 49.0, "ema_top5": 79.0, "ema_loss": 1.1}
+    >>> [(r["top1"], r["weights"]) for r in (saved_scores(record, "last"), saved_scores(record, "best"))]
+    [(49.0, 'ema'), (50.0, 'raw')]
+    >>> saved_scores({"top1": 50.0, "top5": 80.0, "eval_loss": 1.0}, "last")["weights"] is None
+    True
+    """
+    if "ema_top1" not in record:
+        return {**record, "weights": None}
+    if folder == "last" or ema_is_better(record):
+        ema = {"top1": record["ema_top1"], "top5": record["ema_top5"], "eval_loss": record["ema_loss"]}
+        return {**record, **ema, "weights": "ema"}
+    return {**record, "weights": "raw"}
 
 
 def epoch_score(record: dict[str, Any]) -> float:

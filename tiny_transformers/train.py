@@ -48,7 +48,16 @@ from .optim import build_optimizer, build_schedule
 from .plan import Plan
 from .publish import BackgroundPublisher, push_warnings
 from .report import write_run_report
-from .rundir import EpochRecord, RunDir, RunLock, claim, ema_is_better, is_main_launch_process
+from .rundir import (
+    EpochRecord,
+    RunDir,
+    RunLock,
+    best_record,
+    claim,
+    ema_is_better,
+    is_main_launch_process,
+    saved_scores,
+)
 from .sampler import MicroBatchSampler
 from .stop import StopSignals
 from .validation import validate, world_size_from_env
@@ -59,13 +68,15 @@ from .weights import build_teacher, load_probe_head, save_for_timm
 class FinetuneResult:
     """What a run measured. Accuracies are percentages (0-100) on the eval split."""
 
-    top1: float  # after the last epoch
+    top1: float  # after the last epoch, of the weights in last/ (the EMA's, with train.ema_decay)
     top5: float
-    loss: float  # eval cross-entropy after the last epoch
-    best_top1: float
+    loss: float  # eval cross-entropy after the last epoch, of last/'s weights
+    best_top1: float  # of the weights in best/ (raw or EMA, whichever scored higher)
     epochs_completed: int
     output_dir: Path
     history: list[dict[str, Any]] = field(default_factory=list)  # one dict per epoch, as in metrics.jsonl
+    weights: str | None = None  # which weights top1/top5/loss (last/) describe: ema or raw; None without an EMA
+    best_weights: str | None = None  # which weights best_top1 (best/) describes: ema or raw; None without an EMA
 
 
 def finetune(config: FinetuneConfig, command: str | None = None) -> FinetuneResult:
@@ -144,7 +155,7 @@ class Run:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     ema: ModelEmaV3 | None = None  # with train.ema_decay
-    teacher: torch.nn.Module | None = None  # with model.teacher
+    teacher: torch.nn.Module | None = None  # with distill.teacher
     loader: DataLoader | None = None  # the training loader, made by the first train_loader() and kept
     features: FeatureCache | None = None  # head mode's kept backbone features (train.cache_features)
 
@@ -289,7 +300,7 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
     resume_from = find_resume_checkpoint(config, folder.root)
     claim(folder, config, resuming=resume_from is not None)
     check_image_size(config.model, config.data.image_size)  # a size the model cannot see whole, before the data loads
-    check_teacher(config.model)  # a teacher for a student without a distillation head, before the data loads
+    check_teacher(config.model, config.distill.teacher)  # a teacher for a student without one, before the data loads
     data = load_data(config.data)
     if not config.data.skip_corrupt:  # a broken eval image found now costs nothing; after an epoch, the epoch
         verify_images(data.eval, "eval", config.data.native_size, config.train.progress and is_main_launch_process())
@@ -298,7 +309,8 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
     plan = Plan.build(config, world_size_from_env(), len(data.train))
 
     set_seed(config.train.seed)  # the new head's initialisation, identical on every process
-    model = build_model(config.model, data.num_classes, config.data.image_size)  # model.fast_attention's swap too
+    # model.fast_attention's swap too
+    model = build_model(config.model, data.num_classes, config.data.image_size, teacher=config.distill.teacher)
     if config.model.head_from and resume_from is None:  # probe, then fine-tune (a resumed run's head is checkpointed)
         load_probe_head(model, config.model.head_from, config.model.name, data.class_ids)
     speed_up_backbone(model, config)  # model.backbone_dtype bf16/fp8's cast and train.compile (full: the whole model)
@@ -320,7 +332,7 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
     # (timm's t_in_epochs=False), set once per update, so 1 or N processes agree and a resumed run with more
     # train.epochs follows the new, longer cosine instead of the one it started with.
     model, optimizer, evaluation = accelerator.prepare(model, optimizer, evaluation)
-    teacher = _on_device(accelerator, config, model, ema, data)
+    teacher = _on_device(accelerator, config, model, ema, data, (mean, std))
     augment = BatchAugment(
         config.data.image_size, mean, std, data.num_classes, config.augment, accelerator.device, config.data.preprocess
     )
@@ -333,26 +345,35 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
         config=config, folder=folder, data=data, plan=plan, accelerator=accelerator, model=model, optimizer=optimizer,
         scheduler=scheduler, augment=augment, eval_loader=evaluation, state=state, mean=mean, std=std, ema=ema,
         teacher=teacher, features=features,
-        train_data=data.train.with_transform(DecodeTransform(config.data.native_size)),  # RandAugment: on the device
+        train_data=data.train.with_transform(DecodeTransform(config.data.native_size)),  # decoding only
     )  # fmt: skip
     _announce(run, resume_from, cache_line)
     return run
 
 
 def _on_device(
-    accelerator: Accelerator, config: FinetuneConfig, model: torch.nn.Module, ema: ModelEmaV3 | None, data: DataBundle
+    accelerator: Accelerator,
+    config: FinetuneConfig,
+    model: torch.nn.Module,
+    ema: ModelEmaV3 | None,
+    data: DataBundle,
+    normalized: tuple[tuple[float, ...], tuple[float, ...]],
 ) -> torch.nn.Module | None:
     """What goes on the device after ``prepare``: the EMA (checkpointed with the run), model.backbone_dtype fp8's
-    copies (torchao quantizes where the weights are; the EMA shares them) and the teacher, which is returned."""
+    copies (torchao quantizes where the weights are; the EMA shares them) and the teacher, which is returned: it
+    sees the student's batch (``normalized``: its mean and std) converted to its own recorded mean/std."""
     if ema is not None:
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
     if config.model.backbone_dtype == "fp8":
         layers = fp8_backbone(accelerator.unwrap_model(model), *([ema.module] if ema else []))
         accelerator.print(f"model.backbone_dtype fp8: {layers} linear layers compute in fp8, the rest in bf16")
-    if not config.model.teacher:
+    if not config.distill.teacher:
         return None
-    teacher = build_teacher(config.model.teacher, data.num_classes, config.data.image_size, data.class_ids)
+    d = config.data
+    teacher = build_teacher(
+        config.distill.teacher, data.num_classes, d.image_size, data.class_ids, normalized, d.preprocess, d.native_size
+    )
     accelerator.unwrap_model(model).set_distilled_training(True)  # the forward returns (class, distillation)
     return teacher.to(accelerator.device)
 
@@ -386,11 +407,12 @@ def _announce(run: Run, resume_from: Path | None, cache_line: str) -> None:
 def finish(run: Run, pushes: BackgroundPublisher | None = None) -> FinetuneResult:
     """After the last epoch: ``last/``, the report and the Hub push on the main process; the run's result."""
     accelerator, state = run.accelerator, run.state
+    last_weights = run.ema.module if run.ema is not None else accelerator.unwrap_model(run.model)  # last/'s
     if accelerator.is_main_process:
         run.export("last", ema=run.ema is not None)
         write_run_report(
-            run.folder.root, run.config, state.history, accelerator.unwrap_model(run.model), run.data.eval,
-            run.data.class_names, run.augment.resize_normalize, accelerator.autocast,
+            run.folder.root, run.config, state.history, last_weights, run.data.eval, run.data.class_names,
+            run.augment.resize_normalize, accelerator.autocast, weights="ema" if run.ema is not None else None,
         )  # fmt: skip
         pushes = pushes or BackgroundPublisher(run.folder.root, run.config.hub)
         if run.config.hub.push:
@@ -400,9 +422,12 @@ def finish(run: Run, pushes: BackgroundPublisher | None = None) -> FinetuneResul
     accelerator.wait_for_everyone()
     accelerator.end_training()
     nan = float("nan")
-    last = state.history[-1] if state.history else {"top1": nan, "top5": nan, "eval_loss": nan}
+    history = state.history or [{"epoch": 0, "top1": nan, "top5": nan, "eval_loss": nan}]
+    last, best = saved_scores(history[-1], "last"), saved_scores(best_record(history), "best")  # last/'s, best/'s
+    which = {None: "", "ema": " (EMA weights)", "raw": " (raw weights)"}
     accelerator.print(
-        f"done: top-1 {last['top1']:.2f}%, best top-1 {state.best_top1:.2f}%; outputs in {run.folder.root}"
+        f"done: top-1 {last['top1']:.2f}%{which[last['weights']]}, best top-1 {state.best_top1:.2f}%"
+        f"{which[best['weights']]}; outputs in {run.folder.root}"
     )
     return FinetuneResult(
         top1=last["top1"],
@@ -412,6 +437,8 @@ def finish(run: Run, pushes: BackgroundPublisher | None = None) -> FinetuneResul
         epochs_completed=len(state.history),
         output_dir=run.folder.root,
         history=list(state.history),
+        weights=last["weights"],
+        best_weights=best["weights"],
     )
 
 

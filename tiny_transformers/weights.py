@@ -94,6 +94,7 @@ class TrainedWeights:
     mixed_precision: str | None = None  # the autocast of training, when recorded
     preprocess: str | None = None  # data.preprocess of training (official: the uint8 resize), when recorded
     eval_precision: str | None = None  # fp32 when the run evaluated without autocast, when recorded
+    interpolation: str = "bicubic"  # the resize its images had (timm's pretrained_cfg); this library's is bicubic
 
 
 def describe_trained_weights(location: str | Path) -> TrainedWeights:
@@ -168,6 +169,7 @@ def _folder_weights(folder: Path) -> TrainedWeights:
         mixed_precision=recorded.get("mixed_precision"),
         preprocess=recorded.get("preprocess"),
         eval_precision=recorded.get("eval_precision"),
+        interpolation=str(pretrained_cfg.get("interpolation") or "bicubic"),
     )
 
 
@@ -188,20 +190,54 @@ def build_trained_model(weights: TrainedWeights, num_classes: int | None = None)
     return build_model(cfg, classes, weights.image_size, trained_head=True)
 
 
-def build_teacher(location: str, num_classes: int, image_size: int, class_ids: list[str] | None = None) -> nn.Module:
+class TeacherInput(nn.Module):
+    """The teacher behind a per-channel affine map from the student's normalised batch to its own normalisation:
+    ``(x * std_s + mean_s - mean_t) / std_t`` (the same image in [0, 1], normalised as the teacher was trained).
+
+    >>> teacher = TeacherInput(nn.Identity(), ((0.5,) * 3, (0.5,) * 3), ((0.0,) * 3, (1.0,) * 3))
+    >>> teacher(torch.zeros(1, 3, 1, 1)).flatten().tolist()  # the student's 0 is grey 0.5, which is the teacher's 0
+    [0.5, 0.5, 0.5]
+    """
+
+    def __init__(self, model: nn.Module, student: tuple[tuple, tuple], teacher: tuple[tuple, tuple]) -> None:
+        super().__init__()
+        self.model = model
+        (mean_s, std_s), (mean_t, std_t) = (
+            tuple(torch.tensor(v, dtype=torch.float64) for v in p) for p in (student, teacher)
+        )
+        self.register_buffer("scale", (std_s / std_t).float().view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("shift", ((mean_s - mean_t) / std_t).float().view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor):
+        return self.model(torch.addcmul(self.shift, x, self.scale))
+
+
+def build_teacher(
+    location: str,
+    num_classes: int,
+    image_size: int,
+    class_ids: list[str] | None = None,
+    student: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+    preprocess: str | None = None,
+    native_size: int | None = None,
+) -> nn.Module:
     """The frozen (no parameter requires grad), eval-mode teacher of distillation, from a trained folder (this
     library's ``best/``, ``last/``, ``export/``, or any timm ``save_for_hf`` folder), a training checkpoint folder,
     ``hf-hub:owner/name``, or a timm model name (its pretrained ImageNet weights, from the Hub).
 
     Refused, one sentence each: a teacher with another number of classes than the data (a timm ImageNet model has
     1000), trained at another image size than ``image_size``, or (with ``class_ids``, the data's label order) whose
-    recorded classes are other classes or in another order, which would make its answers wrong labels.
+    recorded classes are other classes or in another order, which would make its answers wrong labels; with
+    ``preprocess`` and ``native_size`` (the student's ``data.preprocess`` and ``data.native_size``), a teacher
+    recorded with others, which the student's batch cannot be converted to. With ``student`` (the student's
+    (mean, std)), a teacher recorded with another mean/std sees the student's batch converted to its own on the
+    device (:class:`TeacherInput`): its timm ``pretrained_cfg`` (a folder's ``config.json``, a timm name's).
 
     >>> teacher = build_teacher("outputs/swin_l/best", num_classes=200, image_size=384)  # doctest: +SKIP
     >>> teacher.training, any(p.requires_grad for p in teacher.parameters())  # doctest: +SKIP
     (False, False)
     """
-    what = f"model.teacher '{location}'"
+    what = f"distill.teacher '{location}'"
     folder = Path(location).expanduser()
     if hub.hub_repo(location) is not None or folder.exists():
         if folder.is_dir() and not (folder / WEIGHTS_FILE).is_file():
@@ -227,7 +263,21 @@ def build_teacher(location: str, num_classes: int, image_size: int, class_ids: l
                 f"{what} was trained at {weights.image_size} px and the student sees {image_size} px; use "
                 f"--data.image_size {weights.image_size} or a teacher trained at {image_size} px."
             )
+        for name, theirs, ours in (("preprocess", weights.preprocess or "default", preprocess),
+                                   ("native_size", weights.native_size, native_size)):  # fmt: skip
+            if ours is not None and theirs is not None and theirs != ours:
+                raise ConfigError(
+                    f"{what} was trained with data.{name} {theirs} and the student uses {ours}, which its batch "
+                    f"cannot be converted from; use --data.{name} {theirs} or a teacher trained with {ours}."
+                )
+        if weights.interpolation != "bicubic":
+            raise ConfigError(
+                f"{what} records {weights.interpolation} resizing and the student's images are upscaled bicubic, "
+                "which its batch cannot be converted from; give a teacher fine-tuned with bicubic resizing (as "
+                "this library's runs are)."
+            )
         model = build_trained_model(weights, num_classes)
+        own = (weights.mean, weights.std)
     elif timm.is_model(resolve_model_name(location)):
         timm_name = resolve_model_name(location)
         pretrained = timm.models.get_pretrained_cfg(timm_name)
@@ -245,11 +295,14 @@ def build_teacher(location: str, num_classes: int, image_size: int, class_ids: l
             )
         cfg = ModelConfig(name=timm_name, pretrained=True, train_mode="full", drop_path_rate=0.0)
         model = build_model(cfg, num_classes, image_size)
+        own = normalization(model, "model")
     else:
         raise ModelError(
             f"{what} is neither a trained folder, a training checkpoint, hf-hub:owner/name nor a timm model name; "
             "give e.g. outputs/swin_l/best."
         )
+    if student is not None and tuple(map(tuple, student)) != tuple(map(tuple, own)):
+        model = TeacherInput(model, student, own)
     model.requires_grad_(False)
     return model.eval()
 
