@@ -312,7 +312,7 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
     # model.fast_attention's swap too
     model = build_model(config.model, data.num_classes, config.data.image_size, teacher=config.distill.teacher)
     if config.model.head_from and resume_from is None:  # probe, then fine-tune (a resumed run's head is checkpointed)
-        load_probe_head(model, config.model.head_from, config.model.name, data.class_ids)
+        load_probe_head(model, config.model.head_from, config.model.name, data.class_ids, config.data)
     speed_up_backbone(model, config)  # model.backbone_dtype bf16/fp8's cast and train.compile (full: the whole model)
     mean, std = normalization(model, config.data.normalization)
     features, cache_line = FeatureCache.for_run(config, model, len(data.train), plan.micro_batch_size)

@@ -14,7 +14,7 @@ from torch import nn
 
 from . import hub
 from .checkpoint import checkpoint_labels, is_checkpoint, read_state
-from .config import ModelConfig
+from .config import DataConfig, ModelConfig
 from .errors import ConfigError, ModelError
 from .models import IMAGENET_MEAN, IMAGENET_STD, build_model, head_modules, normalization
 from .paper import resolve_model_name
@@ -307,13 +307,16 @@ def build_teacher(
     return model.eval()
 
 
-def load_probe_head(model: nn.Module, location: str | Path, model_name: str, class_ids: list[str]) -> Path:
+def load_probe_head(
+    model: nn.Module, location: str | Path, model_name: str, class_ids: list[str], data: DataConfig
+) -> Path:
     """Put the trained head(s) of a head-mode run (``model.head_from``: its folder, read as its ``best/``, or an
     exported folder) into ``model``, whose backbone came from the pretrained weights: full fine-tuning then starts
     where the probe ended. Returns the weights folder used. Refused in one sentence: no weights there, another model,
-    other classes, another head shape, or a run that trained its backbone too (its head fits that backbone only).
+    other classes, other inputs (``data``'s size, preprocessing and mean/std: the head was fitted to the probe's),
+    another head shape, or a run that trained its backbone too (its head fits that backbone only).
 
-    >>> load_probe_head(model, "outputs/vit_l", "vit_l", data.class_ids)  # doctest: +SKIP
+    >>> load_probe_head(model, "outputs/vit_l", "vit_l", data.class_ids, config.data)  # doctest: +SKIP
     PosixPath('outputs/vit_l/best')
     """
     folder = Path(location).expanduser()
@@ -340,6 +343,19 @@ def load_probe_head(model: nn.Module, location: str | Path, model_name: str, cla
         raise ConfigError(
             f"model.head_from '{location}' was trained on {len(probe.class_ids)} classes that are not this data's "
             f"{len(class_ids)} (ids or order differ); give a probe trained on the same data.source."
+        )
+    mean, std = normalization(model, data.normalization)
+    inputs = {  # what the probe recorded -> what this run feeds; a field the probe did not record is not compared
+        "data.image_size": (probe.image_size, data.image_size),
+        "data.native_size": (probe.native_size, data.native_size),
+        "data.preprocess": (probe.preprocess, data.preprocess),
+        "data.normalization (mean, std)": ((probe.mean, probe.std), (mean, std)),
+    }
+    differ = [f"{name} {was} there, {now} here" for name, (was, now) in inputs.items() if was not in (None, now)]
+    if differ:
+        raise ConfigError(
+            f"model.head_from '{location}' was fitted to other inputs than this run's ({'; '.join(differ)}); set "
+            "those data fields as the probe's, so its head sees the features it was trained on."
         )
     heads = {id(module) for module in head_modules(model)}
     prefixes = tuple(f"{name}." for name, module in model.named_modules() if id(module) in heads)
