@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tiny_transformers.engine import usable_cores
 from tiny_transformers.paper import PAPER_MODELS
@@ -109,6 +110,23 @@ def test_bad_input_is_one_sentence_not_a_traceback(tmp_path):
     launched = launch(args)
     assert launched.returncode != 0 and lines[0] in launched.stderr
     assert f'File "{ROOT / "tiny_transformers"}' not in launched.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 runs where there is a GPU")
+def test_an_fp16_recipe_without_a_gpu_says_its_fix_once(tmp_path):
+    """The user's command on a CPU: the sentence once (the first process of a launch says it), naming the override;
+    `accelerate launch -q` drops the launcher's own CalledProcessError traceback after it (docs/scaling.md)."""
+    sentence = (
+        "error: train.mixed_precision fp16 needs a CUDA GPU and none is visible; use --train.mixed_precision bf16 "
+        "(or no) on this machine."
+    )
+    args = [str(ROOT / "recipes" / "vit_l.py"), "--train.output_dir", str(tmp_path / "out")]
+    loud, quiet, two = launch(args), launch(["-q", *args]), launch(["-q", *args], processes=2)
+    for done in (loud, quiet, two):
+        assert done.returncode != 0 and done.stderr.splitlines().count(sentence) == 1, done.stderr[-3000:]
+    assert "CalledProcessError" in loud.stderr  # accelerate's, printed after the child's sentence unless -q
+    assert "Traceback" not in quiet.stderr and quiet.stderr.count("train.mixed_precision fp16") == 1
+    assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
 @pytest.mark.skipif(CORES < 2, reason="needs a machine with two or more cores")

@@ -135,6 +135,8 @@ def _fail(error: BaseException) -> typing.NoReturn:
     """Exit with the error's one sentence: a stopped run (``TrainingInterrupted``) with its status (143, or 130 for
     SIGINT between ablation rows), anything else a user can fix with 2."""
     status = getattr(error, "exit_status", 2)
+    if isinstance(error, TinyTransformersError) and error.every_process and not is_main_launch_process():
+        sys.exit(status)  # the launch's first process prints the same sentence
     print(f"{'stopped' if status != 2 else 'error'}: {clean_message(error)}", file=sys.stderr)
     sys.exit(status)
 

@@ -35,7 +35,7 @@ from .checkpoint import (
 from .config import FinetuneConfig, flat_config
 from .data import DataBundle, DecodeTransform, collate, load_data, verify_images, worker_options
 from .engine import check_process_precision, cpu_threads_warnings, current_lr, eval_loader, evaluate, train_steps
-from .errors import CheckpointError, TinyTransformersError
+from .errors import CheckpointError, ConfigError, TinyTransformersError
 from .features import FeatureCache
 from .models import (
     build_model,
@@ -95,7 +95,11 @@ def finetune(config: FinetuneConfig, command: str | None = None) -> FinetuneResu
     >>> result.top1  # doctest: +SKIP
     91.2
     """
-    validate(config)  # every check that needs no data, before any process group starts
+    try:
+        validate(config)  # every check that needs no data, before any process group starts
+    except ConfigError as error:
+        error.every_process = True  # the config alone fails it, so each process of a launch does: one says it
+        raise
     check_process_precision(config.train.mixed_precision)
     folder = RunDir(Path(config.train.output_dir).expanduser().resolve())
     pushes = BackgroundPublisher(folder.root, config.hub)  # Hub uploads off the training path; waited for on any exit
