@@ -138,3 +138,23 @@ def test_one_cpu_process_given_every_core_says_nothing_of_threads(stanford_dir, 
     every = launch([recipe, *tiny_overrides(stanford_dir, tmp_path / "all", "--train.epochs", "1")], threads=CORES)
     assert every.returncode == 0, every.stderr[-2000:]
     assert "training on the CPU with" not in every.stderr
+
+
+def test_the_demo_writes_under_the_current_directory_and_names_its_extra(tmp_path):
+    """README's first run, `python recipes/demo.py` (one epoch here), from another folder than the checkout: its data
+    and its run land in outputs/ there; without scikit-learn (the demo extra) it says so in one sentence."""
+    demo = str(ROOT / "recipes" / "demo.py")
+    done = subprocess.run(
+        [sys.executable, demo, "--train.epochs", "1", "--train.progress", "false"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "outputs" / "demo-data" / "digits-200" / "wnids.txt").is_file()
+    assert (tmp_path / "outputs" / "demo" / "finished.json").is_file()
+    assert f"outputs in {tmp_path / 'outputs' / 'demo'}" in done.stdout
+    hidden = f"import runpy, sys; sys.modules['sklearn'] = None; sys.argv = [{demo!r}]; runpy.run_path({demo!r})"
+    missing = subprocess.run([sys.executable, "-c", hidden], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert missing.returncode == 1 and missing.stderr.strip() == (
+        "error: recipes/demo.py trains on scikit-learn's digits and scikit-learn is not installed; install the demo "
+        'extra: pip install -e ".[demo]" (or pip install scikit-learn).'
+    )
