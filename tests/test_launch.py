@@ -152,6 +152,9 @@ def test_the_demo_writes_under_the_current_directory_and_names_its_extra(tmp_pat
     assert (tmp_path / "outputs" / "demo-data" / "digits-200" / "wnids.txt").is_file()
     assert (tmp_path / "outputs" / "demo" / "finished.json").is_file()
     assert f"outputs in {tmp_path / 'outputs' / 'demo'}" in done.stdout
+    again = subprocess.run(done.args, capture_output=True, text=True, timeout=300, cwd=tmp_path)  # a finished run
+    assert again.returncode == 0 and "resuming" not in again.stdout, again.stderr[-3000:]
+    assert f"the run in {tmp_path / 'outputs' / 'demo'} is already finished (1 epochs" in again.stdout
     hidden = f"import runpy, sys; sys.modules['sklearn'] = None; sys.argv = [{demo!r}]; runpy.run_path({demo!r})"
     missing = subprocess.run([sys.executable, "-c", hidden], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert missing.returncode == 1 and missing.stderr.strip() == (

@@ -48,7 +48,17 @@ from .optim import build_optimizer, build_schedule
 from .plan import Plan
 from .publish import BackgroundPublisher, push_warnings
 from .report import write_run_report
-from .rundir import EpochRecord, RunDir, RunLock, claim, ema_is_better, is_main_launch_process
+from .rundir import (
+    RESULTS_FILE,
+    EpochRecord,
+    RunDir,
+    RunLock,
+    best_record,
+    claim,
+    ema_is_better,
+    epoch_score,
+    is_main_launch_process,
+)
 from .sampler import MicroBatchSampler
 from .stop import StopSignals
 from .validation import validate, world_size_from_env
@@ -104,6 +114,8 @@ def finetune(config: FinetuneConfig, command: str | None = None) -> FinetuneResu
     folder = RunDir(Path(config.train.output_dir).expanduser().resolve())
     pushes = BackgroundPublisher(folder.root, config.hub)  # Hub uploads off the training path; waited for on any exit
     with RunLock(folder, enabled=is_main_launch_process()), StopSignals() as stop, pushes:  # released on any exit
+        if finished := _finished_result(folder, config):
+            return finished  # nothing to train: resuming would only rewrite last/ and the report
         run = build_run(config, folder)
         accelerator, state, plan, train = run.accelerator, run.state, run.plan, config.train
         for epoch in range(state.epoch, train.epochs):
@@ -295,6 +307,28 @@ class Run:
                 preprocess=None if self.config.data.preprocess == "default" else self.config.data.preprocess,
                 eval_precision=None if self.config.train.eval_precision == "autocast" else "fp32",
             )  # fmt: skip
+
+
+def _finished_result(folder: RunDir, config: FinetuneConfig) -> FinetuneResult | None:
+    """The recorded result, said aloud, when ``folder`` holds this config's run finished (``finished.json``, the same
+    trajectory, as many epochs) and ``train.resume`` is auto; None when there is something to train."""
+    epochs = config.train.epochs
+    if config.train.resume != "auto" or folder.finished_epochs() != epochs or folder.trajectory_changes(config):
+        return None
+    history = folder.read_metrics()
+    last = history[-1]
+    if is_main_launch_process():
+        results = [p.name for p in (folder.weights("best"), folder.weights("last"), folder.file(RESULTS_FILE))]
+        print(
+            f"tiny_transformers: the run in {folder.root} is already finished ({epochs} epochs, top-1 "
+            f"{last['top1']:.2f}%); its results are there ({', '.join(results)}, ...). Raise --train.epochs to "
+            f"train it further, or give another --train.output_dir for a new run.",
+            flush=True,
+        )
+    return FinetuneResult(
+        top1=last["top1"], top5=last["top5"], loss=last["eval_loss"], best_top1=epoch_score(best_record(history)),
+        epochs_completed=len(history), output_dir=folder.root, history=history,
+    )  # fmt: skip
 
 
 def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
