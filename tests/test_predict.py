@@ -137,6 +137,25 @@ def test_predict_names_a_missing_input(exported, tmp_path):
     )
 
 
+def test_predict_without_images_says_so_and_evaluate_takes_a_run_folder_as_predict_does(
+    exported, stanford_dir, tmp_path, capsys
+):
+    run_dir, _ = exported
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", "--model.checkpoint", str(run_dir)])
+    assert exit_.value.code == 2 and capsys.readouterr().err.strip() == (
+        "error: No image was given; name image files or folders after the options, e.g. tiny-transformers predict "
+        "--model.checkpoint outputs/run photo.jpg my_photos/."
+    )
+    scores = []
+    for weights in (run_dir, run_dir / "best"):  # the run folder is its best/
+        main(["evaluate", "--model.checkpoint", str(weights), "--data.source", str(stanford_dir),
+              "--train.progress", "false", "--output", str(tmp_path / f"{weights.name}.csv")])  # fmt: skip
+        scores.append(json.loads(capsys.readouterr().out))
+    assert scores[0] == scores[1] and scores[0]["count"] > 0
+    assert (tmp_path / f"{run_dir.name}.csv").read_text() == (tmp_path / "best.csv").read_text()
+
+
 def test_model_card_pipeline_example_runs_as_written(exported, tmp_path, monkeypatch):
     _, folder = exported
     card = (folder / "README.md").read_text()

@@ -27,7 +27,7 @@ USAGE = """usage: tiny-transformers COMMAND [--section.field VALUE ...]
 
 commands:
   train NAME      fine-tune; NAME is a paper recipe (vit_l, cait_s36, deit_b_distilled, swin_l) or a timm model name
-  evaluate        top-1, top-5 and loss of --model.checkpoint (exported folder, training checkpoint or
+  evaluate        top-1, top-5 and loss of --model.checkpoint (exported folder, run dir, training checkpoint or
                   hf-hub:owner/name) on --data.source; per-class accuracy goes to --output (default
                   ./per_class_accuracy.csv)
   export DIR      write the run in DIR as a timm/Hub folder (weights, model card, curves, metrics) into --to
