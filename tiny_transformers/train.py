@@ -34,7 +34,15 @@ from .checkpoint import (
 )
 from .config import FinetuneConfig, flat_config
 from .data import DataBundle, DecodeTransform, collate, load_data, verify_images, worker_options
-from .engine import check_process_precision, cpu_threads_warnings, current_lr, eval_loader, evaluate, train_steps
+from .engine import (
+    check_process_precision,
+    cpu_threads_warnings,
+    current_lr,
+    eval_loader,
+    evaluate,
+    loader_workers,
+    train_steps,
+)
 from .errors import CheckpointError, ConfigError, TinyTransformersError
 from .features import FeatureCache
 from .models import (
@@ -182,7 +190,11 @@ class Run:
 
         One loader for the whole run: its sampler is moved to the epoch and step before each pass, and its workers
         persist between epochs (a worker's start costs about a second of imports on a small job, once per epoch)."""
-        t, rank, workers = self.config.train, self.accelerator.process_index, self.config.data.num_workers
+        t, rank, workers = (
+            self.config.train,
+            self.accelerator.process_index,
+            loader_workers(self.config.data.num_workers),
+        )
         if self.loader is None:
             sampler = MicroBatchSampler(self.plan, rank, t.seed, self.state.epoch, self.state.step_in_epoch)
             self.loader = DataLoader(
