@@ -424,7 +424,7 @@ def _announce(run: Run, resume_from: Path | None, cache_line: str) -> None:
     accelerator, config, data, state = run.accelerator, run.config, run.data, run.state
     total, trainable = count_parameters(accelerator.unwrap_model(run.model))
     if accelerator.is_main_process:
-        run.folder.write_start(config, data.class_ids, data.class_names)
+        run.folder.write_start(config, data.class_ids, data.class_names, data.source_kind)
     accelerator.print(
         f"tiny_transformers: {config.model.name} ({_count(total)} parameters, {_count(trainable)} trainable, "
         f"{config.model.train_mode} mode) on {data.source_kind} data: {len(data.train)} train / {len(data.eval)} "
