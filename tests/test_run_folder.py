@@ -311,6 +311,10 @@ def test_running_a_finished_run_again_says_so_and_trains_nothing(finished, tmp_p
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != ".lock"} == {
         p: t for p, t in before.items() if p.name != ".lock"
     }  # nothing rewritten: not last/, not the report, not the marker
+    publish = _same_config(finished, run)
+    publish.hub.push, publish.hub.model_id = True, "me/tiny-vit"  # pushing is the push command's work now
+    finetune(publish)
+    assert capsys.readouterr().out.strip().endswith(f"new run; to push it: tiny-transformers push {run.resolve()}.")
 
 
 # --------------------------------------------------------------------------------------------------

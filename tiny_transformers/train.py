@@ -334,7 +334,8 @@ def _finished_result(folder: RunDir, config: FinetuneConfig) -> FinetuneResult |
         print(
             f"tiny_transformers: the run in {folder.root} is already finished ({epochs} epochs, top-1 "
             f"{last['top1']:.2f}%); its results are there ({', '.join(results)}, ...). Raise --train.epochs to "
-            f"train it further, or give another --train.output_dir for a new run.",
+            "train it further, or give another --train.output_dir for a new run"
+            + (f"; to push it: tiny-transformers push {folder.root}." if config.hub.push else "."),
             flush=True,
         )
     return FinetuneResult(
