@@ -78,15 +78,14 @@ def training_curves_figure(
     loss_ax.plot(xs, [r["eval_loss"] for r in history], label="eval", **style)
     acc_ax.plot(xs, [r["top1"] for r in history], label="top-1", **style)
     acc_ax.plot(xs, [r["top5"] for r in history], label="top-5", **style)
-    per_update = _lr_per_update(history, config)
+    per_update, lrs = _lr_per_update(history, config), [r["lr"] for r in history]
     if per_update:  # the schedule as trained, the epochs' recorded values on it
         scale = history[-1]["step"] / history[-1]["epoch"] if x == "epoch" else 1  # updates per x unit
-        lrs = [r["lr"] for r in history]
         lr_ax.plot([u / scale for u in range(len(per_update))], per_update, color="tab:gray", label="per update")
         lr_ax.plot(xs, lrs, color="tab:gray", marker="o", markersize=4, linestyle="none", label="epoch end")
         lr_ax.legend()
     else:
-        lr_ax.plot(xs, [r["lr"] for r in history], color="tab:gray", **style)
+        lr_ax.plot(xs, lrs, color="tab:gray", **style)
     for ax, title in ((loss_ax, "Loss"), (acc_ax, "Eval accuracy (%)"), (lr_ax, "Learning rate")):
         ax.set_title(title)
         ax.set_xlabel("epoch" if x == "epoch" else "optimizer step")
