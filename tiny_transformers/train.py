@@ -190,11 +190,8 @@ class Run:
 
         One loader for the whole run: its sampler is moved to the epoch and step before each pass, and its workers
         persist between epochs (a worker's start costs about a second of imports on a small job, once per epoch)."""
-        t, rank, workers = (
-            self.config.train,
-            self.accelerator.process_index,
-            loader_workers(self.config.data.num_workers),
-        )
+        t, rank = self.config.train, self.accelerator.process_index
+        workers = loader_workers(self.config.data.num_workers)  # None: what this machine's cores fit
         if self.loader is None:
             sampler = MicroBatchSampler(self.plan, rank, t.seed, self.state.epoch, self.state.step_in_epoch)
             self.loader = DataLoader(
