@@ -97,6 +97,10 @@ def test_bad_values_get_one_sentence(field, value, message):
 def test_fp16_without_gpu_names_the_fix():
     with pytest.raises(ConfigError, match="--train.mixed_precision bf16"):
         validate(FinetuneConfig(train=TrainConfig(mixed_precision="fp16")), num_processes=1, cuda_available=False)
+    for name in PAPER_MODELS:  # the override the sentence names makes every paper recipe run on a CPU
+        config = paper_config(name)
+        config.train.mixed_precision = "bf16"
+        validate(config, num_processes=1, cuda_available=False)
 
 
 def test_plan_for_the_paper_setting():

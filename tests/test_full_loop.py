@@ -248,6 +248,10 @@ def test_ema_exports_load_in_timm_and_transformers_as_the_ema_weights(stanford_d
     assert "the exponential moving average (EMA) of the weights" in card
     assert f"| this run, final (epoch 2, EMA weights) | {result.top1:.2f} |" in card
     final = sorted((out / "checkpoints").glob("step_*"))[-1]
+    # what README's run-folder listing says a checkpoint holds: no scheduler (the lr is a function of the step)
+    assert sorted(p.name for p in final.iterdir()) == [
+        "custom_checkpoint_0.pkl", "model.safetensors", "optimizer.bin", "random_states_0.pkl", "trainer_state.json"
+    ]  # fmt: skip
     averaged = {k.removeprefix("module."): v for k, v in ema(final).items()}
     exported = load_file(out / "last" / "model.safetensors")
     assert all(torch.equal(exported[k], averaged[k]) for k in exported)

@@ -86,7 +86,9 @@ class DataConfig:
     # RandAugment after it at image_size, then /255 and normalize (docs/recipes.md measures the difference)
     preprocess: Literal["default", "official"] = "default"
     drop_last: bool = False  # drop each epoch's last partial micro-batch, as the official loader does
-    num_workers: int = resumable(4)  # loader processes per training process (decode + RGB conversion only: cheap)
+    # loader processes per training process (decode + RGB conversion only: cheap); None: up to 4, within the cores
+    # this process may use shared by the launch's processes on this machine (engine.loader_workers)
+    num_workers: int | None = resumable(None)
     skip_corrupt: bool = False  # False: stop at the first unreadable image, naming it; True: scan, skip and count them
     max_train_samples: int | None = None  # use a fixed random subset of N training images (quick experiments)
     max_eval_samples: int | None = resumable(None)  # use a fixed random subset of N evaluation images

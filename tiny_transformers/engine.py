@@ -361,6 +361,19 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def loader_workers(num_workers: int | None) -> int:
+    """``data.num_workers``, or for None (auto) up to 4 loader workers per training process, within this process's
+    usable cores shared by the launch's processes on this machine: more make torch warn and only contend.
+
+    >>> loader_workers(2), loader_workers(None) == max(1, min(4, usable_cores()))
+    (2, True)
+    """
+    if num_workers is not None:
+        return num_workers
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
+    return max(1, min(4, usable_cores() // local_processes))
+
+
 def cpu_threads_warnings(num_processes: int) -> list[str]:
     """A warning when one training process computes on the CPU (no CUDA device: the library's Accelerator then runs
     on the CPU) with fewer threads than it has cores, else none.
@@ -429,14 +442,15 @@ def _broadcast(accelerator: Accelerator, result: dict) -> dict:
 def eval_loader(data: DataBundle, config: FinetuneConfig, native_size: int, accelerator: Accelerator) -> DataLoader:
     """The eval split in order, decoded to ``native_size`` uint8, for :func:`evaluate` (not yet prepared by
     Accelerate: ``accelerator.prepare`` shards it)."""
+    workers = loader_workers(config.data.num_workers)
     return DataLoader(
         data.eval.with_transform(DecodeTransform(native_size)),
         batch_size=config.train.eval_batch_size or config.train.micro_batch_size,
-        num_workers=config.data.num_workers,
+        num_workers=workers,
         collate_fn=collate,
         pin_memory=accelerator.device.type == "cuda",
-        persistent_workers=config.data.num_workers > 0,  # one evaluation per epoch: start the workers once
-        **worker_options(config.data.num_workers),  # a group signal (SLURM) is the main process's to handle
+        persistent_workers=workers > 0,  # one evaluation per epoch: start the workers once
+        **worker_options(workers),  # a group signal (SLURM) is the main process's to handle
     )
 
 

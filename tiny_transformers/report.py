@@ -6,7 +6,8 @@ stays as it was) and no figure lingers in pyplot's registry.
 
 Files written into a run's output directory at the end of training (main process only):
 
-- ``training_curves.png``: train and eval loss, top-1/top-5 and learning rate against epochs;
+- ``training_curves.png``: train and eval loss, top-1/top-5 against epochs, and the learning rate of every
+  optimizer update (the run's schedule);
 - ``predictions.png``: a fixed, seeded sample of eval images at their native resolution, upscaled with
   nearest-neighbour for viewing, titled with the true and predicted class, wrong predictions in red;
 - ``results.md``: this run's top-1/top-5 beside the paper's number for the model.
@@ -31,6 +32,7 @@ from .config import FinetuneConfig
 from .data import decode_image
 from .hub import is_hub_id
 from .models import unwrap_logits
+from .optim import lr_per_update
 from .paper import CITATION, PAPER_MODELS, paper_model_for, resolve_model_name
 from .rundir import CURVES_FILE, GRID_FILE, RESULTS_FILE, RunDir, best_record, saved_scores
 from .runfiles import write_atomic, writing
@@ -53,8 +55,12 @@ _RIGHT = "#1b5e20"
 # --------------------------------------------------------------------------------------------------
 
 
-def training_curves_figure(history: Sequence[dict[str, Any]], x: Literal["epoch", "step"] = "epoch"):
-    """Three panels against epochs (or optimizer steps): losses, top-1/top-5 accuracy, learning rate.
+def training_curves_figure(
+    history: Sequence[dict[str, Any]], x: Literal["epoch", "step"] = "epoch", config: FinetuneConfig | None = None
+):
+    """Three panels against epochs (or optimizer steps): losses, top-1/top-5 accuracy, learning rate. With the run's
+    ``config``, the learning rate is its schedule at every optimizer update so far (warmup and cosine as trained),
+    the epochs' recorded values marked on it; without, only those.
 
     >>> fig = training_curves_figure([{"epoch": 1, "step": 3, "train_loss": 1.2, "eval_loss": 1.1, "top1": 40.0,
     ...                                "top5": 90.0, "lr": 5e-4}])
@@ -73,7 +79,14 @@ def training_curves_figure(history: Sequence[dict[str, Any]], x: Literal["epoch"
     loss_ax.plot(xs, [r["eval_loss"] for r in history], label="eval", **style)
     acc_ax.plot(xs, [r["top1"] for r in history], label="top-1", **style)
     acc_ax.plot(xs, [r["top5"] for r in history], label="top-5", **style)
-    lr_ax.plot(xs, [r["lr"] for r in history], color="tab:gray", **style)
+    per_update, lrs = _lr_per_update(history, config), [r["lr"] for r in history]
+    if per_update:  # the schedule as trained, the epochs' recorded values on it
+        scale = history[-1]["step"] / history[-1]["epoch"] if x == "epoch" else 1  # updates per x unit
+        lr_ax.plot([u / scale for u in range(len(per_update))], per_update, color="tab:gray", label="per update")
+        lr_ax.plot(xs, lrs, color="tab:gray", marker="o", markersize=4, linestyle="none", label="epoch end")
+        lr_ax.legend()
+    else:
+        lr_ax.plot(xs, lrs, color="tab:gray", **style)
     for ax, title in ((loss_ax, "Loss"), (acc_ax, "Eval accuracy (%)"), (lr_ax, "Learning rate")):
         ax.set_title(title)
         ax.set_xlabel("epoch" if x == "epoch" else "optimizer step")
@@ -86,17 +99,30 @@ def training_curves_figure(history: Sequence[dict[str, Any]], x: Literal["epoch"
     return fig
 
 
+def _lr_per_update(history: Sequence[dict[str, Any]], config: FinetuneConfig | None) -> list[float]:
+    """The run's lr after each update up to its last recorded one (the schedule of ``config``, whose every epoch has
+    the same number of updates); empty without a config or a step count."""
+    last = history[-1] if history else {}
+    if config is None or not last.get("step") or not last.get("epoch") or last["step"] % last["epoch"]:
+        return []
+    return lr_per_update(config.optim, last["step"] // last["epoch"], config.train.epochs)[: last["step"] + 1]
+
+
 def plot_training_curves(
-    history: Sequence[dict[str, Any]], path: str | Path, x: Literal["epoch", "step"] = "epoch"
+    history: Sequence[dict[str, Any]],
+    path: str | Path,
+    x: Literal["epoch", "step"] = "epoch",
+    config: FinetuneConfig | None = None,
 ) -> Path:
     """Write :func:`training_curves_figure` as a PNG of :data:`CURVES_SIZE` pixels.
 
-    >>> plot_training_curves(read_run("outputs/run").history, "curves.png")  # doctest: +SKIP
+    >>> run = read_run("outputs/run")  # doctest: +SKIP
+    >>> plot_training_curves(run.history, "curves.png", config=run.config)  # doctest: +SKIP
     PosixPath('curves.png')
     """
     path = Path(path)
     with writing(path):  # No bbox_inches="tight": the PNG keeps the figure's exact pixel size.
-        training_curves_figure(history, x).savefig(path, dpi=CURVES_DPI)
+        training_curves_figure(history, x, config).savefig(path, dpi=CURVES_DPI)
     return path
 
 
@@ -403,7 +429,7 @@ def write_run_report(
     run = RunDir(Path(output_dir))
     written: dict[str, Path] = {}
     if history:
-        written["curves"] = plot_training_curves(history, run.file(CURVES_FILE))
+        written["curves"] = plot_training_curves(history, run.file(CURVES_FILE), config=config)
         write_atomic(run.file(RESULTS_FILE), results_markdown(config, history))
         written["results"] = run.file(RESULTS_FILE)
     if len(eval_dataset):

@@ -129,14 +129,19 @@ class RunDir:
         """The run folder a checkpoint (``<run>/checkpoints/step_...``) belongs to."""
         return cls(Path(checkpoint).parent.parent)
 
-    def write_start(self, config: FinetuneConfig, class_ids: Sequence[str], class_names: Sequence[str]) -> None:
-        """``config.json`` and ``labels.json``, written when a run starts (main process only); a finished run that
-        goes on (more train.epochs, or resumed) is unfinished again until :meth:`write_finished`."""
+    def write_start(
+        self, config: FinetuneConfig, class_ids: Sequence[str], class_names: Sequence[str], source_kind: str = ""
+    ) -> None:
+        """``config.json`` and ``labels.json`` (with the data's ``source_kind``: whether ``data.source`` was a Hub
+        dataset is a fact of the run, not of the folder an export runs in), written when a run starts (main process
+        only); a finished run that goes on (more train.epochs, or resumed) is unfinished again until
+        :meth:`write_finished`."""
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / FINISHED_FILE).unlink(missing_ok=True)
         write_atomic(self.root / MARKER_FILE, json.dumps({"tiny_transformers_run": 1}))  # see claim()
         write_atomic(self.config, config.to_json())
-        write_atomic(self.labels, json.dumps({"class_ids": list(class_ids), "class_names": list(class_names)}))
+        labels = {"class_ids": list(class_ids), "class_names": list(class_names), "source_kind": source_kind}
+        write_atomic(self.labels, json.dumps(labels))
 
     def write_metrics(self, history: Sequence[dict[str, Any]]) -> None:
         """Rewrite ``metrics.jsonl`` from the run's history (restored with each checkpoint), atomically: a run
@@ -206,6 +211,13 @@ class RunDir:
             )
         return [str(i) for i in ids], [str(n) for n in names]
 
+    def read_source_kind(self) -> str | None:
+        """The kind of data the run trained on (``hub``, ``stanford``, ...: ``data.SOURCE_KINDS``), as ``labels.json``
+        records it; None for a run that did not record it (written before it was recorded)."""
+        if not self.labels.is_file():
+            return None
+        return read_json(self.labels, fix=_FIXES[LABELS_FILE]).get("source_kind") or None
+
     def read_metrics(self) -> list[dict[str, Any]]:
         """One dict per finished epoch; :class:`RunFileError` naming the line when one is damaged."""
         try:
@@ -251,6 +263,7 @@ class RunSummary:
     history: list[dict[str, Any]]  # metrics.jsonl, one dict per finished epoch
     class_ids: list[str]
     class_names: list[str]
+    source_kind: str | None = None  # labels.json's record of data.source's kind; None: not recorded (older runs)
 
     @property
     def folder(self) -> RunDir:
@@ -370,7 +383,7 @@ def read_run(output_dir: str | Path) -> RunSummary:
     if not history:
         raise PublishError(f"'{run.metrics}' is empty; train at least one epoch before exporting or pushing.")
     class_ids, class_names = run.read_labels()
-    return RunSummary(run.root, run.read_config(), history, class_ids, class_names)
+    return RunSummary(run.root, run.read_config(), history, class_ids, class_names, run.read_source_kind())
 
 
 class RunFolderBusy(TinyTransformersError):

@@ -34,8 +34,16 @@ from .checkpoint import (
 )
 from .config import FinetuneConfig, flat_config
 from .data import DataBundle, DecodeTransform, collate, load_data, verify_images, worker_options
-from .engine import check_process_precision, cpu_threads_warnings, current_lr, eval_loader, evaluate, train_steps
-from .errors import CheckpointError, TrainingDiverged, TrainingInterrupted
+from .engine import (
+    check_process_precision,
+    cpu_threads_warnings,
+    current_lr,
+    eval_loader,
+    evaluate,
+    loader_workers,
+    train_steps,
+)
+from .errors import CheckpointError, ConfigError, TrainingDiverged, TrainingInterrupted
 from .features import FeatureCache
 from .models import (
     build_model,
@@ -49,12 +57,14 @@ from .plan import Plan
 from .publish import BackgroundPublisher, push_warnings
 from .report import write_run_report
 from .rundir import (
+    RESULTS_FILE,
     EpochRecord,
     RunDir,
     RunLock,
     best_record,
     claim,
     ema_is_better,
+    epoch_score,
     is_main_launch_process,
     saved_scores,
 )
@@ -93,11 +103,17 @@ def finetune(config: FinetuneConfig, command: str | None = None) -> FinetuneResu
     >>> result.top1  # doctest: +SKIP
     91.2
     """
-    validate(config)  # every check that needs no data, before any process group starts
+    try:
+        validate(config)  # every check that needs no data, before any process group starts
+    except ConfigError as error:
+        error.every_process = True  # the config alone fails it, so each process of a launch does: one says it
+        raise
     check_process_precision(config.train.mixed_precision)
     folder = RunDir(Path(config.train.output_dir).expanduser().resolve())
     pushes = BackgroundPublisher(folder.root, config.hub)  # Hub uploads off the training path; waited for on any exit
     with RunLock(folder, enabled=is_main_launch_process()), StopSignals() as stop, pushes:  # released on any exit
+        if finished := _finished_result(folder, config):
+            return finished  # nothing to train: resuming would only rewrite last/ and the report
         run = build_run(config, folder)
         accelerator, state, plan, train = run.accelerator, run.state, run.plan, config.train
         for epoch in range(state.epoch, train.epochs):
@@ -164,7 +180,8 @@ class Run:
 
         One loader for the whole run: its sampler is moved to the epoch and step before each pass, and its workers
         persist between epochs (a worker's start costs about a second of imports on a small job, once per epoch)."""
-        t, rank, workers = self.config.train, self.accelerator.process_index, self.config.data.num_workers
+        t, rank = self.config.train, self.accelerator.process_index
+        workers = loader_workers(self.config.data.num_workers)  # None: what this machine's cores fit
         if self.loader is None:
             sampler = MicroBatchSampler(self.plan, rank, t.seed, self.state.epoch, self.state.step_in_epoch)
             self.loader = DataLoader(
@@ -291,6 +308,29 @@ class Run:
             )  # fmt: skip
 
 
+def _finished_result(folder: RunDir, config: FinetuneConfig) -> FinetuneResult | None:
+    """The recorded result, said aloud, when ``folder`` holds this config's run finished (``finished.json``, the same
+    trajectory, as many epochs) and ``train.resume`` is auto; None when there is something to train."""
+    epochs = config.train.epochs
+    if config.train.resume != "auto" or folder.finished_epochs() != epochs or folder.trajectory_changes(config):
+        return None
+    history = folder.read_metrics()
+    last = history[-1]
+    if is_main_launch_process():
+        results = [p.name for p in (folder.weights("best"), folder.weights("last"), folder.file(RESULTS_FILE))]
+        print(
+            f"tiny_transformers: the run in {folder.root} is already finished ({epochs} epochs, top-1 "
+            f"{last['top1']:.2f}%); its results are there ({', '.join(results)}, ...). Raise --train.epochs to "
+            "train it further, or give another --train.output_dir for a new run"
+            + (f"; to push it: tiny-transformers push {folder.root}." if config.hub.push else "."),
+            flush=True,
+        )
+    return FinetuneResult(
+        top1=last["top1"], top5=last["top5"], loss=last["eval_loss"], best_top1=epoch_score(best_record(history)),
+        epochs_completed=len(history), output_dir=folder.root, history=history,
+    )  # fmt: skip
+
+
 def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
     """Data, plan, model, optimizer, schedule and accelerator of ``config``, resumed from its checkpoint if any.
 
@@ -384,7 +424,7 @@ def _announce(run: Run, resume_from: Path | None, cache_line: str) -> None:
     accelerator, config, data, state = run.accelerator, run.config, run.data, run.state
     total, trainable = count_parameters(accelerator.unwrap_model(run.model))
     if accelerator.is_main_process:
-        run.folder.write_start(config, data.class_ids, data.class_names)
+        run.folder.write_start(config, data.class_ids, data.class_names, data.source_kind)
     accelerator.print(
         f"tiny_transformers: {config.model.name} ({_count(total)} parameters, {_count(trainable)} trainable, "
         f"{config.model.train_mode} mode) on {data.source_kind} data: {len(data.train)} train / {len(data.eval)} "

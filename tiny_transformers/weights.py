@@ -98,8 +98,9 @@ class TrainedWeights:
 
 
 def describe_trained_weights(location: str | Path) -> TrainedWeights:
-    """Read an exported folder (``best/``, ``last/``, ``export/``, timm ``save_for_hf``), a training checkpoint
-    folder, or a model on the Hub (``hf-hub:owner/name``, downloaded to the Hugging Face cache).
+    """Read an exported folder (``best/``, ``last/``, ``export/``, timm ``save_for_hf``), a run's output dir (its
+    ``best/``), a training checkpoint folder, or a model on the Hub (``hf-hub:owner/name``, downloaded to the
+    Hugging Face cache). ``evaluate`` and ``predict`` read ``model.checkpoint`` here.
 
     >>> describe_trained_weights("outputs/run/best").timm_name  # doctest: +SKIP
     'vit_large_patch16_384'
@@ -107,14 +108,17 @@ def describe_trained_weights(location: str | Path) -> TrainedWeights:
     if hub.hub_repo(location) is not None:
         location = hub.download_model(str(location))
     folder = Path(location).expanduser()
+    if not (folder / WEIGHTS_FILE).is_file() and (RunDir(folder).weights("best") / CONFIG_FILE).is_file():
+        folder = RunDir(folder).weights("best")  # a run's output dir: the weights it chose as its best
     weights, config_file = folder / WEIGHTS_FILE, folder / CONFIG_FILE
     if weights.is_file() and is_checkpoint(folder):  # a training checkpoint: its trainer state holds the config
         return _checkpoint_weights(folder)
     if weights.is_file() and config_file.is_file():
         return _folder_weights(folder)
     raise ModelError(
-        f"model.checkpoint '{folder}' holds no trained model; give an exported folder (model.safetensors + "
-        "config.json, e.g. <output_dir>/best) or a training checkpoint (<output_dir>/checkpoints/step_...)."
+        f"model.checkpoint '{folder}' holds no trained model; give a run's output dir, an exported folder "
+        "(model.safetensors + config.json, e.g. <output_dir>/best) or a training checkpoint "
+        "(<output_dir>/checkpoints/step_...)."
     )
 
 
