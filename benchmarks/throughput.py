@@ -106,7 +106,7 @@ def build(
 
     if isinstance(model, str):
         model = model_config_for(model)
-    cfg = dataclasses.replace(model, pretrained=False, checkpoint=None, train_mode=mode, teacher=None)
+    cfg = dataclasses.replace(model, pretrained=False, checkpoint=None, train_mode=mode)
     torch.manual_seed(0)
     # Built on the device itself: initialising 300M parameters on the CPU would take longer than the benchmark.
     with _fused_attention(fused_attention), torch.device(device):

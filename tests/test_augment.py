@@ -79,3 +79,56 @@ def test_random_erasing_probability_one_changes_every_image_with_noise():
     changed = (x != 128 / 255).flatten(1)
     assert changed.any(dim=1).all()  # every image erased somewhere
     assert (changed.float().mean(dim=1) < 0.5).all()  # timm's default max area is 1/3 of the image
+
+
+def test_timm_randaugment_is_timms_own_transform_on_each_image_drawn_from_the_keyed_generators():
+    """augment.timm_randaugment rand-m9-mstd0.5-inc1 (DeiT's, BEiT's and Swin's): each image of a micro-batch goes
+    through timm's rand_augment_transform built with the hyper-parameters timm's training transform gives it, drawing
+    from Python's and NumPy's generators as engine.keyed_rng seeds them per micro-batch."""
+    import random
+
+    import numpy as np
+    import PIL.Image
+    from timm.data.auto_augment import rand_augment_transform
+    from timm.data.transforms import str_to_pil_interp
+
+    from tiny_transformers.engine import keyed_rng
+    from tiny_transformers.sampler import derive_seed
+
+    config = AugmentConfig(
+        mixup_alpha=0.0,
+        cutmix_alpha=0.0,
+        label_smoothing=0.0,
+        random_erasing=0.0,
+        timm_randaugment="rand-m9-mstd0.5-inc1",
+    )
+    aug = BatchAugment(64, (0.0,) * 3, (1.0,) * 3, 10, config)  # no resize, identity normalisation: x = pixels / 255
+    assert aug.host_generators == {"numpy": True, "python": True}
+    images = torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with keyed_rng(torch.device("cpu"), 0, 3, 5, **aug.host_generators):
+        x, _ = aug.train(images, torch.zeros(8, dtype=torch.long))
+    # timm's transforms_imagenet_train: translate_const int(size * 0.45), img_mean from the mean, the interpolation
+    hparams = {"translate_const": int(64 * 0.45), "img_mean": (0, 0, 0), "interpolation": str_to_pil_interp("bicubic")}
+    reference = rand_augment_transform("rand-m9-mstd0.5-inc1", hparams)
+    seed = derive_seed(0, 3, 5)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    expected = [np.asarray(reference(PIL.Image.fromarray(i.permute(1, 2, 0).numpy()))) for i in images]
+    expected = torch.from_numpy(np.stack(expected)).permute(0, 3, 1, 2)
+    assert torch.equal((x * 255).round().to(torch.uint8), expected)  # bitwise: the same ops, magnitudes, fills
+    assert not torch.equal(expected, images)  # and it did change the images
+
+
+@pytest.mark.parametrize(
+    "value,message",
+    [("rand-m9-foo", "not a timm RandAugment string"), ("augmix-m5", "not a timm RandAugment string")],
+)
+def test_a_timm_randaugment_string_timm_would_misread_is_refused(value, message):
+    from tiny_transformers.config import FinetuneConfig
+    from tiny_transformers.errors import ConfigError
+    from tiny_transformers.validation import validate
+
+    with pytest.raises(ConfigError, match=message):
+        validate(FinetuneConfig(augment=AugmentConfig(timm_randaugment=value)), num_processes=1)
+    with pytest.raises(ConfigError, match="both ask for RandAugment"):
+        validate(FinetuneConfig(augment=AugmentConfig(timm_randaugment="rand-m9", randaugment_ops=2)), num_processes=1)

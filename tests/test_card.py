@@ -1,6 +1,8 @@
 """The model card names the data the run saw: a Hub id only when it trained on one, never Tiny ImageNet's Hub copy
 for a local folder."""
 
+import dataclasses
+
 import pytest
 import yaml
 
@@ -40,7 +42,7 @@ def test_a_run_on_local_data_claims_no_hub_dataset_and_no_model_index(local_run)
 
 
 def test_a_run_on_a_hub_dataset_names_it_in_the_metadata_and_the_usage(local_run):
-    run = read_run(local_run)
+    run = dataclasses.replace(read_run(local_run), source_kind="hub")  # as a run on a Hub dataset records it
     for source, name in (("zh-plus/tiny-imagenet", "Tiny ImageNet"), ("me/flowers", "me/flowers")):
         run.config.data.source = source  # the same run, described as trained on that Hub dataset
         card = model_card(run, HubConfig(model_id="tester/tiny-vit"))
@@ -54,3 +56,22 @@ def test_a_run_on_a_hub_dataset_names_it_in_the_metadata_and_the_usage(local_run
             f"tiny-transformers evaluate --model.checkpoint hf-hub:tester/tiny-vit --data.source {source}" in card.text
         )
         assert "the `model-index` above reports the final row" in card.text
+
+
+def test_a_local_folder_named_like_a_hub_id_stays_local_data_wherever_it_is_exported(
+    stanford_dir, tmp_path, monkeypatch
+):
+    """`--data.source tiny-imagenet-200` (a bare relative folder name, also a valid Hub id) trained in one folder and
+    exported from another, where no such folder exists: the card still names no Hub dataset, as the run recorded."""
+    from tiny_transformers import finetune
+
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "tiny-imagenet-200").symlink_to(stanford_dir)
+    monkeypatch.chdir(tmp_path / "work")
+    finetune(tiny_config("tiny-imagenet-200", tmp_path / "out", epochs=1))
+    monkeypatch.chdir(tmp_path)
+    main(["export", str(tmp_path / "out")])
+    card_text = (tmp_path / "out" / "export" / "README.md").read_text()
+    meta = front_matter(card_text)
+    assert "datasets" not in meta and "model-index" not in meta
+    assert "--data.source path/to/your/data" in card_text and "`…/tiny-imagenet-200` (local data" in card_text

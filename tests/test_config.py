@@ -97,6 +97,10 @@ def test_bad_values_get_one_sentence(field, value, message):
 def test_fp16_without_gpu_names_the_fix():
     with pytest.raises(ConfigError, match="--train.mixed_precision bf16"):
         validate(FinetuneConfig(train=TrainConfig(mixed_precision="fp16")), num_processes=1, cuda_available=False)
+    for name in PAPER_MODELS:  # the override the sentence names makes every paper recipe run on a CPU
+        config = paper_config(name)
+        config.train.mixed_precision = "bf16"
+        validate(config, num_processes=1, cuda_available=False)
 
 
 def test_plan_for_the_paper_setting():
@@ -143,9 +147,9 @@ def test_recipe_prints_the_paper_values(name):
         "grad_checkpointing": False,  # full fine-tuning's tools stay off in the paper's head-only recipes
         "fast_attention": False,  # not default-on until a GPU measures it faster
         "backbone_dtype": "fp32",  # likewise (and the recipes' fp16 autocast and fp32 evaluation need fp32 weights)
-        "teacher": None,
         "head_from": None,  # a new head, as the official code's
     }
+    assert printed["distill"] == {"teacher": None, "type": "hard", "temperature": 1.0, "alpha": 0.5}
     assert printed["optim"]["name"] == "adamw" and printed["optim"]["lr"] == 1e-3
     assert printed["optim"]["weight_decay"] == 0.05
     assert printed["train"]["epochs"] == 30 and printed["train"]["batch_size"] == 128
@@ -162,8 +166,7 @@ def test_recipe_prints_the_paper_values(name):
         "random_erasing": 0.25,
         "randaugment_ops": 2,  # exact mode: the official code's RandAugment(2, magnitude 0), never off
         "randaugment_magnitude": 0,
-        "distill_type": "hard",
-        "distill_temperature": 1.0,
+        "timm_randaugment": None,  # timm's RandAugment (the full recipes' sources') is not the official code's
     }
     assert {k: printed["optim"][k] for k in ("layer_decay", "warmup_epochs", "clip_grad")} == dict.fromkeys(
         ("layer_decay", "warmup_epochs", "clip_grad"), 0.0
@@ -308,3 +311,23 @@ def test_path_fields_are_compared_as_the_folders_they_name(tmp_path, monkeypatch
     assert trajectory_differences(saved.to_dict(), current) == []
     current.model.head_from = "elsewhere"
     assert trajectory_differences(saved.to_dict(), current) == ["model.head_from"]
+
+
+def test_a_config_json_with_the_old_distillation_names_loads_and_resumes(tmp_path):
+    """model.teacher, augment.distill_type and augment.distill_temperature moved to the distill section: a run
+    folder written before the move reads back as the same run, and resuming it with the new names changes nothing."""
+    from tiny_transformers.config import DistillConfig
+    from tiny_transformers.rundir import RunDir
+
+    current = paper_config("deit_b_distilled")
+    current.distill = DistillConfig(teacher="outputs/swin_l/best", type="soft", temperature=3.0)
+    old = current.to_dict()
+    distill = old.pop("distill")
+    old["model"]["teacher"] = distill["teacher"]
+    old["augment"].update(distill_type=distill["type"], distill_temperature=distill["temperature"])
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    folder = RunDir(tmp_path)
+    assert folder.read_config() == current
+    assert folder.trajectory_changes(current) == []
+    changed = dataclasses.replace(current, distill=dataclasses.replace(current.distill, type="hard"))
+    assert folder.trajectory_changes(changed) == ["distill.type"]  # a real change is still one

@@ -99,9 +99,11 @@ def test_resume_after_an_interruption_ends_with_the_same_weights(trained, tmp_pa
     config, result = trained
     out = tmp_path / "out"
     shutil.copytree(result.output_dir, out)
-    # what a crash during epoch 2 leaves behind: only the epoch-1 checkpoint and its metrics line
+    # what a crash during epoch 2 leaves behind: only the epoch-1 checkpoint and its metrics line, and no
+    # finished.json (written last; a run that goes on removes it when it starts)
     for leftover in ("best", "last", "checkpoints/step_00000006"):
         shutil.rmtree(out / leftover)
+    (out / "finished.json").unlink()
     (out / "metrics.jsonl").write_text((out / "metrics.jsonl").read_text().splitlines()[0] + "\n")
     resumed = finetune(tiny_config(config.data.source, out))
     assert untimed(resumed.history) == untimed(result.history)

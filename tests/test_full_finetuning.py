@@ -201,49 +201,138 @@ def test_a_timm_teacher_offline_gets_the_offline_sentence():
         build_teacher("test_vit", 1000, 160)
 
 
+def test_the_teacher_sees_the_students_images_normalised_as_it_was_trained(
+    teacher_run, stanford_dir, tmp_path, monkeypatch
+):
+    """A teacher saved with mean/std 0.5 under a student normalised with ImageNet's: in the run, its logits are the
+    plain timm model's on the same images normalised with 0.5 (converted on the device from the student's batch).
+    A teacher recorded with a preprocessing the student's batch cannot be converted from is refused."""
+    from tiny_transformers import engine
+    from tiny_transformers.config import DistillConfig
+    from tiny_transformers.models import IMAGENET_MEAN, IMAGENET_STD
+    from tiny_transformers.weights import build_trained_model, describe_trained_weights, save_for_timm
+
+    recorded = describe_trained_weights(str(teacher_run / "last"))
+    half, folder = (0.5,) * 3, tmp_path / "teacher"
+    model, ids, names = build_trained_model(recorded), recorded.class_ids, recorded.class_names
+    save_for_timm(model, folder, ids, names, 32, half, half, native_size=recorded.native_size)
+    seen, real = [], engine._teacher_logits
+
+    def teacher_logits(teacher, x):
+        logits = real(teacher, x)
+        seen.append((x.clone(), logits))
+        return logits
+
+    monkeypatch.setattr(engine, "_teacher_logits", teacher_logits)
+    config = _tiny_run(stanford_dir, tmp_path / "student", name="deit_tiny_distilled_patch16_224")
+    config.distill = DistillConfig(teacher=str(folder))
+    finetune(config)
+    plain = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()  # timm alone, with its own config
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+    assert seen
+    for x, logits in seen:
+        with torch.no_grad():
+            expected = plain(((x * std + mean) - 0.5) / 0.5)  # the same images in [0, 1], normalised with 0.5
+            unconverted = plain(x)
+        assert torch.allclose(logits, expected, atol=1e-5)
+        assert not torch.allclose(logits, unconverted, atol=1e-2)  # what the teacher was shown before: other logits
+    student = (IMAGENET_MEAN, IMAGENET_STD)
+    save_for_timm(model, folder, ids, names, 32, half, half, preprocess="official")
+    with pytest.raises(ConfigError) as error:
+        build_teacher(str(folder), 4, 32, student=student, preprocess="default")
+    assert "data.preprocess official" in str(error.value) and one_sentence(str(error.value))
+    save_for_timm(model, folder, ids, names, 32, half, half)
+    saved = json.loads((folder / "config.json").read_text())
+    saved["pretrained_cfg"]["interpolation"] = "bilinear"  # a timm folder fine-tuned elsewhere, resized bilinear
+    (folder / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ConfigError) as error:
+        build_teacher(str(folder), 4, 32, student=student)
+    assert "records bilinear resizing" in str(error.value) and one_sentence(str(error.value))
+
+
 def test_only_a_student_with_a_distillation_head_takes_a_teacher(teacher_run):
     best = str(teacher_run / "best")
     with pytest.raises(ConfigError) as error:
-        check_teacher(ModelConfig(name="test_vit", teacher=best))
+        check_teacher(ModelConfig(name="test_vit"), best)
     assert "test_vit has none" in str(error.value) and one_sentence(str(error.value))
     with pytest.raises(ConfigError, match="distillation head"):  # also when the model is built
-        build_model(ModelConfig(name="test_vit", pretrained=False, train_mode="full", teacher=best), 4, 32)
-    check_teacher(ModelConfig(name="deit_tiny_distilled_patch16_224", teacher=best))  # accepted
-    student = ModelConfig(name="deit_tiny_distilled_patch16_224", pretrained=False, train_mode="full", teacher=best)
-    assert has_distillation_head(build_model(student, 4, 32))
+        build_model(ModelConfig(name="test_vit", pretrained=False, train_mode="full"), 4, 32, teacher=best)
+    check_teacher(ModelConfig(name="deit_tiny_distilled_patch16_224"), best)  # accepted
+    student = ModelConfig(name="deit_tiny_distilled_patch16_224", pretrained=False, train_mode="full")
+    assert has_distillation_head(build_model(student, 4, 32, teacher=best))
 
 
 # --- the recipes ----------------------------------------------------------------------------------------------------
 
-# Each recipe's values, as its docstring gives them with their sources.
+# The full recipes and the model each trains; their values are docs/recipes.md's source table (SOURCE_TABLE).
 RECIPES = {
-    "full/vit_l.py": dict(
-        name="vit_l", lr=1e-5, layer_decay=0.9, warmup_epochs=5, warmup_lr=5e-7, min_lr=5e-7, weight_decay=1e-8,
-        drop_path_rate=0.4, clip_grad=0.0, ema_decay=0.0, micro_batch_size=64,
-    ),
-    "full/cait_s36.py": dict(
-        name="cait_s36", lr=1.25e-6, layer_decay=0.0, warmup_epochs=5, warmup_lr=1e-6, min_lr=1.25e-6,
-        weight_decay=1e-8, drop_path_rate=0.1, clip_grad=0.0, ema_decay=0.99996, micro_batch_size=64,
-    ),
-    "full/deit_b_distilled.py": dict(
-        name="deit_b_distilled", lr=1.25e-6, layer_decay=0.0, warmup_epochs=5, warmup_lr=1e-6, min_lr=1.25e-6,
-        weight_decay=1e-8, drop_path_rate=0.1, clip_grad=0.0, ema_decay=0.99996, micro_batch_size=64,
-        grad_checkpointing=False,  # fits a 24 GB card without it (docs/recipes.md)
-    ),
-    "full/swin_l.py": dict(
-        name="swin_l", lr=5e-6, layer_decay=0.0, warmup_epochs=5, warmup_lr=5e-9, min_lr=5e-8, weight_decay=1e-8,
-        drop_path_rate=0.2, clip_grad=5.0, ema_decay=0.0, micro_batch_size=32,
-    ),
-    "deit_b_from_swin.py": dict(
-        name="deit_b_distilled", lr=1.25e-6, layer_decay=0.0, warmup_epochs=5, warmup_lr=1e-6, min_lr=1.25e-6,
-        weight_decay=1e-8, drop_path_rate=0.1, clip_grad=0.0, ema_decay=0.99996, micro_batch_size=64,
-    ),
-}  # fmt: skip
+    "full/vit_l.py": "vit_l",
+    "full/cait_s36.py": "cait_s36",
+    "full/deit_b_distilled.py": "deit_b_distilled",
+    "full/swin_l.py": "swin_l",
+    "deit_b_from_swin.py": "deit_b_distilled",
+}
+RECIPE_GROUPS = {"all": list(RECIPES), "DeiT recipes": ["full/deit_b_distilled.py", "full/cait_s36.py",
+                                                       "deit_b_from_swin.py"]}  # fmt: skip
+# set by every recipe for reasons of the library, not of a source (the table's closing paragraph says so)
+NOT_FROM_SOURCES = {"model.name", "model.train_mode", "model.grad_checkpointing", "train.micro_batch_size",
+                    "train.output_dir"}  # fmt: skip
+
+
+def _cell_value(cell: str):
+    text = cell.strip().strip("`")
+    if text in ("true", "false"):
+        return text == "true"
+    if text == "None":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def source_table() -> dict[str, dict[str, object]]:
+    """docs/recipes.md's table of the full recipes' values: recipe -> {dotted field: value}."""
+    text = (ROOT / "docs" / "recipes.md").read_text()
+    section = text[text.index("### The recipes and where each value comes from") :]
+    lines = section.splitlines()
+    start = lines.index(next(line for line in lines if line.startswith("| recipes |"))) + 2  # after header and rule
+    table: dict[str, dict[str, object]] = {path: {} for path in RECIPES}
+    for row in lines[start:]:
+        if not row.startswith("| "):  # the table's end
+            break
+        recipes, field, value = (cell.strip() for cell in row.strip("|").split("|")[:3])
+        if field == "-":  # a source setting with no field here (stated with its reason)
+            continue
+        for path in RECIPE_GROUPS.get(recipes, [recipes.strip("`")]):
+            assert field.strip("`") not in table[path], f"{path}: {field} twice in the table"
+            table[path][field.strip("`")] = _cell_value(value)
+    return table
+
+
+def _flat(config: FinetuneConfig) -> dict[str, object]:
+    return {f"{k}.{f}": v for k, section in config.to_dict().items() for f, v in section.items()}
 
 
 def test_every_full_recipe_is_listed():
     full = {f"full/{p.name}" for p in (ROOT / "recipes" / "full").glob("*.py") if "_from_probe" not in p.name}
     assert full | {"deit_b_from_swin.py"} == set(RECIPES)  # the *_from_probe variants: test_probe_then_finetune.py
+
+
+@pytest.mark.parametrize("path", list(RECIPES))
+def test_each_full_recipe_equals_the_source_table_of_docs_recipes(path):
+    """Every value in docs/recipes.md's table is the recipe's, and every field the recipe sets away from the library's
+    default has a row there (with its source and the reason for any difference)."""
+    import runpy
+
+    config = runpy.run_path(str(ROOT / "recipes" / path))["config"]  # not __main__: nothing runs
+    resolved, defaults, table = _flat(config), _flat(FinetuneConfig()), source_table()[path]
+    assert table, f"{path} has no rows in docs/recipes.md"
+    for field, value in table.items():
+        assert resolved[field] == value, f"{path}: {field} is {resolved[field]!r}, the table says {value!r}"
+    unlisted = {f for f in resolved if resolved[f] != defaults[f] and f not in table} - NOT_FROM_SOURCES
+    assert not unlisted, f"{path} sets {sorted(unlisted)} without a row in docs/recipes.md's source table"
+    assert resolved["model.name"] == RECIPES[path] and resolved["model.train_mode"] == "full"
 
 
 def _recipe(path: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -255,22 +344,13 @@ def _recipe(path: str, *args: str, timeout: int = 120) -> subprocess.CompletedPr
 @pytest.mark.slow
 @pytest.mark.parametrize("path", list(RECIPES))
 def test_full_recipe_prints_its_values(path):
+    """What --print-config shows (the command line's resolved config) is the table's too."""
     done = _recipe(path, "--print-config")
     assert done.returncode == 0, done.stderr
-    printed, expected = json.loads(done.stdout), RECIPES[path]
-    m, o, t = printed["model"], printed["optim"], printed["train"]
-    assert m["name"] == expected["name"] and m["train_mode"] == "full"
-    assert m["grad_checkpointing"] is expected.get("grad_checkpointing", True)
-    assert m["drop_path_rate"] == expected["drop_path_rate"] and m["pretrained"] is True
-    for key in ("lr", "layer_decay", "warmup_epochs", "warmup_lr", "min_lr", "weight_decay", "clip_grad"):
-        assert o[key] == expected[key], key
-    assert o["name"] == "adamw" and o["decay_all"] is False
-    assert t["ema_decay"] == expected["ema_decay"] and t["ema_warmup"] is (expected["ema_decay"] > 0)
-    assert t["micro_batch_size"] == expected["micro_batch_size"] and t["batch_size"] == 128 and t["epochs"] == 30
-    assert t["mixed_precision"] == "bf16" and printed["data"]["image_size"] == 384
-    assert t["output_dir"] == f"outputs/full/{Path(path).stem}"
-    if path == "deit_b_from_swin.py":  # the teacher comes from the command line; DeiT's hard distillation
-        assert m["teacher"] is None and printed["augment"]["distill_type"] == "hard"
+    printed = _flat(FinetuneConfig.from_dict(json.loads(done.stdout)))
+    for field, value in source_table()[path].items():
+        assert printed[field] == value, field
+    assert printed["model.pretrained"] is True and printed["train.output_dir"] == f"outputs/full/{Path(path).stem}"
 
 
 @pytest.mark.slow
@@ -278,19 +358,19 @@ def test_the_distillation_recipe_refuses_to_start_without_a_teacher():
     done = _recipe("deit_b_from_swin.py", "--train.epochs", "1")
     assert done.returncode == 2 and done.stdout == ""
     message = done.stderr.strip().removeprefix("error: ")
-    assert "--model.teacher outputs/swin_l/best" in message and one_sentence(message)
+    assert "--distill.teacher outputs/swin_l/best" in message and one_sentence(message)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", list(RECIPES))
 def test_full_recipe_runs_one_optimizer_step_on_a_tiny_stand_in(path, stanford_dir, teacher_run, tmp_path):
-    distilled = RECIPES[path]["name"] == "deit_b_distilled"
+    distilled = RECIPES[path] == "deit_b_distilled"
     out = tmp_path / "out"
     done = _recipe(
         path,
         "--model.name", "deit_tiny_distilled_patch16_224" if distilled else "test_vit",
         "--model.pretrained", "false",
-        *(("--model.teacher", str(teacher_run / "best")) if path == "deit_b_from_swin.py" else ()),
+        *(("--distill.teacher", str(teacher_run / "best")) if path == "deit_b_from_swin.py" else ()),
         "--data.source", str(stanford_dir), "--data.image_size", "32", "--data.num_workers", "0",
         "--data.max_train_samples", "8", "--data.max_eval_samples", "4",
         "--train.epochs", "1", "--train.batch_size", "8", "--train.micro_batch_size", "4",

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import PIL.Image
 import pytest
 import timm
 import torch
@@ -130,7 +131,7 @@ def test_more_epochs_on_resume_follow_the_new_cosine_to_min_lr(stanford_dir, tmp
 def test_the_distillation_head_learns_the_teachers_answer_on_the_same_augmented_images(monkeypatch):
     from tiny_transformers.augment import BatchAugment
     from tiny_transformers.checkpoint import TrainerState
-    from tiny_transformers.config import AugmentConfig, FinetuneConfig, ModelConfig, TrainConfig
+    from tiny_transformers.config import AugmentConfig, DistillConfig, FinetuneConfig, ModelConfig, TrainConfig
     from tiny_transformers.optim import build_optimizer, build_schedule
     from tiny_transformers.plan import Plan
 
@@ -146,14 +147,15 @@ def test_the_distillation_head_learns_the_teachers_answer_on_the_same_augmented_
     shown = []
     student.register_forward_pre_hook(lambda _, args: shown.append(args[0].clone()))
     config = FinetuneConfig(
-        model=ModelConfig(name="deit_tiny_distilled_patch16_224", train_mode="full", teacher="a teacher"),
+        model=ModelConfig(name="deit_tiny_distilled_patch16_224", train_mode="full"),
+        distill=DistillConfig(teacher="a teacher"),
         train=TrainConfig(batch_size=4, micro_batch_size=4, epochs=1, mixed_precision="no", progress=False),
     )
     captured = []
     real_loss = engine.loss_per_image
 
-    def loss_per_image(output, targets, teacher_logits=None, augment=None):
-        value = real_loss(output, targets, teacher_logits, augment)
+    def loss_per_image(output, targets, teacher_logits=None, distill=None):
+        value = real_loss(output, targets, teacher_logits, distill)
         captured.append((output, targets, teacher_logits, value))
         return value
 
@@ -181,12 +183,75 @@ def test_the_distillation_head_learns_the_teachers_answer_on_the_same_augmented_
     assert torch.allclose(value, expected)
 
 
-def test_ema_exports_load_in_timm_and_transformers_as_the_ema_weights(stanford_dir, tmp_path):
+@pytest.mark.parametrize("kind", ["hard", "soft"])
+def test_distillation_alpha_weighs_the_two_heads(kind):
+    """DeiT's DistillationLoss: (1 - alpha) x the class head's loss + alpha x the distillation head's."""
+    from tiny_transformers.config import DistillConfig
+
+    generator = torch.Generator().manual_seed(0)
+    cls, dist, teacher = (torch.randn(3, 5, generator=generator) for _ in range(3))
+    targets = torch.softmax(torch.randn(3, 5, generator=generator), -1)
+    base = torch.sum(-targets * F.log_softmax(cls, -1), -1)
+    if kind == "hard":
+        distill = F.cross_entropy(dist, teacher.argmax(-1), reduction="none")
+    else:  # DeiT: kl_div(log_softmax(s/T), log_softmax(t/T), sum, log_target) * T^2 / numel, here per image
+        log_p, log_q = F.log_softmax(dist / 2, -1), F.log_softmax(teacher / 2, -1)
+        distill = (log_q.exp() * (log_q - log_p)).sum(-1) * 4 / 5
+    value = engine.loss_per_image((cls, dist), targets, teacher, DistillConfig(type=kind, temperature=2.0, alpha=0.3))
+    assert torch.allclose(value, 0.7 * base + 0.3 * distill, atol=1e-6)
+    half = engine.loss_per_image((cls, dist), targets, teacher, DistillConfig(type=kind, temperature=2.0))
+    assert torch.allclose(half, (base + distill) / 2, atol=1e-6)  # the default alpha: DeiT's 0.5
+    assert not torch.allclose(value, half)
+
+
+def test_ema_exports_load_in_timm_and_transformers_as_the_ema_weights(stanford_dir, tmp_path, monkeypatch, capsys):
+    """With an EMA, last/ holds the EMA and best/ the better of raw and EMA; the result, the final line, results.md,
+    the prediction grid and the model card give those weights' numbers and say which they are."""
+    from tiny_transformers import report
+    from tiny_transformers.card import model_card
+    from tiny_transformers.rundir import GRID_FILE, RESULTS_FILE, epoch_score, read_run
+
     out = tmp_path / "out"
     config = tiny_config(stanford_dir, out, epochs=2)
     config.train.ema_decay = 0.5
+    grid_models, sample = [], report.sample_predictions
+
+    def sample_predictions(model, *args, **kwargs):
+        grid_models.append((model, sample(model, *args, **kwargs)))
+        return grid_models[-1][1]
+
+    monkeypatch.setattr(report, "sample_predictions", sample_predictions)
     result = finetune(config)
+    final_record, best_record = result.history[-1], max(result.history, key=epoch_score)
+    assert (result.top1, result.top5, result.loss, result.weights) == (
+        final_record["ema_top1"],
+        final_record["ema_top5"],
+        final_record["ema_loss"],
+        "ema",
+    )  # last/'s numbers, not the raw weights'
+    assert result.best_top1 == epoch_score(best_record)
+    printed = capsys.readouterr().out
+    assert (
+        f"done: top-1 {result.top1:.2f}% (EMA weights), best top-1 {result.best_top1:.2f}% "
+        f"({result.best_weights} weights)"
+    ) in printed
+    results = (out / RESULTS_FILE).read_text()
+    assert f"| this run, final (epoch 2, EMA weights) | {result.top1:.2f} | {result.top5:.2f} |" in results
+    best_label = "EMA" if result.best_weights == "ema" else "raw"
+    assert f"best top-1 (epoch {best_record['epoch']}, {best_label} weights) | {result.best_top1:.2f} |" in results
+    ((grid_model, _),) = grid_models  # the grid's predictions are those of last/'s weights
+    last = load_file(out / "last" / "model.safetensors")
+    assert all(torch.equal(tensor.cpu(), last[key]) for key, tensor in grid_model.state_dict().items())
+    with PIL.Image.open(out / GRID_FILE) as grid:  # with its caption strip, saying which weights
+        assert grid.size == report.grid_pixel_size(len(grid_models[0][1][0]), 64, caption=True)
+    card = str(model_card(read_run(out)))
+    assert "the exponential moving average (EMA) of the weights" in card
+    assert f"| this run, final (epoch 2, EMA weights) | {result.top1:.2f} |" in card
     final = sorted((out / "checkpoints").glob("step_*"))[-1]
+    # what README's run-folder listing says a checkpoint holds: no scheduler (the lr is a function of the step)
+    assert sorted(p.name for p in final.iterdir()) == [
+        "custom_checkpoint_0.pkl", "model.safetensors", "optimizer.bin", "random_states_0.pkl", "trainer_state.json"
+    ]  # fmt: skip
     averaged = {k.removeprefix("module."): v for k, v in ema(final).items()}
     exported = load_file(out / "last" / "model.safetensors")
     assert all(torch.equal(exported[k], averaged[k]) for k in exported)

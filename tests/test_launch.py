@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tiny_transformers.engine import usable_cores
 from tiny_transformers.paper import PAPER_MODELS
@@ -111,6 +112,23 @@ def test_bad_input_is_one_sentence_not_a_traceback(tmp_path):
     assert f'File "{ROOT / "tiny_transformers"}' not in launched.stderr
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 runs where there is a GPU")
+def test_an_fp16_recipe_without_a_gpu_says_its_fix_once(tmp_path):
+    """The user's command on a CPU: the sentence once (the first process of a launch says it), naming the override;
+    `accelerate launch -q` drops the launcher's own CalledProcessError traceback after it (docs/scaling.md)."""
+    sentence = (
+        "error: train.mixed_precision fp16 needs a CUDA GPU and none is visible; use --train.mixed_precision bf16 "
+        "(or no) on this machine."
+    )
+    args = [str(ROOT / "recipes" / "vit_l.py"), "--train.output_dir", str(tmp_path / "out")]
+    loud, quiet, two = launch(args), launch(["-q", *args]), launch(["-q", *args], processes=2)
+    for done in (loud, quiet, two):
+        assert done.returncode != 0 and done.stderr.splitlines().count(sentence) == 1, done.stderr[-3000:]
+    assert "CalledProcessError" in loud.stderr  # accelerate's, printed after the child's sentence unless -q
+    assert "Traceback" not in quiet.stderr and quiet.stderr.count("train.mixed_precision fp16") == 1
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
 @pytest.mark.skipif(CORES < 2, reason="needs a machine with two or more cores")
 def test_one_cpu_process_given_every_core_says_nothing_of_threads(stanford_dir, tmp_path):
     """accelerate launch gives a process 1 thread where there is no GPU: the run then says so, and how to use every
@@ -120,3 +138,26 @@ def test_one_cpu_process_given_every_core_says_nothing_of_threads(stanford_dir, 
     every = launch([recipe, *tiny_overrides(stanford_dir, tmp_path / "all", "--train.epochs", "1")], threads=CORES)
     assert every.returncode == 0, every.stderr[-2000:]
     assert "training on the CPU with" not in every.stderr
+
+
+def test_the_demo_writes_under_the_current_directory_and_names_its_extra(tmp_path):
+    """README's first run, `python recipes/demo.py` (one epoch here), from another folder than the checkout: its data
+    and its run land in outputs/ there; without scikit-learn (the demo extra) it says so in one sentence."""
+    demo = str(ROOT / "recipes" / "demo.py")
+    done = subprocess.run(
+        [sys.executable, demo, "--train.epochs", "1", "--train.progress", "false"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "outputs" / "demo-data" / "digits-200" / "wnids.txt").is_file()
+    assert (tmp_path / "outputs" / "demo" / "finished.json").is_file()
+    assert f"outputs in {tmp_path / 'outputs' / 'demo'}" in done.stdout
+    again = subprocess.run(done.args, capture_output=True, text=True, timeout=300, cwd=tmp_path)  # a finished run
+    assert again.returncode == 0 and "resuming" not in again.stdout, again.stderr[-3000:]
+    assert f"the run in {tmp_path / 'outputs' / 'demo'} is already finished (1 epochs" in again.stdout
+    hidden = f"import runpy, sys; sys.modules['sklearn'] = None; sys.argv = [{demo!r}]; runpy.run_path({demo!r})"
+    missing = subprocess.run([sys.executable, "-c", hidden], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert missing.returncode == 1 and missing.stderr.strip() == (
+        "error: recipes/demo.py trains on scikit-learn's digits and scikit-learn is not installed; install the demo "
+        'extra: pip install -e ".[demo]" (or pip install scikit-learn).'
+    )

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from tiny_transformers.augment import BatchAugment
 from tiny_transformers.cli import main
 from tiny_transformers.config import AugmentConfig
 from tiny_transformers.data import decode_image
+from tiny_transformers.engine import loader_workers, usable_cores
 from tiny_transformers.models import IMAGENET_MEAN, IMAGENET_STD
 
 transformers = pytest.importorskip("transformers")
@@ -135,6 +137,30 @@ def test_predict_names_a_missing_input(exported, tmp_path):
         done.stderr.strip()
         == f"error: '{tmp_path / 'nope.jpg'}' does not exist; give image files or folders of images."
     )
+
+
+def test_predict_without_images_says_so_and_evaluate_takes_a_run_folder_with_workers_that_fit_the_cores(
+    exported, stanford_dir, tmp_path, capsys
+):
+    run_dir, _ = exported
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", "--model.checkpoint", str(run_dir)])
+    assert exit_.value.code == 2 and capsys.readouterr().err.strip() == (
+        "error: No image was given; name image files or folders after the options, e.g. tiny-transformers predict "
+        "--model.checkpoint outputs/run photo.jpg my_photos/."
+    )
+    scores = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for weights in (run_dir, run_dir / "best"):  # the run folder is its best/
+            main(["evaluate", "--model.checkpoint", str(weights), "--data.source", str(stanford_dir),
+                  "--train.progress", "false", "--output", str(tmp_path / f"{weights.name}.csv")])  # fmt: skip
+            scores.append(json.loads(capsys.readouterr().out))
+    assert scores[0] == scores[1] and scores[0]["count"] > 0
+    # the default data.num_workers (None: auto) fits this process's cores: torch has no more workers to warn about
+    assert not [w for w in caught if "suggested max number of worker" in str(w.message)]
+    assert loader_workers(None) <= usable_cores()
+    assert (tmp_path / f"{run_dir.name}.csv").read_text() == (tmp_path / "best.csv").read_text()
 
 
 def test_model_card_pipeline_example_runs_as_written(exported, tmp_path, monkeypatch):

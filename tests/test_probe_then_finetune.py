@@ -16,9 +16,9 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from tiny_transformers import FinetuneConfig, ModelConfig, cli
+from tiny_transformers import DataConfig, FinetuneConfig, ModelConfig, cli
 from tiny_transformers.errors import ConfigError
-from tiny_transformers.models import build_model
+from tiny_transformers.models import IMAGENET_MEAN, IMAGENET_STD, build_model
 from tiny_transformers.paper import PAPER_MODELS
 from tiny_transformers.rundir import RunDir
 
@@ -70,11 +70,12 @@ def test_each_full_recipe_has_a_from_probe_variant_that_changes_only_the_head_so
     config, full = recipe(f"{name}_from_probe.py"), recipe(f"{name}.py")
     assert config.model.head_from == paper_config(name).train.output_dir == f"outputs/{name}"
     assert config.data.preprocess == paper_config(name).data.preprocess
+    assert config.data.normalization == paper_config(name).data.normalization
     assert config.train.output_dir == f"outputs/full/{name}_from_probe"
     same = replace(
         config,
         model=replace(config.model, head_from=None),
-        data=replace(config.data, preprocess=full.data.preprocess),
+        data=replace(config.data, preprocess=full.data.preprocess, normalization=full.data.normalization),
         train=replace(config.train, output_dir=full.train.output_dir),
     )
     assert same == full
@@ -110,7 +111,8 @@ def test_a_probe_that_does_not_fit_is_refused_in_one_sentence(probe, tmp_path):
     folder, _ = probe
     class_ids = RunDir(folder).read_labels()[0]
     model = build_model(ModelConfig(name="test_vit", pretrained=False, train_mode="full"), len(class_ids), 32)
-    assert load_probe_head(model, folder, "test_vit", class_ids) == folder / "best"  # the run folder: its best/
+    probes = RunDir(folder).read_config().data  # the inputs the probe's head was fitted to
+    assert load_probe_head(model, folder, "test_vit", class_ids, probes) == folder / "best"  # the run folder: best/
     full = tmp_path / "full_run"
     shutil.copytree(folder, full, ignore=shutil.ignore_patterns("checkpoints"))
     config = json.loads((full / "config.json").read_text())
@@ -118,11 +120,17 @@ def test_a_probe_that_does_not_fit_is_refused_in_one_sentence(probe, tmp_path):
     (full / "config.json").write_text(json.dumps(config))
     small = build_model(ModelConfig(name="test_vit", pretrained=False), 3, 32)
     cases = [
-        ((model, tmp_path, "test_vit", class_ids), "holds no trained head"),
-        ((model, folder, "swin_l", class_ids), "is a head of test_vit and this run trains swin_large_patch4_window12"),
-        ((model, folder, "test_vit", class_ids[::-1]), "classes that are not this data's"),
-        ((small, folder, "test_vit", class_ids), "has no head that fits this model (head.weight:"),
-        ((model, full, "test_vit", class_ids), "is a full fine-tuning run, whose head fits its own trained backbone"),
+        ((model, tmp_path, "test_vit", class_ids, probes), "holds no trained head"),
+        ((model, folder, "swin_l", class_ids, probes), "is a head of test_vit and this run trains swin_large_patch4"),
+        ((model, folder, "test_vit", class_ids[::-1], probes), "classes that are not this data's"),
+        ((small, folder, "test_vit", class_ids, probes), "has no head that fits this model (head.weight:"),
+        ((model, full, "test_vit", class_ids, probes), "is a full fine-tuning run, whose head fits its own trained"),
+        (  # the full recipe's own mean/std (ViT-L's 0.5) under a head fitted to ImageNet-normalised features
+            (model, folder, "test_vit", class_ids, replace(probes, normalization="model", preprocess="default")),
+            "was fitted to other inputs than this run's (data.preprocess official there, default here; "
+            "data.normalization (mean, std) ((0.485",
+        ),
+        ((model, folder, "test_vit", class_ids, DataConfig(image_size=64)), "data.image_size 32 there, 64 here"),
     ]
     for args, says in cases:
         with pytest.raises(ConfigError) as error:
@@ -162,11 +170,11 @@ def test_both_heads_of_a_distilled_deit_probe_are_taken(tmp_path):
     with torch.no_grad():
         for module in (trained.head, trained.head_dist):
             module.weight.normal_()
-    save_for_timm(trained, tmp_path / "export", ids, ids, 32, (0.5,) * 3, (0.5,) * 3)
+    save_for_timm(trained, tmp_path / "export", ids, ids, 32, IMAGENET_MEAN, IMAGENET_STD)
     torch.manual_seed(1)
     fresh = build_model(replace(config, train_mode="full"), len(ids), 32)
     before = {k: v.clone() for k, v in fresh.state_dict().items()}
-    load_probe_head(fresh, tmp_path / "export", "deit_tiny_distilled_patch16_224", ids)
+    load_probe_head(fresh, tmp_path / "export", "deit_tiny_distilled_patch16_224", ids, DataConfig(image_size=32))
     after, saved = fresh.state_dict(), trained.state_dict()
     heads = {k for k in after if k.startswith(("head.", "head_dist."))}
     assert heads == {"head.weight", "head.bias", "head_dist.weight", "head_dist.bias"}

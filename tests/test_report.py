@@ -9,6 +9,7 @@ from PIL import Image
 
 from tiny_transformers import DataConfig, FinetuneConfig, ModelConfig, TrainConfig, evaluate_checkpoint, finetune
 from tiny_transformers.data import decode_image, load_data
+from tiny_transformers.optim import lr_per_update
 from tiny_transformers.report import (
     CURVES_SIZE,
     grid_pixel_size,
@@ -73,6 +74,14 @@ def test_training_curves_png_plots_the_runs_history(run):
     assert list(lr_ax.lines[0].get_xdata()) == [1, 2]
     by_step = training_curves_figure(result.history, x="step")
     assert list(by_step.axes[0].lines[0].get_xdata()) == [3, 6] and by_step.axes[0].get_xlabel() == "optimizer step"
+    # the run's report: the lr of every update (2 epochs x 3), from the run's own schedule, through the recorded values
+    schedule, recorded = training_curves_figure(result.history, config=config).axes[2].lines
+    assert [schedule.get_label(), recorded.get_label()] == ["per update", "epoch end"]
+    assert list(schedule.get_xdata()) == pytest.approx([0, 1 / 3, 2 / 3, 1, 4 / 3, 5 / 3, 2])
+    lrs = list(schedule.get_ydata())
+    assert lrs == lr_per_update(config.optim, 3, 2) and lrs[0] == config.optim.lr
+    assert [lrs[3], lrs[6]] == [h["lr"] for h in result.history] == list(recorded.get_ydata())
+    assert lrs[0] > lrs[1] > lrs[2] > lrs[3] > lrs[4] > lrs[5] >= lrs[6]  # the cosine between the epochs' ends
 
 
 def test_prediction_grid_of_the_run_shows_its_eval_images_and_evaluations_predictions(run, stanford_dir):

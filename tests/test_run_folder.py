@@ -297,6 +297,26 @@ def test_the_marker_is_written_last_and_removed_when_the_run_goes_on(finished, t
     assert not marker.exists() and RunDir(run).finished_epochs() is None
 
 
+def test_running_a_finished_run_again_says_so_and_trains_nothing(finished, tmp_path, capsys):
+    run = copy_run(finished, tmp_path)
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    again = finetune(_same_config(finished, run))
+    assert capsys.readouterr().out.strip() == (
+        f"tiny_transformers: the run in {run.resolve()} is already finished (2 epochs, top-1 {finished.top1:.2f}%); "
+        "its results are there (best, last, results.md, ...). Raise --train.epochs to train it further, or give "
+        "another --train.output_dir for a new run."
+    )
+    assert (again.top1, again.best_top1, again.epochs_completed) == (finished.top1, finished.best_top1, 2)
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != ".lock"} == {
+        p: t for p, t in before.items() if p.name != ".lock"
+    }  # nothing rewritten: not last/, not the report, not the marker
+    publish = _same_config(finished, run)
+    publish.hub.push, publish.hub.model_id = True, "me/tiny-vit"  # pushing is the push command's work now
+    finetune(publish)
+    assert capsys.readouterr().out.strip().endswith(f"new run; to push it: tiny-transformers push {run.resolve()}.")
+
+
 # --------------------------------------------------------------------------------------------------
 # A shorter train.epochs than the checkpoint reached
 # --------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@
 from .config import (
     AugmentConfig,
     DataConfig,
+    DistillConfig,
     FinetuneConfig,
     HubConfig,
     ModelConfig,
@@ -35,6 +36,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "DataConfig",
+    "DistillConfig",
     "FinetuneConfig",
     "FinetuneResult",
     "HubConfig",

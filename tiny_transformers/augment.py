@@ -2,7 +2,9 @@
 
 The loader hands over 64x64 uint8 images (12 KB each); everything that grows them to 384x384 float
 (1.77 MB each) happens here, batched, on the device that trains. Mixup/CutMix and random erasing are
-timm's own implementations; RandAugment is torchvision's, per image, batched (randaugment.py).
+timm's own implementations; RandAugment is torchvision's, per image, batched (randaugment.py), or timm's own
+``rand_augment_transform`` (``augment.timm_randaugment``, e.g. ``rand-m9-mstd0.5-inc1`` as DeiT, BEiT and Swin
+fine-tune), per PIL image on the host at the native size, before the batch goes to the device.
 
 Two preprocessings (``data.preprocess``): ``default`` upscales float batches with antialiasing and runs
 RandAugment at the native size; ``official`` does what the paper's code did to each image: a uint8 bicubic
@@ -11,8 +13,13 @@ resize without antialiasing, rounded, then RandAugment at that size, then /255 a
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
+import PIL.Image
 import torch
 from timm.data import Mixup
+from timm.data.auto_augment import rand_augment_transform
 from timm.data.mixup import mixup_target
 from timm.data.random_erasing import RandomErasing
 from torchvision.transforms.v2 import InterpolationMode
@@ -42,10 +49,14 @@ class BatchAugment:
         preprocess: str = "default",
     ) -> None:
         self.image_size = image_size
+        self.device = torch.device(device)
         self.official = preprocess == "official"
         self.randaugment = None
         if augment.randaugment_ops > 0:
             self.randaugment = BatchRandAugment(augment.randaugment_ops, augment.randaugment_magnitude)
+        self.host_randaugment = None  # timm's, per PIL image: train() takes the batch on the host and moves it
+        if augment.timm_randaugment is not None:
+            self.host_randaugment = timm_randaugment(augment.timm_randaugment, mean)
         self.mean = list(mean)
         self.std = list(std)
         # Normalization statistics as tensors on the batch's device, made once: torchvision's normalize builds
@@ -69,8 +80,10 @@ class BatchAugment:
         if augment.random_erasing > 0:
             self.erasing = RandomErasing(probability=augment.random_erasing, mode="pixel", device=str(device))
         # Host generators that train() draws from besides torch's (for engine.keyed_rng): timm's Mixup/CutMix
-        # use NumPy's global generator, its RandomErasing Python's `random` (and torch's for the noise).
-        self.host_generators = {"numpy": self.mixup is not None, "python": self.erasing is not None}
+        # use NumPy's global generator, its RandomErasing Python's `random` (and torch's for the noise), its
+        # RandAugment both (NumPy picks the ops, `random` each op's probability, magnitude noise and fill).
+        host = self.host_randaugment is not None
+        self.host_generators = {"numpy": self.mixup is not None or host, "python": self.erasing is not None or host}
 
     def resize_normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, h, w) -> float32 (B, 3, S, S): bicubic resize, clamped to [0, 1] as an image is, normalized.
@@ -98,7 +111,10 @@ class BatchAugment:
         return x.sub_(mean).div_(std)  # torchvision's Normalize arithmetic, in place on this fresh tensor
 
     def train(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Model inputs and soft targets (B, num_classes) for one training micro-batch."""
+        """Model inputs and soft targets (B, num_classes) for one training micro-batch (on the host with
+        ``augment.timm_randaugment``, moved to the device after it)."""
+        if self.host_randaugment is not None:
+            images = self._host_randaugment(images)
         if self.official:
             images = resize_uint8(images, self.image_size)  # RandAugment then sees 384 px images, as officially
         if self.randaugment is not None:
@@ -115,6 +131,13 @@ class BatchAugment:
             x = self.erasing(x)
         return x, targets
 
+    def _host_randaugment(self, images: torch.Tensor) -> torch.Tensor:
+        """timm's RandAugment on each image of a uint8 batch as a PIL image (what timm's loaders do), then the
+        batch on the training device."""
+        arrays = images.permute(0, 2, 3, 1).cpu().numpy()
+        out = np.stack([np.asarray(self.host_randaugment(PIL.Image.fromarray(a))) for a in arrays])
+        return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous().to(self.device, non_blocking=True)
+
     def targets(self, labels: torch.Tensor) -> torch.Tensor:
         """The soft targets of a micro-batch without Mixup/CutMix (label smoothing only): what :meth:`train` gives
         with them off, for a micro-batch whose model input is not needed (the feature cache, features.py)."""
@@ -128,3 +151,17 @@ class BatchAugment:
             x, targets = self.mixup(torch.cat([x, x[:1]]), torch.cat([labels, labels[:1]]))
             return x[:-1], targets[:-1]
         return self.mixup(x, labels)
+
+
+def timm_randaugment(config: str, mean: tuple[float, ...]) -> Callable[[PIL.Image.Image], PIL.Image.Image]:
+    """timm's ``rand_augment_transform(config)`` with the hyper-parameters timm's own training transform gives it
+    (``transforms_imagenet_train``): the fill colour of geometric ops from the normalisation's mean, bicubic
+    interpolation (DeiT's, BEiT's and Swin's ``train_interpolation``). Only the ``rand-`` transforms of timm's
+    default set run (their translations are relative to the image, so at 64 px as at 384).
+
+    >>> op = timm_randaugment("rand-m9-mstd0.5-inc1", (0.485, 0.456, 0.406))
+    >>> op(PIL.Image.new("RGB", (64, 64))).size
+    (64, 64)
+    """
+    fill = tuple(min(255, round(255 * x)) for x in mean)
+    return rand_augment_transform(config, {"img_mean": fill, "interpolation": PIL.Image.Resampling.BICUBIC})

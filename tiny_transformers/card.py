@@ -75,9 +75,11 @@ def model_card(run: RunSummary, hub: HubConfig | None = None) -> ModelCard:
     config, record = run.config, run.record_for(hub.weights)
     timm_name = resolve_model_name(config.model.name)
     name = hub.model_id or run.output_dir.name
-    # The card names only the data the run saw: a Hub id when it trained on one; a local copy is no Hub dataset,
-    # so then no `datasets` entry and no model-index result (the body's table still gives the numbers).
-    dataset_id = config.data.source if is_hub_id(config.data.source) else None
+    # The card names only the data the run saw: a Hub id when it trained on one (as the run recorded it; guessed
+    # from the string for older runs); a local copy is no Hub dataset, so then no `datasets` entry and no
+    # model-index result (the body's table still gives the numbers).
+    on_hub = run.source_kind == "hub" if run.source_kind else is_hub_id(config.data.source)
+    dataset_id = config.data.source if on_hub else None
     results = _eval_results(record, dataset_id)
     metadata = ModelCardData(
         library_name="timm",
@@ -98,6 +100,9 @@ def model_card(run: RunSummary, hub: HubConfig | None = None) -> ModelCard:
         else f"the epoch with the best eval top-1 (epoch {record['epoch']} of {epochs}; chosen on the eval split "
         "itself, so its numbers are slightly optimistic)"
     )
+    if record["weights"]:  # with an EMA: which of the two the folder holds, the numbers above being theirs
+        ema = record["weights"] == "ema"
+        which += ", the exponential moving average (EMA) of the weights" if ema else ", the raw weights (not their EMA)"
     return ModelCard.from_template(
         metadata,
         template_path=str(TEMPLATE),
@@ -109,7 +114,7 @@ def model_card(run: RunSummary, hub: HubConfig | None = None) -> ModelCard:
         native_size=config.data.native_size,
         size=pretrained_cfg.get("input_size", [3, config.data.image_size, config.data.image_size])[-1],
         which=which,
-        source=public_value(config.data.source),
+        source=dataset_id or f"…/{Path(config.data.source).name}",  # a local path is private: its last part
         reported_row="final" if hub.weights == "last" else "best top-1",
         results_table=results_table(config, run.history),
         paper_number=run.paper is not None,

@@ -34,7 +34,7 @@ USAGE = """usage: tiny-transformers COMMAND [--section.field VALUE ...]
 
 commands:
   train NAME      fine-tune; NAME is a paper recipe (vit_l, cait_s36, deit_b_distilled, swin_l) or a timm model name
-  evaluate        top-1, top-5 and loss of --model.checkpoint (exported folder, training checkpoint or
+  evaluate        top-1, top-5 and loss of --model.checkpoint (exported folder, run dir, training checkpoint or
                   hf-hub:owner/name) on --data.source; per-class accuracy goes to --output (default
                   ./per_class_accuracy.csv)
   export DIR      write the run in DIR as a timm/Hub folder (weights, model card, curves, metrics) into --to
@@ -175,6 +175,8 @@ def _fail(error: BaseException) -> typing.NoReturn:
     """Exit with the error's one sentence: a stopped run (``TrainingInterrupted``) with its status (143, or 130 for
     SIGINT between ablation rows), anything else a user can fix with 2."""
     status = getattr(error, "exit_status", 2)
+    if isinstance(error, TinyTransformersError) and error.every_process and not is_main_launch_process():
+        sys.exit(status)  # the launch's first process prints the same sentence
     print(f"{'stopped' if status != 2 else 'error'}: {clean_message(error)}", file=sys.stderr)
     sys.exit(status)
 

@@ -78,9 +78,6 @@ class ModelConfig:
     # fp8: bf16 as stored, and the linear layers computed in fp8 by torchao (backbone.fp8_backbone): not the same
     # outputs (within fp8's rounding), for a GPU with fp8 tensor cores (compute capability 8.9+) and torchao
     backbone_dtype: Literal["fp32", "bf16", "fp8"] = "fp32"
-    # a teacher for a model with a distillation head (distilled DeiT): a trained folder (e.g. outputs/swin_l/best),
-    # a training checkpoint, hf-hub:owner/name or a timm name (its pretrained weights); None: no distillation
-    teacher: str | None = None
     # full mode's start from a probe (probe, then fine-tune): a head-mode run's folder (its best/) or an exported
     # folder, whose classifier head(s) replace the new head; the backbone still comes from the pretrained weights
     # (or model.checkpoint). None: a new head
@@ -100,7 +97,9 @@ class DataConfig:
     # RandAugment after it at image_size, then /255 and normalize (docs/recipes.md measures the difference)
     preprocess: Literal["default", "official"] = "default"
     drop_last: bool = False  # drop each epoch's last partial micro-batch, as the official loader does
-    num_workers: int = resumable(4)  # loader processes per training process (decode + RGB conversion only: cheap)
+    # loader processes per training process (decode + RGB conversion only: cheap); None: up to 4, within the cores
+    # this process may use shared by the launch's processes on this machine (engine.loader_workers)
+    num_workers: int | None = resumable(None)
     skip_corrupt: bool = False  # False: stop at the first unreadable image, naming it; True: scan, skip and count them
     max_train_samples: int | None = None  # use a fixed random subset of N training images (quick experiments)
     max_eval_samples: int | None = resumable(None)  # use a fixed random subset of N evaluation images
@@ -120,10 +119,24 @@ class AugmentConfig:
     # code always runs 2 ops: at magnitude 0 in its final setting, which still changes about a third of the images
     randaugment_ops: int = 0
     randaugment_magnitude: int = 9  # 0-30, torchvision's scale (the paper's first runs: 9; its final setting: 0)
-    # with model.teacher: hard: the distillation head learns the teacher's top-1 class (DeiT's hard distillation);
-    # soft: it learns the teacher's softened probabilities (KL divergence at distill_temperature)
-    distill_type: Literal["hard", "soft"] = "hard"
-    distill_temperature: float = 1.0  # softmax temperature of soft distillation (DeiT's tau)
+    # timm's RandAugment by its config string (e.g. rand-m9-mstd0.5-inc1, as DeiT, BEiT and Swin fine-tune): timm's
+    # own rand_augment_transform on each image at the native size, on the host (PIL), drawing from the keyed
+    # Python and NumPy generators; None: off. Instead of randaugment_ops, not with it
+    timm_randaugment: str | None = None
+
+
+@dataclass
+class DistillConfig:
+    """DeiT's distillation (its DistillationLoss) for a student with a distillation head: the teacher and the loss."""
+
+    # a trained folder (e.g. outputs/swin_l/best), a training checkpoint, hf-hub:owner/name or a timm name (its
+    # pretrained weights); None: no distillation
+    teacher: str | None = None
+    # hard: the distillation head learns the teacher's top-1 class (DeiT's hard distillation); soft: the teacher's
+    # softened probabilities (KL divergence at temperature)
+    type: Literal["hard", "soft"] = "hard"
+    temperature: float = 1.0  # softmax temperature of soft distillation (DeiT's tau)
+    alpha: float = 0.5  # loss = (1 - alpha) x the class head's + alpha x the distillation head's (DeiT's default)
 
 
 @dataclass
@@ -215,6 +228,7 @@ class FinetuneConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     hub: HubConfig = field(default_factory=HubConfig)
@@ -228,10 +242,15 @@ class FinetuneConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FinetuneConfig:
-        """Rebuild a config from :meth:`to_dict` output; unknown keys are an error naming them."""
+        """Rebuild a config from :meth:`to_dict` output; unknown keys are an error naming them. Fields renamed
+        since a config.json was written (:data:`RENAMED`) are read under their new names.
+
+        >>> FinetuneConfig.from_dict({"model": {"teacher": "t/best"}, "augment": {"distill_type": "soft"}}).distill
+        DistillConfig(teacher='t/best', type='soft', temperature=1.0, alpha=0.5)
+        """
         sections = {f.name: f.type for f in dataclasses.fields(cls)}
         kwargs = {}
-        for section, values in data.items():
+        for section, values in upgrade(data).items():
             if section not in sections:
                 raise ConfigError(f"Unknown config section '{section}'; expected one of {sorted(sections)}.")
             section_cls = {f.name: f.default_factory for f in dataclasses.fields(cls)}[section]
@@ -243,6 +262,28 @@ class FinetuneConfig:
             values = {key: tuple(value) if isinstance(value, list) else value for key, value in values.items()}
             kwargs[section] = section_cls(**values)
         return cls(**kwargs)
+
+
+# old dotted name -> new, for config.json files written before a field moved (read by from_dict and the comparisons)
+RENAMED = {
+    "model.teacher": "distill.teacher",
+    "augment.distill_type": "distill.type",
+    "augment.distill_temperature": "distill.temperature",
+}
+
+
+def upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """A saved config's nested dict with the fields of :data:`RENAMED` under their new names (a copy).
+
+    >>> upgrade({"model": {"name": "x", "teacher": None}})
+    {'model': {'name': 'x'}, 'distill': {'teacher': None}}
+    """
+    out = {section: dict(values) if isinstance(values, dict) else values for section, values in data.items()}
+    for old, new in RENAMED.items():
+        (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
+        if isinstance(out.get(old_section), dict) and old_key in out[old_section]:
+            out.setdefault(new_section, {})[new_key] = out[old_section].pop(old_key)
+    return out
 
 
 def _flatten(config: dict[str, Any]) -> dict[str, Any]:
@@ -277,7 +318,7 @@ def describe_differences(saved: dict[str, Any], current: FinetuneConfig, names: 
 
 
 def _flattened(saved: dict[str, Any]) -> dict[str, Any]:
-    return {**_flatten(FinetuneConfig().to_dict()), **_flatten(saved)}
+    return {**_flatten(FinetuneConfig().to_dict()), **_flatten(upgrade(saved))}
 
 
 def _normal(name: str, value: Any) -> Any:

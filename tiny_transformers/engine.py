@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .augment import BatchAugment
 from .checkpoint import TrainerState
-from .config import AugmentConfig, FinetuneConfig
+from .config import DistillConfig, FinetuneConfig
 from .data import DataBundle, DecodeTransform, collate, worker_options
 from .errors import ConfigError
 from .features import EvalFeatures, FeatureCache, capture, head_forward, head_logits
@@ -120,7 +120,7 @@ def train_steps(run: Training, loader: torch.utils.data.DataLoader) -> Iterator[
                     keyed_rng(accelerator.device, run.config.train.seed, state.epoch, g, **run.augment.host_generators),
                 ):
                     output, targets, teacher_logits = _forward(run, images, labels, indices)
-                    per_image = loss_per_image(output, targets, teacher_logits, run.config.augment)
+                    per_image = loss_per_image(output, targets, teacher_logits, run.config.distill)
                     accelerator.backward(per_image.sum() * ((n / window_images) if real else 0.0))
                 if real:
                     state.loss.add(per_image.sum(), len(labels), state.global_step)
@@ -136,9 +136,10 @@ def _micro_batches(run: Training, loader: DataLoader) -> Iterator[tuple[torch.Te
     cache needs them (the loader's batch sampler, iterated alongside: the same lists in the same order)."""
     device = run.accelerator.device
     order = iter(loader.batch_sampler) if run.features is not None and run.features.train is not None else None
+    host = run.augment.host_randaugment is not None  # timm's RandAugment takes host images
     for images, labels in loader:
         rows = next(order) if order is not None else None
-        yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True), rows
+        yield images if host else images.to(device, non_blocking=True), labels.to(device, non_blocking=True), rows
 
 
 def _empty_micro_batch(run: Training) -> tuple[torch.Tensor, torch.Tensor, None]:
@@ -234,31 +235,32 @@ def loss_per_image(
     output: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
     targets: torch.Tensor,
     teacher_logits: torch.Tensor | None = None,
-    augment: AugmentConfig | None = None,
+    distill: DistillConfig | None = None,
 ) -> torch.Tensor:
     """The training loss of each image, in float32.
 
     Without a teacher: soft-target cross-entropy of the logits (both heads averaged for distilled DeiT). With one,
-    DeiT's distillation (alpha 0.5): half the class head's loss on the (mixed) targets, half the distillation head's
-    on the teacher's answer for the same augmented image: its top-1 class (``hard``) or its probabilities at
-    temperature T (``soft``: KL divergence x T^2 / classes, as DeiT's ``DistillationLoss`` divides by numel).
+    DeiT's ``DistillationLoss``: ``(1 - alpha) x`` the class head's loss on the (mixed) targets ``+ alpha x`` the
+    distillation head's on the teacher's answer for the same augmented image: its top-1 class (``hard``) or its
+    probabilities at temperature T (``soft``: KL divergence x T^2 / classes, as DeiT divides by numel).
 
     >>> cls, dist = torch.zeros(1, 3), torch.tensor([[0.0, 0.0, 9.0]])
     >>> teacher = torch.tensor([[0.0, 0.0, 5.0]])  # the teacher says class 2
-    >>> loss_per_image((cls, dist), torch.full((1, 3), 1 / 3), teacher, AugmentConfig(distill_type="hard"))
+    >>> loss_per_image((cls, dist), torch.full((1, 3), 1 / 3), teacher, DistillConfig(type="hard"))
     tensor([0.5494])
     """
     if teacher_logits is None:
         return loss_fn_per_image(unwrap_logits(output).float(), targets)
+    distill = distill or DistillConfig()
     cls, dist = output[0].float(), output[1].float()
     teacher_logits = teacher_logits.float()
-    if augment is None or augment.distill_type == "hard":
-        distill = F.cross_entropy(dist, teacher_logits.argmax(dim=-1), reduction="none")
+    if distill.type == "hard":
+        distilled = F.cross_entropy(dist, teacher_logits.argmax(dim=-1), reduction="none")
     else:
-        t = augment.distill_temperature
+        t = distill.temperature
         log_p, log_q = F.log_softmax(dist / t, dim=-1), F.log_softmax(teacher_logits / t, dim=-1)
-        distill = F.kl_div(log_p, log_q, reduction="none", log_target=True).sum(dim=-1) * t * t / dist.shape[-1]
-    return (loss_fn_per_image(cls, targets) + distill) / 2
+        distilled = F.kl_div(log_p, log_q, reduction="none", log_target=True).sum(dim=-1) * t * t / dist.shape[-1]
+    return (1 - distill.alpha) * loss_fn_per_image(cls, targets) + distill.alpha * distilled
 
 
 @torch.no_grad()
@@ -359,6 +361,19 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def loader_workers(num_workers: int | None) -> int:
+    """``data.num_workers``, or for None (auto) up to 4 loader workers per training process, within this process's
+    usable cores shared by the launch's processes on this machine: more make torch warn and only contend.
+
+    >>> loader_workers(2), loader_workers(None) == max(1, min(4, usable_cores()))
+    (2, True)
+    """
+    if num_workers is not None:
+        return num_workers
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
+    return max(1, min(4, usable_cores() // local_processes))
+
+
 def cpu_threads_warnings(num_processes: int) -> list[str]:
     """A warning when one training process computes on the CPU (no CUDA device: the library's Accelerator then runs
     on the CPU) with fewer threads than it has cores, else none.
@@ -427,14 +442,15 @@ def _broadcast(accelerator: Accelerator, result: dict) -> dict:
 def eval_loader(data: DataBundle, config: FinetuneConfig, native_size: int, accelerator: Accelerator) -> DataLoader:
     """The eval split in order, decoded to ``native_size`` uint8, for :func:`evaluate` (not yet prepared by
     Accelerate: ``accelerator.prepare`` shards it)."""
+    workers = loader_workers(config.data.num_workers)
     return DataLoader(
         data.eval.with_transform(DecodeTransform(native_size)),
         batch_size=config.train.eval_batch_size or config.train.micro_batch_size,
-        num_workers=config.data.num_workers,
+        num_workers=workers,
         collate_fn=collate,
         pin_memory=accelerator.device.type == "cuda",
-        persistent_workers=config.data.num_workers > 0,  # one evaluation per epoch: start the workers once
-        **worker_options(config.data.num_workers),  # a group signal (SLURM) is the main process's to handle
+        persistent_workers=workers > 0,  # one evaluation per epoch: start the workers once
+        **worker_options(workers),  # a group signal (SLURM) is the main process's to handle
     )
 
 

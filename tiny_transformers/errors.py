@@ -15,6 +15,8 @@ class TinyTransformersError(Exception):
     "Cannot read image 'x.JPEG'."
     """
 
+    every_process = False  # True: every process of a launch raised it (a config check); the first one prints it
+
     def __init__(self, *args: object) -> None:
         self.worker_traceback: str | None = None
         if args and isinstance(args[0], str) and "Original Traceback" in args[0]:

@@ -1,7 +1,8 @@
 """``evaluate_checkpoint(config)``: the scores of any trained model on a dataset, fed and scored as in training.
 
-A trained model is an exported folder (``best/``, ``last/``, ``export/``), a training checkpoint or a Hub id; what it
-records (image size, normalization, preprocessing, autocast, classes) decides how the images are fed.
+A trained model is an exported folder (``best/``, ``last/``, ``export/``), a run's output dir (its ``best/``), a
+training checkpoint or a Hub id; what it records (image size, normalization, preprocessing, autocast, classes)
+decides how the images are fed.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def evaluate_checkpoint(config: FinetuneConfig, mixed_precision: str | None = No
     """
     if not config.model.checkpoint:
         raise ConfigError(
-            "evaluate needs --model.checkpoint: an exported folder (e.g. outputs/run/best) or a checkpoint."
+            "evaluate needs --model.checkpoint: a run's output dir (its best/), an exported folder (e.g. "
+            "outputs/run/last) or a checkpoint."
         )
     weights = describe_trained_weights(config.model.checkpoint)
     precision, source = _precision(mixed_precision, weights, config)

@@ -112,10 +112,11 @@ def training_cache_off(config: FinetuneConfig) -> str | None:
     mixing = (a.mixup_alpha > 0 or a.cutmix_alpha > 0) and a.mixup_prob > 0
     reasons = [
         (a.randaugment_ops > 0, f"augment.randaugment_ops is {a.randaugment_ops}"),
+        (a.timm_randaugment is not None, f"augment.timm_randaugment is {a.timm_randaugment}"),
         (mixing, "Mixup/CutMix is on"),
         (a.random_erasing > 0, f"augment.random_erasing is {a.random_erasing:g}"),
         (m.drop_path_rate > 0, f"model.drop_path_rate is {m.drop_path_rate:g}"),
-        (bool(m.teacher), "model.teacher is set"),
+        (bool(config.distill.teacher), "distill.teacher is set"),
     ]
     return next((reason for on, reason in reasons if on), None)
 

@@ -107,9 +107,12 @@ def _require_head(model: nn.Module, state: dict, own: dict, path: Path) -> None:
         )
 
 
-def build_model(cfg: ModelConfig, num_classes: int, image_size: int, trained_head: bool = False) -> nn.Module:
+def build_model(
+    cfg: ModelConfig, num_classes: int, image_size: int, trained_head: bool = False, teacher: str | None = None
+) -> nn.Module:
     """Create the network with a fresh ``num_classes`` head at ``image_size``; freeze the backbone in head mode, add
     LoRA adapters in lora mode (:func:`tiny_transformers.lora.add_lora`).
+    With a ``teacher`` (``distill.teacher``) a student without a distillation head is refused.
 
     Weights: ``cfg.checkpoint`` if given, else the Hub's pretrained weights when ``cfg.pretrained``, else random.
     ``trained_head`` (inference: evaluate, predict, a teacher): the checkpoint file's own head is kept and must
@@ -157,7 +160,7 @@ def build_model(cfg: ModelConfig, num_classes: int, image_size: int, trained_hea
         freeze_backbone(model)
     if cfg.grad_checkpointing:
         enable_grad_checkpointing(model, timm_name)
-    if cfg.teacher:
+    if teacher:
         _require_distillation_head(model, cfg.name)
     if cfg.train_mode == "lora":  # last: the timm model, ready, inside peft's PeftModel (lora.py)
         model = add_lora(model, cfg)
@@ -196,22 +199,22 @@ def has_distillation_head(model: nn.Module) -> bool:
 def _require_distillation_head(model: nn.Module, name: str) -> None:
     if not has_distillation_head(model):
         raise ConfigError(
-            f"model.teacher needs a student with a distillation head (timm's distilled DeiT, e.g. deit_b_distilled) "
-            f"and {name} has none; drop --model.teacher or choose such a --model.name."
+            f"distill.teacher needs a student with a distillation head (timm's distilled DeiT, e.g. deit_b_distilled) "
+            f"and {name} has none; drop --distill.teacher or choose such a --model.name."
         )
 
 
-def check_teacher(cfg: ModelConfig) -> None:
-    """Refuse, before any data loads, a ``model.teacher`` for a student without a distillation head (built on the
+def check_teacher(cfg: ModelConfig, teacher: str | None) -> None:
+    """Refuse, before any data loads, a ``distill.teacher`` for a student without a distillation head (built on the
     meta device: shapes only, well under a second). Nothing to check without a teacher.
 
-    >>> check_teacher(ModelConfig(name="test_vit", teacher="outputs/swin_l/best"))  # doctest: +ELLIPSIS
+    >>> check_teacher(ModelConfig(name="test_vit"), "outputs/swin_l/best")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    tiny_transformers.errors.ConfigError: model.teacher needs a student with a distillation head ...
-    >>> check_teacher(ModelConfig(name="deit_tiny_distilled_patch16_224", teacher="outputs/swin_l/best"))
+    tiny_transformers.errors.ConfigError: distill.teacher needs a student with a distillation head ...
+    >>> check_teacher(ModelConfig(name="deit_tiny_distilled_patch16_224"), "outputs/swin_l/best")
     """
-    if not cfg.teacher:
+    if not teacher:
         return
     timm_name = resolve_model_name(cfg.name)
     _check_name(timm_name)

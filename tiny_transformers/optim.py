@@ -24,16 +24,35 @@ def build_schedule(optimizer: torch.optim.Optimizer, cfg: OptimConfig, plan: Pla
     >>> [round(max(schedule._get_lr(t)), 6) for t in (0, 5, 10, 20)]
     [0.0, 0.001, 0.00075, 0.0]
     """
-    warmup = round(cfg.warmup_epochs * plan.steps_per_epoch)
+    return _cosine(optimizer, cfg, plan.steps_per_epoch, plan.total_steps)
+
+
+def _cosine(optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int, total_steps: int):
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
     return CosineLRScheduler(
         optimizer,
-        t_initial=max(plan.total_steps - warmup, 1),
+        t_initial=max(total_steps - warmup, 1),
         lr_min=cfg.min_lr,
         warmup_t=warmup,
         warmup_lr_init=cfg.warmup_lr,
         warmup_prefix=True,  # the cosine starts after the warmup and ends at the plan's last update
         t_in_epochs=False,
     )
+
+
+def lr_per_update(cfg: OptimConfig, steps_per_epoch: int, epochs: int) -> list[float]:
+    """The base lr after each optimizer update of a run, 0 to ``steps_per_epoch * epochs`` (the lr of the next
+    update, what the metrics log as ``lr`` at an epoch's end), from the schedule :func:`build_schedule` makes.
+
+    >>> [round(lr, 6) for lr in lr_per_update(OptimConfig(lr=1e-3, min_lr=0.0), steps_per_epoch=2, epochs=2)]
+    [0.001, 0.000854, 0.0005, 0.000146, 0.0]
+    """
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)  # one group at scale 1: the head's
+    schedule, lrs = _cosine(optimizer, cfg, steps_per_epoch, steps_per_epoch * epochs), []
+    for updates in range(steps_per_epoch * epochs + 1):
+        schedule.step_update(updates)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    return lrs
 
 
 def build_optimizer(cfg: OptimConfig, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -64,8 +64,6 @@ class Predictor:
                 f"model.checkpoint '{location}' does not exist; give an exported folder, a run's output dir or "
                 "hf-hub:owner/name."
             )
-        if local and (Path(location) / "best" / "config.json").is_file():
-            location = str(Path(location) / "best")
         weights = describe_trained_weights(location)
         if weights.num_classes is None:
             raise ModelError(
@@ -130,6 +128,12 @@ def find_images(inputs: Iterable[str | Path]) -> list[Path]:
     Files named directly are kept whatever their suffix (a non-image is reported when decoded); inside
     folders only image suffixes are taken, so a folder's README or labels file is not an error.
     """
+    inputs = list(inputs)
+    if not inputs:  # before the model loads: nothing to predict
+        raise DataError(
+            "No image was given; name image files or folders after the options, e.g. tiny-transformers predict "
+            "--model.checkpoint outputs/run photo.jpg my_photos/."
+        )
     found: list[Path] = []
     for item in inputs:
         path = Path(item).expanduser()

@@ -106,7 +106,7 @@ def _export(run: RunSummary, hub: HubConfig, folder: str | Path | None, checked:
         for name, origin in ((WEIGHTS_FILE, source), (CONFIG_FILE, source), (METRICS_FILE, run.output_dir)):
             with writing(target / name):
                 shutil.copyfile(origin / name, staging / name)
-        plot_training_curves(run.history, staging / CURVES_FILE)
+        plot_training_curves(run.history, staging / CURVES_FILE, config=run.config)
         model_card(run, hub).save(staging / "README.md")
         if not _is_run_export(target):  # a run's own export/ is known without a mark
             write_atomic(staging / EXPORT_MARKER, json.dumps({"run": str(run.output_dir)}))

@@ -6,7 +6,8 @@ stays as it was) and no figure lingers in pyplot's registry.
 
 Files written into a run's output directory at the end of training (main process only):
 
-- ``training_curves.png``: train and eval loss, top-1/top-5 and learning rate against epochs;
+- ``training_curves.png``: train and eval loss, top-1/top-5 against epochs, and the learning rate of every
+  optimizer update (the run's schedule);
 - ``predictions.png``: a fixed, seeded sample of eval images at their native resolution, upscaled with
   nearest-neighbour for viewing, titled with the true and predicted class, wrong predictions in red;
 - ``results.md``: this run's top-1/top-5 beside the paper's number for the model.
@@ -31,8 +32,9 @@ from .config import FinetuneConfig
 from .data import decode_image
 from .hub import is_hub_id
 from .models import unwrap_logits
+from .optim import lr_per_update
 from .paper import CITATION, PAPER_MODELS, paper_model_for, resolve_model_name
-from .rundir import CURVES_FILE, GRID_FILE, RESULTS_FILE, RunDir, best_record
+from .rundir import CURVES_FILE, GRID_FILE, RESULTS_FILE, RunDir, best_record, saved_scores
 from .runfiles import write_atomic, writing
 
 CURVES_DPI = 100
@@ -43,6 +45,7 @@ _GRID_DPI = 100
 _GRID_MIN_CELL = 160  # native images are upscaled by a whole factor to at least this many pixels a side
 _GRID_TITLE = 34  # pixels above each image for its two title lines
 _GRID_PAD = 8  # pixels around each image
+_GRID_CAPTION = 24  # pixels below the grid for its caption (which weights predicted), when it has one
 _WRONG = "#c62828"  # red: title and frame of a wrong prediction
 _RIGHT = "#1b5e20"
 
@@ -52,8 +55,12 @@ _RIGHT = "#1b5e20"
 # --------------------------------------------------------------------------------------------------
 
 
-def training_curves_figure(history: Sequence[dict[str, Any]], x: Literal["epoch", "step"] = "epoch"):
-    """Three panels against epochs (or optimizer steps): losses, top-1/top-5 accuracy, learning rate.
+def training_curves_figure(
+    history: Sequence[dict[str, Any]], x: Literal["epoch", "step"] = "epoch", config: FinetuneConfig | None = None
+):
+    """Three panels against epochs (or optimizer steps): losses, top-1/top-5 accuracy, learning rate. With the run's
+    ``config``, the learning rate is its schedule at every optimizer update so far (warmup and cosine as trained),
+    the epochs' recorded values marked on it; without, only those.
 
     >>> fig = training_curves_figure([{"epoch": 1, "step": 3, "train_loss": 1.2, "eval_loss": 1.1, "top1": 40.0,
     ...                                "top5": 90.0, "lr": 5e-4}])
@@ -72,7 +79,14 @@ def training_curves_figure(history: Sequence[dict[str, Any]], x: Literal["epoch"
     loss_ax.plot(xs, [r["eval_loss"] for r in history], label="eval", **style)
     acc_ax.plot(xs, [r["top1"] for r in history], label="top-1", **style)
     acc_ax.plot(xs, [r["top5"] for r in history], label="top-5", **style)
-    lr_ax.plot(xs, [r["lr"] for r in history], color="tab:gray", **style)
+    per_update, lrs = _lr_per_update(history, config), [r["lr"] for r in history]
+    if per_update:  # the schedule as trained, the epochs' recorded values on it
+        scale = history[-1]["step"] / history[-1]["epoch"] if x == "epoch" else 1  # updates per x unit
+        lr_ax.plot([u / scale for u in range(len(per_update))], per_update, color="tab:gray", label="per update")
+        lr_ax.plot(xs, lrs, color="tab:gray", marker="o", markersize=4, linestyle="none", label="epoch end")
+        lr_ax.legend()
+    else:
+        lr_ax.plot(xs, lrs, color="tab:gray", **style)
     for ax, title in ((loss_ax, "Loss"), (acc_ax, "Eval accuracy (%)"), (lr_ax, "Learning rate")):
         ax.set_title(title)
         ax.set_xlabel("epoch" if x == "epoch" else "optimizer step")
@@ -85,17 +99,30 @@ def training_curves_figure(history: Sequence[dict[str, Any]], x: Literal["epoch"
     return fig
 
 
+def _lr_per_update(history: Sequence[dict[str, Any]], config: FinetuneConfig | None) -> list[float]:
+    """The run's lr after each update up to its last recorded one (the schedule of ``config``, whose every epoch has
+    the same number of updates); empty without a config or a step count."""
+    last = history[-1] if history else {}
+    if config is None or not last.get("step") or not last.get("epoch") or last["step"] % last["epoch"]:
+        return []
+    return lr_per_update(config.optim, last["step"] // last["epoch"], config.train.epochs)[: last["step"] + 1]
+
+
 def plot_training_curves(
-    history: Sequence[dict[str, Any]], path: str | Path, x: Literal["epoch", "step"] = "epoch"
+    history: Sequence[dict[str, Any]],
+    path: str | Path,
+    x: Literal["epoch", "step"] = "epoch",
+    config: FinetuneConfig | None = None,
 ) -> Path:
     """Write :func:`training_curves_figure` as a PNG of :data:`CURVES_SIZE` pixels.
 
-    >>> plot_training_curves(read_run("outputs/run").history, "curves.png")  # doctest: +SKIP
+    >>> run = read_run("outputs/run")  # doctest: +SKIP
+    >>> plot_training_curves(run.history, "curves.png", config=run.config)  # doctest: +SKIP
     PosixPath('curves.png')
     """
     path = Path(path)
     with writing(path):  # No bbox_inches="tight": the PNG keeps the figure's exact pixel size.
-        training_curves_figure(history, x).savefig(path, dpi=CURVES_DPI)
+        training_curves_figure(history, x, config).savefig(path, dpi=CURVES_DPI)
     return path
 
 
@@ -117,16 +144,18 @@ def grid_scale(native_size: int) -> int:
     return max(1, math.ceil(_GRID_MIN_CELL / native_size))
 
 
-def grid_pixel_size(count: int, native_size: int, columns: int = GRID_COLUMNS) -> tuple[int, int]:
-    """(width, height) in pixels of the PNG :func:`plot_prediction_grid` writes.
+def grid_pixel_size(
+    count: int, native_size: int, columns: int = GRID_COLUMNS, caption: bool = False
+) -> tuple[int, int]:
+    """(width, height) in pixels of the PNG :func:`plot_prediction_grid` writes (with a caption strip below).
 
-    >>> grid_pixel_size(16, 64)
-    (832, 936)
+    >>> grid_pixel_size(16, 64), grid_pixel_size(16, 64, caption=True)
+    ((832, 936), (832, 960))
     """
     side = native_size * grid_scale(native_size)
     columns = min(columns, count)
     rows = math.ceil(count / columns)
-    return columns * (side + 2 * _GRID_PAD), rows * (side + _GRID_TITLE + _GRID_PAD)
+    return columns * (side + 2 * _GRID_PAD), rows * (side + _GRID_TITLE + _GRID_PAD) + (_GRID_CAPTION if caption else 0)
 
 
 def prediction_grid_figure(
@@ -134,9 +163,11 @@ def prediction_grid_figure(
     true_names: Sequence[str],
     predicted_names: Sequence[str],
     columns: int = GRID_COLUMNS,
+    caption: str | None = None,
 ):
     """One cell per image: the image upscaled by a whole factor (nearest, so its pixels stay visible), titled
-    ``true: ...`` / ``pred: ...``; a wrong prediction gets a red title and a red frame.
+    ``true: ...`` / ``pred: ...``; a wrong prediction gets a red title and a red frame. ``caption``, when given, is
+    written below the grid (e.g. which weights predicted).
 
     ``images`` are uint8 RGB, (N, 3, H, W) or (N, H, W, 3), all square and of the same size.
 
@@ -157,10 +188,12 @@ def prediction_grid_figure(
             "predicted names; give one of each per image."
         )
     count, native = len(array), array.shape[1]
-    width, height = grid_pixel_size(count, native, columns)
+    width, height = grid_pixel_size(count, native, columns, caption=caption is not None)
     columns = min(columns, count)
     side = native * grid_scale(native)
     fig = Figure(figsize=(width / _GRID_DPI, height / _GRID_DPI), dpi=_GRID_DPI)
+    if caption is not None:  # in the strip below the cells, which are placed from the top
+        fig.text(0.5, _GRID_CAPTION / 2 / height, caption, ha="center", va="center", fontsize=9)
     for i, (image, truth, predicted) in enumerate(zip(array, true_names, predicted_names)):
         row, column = divmod(i, columns)
         # Axes placed in whole pixels, the image filling them exactly: each source pixel maps to a
@@ -189,6 +222,7 @@ def plot_prediction_grid(
     predicted_names: Sequence[str],
     path: str | Path,
     columns: int = GRID_COLUMNS,
+    caption: str | None = None,
 ) -> Path:
     """Write :func:`prediction_grid_figure` as a PNG of :func:`grid_pixel_size` pixels.
 
@@ -198,7 +232,7 @@ def plot_prediction_grid(
     """
     path = Path(path)
     with writing(path):
-        prediction_grid_figure(images, true_names, predicted_names, columns).savefig(path, dpi=_GRID_DPI)
+        prediction_grid_figure(images, true_names, predicted_names, columns, caption).savefig(path, dpi=_GRID_DPI)
     return path
 
 
@@ -260,15 +294,14 @@ def results_table(config: FinetuneConfig, history: Sequence[dict[str, Any]]) -> 
     | this run, best top-1 (epoch 1) | 80.00 | 95.00 | 0.9000 | 1 |
     | paper: ViT-L/16 (Huynh 2022) | 86.43 | – | – | 30 |
     """
-    final, best = history[-1], best_record(history)
-    lines = [
-        "| | top-1 (%) | top-5 (%) | eval loss | epochs |",
-        "|---|---:|---:|---:|---:|",
-        f"| this run, final (epoch {final['epoch']}) | {final['top1']:.2f} | {final['top5']:.2f} | "
-        f"{final['eval_loss']:.4f} | {len(history)} |",
-        f"| this run, best top-1 (epoch {best['epoch']}) | {best['top1']:.2f} | {best['top5']:.2f} | "
-        f"{best['eval_loss']:.4f} | {len(history)} |",
-    ]
+    final, best = saved_scores(history[-1], "last"), saved_scores(best_record(history), "best")
+    lines = ["| | top-1 (%) | top-5 (%) | eval loss | epochs |", "|---|---:|---:|---:|---:|"]
+    for row, r in (("final", final), ("best top-1", best)):
+        which = f", {'EMA' if r['weights'] == 'ema' else 'raw'} weights" if r["weights"] else ""  # last/'s, best/'s
+        lines.append(
+            f"| this run, {row} (epoch {r['epoch']}{which}) | {r['top1']:.2f} | {r['top5']:.2f} | "
+            f"{r['eval_loss']:.4f} | {len(history)} |"
+        )
     paper = paper_model_for(config.model.name)
     if paper is not None:
         # the paper's protocol: 30 epochs (the official recipe), top-1 on the Tiny ImageNet validation set
@@ -282,7 +315,7 @@ def results_markdown(config: FinetuneConfig, history: Sequence[dict[str, Any]]) 
     >>> results_markdown(FinetuneConfig(), [{"epoch": 1, "top1": 80.0, "top5": 95.0, "eval_loss": 0.9}]).splitlines()[0]
     '# Results: vit_l (vit_large_patch16_384)'
     """
-    final = history[-1]
+    final = saved_scores(history[-1], "last")  # the numbers of last/'s weights (the EMA's, with one)
     paper = paper_model_for(config.model.name)
     text = [
         f"# Results: {config.model.name} ({resolve_model_name(config.model.name)})",
@@ -382,8 +415,10 @@ def write_run_report(
     class_names: Sequence[str],
     preprocess: Callable[[Any], Any],
     autocast: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
+    weights: str | None = None,
 ) -> dict[str, Path]:
-    """Write the training curves, the prediction grid (of the model as it is now) and ``results.md``.
+    """Write the training curves, the prediction grid (of ``model``: the weights in ``last/``; ``weights``, ``ema``
+    or ``raw`` when the run has a choice, is written under it) and ``results.md``.
 
     Called by ``finetune`` on the main process after the last epoch; returns the written paths by kind.
 
@@ -394,14 +429,14 @@ def write_run_report(
     run = RunDir(Path(output_dir))
     written: dict[str, Path] = {}
     if history:
-        written["curves"] = plot_training_curves(history, run.file(CURVES_FILE))
+        written["curves"] = plot_training_curves(history, run.file(CURVES_FILE), config=config)
         write_atomic(run.file(RESULTS_FILE), results_markdown(config, history))
         written["results"] = run.file(RESULTS_FILE)
     if len(eval_dataset):
         images, labels, predicted = sample_predictions(
             model, eval_dataset, config.data.native_size, preprocess, GRID_IMAGES, config.train.seed, autocast
         )
-        written["grid"] = plot_prediction_grid(
-            images, [class_names[i] for i in labels], [class_names[i] for i in predicted], run.file(GRID_FILE)
-        )
+        caption = f"predictions of last/: the {'EMA' if weights == 'ema' else 'raw'} weights" if weights else None
+        truth, guesses = [class_names[i] for i in labels], [class_names[i] for i in predicted]
+        written["grid"] = plot_prediction_grid(images, truth, guesses, run.file(GRID_FILE), caption=caption)
     return written

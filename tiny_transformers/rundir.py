@@ -135,14 +135,19 @@ class RunDir:
         """The run folder a checkpoint (``<run>/checkpoints/step_...``) belongs to."""
         return cls(Path(checkpoint).parent.parent)
 
-    def write_start(self, config: FinetuneConfig, class_ids: Sequence[str], class_names: Sequence[str]) -> None:
-        """``config.json`` and ``labels.json``, written when a run starts (main process only); a finished run that
-        goes on (more train.epochs, or resumed) is unfinished again until :meth:`write_finished`."""
+    def write_start(
+        self, config: FinetuneConfig, class_ids: Sequence[str], class_names: Sequence[str], source_kind: str = ""
+    ) -> None:
+        """``config.json`` and ``labels.json`` (with the data's ``source_kind``: whether ``data.source`` was a Hub
+        dataset is a fact of the run, not of the folder an export runs in), written when a run starts (main process
+        only); a finished run that goes on (more train.epochs, or resumed) is unfinished again until
+        :meth:`write_finished`."""
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / FINISHED_FILE).unlink(missing_ok=True)
         write_atomic(self.root / MARKER_FILE, json.dumps({"tiny_transformers_run": 1}))  # see claim()
         write_atomic(self.config, config.to_json())
-        write_atomic(self.labels, json.dumps({"class_ids": list(class_ids), "class_names": list(class_names)}))
+        labels = {"class_ids": list(class_ids), "class_names": list(class_names), "source_kind": source_kind}
+        write_atomic(self.labels, json.dumps(labels))
 
     def write_metrics(self, history: Sequence[dict[str, Any]]) -> None:
         """Rewrite ``metrics.jsonl`` from the run's history (restored with each checkpoint), atomically: a run
@@ -212,6 +217,13 @@ class RunDir:
             )
         return [str(i) for i in ids], [str(n) for n in names]
 
+    def read_source_kind(self) -> str | None:
+        """The kind of data the run trained on (``hub``, ``stanford``, ...: ``data.SOURCE_KINDS``), as ``labels.json``
+        records it; None for a run that did not record it (written before it was recorded)."""
+        if not self.labels.is_file():
+            return None
+        return read_json(self.labels, fix=_FIXES[LABELS_FILE]).get("source_kind") or None
+
     def read_metrics(self) -> list[dict[str, Any]]:
         """One dict per finished epoch; :class:`RunFileError` naming the line when one is damaged."""
         try:
@@ -257,6 +269,7 @@ class RunSummary:
     history: list[dict[str, Any]]  # metrics.jsonl, one dict per finished epoch
     class_ids: list[str]
     class_names: list[str]
+    source_kind: str | None = None  # labels.json's record of data.source's kind; None: not recorded (older runs)
 
     @property
     def folder(self) -> RunDir:
@@ -275,10 +288,7 @@ class RunSummary:
     def record_for(self, weights: Literal["last", "best"]) -> dict[str, Any]:
         """The metrics of the weights in ``last/`` or ``best/``: with an EMA, ``last/`` holds the EMA and ``best/``
         whichever of raw and EMA scored higher, so their numbers are the EMA's there."""
-        record = self.best if weights == "best" else self.final
-        if "ema_top1" in record and (weights == "last" or ema_is_better(record)):
-            return {**record, "top1": record["ema_top1"], "top5": record["ema_top5"], "eval_loss": record["ema_loss"]}
-        return record
+        return saved_scores(self.best if weights == "best" else self.final, weights)
 
     @property
     def paper(self) -> PaperModel | None:
@@ -324,6 +334,25 @@ def ema_is_better(record: dict[str, Any]) -> bool:
     return ema is not None and (record["top1"] is None or ema > record["top1"])
 
 
+def saved_scores(record: dict[str, Any], folder: Literal["last", "best"]) -> dict[str, Any]:
+    """An epoch's record with top-1, top-5 and eval loss of the weights ``folder`` holds, and which they are
+    (``weights``: ``ema`` or ``raw``; None without an EMA, when there is no choice): with an EMA, ``last/`` holds the
+    EMA and ``best/`` whichever of raw and EMA scored higher (:func:`ema_is_better`).
+
+    >>> record = {"top1": 50.0, "top5": 80.0, "eval_loss": 1.0, "ema_top1": 49.0, "ema_top5": 79.0, "ema_loss": 1.1}
+    >>> [(r["top1"], r["weights"]) for r in (saved_scores(record, "last"), saved_scores(record, "best"))]
+    [(49.0, 'ema'), (50.0, 'raw')]
+    >>> saved_scores({"top1": 50.0, "top5": 80.0, "eval_loss": 1.0}, "last")["weights"] is None
+    True
+    """
+    if "ema_top1" not in record:
+        return {**record, "weights": None}
+    if folder == "last" or ema_is_better(record):
+        ema = {"top1": record["ema_top1"], "top5": record["ema_top5"], "eval_loss": record["ema_loss"]}
+        return {**record, **ema, "weights": "ema"}
+    return {**record, "weights": "raw"}
+
+
 def epoch_score(record: dict[str, Any]) -> float:
     """The top-1 of the weights an epoch would put in ``best/`` (:func:`ema_is_better` decides which).
 
@@ -360,7 +389,7 @@ def read_run(output_dir: str | Path) -> RunSummary:
     if not history:
         raise PublishError(f"'{run.metrics}' is empty; train at least one epoch before exporting or pushing.")
     class_ids, class_names = run.read_labels()
-    return RunSummary(run.root, run.read_config(), history, class_ids, class_names)
+    return RunSummary(run.root, run.read_config(), history, class_ids, class_names, run.read_source_kind())
 
 
 class RunFolderBusy(TinyTransformersError):

@@ -34,8 +34,16 @@ from .checkpoint import (
 )
 from .config import FinetuneConfig, flat_config
 from .data import DataBundle, DecodeTransform, collate, load_data, verify_images, worker_options
-from .engine import check_process_precision, cpu_threads_warnings, current_lr, eval_loader, evaluate, train_steps
-from .errors import CheckpointError, TrainingDiverged, TrainingInterrupted
+from .engine import (
+    check_process_precision,
+    cpu_threads_warnings,
+    current_lr,
+    eval_loader,
+    evaluate,
+    loader_workers,
+    train_steps,
+)
+from .errors import CheckpointError, ConfigError, TrainingDiverged, TrainingInterrupted
 from .features import FeatureCache
 from .lora import check_targets, is_lora, plain_model, save_adapter
 from .models import (
@@ -49,7 +57,18 @@ from .optim import build_optimizer, build_schedule
 from .plan import Plan
 from .publish import BackgroundPublisher, push_warnings
 from .report import write_run_report
-from .rundir import EpochRecord, RunDir, RunLock, claim, ema_is_better, is_main_launch_process
+from .rundir import (
+    RESULTS_FILE,
+    EpochRecord,
+    RunDir,
+    RunLock,
+    best_record,
+    claim,
+    ema_is_better,
+    epoch_score,
+    is_main_launch_process,
+    saved_scores,
+)
 from .sampler import MicroBatchSampler
 from .stop import StopSignals
 from .validation import validate, world_size_from_env
@@ -60,13 +79,15 @@ from .weights import build_teacher, load_probe_head, save_for_timm
 class FinetuneResult:
     """What a run measured. Accuracies are percentages (0-100) on the eval split."""
 
-    top1: float  # after the last epoch
+    top1: float  # after the last epoch, of the weights in last/ (the EMA's, with train.ema_decay)
     top5: float
-    loss: float  # eval cross-entropy after the last epoch
-    best_top1: float
+    loss: float  # eval cross-entropy after the last epoch, of last/'s weights
+    best_top1: float  # of the weights in best/ (raw or EMA, whichever scored higher)
     epochs_completed: int
     output_dir: Path
     history: list[dict[str, Any]] = field(default_factory=list)  # one dict per epoch, as in metrics.jsonl
+    weights: str | None = None  # which weights top1/top5/loss (last/) describe: ema or raw; None without an EMA
+    best_weights: str | None = None  # which weights best_top1 (best/) describes: ema or raw; None without an EMA
 
 
 def finetune(config: FinetuneConfig, command: str | None = None) -> FinetuneResult:
@@ -83,11 +104,17 @@ def finetune(config: FinetuneConfig, command: str | None = None) -> FinetuneResu
     >>> result.top1  # doctest: +SKIP
     91.2
     """
-    validate(config)  # every check that needs no data, before any process group starts
+    try:
+        validate(config)  # every check that needs no data, before any process group starts
+    except ConfigError as error:
+        error.every_process = True  # the config alone fails it, so each process of a launch does: one says it
+        raise
     check_process_precision(config.train.mixed_precision)
     folder = RunDir(Path(config.train.output_dir).expanduser().resolve())
     pushes = BackgroundPublisher(folder.root, config.hub)  # Hub uploads off the training path; waited for on any exit
     with RunLock(folder, enabled=is_main_launch_process()), StopSignals() as stop, pushes:  # released on any exit
+        if finished := _finished_result(folder, config):
+            return finished  # nothing to train: resuming would only rewrite last/ and the report
         run = build_run(config, folder)
         accelerator, state, plan, train = run.accelerator, run.state, run.plan, config.train
         for epoch in range(state.epoch, train.epochs):
@@ -145,7 +172,7 @@ class Run:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     ema: ModelEmaV3 | None = None  # with train.ema_decay
-    teacher: torch.nn.Module | None = None  # with model.teacher
+    teacher: torch.nn.Module | None = None  # with distill.teacher
     loader: DataLoader | None = None  # the training loader, made by the first train_loader() and kept
     features: FeatureCache | None = None  # head mode's kept backbone features (train.cache_features)
 
@@ -154,7 +181,8 @@ class Run:
 
         One loader for the whole run: its sampler is moved to the epoch and step before each pass, and its workers
         persist between epochs (a worker's start costs about a second of imports on a small job, once per epoch)."""
-        t, rank, workers = self.config.train, self.accelerator.process_index, self.config.data.num_workers
+        t, rank = self.config.train, self.accelerator.process_index
+        workers = loader_workers(self.config.data.num_workers)  # None: what this machine's cores fit
         if self.loader is None:
             sampler = MicroBatchSampler(self.plan, rank, t.seed, self.state.epoch, self.state.step_in_epoch)
             self.loader = DataLoader(
@@ -285,6 +313,29 @@ class Run:
             )  # fmt: skip
 
 
+def _finished_result(folder: RunDir, config: FinetuneConfig) -> FinetuneResult | None:
+    """The recorded result, said aloud, when ``folder`` holds this config's run finished (``finished.json``, the same
+    trajectory, as many epochs) and ``train.resume`` is auto; None when there is something to train."""
+    epochs = config.train.epochs
+    if config.train.resume != "auto" or folder.finished_epochs() != epochs or folder.trajectory_changes(config):
+        return None
+    history = folder.read_metrics()
+    last = history[-1]
+    if is_main_launch_process():
+        results = [p.name for p in (folder.weights("best"), folder.weights("last"), folder.file(RESULTS_FILE))]
+        print(
+            f"tiny_transformers: the run in {folder.root} is already finished ({epochs} epochs, top-1 "
+            f"{last['top1']:.2f}%); its results are there ({', '.join(results)}, ...). Raise --train.epochs to "
+            "train it further, or give another --train.output_dir for a new run"
+            + (f"; to push it: tiny-transformers push {folder.root}." if config.hub.push else "."),
+            flush=True,
+        )
+    return FinetuneResult(
+        top1=last["top1"], top5=last["top5"], loss=last["eval_loss"], best_top1=epoch_score(best_record(history)),
+        epochs_completed=len(history), output_dir=folder.root, history=history,
+    )  # fmt: skip
+
+
 def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
     """Data, plan, model, optimizer, schedule and accelerator of ``config``, resumed from its checkpoint if any.
 
@@ -294,7 +345,7 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
     resume_from = find_resume_checkpoint(config, folder.root)
     claim(folder, config, resuming=resume_from is not None)
     check_image_size(config.model, config.data.image_size)  # a size the model cannot see whole, before the data loads
-    check_teacher(config.model)  # a teacher for a student without a distillation head, before the data loads
+    check_teacher(config.model, config.distill.teacher)  # a teacher for a student without one, before the data loads
     check_targets(config.model)  # lora mode's model.lora_targets naming no layer, before the data loads
     data = load_data(config.data)
     if not config.data.skip_corrupt:  # a broken eval image found now costs nothing; after an epoch, the epoch
@@ -304,9 +355,10 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
     plan = Plan.build(config, world_size_from_env(), len(data.train))
 
     set_seed(config.train.seed)  # the new head's initialisation, identical on every process
-    model = build_model(config.model, data.num_classes, config.data.image_size)  # model.fast_attention's swap too
+    # model.fast_attention's swap too
+    model = build_model(config.model, data.num_classes, config.data.image_size, teacher=config.distill.teacher)
     if config.model.head_from and resume_from is None:  # probe, then fine-tune (a resumed run's head is checkpointed)
-        load_probe_head(model, config.model.head_from, config.model.name, data.class_ids)
+        load_probe_head(model, config.model.head_from, config.model.name, data.class_ids, config.data)
     speed_up_backbone(model, config)  # model.backbone_dtype bf16/fp8's cast and train.compile (full: the whole model)
     mean, std = normalization(model, config.data.normalization)
     features, cache_line = FeatureCache.for_run(config, model, len(data.train), plan.micro_batch_size)
@@ -326,7 +378,7 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
     # (timm's t_in_epochs=False), set once per update, so 1 or N processes agree and a resumed run with more
     # train.epochs follows the new, longer cosine instead of the one it started with.
     model, optimizer, evaluation = accelerator.prepare(model, optimizer, evaluation)
-    teacher = _on_device(accelerator, config, model, ema, data)
+    teacher = _on_device(accelerator, config, model, ema, data, (mean, std))
     augment = BatchAugment(
         config.data.image_size, mean, std, data.num_classes, config.augment, accelerator.device, config.data.preprocess
     )
@@ -339,26 +391,35 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
         config=config, folder=folder, data=data, plan=plan, accelerator=accelerator, model=model, optimizer=optimizer,
         scheduler=scheduler, augment=augment, eval_loader=evaluation, state=state, mean=mean, std=std, ema=ema,
         teacher=teacher, features=features,
-        train_data=data.train.with_transform(DecodeTransform(config.data.native_size)),  # RandAugment: on the device
+        train_data=data.train.with_transform(DecodeTransform(config.data.native_size)),  # decoding only
     )  # fmt: skip
     _announce(run, resume_from, cache_line)
     return run
 
 
 def _on_device(
-    accelerator: Accelerator, config: FinetuneConfig, model: torch.nn.Module, ema: ModelEmaV3 | None, data: DataBundle
+    accelerator: Accelerator,
+    config: FinetuneConfig,
+    model: torch.nn.Module,
+    ema: ModelEmaV3 | None,
+    data: DataBundle,
+    normalized: tuple[tuple[float, ...], tuple[float, ...]],
 ) -> torch.nn.Module | None:
     """What goes on the device after ``prepare``: the EMA (checkpointed with the run), model.backbone_dtype fp8's
-    copies (torchao quantizes where the weights are; the EMA shares them) and the teacher, which is returned."""
+    copies (torchao quantizes where the weights are; the EMA shares them) and the teacher, which is returned: it
+    sees the student's batch (``normalized``: its mean and std) converted to its own recorded mean/std."""
     if ema is not None:
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
     if config.model.backbone_dtype == "fp8":
         layers = fp8_backbone(accelerator.unwrap_model(model), *([ema.module] if ema else []))
         accelerator.print(f"model.backbone_dtype fp8: {layers} linear layers compute in fp8, the rest in bf16")
-    if not config.model.teacher:
+    if not config.distill.teacher:
         return None
-    teacher = build_teacher(config.model.teacher, data.num_classes, config.data.image_size, data.class_ids)
+    d = config.data
+    teacher = build_teacher(
+        config.distill.teacher, data.num_classes, d.image_size, data.class_ids, normalized, d.preprocess, d.native_size
+    )
     accelerator.unwrap_model(model).set_distilled_training(True)  # the forward returns (class, distillation)
     return teacher.to(accelerator.device)
 
@@ -369,7 +430,7 @@ def _announce(run: Run, resume_from: Path | None, cache_line: str) -> None:
     accelerator, config, data, state = run.accelerator, run.config, run.data, run.state
     total, trainable = count_parameters(accelerator.unwrap_model(run.model))
     if accelerator.is_main_process:
-        run.folder.write_start(config, data.class_ids, data.class_names)
+        run.folder.write_start(config, data.class_ids, data.class_names, data.source_kind)
     accelerator.print(
         f"tiny_transformers: {config.model.name} ({_count(total)} parameters, {_count(trainable)} trainable, "
         f"{config.model.train_mode} mode) on {data.source_kind} data: {len(data.train)} train / {len(data.eval)} "
@@ -392,11 +453,12 @@ def _announce(run: Run, resume_from: Path | None, cache_line: str) -> None:
 def finish(run: Run, pushes: BackgroundPublisher | None = None) -> FinetuneResult:
     """After the last epoch: ``last/``, the report and the Hub push on the main process; the run's result."""
     accelerator, state = run.accelerator, run.state
+    last_weights = run.ema.module if run.ema is not None else accelerator.unwrap_model(run.model)  # last/'s
     if accelerator.is_main_process:
         run.export("last", ema=run.ema is not None)
         write_run_report(
-            run.folder.root, run.config, state.history, accelerator.unwrap_model(run.model), run.data.eval,
-            run.data.class_names, run.augment.resize_normalize, accelerator.autocast,
+            run.folder.root, run.config, state.history, last_weights, run.data.eval, run.data.class_names,
+            run.augment.resize_normalize, accelerator.autocast, weights="ema" if run.ema is not None else None,
         )  # fmt: skip
         pushes = pushes or BackgroundPublisher(run.folder.root, run.config.hub)
         if run.config.hub.push:
@@ -406,9 +468,12 @@ def finish(run: Run, pushes: BackgroundPublisher | None = None) -> FinetuneResul
     accelerator.wait_for_everyone()
     accelerator.end_training()
     nan = float("nan")
-    last = state.history[-1] if state.history else {"top1": nan, "top5": nan, "eval_loss": nan}
+    history = state.history or [{"epoch": 0, "top1": nan, "top5": nan, "eval_loss": nan}]
+    last, best = saved_scores(history[-1], "last"), saved_scores(best_record(history), "best")  # last/'s, best/'s
+    which = {None: "", "ema": " (EMA weights)", "raw": " (raw weights)"}
     accelerator.print(
-        f"done: top-1 {last['top1']:.2f}%, best top-1 {state.best_top1:.2f}%; outputs in {run.folder.root}"
+        f"done: top-1 {last['top1']:.2f}%{which[last['weights']]}, best top-1 {state.best_top1:.2f}%"
+        f"{which[best['weights']]}; outputs in {run.folder.root}"
     )
     return FinetuneResult(
         top1=last["top1"],
@@ -418,6 +483,8 @@ def finish(run: Run, pushes: BackgroundPublisher | None = None) -> FinetuneResul
         epochs_completed=len(state.history),
         output_dir=run.folder.root,
         history=list(state.history),
+        weights=last["weights"],
+        best_weights=best["weights"],
     )
 
 

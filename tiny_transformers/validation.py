@@ -8,11 +8,21 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 from pathlib import Path
 
-from .config import AugmentConfig, DataConfig, FinetuneConfig, HubConfig, ModelConfig, OptimConfig, TrainConfig
+from .config import (
+    AugmentConfig,
+    DataConfig,
+    DistillConfig,
+    FinetuneConfig,
+    HubConfig,
+    ModelConfig,
+    OptimConfig,
+    TrainConfig,
+)
 from .errors import ConfigError
 from .hub import hub_repo, is_repo_id
 
@@ -69,6 +79,7 @@ def validate(config: FinetuneConfig, num_processes: int | None = None, cuda_avai
     _validate_model(config.model)
     _validate_data(config.data)
     _validate_augment(config.augment)
+    _validate_distill(config.distill)
     _validate_optim(config.optim)
     _validate_train(config.train, num_processes or world_size_from_env())
     validate_hub(config.hub)
@@ -160,11 +171,14 @@ def _validate_data(d: DataConfig) -> None:
         )
 
 
+# timm's rand_augment_transform options (timm/data/auto_augment.py); it silently ignores what it does not know
+_TIMM_RANDAUGMENT = r"rand(-(m\d+|n\d+|p\d*\.?\d+|mstd\d*\.?\d+|mmax\d+|inc[01]))*"
+
+
 def _validate_augment(a: AugmentConfig) -> None:
     _check_ranges(
         "augment",
         a,
-        positive="distill_temperature",
         non_negative="mixup_alpha cutmix_alpha randaugment_ops randaugment_magnitude",
         probability="mixup_prob switch_prob label_smoothing random_erasing",
     )
@@ -172,6 +186,21 @@ def _validate_augment(a: AugmentConfig) -> None:
         raise ConfigError(
             f"augment.randaugment_magnitude {a.randaugment_magnitude} is above 30, the top of RandAugment's scale."
         )
+    if a.timm_randaugment is not None and not re.fullmatch(_TIMM_RANDAUGMENT, a.timm_randaugment):
+        raise ConfigError(
+            f"augment.timm_randaugment '{a.timm_randaugment}' is not a timm RandAugment string; write rand- then "
+            "dash-separated m<magnitude>, n<ops>, p<probability>, mstd<std>, mmax<max>, inc<0|1>, e.g. "
+            "rand-m9-mstd0.5-inc1 (or None for none)."
+        )
+    if a.timm_randaugment is not None and a.randaugment_ops > 0:
+        raise ConfigError(
+            f"augment.timm_randaugment {a.timm_randaugment} and augment.randaugment_ops {a.randaugment_ops} both ask "
+            "for RandAugment; keep one (--augment.randaugment_ops 0 or --augment.timm_randaugment None)."
+        )
+
+
+def _validate_distill(d: DistillConfig) -> None:
+    _check_ranges("distill", d, positive="temperature", fraction="alpha")
 
 
 def _validate_optim(o: OptimConfig) -> None:

@@ -14,7 +14,7 @@ from torch import nn
 
 from . import hub
 from .checkpoint import checkpoint_labels, is_checkpoint, read_state
-from .config import ModelConfig
+from .config import DataConfig, ModelConfig
 from .errors import ConfigError, ModelError
 from .lora import load_merged
 from .models import IMAGENET_MEAN, IMAGENET_STD, build_model, head_modules, normalization
@@ -95,12 +95,14 @@ class TrainedWeights:
     mixed_precision: str | None = None  # the autocast of training, when recorded
     preprocess: str | None = None  # data.preprocess of training (official: the uint8 resize), when recorded
     eval_precision: str | None = None  # fp32 when the run evaluated without autocast, when recorded
+    interpolation: str = "bicubic"  # the resize its images had (timm's pretrained_cfg); this library's is bicubic
     lora: dict | None = None  # a lora-mode training checkpoint's lora_* settings: its weights carry peft's names
 
 
 def describe_trained_weights(location: str | Path) -> TrainedWeights:
-    """Read an exported folder (``best/``, ``last/``, ``export/``, timm ``save_for_hf``), a training checkpoint
-    folder, or a model on the Hub (``hf-hub:owner/name``, downloaded to the Hugging Face cache).
+    """Read an exported folder (``best/``, ``last/``, ``export/``, timm ``save_for_hf``), a run's output dir (its
+    ``best/``), a training checkpoint folder, or a model on the Hub (``hf-hub:owner/name``, downloaded to the
+    Hugging Face cache). ``evaluate`` and ``predict`` read ``model.checkpoint`` here.
 
     >>> describe_trained_weights("outputs/run/best").timm_name  # doctest: +SKIP
     'vit_large_patch16_384'
@@ -108,14 +110,17 @@ def describe_trained_weights(location: str | Path) -> TrainedWeights:
     if hub.hub_repo(location) is not None:
         location = hub.download_model(str(location))
     folder = Path(location).expanduser()
+    if not (folder / WEIGHTS_FILE).is_file() and (RunDir(folder).weights("best") / CONFIG_FILE).is_file():
+        folder = RunDir(folder).weights("best")  # a run's output dir: the weights it chose as its best
     weights, config_file = folder / WEIGHTS_FILE, folder / CONFIG_FILE
     if weights.is_file() and is_checkpoint(folder):  # a training checkpoint: its trainer state holds the config
         return _checkpoint_weights(folder)
     if weights.is_file() and config_file.is_file():
         return _folder_weights(folder)
     raise ModelError(
-        f"model.checkpoint '{folder}' holds no trained model; give an exported folder (model.safetensors + "
-        "config.json, e.g. <output_dir>/best) or a training checkpoint (<output_dir>/checkpoints/step_...)."
+        f"model.checkpoint '{folder}' holds no trained model; give a run's output dir, an exported folder "
+        "(model.safetensors + config.json, e.g. <output_dir>/best) or a training checkpoint "
+        "(<output_dir>/checkpoints/step_...)."
     )
 
 
@@ -173,6 +178,7 @@ def _folder_weights(folder: Path) -> TrainedWeights:
         mixed_precision=recorded.get("mixed_precision"),
         preprocess=recorded.get("preprocess"),
         eval_precision=recorded.get("eval_precision"),
+        interpolation=str(pretrained_cfg.get("interpolation") or "bicubic"),
     )
 
 
@@ -198,20 +204,54 @@ def build_trained_model(weights: TrainedWeights, num_classes: int | None = None)
     return build_model(cfg, classes, weights.image_size, trained_head=True)
 
 
-def build_teacher(location: str, num_classes: int, image_size: int, class_ids: list[str] | None = None) -> nn.Module:
+class TeacherInput(nn.Module):
+    """The teacher behind a per-channel affine map from the student's normalised batch to its own normalisation:
+    ``(x * std_s + mean_s - mean_t) / std_t`` (the same image in [0, 1], normalised as the teacher was trained).
+
+    >>> teacher = TeacherInput(nn.Identity(), ((0.5,) * 3, (0.5,) * 3), ((0.0,) * 3, (1.0,) * 3))
+    >>> teacher(torch.zeros(1, 3, 1, 1)).flatten().tolist()  # the student's 0 is grey 0.5, which is the teacher's 0
+    [0.5, 0.5, 0.5]
+    """
+
+    def __init__(self, model: nn.Module, student: tuple[tuple, tuple], teacher: tuple[tuple, tuple]) -> None:
+        super().__init__()
+        self.model = model
+        (mean_s, std_s), (mean_t, std_t) = (
+            tuple(torch.tensor(v, dtype=torch.float64) for v in p) for p in (student, teacher)
+        )
+        self.register_buffer("scale", (std_s / std_t).float().view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("shift", ((mean_s - mean_t) / std_t).float().view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor):
+        return self.model(torch.addcmul(self.shift, x, self.scale))
+
+
+def build_teacher(
+    location: str,
+    num_classes: int,
+    image_size: int,
+    class_ids: list[str] | None = None,
+    student: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+    preprocess: str | None = None,
+    native_size: int | None = None,
+) -> nn.Module:
     """The frozen (no parameter requires grad), eval-mode teacher of distillation, from a trained folder (this
     library's ``best/``, ``last/``, ``export/``, or any timm ``save_for_hf`` folder), a training checkpoint folder,
     ``hf-hub:owner/name``, or a timm model name (its pretrained ImageNet weights, from the Hub).
 
     Refused, one sentence each: a teacher with another number of classes than the data (a timm ImageNet model has
     1000), trained at another image size than ``image_size``, or (with ``class_ids``, the data's label order) whose
-    recorded classes are other classes or in another order, which would make its answers wrong labels.
+    recorded classes are other classes or in another order, which would make its answers wrong labels; with
+    ``preprocess`` and ``native_size`` (the student's ``data.preprocess`` and ``data.native_size``), a teacher
+    recorded with others, which the student's batch cannot be converted to. With ``student`` (the student's
+    (mean, std)), a teacher recorded with another mean/std sees the student's batch converted to its own on the
+    device (:class:`TeacherInput`): its timm ``pretrained_cfg`` (a folder's ``config.json``, a timm name's).
 
     >>> teacher = build_teacher("outputs/swin_l/best", num_classes=200, image_size=384)  # doctest: +SKIP
     >>> teacher.training, any(p.requires_grad for p in teacher.parameters())  # doctest: +SKIP
     (False, False)
     """
-    what = f"model.teacher '{location}'"
+    what = f"distill.teacher '{location}'"
     folder = Path(location).expanduser()
     if hub.hub_repo(location) is not None or folder.exists():
         if folder.is_dir() and not (folder / WEIGHTS_FILE).is_file():
@@ -237,7 +277,21 @@ def build_teacher(location: str, num_classes: int, image_size: int, class_ids: l
                 f"{what} was trained at {weights.image_size} px and the student sees {image_size} px; use "
                 f"--data.image_size {weights.image_size} or a teacher trained at {image_size} px."
             )
+        for name, theirs, ours in (("preprocess", weights.preprocess or "default", preprocess),
+                                   ("native_size", weights.native_size, native_size)):  # fmt: skip
+            if ours is not None and theirs is not None and theirs != ours:
+                raise ConfigError(
+                    f"{what} was trained with data.{name} {theirs} and the student uses {ours}, which its batch "
+                    f"cannot be converted from; use --data.{name} {theirs} or a teacher trained with {ours}."
+                )
+        if weights.interpolation != "bicubic":
+            raise ConfigError(
+                f"{what} records {weights.interpolation} resizing and the student's images are upscaled bicubic, "
+                "which its batch cannot be converted from; give a teacher fine-tuned with bicubic resizing (as "
+                "this library's runs are)."
+            )
         model = build_trained_model(weights, num_classes)
+        own = (weights.mean, weights.std)
     elif timm.is_model(resolve_model_name(location)):
         timm_name = resolve_model_name(location)
         pretrained = timm.models.get_pretrained_cfg(timm_name)
@@ -255,22 +309,28 @@ def build_teacher(location: str, num_classes: int, image_size: int, class_ids: l
             )
         cfg = ModelConfig(name=timm_name, pretrained=True, train_mode="full", drop_path_rate=0.0)
         model = build_model(cfg, num_classes, image_size)
+        own = normalization(model, "model")
     else:
         raise ModelError(
             f"{what} is neither a trained folder, a training checkpoint, hf-hub:owner/name nor a timm model name; "
             "give e.g. outputs/swin_l/best."
         )
+    if student is not None and tuple(map(tuple, student)) != tuple(map(tuple, own)):
+        model = TeacherInput(model, student, own)
     model.requires_grad_(False)
     return model.eval()
 
 
-def load_probe_head(model: nn.Module, location: str | Path, model_name: str, class_ids: list[str]) -> Path:
+def load_probe_head(
+    model: nn.Module, location: str | Path, model_name: str, class_ids: list[str], data: DataConfig
+) -> Path:
     """Put the trained head(s) of a head-mode run (``model.head_from``: its folder, read as its ``best/``, or an
     exported folder) into ``model``, whose backbone came from the pretrained weights: full fine-tuning then starts
     where the probe ended. Returns the weights folder used. Refused in one sentence: no weights there, another model,
-    other classes, another head shape, or a run that trained its backbone too (its head fits that backbone only).
+    other classes, other inputs (``data``'s size, preprocessing and mean/std: the head was fitted to the probe's),
+    another head shape, or a run that trained its backbone too (its head fits that backbone only).
 
-    >>> load_probe_head(model, "outputs/vit_l", "vit_l", data.class_ids)  # doctest: +SKIP
+    >>> load_probe_head(model, "outputs/vit_l", "vit_l", data.class_ids, config.data)  # doctest: +SKIP
     PosixPath('outputs/vit_l/best')
     """
     folder = Path(location).expanduser()
@@ -297,6 +357,19 @@ def load_probe_head(model: nn.Module, location: str | Path, model_name: str, cla
         raise ConfigError(
             f"model.head_from '{location}' was trained on {len(probe.class_ids)} classes that are not this data's "
             f"{len(class_ids)} (ids or order differ); give a probe trained on the same data.source."
+        )
+    mean, std = normalization(model, data.normalization)
+    inputs = {  # what the probe recorded -> what this run feeds; a field the probe did not record is not compared
+        "data.image_size": (probe.image_size, data.image_size),
+        "data.native_size": (probe.native_size, data.native_size),
+        "data.preprocess": (probe.preprocess, data.preprocess),
+        "data.normalization (mean, std)": ((probe.mean, probe.std), (mean, std)),
+    }
+    differ = [f"{name} {was} there, {now} here" for name, (was, now) in inputs.items() if was not in (None, now)]
+    if differ:
+        raise ConfigError(
+            f"model.head_from '{location}' was fitted to other inputs than this run's ({'; '.join(differ)}); set "
+            "those data fields as the probe's, so its head sees the features it was trained on."
         )
     heads = {id(module) for module in head_modules(model)}
     prefixes = tuple(f"{name}." for name, module in model.named_modules() if id(module) in heads)

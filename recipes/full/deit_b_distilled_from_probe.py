@@ -3,10 +3,11 @@
     tiny-transformers train deit_b_distilled         # the probe (the paper's recipe), into outputs/deit_b_distilled
     accelerate launch recipes/full/deit_b_distilled_from_probe.py [--model.head_from outputs/deit_b_distilled]
 
-Every value is recipes/full/deit_b_distilled.py's (imported, not copied) except three: the head comes from the probe's
+Every value is recipes/full/deit_b_distilled.py's (imported, not copied) except these: the head comes from the probe's
 best/ (model.head_from; the backbone still from the pretrained weights), so the small full fine-tuning learning
-rates start from a trained head rather than a random one (LP-FT, Kumar et al. 2022); images are preprocessed as
-the probe's were (its data.preprocess: the inputs its head was fitted to); the run goes to
+rates start from a trained head rather than a random one (LP-FT, Kumar et al. 2022); images are preprocessed and
+normalised as the probe's were (its data.preprocess and data.normalization: the inputs its head was fitted to,
+which model.head_from checks); the run goes to
 outputs/full/deit_b_distilled_from_probe.
 """
 
@@ -20,7 +21,7 @@ probe = paper_config("deit_b_distilled")
 config = replace(
     full,
     model=replace(full.model, head_from=probe.train.output_dir),
-    data=replace(full.data, preprocess=probe.data.preprocess),
+    data=replace(full.data, preprocess=probe.data.preprocess, normalization=probe.data.normalization),
     train=replace(full.train, output_dir="outputs/full/deit_b_distilled_from_probe"),
 )
 
