@@ -214,6 +214,7 @@ def probe_data(data_tools, tmp_path_factory):
     return data_tools.make_stanford(tmp_path_factory.mktemp("probe"), n_train=10, n_val=3)
 
 
+@pytest.mark.xdist_group("two_processes")  # two processes bind the launcher's port: one such test at a time
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["no", "bf16"])
 def test_two_processes_cached_and_uncached_give_the_same_scores_and_weights(probe_data, tmp_path, precision):

@@ -76,6 +76,7 @@ def test_the_learning_rate_follows_warmup_then_cosine_at_every_update(full_refer
     assert min(lrs) == pytest.approx(max(lrs) * 0.75**depth, rel=1e-9)
 
 
+@pytest.mark.xdist_group("two_processes")  # two processes bind the launcher's port: one such test at a time
 @pytest.mark.slow
 def test_full_finetuning_gives_the_same_raw_and_ema_weights_on_two_processes(data, full_reference, tmp_path):  # noqa: F811
     out = tmp_path / "out"

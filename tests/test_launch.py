@@ -112,6 +112,7 @@ def test_bad_input_is_one_sentence_not_a_traceback(tmp_path):
     assert f'File "{ROOT / "tiny_transformers"}' not in launched.stderr
 
 
+@pytest.mark.xdist_group("two_processes")  # two processes bind the launcher's port: one such test at a time
 @pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 runs where there is a GPU")
 def test_an_fp16_recipe_without_a_gpu_says_its_fix_once(tmp_path):
     """The user's command on a CPU: the sentence once (the first process of a launch says it), naming the override;

@@ -19,7 +19,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-pytestmark = pytest.mark.slow  # every test here starts processes
+# every test here starts processes, most of them two, which bind the launcher's port: one such test at a time
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("two_processes")]
 ROOT = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 5  # 40 images / effective batch 8
 EPOCHS = 2

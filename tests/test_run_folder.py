@@ -535,6 +535,7 @@ def test_evaluate_output_refuses_a_file_it_did_not_write_and_replaces_its_own(fi
     assert len(table.read_text().splitlines()) == 1 + 4  # a row per class
 
 
+@pytest.mark.xdist_group("two_processes")  # two processes bind the launcher's port: one such test at a time
 @pytest.mark.slow
 def test_evaluate_under_a_two_process_launch_prints_and_writes_once(finished, stanford_dir, tmp_path):
     import subprocess

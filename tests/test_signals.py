@@ -138,6 +138,7 @@ def test_sigterm_to_the_process_group_with_two_loader_workers_writes_the_stop_ch
     assert_stopped_with_a_checkpoint(out, stderr, stops=1)
 
 
+@pytest.mark.xdist_group("two_processes")  # two processes bind the launcher's port: one such test at a time
 @pytest.mark.slow
 def test_sigterm_to_the_process_group_of_a_two_process_launch_stops_both_processes_with_one_checkpoint(
     longer_data, tmp_path
@@ -264,6 +265,7 @@ def start_slurm_job(tmp_path: Path, source: Path) -> tuple[subprocess.Popen, Pat
     return job, out, tmp_path / "requeued"
 
 
+@pytest.mark.xdist_group("two_processes")  # two processes bind the launcher's port: one such test at a time
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", ["USR1 to the batch shell (the time limit)", "SIGTERM to every process (preemption)"])
 def test_the_slurm_script_of_docs_scaling_stops_with_a_checkpoint(longer_data, tmp_path, stop):

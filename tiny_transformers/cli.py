@@ -264,7 +264,7 @@ class EvaluateData:
     source: str
     max_eval_samples: int | None  # score a fixed random subset of N evaluation images
     skip_corrupt: bool  # False: stop at the first unreadable image, naming it; True: scan, skip and count them
-    num_workers: int  # loader processes (decoding only)
+    num_workers: int | None  # loader processes (decoding only); None: as many as the usable cores allow, up to 4
     native_size: int  # pixels per side the images are decoded to, for weights that record none (Tiny ImageNet: 64)
 
 
