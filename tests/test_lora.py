@@ -263,3 +263,24 @@ def test_export_carries_the_merged_weights_and_not_the_adapter(lora_run):
     assert "adapter" not in files and "model.safetensors" in files
     exported, last = (load_file(out / folder / "model.safetensors") for folder in ("export", "last"))
     assert exported.keys() == last.keys() and all(torch.equal(exported[k], last[k]) for k in last)
+
+
+def test_a_bf16_run_keeps_fp32_adapters_and_exports_the_lora_models_logits(stanford_dir, tmp_path, bf16_process):
+    """bf16 autocast (the recipes' GPU precision, here on the CPU) with an fp32 evaluation: peft's layers run under
+    Accelerate's autocast wrapper and without it (engine.own_forward), the adapters stay fp32 weights, and last/
+    is the trained LoRA model merged."""
+    config = FinetuneConfig(
+        model=lora(lora_rank=4, lora_dropout=0.1),
+        data=DataConfig(source=str(stanford_dir), image_size=32, num_workers=0),
+        train=TrainConfig(
+            epochs=1, batch_size=8, micro_batch_size=4, mixed_precision="bf16", eval_precision="fp32",
+            output_dir=str(tmp_path), progress=False,
+        ),
+    )  # fmt: skip
+    finetune(config)
+    saved = load_file(next((tmp_path / "checkpoints").iterdir()) / "model.safetensors")
+    adapters = {k: v for k, v in saved.items() if ".lora_" in k}
+    assert adapters and all(v.dtype == torch.float32 and v.isfinite().all() for v in adapters.values())
+    x = torch.randn(3, 3, 32, 32)
+    plain = timm.create_model(f"local-dir:{tmp_path / 'last'}", pretrained=True)
+    torch.testing.assert_close(_logits(plain, x), _logits(_trained_lora_model(tmp_path), x), rtol=0, atol=1e-5)
