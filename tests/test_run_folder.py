@@ -491,7 +491,7 @@ def test_an_export_killed_midway_keeps_the_previous_one_and_the_next_removes_wha
                            ".tiny_transformers_export"}  # fmt: skip
     killed = subprocess.Popen(
         [sys.executable, "-c", "import os, sys; import tiny_transformers.publish as p; "
-         "p.plot_training_curves = lambda *a: os._exit(9); p.export_run(sys.argv[1], folder=sys.argv[2])",
+         "p.plot_training_curves = lambda *a, **k: os._exit(9); p.export_run(sys.argv[1], folder=sys.argv[2])",
          str(finished.output_dir), str(target)],
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
     )  # fmt: skip
