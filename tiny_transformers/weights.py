@@ -262,53 +262,11 @@ def build_teacher(
                 f"checkpoint folder, hf-hub:owner/name or a timm model name{hint}."
             )
         weights = describe_trained_weights(location)
-        if weights.num_classes != num_classes:
-            raise ConfigError(
-                f"{what} predicts {weights.num_classes} classes and the data has {num_classes}; the teacher must be "
-                "trained on the same classes (e.g. outputs/swin_l/best of a run on this data)."
-            )
-        if class_ids is not None and weights.class_ids is not None and list(weights.class_ids) != list(class_ids):
-            raise ConfigError(
-                f"{what} was trained on other classes or another label order than this data (e.g. its first class "
-                f"is {weights.class_ids[0]}, the data's {class_ids[0]}); give a teacher trained on this data."
-            )
-        if weights.image_size != image_size:
-            raise ConfigError(
-                f"{what} was trained at {weights.image_size} px and the student sees {image_size} px; use "
-                f"--data.image_size {weights.image_size} or a teacher trained at {image_size} px."
-            )
-        for name, theirs, ours in (("preprocess", weights.preprocess or "default", preprocess),
-                                   ("native_size", weights.native_size, native_size)):  # fmt: skip
-            if ours is not None and theirs is not None and theirs != ours:
-                raise ConfigError(
-                    f"{what} was trained with data.{name} {theirs} and the student uses {ours}, which its batch "
-                    f"cannot be converted from; use --data.{name} {theirs} or a teacher trained with {ours}."
-                )
-        if weights.interpolation != "bicubic":
-            raise ConfigError(
-                f"{what} records {weights.interpolation} resizing and the student's images are upscaled bicubic, "
-                "which its batch cannot be converted from; give a teacher fine-tuned with bicubic resizing (as "
-                "this library's runs are)."
-            )
+        _check_teacher(what, weights, num_classes, image_size, class_ids, preprocess, native_size)
         model = build_trained_model(weights, num_classes)
         own = (weights.mean, weights.std)
     elif timm.is_model(resolve_model_name(location)):
-        timm_name = resolve_model_name(location)
-        pretrained = timm.models.get_pretrained_cfg(timm_name)
-        classes = getattr(pretrained, "num_classes", num_classes)
-        size = int(getattr(pretrained, "input_size", (3, image_size, image_size))[-1])
-        if classes != num_classes:
-            raise ConfigError(
-                f"{what} is timm's ImageNet model with {classes} classes and the data has {num_classes}; fine-tune "
-                "it on this data first (e.g. python recipes/full/swin_l.py) and pass that run's best/ folder."
-            )
-        if size != image_size:
-            raise ConfigError(
-                f"{what} was trained at {size} px and the student sees {image_size} px; use --data.image_size "
-                f"{size} or a teacher trained at {image_size} px."
-            )
-        cfg = ModelConfig(name=timm_name, pretrained=True, train_mode="full", drop_path_rate=0.0)
-        model = build_model(cfg, num_classes, image_size)
+        model = _timm_teacher(what, resolve_model_name(location), num_classes, image_size)
         own = normalization(model, "model")
     else:
         raise ModelError(
@@ -319,6 +277,65 @@ def build_teacher(
         model = TeacherInput(model, student, own)
     model.requires_grad_(False)
     return model.eval()
+
+
+def _check_teacher(
+    what: str,
+    weights: TrainedWeights,
+    num_classes: int,
+    image_size: int,
+    class_ids: list[str] | None,
+    preprocess: str | None,
+    native_size: int | None,
+) -> None:
+    """build_teacher's refusals for a trained teacher: what its recording says it cannot be given."""
+    if weights.num_classes != num_classes:
+        raise ConfigError(
+            f"{what} predicts {weights.num_classes} classes and the data has {num_classes}; the teacher must be "
+            "trained on the same classes (e.g. outputs/swin_l/best of a run on this data)."
+        )
+    if class_ids is not None and weights.class_ids is not None and list(weights.class_ids) != list(class_ids):
+        raise ConfigError(
+            f"{what} was trained on other classes or another label order than this data (e.g. its first class "
+            f"is {weights.class_ids[0]}, the data's {class_ids[0]}); give a teacher trained on this data."
+        )
+    if weights.image_size != image_size:
+        raise ConfigError(
+            f"{what} was trained at {weights.image_size} px and the student sees {image_size} px; use "
+            f"--data.image_size {weights.image_size} or a teacher trained at {image_size} px."
+        )
+    for name, theirs, ours in (("preprocess", weights.preprocess or "default", preprocess),
+                               ("native_size", weights.native_size, native_size)):  # fmt: skip
+        if ours is not None and theirs is not None and theirs != ours:
+            raise ConfigError(
+                f"{what} was trained with data.{name} {theirs} and the student uses {ours}, which its batch "
+                f"cannot be converted from; use --data.{name} {theirs} or a teacher trained with {ours}."
+            )
+    if weights.interpolation != "bicubic":
+        raise ConfigError(
+            f"{what} records {weights.interpolation} resizing and the student's images are upscaled bicubic, "
+            "which its batch cannot be converted from; give a teacher fine-tuned with bicubic resizing (as "
+            "this library's runs are)."
+        )
+
+
+def _timm_teacher(what: str, timm_name: str, num_classes: int, image_size: int) -> nn.Module:
+    """A timm model name as teacher: its pretrained weights, refused unless they fit the data's classes and size."""
+    pretrained = timm.models.get_pretrained_cfg(timm_name)
+    classes = getattr(pretrained, "num_classes", num_classes)
+    size = int(getattr(pretrained, "input_size", (3, image_size, image_size))[-1])
+    if classes != num_classes:
+        raise ConfigError(
+            f"{what} is timm's ImageNet model with {classes} classes and the data has {num_classes}; fine-tune "
+            "it on this data first (e.g. python recipes/full/swin_l.py) and pass that run's best/ folder."
+        )
+    if size != image_size:
+        raise ConfigError(
+            f"{what} was trained at {size} px and the student sees {image_size} px; use --data.image_size "
+            f"{size} or a teacher trained at {image_size} px."
+        )
+    cfg = ModelConfig(name=timm_name, pretrained=True, train_mode="full", drop_path_rate=0.0)
+    return build_model(cfg, num_classes, image_size)
 
 
 def load_probe_head(
@@ -358,19 +375,7 @@ def load_probe_head(
             f"model.head_from '{location}' was trained on {len(probe.class_ids)} classes that are not this data's "
             f"{len(class_ids)} (ids or order differ); give a probe trained on the same data.source."
         )
-    mean, std = normalization(model, data.normalization)
-    inputs = {  # what the probe recorded -> what this run feeds; a field the probe did not record is not compared
-        "data.image_size": (probe.image_size, data.image_size),
-        "data.native_size": (probe.native_size, data.native_size),
-        "data.preprocess": (probe.preprocess, data.preprocess),
-        "data.normalization (mean, std)": ((probe.mean, probe.std), (mean, std)),
-    }
-    differ = [f"{name} {was} there, {now} here" for name, (was, now) in inputs.items() if was not in (None, now)]
-    if differ:
-        raise ConfigError(
-            f"model.head_from '{location}' was fitted to other inputs than this run's ({'; '.join(differ)}); set "
-            "those data fields as the probe's, so its head sees the features it was trained on."
-        )
+    _check_probe_inputs(location, probe, model, data)
     heads = {id(module) for module in head_modules(model)}
     prefixes = tuple(f"{name}." for name, module in model.named_modules() if id(module) in heads)
     own = {key: value for key, value in model.state_dict().items() if key.startswith(prefixes)}
@@ -386,3 +391,20 @@ def load_probe_head(
         for key, tensor in own.items():
             tensor.copy_(saved[key])
     return folder
+
+
+def _check_probe_inputs(location: str | Path, probe: TrainedWeights, model: nn.Module, data: DataConfig) -> None:
+    """load_probe_head's refusal of a probe fitted to other inputs than ``data``'s (size, preprocessing, mean/std)."""
+    mean, std = normalization(model, data.normalization)
+    inputs = {  # what the probe recorded -> what this run feeds; a field the probe did not record is not compared
+        "data.image_size": (probe.image_size, data.image_size),
+        "data.native_size": (probe.native_size, data.native_size),
+        "data.preprocess": (probe.preprocess, data.preprocess),
+        "data.normalization (mean, std)": ((probe.mean, probe.std), (mean, std)),
+    }
+    differ = [f"{name} {was} there, {now} here" for name, (was, now) in inputs.items() if was not in (None, now)]
+    if differ:
+        raise ConfigError(
+            f"model.head_from '{location}' was fitted to other inputs than this run's ({'; '.join(differ)}); set "
+            "those data fields as the probe's, so its head sees the features it was trained on."
+        )
