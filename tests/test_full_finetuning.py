@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -166,9 +167,10 @@ def teacher_run(stanford_dir, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("which", ["best", "last", "checkpoint"])
+@pytest.mark.parametrize("which", ["best", "last", "checkpoint", "the run folder"])
 def test_the_teacher_is_the_trained_model_frozen_in_eval_mode(teacher_run, which):
-    folder = next((teacher_run / "checkpoints").iterdir()) if which == "checkpoint" else teacher_run / which
+    folders = {"checkpoint": next((teacher_run / "checkpoints").iterdir()), "the run folder": teacher_run}
+    folder = folders.get(which, teacher_run / which)  # the run folder: its best/, as evaluate and predict read it
     teacher = build_teacher(str(folder), num_classes=4, image_size=32)
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
     reference = timm.create_model(f"local-dir:{teacher_run / 'last'}", pretrained=True).eval()  # plain timm
@@ -177,8 +179,9 @@ def test_the_teacher_is_the_trained_model_frozen_in_eval_mode(teacher_run, which
         assert torch.equal(teacher(x), reference(x))  # one epoch: best/, last/ and the checkpoint hold one model
 
 
-def test_a_teacher_must_fit_the_data(teacher_run):
+def test_a_teacher_must_fit_the_data(teacher_run, tmp_path):
     best = str(teacher_run / "best")
+    shutil.copytree(teacher_run / "last", tmp_path / "only_last" / "last")  # a run's last/ but no best/: named
     class_ids = json.loads((teacher_run / "labels.json").read_text())["class_ids"]
     build_teacher(best, 4, 32, class_ids=list(class_ids))  # its own classes, in its own order: accepted
     refusals = {
@@ -187,7 +190,7 @@ def test_a_teacher_must_fit_the_data(teacher_run):
         "another label order": lambda: build_teacher(best, 4, 32, class_ids=list(reversed(class_ids))),
         "ImageNet model with 1000 classes and the data has 4": lambda: build_teacher("vit_large_patch16_384", 4, 384),
         "trained at 160 px and the student sees 32 px": lambda: build_teacher("test_vit", 1000, 32),
-        f"use {teacher_run / 'best'}": lambda: build_teacher(str(teacher_run), 4, 32),  # the run folder itself
+        f"use {tmp_path / 'only_last' / 'last'}": lambda: build_teacher(str(tmp_path / "only_last"), 4, 32),
         "neither a trained folder": lambda: build_teacher("no/such/teacher", 4, 32),
     }
     for expected, build in refusals.items():

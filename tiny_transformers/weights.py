@@ -236,7 +236,8 @@ def build_teacher(
     native_size: int | None = None,
 ) -> nn.Module:
     """The frozen (no parameter requires grad), eval-mode teacher of distillation, from a trained folder (this
-    library's ``best/``, ``last/``, ``export/``, or any timm ``save_for_hf`` folder), a training checkpoint folder,
+    library's ``best/``, ``last/``, ``export/``, a run's output dir read as its ``best/`` as ``evaluate`` reads it,
+    or any timm ``save_for_hf`` folder), a training checkpoint folder,
     ``hf-hub:owner/name``, or a timm model name (its pretrained ImageNet weights, from the Hub).
 
     Refused, one sentence each: a teacher with another number of classes than the data (a timm ImageNet model has
@@ -254,8 +255,12 @@ def build_teacher(
     what = f"distill.teacher '{location}'"
     folder = Path(location).expanduser()
     if hub.hub_repo(location) is not None or folder.exists():
-        if folder.is_dir() and not (folder / WEIGHTS_FILE).is_file():
-            inside = [name for name in ("best", "last", "export") if (folder / name / WEIGHTS_FILE).is_file()]
+        if (
+            folder.is_dir()
+            and not (folder / WEIGHTS_FILE).is_file()
+            and not (folder / BEST_DIR / WEIGHTS_FILE).is_file()
+        ):
+            inside = [name for name in ("last", "export") if (folder / name / WEIGHTS_FILE).is_file()]
             hint = f" (this looks like a run folder: use {folder / inside[0]})" if inside else ""
             raise ModelError(
                 f"{what} holds no trained model; give a run's exported folder (e.g. outputs/swin_l/best), a training "
