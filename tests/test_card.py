@@ -39,6 +39,19 @@ def test_a_run_on_local_data_claims_no_hub_dataset_and_no_model_index(local_run)
     assert meta["metrics"] == ["accuracy"] and meta["library_name"] == "timm"
     assert "on the eval split of `…/tiny-imagenet-200` (local data, so the metadata names no dataset" in card_text
     assert "--data.source path/to/your/data" in card_text  # the usage snippet: the reader's own copy
+    assert "tiny-imagenet" not in meta["tags"]  # 4 classes in the Stanford layout: not Tiny ImageNet itself
+
+
+def test_the_tiny_imagenet_tag_is_for_tiny_imagenet_only(local_run):
+    """The Hub copy, or 200 classes named by WordNet ids in any layout, is Tiny ImageNet; other data is not."""
+    run = read_run(local_run)
+    wnids = [f"n{i:08d}" for i in range(200)]
+    cases = [(run, False), (dataclasses.replace(run, class_ids=wnids), True)]
+    data = dataclasses.replace(run.config.data, source="zh-plus/tiny-imagenet")  # trained on the Hub copy
+    hub_run = dataclasses.replace(run, source_kind="hub", config=dataclasses.replace(run.config, data=data))
+    cases.append((hub_run, True))
+    for case, tagged in cases:
+        assert ("tiny-imagenet" in front_matter(str(model_card(case)))["tags"]) is tagged
 
 
 def test_a_run_on_a_hub_dataset_names_it_in_the_metadata_and_the_usage(local_run):

@@ -7,6 +7,7 @@ Markdown, not as Python strings. Only what the template cannot compute is comput
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from .runfiles import read_json
 
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
 TINY_IMAGENET_HUB_ID = "zh-plus/tiny-imagenet"  # the Hub copy of Tiny ImageNet, named so in the model-index
-_TAGS = ["image-classification", "timm", "vision-transformer", "tiny-imagenet", "tiny_transformers"]
+_TAGS = ["image-classification", "timm", "vision-transformer", "tiny_transformers"]  # plus tiny-imagenet when it is
 
 
 def weights_folder(run: RunSummary, weights: str = "last") -> Path:
@@ -86,7 +87,7 @@ def model_card(run: RunSummary, hub: HubConfig | None = None) -> ModelCard:
         license=hub.license,
         datasets=[dataset_id] if dataset_id else None,
         metrics=["accuracy"],
-        tags=_TAGS,
+        tags=[*_TAGS, "tiny-imagenet"] if _is_tiny_imagenet(run.class_ids, dataset_id) else _TAGS,
         pipeline_tag="image-classification",
         base_model=_base_model(run),
         model_name=name if results else None,
@@ -130,6 +131,17 @@ def model_card(run: RunSummary, hub: HubConfig | None = None) -> ModelCard:
         curves_file=CURVES_FILE,
         citation=CITATION,
     )
+
+
+def _is_tiny_imagenet(class_ids: list[str], dataset_id: str | None) -> bool:
+    """Whether the run's data is Tiny ImageNet as far as it can tell: the Hub copy, or 200 classes named by WordNet
+    ids (Tiny ImageNet's own 200 wnids, in any layout); a demo's digits or another dataset get no such tag.
+
+    >>> _is_tiny_imagenet([f"n{i:08d}" for i in range(200)], None), _is_tiny_imagenet(["0", "1"], None)
+    (True, False)
+    """
+    wordnet = len(class_ids) == 200 and all(re.fullmatch(r"n\d{8}", str(c)) for c in class_ids)
+    return dataset_id == TINY_IMAGENET_HUB_ID or wordnet
 
 
 def _config_rows(run: RunSummary) -> list[tuple[str, str]]:
