@@ -3,6 +3,7 @@ on, 1 vs 2 processes give the same raw and EMA weights, a SIGKILL anywhere resum
 follows the formula at every update (and a longer run after resume follows the new cosine), the distillation
 head learns the teacher's answers on the same augmented images, and EMA exports load in timm and transformers."""
 
+import dataclasses
 import json
 import math
 import sys
@@ -247,6 +248,8 @@ def test_ema_exports_load_in_timm_and_transformers_as_the_ema_weights(stanford_d
         assert grid.size == report.grid_pixel_size(len(grid_models[0][1][0]), 64, caption=True)
     card = str(model_card(read_run(out)))
     assert "the exponential moving average (EMA) of the weights" in card
+    again = finetune(config)  # the same command on the finished run reports the same saved weights' numbers
+    assert dataclasses.astuple(again) == dataclasses.astuple(result)
     assert f"| this run, final (epoch 2, EMA weights) | {result.top1:.2f} |" in card
     final = sorted((out / "checkpoints").glob("step_*"))[-1]
     # what README's run-folder listing says a checkpoint holds: no scheduler (the lr is a function of the step)

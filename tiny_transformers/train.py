@@ -320,19 +320,29 @@ def _finished_result(folder: RunDir, config: FinetuneConfig) -> FinetuneResult |
     if config.train.resume != "auto" or folder.finished_epochs() != epochs or folder.trajectory_changes(config):
         return None
     history = folder.read_metrics()
-    last = history[-1]
+    result = _result(history, folder.root, epoch_score(best_record(history)))
     if is_main_launch_process():
         results = [p.name for p in (folder.weights("best"), folder.weights("last"), folder.file(RESULTS_FILE))]
         print(
             f"tiny_transformers: the run in {folder.root} is already finished ({epochs} epochs, top-1 "
-            f"{last['top1']:.2f}%); its results are there ({', '.join(results)}, ...). Raise --train.epochs to "
+            f"{result.top1:.2f}%); its results are there ({', '.join(results)}, ...). Raise --train.epochs to "
             "train it further, or give another --train.output_dir for a new run"
             + (f"; to push it: tiny-transformers push {folder.root}." if config.hub.push else "."),
             flush=True,
         )
+    return result
+
+
+def _result(history: list[dict[str, Any]], output_dir: Path, best_top1: float) -> FinetuneResult:
+    """A run's result from its history: the numbers of the weights in last/ and best/ and which they are (raw or
+    EMA: rundir.saved_scores), NaN for a run that finished no epoch."""
+    nan = float("nan")
+    records = history or [{"epoch": 0, "top1": nan, "top5": nan, "eval_loss": nan}]
+    last, best = saved_scores(records[-1], "last"), saved_scores(best_record(records), "best")
     return FinetuneResult(
-        top1=last["top1"], top5=last["top5"], loss=last["eval_loss"], best_top1=epoch_score(best_record(history)),
-        epochs_completed=len(history), output_dir=folder.root, history=history,
+        top1=last["top1"], top5=last["top5"], loss=last["eval_loss"], best_top1=best_top1,
+        epochs_completed=len(history), output_dir=output_dir, history=list(history), weights=last["weights"],
+        best_weights=best["weights"],
     )  # fmt: skip
 
 
@@ -467,25 +477,13 @@ def finish(run: Run, pushes: BackgroundPublisher | None = None) -> FinetuneResul
         run.folder.write_finished(state.history)  # last: a run killed before this line is unfinished and resumes
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    nan = float("nan")
-    history = state.history or [{"epoch": 0, "top1": nan, "top5": nan, "eval_loss": nan}]
-    last, best = saved_scores(history[-1], "last"), saved_scores(best_record(history), "best")  # last/'s, best/'s
+    result = _result(state.history, run.folder.root, state.best_top1)
     which = {None: "", "ema": " (EMA weights)", "raw": " (raw weights)"}
     accelerator.print(
-        f"done: top-1 {last['top1']:.2f}%{which[last['weights']]}, best top-1 {state.best_top1:.2f}%"
-        f"{which[best['weights']]}; outputs in {run.folder.root}"
+        f"done: top-1 {result.top1:.2f}%{which[result.weights]}, best top-1 {result.best_top1:.2f}%"
+        f"{which[result.best_weights]}; outputs in {run.folder.root}"
     )
-    return FinetuneResult(
-        top1=last["top1"],
-        top5=last["top5"],
-        loss=last["eval_loss"],
-        best_top1=state.best_top1,
-        epochs_completed=len(state.history),
-        output_dir=run.folder.root,
-        history=list(state.history),
-        weights=last["weights"],
-        best_weights=best["weights"],
-    )
+    return result
 
 
 def _resume(
