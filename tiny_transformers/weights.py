@@ -19,7 +19,7 @@ from .errors import ConfigError, ModelError
 from .lora import load_merged
 from .models import IMAGENET_MEAN, IMAGENET_STD, build_model, head_modules, normalization
 from .paper import resolve_model_name
-from .rundir import BEST_DIR, CONFIG_FILE, WEIGHTS_FILE, RunDir
+from .rundir import CONFIG_FILE, WEIGHTS_FILE, RunDir
 from .runfiles import read_json, write_atomic, writing
 
 _DAMAGED_WEIGHTS = "copy the folder again from its run (best/ or last/), or export it anew (tiny-transformers export)"
@@ -99,6 +99,20 @@ class TrainedWeights:
     lora: dict | None = None  # a lora-mode training checkpoint's lora_* settings: its weights carry peft's names
 
 
+def trained_folder(location: str | Path) -> Path:
+    """The folder of trained weights ``location`` names: a run's output dir is read as its ``best/`` (the weights it
+    chose as its best), any other path as it is.
+
+    >>> trained_folder("outputs/run")  # doctest: +SKIP
+    PosixPath('outputs/run/best')
+    """
+    folder = Path(location).expanduser()
+    best = RunDir(folder).weights("best")
+    if not (folder / WEIGHTS_FILE).is_file() and (best / WEIGHTS_FILE).is_file() and (best / CONFIG_FILE).is_file():
+        return best
+    return folder
+
+
 def describe_trained_weights(location: str | Path) -> TrainedWeights:
     """Read an exported folder (``best/``, ``last/``, ``export/``, timm ``save_for_hf``), a run's output dir (its
     ``best/``), a training checkpoint folder, or a model on the Hub (``hf-hub:owner/name``, downloaded to the
@@ -109,9 +123,7 @@ def describe_trained_weights(location: str | Path) -> TrainedWeights:
     """
     if hub.hub_repo(location) is not None:
         location = hub.download_model(str(location))
-    folder = Path(location).expanduser()
-    if not (folder / WEIGHTS_FILE).is_file() and (RunDir(folder).weights("best") / CONFIG_FILE).is_file():
-        folder = RunDir(folder).weights("best")  # a run's output dir: the weights it chose as its best
+    folder = trained_folder(location)
     weights, config_file = folder / WEIGHTS_FILE, folder / CONFIG_FILE
     if weights.is_file() and is_checkpoint(folder):  # a training checkpoint: its trainer state holds the config
         return _checkpoint_weights(folder)
@@ -255,11 +267,7 @@ def build_teacher(
     what = f"distill.teacher '{location}'"
     folder = Path(location).expanduser()
     if hub.hub_repo(location) is not None or folder.exists():
-        if (
-            folder.is_dir()
-            and not (folder / WEIGHTS_FILE).is_file()
-            and not (folder / BEST_DIR / WEIGHTS_FILE).is_file()
-        ):
+        if folder.is_dir() and not (trained_folder(folder) / WEIGHTS_FILE).is_file():
             inside = [name for name in ("last", "export") if (folder / name / WEIGHTS_FILE).is_file()]
             hint = f" (this looks like a run folder: use {folder / inside[0]})" if inside else ""
             raise ModelError(
@@ -355,8 +363,7 @@ def load_probe_head(
     >>> load_probe_head(model, "outputs/vit_l", "vit_l", data.class_ids, config.data)  # doctest: +SKIP
     PosixPath('outputs/vit_l/best')
     """
-    folder = Path(location).expanduser()
-    folder = folder / BEST_DIR if (folder / BEST_DIR / WEIGHTS_FILE).is_file() else folder
+    folder = trained_folder(location)
     if not (folder / WEIGHTS_FILE).is_file() or not (folder / CONFIG_FILE).is_file():
         raise ConfigError(
             f"model.head_from '{location}' holds no trained head (no {WEIGHTS_FILE} and {CONFIG_FILE}); give the "
