@@ -1,30 +1,18 @@
-"""The paper's official preprocessing as batched ops: uint8 bicubic resize and RandAugment, per image, on a batch.
+"""The paper's official preprocessing, batched on any device: uint8 bicubic resize and per-image RandAugment.
 
-The official code (torchvision 0.13) transforms each training image, a uint8 64x64 tensor, in the loader:
-``Resize(384, BICUBIC)`` (PyTorch's bicubic, a = -0.75, no antialias, rounded back to uint8), then
-``RandAugment(num_ops=2, magnitude=0)`` (9 with its ``--randaug`` flag) on uint8, then /255 and Normalize.
-At magnitude 0 eleven of the fourteen ops are the identity, but AutoContrast and Equalize act at full
-strength and Solarize (threshold 255) turns saturated pixels black: about a third of the images change.
-
-This module does the same on a whole batch, on any device: :func:`resize_uint8` and :class:`BatchRandAugment`.
-Each image still draws its own ops and signs (as torchvision draws per image); the images that drew the same
-(op, sign) in the same round go through torchvision's op together, as one sub-batch. On CPU the result is
-bitwise equal to torchvision's per-image ``transforms.RandAugment`` given the same draws
-(tests/test_randaugment.py); the op functions are the ones torchvision's RandAugment calls
-(``torchvision.transforms.functional``), except Equalize, whose v2 kernel is vectorised over the batch
-(v1 loops over images and channels in Python) and is integer arithmetic, so equal bit for bit.
-
-Not v2 for the rest: v2's AutoContrast, Color and Sharpness round differently from v1's, one uint8 level off on
-some pixels (measured: docs/benchmarks.md). The geometric ops use NEAREST, torchvision's RandAugment default, so
-they copy pixels and need no tolerance either.
-
-On CUDA the float steps (bicubic resize, blends, grid sampling) may round differently from the CPU at rare
-pixels (one uint8 level); the draws come from the CUDA generator, so they differ from a CPU run's.
+The official code (torchvision 0.13) resizes each uint8 64x64 training image with ``Resize(384, BICUBIC)``, then
+runs ``RandAugment(num_ops=2, magnitude=0)`` on uint8: at magnitude 0, AutoContrast, Equalize and Solarize still
+act, so about a third of the images change. Here each image draws its own ops and signs, and the images that drew
+the same (op, sign) in a round go through torchvision's op together. On CPU this is bitwise equal to torchvision's
+per-image RandAugment given the same draws (tests/test_randaugment.py): v1 kernels (v2's round differently:
+docs/benchmarks.md) except v2's Equalize (integer, vectorised), NEAREST geometric ops. On CUDA the float steps may
+round one uint8 level off at rare pixels, and the draws come from the CUDA generator.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
@@ -39,9 +27,8 @@ __all__ = ["BatchRandAugment", "resize_uint8"]
 def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 (B, C, h, w) -> uint8 (B, C, size, size): bicubic (a = -0.75), no antialias, clamped and rounded.
 
-    What torchvision's ``Resize(size, BICUBIC)`` did to the official code's uint8 tensors (torchvision 0.13
-    did not antialias tensors by default), bit for bit on CPU: ``F.resize(x, [size, size], BICUBIC,
-    antialias=False)``. The official images are square, so its shorter-edge ``Resize(384)`` is 384x384.
+    The official code's ``Resize(size, BICUBIC)`` on uint8 tensors (torchvision 0.13: no antialias), bit for bit
+    on CPU; its images are square, so the shorter-edge ``Resize(384)`` is 384x384.
 
     >>> x = torch.full((2, 3, 64, 64), 255, dtype=torch.uint8)
     >>> y = resize_uint8(x, 384)
@@ -53,14 +40,11 @@ def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
     x = torch.nn.functional.interpolate(
         images.to(torch.float32), size=[size, size], mode="bicubic", align_corners=False, antialias=False
     )
-    # Bicubic overshoots (a = -0.75 has negative lobes: a 0/255 edge rings to about -19 and 274), so clamp
-    # before the cast, and round rather than truncate: torchvision's order, clamp then round (the two commute
-    # for the integer bounds 0 and 255).
+    # bicubic overshoots (a 0/255 edge rings to about -19 and 274): clamp, then round, as torchvision does
     return x.clamp_(0, 255).round_().to(torch.uint8)
 
 
-# torchvision's RandAugment draws the op, then a sign only for the signed ops; these ops at magnitude 0
-# (or Posterize at 8 bits) leave every pixel as it is, so the batch skips them: at magnitude 0, 11 of 14 ops.
+# ops that leave every pixel as it is at magnitude 0 (Posterize: at 8 bits), skipped by the batch
 _IDENTITY_AT_ZERO = {"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color", "Contrast"}
 _IDENTITY_AT_ZERO |= {"Sharpness"}
 
@@ -95,8 +79,6 @@ def _apply_op(images: torch.Tensor, name: str, magnitude: float) -> torch.Tensor
     if name == "Color":
         return F.adjust_saturation(images, 1.0 + magnitude)
     if name == "Contrast":
-        # Each image's grey mean is a float32 reduction over its own pixels; batched, ATen reduces each image
-        # alone all the same (tested bitwise against the per-image call on CPU).
         return F.adjust_contrast(images, 1.0 + magnitude)
     if name == "Sharpness":
         return F.adjust_sharpness(images, 1.0 + magnitude)
@@ -117,21 +99,18 @@ def _apply_op(images: torch.Tensor, name: str, magnitude: float) -> torch.Tensor
 def _op_table(num_magnitude_bins: int, magnitude: int, height: int, width: int) -> tuple[tuple[str, float, bool], ...]:
     """(name, magnitude, signed) per op, in torchvision's order, read from torchvision's own RandAugment."""
     space = _TorchvisionRandAugment(magnitude=magnitude)._augmentation_space(num_magnitude_bins, (height, width))
-    # torchvision: float(magnitudes[self.magnitude].item()) if magnitudes.ndim > 0 else 0.0
     return tuple(
         (name, float(values[magnitude].item()) if values.ndim > 0 else 0.0, bool(signed))
         for name, (values, signed) in space.items()
     )
 
 
+@dataclass(eq=False)  # compared and hashed by identity, as a plain object
 class BatchRandAugment:
     """torchvision's ``RandAugment(num_ops, magnitude, num_magnitude_bins)`` on a uint8 batch, draws per image.
 
-    ``aug(images)`` draws each image's ``num_ops`` ops and signs with one ``torch.randint`` call (from
-    ``generator``, else torch's global generator of the batch's device, which ``engine.keyed_rng`` seeds),
-    then applies them: the same number of generator calls per batch whatever was drawn, and ``apply`` draws
-    nothing. Draws are made image by image, in order: the first k images of a batch get the same draws as
-    a batch of those k images alone from the same generator state.
+    One ``torch.randint`` call per batch (from ``generator``, else the device's global generator, which
+    ``engine.keyed_rng`` seeds), image by image: the first k images get the draws of a batch of those k alone.
 
     >>> aug = BatchRandAugment(num_ops=2, magnitude=0)
     >>> images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
@@ -145,19 +124,15 @@ class BatchRandAugment:
     ('Identity', 'ShearX', 'ShearY')
     """
 
-    def __init__(self, num_ops: int = 2, magnitude: int = 9, num_magnitude_bins: int = 31) -> None:
-        if not 0 <= magnitude < num_magnitude_bins:
-            raise ValueError(f"magnitude must be in [0, {num_magnitude_bins}), got {magnitude}")
-        self.num_ops = num_ops
-        self.magnitude = magnitude
-        self.num_magnitude_bins = num_magnitude_bins
-        self.op_names: tuple[str, ...] = tuple(name for name, _, _ in _op_table(num_magnitude_bins, magnitude, 1, 1))
+    num_ops: int = 2
+    magnitude: int = 9
+    num_magnitude_bins: int = 31
 
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(num_ops={self.num_ops}, magnitude={self.magnitude}, "
-            f"num_magnitude_bins={self.num_magnitude_bins})"
-        )
+    def __post_init__(self) -> None:
+        if not 0 <= self.magnitude < self.num_magnitude_bins:
+            raise ValueError(f"magnitude must be in [0, {self.num_magnitude_bins}), got {self.magnitude}")
+        table = _op_table(self.num_magnitude_bins, self.magnitude, 1, 1)
+        self.op_names: tuple[str, ...] = tuple(name for name, _, _ in table)
 
     def draw(
         self,
@@ -165,12 +140,10 @@ class BatchRandAugment:
         device: torch.device | str | None = None,
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each image's ops and signs: two int64 (batch_size, num_ops) tensors, one ``torch.randint`` call.
+        """Each image's ops and signs: two int64 (batch_size, num_ops) tensors from one ``torch.randint`` call.
 
-        ``ops[i, k]`` indexes :attr:`op_names`; ``signs[i, k] == 1`` negates the magnitude (torchvision's
-        ``if signed and torch.randint(2, (1,))``), ignored by unsigned ops. One draw in [0, 2 x 14) per
-        (image, round) gives both, uniform and independent: row-major, so image i's draws come before
-        image i + 1's. Drawn on ``generator``'s device if given, else on ``device`` (default CPU).
+        ``ops[i, k]`` indexes :attr:`op_names`; ``signs[i, k] == 1`` negates a signed op's magnitude. Drawn on
+        ``generator``'s device if given, else on ``device`` (default CPU).
 
         >>> ops, signs = BatchRandAugment().draw(3, generator=torch.Generator().manual_seed(0))
         >>> ops.shape, bool(ops.max() < 14), bool(signs.max() <= 1)
@@ -182,11 +155,8 @@ class BatchRandAugment:
         return codes // 2, codes % 2
 
     def apply(self, images: torch.Tensor, ops: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
-        """The ops ``ops`` (with ``signs``) applied to each image, round by round, as torchvision would.
-
-        ``images`` is uint8 (B, C, H, W) (C = 1 or 3); ``ops`` and ``signs`` are (B, num_ops) integer tensors
-        (on any device) as :meth:`draw` returns them. The input is not modified. Reads one small tensor back
-        to the host (the draws), to group the images by (op, sign): a sync on CUDA.
+        """Each image's ``ops`` (with ``signs``, as :meth:`draw` returns them) applied round by round, as torchvision
+        would, to a copy of the uint8 (B, C, H, W) ``images``. Reads the draws back to the host: a sync on CUDA.
 
         >>> aug = BatchRandAugment(num_ops=1, magnitude=0)
         >>> x = torch.tensor([0, 128, 255], dtype=torch.uint8).view(1, 1, 1, 3).expand(2, 3, 4, 3)
@@ -217,7 +187,6 @@ class BatchRandAugment:
                 continue
             if out is images:
                 out = images.clone()  # the caller's batch stays as it was
-            # One index tensor per round, copied to the device once; each group is a slice of it.
             keys = sorted(groups)
             order = torch.tensor([i for key in keys for i in groups[key]])
             if images.is_cuda:  # from pinned memory, asynchronously: a pageable copy would wait for the GPU's queue
@@ -234,7 +203,7 @@ class BatchRandAugment:
         return out
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Draw per-image ops (:meth:`draw`, on the batch's device unless ``generator`` says otherwise), apply them.
+        """Draw per-image ops (:meth:`draw`, on the batch's device unless ``generator`` is given), apply them.
 
         >>> x = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
         >>> _ = torch.manual_seed(0); a = BatchRandAugment(2, 9)(x)
