@@ -1,17 +1,7 @@
-"""Small Tiny-ImageNet look-alikes written to disk: for the tests, the benchmark and the demo recipe.
+"""Small Tiny-ImageNet look-alikes written to disk, deterministically: for the tests, the benchmark and the demo.
 
-One writer, :func:`write_stanford_layout`, lays out the Stanford ``tiny-imagenet-200`` folder (wnids.txt,
-words.txt, train/<wnid>/images/, val/images/ with val_annotations.txt, optionally test/images/) from
-encoded images; the makers below only decide which images and names go in:
-
-- :func:`make_stanford`: the test fixtures' ground truth, with every decoding path the real data can take;
-  :func:`make_stanford_zip`, :func:`make_imagefolder`, :func:`make_saved` and :func:`make_parquet` copy its
-  image files byte for byte into the other layouts the loader accepts;
-- :func:`damage_zip_member`: a zip with one member that fails its CRC check, for the extraction tests;
-- :func:`write_stanford_folder`: the benchmark's folder of :func:`synthetic_jpegs`;
-- the demo recipe (``recipes/demo.py``) writes scikit-learn's digits with :func:`encode` and the writer.
-
-Everything is deterministic: the same arguments and seed give the same files, byte for byte.
+One writer, :func:`write_stanford_layout`; :func:`make_stanford` is the test fixtures' ground truth, which the
+``make_*`` functions copy byte for byte into the other layouts the loader accepts.
 
 >>> import tempfile
 >>> folder = make_stanford(Path(tempfile.mkdtemp()), n_classes=2, n_train=2, n_val=1, size=16)
@@ -42,11 +32,6 @@ if TYPE_CHECKING:
     import datasets
 
 STANFORD_NAME = "tiny-imagenet-200"
-
-
-# --------------------------------------------------------------------------------------------------
-# The writer of the Stanford layout
-# --------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -82,16 +67,11 @@ def write_stanford_layout(
     train_boxes: bool = False,
     exist_ok: bool = False,
 ) -> Path:
-    """Write a Stanford ``tiny-imagenet-200``-style folder at ``folder`` and return it.
+    """Write a Stanford ``tiny-imagenet-200``-style folder at ``folder``, files in the order given, and return it.
 
-    ``wnids`` are written to wnids.txt in the order given (Stanford's is not sorted); ``words`` are the
-    (wnid, names) lines of words.txt, in order (none: no words.txt). Training images go to
-    ``train/<wnid>/images/`` (the folder exists for every wnid), with ``train/<wnid>/<wnid>_boxes.txt``
-    when ``train_boxes``; val images to ``val/images/``, annotated in ``val/val_annotations.txt`` in the order
-    given; ``test`` (file name, bytes) pairs to ``test/images/``. The folder is written under a temporary
-    name beside it and renamed when complete, so several processes may write it at once: the first to
-    finish wins and the others' copies are removed. A folder already there before writing starts is an
-    error unless ``exist_ok`` (then it is kept as it is).
+    ``words``: the (wnid, names) lines of words.txt (none: no file); ``test``: (file name, bytes) pairs. Written
+    under a temporary name and renamed, so several processes may write it at once (the first to finish wins); a
+    folder already there is an error unless ``exist_ok`` (then it is kept as it is).
     """
     folder = Path(folder)
     if folder.exists():
@@ -131,10 +111,6 @@ def write_stanford_layout(
     return folder
 
 
-# --------------------------------------------------------------------------------------------------
-# The test fixtures' ground truth and its copies in the other layouts
-# --------------------------------------------------------------------------------------------------
-
 _NAMES = ["goldfish", "school bus", "teapot", "lemon", "volcano", "umbrella", "barn owl", "pretzel"]
 # Special files among the training images, by position in (sorted wnid, index) order: every decoding
 # path the real data can take (Tiny ImageNet has ~100 greyscale JPEGs) plus other extensions and sizes.
@@ -173,11 +149,8 @@ def make_stanford(
 ) -> Path:
     """Write ``root/tiny-imagenet-200`` in the Stanford layout and return that folder.
 
-    wnids.txt lists the wnids NOT in sorted order; words.txt has 'name, alias' per wnid plus unrelated
-    lines; train/<wnid>/images/ holds ``n_train`` images per class and a boxes file; val/images/ holds
-    ``n_val`` per class, annotated in val/val_annotations.txt; test/images/ holds unlabelled images. Among
-    the training images (when there are enough) are a greyscale JPEG, a CMYK JPEG, a palette PNG, an RGBA
-    PNG, a lowercase .jpg and one image that is not size x size; the first val image is greyscale.
+    wnids.txt is not sorted, words.txt has an unrelated line; among the training images (when there are enough)
+    are greyscale and CMYK JPEGs, palette and RGBA PNGs, a .jpg and one not size x size; the first val image is grey.
     """
     rng = np.random.default_rng(seed)
     wnids = [f"n0{(1443537 + 7919 * i * (i + 3)) % 10**7:07d}" for i in range(n_classes)]
@@ -208,10 +181,8 @@ def make_stanford(
 
 
 def stanford_records(folder: Path) -> dict[str, list[tuple[str, str, Path]]]:
-    """Ground truth read straight from a Stanford folder: split -> [(wnid, file name, path)].
-
-    Deliberately independent of ``tiny_transformers.data``: tests compare the loader against it.
-    """
+    """Ground truth read straight from a Stanford folder, split -> [(wnid, file name, path)]: independent of
+    ``tiny_transformers.data``, as tests compare the loader against it."""
     records: dict[str, list[tuple[str, str, Path]]] = {"train": [], "val": []}
     for wnid in sorted(p.name for p in (folder / "train").iterdir()):
         for path in sorted((folder / "train" / wnid / "images").iterdir()):
@@ -231,11 +202,8 @@ def make_stanford_zip(folder: Path, zip_path: Path) -> Path:
 
 
 def damage_zip_member(zip_path: Path, member: str) -> Path:
-    """Flip one byte of ``member``'s data inside ``zip_path`` (in place), so that reading it fails its CRC-32 check
-    (``zipfile.BadZipFile``) while the zip's directory stays readable, as a download cut and resumed wrongly does.
-
-    The member must be stored uncompressed and non-empty, as :func:`make_stanford_zip` writes every file.
-    """
+    """Flip one byte of a stored, non-empty ``member`` in place: reading it fails its CRC-32 check while the zip's
+    directory stays readable, as after a download cut and resumed wrongly."""
     with zipfile.ZipFile(zip_path) as archive:
         info = archive.getinfo(member)
     if info.compress_type != zipfile.ZIP_STORED or info.file_size == 0:
@@ -261,8 +229,7 @@ def make_imagefolder(folder: Path, out: Path) -> Path:
 
 
 def make_hf_splits(folder: Path) -> datasets.DatasetDict:
-    """A Stanford folder as an in-memory DatasetDict (train, valid) with image bytes embedded and
-    ``ClassLabel(names=sorted wnids)``, the features of zh-plus/tiny-imagenet."""
+    """A Stanford folder as an in-memory DatasetDict (train, valid) with the features of zh-plus/tiny-imagenet."""
     import datasets
 
     records = stanford_records(folder)
@@ -296,15 +263,8 @@ def make_parquet(folder: Path, out: Path) -> Path:
     return out
 
 
-# --------------------------------------------------------------------------------------------------
-# The benchmark's images and folder
-# --------------------------------------------------------------------------------------------------
-
-
 def synthetic_jpegs(count: int, size: int = 64, seed: int = 0, quality: int = 90) -> list[bytes]:
-    """``count`` distinct size x size RGB JPEGs made in memory: smooth colour fields plus sensor-like noise.
-
-    They decode like Tiny ImageNet's photos (a few KB each); nothing is read from disk or the network.
+    """``count`` distinct size x size RGB JPEGs that decode like Tiny ImageNet's photos: smooth colours plus noise.
 
     >>> len(synthetic_jpegs(2, size=16))
     2
@@ -322,9 +282,7 @@ def synthetic_jpegs(count: int, size: int = 64, seed: int = 0, quality: int = 90
 def write_stanford_folder(
     root: Path, classes: int, train_per_class: int, val_per_class: int = 1, size: int = 64
 ) -> Path:
-    """A minimal Stanford ``tiny-imagenet-200`` folder of :func:`synthetic_jpegs` under ``root``; returns it.
-
-    wnids.txt is sorted here and there is no words.txt: the benchmark needs only images and labels.
+    """The benchmark's minimal Stanford folder of :func:`synthetic_jpegs` under ``root`` (sorted wnids, no words.txt).
 
     >>> import tempfile
     >>> folder = write_stanford_folder(Path(tempfile.mkdtemp()), classes=2, train_per_class=2)
