@@ -1,10 +1,6 @@
-"""Configuration as data: nested dataclasses whose defaults are the paper's recipe.
-
-Every field can be overridden on the command line by its dotted name (``--train.epochs 1 --optim.lr 5e-4``); see
-``tiny_transformers.cli``. All validation lives in :func:`tiny_transformers.validation.validate`, which runs before
-any process group or data loader starts, and all derived numbers (accumulation steps, steps per epoch, schedule
-length) live in :class:`Plan`.
-"""
+"""Configuration as data: nested dataclasses whose defaults are the paper's recipe, each field overridable on the
+command line by its dotted name (``--train.epochs 1``). Checks live in :mod:`.validation`, derived numbers in
+:mod:`.plan`."""
 
 from __future__ import annotations
 
@@ -21,10 +17,8 @@ RESUMABLE = "resumable"  # dataclass field metadata key
 
 
 def resumable(default: Any) -> Any:
-    """A field that a resumed run may change: it does not alter the optimisation trajectory (the run's length,
-    logging, where files go, publishing). Resuming with any other field changed is refused
-    (``checkpoint.find_resume_checkpoint``).
-    """
+    """A field that a resumed run may change, as it leaves the optimisation trajectory alone (length, logging,
+    paths, publishing); resuming with any other field changed is refused (``checkpoint.find_resume_checkpoint``)."""
     return field(default=default, metadata={RESUMABLE: True})
 
 
@@ -52,35 +46,28 @@ class ModelConfig:
     # head: frozen backbone, as the official code; full: every parameter; lora: low-rank adapters (peft) on the
     # backbone's linear layers, the classifier head(s) trained whole, the rest frozen (tiny_transformers.lora)
     train_mode: Literal["head", "full", "lora"] = "head"
-    # lora mode: each adapter's rank r and scale alpha (its update is multiplied by alpha / r), the dropout on its
-    # input (a probability), and which nn.Linear layers of the backbone get one, by their last name: timm's
-    # ViT/DeiT/CaiT/Swin attention (qkv; CaiT's class attention q, k, v), its output projection (proj) and the MLP
-    # (fc1, fc2). r=16, alpha=16: peft's image-classification guide for ViT; its dropout 0.1 keeps another copy of
-    # each adapted layer's input for the backward pass (+49% activations for ViT-L: docs/benchmarks.md#lora)
+    # lora mode: each adapter's rank r and scale alpha (update x alpha / r), its input dropout (a probability) and
+    # the backbone's nn.Linear layers that get one, by last name: attention qkv (CaiT's class attention: q, k, v),
+    # proj, MLP fc1 and fc2. r = alpha = 16: peft's ViT guide; dropout costs memory (docs/benchmarks.md#lora)
     lora_rank: int = 16
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] = ("qkv", "q", "k", "v", "proj", "fc1", "fc2")
-    # the new classifier head's initialisation: timm's (as timm.create_model makes it), or linear: a default
-    # nn.Linear from reset_classifier, as the official code makes it
+    # the new classifier head's initialisation: timm's, or linear: reset_classifier's nn.Linear (the official code's)
     head_init: Literal["timm", "linear"] = "timm"
     drop_path_rate: float = 0.1  # stochastic depth inside the backbone (paper 2.2), a probability in [0, 1]
-    # recompute each block's activations in the backward pass instead of keeping them (timm's
-    # set_grad_checkpointing): less memory, about one more forward of compute; same gradients
+    # recompute each block's activations in the backward pass (timm's set_grad_checkpointing): less memory, about
+    # one more forward of compute, same gradients
     grad_checkpointing: bool = False
-    # attention with fewer memory passes, same parameters and outputs (to float rounding), applied when the model is
-    # built (attention.use_fast_attention): CaiT's talking heads rewritten, Swin's window attention fused; refused
-    # for a model with neither
+    # attention with fewer memory passes, same outputs to float rounding (attention.use_fast_attention): CaiT's
+    # talking heads rewritten, Swin's window attention fused; refused for a model with neither
     fast_attention: bool = False
-    # head mode only: the frozen backbone's linear and convolution weights stored in bf16 (backbone.cast_backbone)
-    # instead of rounded to bf16 by autocast at every forward; fp32 keeps them as loaded. The head keeps fp32
-    # weights. Needs train.mixed_precision bf16 (its outputs equal the autocast path's: bitwise on the CPU tests).
-    # fp8: bf16 as stored, and the linear layers computed in fp8 by torchao (backbone.fp8_backbone): not the same
-    # outputs (within fp8's rounding), for a GPU with fp8 tensor cores (compute capability 8.9+) and torchao
+    # head mode, with train.mixed_precision bf16: bf16 stores the frozen backbone's linear and conv weights in bf16
+    # (backbone.cast_backbone; the same outputs as autocast's), the head's in fp32; fp8 also computes its linear
+    # layers in fp8 with torchao (within fp8's rounding; a GPU of compute capability 8.9+); fp32: as loaded
     backbone_dtype: Literal["fp32", "bf16", "fp8"] = "fp32"
-    # full mode's start from a probe (probe, then fine-tune): a head-mode run's folder (its best/) or an exported
-    # folder, whose classifier head(s) replace the new head; the backbone still comes from the pretrained weights
-    # (or model.checkpoint). None: a new head
+    # full mode's start from a probe: a head-mode run's folder (its best/) or an exported folder, whose head(s)
+    # replace the new head, the backbone still from the pretrained weights (or model.checkpoint); None: a new head
     head_from: str | None = None
 
 
@@ -92,13 +79,12 @@ class DataConfig:
     image_size: int = 384  # pixels per side given to the model, bicubic upscaling on the training device
     native_size: int = 64  # pixels per side of the uint8 images the loader hands over (Tiny ImageNet is 64x64)
     normalization: Literal["imagenet", "model"] = "imagenet"  # imagenet: the paper's mean/std for all four models
-    # default: float bicubic resize with antialiasing (Pillow's kernel, a = -0.5); RandAugment, when on, at the
-    # native size. official: as the paper's code: uint8 bicubic resize (a = -0.75, no antialiasing, rounded),
-    # RandAugment after it at image_size, then /255 and normalize (docs/recipes.md measures the difference)
+    # default: float bicubic resize with antialiasing (a = -0.5), RandAugment at the native size; official: the
+    # paper's uint8 bicubic resize (a = -0.75, no antialiasing, rounded), RandAugment at image_size (docs/recipes.md)
     preprocess: Literal["default", "official"] = "default"
     drop_last: bool = False  # drop each epoch's last partial micro-batch, as the official loader does
-    # loader processes per training process (decode + RGB conversion only: cheap); None: up to 4, within the cores
-    # this process may use shared by the launch's processes on this machine (engine.loader_workers)
+    # loader processes per training process; None: up to 4, within this machine's cores shared by the launch's
+    # processes (engine.loader_workers)
     num_workers: int | None = resumable(None)
     skip_corrupt: bool = False  # False: stop at the first unreadable image, naming it; True: scan, skip and count them
     max_train_samples: int | None = None  # use a fixed random subset of N training images (quick experiments)
@@ -115,13 +101,12 @@ class AugmentConfig:
     switch_prob: float = 0.5  # probability of CutMix instead of Mixup when both are on
     label_smoothing: float = 0.1  # applied inside Mixup's soft targets, as timm does
     random_erasing: float = 0.25  # probability per image, 'pixel' mode (per-pixel normal noise), after Mixup
-    # RandAugment ops per image, drawn per image on the training device (keyed like Mixup); 0: none. The paper's
-    # code always runs 2 ops: at magnitude 0 in its final setting, which still changes about a third of the images
+    # RandAugment ops per image, drawn on the training device; 0: none. The paper's code runs 2 at magnitude 0,
+    # which still changes about a third of the images
     randaugment_ops: int = 0
     randaugment_magnitude: int = 9  # 0-30, torchvision's scale (the paper's first runs: 9; its final setting: 0)
-    # timm's RandAugment by its config string (e.g. rand-m9-mstd0.5-inc1, as DeiT, BEiT and Swin fine-tune): timm's
-    # own rand_augment_transform on each image at the native size, on the host (PIL), drawing from the keyed
-    # Python and NumPy generators; None: off. Instead of randaugment_ops, not with it
+    # timm's RandAugment by its config string (e.g. rand-m9-mstd0.5-inc1, as DeiT, BEiT and Swin fine-tune), per
+    # image at the native size on the host; None: off. Instead of randaugment_ops, not with it
     timm_randaugment: str | None = None
 
 
@@ -132,8 +117,7 @@ class DistillConfig:
     # a trained folder (e.g. outputs/swin_l/best), a training checkpoint, hf-hub:owner/name or a timm name (its
     # pretrained weights); None: no distillation
     teacher: str | None = None
-    # hard: the distillation head learns the teacher's top-1 class (DeiT's hard distillation); soft: the teacher's
-    # softened probabilities (KL divergence at temperature)
+    # hard: the distillation head learns the teacher's top-1 class; soft: its softened probabilities (KL divergence)
     type: Literal["hard", "soft"] = "hard"
     temperature: float = 1.0  # softmax temperature of soft distillation (DeiT's tau)
     alpha: float = 0.5  # loss = (1 - alpha) x the class head's + alpha x the distillation head's (DeiT's default)
@@ -150,14 +134,12 @@ class OptimConfig:
     nesterov: bool = True  # sgd only
     min_lr: float = 0.0  # end of the cosine
     fused: bool = False  # torch's fused AdamW/SGD kernel (fused=True); measured effect: docs/benchmarks.md
-    # per-layer lr multipliers decay**(layers above): timm's layer grouping (create_optimizer_v2 layer_decay);
-    # 0 or 1: off; e.g. 0.75 (BEiT/DeiT III fine-tuning)
+    # per-layer lr multipliers decay**(layers above), timm's layer_decay; 0 or 1: off; e.g. 0.75 (BEiT, DeiT III)
     layer_decay: float = 0.0
     warmup_epochs: float = 0.0  # epochs of linear warmup from warmup_lr to lr, per optimizer update; 0: none
     warmup_lr: float = 1e-6  # learning rate at the first update of the warmup
     clip_grad: float = 0.0  # clip the global gradient norm of each update to this (after accumulation); 0: off
-    # weight decay on every trainable parameter, biases and norms too, as the official code's plain AdamW; false:
-    # timm's factory leaves biases and norm weights undecayed
+    # weight decay on biases and norms too, as the official code's plain AdamW; false: timm's factory spares them
     decay_all: bool = False
 
 
@@ -170,14 +152,12 @@ class TrainConfig:
     micro_batch_size: int = 64  # images per forward pass on one device
     eval_batch_size: int | None = resumable(None)  # images per evaluation forward pass; default: micro_batch_size
     mixed_precision: Literal["bf16", "fp16", "no"] = "bf16"  # autocast dtype; fp16 adds a gradient scaler
-    eval_precision: Literal["autocast", "fp32"] = resumable(
-        "autocast"
-    )  # evaluation under the training autocast or fp32
+    # evaluation under the training autocast or fp32
+    eval_precision: Literal["autocast", "fp32"] = resumable("autocast")
     seed: int = 0  # model head init, data order, every augmentation draw; 0 to 2**32 - 1 (numpy's range)
     output_dir: str = resumable("outputs/run")  # checkpoints, metrics.jsonl, config.json, best/ and last/
-    # auto: the newest checkpoint in output_dir, if any; never: start fresh (refused when output_dir already holds
-    # checkpoints, so nothing is overwritten); the path of one checkpoint folder; hf-hub:owner/name: that repo's
-    # last-checkpoint/ (pushed with hub.strategy checkpoint); hub: the same from hub.model_id
+    # auto: the newest checkpoint in output_dir, if any; never: start fresh (refused if output_dir holds some); a
+    # checkpoint folder; hf-hub:owner/name: its last-checkpoint/ (hub.strategy checkpoint); hub: hub.model_id's
     resume: str = resumable("auto")
     checkpoint_every: int = resumable(0)  # also save every N optimizer updates; 0: only at epoch ends
     keep_checkpoints: int = resumable(3)  # newest checkpoints kept in output_dir/checkpoints
@@ -196,10 +176,9 @@ class TrainConfig:
     # evaluated every epoch beside the raw weights; 0: off; e.g. 0.9998
     ema_decay: float = 0.0
     ema_warmup: bool = False  # ramp the EMA decay up over the first updates (timm's use_warmup)
-    # head mode: keep what the frozen backbone hands the head (features.py), computed once per run: the validation
-    # images' at the first evaluation, the training images' in the first epoch when nothing random happens before
-    # the head (no augmentation, Mixup/CutMix, random erasing, drop path or teacher); the same scores and weights,
-    # bitwise. false: every feature computed every time (for comparison and debugging)
+    # head mode: keep what the frozen backbone hands the head (features.py), computed once per run (the training
+    # images' only when nothing random comes before the head); the same scores and weights, bitwise. false: every
+    # feature computed every time
     cache_features: bool = resumable(True)
 
 
@@ -242,25 +221,24 @@ class FinetuneConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FinetuneConfig:
-        """Rebuild a config from :meth:`to_dict` output; unknown keys are an error naming them. Fields renamed
-        since a config.json was written (:data:`RENAMED`) are read under their new names.
+        """Rebuild a config from :meth:`to_dict` output (:data:`RENAMED` fields under their new names); unknown keys
+        are an error naming them.
 
         >>> FinetuneConfig.from_dict({"model": {"teacher": "t/best"}, "augment": {"distill_type": "soft"}}).distill
         DistillConfig(teacher='t/best', type='soft', temperature=1.0, alpha=0.5)
         """
-        sections = {f.name: f.type for f in dataclasses.fields(cls)}
+        sections = {f.name: f.default_factory for f in dataclasses.fields(cls)}
         kwargs = {}
         for section, values in upgrade(data).items():
             if section not in sections:
                 raise ConfigError(f"Unknown config section '{section}'; expected one of {sorted(sections)}.")
-            section_cls = {f.name: f.default_factory for f in dataclasses.fields(cls)}[section]
-            known = {f.name for f in dataclasses.fields(section_cls)}
+            known = {f.name for f in dataclasses.fields(sections[section])}
             unknown = sorted(set(values) - known)
             if unknown:
                 raise ConfigError(f"Unknown config field(s) {', '.join(f'{section}.{k}' for k in unknown)}.")
             # JSON has no tuples: the tuple fields (train.log_with, model.lora_targets) come back as lists
             values = {key: tuple(value) if isinstance(value, list) else value for key, value in values.items()}
-            kwargs[section] = section_cls(**values)
+            kwargs[section] = sections[section](**values)
         return cls(**kwargs)
 
 
@@ -294,11 +272,8 @@ _PATH_FIELDS = ("data.source", "model.checkpoint", "model.head_from")  # compare
 
 
 def trajectory_differences(saved: dict[str, Any], current: FinetuneConfig) -> list[str]:
-    """Dotted names of fields that differ and would change the training trajectory.
-
-    A field the saved config lacks (written before the field existed) counts as its default; local paths are
-    compared as the files they name (``data/small/`` and ``./data/small`` are the same source).
-    """
+    """Dotted names of fields that differ and would change the training trajectory: a field the saved config lacks
+    counts as its default; local paths are compared as the files they name."""
     old, new = _flattened(saved), _flatten(current.to_dict())
     return sorted(
         name
@@ -330,8 +305,8 @@ def _normal(name: str, value: Any) -> Any:
 
 
 def flat_config(config: FinetuneConfig) -> dict[str, Any]:
-    """The config as flat dotted keys with their own types (numbers stay numbers), as trackers show it; tuples and
-    None, which TensorBoard's hyperparameters cannot hold, become text.
+    """The config as flat dotted keys, as trackers show it: numbers stay numbers; tuples and None (which
+    TensorBoard's hyperparameters cannot hold) become text.
 
     >>> flat_config(FinetuneConfig())["optim.lr"], flat_config(FinetuneConfig())["train.log_with"]
     (0.001, '')
