@@ -1,23 +1,6 @@
-"""Where the data comes from: :func:`load_data` recognises ``data.source`` and normalises it to a :class:`DataBundle`.
-
-Local paths are tried first, in this order: a Stanford ``.zip`` or folder (``wnids.txt``; read by
-:mod:`.stanford`, since no ``datasets`` builder reads ``val_annotations.txt``), a ``DatasetDict.save_to_disk``
-folder (``dataset_dict.json``), then whatever ``datasets.load_dataset(<folder>)`` itself would read: its
-data-files inference (:func:`datasets.data_files.get_data_patterns`) names the splits from ``data/<split>-00000-of-
-00001.*`` shards, ``<split>/`` folders or split keywords in file names (``train``, ``validation``/``valid``/``val``/
-``dev``, ``test``, between ``-._``, space or digit delimiters), and the most common file extension picks the
-``parquet`` or ``imagefolder`` builder (those loaders, and the Hub's, are in :mod:`.builders`). Anything else that
-:func:`tiny_transformers.hub.is_hub_id` accepts is a Hub dataset id.
-
-Every source then gets the same shape: an ``image`` column of ``Image(decode=False)`` dicts, a ``label``
-``ClassLabel`` whose names are sorted (the wnids, as ``zh-plus/tiny-imagenet`` orders them) and the same in both
-splits, ``cfg.max_*_samples`` as a fixed random subset, and (``cfg.skip_corrupt``) unreadable images dropped.
-An empty split is the same sentence for every layout. :func:`verify_images` decodes a split once up front, so a
-training run can find a corrupt eval image before it trains.
-
->>> bundle = load_data(DataConfig(source="./tiny_imagenet_parquet"))  # doctest: +SKIP
->>> bundle.source_kind, bundle.num_classes, len(bundle.train), len(bundle.eval)  # doctest: +SKIP
-('parquet', 200, 100000, 10000)
+"""Where the data comes from: :func:`load_data` recognises ``data.source`` (the layouts are read by :mod:`.stanford`
+and :mod:`.builders`) and normalises every source to the same :class:`DataBundle`; :func:`verify_images` decodes a
+split once up front, so a training run finds a corrupt eval image before it trains.
 """
 
 from __future__ import annotations
@@ -73,19 +56,11 @@ class DataBundle:
         return len(self.class_ids)
 
 
-# --------------------------------------------------------------------------------------------------
-# Source recognition
-# --------------------------------------------------------------------------------------------------
-
-
 def load_data(cfg: DataConfig) -> DataBundle:
-    """Load train and eval splits from ``cfg.source``, whatever kind of source it is.
-
-    Local paths are recognised first (a Stanford ``.zip``, a folder with ``wnids.txt``, a ``save_to_disk``
-    folder, then parquet files or an imagefolder tree as ``datasets.load_dataset`` splits them); anything else
-    that is a valid Hub id (:func:`tiny_transformers.hub.is_hub_id`) is loaded from the Hub.
-    Labels always end sorted by class id; ``cfg.max_*_samples`` keep a fixed random subset; ``cfg.skip_corrupt``
-    scans every image once and drops the unreadable ones.
+    """Train and eval splits from ``cfg.source``: a local path first (a Stanford ``.zip`` or folder, a
+    ``save_to_disk`` folder, then what ``datasets.load_dataset`` would split), else a Hub id. Images stay undecoded;
+    labels are a ``ClassLabel`` of sorted class ids in both splits; ``cfg.max_*_samples`` keep a fixed random
+    subset; ``cfg.skip_corrupt`` scans every image once and drops the unreadable ones.
 
     >>> bundle = load_data(DataConfig(source="./tiny-imagenet-200"))  # doctest: +SKIP
     >>> bundle.source_kind, bundle.num_classes, len(bundle.train), len(bundle.eval)  # doctest: +SKIP
@@ -116,7 +91,8 @@ def _load_data(cfg: DataConfig) -> DataBundle:
     else:
         raw = load_hub(source)
 
-    train, eval_ = _pick_splits(raw.splits, source)
+    train_name, eval_name = split_names([str(name) for name in raw.splits], source)
+    train, eval_ = raw.splits[train_name], raw.splits[eval_name]
     train, eval_ = _standard_columns(train, "train", source), _standard_columns(eval_, "eval", source)
     _refuse_missing_labels(train, "train", source), _refuse_missing_labels(eval_, "eval", source)
     train, eval_, class_ids = _normalise_labels(train, eval_, source)
@@ -150,8 +126,7 @@ def _load_data(cfg: DataConfig) -> DataBundle:
             if len(split) == 0:
                 raise DataError(f"Every image of the {split_name} split of data.source '{source}' is unreadable.")
 
-    names_by_id = raw.names_by_id or {}
-    class_names = [names_by_id.get(class_id, class_id) for class_id in class_ids]
+    class_names = [(raw.names_by_id or {}).get(class_id, class_id) for class_id in class_ids]
     return DataBundle(
         train=train,
         eval=eval_,
@@ -173,11 +148,11 @@ def _unwritable_cache(error: BaseException, source: str) -> DataError | None:
     if denied is None:
         return None
     where = Path(os.fsdecode(denied.filename)).expanduser().resolve()
+    hf_cache = Path(datasets.config.HF_DATASETS_CACHE)
     caches = (
         (cache_root(), "TINY_TRANSFORMERS_CACHE", "the zip is extracted once"),
-        (Path(datasets.config.HF_DATASETS_CACHE), "HF_DATASETS_CACHE (or HF_HOME, which holds it by default)",
-         "datasets prepares the data once"),
-    )  # fmt: skip
+        (hf_cache, "HF_DATASETS_CACHE (or HF_HOME, which holds it by default)", "datasets prepares the data once"),
+    )
     for root, variable, why in caches:
         root = root.expanduser().resolve()
         if where == root or root in where.parents or where in root.parents:
@@ -225,24 +200,12 @@ def _stanford(root: Path, kind: str) -> Raw:
     return Raw(splits=splits, kind=kind, names_by_id=names_by_id)
 
 
-# --------------------------------------------------------------------------------------------------
-# Normalisation shared by every source
-# --------------------------------------------------------------------------------------------------
-
-
-def _pick_splits(splits: Mapping[str, datasets.Dataset], source: str) -> tuple[datasets.Dataset, datasets.Dataset]:
-    train, eval_ = split_names([str(name) for name in splits], source)
-    return splits[train], splits[eval_]
-
-
 def _standard_columns(ds: datasets.Dataset, split: str, source: str) -> datasets.Dataset:
     """Rename img/labels to image/label, keep only those two, and make images undecoded dicts."""
     columns = ds.column_names
-    renames = {}
-    if "image" not in columns and "img" in columns:
-        renames["img"] = "image"
-    if "label" not in columns and "labels" in columns:
-        renames["labels"] = "label"
+    renames = {
+        old: new for old, new in (("img", "image"), ("labels", "label")) if old in columns and new not in columns
+    }
     if renames:
         ds = ds.rename_columns(renames)
     missing = [c for c in ("image", "label") if c not in ds.column_names]
@@ -386,8 +349,7 @@ def _drop_corrupt(ds: datasets.Dataset, split: str, native_size: int) -> tuple[d
 
 def verify_images(dataset: datasets.Dataset, split_name: str, native_size: int, progress: bool = True) -> None:
     """Decode every image of ``dataset`` once (a progress bar unless ``progress`` is False) and raise the
-    "Cannot read image '…'" :class:`DataError` of the first unreadable one; a training run calls it on the
-    eval split before it trains, so a corrupt eval image does not cost an epoch of training first.
+    "Cannot read image '…'" :class:`DataError` of the first unreadable one.
 
     >>> verify_images(bundle.eval, "eval", native_size=64)  # doctest: +SKIP
     """
