@@ -1,11 +1,8 @@
 """The layouts ``datasets`` itself reads: ``save_to_disk`` folders, parquet files, imagefolder trees, the Hub.
 
-:func:`infer_builder` asks ``datasets`` how it would split a folder (its data-files inference); the loaders here
-load only the train split and the eval split (the first of :data:`EVAL_SPLITS` present), and refuse what that
-inference would get silently wrong: a class folder holding folders (their names would become classes), an
-empty split folder (it would vanish from the split list), a parquet file of no rows. An empty train or eval
-split is raised as :class:`EmptySplit`, which :func:`~tiny_transformers.data.load_data` words with
-``data.source`` as the user wrote it. Every other failure is a :class:`DataError` naming the file.
+Only the train and eval splits are loaded, split by ``datasets``' own inference (:func:`infer_builder`); what
+that inference would get silently wrong (folders in a class folder, an empty split folder, a parquet file of no
+rows) is refused. Failures are a :class:`DataError` naming the file, or :class:`EmptySplit`.
 
 >>> split_names(["train", "valid", "test"], "./tiny-imagenet")
 ('train', 'valid')
@@ -70,11 +67,6 @@ def split_names(names: list[str], source: str) -> tuple[str, str]:
     )
 
 
-# --------------------------------------------------------------------------------------------------
-# save_to_disk
-# --------------------------------------------------------------------------------------------------
-
-
 def load_saved(path: Path) -> Mapping[str, datasets.Dataset]:
     """The train and eval splits of a ``DatasetDict.save_to_disk`` folder (the other splits are not read)."""
     try:
@@ -104,19 +96,10 @@ def load_saved(path: Path) -> Mapping[str, datasets.Dataset]:
     return splits
 
 
-# --------------------------------------------------------------------------------------------------
-# parquet and imagefolder, as datasets splits them
-# --------------------------------------------------------------------------------------------------
-
-
 def infer_builder(folder: Path) -> tuple[str, DataFilesDict] | None:
-    """The builder and the data files by split that ``datasets.load_dataset(str(folder))`` would use.
-
-    datasets' own inference: :func:`~datasets.data_files.get_data_patterns` names the splits (``data/<split>-
-    00000-of-00001.*`` shards, else ``<split>/`` folders, else split keywords in file names), then
-    :func:`~datasets.load.infer_module_for_data_files` picks the builder of the most common file extension
-    (``parquet``, ``imagefolder`` for images, ``text``...). None when the folder holds no data files.
-    """
+    """The builder and the data files by split that ``datasets.load_dataset(str(folder))`` would use (splits named
+    by ``data/<split>-*`` shards, ``<split>/`` folders or keywords in file names; the builder by the most common
+    extension), or None when the folder holds no data files."""
     base = folder.resolve().as_posix()
     try:
         data_files = DataFilesDict.from_patterns(get_data_patterns(base), base_path=base)
@@ -251,11 +234,6 @@ def load_with_builder(folder: Path, builder: str, data_files: DataFilesDict) -> 
     except Exception as error:
         raise DataError(f"{what} cannot be read: {error}.") from error
     return Raw(splits=loaded, kind=builder)
-
-
-# --------------------------------------------------------------------------------------------------
-# The Hub
-# --------------------------------------------------------------------------------------------------
 
 
 def load_hub(source: str) -> Raw:
