@@ -1,11 +1,6 @@
-"""The loader-worker path: an undecoded image in, a uint8 RGB tensor out, batches stacked by :func:`collate`.
-
-Everything here runs inside ``DataLoader`` workers, on one image (or one batch) at a time, and is picklable so
-that workers started with spawn get it too. :func:`decode_image` turns a ``datasets.Image(decode=False)`` dict
-(or a PIL image) of any mode into RGB uint8 at the data's native size; :class:`DecodeTransform`
-wraps it for ``Dataset.with_transform``; resizing to the model's size, normalising and
-mixing happen later, on the training device. :data:`IMAGE_EXTENSIONS` is the library's one list of image file
-suffixes (the Stanford loader and ``predict`` both use it).
+"""The loader-worker path: an undecoded image in, a uint8 RGB tensor at the native size out, batches stacked by
+:func:`collate`; picklable for workers started with spawn. :data:`IMAGE_EXTENSIONS` is the library's one list of
+image file suffixes.
 
 >>> decode_image(PIL.Image.new("LA", (30, 50)), native_size=64).shape
 torch.Size([3, 64, 64])
@@ -24,6 +19,7 @@ import signal
 import threading
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,13 +35,8 @@ SKIP_CORRUPT_HINT = "set --data.skip_corrupt true to skip and count unreadable i
 
 
 def _to_rgb(img: PIL.Image.Image) -> PIL.Image.Image:
-    """Any PIL mode to 8-bit RGB.
-
-    PIL's own ``convert("RGB")`` clips 16/32-bit and float greyscale to 255 (a 16-bit PNG turns white), so
-    those are rescaled first: ``I;16*`` always by 1/257, ``I`` only when its values exceed 8 bits, ``F`` by
-    255 when it holds values in [0, 1]. Every other mode (L, LA, RGBA, P, CMYK, 1, YCbCr...) is PIL's
-    conversion, alpha dropped without compositing.
-    """
+    """Any PIL mode to 8-bit RGB, alpha dropped. PIL's ``convert("RGB")`` clips 16/32-bit and float greyscale to
+    255, so those are rescaled first: ``I;16*`` by 1/257, ``I`` when above 8 bits, ``F`` by 255 when in [0, 1]."""
     if img.mode == "RGB":
         return img
     if img.mode in ("I", "F") or img.mode.startswith("I;16"):
@@ -56,8 +47,7 @@ def _to_rgb(img: PIL.Image.Image) -> PIL.Image.Image:
         elif img.mode == "F" and peak <= 1.0:
             arr = arr * 255.0
         img = PIL.Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
-    with warnings.catch_warnings():
-        # Palette images with transparency warn that RGBA would keep it; we drop alpha on purpose.
+    with warnings.catch_warnings():  # a palette image with transparency warns that RGBA would keep it
         warnings.simplefilter("ignore", UserWarning)
         return img.convert("RGB")
 
@@ -68,12 +58,9 @@ def _describe(image: Any) -> str:
 
 
 def decode_image(image: Mapping[str, Any] | PIL.Image.Image, native_size: int) -> torch.Tensor:
-    """Decode one image to a uint8 RGB tensor of shape (3, native_size, native_size).
-
-    ``image`` is a ``datasets.Image(decode=False)`` dict (``bytes`` and/or ``path``) or a PIL image. Any
-    mode becomes RGB; the image is resized with PIL bicubic only when it is not already
-    native_size x native_size (a non-square image is stretched, not cropped). A corrupt or truncated file
-    raises :class:`DataError` naming it, here rather than later, because the pixels are loaded eagerly.
+    """A ``datasets.Image(decode=False)`` dict (``bytes`` and/or ``path``) or PIL image as a uint8 RGB tensor
+    (3, native_size, native_size), PIL-bicubic resized (stretched) when not that size; a corrupt or truncated file
+    is a :class:`DataError` naming it.
 
     >>> decode_image({"bytes": None, "path": "train/n01443537/images/n01443537_0.JPEG"}, 64).shape  # doctest: +SKIP
     torch.Size([3, 64, 64])
@@ -109,25 +96,21 @@ def decode_image(image: Mapping[str, Any] | PIL.Image.Image, native_size: int) -
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
+@dataclass(eq=False)  # compared and hashed by identity, as a plain object
 class DecodeTransform:
-    """The loader workers' whole job, as a picklable ``Dataset.with_transform`` callable (a closure would break
-    DataLoader workers under spawn): decode each image to RGB uint8 at ``native_size``. Everything random
-    (RandAugment, Mixup, erasing) happens on the training device, keyed per micro-batch.
+    """The loader workers' whole job, as a picklable ``Dataset.with_transform`` callable: decode each image to RGB
+    uint8 at ``native_size`` (everything random happens on the training device).
 
     >>> batch = DecodeTransform(64)({"image": [PIL.Image.new("L", (10, 10), 7)], "label": [3]})
     >>> batch["pixels"][0].shape, batch["label"]
     (torch.Size([3, 64, 64]), [3])
     """
 
-    def __init__(self, native_size: int) -> None:
-        self.native_size = native_size
+    native_size: int
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         pixels = [decode_image(image, self.native_size) for image in batch["image"]]
         return {"pixels": pixels, "label": [int(label) for label in batch["label"]]}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(native_size={self.native_size})"
 
 
 _STOPS = {signal.SIGTERM, signal.SIGINT}
@@ -136,11 +119,9 @@ _STOPS = {signal.SIGTERM, signal.SIGINT}
 def ignore_stop_signals(worker_id: int) -> None:
     """The ``worker_init_fn`` of the library's loaders: the worker leaves SIGTERM and SIGINT to the main process.
 
-    A scheduler stops a job by signalling its whole process group (SLURM, ``kill -TERM -- -PGID``, Ctrl-C in a
-    terminal); a worker that died of it would take the main process down ("DataLoader worker ... exited
-    unexpectedly") before its stop checkpoint. So SIGINT is ignored, and SIGTERM (blocked since the worker started,
-    :data:`WORKER_CONTEXT`) is taken by a thread that ends the worker only when the main process sends it
-    (multiprocessing's ``terminate``, at that process's exit) and ignores it from anyone else.
+    A scheduler signals the whole process group, and a worker dying of it would take the main process down before
+    its stop checkpoint: SIGINT is ignored; SIGTERM (blocked since start, :data:`WORKER_CONTEXT`) ends the worker
+    only when the main process sends it (multiprocessing's ``terminate`` at its exit).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
