@@ -1,14 +1,8 @@
 """Batch transforms on the training device: upscale, RandAugment, normalize, Mixup/CutMix, random erasing.
 
-The loader hands over 64x64 uint8 images (12 KB each); everything that grows them to 384x384 float
-(1.77 MB each) happens here, batched, on the device that trains. Mixup/CutMix and random erasing are
-timm's own implementations; RandAugment is torchvision's, per image, batched (randaugment.py), or timm's own
-``rand_augment_transform`` (``augment.timm_randaugment``, e.g. ``rand-m9-mstd0.5-inc1`` as DeiT, BEiT and Swin
-fine-tune), per PIL image on the host at the native size, before the batch goes to the device.
-
-Two preprocessings (``data.preprocess``): ``default`` upscales float batches with antialiasing and runs
-RandAugment at the native size; ``official`` does what the paper's code did to each image: a uint8 bicubic
-resize without antialiasing, rounded, then RandAugment at that size, then /255 and normalize.
+The loader hands over 64x64 uint8 images (12 KB each); growing them to 384x384 float (1.77 MB each) happens here,
+batched, on the device that trains, with timm's Mixup/CutMix and random erasing, and RandAugment batched
+(randaugment.py) or timm's per PIL image on the host (``augment.timm_randaugment``).
 """
 
 from __future__ import annotations
@@ -51,17 +45,14 @@ class BatchAugment:
         self.image_size = image_size
         self.device = torch.device(device)
         self.official = preprocess == "official"
-        self.randaugment = None
-        if augment.randaugment_ops > 0:
-            self.randaugment = BatchRandAugment(augment.randaugment_ops, augment.randaugment_magnitude)
-        self.host_randaugment = None  # timm's, per PIL image: train() takes the batch on the host and moves it
-        if augment.timm_randaugment is not None:
-            self.host_randaugment = timm_randaugment(augment.timm_randaugment, mean)
+        ops, magnitude, host_config = augment.randaugment_ops, augment.randaugment_magnitude, augment.timm_randaugment
+        self.randaugment = BatchRandAugment(ops, magnitude) if ops > 0 else None
+        # timm's, per PIL image: train() takes the batch on the host and moves it
+        self.host_randaugment = timm_randaugment(host_config, mean) if host_config is not None else None
         self.mean = list(mean)
         self.std = list(std)
-        # Normalization statistics as tensors on the batch's device, made once: torchvision's normalize builds
-        # them from these lists on every call, a copy from pageable host memory that waits for the GPU to
-        # finish its queued work (a host-device sync per micro-batch; measured: docs/benchmarks.md, GPU figures).
+        # mean and std as tensors on the batch's device, made once: torchvision's normalize copies them from the
+        # host on every call, a sync per micro-batch (docs/benchmarks.md)
         self._statistics: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
         self.num_classes = num_classes
         self.label_smoothing = augment.label_smoothing
@@ -79,17 +70,14 @@ class BatchAugment:
         self.erasing = None
         if augment.random_erasing > 0:
             self.erasing = RandomErasing(probability=augment.random_erasing, mode="pixel", device=str(device))
-        # Host generators that train() draws from besides torch's (for engine.keyed_rng): timm's Mixup/CutMix
-        # use NumPy's global generator, its RandomErasing Python's `random` (and torch's for the noise), its
-        # RandAugment both (NumPy picks the ops, `random` each op's probability, magnitude noise and fill).
+        # the host generators train() draws from besides torch's (for engine.keyed_rng): timm's Mixup/CutMix NumPy's,
+        # its RandomErasing Python's `random`, its RandAugment both
         host = self.host_randaugment is not None
         self.host_generators = {"numpy": self.mixup is not None or host, "python": self.erasing is not None or host}
 
     def resize_normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, 3, h, w) -> float32 (B, 3, S, S): bicubic resize, clamped to [0, 1] as an image is, normalized.
-
-        The evaluation path; with ``official`` preprocessing the resize is the official uint8 one.
-        """
+        """uint8 (B, 3, h, w) -> float32 (B, 3, S, S), the evaluation path: bicubic resize (the official uint8 one
+        with ``official`` preprocessing), clamped to [0, 1], normalized."""
         if self.official:
             return self._normalize(resize_uint8(images, self.image_size))
         return self._normalize(images)
@@ -118,8 +106,7 @@ class BatchAugment:
         if self.official:
             images = resize_uint8(images, self.image_size)  # RandAugment then sees 384 px images, as officially
         if self.randaugment is not None:
-            # Drawn from torch's CPU generator (keyed per micro-batch by engine.keyed_rng): the host then knows which
-            # images take which op without reading anything back from the device.
+            # drawn on the CPU (keyed by engine.keyed_rng): the host knows each image's op without a device read
             ops, signs = self.randaugment.draw(len(images), device="cpu")
             images = self.randaugment.apply(images, ops, signs)
         x = self._normalize(images)
@@ -144,9 +131,8 @@ class BatchAugment:
         return mixup_target(labels, self.num_classes, lam=1.0, smoothing=self.label_smoothing)
 
     def _mix(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # timm's batch Mixup pairs image i with image B-1-i and needs an even batch; an epoch's last
-        # micro-batch can be odd (e.g. 100,000 % 64 = 32 is even, but other datasets differ), so mix it
-        # with its first image appended and drop that extra row afterwards: every image is still mixed once.
+        # timm's batch Mixup needs an even batch: an odd last micro-batch is mixed with its first image appended,
+        # that extra row dropped afterwards, so every image is still mixed once
         if len(x) % 2:
             x, targets = self.mixup(torch.cat([x, x[:1]]), torch.cat([labels, labels[:1]]))
             return x[:-1], targets[:-1]
@@ -154,10 +140,8 @@ class BatchAugment:
 
 
 def timm_randaugment(config: str, mean: tuple[float, ...]) -> Callable[[PIL.Image.Image], PIL.Image.Image]:
-    """timm's ``rand_augment_transform(config)`` with the hyper-parameters timm's own training transform gives it
-    (``transforms_imagenet_train``): the fill colour of geometric ops from the normalisation's mean, bicubic
-    interpolation (DeiT's, BEiT's and Swin's ``train_interpolation``). Only the ``rand-`` transforms of timm's
-    default set run (their translations are relative to the image, so at 64 px as at 384).
+    """timm's ``rand_augment_transform(config)`` with the hyper-parameters of timm's ``transforms_imagenet_train``:
+    the geometric ops' fill from the normalisation's mean, bicubic interpolation (DeiT's, BEiT's and Swin's).
 
     >>> op = timm_randaugment("rand-m9-mstd0.5-inc1", (0.485, 0.456, 0.406))
     >>> op(PIL.Image.new("RGB", (64, 64))).size
