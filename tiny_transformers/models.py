@@ -23,9 +23,11 @@ from .paper import PAPER_MODELS, resolve_model_name
 from .rundir import CONFIG_FILE, WEIGHTS_FILE
 
 
-def _check_name(timm_name: str) -> None:
+def _timm_name(name: str) -> str:
+    """``model.name`` resolved to a timm model name, or a ModelError suggesting close names."""
+    timm_name = resolve_model_name(name)
     if timm.is_model(timm_name):
-        return
+        return timm_name
     known = list(PAPER_MODELS) + timm.list_models()
     close = difflib.get_close_matches(timm_name, known, n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(close)}?" if close else " See timm.list_models() for the names."
@@ -54,10 +56,8 @@ def _load_weights_file(
     model: nn.Module, path: Path, keep_head: bool, trained_size: int | None = None, trained_head: bool = False
 ) -> None:
     """Load a .safetensors/.pth state dict; drop classifier weights whose shape no longer fits (1000 -> N classes).
-
-    ``trained_size`` (the image size the weights were trained at, when recorded) names the fix of a size mismatch.
-    ``trained_head``: the file's own head is the model (inference), so a head of another size is refused.
-    """
+    ``trained_size``, when recorded, names the fix of a size mismatch; ``trained_head`` (inference) refuses a head
+    of another size."""
     try:
         state = timm.models.load_state_dict(str(path))
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same sentence
@@ -110,20 +110,16 @@ def _require_head(model: nn.Module, state: dict, own: dict, path: Path) -> None:
 def build_model(
     cfg: ModelConfig, num_classes: int, image_size: int, trained_head: bool = False, teacher: str | None = None
 ) -> nn.Module:
-    """Create the network with a fresh ``num_classes`` head at ``image_size``; freeze the backbone in head mode, add
-    LoRA adapters in lora mode (:func:`tiny_transformers.lora.add_lora`).
-    With a ``teacher`` (``distill.teacher``) a student without a distillation head is refused.
-
-    Weights: ``cfg.checkpoint`` if given, else the Hub's pretrained weights when ``cfg.pretrained``, else random.
-    ``trained_head`` (inference: evaluate, predict, a teacher): the checkpoint file's own head is kept and must
-    have ``num_classes`` outputs.
+    """The network with a fresh ``num_classes`` head at ``image_size``, its backbone frozen in head mode, LoRA
+    adapters in lora mode; weights from ``cfg.checkpoint``, else the Hub's when ``cfg.pretrained``, else random.
+    ``trained_head`` (inference) keeps the checkpoint's own head, which must have ``num_classes`` outputs; with a
+    ``teacher``, a student without a distillation head is refused.
 
     >>> model = build_model(ModelConfig(name="test_vit", pretrained=False), num_classes=10, image_size=32)
     >>> sum(p.numel() for p in trainable_parameters(model))
     650
     """
-    timm_name = resolve_model_name(cfg.name)
-    _check_name(timm_name)
+    timm_name = _timm_name(cfg.name)
     kwargs = dict(num_classes=num_classes, drop_path_rate=cfg.drop_path_rate)
     checkpoint = Path(cfg.checkpoint).expanduser() if cfg.checkpoint else None
     if cfg.checkpoint and hub.hub_repo(cfg.checkpoint) is not None:  # pushed by this library (or any timm folder)
@@ -168,18 +164,14 @@ def build_model(
 
 
 def enable_grad_checkpointing(model: nn.Module, name: str) -> None:
-    """timm's gradient checkpointing: each block's activations are recomputed in the backward pass instead of kept
-    (the same gradients, less memory, about one more forward of compute); a model without it is refused.
+    """timm's gradient checkpointing (activations recomputed in the backward pass); a model without it is refused.
 
     >>> model = timm.create_model("test_vit", pretrained=False)
     >>> enable_grad_checkpointing(model, "test_vit"); model.grad_checkpointing
     True
     """
-    setter = getattr(model, "set_grad_checkpointing", None)
     try:
-        if setter is None:
-            raise NotImplementedError(name)
-        setter(True)
+        model.set_grad_checkpointing(True)
     except (AssertionError, NotImplementedError, AttributeError, TypeError) as error:  # timm asserts 'not supported'
         raise ConfigError(
             f"model.grad_checkpointing is not supported by {name} in timm; use --model.grad_checkpointing false, "
@@ -206,7 +198,7 @@ def _require_distillation_head(model: nn.Module, name: str) -> None:
 
 def check_teacher(cfg: ModelConfig, teacher: str | None) -> None:
     """Refuse, before any data loads, a ``distill.teacher`` for a student without a distillation head (built on the
-    meta device: shapes only, well under a second). Nothing to check without a teacher.
+    meta device: shapes only).
 
     >>> check_teacher(ModelConfig(name="test_vit"), "outputs/swin_l/best")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
@@ -216,27 +208,21 @@ def check_teacher(cfg: ModelConfig, teacher: str | None) -> None:
     """
     if not teacher:
         return
-    timm_name = resolve_model_name(cfg.name)
-    _check_name(timm_name)
     with torch.device("meta"):
-        model = timm.create_model(timm_name, pretrained=False, num_classes=2)
+        model = timm.create_model(_timm_name(cfg.name), pretrained=False, num_classes=2)
     _require_distillation_head(model, cfg.name)
 
 
 def check_image_size(cfg: ModelConfig, image_size: int) -> None:
-    """Refuse, before any data loads, an image size the model cannot see whole: a ViT at 40 px with 16 px patches
-    would never see its last 8 rows and columns (timm crops them silently), other sizes fail only after loading.
-
-    The model is built on PyTorch's meta device (shapes only: no memory, no weights, well under a second for the
-    four paper models) and run once on an empty batch of that size.
+    """Refuse, before any data loads, an image size the model cannot see whole (timm crops what is left of a patch
+    grid silently) or cannot run: built on the meta device (shapes only) and run once on an empty batch.
 
     >>> check_image_size(ModelConfig(name="test_vit", pretrained=False), 40)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     tiny_transformers.errors.ConfigError: data.image_size 40 is not a multiple of ...; use 32 or 48.
     """
-    timm_name = resolve_model_name(cfg.name)
-    _check_name(timm_name)
+    timm_name = _timm_name(cfg.name)
     try:
         with torch.device("meta"):
             model = _create(timm_name, image_size, pretrained=False, num_classes=2)
