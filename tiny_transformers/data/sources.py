@@ -169,7 +169,7 @@ def _load_local(path: Path) -> Raw:
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix == ".zip":
-            return _stanford(extract_stanford_zip(path), kind="stanford-zip")
+            return load_stanford(extract_stanford_zip(path), kind="stanford-zip")
         if suffix == ".parquet":
             return load_parquet_file(path)
         raise DataError(
@@ -179,7 +179,7 @@ def _load_local(path: Path) -> Raw:
 
     stanford = find_stanford_root(path)
     if stanford is not None:
-        return _stanford(stanford, kind="stanford")
+        return load_stanford(stanford, kind="stanford")
     if (path / "dataset_dict.json").is_file():
         return Raw(splits=load_saved(path), kind="saved")
     inferred = infer_builder(path)
@@ -193,11 +193,6 @@ def _load_local(path: Path) -> Raw:
         "*_train.parquet and *_val.parquet), or an imagefolder tree (train/<class>/ plus val/, valid/, "
         "validation/, dev/ or test/ with <class>/ subfolders)."
     )
-
-
-def _stanford(root: Path, kind: str) -> Raw:
-    splits, names_by_id = load_stanford(root)
-    return Raw(splits=splits, kind=kind, names_by_id=names_by_id)
 
 
 def _standard_columns(ds: datasets.Dataset, split: str, source: str) -> datasets.Dataset:

@@ -1,13 +1,9 @@
-"""The Stanford ``tiny-imagenet-200`` layout, as a folder or its zip: the one layout no ``datasets`` builder reads.
+"""The Stanford ``tiny-imagenet-200`` layout, as a folder or its zip: the one layout no ``datasets`` builder reads
+(``val/val_annotations.txt`` labels the val images). Every inconsistency of its files is a :class:`DataError`
+naming the file (and line) to fix.
 
-Training images sit in ``train/<wnid>/images/``, validation images in ``val/images/`` with their labels in
-``val/val_annotations.txt`` (``file<TAB>wnid...`` per line), the classes in ``wnids.txt`` (unsorted) and readable
-names in ``words.txt``. :func:`load_stanford` turns it into two ``datasets.Dataset`` of file paths labelled by the
-SORTED wnids; :func:`extract_stanford_zip` unpacks the zip once into a cache. Every inconsistency between these
-files is a :class:`DataError` naming the file (and line) to fix.
-
->>> splits, names = load_stanford(find_stanford_root(Path("./tiny-imagenet-200")))  # doctest: +SKIP
->>> len(splits["train"]), len(splits["val"]), names["n01443537"]  # doctest: +SKIP
+>>> raw = load_stanford(find_stanford_root(Path("./tiny-imagenet-200")), kind="stanford")  # doctest: +SKIP
+>>> len(raw.splits["train"]), len(raw.splits["val"]), raw.names_by_id["n01443537"]  # doctest: +SKIP
 (100000, 10000, 'goldfish')
 """
 
@@ -28,6 +24,7 @@ import datasets
 from tqdm.auto import tqdm
 
 from ..errors import DataError
+from .builders import Raw
 from .images import IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
@@ -53,12 +50,8 @@ def cache_root() -> Path:
 
 
 def extract_stanford_zip(zip_path: Path) -> Path:
-    """Extract the zip once into the cache and return the Stanford folder inside it.
-
-    The cache key hashes the absolute path, size and mtime, so a replaced zip is extracted again. Members
-    go to a temporary sibling folder that is renamed into place only when complete: an interrupted run
-    leaves a stray temporary folder, never a half-filled cache that a later run would trust.
-    """
+    """Extract the zip once into the cache (keyed by its path, size and mtime) and return the Stanford folder in it;
+    written to a temporary folder renamed when complete, so the cache is never half-filled."""
     zip_path = zip_path.resolve()
     stat = zip_path.stat()
     key = hashlib.sha256(f"{zip_path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
@@ -108,10 +101,6 @@ def extract_stanford_zip(zip_path: Path) -> Path:
     return root
 
 
-def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
 def read_text(path: Path) -> str:
     """The text of a UTF-8 file, a leading byte-order mark dropped (Windows editors write one), or a DataError
     naming the line of the first byte that is not UTF-8."""
@@ -127,10 +116,7 @@ def read_text(path: Path) -> str:
 
 
 def _read_words(path: Path) -> dict[str, str]:
-    """wnid -> first comma-separated name from words.txt ('goldfish, Carassius auratus' -> 'goldfish').
-
-    The first synonym keeps report tables and confusion-matrix labels short; the full text is in words.txt.
-    """
+    """wnid -> the first name in words.txt ('goldfish, Carassius auratus' -> 'goldfish'), short for reports."""
     names: dict[str, str] = {}
     if not path.is_file():
         return names
@@ -141,8 +127,8 @@ def _read_words(path: Path) -> dict[str, str]:
     return names
 
 
-def load_stanford(root: Path) -> tuple[dict[str, datasets.Dataset], dict[str, str]]:
-    """The Stanford tree as train and val Datasets of file paths (no image bytes are copied), and words.txt's names."""
+def load_stanford(root: Path, kind: str) -> Raw:
+    """The Stanford tree as train and val Datasets of file paths labelled by the SORTED wnids, and words.txt's names."""
     class_ids = _class_ids(root)
     index = {wnid: i for i, wnid in enumerate(class_ids)}
     train_paths, train_labels = _train_images(root, class_ids, index)
@@ -152,7 +138,7 @@ def load_stanford(root: Path) -> tuple[dict[str, datasets.Dataset], dict[str, st
         "train": datasets.Dataset.from_dict({"image": train_paths, "label": train_labels}, features=features),
         "val": datasets.Dataset.from_dict({"image": val_paths, "label": val_labels}, features=features),
     }
-    return splits, _read_words(root / "words.txt")
+    return Raw(splits=splits, kind=kind, names_by_id=_read_words(root / "words.txt"))
 
 
 def _class_ids(root: Path) -> list[str]:
@@ -193,7 +179,7 @@ def _train_images(root: Path, class_ids: list[str], index: dict[str, int]) -> tu
     for wnid in class_ids:
         class_dir = train_dir / wnid
         image_dir = class_dir / "images" if (class_dir / "images").is_dir() else class_dir
-        images = _list_images(image_dir)
+        images = sorted(p for p in image_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
         if not images:
             raise DataError(f"Training folder {image_dir} holds no images; every wnid needs at least one.")
         train_paths += [str(p) for p in images]
