@@ -1,7 +1,5 @@
-"""All validation of a :class:`~tiny_transformers.config.FinetuneConfig`: one function per config section (its
-fields' ranges and rules), then the rules that relate sections. :func:`validate` runs them all before any process group
-or data loader starts and raises :class:`ConfigError` with one sentence naming the field and the fix.
-"""
+"""All validation of a :class:`~tiny_transformers.config.FinetuneConfig`: one function per config section, then the
+rules that relate sections, run by :func:`validate` before any process group or data loader starts."""
 
 from __future__ import annotations
 
@@ -30,12 +28,6 @@ from .hub import hub_repo, is_repo_id
 def world_size_from_env() -> int:
     """Processes in this launch, read before any process group exists (accelerate launch and torchrun set it)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def _valid_batch_sizes(micro_batch_size: int, num_processes: int, around: int) -> list[int]:
-    unit = micro_batch_size * num_processes
-    below = max(unit, (around // unit) * unit)
-    return sorted({below, below + unit})
 
 
 def _check_speed_options(o: OptimConfig, t: TrainConfig, cuda_available: bool) -> None:
@@ -67,7 +59,6 @@ def _check_speed_options(o: OptimConfig, t: TrainConfig, cuda_available: bool) -
 
 def validate(config: FinetuneConfig, num_processes: int | None = None, cuda_available: bool | None = None) -> None:
     """Check every field before anything starts; raise :class:`ConfigError` with one sentence on the first problem.
-    Each section's own fields first (their ranges, then their rules), then the rules that relate sections.
 
     >>> config = FinetuneConfig(train=TrainConfig(batch_size=100, micro_batch_size=64))
     >>> validate(config, num_processes=1)  # doctest: +ELLIPSIS
@@ -235,8 +226,7 @@ def _validate_train(t: TrainConfig, num_processes: int) -> None:
         _check_trackers(t.log_with)
     for variable, plugin in (("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"), ("ACCELERATE_USE_FSDP", "FSDP")):
         if os.environ.get(variable, "false").lower() == "true":
-            # DeepSpeed's engine owns accumulation and steps inside backward(); FSDP shards what best/ and
-            # last/ export. Neither can run here (no GPU) to be verified: refuse rather than train wrongly.
+            # DeepSpeed owns accumulation and steps in backward(); FSDP shards what best/ and last/ export: untested
             raise ConfigError(
                 f"accelerate launch was configured for {plugin}, which tiny_transformers does not support yet; "
                 "launch with plain data parallelism (accelerate config: 'multi-GPU', no FSDP/DeepSpeed), see "
@@ -244,11 +234,10 @@ def _validate_train(t: TrainConfig, num_processes: int) -> None:
             )
     unit = t.micro_batch_size * num_processes
     if t.batch_size % unit:
+        below = max(unit, t.batch_size // unit * unit)
         raise ConfigError(
             f"train.batch_size {t.batch_size} is not a multiple of train.micro_batch_size {t.micro_batch_size} "
-            f"x {num_processes} process(es) = {unit}; use "
-            f"{' or '.join(map(str, _valid_batch_sizes(t.micro_batch_size, num_processes, t.batch_size)))}, "
-            "or change train.micro_batch_size."
+            f"x {num_processes} process(es) = {unit}; use {below} or {below + unit}, or change train.micro_batch_size."
         )
 
 
