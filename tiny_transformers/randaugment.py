@@ -11,15 +11,14 @@ round one uint8 level off at rare pixels, and the draws come from the CUDA gener
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
-import torchvision.transforms.functional as F
 import torchvision.transforms.v2.functional as F2
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import RandAugment as _TorchvisionRandAugment
+from torchvision.transforms.autoaugment import _apply_op as _torchvision_op
 
 __all__ = ["BatchRandAugment", "resize_uint8"]
 
@@ -60,39 +59,11 @@ def _is_identity(name: str, magnitude: float) -> bool:
 
 
 def _apply_op(images: torch.Tensor, name: str, magnitude: float) -> torch.Tensor:
-    """torchvision.transforms.autoaugment._apply_op with its RandAugment defaults (NEAREST, fill None), batched."""
-    nearest = InterpolationMode.NEAREST
-    if name == "ShearX":
-        shear = [math.degrees(math.atan(magnitude)), 0.0]
-        return F.affine(images, 0.0, [0, 0], 1.0, shear, interpolation=nearest, fill=None, center=[0, 0])
-    if name == "ShearY":
-        shear = [0.0, math.degrees(math.atan(magnitude))]
-        return F.affine(images, 0.0, [0, 0], 1.0, shear, interpolation=nearest, fill=None, center=[0, 0])
-    if name == "TranslateX":
-        return F.affine(images, 0.0, [int(magnitude), 0], 1.0, [0.0, 0.0], interpolation=nearest, fill=None)
-    if name == "TranslateY":
-        return F.affine(images, 0.0, [0, int(magnitude)], 1.0, [0.0, 0.0], interpolation=nearest, fill=None)
-    if name == "Rotate":
-        return F.rotate(images, magnitude, interpolation=nearest, fill=None)
-    if name == "Brightness":
-        return F.adjust_brightness(images, 1.0 + magnitude)
-    if name == "Color":
-        return F.adjust_saturation(images, 1.0 + magnitude)
-    if name == "Contrast":
-        return F.adjust_contrast(images, 1.0 + magnitude)
-    if name == "Sharpness":
-        return F.adjust_sharpness(images, 1.0 + magnitude)
-    if name == "Posterize":
-        return F2.posterize(images, int(magnitude))
-    if name == "Solarize":
-        return F2.solarize(images, magnitude)
-    if name == "AutoContrast":
-        return F.autocontrast(images)
+    """torchvision's own RandAugment op with its defaults (NEAREST, fill None), on a batch; Equalize from v2,
+    vectorised over the batch (v1 loops over images and channels) and integer arithmetic, so equal bit for bit."""
     if name == "Equalize":
-        return F2.equalize(images)  # vectorised over the batch; v1 loops over images and channels
-    if name == "Identity":
-        return images
-    raise ValueError(f"unknown RandAugment op {name!r}")
+        return F2.equalize(images)
+    return _torchvision_op(images, name, magnitude, interpolation=InterpolationMode.NEAREST, fill=None)
 
 
 @lru_cache(maxsize=32)
