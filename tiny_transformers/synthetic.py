@@ -83,10 +83,9 @@ def write_stanford_layout(
     (staging / "wnids.txt").write_text("".join(f"{wnid}\n" for wnid in wnids))
     if words:
         (staging / "words.txt").write_text("".join(f"{wnid}\t{names}\n" for wnid, names in words))
-    boxes: dict[str, list[str]] = {}
+    boxes: dict[str, list[str]] = {wnid: [] for wnid in wnids}
     for wnid in wnids:
         (staging / "train" / wnid / "images").mkdir(parents=True)
-        boxes[wnid] = []
     for image in train:
         (staging / "train" / image.wnid / "images" / image.name).write_bytes(image.data)
         boxes[image.wnid].append("\t".join(map(str, (image.name, *image.box))) + "\n")
@@ -131,10 +130,8 @@ def _pixels(rng: np.random.Generator, label: int, n_classes: int, height: int, w
 def _encode_kind(array: np.ndarray, kind: str) -> tuple[str, bytes]:
     """(file suffix, bytes) of the RGB ``array`` written as ``kind`` (the PNG kinds change the extension)."""
     image = Image.fromarray(array)
-    if kind == "L":
-        return ".JPEG", encode(image.convert("L"), quality=90)
-    if kind == "CMYK":
-        return ".JPEG", encode(image.convert("CMYK"), quality=90)
+    if kind in ("L", "CMYK"):
+        return ".JPEG", encode(image.convert(kind), quality=90)
     if kind == "P":
         return ".png", encode(image.quantize(colors=32), "PNG")
     if kind == "RGBA":
