@@ -110,18 +110,12 @@ def _load_data(cfg: DataConfig) -> DataBundle:
 
     skipped = 0
     if cfg.skip_corrupt:
-        train, skipped_train = _drop_corrupt(train, "train", cfg.native_size)
-        eval_, skipped_eval = _drop_corrupt(eval_, "eval", cfg.native_size)
-        skipped = len(skipped_train) + len(skipped_eval)
+        train, bad_train = _drop_corrupt(train, "train", cfg.native_size)
+        eval_, bad_eval = _drop_corrupt(eval_, "eval", cfg.native_size)
+        skipped = len(bad_train) + len(bad_eval)
         if skipped:
-            first = ", ".join(skipped_train[:3] + skipped_eval[:3])
-            logger.warning(
-                "Skipped %d unreadable image(s) (%d train, %d eval), e.g. %s.",
-                skipped,
-                len(skipped_train),
-                len(skipped_eval),
-                first,
-            )
+            counts = (skipped, len(bad_train), len(bad_eval), ", ".join(bad_train[:3] + bad_eval[:3]))
+            logger.warning("Skipped %d unreadable image(s) (%d train, %d eval), e.g. %s.", *counts)
         for split_name, split in (("train", train), ("eval", eval_)):
             if len(split) == 0:
                 raise DataError(f"Every image of the {split_name} split of data.source '{source}' is unreadable.")
