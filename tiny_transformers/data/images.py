@@ -24,7 +24,6 @@ from ..errors import DataError
 IMAGE_EXTENSIONS = frozenset(
     {".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".jfif"}
 )
-SKIP_CORRUPT_HINT = "set --data.skip_corrupt true to skip and count unreadable images"
 
 
 def _to_rgb(img: PIL.Image.Image) -> PIL.Image.Image:
@@ -84,7 +83,7 @@ def decode_image(image: Mapping[str, Any] | PIL.Image.Image, native_size: int) -
     except Exception as error:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
         raise DataError(
             f"Cannot read image {where} ({type(error).__name__}: {error}); replace or delete the file, or "
-            f"{SKIP_CORRUPT_HINT}."
+            "set --data.skip_corrupt true to skip and count unreadable images."
         ) from error
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
