@@ -99,8 +99,7 @@ class BatchAugment:
         return x.sub_(mean).div_(std)  # torchvision's Normalize arithmetic, in place on this fresh tensor
 
     def train(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Model inputs and soft targets (B, num_classes) for one training micro-batch (on the host with
-        ``augment.timm_randaugment``, moved to the device after it)."""
+        """Model inputs and soft targets (B, num_classes) for one training micro-batch."""
         if self.host_randaugment is not None:
             images = self._host_randaugment(images)
         if self.official:
@@ -119,8 +118,7 @@ class BatchAugment:
         return x, targets
 
     def _host_randaugment(self, images: torch.Tensor) -> torch.Tensor:
-        """timm's RandAugment on each image of a uint8 batch as a PIL image (what timm's loaders do), then the
-        batch on the training device."""
+        """timm's RandAugment on each image of a uint8 batch as a PIL image, then the batch on the training device."""
         arrays = images.permute(0, 2, 3, 1).cpu().numpy()
         out = np.stack([np.asarray(self.host_randaugment(PIL.Image.fromarray(a))) for a in arrays])
         return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous().to(self.device, non_blocking=True)

@@ -226,8 +226,7 @@ def load_with_builder(folder: Path, builder: str, data_files: DataFilesDict) -> 
     if builder == "parquet":
         _refuse_mixed_label_kinds([file for split in (train, eval_) for file in data_files[split]])
     what = f"The parquet files under '{folder}'" if builder == "parquet" else f"The imagefolder tree '{folder}'"
-    # drop_labels=False keeps the label column even with a single class folder (datasets drops it otherwise);
-    # its ClassLabel names are the sorted folder names of all splits together.
+    # drop_labels=False keeps the label column (sorted folder names) even with a single class folder
     options = {"drop_labels": False} if builder == "imagefolder" else {}
     try:
         loaded = datasets.load_dataset(builder, data_files=data_files, **options)

@@ -102,8 +102,7 @@ def extract_stanford_zip(zip_path: Path) -> Path:
 
 
 def read_text(path: Path) -> str:
-    """The text of a UTF-8 file, a leading byte-order mark dropped (Windows editors write one), or a DataError
-    naming the line of the first byte that is not UTF-8."""
+    """A UTF-8 file's text without a leading byte-order mark, or a DataError naming the line of a non-UTF-8 byte."""
     data = path.read_bytes()
     body = data[len(codecs.BOM_UTF8) :] if data.startswith(codecs.BOM_UTF8) else data
     try:
