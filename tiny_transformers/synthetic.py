@@ -150,8 +150,7 @@ def make_stanford(
     are greyscale and CMYK JPEGs, palette and RGBA PNGs, a .jpg and one not size x size; the first val image is grey.
     """
     rng = np.random.default_rng(seed)
-    wnids = [f"n0{(1443537 + 7919 * i * (i + 3)) % 10**7:07d}" for i in range(n_classes)]
-    wnids = sorted(set(wnids))
+    wnids = sorted({f"n0{(1443537 + 7919 * i * (i + 3)) % 10**7:07d}" for i in range(n_classes)})
     assert len(wnids) == n_classes
     listed = wnids[1:][::-1] + wnids[:1]  # not sorted (for n_classes > 1): labels must not follow file order
     words = [("n09999999", "unrelated thing, other")]
