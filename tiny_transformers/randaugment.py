@@ -162,12 +162,8 @@ class BatchRandAugment:
             order = torch.tensor([i for key in keys for i in groups[key]])
             if images.is_cuda:  # from pinned memory, asynchronously: a pageable copy would wait for the GPU's queue
                 order = order.pin_memory().to(images.device, non_blocking=True)
-            start = 0
-            for key in keys:
-                op, negative = key
+            for (op, negative), index in zip(keys, order.split([len(groups[key]) for key in keys])):
                 name, magnitude, _ = table[op]
-                index = order[start : start + len(groups[key])]
-                start += len(groups[key])
                 out.index_copy_(
                     0, index, _apply_op(out.index_select(0, index), name, -magnitude if negative else magnitude)
                 )
