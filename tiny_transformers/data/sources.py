@@ -231,22 +231,17 @@ def _refuse_missing_labels(ds: datasets.Dataset, split: str, source: str) -> Non
 def _relabel(ds: datasets.Dataset, mapping: Mapping[Any, int], class_ids: list[str]) -> datasets.Dataset:
     features = datasets.Features({"image": datasets.Image(decode=False), "label": datasets.ClassLabel(names=class_ids)})
     return ds.map(
-        _MapLabels(dict(mapping)),
+        _map_labels,
         batched=True,
         input_columns="label",
+        fn_kwargs={"mapping": dict(mapping)},  # hashed into the cache's fingerprint with the function
         features=features,
         desc="Ordering labels by sorted class id",
     )
 
 
-class _MapLabels:
-    """old label -> new index, as a class so datasets can hash it for its cache."""
-
-    def __init__(self, mapping: dict[Any, int]) -> None:
-        self.mapping = mapping
-
-    def __call__(self, labels: list[Any]) -> dict[str, list[int]]:
-        return {"label": [self.mapping[label] for label in labels]}
+def _map_labels(labels: list[Any], mapping: dict[Any, int]) -> dict[str, list[int]]:
+    return {"label": [mapping[label] for label in labels]}
 
 
 def _normalise_labels(
