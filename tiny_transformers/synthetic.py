@@ -231,18 +231,12 @@ def make_hf_splits(folder: Path) -> datasets.DatasetDict:
     records = stanford_records(folder)
     class_ids = sorted({wnid for wnid, _, _ in records["train"]})
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=class_ids)})
-    return datasets.DatasetDict(
-        {
-            out_split: datasets.Dataset.from_dict(
-                {
-                    "image": [{"bytes": path.read_bytes(), "path": name} for _, name, path in records[split]],
-                    "label": [class_ids.index(wnid) for wnid, _, _ in records[split]],
-                },
-                features=features,
-            )
-            for out_split, split in (("train", "train"), ("valid", "val"))
-        }
-    )
+    splits = {}
+    for out_split, split in (("train", "train"), ("valid", "val")):
+        images = [{"bytes": path.read_bytes(), "path": name} for _, name, path in records[split]]
+        labels = [class_ids.index(wnid) for wnid, _, _ in records[split]]
+        splits[out_split] = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+    return datasets.DatasetDict(splits)
 
 
 def make_saved(folder: Path, out: Path) -> Path:
