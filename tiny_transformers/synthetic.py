@@ -116,15 +116,10 @@ _NAMES = ["goldfish", "school bus", "teapot", "lemon", "volcano", "umbrella", "b
 _TRAIN_SPECIALS = {1: "L", 3: "CMYK", 5: "P", 7: "RGBA", 9: "jpg", 11: "odd-size"}
 
 
-def _class_colour(label: int, n_classes: int) -> np.ndarray:
-    """Well separated mean colours, so a tiny model learns the classes in a few steps."""
-    r, g, b = colorsys.hsv_to_rgb(label / max(n_classes, 1), 0.8, 0.85)
-    return np.array([r, g, b]) * 255.0
-
-
 def _pixels(rng: np.random.Generator, label: int, n_classes: int, height: int, width: int) -> np.ndarray:
-    noise = rng.normal(0.0, 18.0, size=(height, width, 3))
-    return np.clip(_class_colour(label, n_classes) + noise, 0, 255).astype(np.uint8)
+    """Noise around well separated class colours, so a tiny model learns the classes in a few steps."""
+    colour = np.array(colorsys.hsv_to_rgb(label / max(n_classes, 1), 0.8, 0.85)) * 255.0
+    return np.clip(colour + rng.normal(0.0, 18.0, size=(height, width, 3)), 0, 255).astype(np.uint8)
 
 
 def _encode_kind(array: np.ndarray, kind: str) -> tuple[str, bytes]:
