@@ -78,9 +78,7 @@ class BatchAugment:
     def resize_normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, h, w) -> float32 (B, 3, S, S), the evaluation path: bicubic resize (the official uint8 one
         with ``official`` preprocessing), clamped to [0, 1], normalized."""
-        if self.official:
-            return self._normalize(resize_uint8(images, self.image_size))
-        return self._normalize(images)
+        return self._normalize(resize_uint8(images, self.image_size) if self.official else images)
 
     def _normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 -> float32 in [0, 1], resized with antialiasing when not yet at the model's size, normalized."""
@@ -109,10 +107,7 @@ class BatchAugment:
             ops, signs = self.randaugment.draw(len(images), device="cpu")
             images = self.randaugment.apply(images, ops, signs)
         x = self._normalize(images)
-        if self.mixup is not None:
-            x, targets = self._mix(x, labels)
-        else:
-            targets = self.targets(labels)
+        x, targets = self._mix(x, labels) if self.mixup is not None else (x, self.targets(labels))
         if self.erasing is not None:
             x = self.erasing(x)
         return x, targets
