@@ -171,8 +171,7 @@ def _load_local(path: Path) -> Raw:
             ".parquet file; give one of those or a folder."
         )
 
-    stanford = find_stanford_root(path)
-    if stanford is not None:
+    if (stanford := find_stanford_root(path)) is not None:
         return load_stanford(stanford, kind="stanford")
     if (path / "dataset_dict.json").is_file():
         return Raw(splits=load_saved(path), kind="saved")
