@@ -56,8 +56,7 @@ class ModelConfig:
     # the new classifier head's initialisation: timm's, or linear: reset_classifier's nn.Linear (the official code's)
     head_init: Literal["timm", "linear"] = "timm"
     drop_path_rate: float = 0.1  # stochastic depth inside the backbone (paper 2.2), a probability in [0, 1]
-    # recompute each block's activations in the backward pass (timm's set_grad_checkpointing): less memory, about
-    # one more forward of compute, same gradients
+    # timm's set_grad_checkpointing: activations recomputed in backward; less memory, one more forward, same gradients
     grad_checkpointing: bool = False
     # attention with fewer memory passes, same outputs to float rounding (attention.use_fast_attention): CaiT's
     # talking heads rewritten, Swin's window attention fused; refused for a model with neither
@@ -83,8 +82,7 @@ class DataConfig:
     # paper's uint8 bicubic resize (a = -0.75, no antialiasing, rounded), RandAugment at image_size (docs/recipes.md)
     preprocess: Literal["default", "official"] = "default"
     drop_last: bool = False  # drop each epoch's last partial micro-batch, as the official loader does
-    # loader processes per training process; None: up to 4, within this machine's cores shared by the launch's
-    # processes (engine.loader_workers)
+    # loader processes per training process; None: up to 4, within the launch's share of the cores (engine.py)
     num_workers: int | None = resumable(None)
     skip_corrupt: bool = False  # False: stop at the first unreadable image, naming it; True: scan, skip and count them
     max_train_samples: int | None = None  # use a fixed random subset of N training images (quick experiments)
@@ -172,8 +170,7 @@ class TrainConfig:
     # torch.compile: full mode, the whole model in place; head mode, the frozen backbone's forward only, once per
     # run at fixed batch sizes (backbone.compile_backbone: 2 graphs, train and eval); docs/benchmarks.md
     compile: bool = False
-    # exponential moving average of the weights, updated after every optimizer update (timm's ModelEmaV3) and
-    # evaluated every epoch beside the raw weights; 0: off; e.g. 0.9998
+    # EMA of the weights (timm's ModelEmaV3), updated every optimizer update, evaluated every epoch; 0: off; e.g. 0.9998
     ema_decay: float = 0.0
     ema_warmup: bool = False  # ramp the EMA decay up over the first updates (timm's use_warmup)
     # head mode: keep what the frozen backbone hands the head (features.py), computed once per run (the training
