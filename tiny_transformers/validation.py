@@ -7,6 +7,7 @@ import dataclasses
 import math
 import os
 import re
+import shutil
 import types
 import typing
 from pathlib import Path
@@ -35,8 +36,6 @@ def _check_speed_options(o: OptimConfig, t: TrainConfig, cuda_available: bool) -
 
     >>> _check_speed_options(OptimConfig(fused=True), TrainConfig(), cuda_available=False)  # torch >= 2.4 here
     """
-    import shutil
-
     import torch
 
     version = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
