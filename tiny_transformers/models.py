@@ -300,6 +300,4 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 def unwrap_logits(output: torch.Tensor | tuple) -> torch.Tensor:
     """Logits from a forward pass; distilled DeiT returns (head, head_dist) only in distillation training."""
-    if isinstance(output, (tuple, list)):
-        return (output[0] + output[1]) / 2
-    return output
+    return (output[0] + output[1]) / 2 if isinstance(output, (tuple, list)) else output
