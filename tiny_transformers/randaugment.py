@@ -106,10 +106,7 @@ class BatchRandAugment:
         self.op_names: tuple[str, ...] = tuple(name for name, _, _ in table)
 
     def draw(
-        self,
-        batch_size: int,
-        device: torch.device | str | None = None,
-        generator: torch.Generator | None = None,
+        self, batch_size: int, device: torch.device | str | None = None, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Each image's ops and signs: two int64 (batch_size, num_ops) tensors from one ``torch.randint`` call.
 
