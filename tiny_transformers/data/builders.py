@@ -16,8 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import pyarrow as pa  # datasets' own dependency, already imported by it
+import pyarrow.parquet as pq
 from datasets.data_files import DataFilesDict, DataFilesList, get_data_patterns
 from datasets.load import infer_module_for_data_files
+from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 
 from ..errors import DataError
 from ..hub import offline
@@ -141,8 +144,6 @@ def load_parquet_file(file: Path) -> Raw:
 def _parquet_rows(file: str) -> int:
     if Path(file).stat().st_size == 0:
         return 0
-    import pyarrow.parquet as pq  # datasets' own dependency
-
     try:
         return pq.read_metadata(file).num_rows
     except Exception as error:  # pyarrow.ArrowInvalid: not parquet, or truncated
@@ -153,9 +154,6 @@ def _parquet_rows(file: str) -> int:
 
 def _label_kind(file: str) -> tuple[str, str] | None:
     """(column, 'class indices' or 'class names') of a parquet file's label column, from its schema alone."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     schema = pq.read_schema(file)
     for column in ("label", "labels"):
         if column in schema.names:
@@ -186,8 +184,6 @@ def _refuse_mixed_label_kinds(files: list[str]) -> None:
 def _refuse_nested_class_folders(folder: Path, split: str, files: list[str]) -> None:
     """imagefolder labels an image by its parent folder's name, so ``train/<class>/sub/x.jpg`` would make a class
     named ``sub``: every image of a split must sit directly in a class folder of one split folder."""
-    from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
-
     extensions = {ext.lower() for ext in ImageFolder.EXTENSIONS}
     class_dirs = {Path(f).parent for f in files if Path(f).suffix.lower() in extensions}
     if len({d.parent for d in class_dirs}) <= 1:
