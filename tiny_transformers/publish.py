@@ -8,14 +8,12 @@ or the run's own ``export/``) and is swapped in whole. A push never changes a lo
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import shlex
 import shutil
 import sys
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,13 +146,8 @@ def retry_command(output_dir: str | Path, hub: HubConfig) -> str:
     >>> retry_command("outputs/run", HubConfig(model_id="me/vit", private=True))
     'tiny-transformers push outputs/run --hub.model_id me/vit --hub.private true'
     """
-    parts = [
-        "tiny-transformers",
-        "push",
-        shlex.quote(str(output_dir)),
-        "--hub.model_id",
-        hub.model_id or "YOUR-USER/MODEL-NAME",
-    ]
+    model_id = hub.model_id or "YOUR-USER/MODEL-NAME"
+    parts = ["tiny-transformers push", shlex.quote(str(output_dir)), "--hub.model_id", model_id]
     if hub.private:
         parts += ["--hub.private", "true"]
     if hub.weights != "last":
@@ -247,18 +240,6 @@ def _upload(
             f"{hub_io.explain(error, str(hub.model_id))}. Nothing local was lost (the run's files are in "
             f"place); retry with: {retry_command(output_dir, hub)}"
         ) from error
-
-
-def _reported(output_dir: str | Path, hub: HubConfig, push: Callable[[], str]) -> tuple[str | None, str]:
-    """Run ``push`` and print its outcome (the commit URL, or :func:`_failed`'s line); never raises.
-    Returns (commit URL or None, the line printed)."""
-    try:
-        url = push()
-    except Exception as error:  # noqa: BLE001 - publishing is an extra: whatever breaks it, training's result stands
-        return None, _failed(output_dir, hub, error)
-    line = f"pushed to https://huggingface.co/{hub.model_id} ({url})"
-    print(line, flush=True)
-    return url, line
 
 
 def _failed(output_dir: str | Path, hub: HubConfig, error: Exception) -> str:
@@ -415,7 +396,11 @@ class BackgroundPublisher:
                 snapshot, self._pending = self._pending, None
                 self._uploading = snapshot
             try:
-                url, line = _reported(self.output_dir, self.hub, functools.partial(self._send, snapshot))
+                url = self._send(snapshot)
+                line = f"pushed to https://huggingface.co/{self.hub.model_id} ({url})"
+                print(line, flush=True)
+            except Exception as error:  # noqa: BLE001 - a push never fails the run
+                url, line = None, _failed(self.output_dir, self.hub, error)
             finally:
                 shutil.rmtree(snapshot.folder, ignore_errors=True)
                 with self._lock:
