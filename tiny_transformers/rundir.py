@@ -237,14 +237,9 @@ class RunSummary:
         """The last epoch's metrics: what the run reports and what ``last/`` holds."""
         return self.history[-1]
 
-    @property
-    def best(self) -> dict[str, Any]:
-        """The epoch of highest top-1, the first on ties (the one whose weights are in ``best/``)."""
-        return best_record(self.history)
-
     def record_for(self, weights: Literal["last", "best"]) -> dict[str, Any]:
         """The metrics of the weights in ``last/`` or ``best/`` (:func:`saved_scores`)."""
-        return saved_scores(self.best if weights == "best" else self.final, weights)
+        return saved_scores(best_record(self.history) if weights == "best" else self.final, weights)
 
     @property
     def paper(self) -> PaperModel | None:
