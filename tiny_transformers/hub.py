@@ -130,11 +130,7 @@ def explain(error: BaseException, repo_id: str) -> str:
         return f"the owner '{owner}' or the repo was not found, or the token cannot see it ({first_line})"
     if status is not None:
         return f"the Hub answered {status} ({first_line})"
-    if (
-        isinstance(error, (ConnectionError, TimeoutError, OSError))
-        or "connect" in type(error).__name__.lower()
-        or "timeout" in type(error).__name__.lower()
-    ):
+    if isinstance(error, OSError) or any(word in type(error).__name__.lower() for word in ("connect", "timeout")):
         return f"the Hub could not be reached ({first_line})"
     return f"{type(error).__name__}: {first_line}"
 
