@@ -385,9 +385,7 @@ def load_probe_head(
             f"model.head_from '{location}' has no head that fits this model ({wrong[0]}: {shape} there, "
             f"{tuple(own[wrong[0]].shape)} here); give a probe of the same model and classes."
         )
-    with torch.no_grad():
-        for key, tensor in own.items():
-            tensor.copy_(saved[key])
+    model.load_state_dict({key: saved[key] for key in own}, strict=False)
     return folder
 
 
