@@ -47,36 +47,26 @@ def write_errno(error: BaseException) -> int | None:
     return errno.ENOSPC if any(t in text for t in ("No space left", "file write failed", "unexpected pos")) else None
 
 
-def write_error(path: str | Path, error: BaseException) -> RunFileError | None:
-    """The one sentence for a write of ``path`` that failed for want of space or permission (the file, the cause, the
-    fix); None for any other error.
-
-    >>> print(write_error("out/last/model.safetensors", OSError(errno.ENOSPC, "No space left")))  # doctest: +ELLIPSIS
-    Writing 'out/last/model.safetensors' failed: No space left on device (ENOSPC); free some space on that disk, ...
-    """
-    code = write_errno(error)
-    if code not in _WRITE_FIXES:
-        return None
-    return RunFileError(
-        f"Writing '{path}' failed: {os.strerror(code)} ({errno.errorcode[code]}); {_WRITE_FIXES[code]}, then run the "
-        "same command again (what was written before is intact)."
-    )
-
-
 @contextlib.contextmanager
 def writing(path: str | Path) -> Iterator[None]:
-    """Turn a full disk or a read-only folder met while writing ``path`` into :func:`write_error`'s sentence.
+    """Turn a full disk or a read-only folder met while writing ``path`` into one sentence (the file, the cause, the
+    fix); any other error passes through.
 
-    >>> with writing("out/training_curves.png"):  # doctest: +SKIP
-    ...     figure.savefig("out/training_curves.png")
+    >>> with writing("out/last/model.safetensors"):  # doctest: +ELLIPSIS
+    ...     raise OSError(errno.ENOSPC, "No space left")
+    Traceback (most recent call last):
+    tiny_transformers.runfiles.RunFileError: Writing 'out/last/model.safetensors' failed: No space left on device ...
     """
     try:
         yield
     except Exception as error:  # noqa: BLE001 - OSError, safetensors' and torch's errors carry the same errno
-        sentence = write_error(path, error)
-        if sentence is None:
+        code = write_errno(error)
+        if code not in _WRITE_FIXES:
             raise
-        raise sentence from error
+        raise RunFileError(
+            f"Writing '{path}' failed: {os.strerror(code)} ({errno.errorcode[code]}); {_WRITE_FIXES[code]}, then run "
+            "the same command again (what was written before is intact)."
+        ) from error
 
 
 def write_atomic(path: str | Path, text: str) -> Path:
