@@ -232,14 +232,9 @@ class RunSummary:
     def folder(self) -> RunDir:
         return RunDir(self.output_dir)
 
-    @property
-    def final(self) -> dict[str, Any]:
-        """The last epoch's metrics: what the run reports and what ``last/`` holds."""
-        return self.history[-1]
-
     def record_for(self, weights: Literal["last", "best"]) -> dict[str, Any]:
         """The metrics of the weights in ``last/`` or ``best/`` (:func:`saved_scores`)."""
-        return saved_scores(best_record(self.history) if weights == "best" else self.final, weights)
+        return saved_scores(best_record(self.history) if weights == "best" else self.history[-1], weights)
 
     @property
     def paper(self) -> PaperModel | None:
@@ -324,7 +319,7 @@ def best_record(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def read_run(output_dir: str | Path) -> RunSummary:
     """Read ``config.json``, ``metrics.jsonl`` and ``labels.json`` of a run's output directory.
 
-    >>> read_run("outputs/run").final["top1"]  # doctest: +SKIP
+    >>> read_run("outputs/run").history[-1]["top1"]  # doctest: +SKIP
     86.5
     """
     run = RunDir(Path(output_dir).expanduser().resolve())
