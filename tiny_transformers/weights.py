@@ -5,7 +5,7 @@ loaded as the frozen teacher of distillation."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import timm
@@ -195,19 +195,13 @@ def build_trained_model(weights: TrainedWeights, num_classes: int | None = None)
     >>> model = build_trained_model(describe_trained_weights("outputs/run/best")).eval()  # doctest: +SKIP
     """
     classes = num_classes if num_classes is not None else weights.num_classes
+    cfg = ModelConfig(name=weights.timm_name, pretrained=False, train_mode="full", drop_path_rate=0.0)
     if weights.lora is not None:  # a lora checkpoint: built as its run built it, loaded, adapters merged (lora.py)
-        cfg = ModelConfig(
-            name=weights.timm_name, pretrained=False, train_mode="lora", drop_path_rate=0.0, **weights.lora
-        )
-        return load_merged(build_model(cfg, classes, weights.image_size), weights.weights_file)
-    cfg = ModelConfig(
-        name=weights.timm_name,
-        pretrained=False,
-        checkpoint=str(weights.weights_file),
-        train_mode="full",
-        drop_path_rate=0.0,
+        lora = build_model(replace(cfg, train_mode="lora", **weights.lora), classes, weights.image_size)
+        return load_merged(lora, weights.weights_file)
+    return build_model(
+        replace(cfg, checkpoint=str(weights.weights_file)), classes, weights.image_size, trained_head=True
     )
-    return build_model(cfg, classes, weights.image_size, trained_head=True)
 
 
 class TeacherInput(nn.Module):
