@@ -150,21 +150,18 @@ def download_model(location: str) -> Path:
             f"model.checkpoint '{location}' is not a Hub model id; write it as hf-hub:owner/name."
         ) from error
     except Exception as error:  # noqa: BLE001 - offline, not found, no access: each gets its own sentence below
+        local = "pass a local folder written by `tiny-transformers export`"
         if isinstance(error, hf_errors.LocalEntryNotFoundError) or offline():
             reason = "HF_HUB_OFFLINE is set" if offline() else "the Hub cannot be reached"
-            raise ModelError(
-                f"model.checkpoint '{location}' is not in the local Hugging Face cache and {reason}; connect (and "
-                "unset HF_HUB_OFFLINE) to download it, or pass a local folder written by `tiny-transformers export`."
-            ) from error
-        if isinstance(error, hf_errors.RepositoryNotFoundError) or _status(error) in (401, 403, 404):
-            raise ModelError(
-                f"model.checkpoint '{location}' was not found on the Hub, or is private and needs a token; check the "
-                f"id, or {LOGIN_HINT}."
-            ) from error
-        raise ModelError(
-            f"model.checkpoint '{location}' could not be downloaded ({explain(error, repo_id)}); retry, or "
-            "pass a local folder written by `tiny-transformers export`."
-        ) from error
+            why = (
+                f"is not in the local Hugging Face cache and {reason}; connect (and unset HF_HUB_OFFLINE) to download "
+                f"it, or {local}"
+            )
+        elif isinstance(error, hf_errors.RepositoryNotFoundError) or _status(error) in (401, 403, 404):
+            why = f"was not found on the Hub, or is private and needs a token; check the id, or {LOGIN_HINT}"
+        else:
+            why = f"could not be downloaded ({explain(error, repo_id)}); retry, or {local}"
+        raise ModelError(f"model.checkpoint '{location}' {why}.") from error
 
 
 def download_checkpoint(repo_id: str, into: Path) -> Path:
