@@ -70,11 +70,8 @@ def writing(path: str | Path) -> Iterator[None]:
 
 
 def write_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` whole or not at all (a temporary file in the same folder, then ``os.replace``).
-
-    >>> write_atomic(Path("outputs/run/labels.json"), "{}")  # doctest: +SKIP
-    PosixPath('outputs/run/labels.json')
-    """
+    """Write ``text`` to ``path`` whole or not at all (a temporary file in the same folder, then ``os.replace``),
+    e.g. ``write_atomic(run / "labels.json", "{}")``; returns ``path``."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

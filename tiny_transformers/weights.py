@@ -95,12 +95,8 @@ class TrainedWeights:
 
 
 def trained_folder(location: str | Path) -> Path:
-    """The folder of trained weights ``location`` names: a run's output dir is read as its ``best/`` (the weights it
-    chose as its best), any other path as it is.
-
-    >>> trained_folder("outputs/run")  # doctest: +SKIP
-    PosixPath('outputs/run/best')
-    """
+    """The folder of trained weights ``location`` names: a run's output dir is read as its ``best/`` (``outputs/run``
+    -> ``outputs/run/best``), any other path as it is."""
     folder = Path(location).expanduser()
     best = RunDir(folder).weights("best")
     if not (folder / WEIGHTS_FILE).is_file() and (best / WEIGHTS_FILE).is_file() and (best / CONFIG_FILE).is_file():
