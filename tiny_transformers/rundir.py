@@ -409,10 +409,9 @@ class RunLock:
     def _holder(self) -> dict[str, Any] | None:
         """The holder the lock file names; None when it is empty or unreadable."""
         try:
-            holder = json.loads(self.path.read_text())
-        except (OSError, ValueError):
+            return read_json(self.path)
+        except RunFileError:
             return None
-        return holder if isinstance(holder, dict) else None
 
 
 def process_alive(pid: Any) -> bool:
