@@ -271,8 +271,7 @@ class _Snapshot:
     folder: Path  # a copy of the run's small files and published weights (a run folder of its own)
     epochs: int
     checkpoint: Path | None  # the checkpoint's files, hard-linked into folder/last-checkpoint
-    # no finished epoch with weights to publish yet (preempted in the first epoch, or a Hub-resumed run's fresh
-    # folder): only last-checkpoint/ is sent, so the run can still continue elsewhere
+    # only last-checkpoint/ is sent: no finished epoch to publish yet (preempted early, a Hub-resumed run's folder)
     checkpoint_only: bool = False
     checkpoint_name: str = ""  # the checkpoint's folder in the run, e.g. step_00000300
 
