@@ -352,10 +352,7 @@ def is_main_launch_process() -> bool:
 class RunLock:
     """The run folder held by one run for its whole life: ``filelock`` locks ``.lock`` (released by the kernel however
     the process dies), which names the holder for the refusal. Taking over a dead holder's file is said aloud.
-
-    >>> with RunLock(RunDir(Path("outputs/vit_l"))):  # doctest: +SKIP
-    ...     train()
-    """
+    Used as ``with RunLock(RunDir(Path("outputs/vit_l"))): ...`` around the whole run."""
 
     def __init__(self, folder: RunDir, enabled: bool = True) -> None:
         self.folder, self.enabled, self.created = folder, enabled, False

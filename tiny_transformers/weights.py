@@ -106,11 +106,8 @@ def trained_folder(location: str | Path) -> Path:
 
 def describe_trained_weights(location: str | Path) -> TrainedWeights:
     """Read an exported folder (timm ``save_for_hf``), a run's output dir (its ``best/``), a training checkpoint or
-    ``hf-hub:owner/name`` (downloaded): ``model.checkpoint`` of ``evaluate`` and ``predict``.
-
-    >>> describe_trained_weights("outputs/run/best").timm_name  # doctest: +SKIP
-    'vit_large_patch16_384'
-    """
+    ``hf-hub:owner/name`` (downloaded): ``model.checkpoint`` of ``evaluate`` and ``predict``. E.g.
+    ``describe_trained_weights("outputs/run/best").timm_name`` is ``'vit_large_patch16_384'`` for a ViT-L run."""
     if hub.hub_repo(location) is not None:
         location = hub.download_model(str(location))
     folder = trained_folder(location)
@@ -186,10 +183,8 @@ def _folder_weights(folder: Path) -> TrainedWeights:
 
 def build_trained_model(weights: TrainedWeights, num_classes: int | None = None) -> nn.Module:
     """The model in ``weights`` with its trained head, for inference (no drop path); ``num_classes`` defaults to
-    the recorded one, and a head of another size is refused, whatever config.json says.
-
-    >>> model = build_trained_model(describe_trained_weights("outputs/run/best")).eval()  # doctest: +SKIP
-    """
+    the recorded one, and a head of another size is refused, whatever config.json says. E.g.
+    ``build_trained_model(describe_trained_weights("outputs/run/best")).eval()``."""
     classes = num_classes if num_classes is not None else weights.num_classes
     cfg = ModelConfig(name=weights.timm_name, pretrained=False, train_mode="full", drop_path_rate=0.0)
     if weights.lora is not None:  # a lora checkpoint: built as its run built it, loaded, adapters merged (lora.py)
@@ -234,12 +229,8 @@ def build_teacher(
     """The frozen, eval-mode teacher of distillation: any location :func:`describe_trained_weights` reads, or a timm
     model name (its pretrained weights). Refused in one sentence when its classes, label order (``class_ids``),
     image size, ``preprocess`` or ``native_size`` differ from the student's data; with ``student`` (the student's
-    (mean, std)), another mean/std is converted on the device (:class:`TeacherInput`).
-
-    >>> teacher = build_teacher("outputs/swin_l/best", num_classes=200, image_size=384)  # doctest: +SKIP
-    >>> teacher.training, any(p.requires_grad for p in teacher.parameters())  # doctest: +SKIP
-    (False, False)
-    """
+    (mean, std)), another mean/std is converted on the device (:class:`TeacherInput`). E.g.
+    ``build_teacher("outputs/swin_l/best", num_classes=200, image_size=384)``."""
     what = f"distill.teacher '{location}'"
     folder = Path(location).expanduser()
     if hub.hub_repo(location) is not None or folder.exists():
@@ -334,11 +325,8 @@ def load_probe_head(
 ) -> Path:
     """Put the trained head(s) of a head-mode run (``model.head_from``: a run folder's ``best/`` or an exported
     folder) into ``model`` on its pretrained backbone: fine-tuning starts where the probe ended. Returns the folder
-    used. Refused in one sentence: no weights, another model, classes, inputs or head shape, or a full run.
-
-    >>> load_probe_head(model, "outputs/vit_l", "vit_l", data.class_ids, config.data)  # doctest: +SKIP
-    PosixPath('outputs/vit_l/best')
-    """
+    used (``outputs/vit_l/best`` for ``outputs/vit_l``). Refused in one sentence: no weights, another model,
+    classes, inputs or head shape, or a full run."""
     folder = trained_folder(location)
     if not (folder / WEIGHTS_FILE).is_file() or not (folder / CONFIG_FILE).is_file():
         raise ConfigError(
