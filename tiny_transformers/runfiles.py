@@ -71,7 +71,7 @@ def writing(path: str | Path) -> Iterator[None]:
 
 def write_atomic(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` whole or not at all (a temporary file in the same folder, then ``os.replace``),
-    e.g. ``write_atomic(run / "labels.json", "{}")``; returns ``path``."""
+    e.g. ``write_atomic(folder / "notes.json", "{}")``; returns ``path``."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
