@@ -244,11 +244,10 @@ def _upload(
 
 def _failed(output_dir: str | Path, hub: HubConfig, error: Exception) -> str:
     """Print a failed push's warning, the error and the retry command, and return it."""
-    text = (
-        clean_message(error)
-        if isinstance(error, TinyTransformersError)
-        else (f"Exporting or pushing '{output_dir}' failed ({type(error).__name__}: {error}).")
-    )
+    if isinstance(error, TinyTransformersError):
+        text = clean_message(error)
+    else:
+        text = f"Exporting or pushing '{output_dir}' failed ({type(error).__name__}: {error})."
     if "tiny-transformers push" not in text:
         text += f" The run's files are intact; push them later with: {retry_command(output_dir, hub)}"
     print(f"warning: {text}", file=sys.stderr, flush=True)
