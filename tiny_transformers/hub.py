@@ -71,8 +71,7 @@ def is_hub_id(text: str) -> bool:
         return False
     if Path(text).expanduser().exists() or text.count("/") > 1 or (os.sep != "/" and os.sep in text):
         return False
-    first = text.split("/")[0]
-    if "/" in text and (Path(text).suffix or Path(first).is_dir()):
+    if "/" in text and (Path(text).suffix or Path(text.split("/")[0]).is_dir()):
         return False
     try:
         validate_repo_id(text)
