@@ -1,8 +1,6 @@
 """Talking to the Hugging Face Hub: offline mode, Hub ids, downloading a model, uploading a folder, and what a
-failed call means in words. Everything the library sends to or fetches from the Hub goes through here.
-
-Authentication is huggingface_hub's own: the ``HF_TOKEN`` environment variable or a token stored by
-``hf auth login`` (``huggingface-cli login`` in older versions).
+failed call means in words. Everything the library sends to or fetches from the Hub goes through here; the token
+is huggingface_hub's own (``HF_TOKEN`` or ``hf auth login``).
 """
 
 from __future__ import annotations
@@ -47,10 +45,8 @@ def is_repo_id(text: str) -> bool:
 
 
 def offline() -> bool:
-    """Whether Hugging Face's offline mode is on (``HF_HUB_OFFLINE`` or ``HF_DATASETS_OFFLINE``), however it was set.
-
-    huggingface_hub reads the variables once at import; the environment is read too, so a variable set later
-    (a notebook, a test) counts.
+    """Whether Hugging Face's offline mode is on (``HF_HUB_OFFLINE`` or ``HF_DATASETS_OFFLINE``), also when set
+    after huggingface_hub read them at import (a notebook, a test).
 
     >>> import os; os.environ["HF_HUB_OFFLINE"] = "1"; offline()
     True
@@ -60,12 +56,9 @@ def offline() -> bool:
 
 
 def is_hub_id(text: str) -> bool:
-    """Whether ``text`` names a repo on the Hub (``owner/name`` or a bare ``name``) rather than a local path.
-
-    A string is a path when it exists on disk, starts with ``.``, ``/`` or ``~``, ends in ``.zip``/``.parquet``,
-    holds the path separator twice (more parts than ``owner/name``), has a file suffix after its slash
-    (``data/train.v2``), has a first component that is a local folder (``data/nope`` where ``data/`` exists: a
-    missing path, not a Hub id), or is not a valid repo id (huggingface_hub's ``validate_repo_id``).
+    """Whether ``text`` names a repo on the Hub (``owner/name`` or a bare ``name``) rather than a local path: a valid
+    repo id that does not exist on disk, look like a path (``./``, ``~``, ``.zip``, ``a/b/c``, a file suffix after its
+    slash) or start with a local folder (``data/nope`` where ``data/`` exists: a missing path, not a Hub id).
 
     >>> is_hub_id("zh-plus/tiny-imagenet"), is_hub_id("./tiny-imagenet-200"), is_hub_id("data/a/b"), is_hub_id("x.zip")
     (True, False, False, False)
@@ -78,8 +71,7 @@ def is_hub_id(text: str) -> bool:
         return False
     if Path(text).expanduser().exists() or text.count("/") > 1 or (os.sep != "/" and os.sep in text):
         return False
-    first = text.split("/")[0]
-    if "/" in text and (Path(text).suffix or Path(first).is_dir()):
+    if "/" in text and (Path(text).suffix or Path(text.split("/")[0]).is_dir()):
         return False
     try:
         validate_repo_id(text)
@@ -92,25 +84,19 @@ def upload_folder(
     folder: Path, repo_id: str, private: bool, message: str, files: Sequence[str], delete: Sequence[str] = ()
 ) -> str:
     """Create ``repo_id`` when missing (``private``) and upload the ``files`` of ``folder`` (names or patterns) in one
-    commit that also deletes the repo's files matching ``delete`` and not uploaded again; returns the commit URL.
-    Errors are huggingface_hub's own: :func:`explain` puts them in words.
-
-    A commit is atomic: an interrupted upload leaves the repo as it was. (huggingface_hub with hf_xet splits a
-    folder of more than 256 files into several commits; the folders uploaded here hold about fifteen.)
-
-    >>> upload_folder(Path("outputs/run/export"), "me/vit", False, "first", ["model.safetensors"])  # doctest: +SKIP
-    'https://huggingface.co/me/vit/commit/3f2c...'
+    atomic commit that also deletes the repo's files matching ``delete`` and not uploaded again; returns the commit
+    URL (``https://huggingface.co/me/vit/commit/3f2c...``). Errors are huggingface_hub's own (:func:`explain`).
+    (hf_xet splits a folder of over 256 files into several commits; these hold about fifteen.)
     """
-    api = HfApi()  # token: HF_TOKEN or the one stored by `hf auth login`, as huggingface_hub always does
+    api = HfApi()
     api.create_repo(repo_id, private=private, repo_type="model", exist_ok=True)
-    extra = {"delete_patterns": list(delete)} if delete else {}
     info = api.upload_folder(
         repo_id=repo_id,
         folder_path=str(folder),
         repo_type="model",
         commit_message=message,
         allow_patterns=list(files),
-        **extra,
+        delete_patterns=list(delete) or None,
     )
     return str(getattr(info, "commit_url", None) or f"https://huggingface.co/{repo_id}")
 
@@ -141,19 +127,14 @@ def explain(error: BaseException, repo_id: str) -> str:
         return f"the owner '{owner}' or the repo was not found, or the token cannot see it ({first_line})"
     if status is not None:
         return f"the Hub answered {status} ({first_line})"
-    if (
-        isinstance(error, (ConnectionError, TimeoutError, OSError))
-        or "connect" in type(error).__name__.lower()
-        or "timeout" in type(error).__name__.lower()
-    ):
+    if isinstance(error, OSError) or any(word in type(error).__name__.lower() for word in ("connect", "timeout")):
         return f"the Hub could not be reached ({first_line})"
     return f"{type(error).__name__}: {first_line}"
 
 
 def download_model(location: str) -> Path:
-    """The local folder (Hugging Face cache) of ``hf-hub:owner/name``: its config.json and weights only.
-
-    Works offline when the model is already in the cache.
+    """The local folder (Hugging Face cache) of ``hf-hub:owner/name``: its config.json and weights only (offline
+    when already cached).
 
     >>> download_model("hf-hub:me/vit-l-tiny-imagenet")  # doctest: +SKIP
     PosixPath('/home/me/.cache/huggingface/hub/models--me--vit-l-tiny-imagenet/snapshots/3f2c...')
@@ -166,26 +147,23 @@ def download_model(location: str) -> Path:
             f"model.checkpoint '{location}' is not a Hub model id; write it as hf-hub:owner/name."
         ) from error
     except Exception as error:  # noqa: BLE001 - offline, not found, no access: each gets its own sentence below
+        local = "pass a local folder written by `tiny-transformers export`"
         if isinstance(error, hf_errors.LocalEntryNotFoundError) or offline():
             reason = "HF_HUB_OFFLINE is set" if offline() else "the Hub cannot be reached"
-            raise ModelError(
-                f"model.checkpoint '{location}' is not in the local Hugging Face cache and {reason}; connect (and "
-                "unset HF_HUB_OFFLINE) to download it, or pass a local folder written by `tiny-transformers export`."
-            ) from error
-        if isinstance(error, hf_errors.RepositoryNotFoundError) or _status(error) in (401, 403, 404):
-            raise ModelError(
-                f"model.checkpoint '{location}' was not found on the Hub, or is private and needs a token; check the "
-                f"id, or {LOGIN_HINT}."
-            ) from error
-        raise ModelError(
-            f"model.checkpoint '{location}' could not be downloaded ({explain(error, repo_id)}); retry, or "
-            "pass a local folder written by `tiny-transformers export`."
-        ) from error
+            why = (
+                f"is not in the local Hugging Face cache and {reason}; connect (and unset HF_HUB_OFFLINE) to download "
+                f"it, or {local}"
+            )
+        elif isinstance(error, hf_errors.RepositoryNotFoundError) or _status(error) in (401, 403, 404):
+            why = f"was not found on the Hub, or is private and needs a token; check the id, or {LOGIN_HINT}"
+        else:
+            why = f"could not be downloaded ({explain(error, repo_id)}); retry, or {local}"
+        raise ModelError(f"model.checkpoint '{location}' {why}.") from error
 
 
 def download_checkpoint(repo_id: str, into: Path) -> Path:
-    """Download the :data:`CHECKPOINT_DIR` folder of ``repo_id`` (pushed with ``hub.strategy checkpoint``) into the
-    folder ``into``; returns ``into / CHECKPOINT_DIR``. Raises :class:`CheckpointError` with the cause in words.
+    """Download the :data:`CHECKPOINT_DIR` folder of ``repo_id`` (``hub.strategy checkpoint``'s) into ``into`` and
+    return it; :class:`CheckpointError` with the cause in words.
 
     >>> download_checkpoint("me/vit-l-tiny-imagenet", Path("outputs/run/checkpoints/.tmp-hub"))  # doctest: +SKIP
     PosixPath('outputs/run/checkpoints/.tmp-hub/last-checkpoint')

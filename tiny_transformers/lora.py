@@ -1,12 +1,7 @@
-"""``model.train_mode lora``, through the peft library: low-rank adapters on the backbone's linear layers, the
-classifier head(s) trained whole (peft's ``modules_to_save``), and the way back to a plain timm model.
-
-A LoRA model is peft's ``PeftModel`` around the timm model; attributes the library reads (``pretrained_cfg``,
-``set_distilled_training``, ...) reach the timm model through it, and checkpoints hold its state dict (peft's
-parameter names). What leaves a run as weights is plain timm: :func:`plain_model` merges the adapters into a copy
-(peft's ``merge_and_unload``), so ``best/`` and ``last/`` load in timm and transformers as in the other modes;
-:func:`save_adapter` also writes the adapter alone (peft's ``save_pretrained``) into their ``adapter/`` folder.
-peft is imported only here and only in LoRA mode (an optional dependency: ``pip install 'tiny_transformers[lora]'``).
+"""``model.train_mode lora`` through peft: low-rank adapters on the backbone's linear layers, the head(s) trained
+whole (``modules_to_save``). Checkpoints hold peft's names; ``best/`` and ``last/`` hold plain timm weights
+(:func:`plain_model`) and the adapter alone (:func:`save_adapter`). peft, an optional dependency, is imported only
+here and only in LoRA mode.
 """
 
 from __future__ import annotations
@@ -40,8 +35,7 @@ def require_peft() -> None:
 
 
 def head_names(model: nn.Module) -> list[str]:
-    """The classifier head(s) timm names in the model's ``pretrained_cfg`` (``head``; distilled DeiT's ``head`` and
-    ``head_dist``; Swin's ``head.fc``): what LoRA mode trains whole.
+    """The classifier head(s) the model's ``pretrained_cfg`` names: what LoRA mode trains whole.
 
     >>> head_names(timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False))
     ['head', 'head_dist']
@@ -51,8 +45,7 @@ def head_names(model: nn.Module) -> list[str]:
 
 
 def target_names(model: nn.Module, targets: tuple[str, ...] | list[str]) -> list[str]:
-    """Full names of the backbone's ``nn.Linear`` layers whose last name is one of ``targets`` (the heads and any
-    convolution, e.g. the patch embedding's ``proj``, excluded).
+    """Full names of the backbone's ``nn.Linear`` layers (heads excluded) whose last name is one of ``targets``.
 
     >>> target_names(timm.create_model("test_vit", pretrained=False), ("qkv", "proj"))[:3]
     ['blocks.0.attn.qkv', 'blocks.0.attn.proj', 'blocks.1.attn.qkv']
@@ -80,8 +73,8 @@ def _require_targets(model: nn.Module, cfg: ModelConfig) -> list[str]:
 
 
 def check_targets(cfg: ModelConfig) -> None:
-    """Refuse, before any data loads, ``model.lora_targets`` that name no linear layer of the model (built on the
-    meta device: shapes only). Nothing to check outside LoRA mode.
+    """Refuse, before any data loads, ``model.lora_targets`` that name no linear layer of the model (on the meta
+    device).
 
     >>> check_targets(ModelConfig(name="test_vit", train_mode="lora", lora_targets=("query",)))  # doctest: +ELLIPSIS
     Traceback (most recent call last):
@@ -96,9 +89,8 @@ def check_targets(cfg: ModelConfig) -> None:
 
 
 def add_lora(model: nn.Module, cfg: ModelConfig) -> nn.Module:
-    """``model`` (a timm model, changed in place) inside peft's ``PeftModel``: a LoRA adapter of ``cfg.lora_rank``
-    on each layer :func:`target_names` finds, its heads trained whole; every other parameter frozen. The adapters
-    start at zero (peft's ``B = 0``), so the model computes what ``model`` did.
+    """``model`` (changed in place) inside peft's ``PeftModel``: a LoRA adapter on each layer :func:`target_names`
+    finds, the heads trained whole, the rest frozen; the adapters start at zero, so it computes what ``model`` did.
 
     >>> model = add_lora(timm.create_model("test_vit", pretrained=False, num_classes=4), ModelConfig(name="test_vit"))
     >>> sorted({n.split(".lora_")[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters() if ".lora_" in n})
@@ -125,8 +117,8 @@ def is_lora(model: nn.Module) -> bool:
 
 
 def plain_model(model: nn.Module) -> nn.Module:
-    """The plain timm model of ``model``: itself, or for a LoRA model a copy with its adapters merged into the
-    weights and its trained heads in place (peft's ``merge_and_unload``); the LoRA model keeps training.
+    """The plain timm model of ``model``: itself, or a LoRA model's copy with its adapters merged (peft's
+    ``merge_and_unload``); the LoRA model keeps training.
 
     >>> model = add_lora(timm.create_model("test_vit", pretrained=False, num_classes=4), ModelConfig(name="test_vit"))
     >>> plain_model(model).state_dict().keys() == timm.create_model("test_vit", num_classes=4).state_dict().keys()
@@ -138,15 +130,13 @@ def plain_model(model: nn.Module) -> nn.Module:
 
 
 def save_adapter(model: nn.Module, folder: Path) -> None:
-    """Write the adapters and the trained heads alone (peft's ``save_pretrained``: ``adapter_model.safetensors`` and
-    ``adapter_config.json``), loadable onto the run's base model with ``peft.PeftModel.from_pretrained``."""
+    """Write the adapters and trained heads alone (peft's ``save_pretrained``), for ``PeftModel.from_pretrained``."""
     with writing(Path(folder) / "adapter_model.safetensors"):
         model.save_pretrained(str(folder))
 
 
 def load_merged(model: nn.Module, weights_file: Path) -> nn.Module:
-    """A LoRA training checkpoint's weights (peft's names) loaded into ``model``, built as that run built it, and
-    returned as its :func:`plain_model` (for evaluation, prediction, a teacher)."""
+    """A LoRA checkpoint's weights (peft's names) loaded into ``model``, built as its run built it, and merged."""
     state = timm.models.load_state_dict(str(weights_file))
     try:
         model.load_state_dict(state)

@@ -1,34 +1,19 @@
-"""Sharing a finished run: a timm-compatible folder with a model card, exported locally or pushed to the Hub.
+"""Sharing a finished run: a timm-compatible folder with a model card (:data:`EXPORT_FILES`), exported locally or
+pushed to the Hub (docs/publishing.md says what goes where, and when).
 
-The exported folder holds :data:`EXPORT_FILES`:
-
-- ``model.safetensors`` and ``config.json``: the run's ``last/`` (or ``best/``, with ``hub.weights best``)
-  as timm's ``save_for_hf`` wrote them: architecture, ``num_classes``, ``label_names`` (the class ids),
-  ``label_descriptions`` (readable names) and a ``pretrained_cfg`` with the input size, mean/std and
-  interpolation used in training, so ``timm.create_model("hf-hub:owner/name", pretrained=True)`` loads it;
-- ``README.md``: the model card (card.py);
-- ``training_curves.png`` and ``metrics.jsonl``;
-
-and, in a folder other than the run's own ``export/``, :data:`~tiny_transformers.rundir.EXPORT_MARKER` (never
-uploaded), which lets the next export replace it: a folder holding anything else is refused. The folder is built
-beside its place and swapped in once complete.
-
-Never checkpoints or optimizer state; with ``hub.strategy checkpoint`` a push also sends the newest training
-checkpoint to the repo's ``last-checkpoint/`` (replacing the previous one in the same commit), beside the export.
-A failed push raises :class:`PublishError` naming the cause and the retry command; a push never changes or removes
-the run's local files. During training, :class:`BackgroundPublisher` pushes without stopping the steps.
+An export replaces only a previous export (its mark :data:`~tiny_transformers.rundir.EXPORT_MARKER`, never uploaded,
+or the run's own ``export/``) and is swapped in whole. A push never changes a local file; a failed one raises
+:class:`PublishError` naming the cause and the retry command. :class:`BackgroundPublisher` pushes during training.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import shlex
 import shutil
 import sys
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,10 +48,8 @@ _RERUN = "run the training command again (it resumes from the newest checkpoint 
 
 
 def export_run(output_dir: str | Path, hub: HubConfig | None = None, folder: str | Path | None = None) -> Path:
-    """Write the timm-compatible folder of a run (:data:`EXPORT_FILES`) and return it; nothing is uploaded.
-
-    ``folder`` defaults to ``<output_dir>/export``; an existing folder is replaced only if it holds nothing but
-    a previous export, so no other file is ever deleted.
+    """Write the timm-compatible folder of a run (:data:`EXPORT_FILES`), by default ``<output_dir>/export``, and
+    return it; nothing is uploaded, and a folder holding anything but a previous export is refused.
 
     >>> export_run("outputs/run", HubConfig(model_id="me/vit-l-tiny-imagenet"))  # doctest: +SKIP
     PosixPath('/home/me/outputs/run/export')
@@ -75,10 +58,8 @@ def export_run(output_dir: str | Path, hub: HubConfig | None = None, folder: str
 
 
 def _export(run: RunSummary, hub: HubConfig, folder: str | Path | None, checked: bool = False) -> Path:
-    """``checked``: the caller already knows the weights are finite (training checks them before it writes best/
-    and last/), so they are not read here. A push during training must not run torch ops on its thread: that
-    thread would start a second OpenMP thread team, and the training thread's CPU ops then ran 2.0-2.6x slower
-    for the rest of the run (2 cores; benchmarks/push_overlap.py, docs/benchmarks.md)."""
+    """``checked``: the weights are known finite (training checks them before it writes best/ and last/), so they
+    are not read: a background push runs no torch op, which slows training (docs/benchmarks.md, Hub pushes)."""
     validate_hub(hub)
     source = weights_folder(run, hub.weights)
     target = Path(folder).expanduser().resolve() if folder else run.folder.export
@@ -89,8 +70,7 @@ def _export(run: RunSummary, hub: HubConfig, folder: str | Path | None, checked:
     if not checked:
         read_json(source / CONFIG_FILE, fix=_RERUN.format(source.name))  # the card reads it
         _check_finite(source / WEIGHTS_FILE)
-    # Built beside the target and swapped in once complete: a kill mid-export keeps the previous export, and what
-    # it left (named after its process) is removed by the next export.
+    # built beside the target and swapped in whole: a kill keeps the previous export; the next removes what it left
     leftovers = re.escape(f".{target.name}.") + "(?:tmp|old)-"
     if remove_dead_owners(target.parent, leftovers):
         print(f"removed what an export killed mid-write left beside {target}", flush=True)
@@ -166,13 +146,8 @@ def retry_command(output_dir: str | Path, hub: HubConfig) -> str:
     >>> retry_command("outputs/run", HubConfig(model_id="me/vit", private=True))
     'tiny-transformers push outputs/run --hub.model_id me/vit --hub.private true'
     """
-    parts = [
-        "tiny-transformers",
-        "push",
-        shlex.quote(str(output_dir)),
-        "--hub.model_id",
-        hub.model_id or "YOUR-USER/MODEL-NAME",
-    ]
+    model_id = hub.model_id or "YOUR-USER/MODEL-NAME"
+    parts = ["tiny-transformers push", shlex.quote(str(output_dir)), "--hub.model_id", model_id]
     if hub.private:
         parts += ["--hub.private", "true"]
     if hub.weights != "last":
@@ -202,12 +177,9 @@ def commit_message(run: RunSummary, hub: HubConfig) -> str:
 def push_run(
     output_dir: str | Path, hub: HubConfig, folder: str | Path | None = None, message: str | None = None
 ) -> str:
-    """Export ``output_dir`` (see :func:`export_run`) and upload that folder to ``hub.model_id``; returns the commit
-    URL.
-
-    The repo is created (``hub.private``) when missing. Only :data:`EXPORT_FILES` are uploaded, and with
-    ``hub.strategy checkpoint`` the newest training checkpoint as ``last-checkpoint/``. A failure raises
-    :class:`PublishError` with the cause and the command to retry; local files are never touched.
+    """Export ``output_dir`` (:func:`export_run`) and upload :data:`EXPORT_FILES` (and with ``hub.strategy
+    checkpoint`` the newest checkpoint as ``last-checkpoint/``) to ``hub.model_id``, created when missing; returns
+    the commit URL. A failure raises :class:`PublishError` with the cause and the retry command.
 
     >>> push_run("outputs/run", HubConfig(model_id="me/vit-l-tiny-imagenet"))  # doctest: +SKIP
     'https://huggingface.co/me/vit-l-tiny-imagenet/commit/3f2c...'
@@ -231,9 +203,14 @@ def _newest_checkpoint(output_dir: Path) -> Path:
 
 
 def _push(
-    run: RunSummary, hub: HubConfig, folder: str | Path | None, message: str | None, output_dir: Path,
-    checkpoint: Path | None, checked: bool = False,
-) -> str:  # fmt: skip
+    run: RunSummary,
+    hub: HubConfig,
+    folder: str | Path | None,
+    message: str | None,
+    output_dir: Path,
+    checkpoint: Path | None,
+    checked: bool = False,
+) -> str:
     """Export ``run`` into ``folder`` and upload it, with ``checkpoint`` as last-checkpoint/ when given; errors name
     ``output_dir`` (``run`` may be a snapshot of it). ``checked``: as for :func:`_export`."""
     exported = _export(run, hub, folder, checked)
@@ -265,34 +242,16 @@ def _upload(
         ) from error
 
 
-def publish_after_training(output_dir: str | Path, hub: HubConfig) -> str | None:
-    """:func:`push_run` for ``finetune``: prints the outcome and never raises, so a failed export or push cannot
-    lose a finished run's result. Returns the commit URL, or None when it failed.
-
-    >>> publish_after_training("outputs/run", HubConfig(push=True, model_id="me/vit"))  # doctest: +SKIP
-    'https://huggingface.co/me/vit/commit/3f2c...'
-    """
-    return _reported(output_dir, hub, lambda: push_run(output_dir, hub))[0]
-
-
-def _reported(output_dir: str | Path, hub: HubConfig, push: Callable[[], str]) -> tuple[str | None, str]:
-    """Run ``push`` and print its outcome (the commit URL, or the error and the retry command); never raises.
-    Returns (commit URL or None, the line printed)."""
-    try:
-        url = push()
-    except Exception as error:  # noqa: BLE001 - publishing is an extra: whatever breaks it, training's result stands
-        text = (
-            clean_message(error)
-            if isinstance(error, TinyTransformersError)
-            else (f"Exporting or pushing '{output_dir}' failed ({type(error).__name__}: {error}).")
-        )
-        if "tiny-transformers push" not in text:
-            text += f" The run's files are intact; push them later with: {retry_command(output_dir, hub)}"
-        print(f"warning: {text}", file=sys.stderr, flush=True)
-        return None, f"warning: {text}"
-    line = f"pushed to https://huggingface.co/{hub.model_id} ({url})"
-    print(line, flush=True)
-    return url, line
+def _failed(output_dir: str | Path, hub: HubConfig, error: Exception) -> str:
+    """Print a failed push's warning, the error and the retry command, and return it."""
+    if isinstance(error, TinyTransformersError):
+        text = clean_message(error)
+    else:
+        text = f"Exporting or pushing '{output_dir}' failed ({type(error).__name__}: {error})."
+    if "tiny-transformers push" not in text:
+        text += f" The run's files are intact; push them later with: {retry_command(output_dir, hub)}"
+    print(f"warning: {text}", file=sys.stderr, flush=True)
+    return f"warning: {text}"
 
 
 @dataclass
@@ -311,8 +270,7 @@ class _Snapshot:
     folder: Path  # a copy of the run's small files and published weights (a run folder of its own)
     epochs: int
     checkpoint: Path | None  # the checkpoint's files, hard-linked into folder/last-checkpoint
-    # no finished epoch with weights to publish yet (preempted in the first epoch, or a Hub-resumed run's fresh
-    # folder): only last-checkpoint/ is sent, so the run can still continue elsewhere
+    # only last-checkpoint/ is sent: no finished epoch to publish yet (preempted early, a Hub-resumed run's folder)
     checkpoint_only: bool = False
     checkpoint_name: str = ""  # the checkpoint's folder in the run, e.g. step_00000300
 
@@ -325,12 +283,10 @@ class _Snapshot:
 
 
 class BackgroundPublisher:
-    """Pushes during training without stopping it: :meth:`submit` takes a snapshot of what the push sends (a copy of
-    ``metrics.jsonl`` and the published weights, the checkpoint hard-linked) and returns; one worker thread exports
-    and uploads it (no torch op on it: see :func:`_export`). At most one upload is in flight; a push submitted
-    meanwhile waits, and a newer one replaces it (latest wins: the skipped one is printed). :meth:`wait` (also on
-    leaving the ``with`` block) lets the last upload end and returns every push's :class:`PushResult`; each outcome
-    is printed when it is known. A failed push never raises and never touches the run's files.
+    """Pushes during training without stopping it (docs/publishing.md, Background pushes): :meth:`submit` takes a
+    snapshot and returns; one worker thread exports and uploads it. One upload in flight, a newer pending push
+    replaces an older one (latest wins); :meth:`wait`, also on leaving the ``with`` block, returns every push's
+    :class:`PushResult`. A failed push never raises and never touches the run's files.
 
     >>> with BackgroundPublisher("outputs/run", HubConfig(push=True, model_id="me/vit")) as pushes:  # doctest: +SKIP
     ...     pushes.submit()  # after an epoch: the snapshot is taken now, the upload runs in the background
@@ -359,14 +315,13 @@ class BackgroundPublisher:
         try:
             snapshot = self._snapshot(self._submitted, checkpoint)
         except Exception as error:  # noqa: BLE001 - a push never fails the run
-            url, line = _reported(self.output_dir, self.hub, _raiser(error))
-            self._record(PushResult(self._submitted, _epochs_done(self.output_dir), url, line))
+            line = _failed(self.output_dir, self.hub, error)
+            self._record(PushResult(self._submitted, _epochs_done(self.output_dir), None, line))
             return
         with self._lock:
             replaced, self._pending = self._pending, snapshot
             if self._thread is None:
-                # not huggingface_hub's run_as_future: the interpreter joins its executor's thread at exit, so a push
-                # still running at train.preempt_seconds would hold the exit; a daemon thread is left behind instead
+                # a daemon thread, not run_as_future's executor, which the interpreter joins at exit (preemption)
                 self._thread = threading.Thread(target=self._work, name="hub-push", daemon=True)
                 self._thread.start()
         if replaced is not None:
@@ -376,9 +331,8 @@ class BackgroundPublisher:
             self._record(PushResult(replaced.number, replaced.epochs, None, line))
 
     def wait(self, timeout: float | None = None) -> list[PushResult]:
-        """Let the upload in flight and the pending push end, for at most ``timeout`` seconds (None: as long as they
-        take); every push's result so far, oldest first. A push still running at the timeout is left behind (its
-        thread dies with the process), reported with the retry command; the run's files are untouched."""
+        """Let the upload in flight and the pending push end, for at most ``timeout`` seconds (None: no limit); every
+        push's result so far, oldest first. A push still running at the timeout is left behind, and reported."""
         with self._lock:
             thread, busy = self._thread, [s for s in (self._uploading, self._pending) if s is not None]
         if thread is not None:
@@ -405,8 +359,8 @@ class BackgroundPublisher:
         return sorted(self.results, key=lambda result: result.number)
 
     def _snapshot(self, number: int, checkpoint: Path | None) -> _Snapshot:
-        """What the push sends, as it is now, under the run's .hub-push/: the weights to publish are copied (the next
-        epoch rewrites them in place), the checkpoint hard-linked (checkpoints are never rewritten)."""
+        """What the push sends, under the run's .hub-push/: the weights copied (the next epoch rewrites them), the
+        checkpoint hard-linked (never rewritten)."""
         source, folder = RunDir(self.output_dir), new_staging(self.output_dir, "snapshot")
         published = source.weights(self.hub.weights)
         checkpoint_only = self.hub.strategy == "checkpoint" and not (source.metrics.is_file() and published.is_dir())
@@ -440,7 +394,11 @@ class BackgroundPublisher:
                 snapshot, self._pending = self._pending, None
                 self._uploading = snapshot
             try:
-                url, line = _reported(self.output_dir, self.hub, functools.partial(self._send, snapshot))
+                url = self._send(snapshot)
+                line = f"pushed to https://huggingface.co/{self.hub.model_id} ({url})"
+                print(line, flush=True)
+            except Exception as error:  # noqa: BLE001 - a push never fails the run
+                url, line = None, _failed(self.output_dir, self.hub, error)
             finally:
                 shutil.rmtree(snapshot.folder, ignore_errors=True)
                 with self._lock:
@@ -473,13 +431,6 @@ def _epochs_done(output_dir: Path) -> int:
         return 0
 
 
-def _raiser(error: Exception) -> Callable[[], str]:
-    def push() -> str:
-        raise error
-
-    return push
-
-
 def push_warnings(output_dir: str | Path, hub: HubConfig) -> list[str]:
     """Problems that will make the push after training fail, told before training starts (not hours later).
 
@@ -488,15 +439,11 @@ def push_warnings(output_dir: str | Path, hub: HubConfig) -> list[str]:
     """
     if not hub.push:
         return []
-    later = f"the run's files will be kept; push them later with: {retry_command(output_dir, hub)}"
     if hub_io.offline():
-        return [
-            "hub.push is on but HF_HUB_OFFLINE is set, so the push will fail; unset it before training ends, "
-            f"or {later}"
-        ]
-    if hub_io.token() is None:
-        return [
-            "hub.push is on but no Hugging Face token was found, so the push will fail; "
-            f"{hub_io.LOGIN_HINT}, or {later}"
-        ]
-    return []
+        why = "HF_HUB_OFFLINE is set, so the push will fail; unset it before training ends"
+    elif hub_io.token() is None:
+        why = f"no Hugging Face token was found, so the push will fail; {hub_io.LOGIN_HINT}"
+    else:
+        return []
+    later = f"the run's files will be kept; push them later with: {retry_command(output_dir, hub)}"
+    return [f"hub.push is on but {why}, or {later}"]

@@ -1,6 +1,5 @@
-"""The run's ``.hub-push/``: what a Hub push in flight sends, one folder per push named after the process that owns
-it, and the removal of what pushes left when their process died mid-upload (publish.py pushes; rundir.py names the
-folder). The same owned names and removal serve the export's temporary folders.
+"""The run's ``.hub-push/``: what a Hub push in flight sends, one folder per push named after its process, and the
+removal of what a process that died mid-upload left (also for the export's temporary folders).
 """
 
 from __future__ import annotations
@@ -18,22 +17,15 @@ _names = itertools.count()
 
 
 def owned_name(prefix: str) -> str:
-    """A new name ``<prefix><pid>-<n>-<host>``: the folder says which process of which host owns it, so that
-    :func:`remove_dead_owners` can tell what a process that died left behind.
-
-    >>> owned_name("snapshot-")  # doctest: +SKIP
-    'snapshot-4121-0-gpu-node-7'
-    """
+    """A new name ``<prefix><pid>-<n>-<host>`` (e.g. ``snapshot-4121-0-gpu-node-7``), which tells
+    :func:`remove_dead_owners` the process that owns it."""
     return f"{prefix}{os.getpid()}-{next(_names)}-{socket.gethostname()}"
 
 
 def remove_dead_owners(parent: Path, prefix: str) -> list[Path]:
-    """Remove the folders under ``parent`` named by :func:`owned_name` (``prefix`` a regular expression) whose
-    process ran on this host and no longer runs, the rule ``RunLock`` follows; returns what was removed.
-
-    >>> remove_dead_owners(Path("outputs"), re.escape(".export.tmp-"))  # doctest: +SKIP
-    [PosixPath('outputs/.export.tmp-4121-0-gpu-node-7')]
-    """
+    """Remove the folders under ``parent`` named by :func:`owned_name` (``prefix``: a regular expression) of this
+    host's processes that no longer run (``RunLock``'s rule); returns them, e.g. ``[outputs/.export.tmp-4121-0-h]``
+    for ``prefix`` ``re.escape(".export.tmp-")``."""
     try:
         children = sorted(Path(parent).iterdir())
     except OSError:  # nothing there
@@ -48,12 +40,8 @@ def remove_dead_owners(parent: Path, prefix: str) -> list[Path]:
 
 
 def new_staging(output_dir: Path, kind: str) -> Path:
-    """A new empty folder under the run's ``.hub-push/`` (same file system: hard links work), named after the
-    process that owns it: ``<kind>-<pid>-<n>-<host>``. What dead processes left there is removed first.
-
-    >>> new_staging(Path("outputs/run"), "snapshot")  # doctest: +SKIP
-    PosixPath('outputs/run/.hub-push/snapshot-4121-0-gpu-node-7')
-    """
+    """A new empty folder under the run's ``.hub-push/`` (same file system: hard links work), e.g.
+    ``outputs/run/.hub-push/snapshot-4121-0-gpu-node-7``, after removing what dead processes left there."""
     remove_abandoned(output_dir, remove_empty=False)  # another thread may be making its folder here right now
     folder = RunDir(Path(output_dir)).push_staging / owned_name(f"{kind}-")
     shutil.rmtree(folder, ignore_errors=True)
@@ -62,16 +50,9 @@ def new_staging(output_dir: Path, kind: str) -> Path:
 
 
 def remove_abandoned(output_dir: str | Path, remove_empty: bool = True) -> list[Path]:
-    """Remove what pushes left under the run's ``.hub-push/`` when their process ended mid-upload (a push still
-    running at ``train.preempt_seconds``, a killed run): a snapshot holds a copy of the published weights (1.2 GB
-    for ViT-L) and keeps a pruned checkpoint's bytes through its hard links. Only folders of processes on this host
-    that no longer run are removed (:func:`remove_dead_owners`); with ``remove_empty`` the folder itself goes when
-    empty. Returns what was removed.
-
-    >>> remove_abandoned("outputs/run")  # doctest: +SKIP
-    removed 1 folder under outputs/run/.hub-push that a push left when its process (pid 4121) ended mid-upload
-    [PosixPath('outputs/run/.hub-push/snapshot-4121-3-gpu-node-7')]
-    """
+    """Remove what pushes left under the run's ``.hub-push/`` when their process ended mid-upload (a snapshot holds
+    a copy of the weights), by :func:`remove_dead_owners`, and says so (docs/publishing.md shows the line); with
+    ``remove_empty``, the folder too when empty. Returns what was removed."""
     staging = RunDir(Path(output_dir)).push_staging
     removed = remove_dead_owners(staging, "[a-z]+-")
     if removed:
@@ -90,12 +71,9 @@ def remove_abandoned(output_dir: str | Path, remove_empty: bool = True) -> list[
 
 
 def link_tree(source: Path, target: Path) -> None:
-    """``target`` with the files of ``source`` hard-linked (copied where links fail): instant, and the snapshot keeps
-    its bytes when the source is deleted later (a pruned checkpoint). Only for files that are replaced, never
-    rewritten in place: checkpoints (renamed into place whole) and the export (swapped in whole).
-
-    >>> link_tree(Path("run/checkpoints/step_00000300"), Path("run/.hub-push/upload-1-0-h/ckpt"))  # doctest: +SKIP
-    """
+    """``target`` with the files of ``source`` hard-linked (copied where links fail): instant, and kept when the
+    source is deleted (a pruned checkpoint). Only for files replaced whole, never rewritten in place (checkpoints,
+    the export), e.g. ``link_tree(run / "checkpoints/step_00000300", upload / "last-checkpoint")``."""
     for file in sorted(p for p in Path(source).rglob("*") if p.is_file()):
         destination = target / file.relative_to(source)
         destination.parent.mkdir(parents=True, exist_ok=True)

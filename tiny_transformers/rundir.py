@@ -1,22 +1,8 @@
-"""The run folder: the one module that knows where a run keeps each file, and reads and writes them.
+"""The run folder (``train.output_dir``): the one module that knows where a run keeps each file (README.md's
+"Outputs" lists them), and reads, writes and locks them.
 
-A run's ``train.output_dir``::
-
-    config.json                  the FinetuneConfig of the run (what --print-config shows)
-    labels.json                  {"class_ids": [...], "class_names": [...]}: the order of the head's outputs
-    metrics.jsonl                one JSON object per finished epoch
-    checkpoints/step_XXXXXXXX/   training checkpoints; checkpoint.py owns what is inside one
-    best/  last/                 trained weights as timm's save_for_hf writes them (model.safetensors, config.json)
-    best/adapter/  last/adapter/ lora mode: the adapter alone, as peft's save_pretrained writes it (lora.py)
-    export/                      the folder `tiny-transformers export` and `push` write (publish.py)
-    .hub-push/                   what a Hub push in flight sends (push_staging.py); removed after each push, or
-                                 by the next push or run end when its process died mid-push
-    training_curves.png  predictions.png  results.md      written by report.py at the end of training
-    finished.json                written last, after every other output of the run: the run is finished
-
-Every small file is written whole or not at all (:func:`write_atomic`) and read back through :func:`read_json`,
-which turns a missing, truncated or foreign file into one sentence naming it and the fix. Every other module takes
-these names from here; none spells a file name of the run folder itself.
+Every small file is written whole or not at all (:func:`write_atomic`) and read back through :func:`read_json`
+(a damaged file is one sentence naming it and the fix); no other module spells a file name of the run folder.
 """
 
 from __future__ import annotations
@@ -83,6 +69,11 @@ _FIXES = {
 }
 
 
+def _in_root(name: str) -> property:
+    """A :class:`RunDir` property: the path of ``name`` in the run folder."""
+    return property(lambda self: self.root / name, doc=f"``{name}`` in the run folder.")
+
+
 @dataclass(frozen=True)
 class RunDir:
     """The paths of one run folder, and its small files read and written in one place.
@@ -93,30 +84,12 @@ class RunDir:
     """
 
     root: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / CONFIG_FILE
-
-    @property
-    def labels(self) -> Path:
-        return self.root / LABELS_FILE
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / METRICS_FILE
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / CHECKPOINTS_DIR
-
-    @property
-    def export(self) -> Path:
-        return self.root / EXPORT_DIR
-
-    @property
-    def push_staging(self) -> Path:
-        return self.root / PUSH_STAGING_DIR
+    config = _in_root(CONFIG_FILE)
+    labels = _in_root(LABELS_FILE)
+    metrics = _in_root(METRICS_FILE)
+    checkpoints = _in_root(CHECKPOINTS_DIR)
+    export = _in_root(EXPORT_DIR)
+    push_staging = _in_root(PUSH_STAGING_DIR)
 
     def weights(self, which: Literal["best", "last"]) -> Path:
         """``best/`` (the epoch of highest top-1) or ``last/`` (the final epoch)."""
@@ -138,10 +111,8 @@ class RunDir:
     def write_start(
         self, config: FinetuneConfig, class_ids: Sequence[str], class_names: Sequence[str], source_kind: str = ""
     ) -> None:
-        """``config.json`` and ``labels.json`` (with the data's ``source_kind``: whether ``data.source`` was a Hub
-        dataset is a fact of the run, not of the folder an export runs in), written when a run starts (main process
-        only); a finished run that goes on (more train.epochs, or resumed) is unfinished again until
-        :meth:`write_finished`."""
+        """``config.json`` and ``labels.json`` (with the data's ``source_kind``), written when a run starts (main
+        process only); a finished run that goes on is unfinished again until :meth:`write_finished`."""
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / FINISHED_FILE).unlink(missing_ok=True)
         write_atomic(self.root / MARKER_FILE, json.dumps({"tiny_transformers_run": 1}))  # see claim()
@@ -155,9 +126,8 @@ class RunDir:
         write_atomic(self.metrics, "".join(json_line(record) + "\n" for record in history))
 
     def write_finished(self, history: Sequence[dict[str, Any]]) -> None:
-        """Mark the run finished, after every other output (``last/``, the report): ``metrics.jsonl`` is rewritten
-        from the history that ``last/`` was saved with, then ``finished.json``. A run without it is unfinished, and
-        the training command (or ``ablate``) resumes it."""
+        """Mark the run finished, after every other output: ``metrics.jsonl`` rewritten from the history ``last/``
+        was saved with, then ``finished.json`` (a run without it is resumed, by the training command or ``ablate``)."""
         self.write_metrics(history)
         write_atomic(self.root / FINISHED_FILE, json.dumps({"epochs": len(history)}))
 
@@ -188,9 +158,8 @@ class RunDir:
             return ["config.json (unreadable)"]
 
     def tracker_init_kwargs(self, resumed_at: int | None) -> dict[str, dict[str, Any]]:
-        """Accelerate ``init_kwargs`` that make a resumed run continue its tracker runs instead of starting new ones:
-        W&B's run id, made once and kept in ``trackers.json``; TensorBoard's ``purge_step``, so that the steps a killed
-        run logged after its last checkpoint are dropped, not shown twice, when the resumed run logs them again."""
+        """Accelerate ``init_kwargs`` that make a resumed run continue its tracker runs: W&B's run id, kept in
+        ``trackers.json``; TensorBoard's ``purge_step``, which drops the steps logged after the last checkpoint."""
         trackers = self.root / TRACKERS_FILE
         ids = read_json(trackers, fix=_FIXES[TRACKERS_FILE]) if trackers.is_file() else {}
         if not isinstance(ids.get("wandb_id"), str):
@@ -203,7 +172,12 @@ class RunDir:
 
     def read_config(self) -> FinetuneConfig:
         """The run's ``config.json``; :class:`RunFileError` when it is damaged or not a run's config."""
-        return _config_from(read_json(self.config, fix=_FIXES[CONFIG_FILE]), self.config)
+        try:
+            return FinetuneConfig.from_dict(read_json(self.config, fix=_FIXES[CONFIG_FILE]))
+        except (TypeError, ValueError, AttributeError) as error:
+            raise RunFileError(
+                f"'{self.config}' is not a tiny_transformers run config ({error}); {_FIXES[CONFIG_FILE]}."
+            ) from error
 
     def read_labels(self) -> tuple[list[str], list[str]] | None:
         """(class ids, class names) of the run, or None when it has no ``labels.json``."""
@@ -216,13 +190,6 @@ class RunDir:
                 f"'{self.labels}' does not hold equally long lists class_ids and class_names; {_FIXES[LABELS_FILE]}."
             )
         return [str(i) for i in ids], [str(n) for n in names]
-
-    def read_source_kind(self) -> str | None:
-        """The kind of data the run trained on (``hub``, ``stanford``, ...: ``data.SOURCE_KINDS``), as ``labels.json``
-        records it; None for a run that did not record it (written before it was recorded)."""
-        if not self.labels.is_file():
-            return None
-        return read_json(self.labels, fix=_FIXES[LABELS_FILE]).get("source_kind") or None
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """One dict per finished epoch; :class:`RunFileError` naming the line when one is damaged."""
@@ -250,16 +217,6 @@ class RunDir:
         return history
 
 
-def _config_from(data: dict[str, Any], path: Path) -> FinetuneConfig:
-    """A run config from the dict read from ``path``; :class:`RunFileError` naming the file when it is not one."""
-    try:
-        return FinetuneConfig.from_dict(data)
-    except (TypeError, ValueError, AttributeError) as error:
-        raise RunFileError(
-            f"'{path}' is not a tiny_transformers run config ({error}); {_FIXES[CONFIG_FILE]}."
-        ) from error
-
-
 @dataclass(frozen=True)
 class RunSummary:
     """A run as its output directory records it: config, per-epoch metrics and class names."""
@@ -269,26 +226,15 @@ class RunSummary:
     history: list[dict[str, Any]]  # metrics.jsonl, one dict per finished epoch
     class_ids: list[str]
     class_names: list[str]
-    source_kind: str | None = None  # labels.json's record of data.source's kind; None: not recorded (older runs)
+    source_kind: str | None = None  # labels.json's kind of data.source (data.SOURCE_KINDS); None: not recorded
 
     @property
     def folder(self) -> RunDir:
         return RunDir(self.output_dir)
 
-    @property
-    def final(self) -> dict[str, Any]:
-        """The last epoch's metrics: what the run reports and what ``last/`` holds."""
-        return self.history[-1]
-
-    @property
-    def best(self) -> dict[str, Any]:
-        """The epoch of highest top-1, the first on ties (the one whose weights are in ``best/``)."""
-        return best_record(self.history)
-
     def record_for(self, weights: Literal["last", "best"]) -> dict[str, Any]:
-        """The metrics of the weights in ``last/`` or ``best/``: with an EMA, ``last/`` holds the EMA and ``best/``
-        whichever of raw and EMA scored higher, so their numbers are the EMA's there."""
-        return saved_scores(self.best if weights == "best" else self.final, weights)
+        """The metrics of the weights in ``last/`` or ``best/`` (:func:`saved_scores`)."""
+        return saved_scores(best_record(self.history) if weights == "best" else self.history[-1], weights)
 
     @property
     def paper(self) -> PaperModel | None:
@@ -298,9 +244,8 @@ class RunSummary:
 
 @dataclass
 class EpochRecord:
-    """One finished epoch: a line of ``metrics.jsonl`` (its keys, in this order) and of ``TrainerState.history``.
-    Scores are percentages (0-100) and losses cross-entropies on the eval split; the EMA's and the gradient norm's
-    only with an EMA and with clipping.
+    """One finished epoch: a line of ``metrics.jsonl`` and of ``TrainerState.history``. Scores in percent, losses
+    on the eval split; the EMA's and the gradient norm's only with an EMA and with clipping.
 
     >>> EpochRecord(1, 3, 1.2, 1.1, 50.0, 90.0, 1e-3, 9.5).as_dict()["eval_loss"]
     1.1
@@ -335,9 +280,8 @@ def ema_is_better(record: dict[str, Any]) -> bool:
 
 
 def saved_scores(record: dict[str, Any], folder: Literal["last", "best"]) -> dict[str, Any]:
-    """An epoch's record with top-1, top-5 and eval loss of the weights ``folder`` holds, and which they are
-    (``weights``: ``ema`` or ``raw``; None without an EMA, when there is no choice): with an EMA, ``last/`` holds the
-    EMA and ``best/`` whichever of raw and EMA scored higher (:func:`ema_is_better`).
+    """An epoch's record with the scores of the weights ``folder`` holds, and which (``weights``: ``ema``, ``raw``, or
+    None without an EMA): with an EMA, ``last/`` holds the EMA and ``best/`` the better (:func:`ema_is_better`).
 
     >>> record = {"top1": 50.0, "top5": 80.0, "eval_loss": 1.0, "ema_top1": 49.0, "ema_top5": 79.0, "ema_loss": 1.1}
     >>> [(r["top1"], r["weights"]) for r in (saved_scores(record, "last"), saved_scores(record, "best"))]
@@ -375,7 +319,7 @@ def best_record(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def read_run(output_dir: str | Path) -> RunSummary:
     """Read ``config.json``, ``metrics.jsonl`` and ``labels.json`` of a run's output directory.
 
-    >>> read_run("outputs/run").final["top1"]  # doctest: +SKIP
+    >>> read_run("outputs/run").history[-1]["top1"]  # doctest: +SKIP
     86.5
     """
     run = RunDir(Path(output_dir).expanduser().resolve())
@@ -385,11 +329,12 @@ def read_run(output_dir: str | Path) -> RunSummary:
             f"'{run.root}' is not the output directory of a finished run (no {', '.join(missing)}); give the "
             "train.output_dir of a run that trained at least one epoch."
         )
-    history = run.read_metrics()  # the reader: a damaged file is one sentence naming it
+    history = run.read_metrics()
     if not history:
         raise PublishError(f"'{run.metrics}' is empty; train at least one epoch before exporting or pushing.")
     class_ids, class_names = run.read_labels()
-    return RunSummary(run.root, run.read_config(), history, class_ids, class_names, run.read_source_kind())
+    source_kind = read_json(run.labels, fix=_FIXES[LABELS_FILE]).get("source_kind") or None
+    return RunSummary(run.root, run.read_config(), history, class_ids, class_names, source_kind)
 
 
 class RunFolderBusy(TinyTransformersError):
@@ -405,13 +350,9 @@ def is_main_launch_process() -> bool:
 
 
 class RunLock:
-    """The run folder held by one run for its whole life: ``filelock`` locks ``.lock`` (the kernel releases it when
-    the process dies, however it dies), and the file names the holder for the refusal message. Taking over what a
-    previous holder left is said aloud: a dead process of this host, or contents a kill left empty or unreadable.
-
-    >>> with RunLock(RunDir(Path("outputs/vit_l"))):  # doctest: +SKIP
-    ...     train()
-    """
+    """The run folder held by one run for its whole life: ``filelock`` locks ``.lock`` (released by the kernel however
+    the process dies), which names the holder for the refusal. Taking over a dead holder's file is said aloud.
+    Used as ``with RunLock(RunDir(Path("outputs/vit_l"))): ...`` around the whole run."""
 
     def __init__(self, folder: RunDir, enabled: bool = True) -> None:
         self.folder, self.enabled, self.created = folder, enabled, False
@@ -465,10 +406,9 @@ class RunLock:
     def _holder(self) -> dict[str, Any] | None:
         """The holder the lock file names; None when it is empty or unreadable."""
         try:
-            holder = json.loads(self.path.read_text())
-        except (OSError, ValueError):
+            return read_json(self.path)
+        except RunFileError:
             return None
-        return holder if isinstance(holder, dict) else None
 
 
 def process_alive(pid: Any) -> bool:
@@ -481,10 +421,8 @@ def process_alive(pid: Any) -> bool:
         return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, under another user
-        return True
+    except OSError as error:  # PermissionError: it exists, under another user
+        return isinstance(error, PermissionError)
     return True
 
 
@@ -505,12 +443,8 @@ def _make_folder(root: Path) -> None:
 
 
 def claim(folder: RunDir, config: FinetuneConfig, resuming: bool) -> None:
-    """Refuse a folder this run must not write into (:meth:`RunDir.write_start` then marks it as a run folder).
-
-    A run writes only into an empty folder or one a run made (its marker, or checkpoints of an older version).
-    A fresh start over a finished run with another config is refused: its results (``best/``, ``last/``, ...)
-    would end up mixed with the new run's, e.g. an old model card beside new weights.
-    """
+    """Refuse a folder this run must not write into: one no run made (no marker of :meth:`RunDir.write_start`, no
+    checkpoint), or a fresh start over another run's results (they would mix with the new run's)."""
     root = folder.root
     present = sorted(p.name for p in root.iterdir() if p.name not in (LOCK_FILE,)) if root.is_dir() else []
     ours = (root / MARKER_FILE).is_file() or any(folder.checkpoints.glob("step_*/trainer_state.json"))

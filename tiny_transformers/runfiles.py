@@ -17,8 +17,7 @@ from .errors import TinyTransformersError
 
 
 class RunFileError(TinyTransformersError):
-    """A file of a run folder cannot be read (missing, truncated, not what the library wrote) or written (disk full,
-    read-only); the message names the file and the fix."""
+    """A run folder's file cannot be read (missing, damaged, foreign) or written; the message names it and the fix."""
 
 
 _WRITE_FIXES = {
@@ -48,45 +47,31 @@ def write_errno(error: BaseException) -> int | None:
     return errno.ENOSPC if any(t in text for t in ("No space left", "file write failed", "unexpected pos")) else None
 
 
-def write_error(path: str | Path, error: BaseException) -> RunFileError | None:
-    """The one sentence for a write of ``path`` that failed for want of space or permission (which file, what the
-    error means, the fix); None for any other error. Understands torch's and safetensors' wrapped OS errors.
-
-    >>> print(write_error("out/last/model.safetensors", OSError(errno.ENOSPC, "No space left")))  # doctest: +ELLIPSIS
-    Writing 'out/last/model.safetensors' failed: No space left on device (ENOSPC); free some space on that disk, ...
-    """
-    code = write_errno(error)
-    if code not in _WRITE_FIXES:
-        return None
-    return RunFileError(
-        f"Writing '{path}' failed: {os.strerror(code)} ({errno.errorcode[code]}); {_WRITE_FIXES[code]}, then run the "
-        "same command again (what was written before is intact)."
-    )
-
-
 @contextlib.contextmanager
 def writing(path: str | Path) -> Iterator[None]:
-    """Turn a full disk or a read-only folder met while writing ``path`` into :func:`write_error`'s sentence.
+    """Turn a full disk or a read-only folder met while writing ``path`` into one sentence (the file, the cause, the
+    fix); any other error passes through.
 
-    >>> with writing("out/training_curves.png"):  # doctest: +SKIP
-    ...     figure.savefig("out/training_curves.png")
+    >>> with writing("out/last/model.safetensors"):  # doctest: +ELLIPSIS
+    ...     raise OSError(errno.ENOSPC, "No space left")
+    Traceback (most recent call last):
+    tiny_transformers.runfiles.RunFileError: Writing 'out/last/model.safetensors' failed: No space left on device ...
     """
     try:
         yield
     except Exception as error:  # noqa: BLE001 - OSError, safetensors' and torch's errors carry the same errno
-        sentence = write_error(path, error)
-        if sentence is None:
+        code = write_errno(error)
+        if code not in _WRITE_FIXES:
             raise
-        raise sentence from error
+        raise RunFileError(
+            f"Writing '{path}' failed: {os.strerror(code)} ({errno.errorcode[code]}); {_WRITE_FIXES[code]}, then run "
+            "the same command again (what was written before is intact)."
+        ) from error
 
 
 def write_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` whole or not at all: a temporary file in the same folder, then ``os.replace``;
-    a process killed meanwhile leaves the previous file in place. Every small file of a run goes through here.
-
-    >>> write_atomic(Path("outputs/run/labels.json"), "{}")  # doctest: +SKIP
-    PosixPath('outputs/run/labels.json')
-    """
+    """Write ``text`` to ``path`` whole or not at all (a temporary file in the same folder, then ``os.replace``),
+    e.g. ``write_atomic(folder / "notes.json", "{}")``; returns ``path``."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -113,19 +98,17 @@ def read_json(path: str | Path, kind: type = dict, fix: str = "restore it from a
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
+        value = json.loads(text)
     except FileNotFoundError:
         problem = "is missing"
-    except (OSError, UnicodeDecodeError) as error:
+    except (OSError, UnicodeDecodeError) as error:  # UnicodeDecodeError is a ValueError: caught first
         problem = f"cannot be read ({getattr(error, 'strerror', None) or error})"
+    except ValueError as error:
+        problem = "is empty" if not text.strip() else f"is truncated or not valid JSON ({error})"
     else:
-        try:
-            value = json.loads(text)
-        except ValueError as error:
-            problem = "is empty" if not text.strip() else f"is truncated or not valid JSON ({error})"
-        else:
-            if isinstance(value, kind):
-                return value
-            problem = f"holds a JSON {_json_type(type(value))} where a JSON {_json_type(kind)} belongs"
+        if isinstance(value, kind):
+            return value
+        problem = f"holds a JSON {_json_type(type(value))} where a JSON {_json_type(kind)} belongs"
     raise RunFileError(f"'{path}' {problem}; {fix}.")
 
 

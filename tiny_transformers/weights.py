@@ -5,7 +5,7 @@ loaded as the frozen teacher of distillation."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import timm
@@ -39,13 +39,9 @@ def save_for_timm(
     preprocess: str | None = None,
     eval_precision: str | None = None,
 ) -> None:
-    """Write ``model.safetensors`` + ``config.json``, loadable by ``timm.create_model("local-dir:<folder>", True)``.
-
-    The config carries the class ids, readable names and the preprocessing used in training; with
-    ``native_size`` and ``mixed_precision``, also the size images were decoded to before upscaling and the
-    autocast used in training (under ``tiny_transformers``, a key timm and transformers ignore), so
-    ``predict`` and ``evaluate`` feed new images the same way and reproduce the run's numbers.
-    """
+    """Write ``model.safetensors`` + ``config.json``, loadable by ``timm.create_model("local-dir:<folder>", True)``,
+    with the class ids and names, the preprocessing and (under ``tiny_transformers``, a key timm ignores) what else
+    training recorded, so that ``predict`` and ``evaluate`` feed new images the same way."""
     descriptions = dict(zip(class_ids, class_names))
     with writing(Path(folder) / WEIGHTS_FILE):  # a full disk or read-only folder: one sentence naming the file
         timm.models.save_for_hf(
@@ -61,9 +57,8 @@ def save_for_timm(
                 "crop_pct": 1.0,
             },
         )
-    # timm records num_classes both at the top of config.json and inside model_args; transformers'
-    # TimmWrapper passes both to timm.create_model and fails ("got multiple values for keyword argument
-    # 'num_classes'"). The top-level value is the one timm's loader reads, so model_args drops its copy.
+    # transformers' TimmWrapper passes both copies of num_classes to timm ("got multiple values for keyword argument
+    # 'num_classes'"); timm's loader reads the top-level one, so model_args drops its copy
     config_file = Path(folder) / CONFIG_FILE
     config = read_json(config_file)
     config.get("model_args", {}).pop("num_classes", None)
@@ -100,12 +95,8 @@ class TrainedWeights:
 
 
 def trained_folder(location: str | Path) -> Path:
-    """The folder of trained weights ``location`` names: a run's output dir is read as its ``best/`` (the weights it
-    chose as its best), any other path as it is.
-
-    >>> trained_folder("outputs/run")  # doctest: +SKIP
-    PosixPath('outputs/run/best')
-    """
+    """The folder of trained weights ``location`` names: a run's output dir is read as its ``best/`` (``outputs/run``
+    -> ``outputs/run/best``), any other path as it is."""
     folder = Path(location).expanduser()
     best = RunDir(folder).weights("best")
     if not (folder / WEIGHTS_FILE).is_file() and (best / WEIGHTS_FILE).is_file() and (best / CONFIG_FILE).is_file():
@@ -114,13 +105,9 @@ def trained_folder(location: str | Path) -> Path:
 
 
 def describe_trained_weights(location: str | Path) -> TrainedWeights:
-    """Read an exported folder (``best/``, ``last/``, ``export/``, timm ``save_for_hf``), a run's output dir (its
-    ``best/``), a training checkpoint folder, or a model on the Hub (``hf-hub:owner/name``, downloaded to the
-    Hugging Face cache). ``evaluate`` and ``predict`` read ``model.checkpoint`` here.
-
-    >>> describe_trained_weights("outputs/run/best").timm_name  # doctest: +SKIP
-    'vit_large_patch16_384'
-    """
+    """Read an exported folder (timm ``save_for_hf``), a run's output dir (its ``best/``), a training checkpoint or
+    ``hf-hub:owner/name`` (downloaded): ``model.checkpoint`` of ``evaluate`` and ``predict``. E.g.
+    ``describe_trained_weights("outputs/run/best").timm_name`` is ``'vit_large_patch16_384'`` for a ViT-L run."""
     if hub.hub_repo(location) is not None:
         location = hub.download_model(str(location))
     folder = trained_folder(location)
@@ -196,24 +183,16 @@ def _folder_weights(folder: Path) -> TrainedWeights:
 
 def build_trained_model(weights: TrainedWeights, num_classes: int | None = None) -> nn.Module:
     """The model in ``weights`` with its trained head, for inference (no drop path); ``num_classes`` defaults to
-    the recorded one, and a head of another size is refused, whatever config.json says.
-
-    >>> model = build_trained_model(describe_trained_weights("outputs/run/best")).eval()  # doctest: +SKIP
-    """
+    the recorded one, and a head of another size is refused, whatever config.json says. E.g.
+    ``build_trained_model(describe_trained_weights("outputs/run/best")).eval()``."""
     classes = num_classes if num_classes is not None else weights.num_classes
+    cfg = ModelConfig(name=weights.timm_name, pretrained=False, train_mode="full", drop_path_rate=0.0)
     if weights.lora is not None:  # a lora checkpoint: built as its run built it, loaded, adapters merged (lora.py)
-        cfg = ModelConfig(
-            name=weights.timm_name, pretrained=False, train_mode="lora", drop_path_rate=0.0, **weights.lora
-        )
-        return load_merged(build_model(cfg, classes, weights.image_size), weights.weights_file)
-    cfg = ModelConfig(
-        name=weights.timm_name,
-        pretrained=False,
-        checkpoint=str(weights.weights_file),
-        train_mode="full",
-        drop_path_rate=0.0,
+        lora = build_model(replace(cfg, train_mode="lora", **weights.lora), classes, weights.image_size)
+        return load_merged(lora, weights.weights_file)
+    return build_model(
+        replace(cfg, checkpoint=str(weights.weights_file)), classes, weights.image_size, trained_head=True
     )
-    return build_model(cfg, classes, weights.image_size, trained_head=True)
 
 
 class TeacherInput(nn.Module):
@@ -247,23 +226,11 @@ def build_teacher(
     preprocess: str | None = None,
     native_size: int | None = None,
 ) -> nn.Module:
-    """The frozen (no parameter requires grad), eval-mode teacher of distillation, from a trained folder (this
-    library's ``best/``, ``last/``, ``export/``, a run's output dir read as its ``best/`` as ``evaluate`` reads it,
-    or any timm ``save_for_hf`` folder), a training checkpoint folder,
-    ``hf-hub:owner/name``, or a timm model name (its pretrained ImageNet weights, from the Hub).
-
-    Refused, one sentence each: a teacher with another number of classes than the data (a timm ImageNet model has
-    1000), trained at another image size than ``image_size``, or (with ``class_ids``, the data's label order) whose
-    recorded classes are other classes or in another order, which would make its answers wrong labels; with
-    ``preprocess`` and ``native_size`` (the student's ``data.preprocess`` and ``data.native_size``), a teacher
-    recorded with others, which the student's batch cannot be converted to. With ``student`` (the student's
-    (mean, std)), a teacher recorded with another mean/std sees the student's batch converted to its own on the
-    device (:class:`TeacherInput`): its timm ``pretrained_cfg`` (a folder's ``config.json``, a timm name's).
-
-    >>> teacher = build_teacher("outputs/swin_l/best", num_classes=200, image_size=384)  # doctest: +SKIP
-    >>> teacher.training, any(p.requires_grad for p in teacher.parameters())  # doctest: +SKIP
-    (False, False)
-    """
+    """The frozen, eval-mode teacher of distillation: any location :func:`describe_trained_weights` reads, or a timm
+    model name (its pretrained weights). Refused in one sentence when its classes, label order (``class_ids``),
+    image size, ``preprocess`` or ``native_size`` differ from the student's data; with ``student`` (the student's
+    (mean, std)), another mean/std is converted on the device (:class:`TeacherInput`). E.g.
+    ``build_teacher("outputs/swin_l/best", num_classes=200, image_size=384)``."""
     what = f"distill.teacher '{location}'"
     folder = Path(location).expanduser()
     if hub.hub_repo(location) is not None or folder.exists():
@@ -317,8 +284,10 @@ def _check_teacher(
             f"{what} was trained at {weights.image_size} px and the student sees {image_size} px; use "
             f"--data.image_size {weights.image_size} or a teacher trained at {image_size} px."
         )
-    for name, theirs, ours in (("preprocess", weights.preprocess or "default", preprocess),
-                               ("native_size", weights.native_size, native_size)):  # fmt: skip
+    for name, theirs, ours in (
+        ("preprocess", weights.preprocess or "default", preprocess),
+        ("native_size", weights.native_size, native_size),
+    ):
         if ours is not None and theirs is not None and theirs != ours:
             raise ConfigError(
                 f"{what} was trained with data.{name} {theirs} and the student uses {ours}, which its batch "
@@ -354,15 +323,10 @@ def _timm_teacher(what: str, timm_name: str, num_classes: int, image_size: int) 
 def load_probe_head(
     model: nn.Module, location: str | Path, model_name: str, class_ids: list[str], data: DataConfig
 ) -> Path:
-    """Put the trained head(s) of a head-mode run (``model.head_from``: its folder, read as its ``best/``, or an
-    exported folder) into ``model``, whose backbone came from the pretrained weights: full fine-tuning then starts
-    where the probe ended. Returns the weights folder used. Refused in one sentence: no weights there, another model,
-    other classes, other inputs (``data``'s size, preprocessing and mean/std: the head was fitted to the probe's),
-    another head shape, or a run that trained its backbone too (its head fits that backbone only).
-
-    >>> load_probe_head(model, "outputs/vit_l", "vit_l", data.class_ids, config.data)  # doctest: +SKIP
-    PosixPath('outputs/vit_l/best')
-    """
+    """Put the trained head(s) of a head-mode run (``model.head_from``: a run folder's ``best/`` or an exported
+    folder) into ``model`` on its pretrained backbone: fine-tuning starts where the probe ended. Returns the folder
+    used (``outputs/vit_l/best`` for ``outputs/vit_l``). Refused in one sentence: no weights, another model,
+    classes, inputs or head shape, or a full run."""
     folder = trained_folder(location)
     if not (folder / WEIGHTS_FILE).is_file() or not (folder / CONFIG_FILE).is_file():
         raise ConfigError(
@@ -399,9 +363,7 @@ def load_probe_head(
             f"model.head_from '{location}' has no head that fits this model ({wrong[0]}: {shape} there, "
             f"{tuple(own[wrong[0]].shape)} here); give a probe of the same model and classes."
         )
-    with torch.no_grad():
-        for key, tensor in own.items():
-            tensor.copy_(saved[key])
+    model.load_state_dict({key: saved[key] for key in own}, strict=False)
     return folder
 
 
