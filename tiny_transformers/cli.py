@@ -181,11 +181,6 @@ def _fail(error: BaseException) -> typing.NoReturn:
     sys.exit(status)
 
 
-def _config_of(options: FinetuneConfig) -> FinetuneConfig:
-    """The plain config inside a command's options (a dataclass that extends FinetuneConfig with its own fields)."""
-    return FinetuneConfig(**{f.name: getattr(options, f.name) for f in dataclasses.fields(FinetuneConfig)})
-
-
 def run(
     config: FinetuneConfig,
     args: Sequence[str] | None = None,
@@ -326,11 +321,8 @@ def _evaluate(args: list[str]) -> None:
     from .evaluation import evaluate_checkpoint
     from .report import PER_CLASS_COLUMNS, per_class_accuracy, write_per_class_csv
 
-    try:
-        _refuse_foreign_output(Path(options.output), ",".join(PER_CLASS_COLUMNS))
-        result = evaluate_checkpoint(config, precision)
-    except TinyTransformersError as error:
-        _fail(error)
+    _refuse_foreign_output(Path(options.output), ",".join(PER_CLASS_COLUMNS))
+    result = evaluate_checkpoint(config, precision)
     if not is_main_launch_process():  # under `accelerate launch`, every process scores; the first one reports
         return
     # the scores first: a per-class file that cannot be written must not cost the evaluation
@@ -339,10 +331,13 @@ def _evaluate(args: list[str]) -> None:
     try:
         path = write_per_class_csv(rows, options.output)
     except OSError as error:
-        _fail(TinyTransformersError(f"--output '{options.output}' cannot be written ({error.strerror or error}); the "
-                                    "scores are above; give a path in a folder you can write to."))  # fmt: skip
+        reason = error.strerror or error
+        raise TinyTransformersError(
+            f"--output '{options.output}' cannot be written ({reason}); the scores are above; give a path in a "
+            "folder you can write to."
+        ) from None
     except TinyTransformersError as error:  # a full disk or a read-only folder: the file, the errno, the fix
-        _fail(TinyTransformersError(f"{error} The scores are above."))
+        raise TinyTransformersError(f"{error} The scores are above.") from None
     print(f"per-class accuracy: {path}", file=sys.stderr)  # stdout stays one JSON line for scripts
 
 
@@ -419,10 +414,7 @@ def _export(args: list[str]) -> None:
     output_dir, hub, to = _publish_args("export", args)
     from .publish import export_run
 
-    try:
-        folder = export_run(output_dir, hub, to)
-    except TinyTransformersError as error:
-        _fail(error)
+    folder = export_run(output_dir, hub, to)
     print(f"exported to {folder}: {', '.join(sorted(p.name for p in folder.iterdir()))}")
 
 
@@ -431,10 +423,7 @@ def _push(args: list[str]) -> None:
     output_dir, hub, to = _publish_args("push", args)
     from .publish import push_run
 
-    try:
-        url = push_run(output_dir, hub, to)
-    except TinyTransformersError as error:
-        _fail(error)
+    url = push_run(output_dir, hub, to)
     print(f"pushed to https://huggingface.co/{hub.model_id} ({url})")
 
 
@@ -460,12 +449,9 @@ def _predict(args: list[str]) -> None:
     options = _parse(PredictArgs, None, args, "tiny-transformers predict")
     from .predict import Predictor, find_images, format_predictions
 
-    try:
-        files = find_images(options.images)
-        predictor = Predictor.load(options.model.checkpoint)
-        predictions = predictor.predict(files, top_k=options.top_k, batch_size=options.batch_size)
-    except TinyTransformersError as error:
-        _fail(error)
+    files = find_images(options.images)
+    predictor = Predictor.load(options.model.checkpoint)
+    predictions = predictor.predict(files, top_k=options.top_k, batch_size=options.batch_size)
     for skipped in predictor.skipped:
         print(f"skipped {skipped}", file=sys.stderr)
     if options.json:
@@ -473,7 +459,7 @@ def _predict(args: list[str]) -> None:
     else:
         print(format_predictions(predictions))
     if not predictions:
-        _fail(TinyTransformersError("None of the given files could be read as an image."))
+        raise TinyTransformersError("None of the given files could be read as an image.")
 
 
 @dataclasses.dataclass
@@ -546,57 +532,44 @@ def row_config(base: FinetuneConfig, row: AblationRow, root: str | Path) -> Fine
 
 def _ablate(args: list[str]) -> None:
     """``ablate NAME``: the paper's ablation rows of NAME as ordinary runs; ``ablate --report ROOT``: their table."""
-    from .ablate import (
-        ablation_commands,
-        check_overrides,
-        default_root,
-        paper_model,
-        parse_sweep,
-        run_ablation,
-        select_rows,
-        sweep_rows,
-        write_ablation_report,
-        write_manifest,
-    )
+    from . import ablate as ablation
 
     prog = "tiny-transformers ablate"
     name = args[0] if args and not args[0].startswith("-") else None
     rest = args[1:] if name else args
     if name is None and not any(_option(a) in ("--report", "--help", "-h") for a in rest):
-        print(f"usage: {prog} NAME [--rows ROW ...] [--grid] [--sweep FIELD=V1,V2 ...] [--print-commands] [--root "
-              f"FOLDER] [--section.field VALUE ...]\n       {prog} --report ROOT\nNAME: {', '.join(PAPER_MODELS)} (or "
-              "its timm name)", file=sys.stderr)  # fmt: skip
+        print(
+            f"usage: {prog} NAME [--rows ROW ...] [--grid] [--sweep FIELD=V1,V2 ...] [--print-commands] [--root "
+            f"FOLDER] [--section.field VALUE ...]\n       {prog} --report ROOT\nNAME: {', '.join(PAPER_MODELS)} (or "
+            "its timm name)",
+            file=sys.stderr,
+        )
         sys.exit(2)
-    try:
-        paper = paper_model(name) if name else None
-        default = paper_config(paper.short_name) if paper else FinetuneConfig()
-        options = _parse(AblateArgs, AblateArgs(**vars(default)), rest, f"{prog} {name or ''}".strip())
-        if options.report is not None:
-            markdown, chart = write_ablation_report(options.report)
-            print(f"ablation report: {markdown}, {chart}")
-            return
-        if paper is None:
-            raise TinyTransformersError(f"ablate needs a model before its options: {prog} swin_l [--rows ...].")
-        overrides = _config_overrides(rest)
-        sweep = parse_sweep(options.sweep)
-        paper_rows = select_rows(options.rows, options.grid) if options.rows or options.grid or not sweep else []
-        rows = paper_rows + sweep_rows(sweep)
-        check_overrides([_option(a) for a in overrides if a.startswith("--")], rows)
-        root = Path(options.root).expanduser() if options.root else default_root(paper.short_name)
-        runs = [(row, row_config(_config_of(options), row, root)) for row in rows]  # every value checked first
-        if options.print_commands:
-            if sweep:  # the report of the printed runs lists the sweep's rows
-                write_manifest(root, paper.short_name, sweep)
-            print("\n".join(ablation_commands(paper.short_name, rows, root, overrides)))
-            return
-    except TinyTransformersError as error:
-        _fail(error)
+    paper = ablation.paper_model(name) if name else None
+    default = paper_config(paper.short_name) if paper else FinetuneConfig()
+    options = _parse(AblateArgs, AblateArgs(**vars(default)), rest, f"{prog} {name or ''}".strip())
+    if options.report is not None:
+        markdown, chart = ablation.write_ablation_report(options.report)
+        print(f"ablation report: {markdown}, {chart}")
+        return
+    if paper is None:
+        raise TinyTransformersError(f"ablate needs a model before its options: {prog} swin_l [--rows ...].")
+    overrides = _config_overrides(rest)
+    sweep = ablation.parse_sweep(options.sweep)
+    rows = ablation.select_rows(options.rows, options.grid) if options.rows or options.grid or not sweep else []
+    rows += ablation.sweep_rows(sweep)
+    ablation.check_overrides([_option(a) for a in overrides if a.startswith("--")], rows)
+    root = Path(options.root).expanduser() if options.root else ablation.default_root(paper.short_name)
+    base = _with_options(FinetuneConfig(), options)
+    runs = [(row, row_config(base, row, root)) for row in rows]  # every value checked before any row trains
+    if options.print_commands:
+        if sweep:  # the report of the printed runs lists the sweep's rows
+            ablation.write_manifest(root, paper.short_name, sweep)
+        print("\n".join(ablation.ablation_commands(paper.short_name, rows, root, overrides)))
+        return
     command = shlex.join(["tiny-transformers", "ablate", *args])
-    try:
-        failed = run_ablation(runs, paper.short_name, root, command, sweep)
-    except TinyTransformersError as error:  # a stopped row too: its sentence and exit status
-        _fail(error)
-    if failed:
+    # a failed row is listed and the next one starts; a stopped one ends the ablation with its status (main)
+    if ablation.run_ablation(runs, paper.short_name, root, command, sweep):
         sys.exit(1)
 
 
@@ -641,7 +614,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         sys.exit(2)
     with _closed_pipe_ends_quietly():
-        command(argv[1:])
+        try:
+            command(argv[1:])
+        except TinyTransformersError as error:  # every command's problems: one sentence, no traceback
+            _fail(error)
 
 
 if __name__ == "__main__":
