@@ -1,9 +1,7 @@
 """Command lines: dotted overrides for recipes (``run``) and the ``tiny-transformers`` console script.
 
-Every command's options are parsed by tyro from dataclasses (the config's own, or an args class per command),
-so every field is an option with its type, default and comment as help, and a mistyped name is answered with the
-closest one. A boolean takes a value (``--model.pretrained false``), stands alone (``--json`` means true) or is
-negated in tyro's flag style (``--model.no-pretrained``).
+tyro parses every command's options from dataclasses (field comments are the help). A boolean takes a value
+(``--model.pretrained false``), stands alone (``--json``) or is negated (``--model.no-pretrained``).
 """
 
 from __future__ import annotations
@@ -61,7 +59,7 @@ _REGISTRY = tyro.constructors.ConstructorRegistry()
 
 @_REGISTRY.primitive_rule
 def _bool_rule(type_info: tyro.constructors.PrimitiveTypeInfo) -> tyro.constructors.PrimitiveConstructorSpec | None:
-    """A boolean takes one value, true/false/yes/no/1/0/on/off in any case; ``_bare_booleans`` gives a bare one."""
+    """A boolean takes one value, true/false/yes/no/1/0/on/off in any case (``_bare_booleans`` gives bare ones)."""
     if type_info.type is not bool:
         return None
 
@@ -96,18 +94,16 @@ def _option(arg: str) -> str:
 
 
 def _negated(option: str) -> str:
-    """The option that ``--section.no_field`` negates, in tyro's flag style: ``--model.no_pretrained`` ->
-    ``--model.pretrained`` (any other option is returned as it is)."""
+    """``--model.no_pretrained`` -> ``--model.pretrained``; any other option as it is."""
     prefix, dot, name = option[2:].rpartition(".")
     return f"--{prefix}{dot}{name[3:]}" if option.startswith("--") and name.startswith("no_") else option
 
 
 def _bare_booleans(cls: type, args: Sequence[str]) -> list[str]:
-    """``--json`` alone becomes ``--json true`` and ``--model.no-pretrained`` ``--model.pretrained false``, so tyro
-    reads every boolean as one value.
+    """``--json`` alone becomes ``--json true`` and ``--model.no-pretrained`` ``--model.pretrained false``.
 
-    A boolean is bare when the next word is missing, an option, or (where ``cls`` takes positional words,
-    as ``predict`` its images) anything but a truth value; ``--json=no`` and words after ``--`` are left alone.
+    A boolean is bare when the next word is missing, an option, or (where ``cls`` takes positional words, as
+    ``predict`` its images) no truth value; ``--json=no`` and words after ``--`` are left alone.
     """
     booleans = _bool_options(cls)
     hints = typing.get_type_hints(cls, include_extras=True).values()
@@ -128,9 +124,7 @@ def _bare_booleans(cls: type, args: Sequence[str]) -> list[str]:
 
 
 def _parse(cls, default, args: Sequence[str], prog: str | None, description: str | None = None):
-    """tyro with this CLI's conventions: ``--section.field_name VALUE``, booleans bare or with a value. ``prog`` is
-    the command as typed (tyro's usage line and its error footer's ``--help``); ``description`` heads the help,
-    instead of ``cls``'s docstring."""
+    """tyro with this CLI's conventions; ``prog``: the command as typed; ``description``: the help's head."""
     defaults = {} if default is None else {"default": default}
     return tyro.cli(
         cls,
@@ -161,8 +155,7 @@ def parse_config(
 
 @contextlib.contextmanager
 def _closed_pipe_ends_quietly() -> Iterator[None]:
-    """A reader of stdout that leaves early (``--print-config | head``) ends the command as it ends a shell tool:
-    quietly, with status 141 (128 + SIGPIPE), instead of a BrokenPipeError traceback."""
+    """A reader of stdout that leaves early (``--print-config | head``): exit 141 (128 + SIGPIPE), no traceback."""
     try:
         yield
         sys.stdout.flush()  # inside: a pipe closed during the interpreter's own last flush is met here
@@ -172,8 +165,7 @@ def _closed_pipe_ends_quietly() -> Iterator[None]:
 
 
 def _fail(error: BaseException) -> typing.NoReturn:
-    """Exit with the error's one sentence: a stopped run (``TrainingInterrupted``) with its status (143, or 130 for
-    SIGINT between ablation rows), anything else a user can fix with 2."""
+    """Exit with the error's one sentence and its ``exit_status`` (a stopped run: 143 or 130), else 2."""
     status = getattr(error, "exit_status", 2)
     if isinstance(error, TinyTransformersError) and error.every_process and not is_main_launch_process():
         sys.exit(status)  # the launch's first process prints the same sentence
@@ -188,12 +180,10 @@ def run(
     prog: str | None = None,
     description: str | None = None,
 ):
-    """Entry point of a recipe file: apply command-line overrides, then train (or print the config).
+    """Entry point of a recipe file (``accelerate launch recipes/swin_l.py --train.epochs 1``): overrides, then train.
 
-    ``accelerate launch recipes/swin_l.py --train.epochs 1`` ends here. Problems with the user's input
-    are printed as one sentence and exit with status 2; an interrupted run exits with status 143 and prints
-    ``command`` (default: ``accelerate launch`` and this script's command line) as the way to resume. ``prog``
-    (default: the script as typed) and ``description`` head ``--help``.
+    ``command`` (default: ``accelerate launch`` and this script's line) is printed as the way to resume a stopped
+    run; ``prog`` and ``description`` head ``--help``.
 
     >>> run(paper_config("swin_l"), ["--train.epochs", "1", "--print-config"])  # doctest: +ELLIPSIS
     {...
@@ -284,8 +274,7 @@ class EvaluateArgs:
 
 
 def _options_of(cls: type, config: FinetuneConfig) -> typing.Any:
-    """The options ``cls`` of a command (sections that each offer some of the config's fields, by the same names,
-    beside the command's own options, which keep their defaults) filled from ``config``: their defaults."""
+    """A command's options ``cls``, its sections (some config fields, same names) filled from ``config``."""
     hints = typing.get_type_hints(cls)
     sections = [f.name for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name])]
     offered = {name: [f.name for f in dataclasses.fields(hints[name])] for name in sections}
@@ -298,7 +287,7 @@ def _options_of(cls: type, config: FinetuneConfig) -> typing.Any:
 
 
 def _with_options(config: FinetuneConfig, options: typing.Any) -> FinetuneConfig:
-    """``config`` with the fields of ``options``' sections (see :func:`_options_of`) set to theirs."""
+    """``config`` with the fields of ``options``' sections set to theirs."""
     sections = {f.name for f in dataclasses.fields(config)} & {f.name for f in dataclasses.fields(options)}
     return dataclasses.replace(
         config,
@@ -482,7 +471,7 @@ _ABLATE_OWN = {"--rows", "--grid", "--print_commands", "--root", "--report", "--
 
 
 def _config_overrides(args: list[str]) -> list[str]:
-    """The config-field words of ``ablate``'s arguments (its own options and their values removed), as given."""
+    """``ablate``'s arguments less its own options and their values: the config overrides, as given."""
     args, out, i = _bare_booleans(AblateArgs, args), [], 0
     while i < len(args):
         word, i = args[i], i + 1
@@ -504,8 +493,7 @@ def _type_words(hint: object) -> str:
 
 
 def row_config(base: FinetuneConfig, row: AblationRow, root: str | Path) -> FinetuneConfig:
-    """``base`` with an ablation row's fields set as ``--field value`` sets them (tyro, each field's own type) and
-    ``train.output_dir`` ``<root>/<row>``; a field that does not exist or a value its type refuses is one sentence.
+    """``base`` with a row's fields set as ``--field value`` sets them and ``train.output_dir`` ``<root>/<row>``.
 
     >>> from tiny_transformers.ablate import ALL_ROWS
     >>> config = row_config(paper_config("swin_l"), ALL_ROWS["lr3e-3_wd0.2"], "out")
@@ -574,7 +562,7 @@ def _ablate(args: list[str]) -> None:
 
 
 def _benchmark(args: list[str]) -> None:
-    """``benchmark`` moved out of the package: say where it lives now."""
+    """``benchmark`` lives in the repository, not the package: say so."""
     print(
         "error: the benchmarks live beside the library in the repository, not in the installed package; "
         "run them from a checkout with `python -m benchmarks --quick` (docs/benchmarks.md).",
@@ -595,7 +583,7 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """The ``tiny-transformers`` console script: one dispatch on the command name, then tyro for its options.
+    """The ``tiny-transformers`` console script.
 
     >>> main(["train", "vit_l", "--train.epochs", "1", "--print-config"])  # doctest: +ELLIPSIS
     {...
