@@ -390,10 +390,10 @@ def _publish_args(command: str, args: list[str]) -> tuple[Path, HubConfig, str |
         sys.exit(2)
     output_dir = Path(args[0]).expanduser()
     config = FinetuneConfig()
-    try:  # the run's own hub settings are the defaults, so `push OUTPUT_DIR` repeats a failed push as configured
+    # the run's own hub settings are the defaults, so `push OUTPUT_DIR` repeats a failed push as configured; not a
+    # run folder: export_run/push_run name the problem
+    with contextlib.suppress(TinyTransformersError):
         config = RunDir(output_dir).read_config()
-    except TinyTransformersError:
-        pass  # not a run folder: export_run/push_run name the problem
     options = _parse(cls, _options_of(cls, config), args[1:], f"tiny-transformers {command} {args[0]}")
     return output_dir, _with_options(config, options).hub, options.to
 
