@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import functools
 import io
 import json
 import os
@@ -320,10 +321,9 @@ def _evaluate(args: list[str]) -> None:
     try:
         path = write_per_class_csv(rows, options.output)
     except OSError as error:
-        reason = error.strerror or error
         raise TinyTransformersError(
-            f"--output '{options.output}' cannot be written ({reason}); the scores are above; give a path in a "
-            "folder you can write to."
+            f"--output '{options.output}' cannot be written ({error.strerror or error}); the scores are above; give "
+            "a path in a folder you can write to."
         ) from None
     except TinyTransformersError as error:  # a full disk or a read-only folder: the file, the errno, the fix
         raise TinyTransformersError(f"{error} The scores are above.") from None
@@ -370,12 +370,11 @@ class ExportArgs:
 
 
 @dataclasses.dataclass
-class PushArgs:
+class PushArgs(ExportArgs):
     """Export the run in OUTPUT_DIR (as export does) and upload that folder to the Hub repo hub.model_id. The hub.*
     defaults are the ones the run recorded, so that a failed push is repeated as configured."""
 
     hub: PushHub
-    to: str | None = None  # the export folder; default: OUTPUT_DIR/export
 
 
 def _publish_args(command: str, args: list[str]) -> tuple[Path, HubConfig, str | None]:
@@ -398,22 +397,16 @@ def _publish_args(command: str, args: list[str]) -> tuple[Path, HubConfig, str |
     return output_dir, _with_options(config, options).hub, options.to
 
 
-def _export(args: list[str]) -> None:
-    """``export OUTPUT_DIR``: the folder ``push`` would upload, written locally only."""
-    output_dir, hub, to = _publish_args("export", args)
-    from .publish import export_run
+def _publish(command: str, args: list[str]) -> None:
+    """``export OUTPUT_DIR``: the folder ``push`` would upload, written locally; ``push``: that folder, uploaded."""
+    output_dir, hub, to = _publish_args(command, args)
+    from .publish import export_run, push_run
 
+    if command == "push":
+        print(f"pushed to https://huggingface.co/{hub.model_id} ({push_run(output_dir, hub, to)})")
+        return
     folder = export_run(output_dir, hub, to)
     print(f"exported to {folder}: {', '.join(sorted(p.name for p in folder.iterdir()))}")
-
-
-def _push(args: list[str]) -> None:
-    """``push OUTPUT_DIR --hub.model_id owner/name``: export, then upload to the Hub."""
-    output_dir, hub, to = _publish_args("push", args)
-    from .publish import push_run
-
-    url = push_run(output_dir, hub, to)
-    print(f"pushed to https://huggingface.co/{hub.model_id} ({url})")
 
 
 @dataclasses.dataclass
@@ -443,10 +436,7 @@ def _predict(args: list[str]) -> None:
     predictions = predictor.predict(files, top_k=options.top_k, batch_size=options.batch_size)
     for skipped in predictor.skipped:
         print(f"skipped {skipped}", file=sys.stderr)
-    if options.json:
-        print(json.dumps([p.to_dict() for p in predictions], indent=2))
-    else:
-        print(format_predictions(predictions))
+    print(json.dumps([p.to_dict() for p in predictions], indent=2) if options.json else format_predictions(predictions))
     if not predictions:
         raise TinyTransformersError("None of the given files could be read as an image.")
 
@@ -574,8 +564,8 @@ def _benchmark(args: list[str]) -> None:
 COMMANDS = {
     "train": _train,
     "evaluate": _evaluate,
-    "export": _export,
-    "push": _push,
+    "export": functools.partial(_publish, "export"),
+    "push": functools.partial(_publish, "push"),
     "predict": _predict,
     "ablate": _ablate,
     "benchmark": _benchmark,  # kept as a name only, to point at the repository's benchmarks
