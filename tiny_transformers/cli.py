@@ -94,12 +94,6 @@ def _option(arg: str) -> str:
     return "--" + arg[2:].split("=", 1)[0].replace("-", "_") if arg.startswith("--") else arg
 
 
-def _negated(option: str) -> str:
-    """``--model.no_pretrained`` -> ``--model.pretrained``; any other option as it is."""
-    prefix, dot, name = option[2:].rpartition(".")
-    return f"--{prefix}{dot}{name[3:]}" if option.startswith("--") and name.startswith("no_") else option
-
-
 def _bare_booleans(cls: type, args: Sequence[str]) -> list[str]:
     """``--json`` alone becomes ``--json true`` and ``--model.no-pretrained`` ``--model.pretrained false``.
 
@@ -107,14 +101,15 @@ def _bare_booleans(cls: type, args: Sequence[str]) -> list[str]:
     ``predict`` its images) no truth value; ``--json=no`` and words after ``--`` are left alone.
     """
     booleans = _bool_options(cls)
+    negations = {f"--{prefix}{dot}no_{name}": b for b in booleans for prefix, dot, name in [b[2:].rpartition(".")]}
     hints = typing.get_type_hints(cls, include_extras=True).values()
     positionals = any(tyro.conf.Positional in typing.get_args(hint) for hint in hints)
     args, out = list(args), []
     for i, arg in enumerate(args):
         if arg == "--":
             return out + args[i:]
-        if "=" not in arg and _option(arg) not in booleans and _negated(_option(arg)) in booleans:
-            out += [_negated(_option(arg)), "false"]
+        if "=" not in arg and _option(arg) not in booleans and _option(arg) in negations:
+            out += [negations[_option(arg)], "false"]
             continue
         out.append(arg)
         if "=" not in arg and _option(arg) in booleans:
