@@ -183,17 +183,13 @@ def prediction_grid_figure(
         top = row * (side + _GRID_TITLE + _GRID_PAD) + _GRID_TITLE
         ax = fig.add_axes((left / width, 1 - (top + side) / height, side / width, side / height))
         ax.imshow(image, interpolation="nearest", aspect="auto")
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ax.set(xticks=[], yticks=[])
         wrong = truth != predicted
         colour = _WRONG if wrong else _RIGHT
         ax.set_title(
             f"true: {_short(truth)}\npred: {_short(predicted)}", fontsize=8, color=colour, pad=3, linespacing=1.2
         )
-        for spine in ax.spines.values():
-            spine.set_visible(wrong)
-            spine.set_color(_WRONG)
-            spine.set_linewidth(3)
+        ax.spines[:].set(visible=wrong, color=_WRONG, linewidth=3)
     return fig
 
 
