@@ -486,13 +486,12 @@ def ablation_figure(results: Sequence[RowResult], model: PaperModel | None):
             ax.text(value, y, f" {value:.2f}", va="center", fontsize=8)
     labels = [r.row.name + ("" if r.status == "finished" else f" ({r.status})") for r in results]
     ax.set_yticks(ys, labels)
-    ax.set_xlim(0.0, 100.0)  # from 0: a bar's length is its accuracy, whatever the rows' spread
     handles, names = ax.get_legend_handles_labels()
     unique = dict(zip(names, handles))
     if unique:
         ax.legend(unique.values(), unique.keys(), loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.set_xlabel("top-1 (%)")
-    ax.set_title(f"Ablation: {_title(results, model)}, final top-1 per row")
+    # from 0: a bar's length is its accuracy, whatever the rows' spread
+    ax.set(xlim=(0.0, 100.0), xlabel="top-1 (%)", title=f"Ablation: {_title(results, model)}, final top-1 per row")
     ax.grid(axis="x", alpha=0.3)
     return fig
 

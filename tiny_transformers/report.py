@@ -76,8 +76,7 @@ def training_curves_figure(
     else:
         lr_ax.plot(xs, lrs, color="tab:gray", **style)
     for ax, title in ((loss_ax, "Loss"), (acc_ax, "Eval accuracy (%)"), (lr_ax, "Learning rate")):
-        ax.set_title(title)
-        ax.set_xlabel("epoch" if x == "epoch" else "optimizer step")
+        ax.set(title=title, xlabel="epoch" if x == "epoch" else "optimizer step")
         ax.grid(alpha=0.3)
         if x == "epoch":
             ax.xaxis.get_major_locator().set_params(integer=True)
