@@ -40,8 +40,7 @@ def weights_folder(run: RunSummary, weights: str = "last") -> Path:
 
 
 def _eval_results(record: dict, dataset_id: str | None) -> list[EvalResult]:
-    """The model-index results of the published epoch: top-1 and top-5 on the Hub dataset's validation split; none
-    for local data, which the Hub cannot name."""
+    """The model-index results of the published epoch (top-1, top-5 on the Hub dataset's validation split)."""
     if not dataset_id:
         return []
     return [
