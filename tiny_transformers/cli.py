@@ -384,8 +384,7 @@ def _publish_args(command: str, args: list[str]) -> tuple[Path, HubConfig, str |
         sys.exit(2)
     output_dir = Path(args[0]).expanduser()
     config = FinetuneConfig()
-    # the run's own hub settings are the defaults, so `push OUTPUT_DIR` repeats a failed push as configured; not a
-    # run folder: export_run/push_run name the problem
+    # the run's hub settings are the defaults, so `push OUTPUT_DIR` retries as configured (no run: push_run says so)
     with contextlib.suppress(TinyTransformersError):
         config = RunDir(output_dir).read_config()
     options = _parse(cls, _options_of(cls, config), args[1:], f"tiny-transformers {command} {args[0]}")
