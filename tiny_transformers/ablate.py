@@ -40,8 +40,8 @@ class AblationRow:
 
     name: str
     overrides: tuple[tuple[str, str], ...]
-    paper_row: str | None  # the paper's name for the same setting; None: a row the paper does not have
-    swin_l_top1: float | None  # the paper's Swin-L top-1 for it (paper-recipe.md); None: not reported
+    paper_row: str | None = None  # the paper's name for the same setting; None: a row the paper does not have
+    swin_l_top1: float | None = None  # the paper's Swin-L top-1 for it (paper-recipe.md); None: not reported
 
     @property
     def change(self) -> str:
@@ -84,7 +84,7 @@ ABLATION_ROWS: dict[str, AblationRow] = {
         AblationRow("no_random_erasing", (("augment.random_erasing", "0"),), "no random erasing", 91.28),
         AblationRow("no_mixup", (("augment.mixup_alpha", "0"),), "no Mixup", 91.11),
         AblationRow("no_cutmix", (("augment.cutmix_alpha", "0"),), "no CutMix", 91.04),
-        AblationRow("probe", PROBE_OVERRIDES, None, None),
+        AblationRow("probe", PROBE_OVERRIDES),
     )
 }
 GRID_ROWS: dict[str, AblationRow] = {
@@ -92,7 +92,6 @@ GRID_ROWS: dict[str, AblationRow] = {
         grid_row_name(lr, wd),
         (("optim.lr", lr), ("optim.weight_decay", wd)),
         f"AdamW grid, lr {lr} / wd {wd} (the paper names only the best cell, 1e-3 / 0.05)",
-        None,
     )
     for lr in GRID_LRS
     for wd in GRID_WDS
@@ -206,8 +205,6 @@ def sweep_rows(sweep: Sequence[tuple[str, Sequence[str]]]) -> list[AblationRow]:
         AblationRow(
             "_".join(label + re.sub(r"[^A-Za-z0-9.+-]", "-", value) for label, value in zip(labels, values)),
             tuple(zip(fields, values)),
-            None,
-            None,
         )
         for values in itertools.product(*(values for _, values in sweep))
     ]
