@@ -6,6 +6,8 @@
 0.001
 """
 
+import importlib
+
 from .config import (
     AugmentConfig,
     DataConfig,
@@ -55,19 +57,12 @@ __all__ = [
 ]
 
 
+_LAZY = {"finetune": "train", "FinetuneResult": "train", "evaluate_checkpoint": "evaluation", "run": "cli"}
+
+
 def __getattr__(name: str):
     # torch, timm and datasets load only when training or evaluation is asked for, so that
     # `--print-config` and config building stay instant.
-    if name in ("finetune", "FinetuneResult"):
-        from . import train
-
-        return getattr(train, name)
-    if name == "evaluate_checkpoint":
-        from .evaluation import evaluate_checkpoint
-
-        return evaluate_checkpoint
-    if name == "run":
-        from .cli import run
-
-        return run
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'tiny_transformers' has no attribute '{name}'")

@@ -1,15 +1,8 @@
 """The paper's ablation in one command: its rows as ordinary runs under one root, resumable, and their report.
 
-Each row is the paper recipe of one model with a few fields changed, trained by ``finetune`` into its own folder
-``<root>/<row>`` (default root ``outputs/ablation/<model>``). The paper's "default" had RandAugment on (2 ops,
-magnitude 9) and its "no RandAugment" is what the official code runs when RandAugment is "removed": 2 ops at
-magnitude 0, the library's recipe. So this library's ``default`` row is the paper's "no RandAugment" and
-``randaugment_9`` the paper's "default" (docs/ablation.md). The paper reports the ablation for Swin-L only.
-Beside its rows, ``probe``: the same recipe as a plain linear probe (no augmentation, no drop path, head only),
-which the paper did not run: what its augmentation buys over it.
-
-Files of the root (beside the row folders): ``ablation.json`` (which paper model the runner trained),
-``ablation.md`` and ``ablation.png`` (the report, from whatever rows have finished).
+Each row is a paper recipe with a few fields changed, trained by ``finetune`` into ``<root>/<row>``; the root also
+holds ``ablation.json`` (the model and sweep) and the report ``ablation.md``/``ablation.png``. Why ``default`` is
+the paper's "no RandAugment" and ``randaugment_9`` its "default", and what ``probe`` is: docs/ablation.md.
 """
 
 from __future__ import annotations
@@ -47,8 +40,8 @@ class AblationRow:
 
     name: str
     overrides: tuple[tuple[str, str], ...]
-    paper_row: str | None  # the paper's name for the same setting; None: a row the paper does not have
-    swin_l_top1: float | None  # the paper's Swin-L top-1 for it (paper-recipe.md); None: not reported
+    paper_row: str | None = None  # the paper's name for the same setting; None: a row the paper does not have
+    swin_l_top1: float | None = None  # the paper's Swin-L top-1 for it (paper-recipe.md); None: not reported
 
     @property
     def change(self) -> str:
@@ -91,7 +84,7 @@ ABLATION_ROWS: dict[str, AblationRow] = {
         AblationRow("no_random_erasing", (("augment.random_erasing", "0"),), "no random erasing", 91.28),
         AblationRow("no_mixup", (("augment.mixup_alpha", "0"),), "no Mixup", 91.11),
         AblationRow("no_cutmix", (("augment.cutmix_alpha", "0"),), "no CutMix", 91.04),
-        AblationRow("probe", PROBE_OVERRIDES, None, None),
+        AblationRow("probe", PROBE_OVERRIDES),
     )
 }
 GRID_ROWS: dict[str, AblationRow] = {
@@ -99,7 +92,6 @@ GRID_ROWS: dict[str, AblationRow] = {
         grid_row_name(lr, wd),
         (("optim.lr", lr), ("optim.weight_decay", wd)),
         f"AdamW grid, lr {lr} / wd {wd} (the paper names only the best cell, 1e-3 / 0.05)",
-        None,
     )
     for lr in GRID_LRS
     for wd in GRID_WDS
@@ -155,7 +147,7 @@ def select_rows(names: Sequence[str] = (), grid: bool = False) -> list[AblationR
 
 
 def check_overrides(options: Iterable[str], rows: Sequence[AblationRow]) -> None:
-    """Refuse a user override that a selected row sets itself, or ``--train.output_dir`` (each row has its own).
+    """Refuse an override that a selected row sets itself, or ``--train.output_dir`` (each row has its own).
 
     >>> check_overrides(["--train.epochs"], select_rows(["no_mixup"]))
     >>> check_overrides(["--augment.mixup_alpha"], select_rows(["no_mixup"]))  # doctest: +ELLIPSIS
@@ -179,8 +171,7 @@ def check_overrides(options: Iterable[str], rows: Sequence[AblationRow]) -> None
 
 
 def parse_sweep(specs: Sequence[str]) -> list[tuple[str, tuple[str, ...]]]:
-    """Split ``--sweep FIELD=V1,V2,...`` words into (field, values); the values stay text, which the command line
-    then parses with each field's own type. A malformed word is refused in one sentence.
+    """Split ``--sweep FIELD=V1,V2,...`` words into (field, values), the values as text (parsed per row).
 
     >>> parse_sweep(["train.batch_size=32,64", "optim.lr=1e-3"])
     [('train.batch_size', ('32', '64')), ('optim.lr', ('1e-3',))]
@@ -214,8 +205,6 @@ def sweep_rows(sweep: Sequence[tuple[str, Sequence[str]]]) -> list[AblationRow]:
         AblationRow(
             "_".join(label + re.sub(r"[^A-Za-z0-9.+-]", "-", value) for label, value in zip(labels, values)),
             tuple(zip(fields, values)),
-            None,
-            None,
         )
         for values in itertools.product(*(values for _, values in sweep))
     ]
@@ -230,9 +219,7 @@ def sweep_rows(sweep: Sequence[tuple[str, Sequence[str]]]) -> list[AblationRow]:
 
 
 def is_finished(folder: RunDir, epochs: int) -> bool:
-    """Whether the run in ``folder`` finished ``epochs`` epochs: its ``finished.json``, written after every other
-    output, says so. A run killed anywhere before it (last epoch's checkpoint, ``last/``, the report) is unfinished
-    and resumes."""
+    """Whether the run in ``folder`` finished ``epochs`` epochs (its ``finished.json``, written last, says so)."""
     finished = folder.finished_epochs()
     return finished is not None and finished >= epochs
 
@@ -255,8 +242,7 @@ def ablation_commands(
 
 
 def write_manifest(root: Path, model: str, sweep: Sequence[tuple[str, Sequence[str]]] = ()) -> None:
-    """Record in ``root/ablation.json`` the paper model and the latest ``--sweep`` (kept when this run has none),
-    which the report lists as rows even before they start."""
+    """Record in ``root/ablation.json`` the paper model and the latest ``--sweep`` (kept when this run has none)."""
     root.mkdir(parents=True, exist_ok=True)
     try:
         old = read_manifest(root)
@@ -280,11 +266,9 @@ def run_ablation(
     command: str | None = None,
     sweep: Sequence[tuple[str, Sequence[str]]] = (),
 ) -> list[tuple[str, str]]:
-    """Train each row's config in turn (a finished one is skipped, an interrupted one resumes); returns the failed
-    rows. ``sweep`` (the ``--sweep`` fields and values) is recorded for the report.
+    """Train each row's config in turn (finished ones skipped, interrupted ones resumed), then write the report.
 
-    A row that fails with a :class:`TinyTransformersError` is reported with its name and the next row starts; a
-    stop signal (``TrainingInterrupted``) ends the whole ablation. The report is written at the end.
+    Returns the failed rows (name, sentence); a stop signal (``TrainingInterrupted``) ends the whole ablation.
 
     >>> run_ablation([(row, cli.row_config(base, row, root)) for row in rows], "swin_l", root)  # doctest: +SKIP
     [('no_mixup', 'data.source ... does not exist; ...')]
@@ -326,9 +310,7 @@ def run_ablation(
     return failed
 
 
-# --------------------------------------------------------------------------------------------------
 # The report
-# --------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -370,8 +352,7 @@ def ablation_model(root: Path) -> PaperModel | None:
 
 
 def compared_with_paper(results: Sequence[RowResult], model: PaperModel | None) -> bool:
-    """Whether the paper's numbers belong beside these rows: every started row trained the paper's model itself (a
-    recipe run with another ``--model.name``, say ``test_vit``, is not that model).
+    """Whether the paper's numbers belong beside these rows: every started row trained the paper's model itself.
 
     >>> swin, row = paper_model("swin_l"), ABLATION_ROWS["default"]
     >>> compared_with_paper([RowResult(row, "finished", model="swin_large_patch4_window12_384")], swin)
@@ -405,8 +386,7 @@ def _epochs(result: RowResult) -> str:
 def ablation_markdown(
     root: Path, results: Sequence[RowResult], model: PaperModel | None, sweep: Sequence[RowResult] = ()
 ) -> str:
-    """The text of ``ablation.md``: the paper's rows that were run (with the lr x wd grid) and the ``--sweep`` rows,
-    one table each; the paper's numbers only beside runs of the paper's own model."""
+    """The text of ``ablation.md``: a table of the paper's rows (and lr x wd grid), one of the ``--sweep`` rows."""
     compare = compared_with_paper([*results, *sweep], model)
     swin = compare and model.short_name == "swin_l"
     lines = [f"# Ablation: {_title([*results, *sweep], model)}"]
@@ -478,16 +458,15 @@ def _sweep_table(root: Path, sweep: Sequence[RowResult]) -> list[str]:
         "| row | " + " | ".join(fields) + " | top-1 (%) | top-5 (%) | epochs |",
         "|---|" + "---|" * len(fields) + "---:|---:|---|",
         *(
-            f"| {r.row.name} | " + " | ".join(value for _, value in r.row.overrides)
-            + f" | {_number(r.top1)} | {_number(r.top5)} | {_epochs(r)} |"
+            f"| {r.row.name} | {' | '.join(value for _, value in r.row.overrides)} | {_number(r.top1)} | "
+            f"{_number(r.top5)} | {_epochs(r)} |"
             for r in sweep
         ),
-    ]  # fmt: skip
+    ]
 
 
 def ablation_figure(results: Sequence[RowResult], model: PaperModel | None):
-    """Horizontal bars from 0: each finished row's final top-1, and the paper's Swin-L number beside it where known
-    (only for runs of Swin-L itself)."""
+    """Horizontal bars from 0: each row's final top-1, and beside it the paper's for runs of Swin-L itself."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(CHART_SIZE[0] / CHART_DPI, CHART_SIZE[1] / CHART_DPI), dpi=CHART_DPI, layout="constrained")
@@ -497,23 +476,19 @@ def ablation_figure(results: Sequence[RowResult], model: PaperModel | None):
     ours = [r.top1 for r in results]
     papers = [r.row.swin_l_top1 if swin else None for r in results]
     height = 0.38
-    for y, value in zip(ys, ours):
-        if value is not None:
-            ax.barh(y + height / 2, value, height, color="tab:blue", label="this run (final)")
-            ax.text(value, y + height / 2, f" {value:.2f}", va="center", fontsize=8)
-    for y, value in zip(ys, papers):
-        if value is not None:
-            ax.barh(y - height / 2, value, height, color="tab:gray", label="paper (Swin-L)")
-            ax.text(value, y - height / 2, f" {value:.2f}", va="center", fontsize=8)
+    bars = ((height / 2, ours, "tab:blue", "this run (final)"), (-height / 2, papers, "tab:gray", "paper (Swin-L)"))
+    for offset, values, color, label in bars:
+        for y, value in ((y + offset, v) for y, v in zip(ys, values) if v is not None):
+            ax.barh(y, value, height, color=color, label=label)
+            ax.text(value, y, f" {value:.2f}", va="center", fontsize=8)
     labels = [r.row.name + ("" if r.status == "finished" else f" ({r.status})") for r in results]
     ax.set_yticks(ys, labels)
-    ax.set_xlim(0.0, 100.0)  # from 0: a bar's length is its accuracy, whatever the rows' spread
     handles, names = ax.get_legend_handles_labels()
     unique = dict(zip(names, handles))
     if unique:
         ax.legend(unique.values(), unique.keys(), loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.set_xlabel("top-1 (%)")
-    ax.set_title(f"Ablation: {_title(results, model)}, final top-1 per row")
+    # from 0: a bar's length is its accuracy, whatever the rows' spread
+    ax.set(xlim=(0.0, 100.0), xlabel="top-1 (%)", title=f"Ablation: {_title(results, model)}, final top-1 per row")
     ax.grid(axis="x", alpha=0.3)
     return fig
 
@@ -521,8 +496,7 @@ def ablation_figure(results: Sequence[RowResult], model: PaperModel | None):
 def write_ablation_report(root: str | Path) -> tuple[Path, Path]:
     """Write ``ablation.md`` and ``ablation.png`` (:data:`CHART_SIZE` pixels) into ``root``; never trains.
 
-    The six ablation rows are listed (not started ones as such) unless the root holds only a ``--sweep``, grid rows
-    when their folder exists, and the latest sweep's rows (recorded in ``ablation.json``).
+    Listed: the six rows (unless the root holds only a ``--sweep``), grid rows with a folder, the latest sweep's.
 
     >>> write_ablation_report("outputs/ablation/swin_l")  # doctest: +SKIP
     (PosixPath('outputs/ablation/swin_l/ablation.md'), PosixPath('outputs/ablation/swin_l/ablation.png'))

@@ -1,8 +1,7 @@
 """The model card of a run: ``templates/model_card.md`` rendered by huggingface_hub's ``ModelCard.from_template``.
 
-The metadata (license, datasets, tags, base model, a ``model-index`` with top-1/top-5) is huggingface_hub's own
-``ModelCardData``/``EvalResult``; the text is a Markdown template with Jinja variables, so the card is edited as
-Markdown, not as Python strings. Only what the template cannot compute is computed here.
+The metadata is huggingface_hub's ``ModelCardData``/``EvalResult``; the text is edited as Markdown with Jinja
+variables, and only what the template cannot compute is computed here.
 """
 
 from __future__ import annotations
@@ -41,8 +40,7 @@ def weights_folder(run: RunSummary, weights: str = "last") -> Path:
 
 
 def _eval_results(record: dict, dataset_id: str | None) -> list[EvalResult]:
-    """The model-index results of the published epoch: top-1 and top-5 on the Hub dataset's validation split; none
-    for local data, which the Hub cannot name."""
+    """The model-index results of the published epoch (top-1, top-5 on the Hub dataset's validation split)."""
     if not dataset_id:
         return []
     return [
@@ -64,9 +62,8 @@ def _eval_results(record: dict, dataset_id: str | None) -> list[EvalResult]:
 
 
 def model_card(run: RunSummary, hub: HubConfig | None = None) -> ModelCard:
-    """The model card of ``run``: YAML metadata with a ``model-index`` of the published epoch's top-1/top-5 (when
-    it trained on a Hub dataset, which the card names; never for local data), then the results beside the paper's
-    number, how to load it, the training config, curves and citation.
+    """The model card of ``run``: metadata (a ``model-index`` of the published epoch's top-1/top-5 when it trained
+    on a Hub dataset), the results beside the paper's, how to load it, the training config, curves and citation.
 
     >>> card = model_card(read_run("outputs/run"), HubConfig(model_id="me/vit-l-tiny-imagenet"))  # doctest: +SKIP
     >>> card.data.eval_results[0].metric_value  # doctest: +SKIP
@@ -76,9 +73,8 @@ def model_card(run: RunSummary, hub: HubConfig | None = None) -> ModelCard:
     config, record = run.config, run.record_for(hub.weights)
     timm_name = resolve_model_name(config.model.name)
     name = hub.model_id or run.output_dir.name
-    # The card names only the data the run saw: a Hub id when it trained on one (as the run recorded it; guessed
-    # from the string for older runs); a local copy is no Hub dataset, so then no `datasets` entry and no
-    # model-index result (the body's table still gives the numbers).
+    # A Hub id when the run trained on one (as recorded; guessed from the string for older runs); a local copy is
+    # no Hub dataset: no `datasets` entry, no model-index result (the body's table still gives the numbers).
     on_hub = run.source_kind == "hub" if run.source_kind else is_hub_id(config.data.source)
     dataset_id = config.data.source if on_hub else None
     results = _eval_results(record, dataset_id)
@@ -94,16 +90,6 @@ def model_card(run: RunSummary, hub: HubConfig | None = None) -> ModelCard:
         eval_results=results or None,
     )
     pretrained_cfg = read_json(weights_folder(run, hub.weights) / CONFIG_FILE).get("pretrained_cfg", {})
-    epochs = len(run.history)
-    which = (
-        f"the last epoch (epoch {record['epoch']} of {epochs})"
-        if hub.weights == "last"
-        else f"the epoch with the best eval top-1 (epoch {record['epoch']} of {epochs}; chosen on the eval split "
-        "itself, so its numbers are slightly optimistic)"
-    )
-    if record["weights"]:  # with an EMA: which of the two the folder holds, the numbers above being theirs
-        ema = record["weights"] == "ema"
-        which += ", the exponential moving average (EMA) of the weights" if ema else ", the raw weights (not their EMA)"
     return ModelCard.from_template(
         metadata,
         template_path=str(TEMPLATE),
@@ -114,7 +100,7 @@ def model_card(run: RunSummary, hub: HubConfig | None = None) -> ModelCard:
         num_classes=len(run.class_ids),
         native_size=config.data.native_size,
         size=pretrained_cfg.get("input_size", [3, config.data.image_size, config.data.image_size])[-1],
-        which=which,
+        which=_which(record, hub.weights, len(run.history)),
         source=dataset_id or f"…/{Path(config.data.source).name}",  # a local path is private: its last part
         reported_row="final" if hub.weights == "last" else "best top-1",
         results_table=results_table(config, run.history),
@@ -131,6 +117,20 @@ def model_card(run: RunSummary, hub: HubConfig | None = None) -> ModelCard:
         curves_file=CURVES_FILE,
         citation=CITATION,
     )
+
+
+def _which(record: dict, weights: str, epochs: int) -> str:
+    """The published weights in words: which epoch and, with an EMA, which of the two the folder holds."""
+    which = (
+        f"the last epoch (epoch {record['epoch']} of {epochs})"
+        if weights == "last"
+        else f"the epoch with the best eval top-1 (epoch {record['epoch']} of {epochs}; chosen on the eval split "
+        "itself, so its numbers are slightly optimistic)"
+    )
+    if record["weights"]:
+        ema = record["weights"] == "ema"
+        which += ", the exponential moving average (EMA) of the weights" if ema else ", the raw weights (not their EMA)"
+    return which
 
 
 def _is_tiny_imagenet(class_ids: list[str], dataset_id: str | None) -> bool:

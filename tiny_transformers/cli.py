@@ -1,9 +1,7 @@
 """Command lines: dotted overrides for recipes (``run``) and the ``tiny-transformers`` console script.
 
-Every command's options are parsed by tyro from dataclasses (the config's own, or an args class per command),
-so every field is an option with its type, default and comment as help, and a mistyped name is answered with the
-closest one. A boolean takes a value (``--model.pretrained false``), stands alone (``--json`` means true) or is
-negated in tyro's flag style (``--model.no-pretrained``).
+tyro parses every command's options from dataclasses (field comments are the help). A boolean takes a value
+(``--model.pretrained false``), stands alone (``--json``) or is negated (``--model.no-pretrained``).
 """
 
 from __future__ import annotations
@@ -11,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import functools
 import io
 import json
 import os
@@ -61,7 +60,7 @@ _REGISTRY = tyro.constructors.ConstructorRegistry()
 
 @_REGISTRY.primitive_rule
 def _bool_rule(type_info: tyro.constructors.PrimitiveTypeInfo) -> tyro.constructors.PrimitiveConstructorSpec | None:
-    """A boolean takes one value, true/false/yes/no/1/0/on/off in any case; ``_bare_booleans`` gives a bare one."""
+    """A boolean takes one value, true/false/yes/no/1/0/on/off in any case (``_bare_booleans`` gives bare ones)."""
     if type_info.type is not bool:
         return None
 
@@ -95,29 +94,22 @@ def _option(arg: str) -> str:
     return "--" + arg[2:].split("=", 1)[0].replace("-", "_") if arg.startswith("--") else arg
 
 
-def _negated(option: str) -> str:
-    """The option that ``--section.no_field`` negates, in tyro's flag style: ``--model.no_pretrained`` ->
-    ``--model.pretrained`` (any other option is returned as it is)."""
-    prefix, dot, name = option[2:].rpartition(".")
-    return f"--{prefix}{dot}{name[3:]}" if option.startswith("--") and name.startswith("no_") else option
-
-
 def _bare_booleans(cls: type, args: Sequence[str]) -> list[str]:
-    """``--json`` alone becomes ``--json true`` and ``--model.no-pretrained`` ``--model.pretrained false``, so tyro
-    reads every boolean as one value.
+    """``--json`` alone becomes ``--json true`` and ``--model.no-pretrained`` ``--model.pretrained false``.
 
-    A boolean is bare when the next word is missing, an option, or (where ``cls`` takes positional words,
-    as ``predict`` its images) anything but a truth value; ``--json=no`` and words after ``--`` are left alone.
+    A boolean is bare when the next word is missing, an option, or (where ``cls`` takes positional words, as
+    ``predict`` its images) no truth value; ``--json=no`` and words after ``--`` are left alone.
     """
     booleans = _bool_options(cls)
+    negations = {f"--{prefix}{dot}no_{name}": b for b in booleans for prefix, dot, name in [b[2:].rpartition(".")]}
     hints = typing.get_type_hints(cls, include_extras=True).values()
     positionals = any(tyro.conf.Positional in typing.get_args(hint) for hint in hints)
     args, out = list(args), []
     for i, arg in enumerate(args):
         if arg == "--":
             return out + args[i:]
-        if "=" not in arg and _option(arg) not in booleans and _negated(_option(arg)) in booleans:
-            out += [_negated(_option(arg)), "false"]
+        if "=" not in arg and _option(arg) not in booleans and _option(arg) in negations:
+            out += [negations[_option(arg)], "false"]
             continue
         out.append(arg)
         if "=" not in arg and _option(arg) in booleans:
@@ -128,9 +120,7 @@ def _bare_booleans(cls: type, args: Sequence[str]) -> list[str]:
 
 
 def _parse(cls, default, args: Sequence[str], prog: str | None, description: str | None = None):
-    """tyro with this CLI's conventions: ``--section.field_name VALUE``, booleans bare or with a value. ``prog`` is
-    the command as typed (tyro's usage line and its error footer's ``--help``); ``description`` heads the help,
-    instead of ``cls``'s docstring."""
+    """tyro with this CLI's conventions; ``prog``: the command as typed; ``description``: the help's head."""
     defaults = {} if default is None else {"default": default}
     return tyro.cli(
         cls,
@@ -161,8 +151,7 @@ def parse_config(
 
 @contextlib.contextmanager
 def _closed_pipe_ends_quietly() -> Iterator[None]:
-    """A reader of stdout that leaves early (``--print-config | head``) ends the command as it ends a shell tool:
-    quietly, with status 141 (128 + SIGPIPE), instead of a BrokenPipeError traceback."""
+    """A reader of stdout that leaves early (``--print-config | head``): exit 141 (128 + SIGPIPE), no traceback."""
     try:
         yield
         sys.stdout.flush()  # inside: a pipe closed during the interpreter's own last flush is met here
@@ -172,18 +161,12 @@ def _closed_pipe_ends_quietly() -> Iterator[None]:
 
 
 def _fail(error: BaseException) -> typing.NoReturn:
-    """Exit with the error's one sentence: a stopped run (``TrainingInterrupted``) with its status (143, or 130 for
-    SIGINT between ablation rows), anything else a user can fix with 2."""
+    """Exit with the error's one sentence and its ``exit_status`` (a stopped run: 143 or 130), else 2."""
     status = getattr(error, "exit_status", 2)
     if isinstance(error, TinyTransformersError) and error.every_process and not is_main_launch_process():
         sys.exit(status)  # the launch's first process prints the same sentence
     print(f"{'stopped' if status != 2 else 'error'}: {clean_message(error)}", file=sys.stderr)
     sys.exit(status)
-
-
-def _config_of(options: FinetuneConfig) -> FinetuneConfig:
-    """The plain config inside a command's options (a dataclass that extends FinetuneConfig with its own fields)."""
-    return FinetuneConfig(**{f.name: getattr(options, f.name) for f in dataclasses.fields(FinetuneConfig)})
 
 
 def run(
@@ -193,12 +176,10 @@ def run(
     prog: str | None = None,
     description: str | None = None,
 ):
-    """Entry point of a recipe file: apply command-line overrides, then train (or print the config).
+    """Entry point of a recipe file (``accelerate launch recipes/swin_l.py --train.epochs 1``): overrides, then train.
 
-    ``accelerate launch recipes/swin_l.py --train.epochs 1`` ends here. Problems with the user's input
-    are printed as one sentence and exit with status 2; an interrupted run exits with status 143 and prints
-    ``command`` (default: ``accelerate launch`` and this script's command line) as the way to resume. ``prog``
-    (default: the script as typed) and ``description`` head ``--help``.
+    ``command`` (default: ``accelerate launch`` and this script's line) is printed as the way to resume a stopped
+    run; ``prog`` and ``description`` head ``--help``.
 
     >>> run(paper_config("swin_l"), ["--train.epochs", "1", "--print-config"])  # doctest: +ELLIPSIS
     {...
@@ -289,8 +270,7 @@ class EvaluateArgs:
 
 
 def _options_of(cls: type, config: FinetuneConfig) -> typing.Any:
-    """The options ``cls`` of a command (sections that each offer some of the config's fields, by the same names,
-    beside the command's own options, which keep their defaults) filled from ``config``: their defaults."""
+    """A command's options ``cls``, its sections (some config fields, same names) filled from ``config``."""
     hints = typing.get_type_hints(cls)
     sections = [f.name for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name])]
     offered = {name: [f.name for f in dataclasses.fields(hints[name])] for name in sections}
@@ -303,7 +283,7 @@ def _options_of(cls: type, config: FinetuneConfig) -> typing.Any:
 
 
 def _with_options(config: FinetuneConfig, options: typing.Any) -> FinetuneConfig:
-    """``config`` with the fields of ``options``' sections (see :func:`_options_of`) set to theirs."""
+    """``config`` with the fields of ``options``' sections set to theirs."""
     sections = {f.name for f in dataclasses.fields(config)} & {f.name for f in dataclasses.fields(options)}
     return dataclasses.replace(
         config,
@@ -326,11 +306,8 @@ def _evaluate(args: list[str]) -> None:
     from .evaluation import evaluate_checkpoint
     from .report import PER_CLASS_COLUMNS, per_class_accuracy, write_per_class_csv
 
-    try:
-        _refuse_foreign_output(Path(options.output), ",".join(PER_CLASS_COLUMNS))
-        result = evaluate_checkpoint(config, precision)
-    except TinyTransformersError as error:
-        _fail(error)
+    _refuse_foreign_output(Path(options.output), ",".join(PER_CLASS_COLUMNS))
+    result = evaluate_checkpoint(config, precision)
     if not is_main_launch_process():  # under `accelerate launch`, every process scores; the first one reports
         return
     # the scores first: a per-class file that cannot be written must not cost the evaluation
@@ -339,10 +316,12 @@ def _evaluate(args: list[str]) -> None:
     try:
         path = write_per_class_csv(rows, options.output)
     except OSError as error:
-        _fail(TinyTransformersError(f"--output '{options.output}' cannot be written ({error.strerror or error}); the "
-                                    "scores are above; give a path in a folder you can write to."))  # fmt: skip
+        raise TinyTransformersError(
+            f"--output '{options.output}' cannot be written ({error.strerror or error}); the scores are above; give "
+            "a path in a folder you can write to."
+        ) from None
     except TinyTransformersError as error:  # a full disk or a read-only folder: the file, the errno, the fix
-        _fail(TinyTransformersError(f"{error} The scores are above."))
+        raise TinyTransformersError(f"{error} The scores are above.") from None
     print(f"per-class accuracy: {path}", file=sys.stderr)  # stdout stays one JSON line for scripts
 
 
@@ -386,12 +365,11 @@ class ExportArgs:
 
 
 @dataclasses.dataclass
-class PushArgs:
+class PushArgs(ExportArgs):
     """Export the run in OUTPUT_DIR (as export does) and upload that folder to the Hub repo hub.model_id. The hub.*
     defaults are the ones the run recorded, so that a failed push is repeated as configured."""
 
     hub: PushHub
-    to: str | None = None  # the export folder; default: OUTPUT_DIR/export
 
 
 def _publish_args(command: str, args: list[str]) -> tuple[Path, HubConfig, str | None]:
@@ -406,36 +384,23 @@ def _publish_args(command: str, args: list[str]) -> tuple[Path, HubConfig, str |
         sys.exit(2)
     output_dir = Path(args[0]).expanduser()
     config = FinetuneConfig()
-    try:  # the run's own hub settings are the defaults, so `push OUTPUT_DIR` repeats a failed push as configured
+    # the run's hub settings are the defaults, so `push OUTPUT_DIR` retries as configured (no run: push_run says so)
+    with contextlib.suppress(TinyTransformersError):
         config = RunDir(output_dir).read_config()
-    except TinyTransformersError:
-        pass  # not a run folder: export_run/push_run name the problem
     options = _parse(cls, _options_of(cls, config), args[1:], f"tiny-transformers {command} {args[0]}")
     return output_dir, _with_options(config, options).hub, options.to
 
 
-def _export(args: list[str]) -> None:
-    """``export OUTPUT_DIR``: the folder ``push`` would upload, written locally only."""
-    output_dir, hub, to = _publish_args("export", args)
-    from .publish import export_run
+def _publish(command: str, args: list[str]) -> None:
+    """``export OUTPUT_DIR``: the folder ``push`` would upload, written locally; ``push``: that folder, uploaded."""
+    output_dir, hub, to = _publish_args(command, args)
+    from .publish import export_run, push_run
 
-    try:
-        folder = export_run(output_dir, hub, to)
-    except TinyTransformersError as error:
-        _fail(error)
+    if command == "push":
+        print(f"pushed to https://huggingface.co/{hub.model_id} ({push_run(output_dir, hub, to)})")
+        return
+    folder = export_run(output_dir, hub, to)
     print(f"exported to {folder}: {', '.join(sorted(p.name for p in folder.iterdir()))}")
-
-
-def _push(args: list[str]) -> None:
-    """``push OUTPUT_DIR --hub.model_id owner/name``: export, then upload to the Hub."""
-    output_dir, hub, to = _publish_args("push", args)
-    from .publish import push_run
-
-    try:
-        url = push_run(output_dir, hub, to)
-    except TinyTransformersError as error:
-        _fail(error)
-    print(f"pushed to https://huggingface.co/{hub.model_id} ({url})")
 
 
 @dataclasses.dataclass
@@ -460,20 +425,14 @@ def _predict(args: list[str]) -> None:
     options = _parse(PredictArgs, None, args, "tiny-transformers predict")
     from .predict import Predictor, find_images, format_predictions
 
-    try:
-        files = find_images(options.images)
-        predictor = Predictor.load(options.model.checkpoint)
-        predictions = predictor.predict(files, top_k=options.top_k, batch_size=options.batch_size)
-    except TinyTransformersError as error:
-        _fail(error)
+    files = find_images(options.images)
+    predictor = Predictor.load(options.model.checkpoint)
+    predictions = predictor.predict(files, top_k=options.top_k, batch_size=options.batch_size)
     for skipped in predictor.skipped:
         print(f"skipped {skipped}", file=sys.stderr)
-    if options.json:
-        print(json.dumps([p.to_dict() for p in predictions], indent=2))
-    else:
-        print(format_predictions(predictions))
+    print(json.dumps([p.to_dict() for p in predictions], indent=2) if options.json else format_predictions(predictions))
     if not predictions:
-        _fail(TinyTransformersError("None of the given files could be read as an image."))
+        raise TinyTransformersError("None of the given files could be read as an image.")
 
 
 @dataclasses.dataclass
@@ -496,7 +455,7 @@ _ABLATE_OWN = {"--rows", "--grid", "--print_commands", "--root", "--report", "--
 
 
 def _config_overrides(args: list[str]) -> list[str]:
-    """The config-field words of ``ablate``'s arguments (its own options and their values removed), as given."""
+    """``ablate``'s arguments less its own options and their values: the config overrides, as given."""
     args, out, i = _bare_booleans(AblateArgs, args), [], 0
     while i < len(args):
         word, i = args[i], i + 1
@@ -518,8 +477,7 @@ def _type_words(hint: object) -> str:
 
 
 def row_config(base: FinetuneConfig, row: AblationRow, root: str | Path) -> FinetuneConfig:
-    """``base`` with an ablation row's fields set as ``--field value`` sets them (tyro, each field's own type) and
-    ``train.output_dir`` ``<root>/<row>``; a field that does not exist or a value its type refuses is one sentence.
+    """``base`` with a row's fields set as ``--field value`` sets them and ``train.output_dir`` ``<root>/<row>``.
 
     >>> from tiny_transformers.ablate import ALL_ROWS
     >>> config = row_config(paper_config("swin_l"), ALL_ROWS["lr3e-3_wd0.2"], "out")
@@ -546,62 +504,49 @@ def row_config(base: FinetuneConfig, row: AblationRow, root: str | Path) -> Fine
 
 def _ablate(args: list[str]) -> None:
     """``ablate NAME``: the paper's ablation rows of NAME as ordinary runs; ``ablate --report ROOT``: their table."""
-    from .ablate import (
-        ablation_commands,
-        check_overrides,
-        default_root,
-        paper_model,
-        parse_sweep,
-        run_ablation,
-        select_rows,
-        sweep_rows,
-        write_ablation_report,
-        write_manifest,
-    )
+    from . import ablate as ablation
 
     prog = "tiny-transformers ablate"
     name = args[0] if args and not args[0].startswith("-") else None
     rest = args[1:] if name else args
     if name is None and not any(_option(a) in ("--report", "--help", "-h") for a in rest):
-        print(f"usage: {prog} NAME [--rows ROW ...] [--grid] [--sweep FIELD=V1,V2 ...] [--print-commands] [--root "
-              f"FOLDER] [--section.field VALUE ...]\n       {prog} --report ROOT\nNAME: {', '.join(PAPER_MODELS)} (or "
-              "its timm name)", file=sys.stderr)  # fmt: skip
+        print(
+            f"usage: {prog} NAME [--rows ROW ...] [--grid] [--sweep FIELD=V1,V2 ...] [--print-commands] [--root "
+            f"FOLDER] [--section.field VALUE ...]\n       {prog} --report ROOT\nNAME: {', '.join(PAPER_MODELS)} (or "
+            "its timm name)",
+            file=sys.stderr,
+        )
         sys.exit(2)
-    try:
-        paper = paper_model(name) if name else None
-        default = paper_config(paper.short_name) if paper else FinetuneConfig()
-        options = _parse(AblateArgs, AblateArgs(**vars(default)), rest, f"{prog} {name or ''}".strip())
-        if options.report is not None:
-            markdown, chart = write_ablation_report(options.report)
-            print(f"ablation report: {markdown}, {chart}")
-            return
-        if paper is None:
-            raise TinyTransformersError(f"ablate needs a model before its options: {prog} swin_l [--rows ...].")
-        overrides = _config_overrides(rest)
-        sweep = parse_sweep(options.sweep)
-        paper_rows = select_rows(options.rows, options.grid) if options.rows or options.grid or not sweep else []
-        rows = paper_rows + sweep_rows(sweep)
-        check_overrides([_option(a) for a in overrides if a.startswith("--")], rows)
-        root = Path(options.root).expanduser() if options.root else default_root(paper.short_name)
-        runs = [(row, row_config(_config_of(options), row, root)) for row in rows]  # every value checked first
-        if options.print_commands:
-            if sweep:  # the report of the printed runs lists the sweep's rows
-                write_manifest(root, paper.short_name, sweep)
-            print("\n".join(ablation_commands(paper.short_name, rows, root, overrides)))
-            return
-    except TinyTransformersError as error:
-        _fail(error)
+    paper = ablation.paper_model(name) if name else None
+    default = paper_config(paper.short_name) if paper else FinetuneConfig()
+    options = _parse(AblateArgs, AblateArgs(**vars(default)), rest, f"{prog} {name or ''}".strip())
+    if options.report is not None:
+        markdown, chart = ablation.write_ablation_report(options.report)
+        print(f"ablation report: {markdown}, {chart}")
+        return
+    if paper is None:
+        raise TinyTransformersError(f"ablate needs a model before its options: {prog} swin_l [--rows ...].")
+    overrides = _config_overrides(rest)
+    sweep = ablation.parse_sweep(options.sweep)
+    rows = ablation.select_rows(options.rows, options.grid) if options.rows or options.grid or not sweep else []
+    rows += ablation.sweep_rows(sweep)
+    ablation.check_overrides([_option(a) for a in overrides if a.startswith("--")], rows)
+    root = Path(options.root).expanduser() if options.root else ablation.default_root(paper.short_name)
+    base = _with_options(FinetuneConfig(), options)
+    runs = [(row, row_config(base, row, root)) for row in rows]  # every value checked before any row trains
+    if options.print_commands:
+        if sweep:  # the report of the printed runs lists the sweep's rows
+            ablation.write_manifest(root, paper.short_name, sweep)
+        print("\n".join(ablation.ablation_commands(paper.short_name, rows, root, overrides)))
+        return
     command = shlex.join(["tiny-transformers", "ablate", *args])
-    try:
-        failed = run_ablation(runs, paper.short_name, root, command, sweep)
-    except TinyTransformersError as error:  # a stopped row too: its sentence and exit status
-        _fail(error)
-    if failed:
+    # a failed row is listed and the next one starts; a stopped one ends the ablation with its status (main)
+    if ablation.run_ablation(runs, paper.short_name, root, command, sweep):
         sys.exit(1)
 
 
 def _benchmark(args: list[str]) -> None:
-    """``benchmark`` moved out of the package: say where it lives now."""
+    """``benchmark`` lives in the repository, not the package: say so."""
     print(
         "error: the benchmarks live beside the library in the repository, not in the installed package; "
         "run them from a checkout with `python -m benchmarks --quick` (docs/benchmarks.md).",
@@ -613,8 +558,8 @@ def _benchmark(args: list[str]) -> None:
 COMMANDS = {
     "train": _train,
     "evaluate": _evaluate,
-    "export": _export,
-    "push": _push,
+    "export": functools.partial(_publish, "export"),
+    "push": functools.partial(_publish, "push"),
     "predict": _predict,
     "ablate": _ablate,
     "benchmark": _benchmark,  # kept as a name only, to point at the repository's benchmarks
@@ -622,7 +567,7 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """The ``tiny-transformers`` console script: one dispatch on the command name, then tyro for its options.
+    """The ``tiny-transformers`` console script.
 
     >>> main(["train", "vit_l", "--train.epochs", "1", "--print-config"])  # doctest: +ELLIPSIS
     {...
@@ -641,7 +586,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         sys.exit(2)
     with _closed_pipe_ends_quietly():
-        command(argv[1:])
+        try:
+            command(argv[1:])
+        except TinyTransformersError as error:  # every command's problems: one sentence, no traceback
+            _fail(error)
 
 
 if __name__ == "__main__":

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 
 class TinyTransformersError(Exception):
-    """Base class for problems with the user's input (config, data, weights, checkpoints).
+    """Base class for problems with the user's input; the command line prints only its one sentence.
 
-    The command-line entry points print only the message of these errors, never a traceback. One raised in a
-    DataLoader worker comes back as PyTorch builds it, ``type(error)(the worker's traceback)``: its message is
-    still the one sentence, for Python callers too; the traceback is kept in ``worker_traceback``.
+    One re-raised from a DataLoader worker (``type(error)(the worker's traceback)``) keeps the sentence as its
+    message and the traceback in ``worker_traceback``.
 
     >>> str(DataError("Caught DataError in DataLoader worker process 1.\\nOriginal Traceback (most recent call "
     ...               "last):\\n  ...\\ntiny_transformers.errors.DataError: Cannot read image 'x.JPEG'."))
@@ -58,11 +57,7 @@ class TrainingDiverged(TinyTransformersError):
 
 
 def clean_message(error: BaseException) -> str:
-    """The user-facing sentence of ``error``, also when a DataLoader worker re-raised it.
-
-    PyTorch re-raises worker exceptions with the worker's traceback pasted into the message;
-    our sentence is its last line, after the class name.
-    """
+    """The user-facing sentence of ``error``; from a DataLoader worker's pasted traceback, its last line's."""
     text = str(error)
     if "Original Traceback" in text:
         last = text.strip().splitlines()[-1]

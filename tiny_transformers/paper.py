@@ -54,7 +54,4 @@ def resolve_model_name(name: str) -> str:
 
 def paper_model_for(name: str) -> PaperModel | None:
     """The paper model for a short or timm name (``vit_l`` or ``vit_large_patch16_384``), else None."""
-    for model in PAPER_MODELS.values():
-        if name in (model.short_name, model.timm_name):
-            return model
-    return None
+    return next((m for m in PAPER_MODELS.values() if name in (m.short_name, m.timm_name)), None)

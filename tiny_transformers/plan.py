@@ -1,5 +1,4 @@
-"""The numbers derived once from the config, the process count and the data size, and printed at start:
-accumulation steps, micro-batches and optimizer steps per epoch, the schedule's length."""
+"""Accumulation steps, micro-batches and optimizer steps per epoch and the schedule's length, derived once."""
 
 from __future__ import annotations
 

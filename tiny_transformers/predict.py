@@ -91,20 +91,18 @@ class Predictor:
         self, files: Sequence[str | Path], top_k: int = 5, batch_size: int = 64, progress: bool = True
     ) -> list[Prediction]:
         """Top-k predictions for each readable image; unreadable files are skipped and listed in ``self.skipped``."""
-        for name, value in (("top_k", top_k), ("batch_size", batch_size)):
+        for name, value, example in (("top_k", top_k, 5), ("batch_size", batch_size, 64)):
             if value < 1:
-                raise ConfigError(
-                    f"{name} must be 1 or more, got {value}; e.g. --{name} {5 if name == 'top_k' else 64}."
-                )
+                raise ConfigError(f"{name} must be 1 or more, got {value}; e.g. --{name} {example}.")
         top_k = min(top_k, len(self.class_ids))
         results: list[Prediction] = []
         batches = range(0, len(files), batch_size)
         for start in tqdm(batches, desc="predict", disable=not progress or len(batches) < 2, file=sys.stderr):
-            pixels, names = [], []
+            pixels, read = [], []
             for file in files[start : start + batch_size]:
                 try:
                     pixels.append(decode_image({"bytes": None, "path": str(file)}, self.decode_size))
-                    names.append(str(file))
+                    read.append(str(file))
                 except DataError as error:  # not an image, or a broken one: report it, go on with the rest
                     cause = error.__cause__ or error
                     self.skipped.append(f"{file}: not a readable image ({type(cause).__name__}: {cause})")
@@ -113,21 +111,14 @@ class Predictor:
             x = self.augment.resize_normalize(torch.stack(pixels).to(self.device))
             probabilities = unwrap_logits(self.model(x)).float().softmax(dim=-1)
             top = probabilities.topk(top_k, dim=-1)
-            for file, values, indices in zip(names, top.values.tolist(), top.indices.tolist()):
-                results.append(
-                    Prediction(
-                        file, [self.class_ids[i] for i in indices], [self.class_names[i] for i in indices], values
-                    )
-                )
+            for file, values, indices in zip(read, top.values.tolist(), top.indices.tolist()):
+                ids, labels = [self.class_ids[i] for i in indices], [self.class_names[i] for i in indices]
+                results.append(Prediction(file, ids, labels, values))
         return results
 
 
 def find_images(inputs: Iterable[str | Path]) -> list[Path]:
-    """Files as given, and every file under the folders given (walked recursively, sorted).
-
-    Files named directly are kept whatever their suffix (a non-image is reported when decoded); inside
-    folders only image suffixes are taken, so a folder's README or labels file is not an error.
-    """
+    """Files as given (whatever their suffix), and the image files under the folders given (recursively, sorted)."""
     inputs = list(inputs)
     if not inputs:  # before the model loads: nothing to predict
         raise DataError(

@@ -1,16 +1,7 @@
 """What a finished run shows people: training curves, a prediction grid, ``results.md``, per-class accuracy.
 
-Figures are drawn on standalone :class:`matplotlib.figure.Figure` objects and written with the Agg
-renderer, never through ``pyplot``: no display is needed, no global backend is switched (a notebook's
-stays as it was) and no figure lingers in pyplot's registry.
-
-Files written into a run's output directory at the end of training (main process only):
-
-- ``training_curves.png``: train and eval loss, top-1/top-5 against epochs, and the learning rate of every
-  optimizer update (the run's schedule);
-- ``predictions.png``: a fixed, seeded sample of eval images at their native resolution, upscaled with
-  nearest-neighbour for viewing, titled with the true and predicted class, wrong predictions in red;
-- ``results.md``: this run's top-1/top-5 beside the paper's number for the model.
+Figures are standalone :class:`matplotlib.figure.Figure` objects, never ``pyplot``: no display needed, no global
+backend switched (a notebook's stays), no figure left in pyplot's registry.
 """
 
 from __future__ import annotations
@@ -50,17 +41,14 @@ _WRONG = "#c62828"  # red: title and frame of a wrong prediction
 _RIGHT = "#1b5e20"
 
 
-# --------------------------------------------------------------------------------------------------
 # Training curves
-# --------------------------------------------------------------------------------------------------
 
 
 def training_curves_figure(
     history: Sequence[dict[str, Any]], x: Literal["epoch", "step"] = "epoch", config: FinetuneConfig | None = None
 ):
-    """Three panels against epochs (or optimizer steps): losses, top-1/top-5 accuracy, learning rate. With the run's
-    ``config``, the learning rate is its schedule at every optimizer update so far (warmup and cosine as trained),
-    the epochs' recorded values marked on it; without, only those.
+    """Three panels against epochs (or optimizer steps): losses, top-1/top-5, learning rate (with ``config``: its
+    schedule at every update so far, the epochs' recorded values marked on it).
 
     >>> fig = training_curves_figure([{"epoch": 1, "step": 3, "train_loss": 1.2, "eval_loss": 1.1, "top1": 40.0,
     ...                                "top5": 90.0, "lr": 5e-4}])
@@ -88,8 +76,7 @@ def training_curves_figure(
     else:
         lr_ax.plot(xs, lrs, color="tab:gray", **style)
     for ax, title in ((loss_ax, "Loss"), (acc_ax, "Eval accuracy (%)"), (lr_ax, "Learning rate")):
-        ax.set_title(title)
-        ax.set_xlabel("epoch" if x == "epoch" else "optimizer step")
+        ax.set(title=title, xlabel="epoch" if x == "epoch" else "optimizer step")
         ax.grid(alpha=0.3)
         if x == "epoch":
             ax.xaxis.get_major_locator().set_params(integer=True)
@@ -100,8 +87,7 @@ def training_curves_figure(
 
 
 def _lr_per_update(history: Sequence[dict[str, Any]], config: FinetuneConfig | None) -> list[float]:
-    """The run's lr after each update up to its last recorded one (the schedule of ``config``, whose every epoch has
-    the same number of updates); empty without a config or a step count."""
+    """The run's lr after each update up to its last recorded one; empty without a config or a step count."""
     last = history[-1] if history else {}
     if config is None or not last.get("step") or not last.get("epoch") or last["step"] % last["epoch"]:
         return []
@@ -126,9 +112,7 @@ def plot_training_curves(
     return path
 
 
-# --------------------------------------------------------------------------------------------------
 # Prediction grid
-# --------------------------------------------------------------------------------------------------
 
 
 def _short(name: str, limit: int = 24) -> str:
@@ -165,11 +149,8 @@ def prediction_grid_figure(
     columns: int = GRID_COLUMNS,
     caption: str | None = None,
 ):
-    """One cell per image: the image upscaled by a whole factor (nearest, so its pixels stay visible), titled
-    ``true: ...`` / ``pred: ...``; a wrong prediction gets a red title and a red frame. ``caption``, when given, is
-    written below the grid (e.g. which weights predicted).
-
-    ``images`` are uint8 RGB, (N, 3, H, W) or (N, H, W, 3), all square and of the same size.
+    """One cell per uint8 RGB square image ((N, 3, H, W) or (N, H, W, 3)), upscaled by a whole factor (nearest, so
+    its pixels stay visible), titled ``true: ...`` / ``pred: ...``, a wrong one in red; ``caption`` below the grid.
 
     >>> fig = prediction_grid_figure(np.zeros((2, 3, 8, 8), np.uint8), ["cat", "dog"], ["cat", "cat"])
     >>> [ax.get_title() for ax in fig.axes]
@@ -196,23 +177,18 @@ def prediction_grid_figure(
         fig.text(0.5, _GRID_CAPTION / 2 / height, caption, ha="center", va="center", fontsize=9)
     for i, (image, truth, predicted) in enumerate(zip(array, true_names, predicted_names)):
         row, column = divmod(i, columns)
-        # Axes placed in whole pixels, the image filling them exactly: each source pixel maps to a
-        # scale x scale block of the PNG, so the picture shows the 64x64 data the model was given.
+        # axes in whole pixels, the image filling them: each source pixel is a scale x scale block of the PNG
         left = column * (side + 2 * _GRID_PAD) + _GRID_PAD
         top = row * (side + _GRID_TITLE + _GRID_PAD) + _GRID_TITLE
         ax = fig.add_axes((left / width, 1 - (top + side) / height, side / width, side / height))
         ax.imshow(image, interpolation="nearest", aspect="auto")
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ax.set(xticks=[], yticks=[])
         wrong = truth != predicted
         colour = _WRONG if wrong else _RIGHT
         ax.set_title(
             f"true: {_short(truth)}\npred: {_short(predicted)}", fontsize=8, color=colour, pad=3, linespacing=1.2
         )
-        for spine in ax.spines.values():
-            spine.set_visible(wrong)
-            spine.set_color(_WRONG)
-            spine.set_linewidth(3)
+        ax.spines[:].set(visible=wrong, color=_WRONG, linewidth=3)
     return fig
 
 
@@ -256,11 +232,8 @@ def sample_predictions(
     seed: int = 0,
     autocast: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
 ) -> tuple[np.ndarray, list[int], list[int]]:
-    """(uint8 images (N, 3, S, S), true labels, top-1 predictions) of the :func:`grid_sample` of ``eval_dataset``.
-
-    ``preprocess`` turns a uint8 batch into the model's input (``BatchAugment.resize_normalize``: the
-    evaluation preprocessing) and ``autocast`` is evaluation's precision context (``accelerator.autocast``),
-    so the predictions are the ones evaluation counts.
+    """(uint8 images (N, 3, S, S), true labels, top-1 predictions) of the :func:`grid_sample` of ``eval_dataset``,
+    with evaluation's ``preprocess`` and ``autocast``, so the predictions are the ones evaluation counts.
 
     >>> images, labels, predicted = sample_predictions(model, data.eval, 64, augment.resize_normalize)  # doctest: +SKIP
     """
@@ -279,9 +252,7 @@ def sample_predictions(
     return images.numpy(), [int(label) for label in rows["label"]], predicted
 
 
-# --------------------------------------------------------------------------------------------------
 # results.md and the per-class table
-# --------------------------------------------------------------------------------------------------
 
 
 def results_table(config: FinetuneConfig, history: Sequence[dict[str, Any]]) -> str:
@@ -401,9 +372,7 @@ def write_per_class_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Pat
     return write_atomic(path, text.getvalue())
 
 
-# --------------------------------------------------------------------------------------------------
 # Everything at the end of a run
-# --------------------------------------------------------------------------------------------------
 
 
 def write_run_report(
@@ -417,10 +386,8 @@ def write_run_report(
     autocast: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
     weights: str | None = None,
 ) -> dict[str, Path]:
-    """Write the training curves, the prediction grid (of ``model``: the weights in ``last/``; ``weights``, ``ema``
-    or ``raw`` when the run has a choice, is written under it) and ``results.md``.
-
-    Called by ``finetune`` on the main process after the last epoch; returns the written paths by kind.
+    """Write the training curves, the prediction grid of ``model`` (``last/``'s weights: ``weights``, ``ema`` or
+    ``raw`` when the run has a choice, captions it) and ``results.md``; returns the written paths by kind.
 
     >>> write_run_report("outputs/run", config, result.history, model, data.eval, data.class_names,
     ...                  augment.resize_normalize, accelerator.autocast)  # doctest: +SKIP
