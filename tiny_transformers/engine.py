@@ -23,7 +23,7 @@ from .checkpoint import TrainerState
 from .config import DistillConfig, FinetuneConfig
 from .data import DataBundle, DecodeTransform, collate, worker_options
 from .errors import ConfigError
-from .features import EvalFeatures, FeatureCache, capture, head_forward, head_logits
+from .features import EvalFeatures, FeatureCache, capture_head_inputs, head_forward, head_logits
 from .metrics import TopKScores
 from .models import unwrap_logits
 from .plan import Plan
@@ -193,7 +193,7 @@ def _forward(run: Training, images: torch.Tensor, labels: torch.Tensor, rows: li
             return model(kept), augment.targets(labels), None
     x, targets = augment.train(images, labels)
     inner = accelerator.unwrap_model(model)
-    with accelerator.autocast(), capture(inner, cache is not None) as captured:
+    with accelerator.autocast(), capture_head_inputs(inner, cache is not None) as captured:
         output = model(x)
         if captured is not None:
             cache.keep(inner, rows, captured, output)
@@ -318,7 +318,8 @@ def _model_logits(accelerator, model, loader, augment, autocast, features) -> It
     for images, labels in loader:
         x = augment.resize_normalize(images)
         keeping = features is not None and features.enabled
-        with accelerator.autocast() if autocast else own_forward(accelerator, model), capture(inner, keeping) as kept:
+        precision = accelerator.autocast() if autocast else own_forward(accelerator, model)
+        with precision, capture_head_inputs(inner, keeping) as kept:
             output = model(x)
             if keeping:
                 features.add(inner, kept, output, labels)
