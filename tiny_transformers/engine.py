@@ -401,18 +401,27 @@ def own_forward(accelerator: Accelerator, model: torch.nn.Module) -> Iterator[No
         inner.forward = wrapped
 
 
-def eval_loader(data: DataBundle, config: FinetuneConfig, native_size: int, accelerator: Accelerator) -> DataLoader:
-    """The eval split in order, decoded to ``native_size`` uint8, for :func:`evaluate` (``prepare`` shards it)."""
+def data_loader(
+    split: Any, native_size: int, config: FinetuneConfig, accelerator: Accelerator, **order: Any
+) -> DataLoader:
+    """``split`` decoded to ``native_size`` uint8 on :func:`loader_workers` workers, started once per run; ``order``:
+    the loader's ``batch_size`` or ``batch_sampler``."""
     workers = loader_workers(config.data.num_workers)
     return DataLoader(
-        data.eval.with_transform(DecodeTransform(native_size)),
-        batch_size=config.train.eval_batch_size or config.train.micro_batch_size,
+        split.with_transform(DecodeTransform(native_size)),
         num_workers=workers,
         collate_fn=collate,
         pin_memory=accelerator.device.type == "cuda",
-        persistent_workers=workers > 0,  # one evaluation per epoch: start the workers once
-        **worker_options(workers),  # a group signal (SLURM) is the main process's to handle
+        persistent_workers=workers > 0,
+        **worker_options(workers),  # a group signal (SLURM) is the main process's to handle, not a worker's
+        **order,
     )
+
+
+def eval_loader(data: DataBundle, config: FinetuneConfig, native_size: int, accelerator: Accelerator) -> DataLoader:
+    """The eval split in order, decoded to ``native_size`` uint8, for :func:`evaluate` (``prepare`` shards it)."""
+    batch_size = config.train.eval_batch_size or config.train.micro_batch_size
+    return data_loader(data.eval, native_size, config, accelerator, batch_size=batch_size)
 
 
 def check_process_precision(mixed_precision: str, source: str | None = None, fix: str | None = None) -> None:

@@ -33,14 +33,14 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import FinetuneConfig, flat_config
-from .data import DataBundle, DecodeTransform, collate, load_data, verify_images, worker_options
+from .data import DataBundle, load_data, verify_images
 from .engine import (
     check_process_precision,
     cpu_threads_warnings,
     current_lr,
+    data_loader,
     eval_loader,
     evaluate,
-    loader_workers,
     train_steps,
 )
 from .errors import CheckpointError, ConfigError, TrainingDiverged, TrainingInterrupted
@@ -168,18 +168,9 @@ class Run:
         """This process's micro-batches of ``state.epoch``, from ``state.step_in_epoch`` on (see sampler.py), from one
         loader for the whole run: its workers persist between epochs (each start costs a second of imports)."""
         if self.loader is None:
-            workers = loader_workers(self.config.data.num_workers)  # None: what this machine's cores fit
-            rank, seed = self.accelerator.process_index, self.config.train.seed
+            rank, seed, native = self.accelerator.process_index, self.config.train.seed, self.config.data.native_size
             sampler = MicroBatchSampler(self.plan, rank, seed, self.state.epoch, self.state.step_in_epoch)
-            self.loader = DataLoader(
-                self.data.train.with_transform(DecodeTransform(self.config.data.native_size)),  # decoding only
-                batch_sampler=sampler,
-                num_workers=workers,
-                collate_fn=collate,
-                pin_memory=self.accelerator.device.type == "cuda",
-                persistent_workers=workers > 0,
-                **worker_options(workers),  # a group signal (SLURM) stops the run here, not in a worker
-            )
+            self.loader = data_loader(self.data.train, native, self.config, self.accelerator, batch_sampler=sampler)
         self.loader.batch_sampler.move_to(self.state.epoch, self.state.step_in_epoch)
         return self.loader
 
