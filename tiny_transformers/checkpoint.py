@@ -251,14 +251,20 @@ def find_resume_checkpoint(config: FinetuneConfig, output_dir: Path) -> Path | N
         state, saved_config = read_state(folder)
     if folder is None:
         return None
-    _refuse_another_trajectory(f"Checkpoint '{folder}'", saved_config, config)
-    _refuse_past_the_end(f"Checkpoint '{folder}'", state, config)
+    _refuse_unresumable(f"Checkpoint '{folder}'", state, saved_config, config)
     return folder
 
 
-def _refuse_past_the_end(name: str, state: TrainerState, config: FinetuneConfig) -> None:
-    """A checkpoint past ``train.epochs`` is refused: resuming it would report the shorter run's last epoch while
-    ``last/`` and ``best/`` held weights trained further."""
+def _refuse_unresumable(name: str, state: TrainerState, saved_config: dict[str, Any], config: FinetuneConfig) -> None:
+    """Refuse a checkpoint of another trajectory, or one past ``train.epochs`` (resuming it would report the shorter
+    run's last epoch while ``last/`` and ``best/`` held weights trained further)."""
+    differences = trajectory_differences(saved_config, config)
+    if differences:
+        raise CheckpointError(
+            f"{name} was written with a different config ({', '.join(differences)}); resuming would "
+            f"change the run ({describe_differences(saved_config, config, differences)}). Restore those values, or "
+            "start afresh in a new train.output_dir."
+        )
     epochs, reached = config.train.epochs, state.epoch + (state.step_in_epoch > 0)
     if reached > epochs:
         where = (
@@ -267,16 +273,6 @@ def _refuse_past_the_end(name: str, state: TrainerState, config: FinetuneConfig)
         raise CheckpointError(
             f"{name} has trained to {where}, past train.epochs {epochs}; resume with --train.epochs {reached} or "
             "more, or train the shorter run afresh in a new train.output_dir."
-        )
-
-
-def _refuse_another_trajectory(name: str, saved_config: dict[str, Any], config: FinetuneConfig) -> None:
-    differences = trajectory_differences(saved_config, config)
-    if differences:
-        raise CheckpointError(
-            f"{name} was written with a different config ({', '.join(differences)}); resuming would "
-            f"change the run ({describe_differences(saved_config, config, differences)}). Restore those values, or "
-            "start afresh in a new train.output_dir."
         )
 
 
@@ -300,8 +296,7 @@ def checkpoint_from_hub(config: FinetuneConfig, output_dir: Path) -> Path:
         downloaded = hub_io.download_checkpoint(str(repo_id), staging)
         state, saved_config = read_state(downloaded)
         name = f"The Hub checkpoint 'hf-hub:{repo_id}' ({hub_io.CHECKPOINT_DIR}/, step {state.global_step})"
-        _refuse_another_trajectory(name, saved_config, config)
-        _refuse_past_the_end(name, state, config)
+        _refuse_unresumable(name, state, saved_config, config)
         final = root / f"step_{state.global_step:08d}"
         if is_checkpoint(final):
             print(f"{name} is already here as {final}; resuming from it", flush=True)
