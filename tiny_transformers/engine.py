@@ -119,7 +119,7 @@ def train_steps(run: Training, loader: torch.utils.data.DataLoader) -> Iterator[
             progress.advance(window_images)
             yield state.global_step
     finally:
-        progress.close()
+        progress.bar.close()
 
 
 def _micro_batches(run: Training, loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor, list | None]]:
@@ -178,9 +178,6 @@ class _Progress:
             )
         self.bar.update(1)
 
-    def close(self) -> None:
-        self.bar.close()
-
 
 def _forward(run: Training, images: torch.Tensor, labels: torch.Tensor, rows: list | None):
     """The model's output, the soft targets and the teacher's logits of one micro-batch, under the training autocast;
@@ -221,12 +218,9 @@ def loss_per_image(
     teacher_logits: torch.Tensor | None = None,
     distill: DistillConfig | None = None,
 ) -> torch.Tensor:
-    """The training loss of each image, in float32.
-
-    Without a teacher: soft-target cross-entropy of the logits (both heads averaged for distilled DeiT). With one,
-    DeiT's ``DistillationLoss``: ``(1 - alpha) x`` the class head's loss on the (mixed) targets ``+ alpha x`` the
-    distillation head's on the teacher's answer for the same augmented image: its top-1 class (``hard``) or its
-    probabilities at temperature T (``soft``: KL divergence x T^2 / classes, as DeiT divides by numel).
+    """The training loss of each image, in float32: soft-target cross-entropy, or with a teacher DeiT's
+    ``DistillationLoss`` (the distillation head on the teacher's top-1 class, ``hard``, or its probabilities at
+    temperature T, ``soft``: KL x T^2 / classes, as DeiT divides by numel).
 
     >>> cls, dist = torch.zeros(1, 3), torch.tensor([[0.0, 0.0, 9.0]])
     >>> teacher = torch.tensor([[0.0, 0.0, 5.0]])  # the teacher says class 2
