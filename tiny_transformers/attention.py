@@ -50,13 +50,7 @@ class FastTalkingHeadAttn(nn.Module):
 
     @classmethod
     def from_timm(cls, module: nn.Module) -> FastTalkingHeadAttn:
-        """A ``FastTalkingHeadAttn`` holding ``module``'s own submodules (its parameter tensors, not copies).
-
-        >>> from timm.models.cait import TalkingHeadAttn
-        >>> ref = TalkingHeadAttn(16, num_heads=2)
-        >>> FastTalkingHeadAttn.from_timm(ref).proj_l is ref.proj_l
-        True
-        """
+        """A ``FastTalkingHeadAttn`` holding ``module``'s own submodules (its parameter tensors, not copies)."""
         fast = cls.__new__(cls)
         nn.Module.__init__(fast)
         fast.num_heads = module.num_heads

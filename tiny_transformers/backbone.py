@@ -133,10 +133,7 @@ def fp8_backbone(model: nn.Module, *copies: nn.Module) -> int:
     """Compute the frozen linear layers of ``model`` and of ``copies`` (an EMA's) in fp8 with the same fp8 weights, in
     place; returns how many layers. Call it once the model is on its GPU (torchao quantizes where the weights are).
 
-    >>> from tiny_transformers.models import build_model
-    >>> from tiny_transformers.config import ModelConfig
-    >>> model = build_model(ModelConfig(name="test_vit", pretrained=False), num_classes=4, image_size=32)
-    >>> fp8_backbone(model.cuda())  # on an H100; its 24 linear layers, not its patch embedding's conv  # doctest: +SKIP
+    >>> fp8_backbone(test_vit.cuda())  # on an H100: its 24 linear layers, not its patch embedding  # doctest: +SKIP
     24
     """
     layers = 0
