@@ -187,10 +187,7 @@ def is_checkpoint(folder: Path) -> bool:
 
 def list_checkpoints(output_dir: Path) -> list[Path]:
     """Complete checkpoints in ``output_dir``, oldest first."""
-    root = RunDir(output_dir).checkpoints
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.glob("step_*") if is_checkpoint(p))
+    return sorted(p for p in RunDir(output_dir).checkpoints.glob("step_*") if is_checkpoint(p))  # none: no folder
 
 
 def read_state(folder: Path) -> tuple[TrainerState, dict[str, Any]]:
