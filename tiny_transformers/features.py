@@ -214,10 +214,9 @@ class FeatureCache:
         cls, config: FinetuneConfig, model: nn.Module, train_samples: int, micro_batch_size: int
     ) -> tuple[FeatureCache | None, str]:
         """The cache of a run (None in full mode or with ``train.cache_features false``) and the plan's line on it."""
-        if config.model.train_mode != "head" or not config.train.cache_features:
-            why = (
-                f"{config.model.train_mode} mode" if config.model.train_mode != "head" else "train.cache_features false"
-            )
+        mode = config.model.train_mode
+        if mode != "head" or not config.train.cache_features:
+            why = f"{mode} mode" if mode != "head" else "train.cache_features false"
             return None, f"feature cache: off ({why}): every feature computed every time"
         off = training_cache_off(config)
         if off is None and (stochastic := _stochastic_modules(model)):

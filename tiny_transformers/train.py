@@ -107,7 +107,7 @@ def finetune(config: FinetuneConfig, command: str | None = None) -> FinetuneResu
         if finished := _finished_result(folder, config):
             return finished  # nothing to train: resuming would only rewrite last/ and the report
         run = build_run(config, folder)
-        accelerator, state, plan, train = run.accelerator, run.state, run.plan, config.train
+        accelerator, state, plan, train, hub = run.accelerator, run.state, run.plan, config.train, config.hub
         for epoch in range(state.epoch, train.epochs):
             started, first_step = time.perf_counter(), state.step_in_epoch
             for _ in train_steps(run, run.train_loader()):
@@ -118,7 +118,7 @@ def finetune(config: FinetuneConfig, command: str | None = None) -> FinetuneResu
                 if stopping or (every and state.global_step % every == 0 and mid_epoch):
                     checkpoint = run.save_checkpoint()  # mid-epoch; the epoch's end is saved after its evaluation
                 if stopping:  # preempted: the checkpoint leaves the machine too, within train.preempt_seconds
-                    if config.hub.push and config.hub.strategy == "checkpoint" and accelerator.is_main_process:
+                    if hub.push and hub.strategy == "checkpoint" and accelerator.is_main_process:
                         pushes.submit(checkpoint)
                     pushes.wait(timeout=stop.seconds_left(train.preempt_seconds))
                     accelerator.wait_for_everyone()  # no process exits first: its launcher would kill the pusher
@@ -136,7 +136,6 @@ def finetune(config: FinetuneConfig, command: str | None = None) -> FinetuneResu
                 if improved:
                     run.export("best", ema=ema_is_better(state.history[-1]))
             checkpoint = run.save_checkpoint()
-            hub = config.hub
             if hub.push and hub.strategy != "end" and epoch + 1 < train.epochs and accelerator.is_main_process:
                 if hub.weights == "last":  # the pushed weights must be this epoch's, as the card's numbers are
                     run.export("last", ema=run.ema is not None)
@@ -407,9 +406,8 @@ def _on_device(
     data: DataBundle,
     normalized: tuple[tuple[float, ...], tuple[float, ...]],
 ) -> torch.nn.Module | None:
-    """What goes on the device after ``prepare``: the EMA (checkpointed with the run), model.backbone_dtype fp8's
-    copies (torchao quantizes where the weights are; the EMA shares them) and the teacher, which is returned: it
-    sees the student's batch (``normalized``: its mean and std) converted to its own recorded mean/std."""
+    """What goes on the device after ``prepare``: the EMA (checkpointed), fp8's copies (shared with the EMA) and the
+    teacher, returned, which converts the student's batch (``normalized``: its mean and std) to its own."""
     if ema is not None:
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
