@@ -194,17 +194,14 @@ def _forward(run: Training, images: torch.Tensor, labels: torch.Tensor, rows: li
         output = model(x)
         if captured is not None:
             cache.keep(inner, rows, captured, output)
-        return output, targets, _teacher_logits(run.teacher, x)
+        with torch.no_grad():
+            teacher_logits = None if run.teacher is None else unwrap_logits(run.teacher(x))
+        return output, targets, teacher_logits
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
     """The base learning rate now: the largest group's (with layer decay the head's, at scale 1)."""
     return max(group["lr"] for group in optimizer.param_groups)
-
-
-@torch.no_grad()
-def _teacher_logits(teacher: nn.Module | None, x: torch.Tensor) -> torch.Tensor | None:
-    return None if teacher is None else unwrap_logits(teacher(x))
 
 
 def loss_fn_per_image(logits: torch.Tensor, soft_targets: torch.Tensor) -> torch.Tensor:
