@@ -86,12 +86,8 @@ def backbone_in_fp32(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def fp8_unavailable() -> str | None:
-    """Why ``model.backbone_dtype fp8`` cannot run in this process (``LOCAL_RANK``'s GPU), as the end of a sentence,
-    or None when it can.
-
-    >>> fp8_unavailable()  # on a machine without a GPU, torchao installed  # doctest: +SKIP
-    'a CUDA GPU of compute capability 8.9 or newer (H100, H200, L4, RTX 4090), and this machine has no CUDA GPU'
-    """
+    """Why ``model.backbone_dtype fp8`` cannot run in this process (``LOCAL_RANK``'s GPU), as the end of a sentence
+    (e.g. "a CUDA GPU of compute capability 8.9 or newer (...), and this machine has no CUDA GPU"), or None."""
     gpu = "a CUDA GPU of compute capability 8.9 or newer (H100, H200, L4, RTX 4090)"
     if importlib.util.find_spec("torchao") is None:  # found, not imported: importing torchao takes seconds
         return "torchao, which is not installed (pip install 'tiny_transformers[fp8]')"
@@ -131,11 +127,8 @@ class Float8Forward:
 
 def fp8_backbone(model: nn.Module, *copies: nn.Module) -> int:
     """Compute the frozen linear layers of ``model`` and of ``copies`` (an EMA's) in fp8 with the same fp8 weights, in
-    place; returns how many layers. Call it once the model is on its GPU (torchao quantizes where the weights are).
-
-    >>> fp8_backbone(test_vit.cuda())  # on an H100: its 24 linear layers, not its patch embedding  # doctest: +SKIP
-    24
-    """
+    place; returns how many layers (test_vit's 24, not its patch embedding's conv). Call it once the model is on its
+    GPU (torchao quantizes where the weights are)."""
     layers = 0
     for name, module in frozen_matmul_modules(model):
         if isinstance(module, nn.Linear) and (forward := Float8Forward(module)).quantized:

@@ -81,13 +81,10 @@ class Training(Protocol):
 
 def train_steps(run: Training, loader: torch.utils.data.DataLoader) -> Iterator[int]:
     """Run the optimizer steps of ``run.state.epoch`` from ``state.step_in_epoch``, yielding after each update with
-    ``state`` up to date (the caller may checkpoint or stop there).
+    ``state`` up to date (``for _ in train_steps(run, run.train_loader())``: the caller may checkpoint or stop there).
 
     A micro-batch's loss is its per-image sum divided by the images of the whole window (all processes), times the
     process count that DDP's averaging divides by again: every image weighs 1/window, whatever the layout.
-
-    >>> for updates_done in train_steps(run, run.train_loader()):
-    ...     pass  # doctest: +SKIP
     """
     accelerator, model, state, plan = run.accelerator, run.model, run.state, run.plan
     model.train()
@@ -374,10 +371,6 @@ def own_forward(accelerator: Accelerator, model: torch.nn.Module) -> Iterator[No
     ``prepare`` wraps the forward in the run's autocast whatever context the caller sets, and Accelerate's only way
     back (``unwrap_model(keep_fp32_wrapper=False)``) is for good; so the forward it kept (``_original_forward``) is
     put back for the block alone (tested in tests/test_backbone.py: Accelerate fixes the precision once per process).
-
-    >>> with own_forward(accelerator, model):  # doctest: +SKIP
-    ...     torch.equal(model(x), torch.nn.functional.linear(x, model.weight, model.bias))
-    True
     """
     inner = accelerator.unwrap_model(model)  # under DDP the wrapper sits on the module inside it
     original = inner.__dict__.get("_original_forward")
