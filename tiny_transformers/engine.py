@@ -324,11 +324,7 @@ def _cached_logits(accelerator, model, autocast, features) -> Iterator[tuple]:
 
 
 def usable_cores() -> int:
-    """The CPU cores this process may run on: its affinity (a container, ``taskset``) where the OS reports one.
-
-    >>> usable_cores() >= 1
-    True
-    """
+    """The CPU cores this process may run on: its affinity (a container, ``taskset``) where the OS reports one."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
