@@ -57,13 +57,8 @@ def __getattr__(name: str) -> Any:
     import evaluate
 
     class TopKAccuracy(evaluate.Metric):
-        """Top-1 and top-k accuracy in percent (0-100) and the mean loss, from each sample's k best classes.
-
-        >>> metric = TopKAccuracy(k=2)
-        >>> metric.add_batch(predictions=[[3, 1], [0, 2]], references=[1, 0], losses=[0.5, 1.5])
-        >>> metric.compute()
-        {'top1': 50.0, 'top2': 100.0, 'loss': 1.0, 'count': 2}
-        """
+        """Top-1 and top-k accuracy in percent (0-100) and the mean loss, from each sample's k best classes (fed by
+        ``add_batch`` or :meth:`add`; the same numbers as :class:`TopKScores`: tests/test_metrics.py)."""
 
         def __init__(self, k: int = 5, **kwargs) -> None:
             self.k = k
