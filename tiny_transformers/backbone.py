@@ -1,9 +1,5 @@
-"""Head mode's frozen backbone at inference speed: its matmul weights kept in bf16 (``model.backbone_dtype``), its
-linear layers computed in fp8 by torchao (``model.backbone_dtype fp8``, GPUs with fp8 tensor cores), and its forward
-features compiled once per run (``train.compile``), without changing the module tree or the state_dict keys.
-
-Both act on a model whose backbone is frozen (``models.freeze_backbone``) and leave the trainable head(s) alone: the
-head keeps fp32 master weights and trains as it does without them.
+"""Head mode's frozen backbone at inference speed: matmul weights in bf16 or fp8 (``model.backbone_dtype``) and
+``forward_features`` compiled once per run (``train.compile``); module tree, state_dict keys, fp32 head unchanged.
 """
 
 from __future__ import annotations
@@ -20,13 +16,10 @@ from torch import nn
 
 from .config import FinetuneConfig
 
-# The modules whose forward is one of autocast's lower-precision ops (linear, convolution): under bf16 autocast their
-# weight and bias are rounded to bf16 on every call anyway, so storing them rounded computes the same and saves the
-# cast (a read of the fp32 weight and a write of its bf16 copy per call). Norms, position embeddings, tokens and
-# layer-scale gammas stay fp32: autocast runs their ops in fp32 and they are under 1% of a paper model's weights.
+# Autocast rounds these modules' weights to bf16 on every call anyway: storing them rounded computes the same without
+# the per-call cast. Norms, embeddings and gammas stay fp32 (autocast runs their ops in fp32; under 1% of the weights).
 _MATMUL_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
-# fp8 tensor cores (and torch._scaled_mm's CUDA kernels) start at compute capability 8.9: Ada (L4, RTX 4090), Hopper
 FP8_MIN_CAPABILITY = (8, 9)
 
 # torch.compile's backend for the backbone; a test swaps in a counting backend (torch._dynamo.testing.CompileCounter)
@@ -50,9 +43,8 @@ def frozen_matmul_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def cast_backbone(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> int:
-    """Store the frozen linear and convolution weights (and biases) in ``dtype``, in place; returns how many
-    parameters changed. Under autocast of the same dtype the model computes what it did in fp32 (autocast rounds
-    those weights the same way on every call), without the per-call casts; it needs that autocast to run.
+    """Store the frozen linear and convolution weights (and biases) in ``dtype``, in place; returns how many changed.
+    Under autocast of the same dtype the model computes what it did in fp32.
 
     >>> from tiny_transformers.models import build_model
     >>> from tiny_transformers.config import ModelConfig
@@ -71,8 +63,7 @@ def cast_backbone(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> int:
 
 @contextlib.contextmanager
 def backbone_in_fp32(model: nn.Module) -> Iterator[nn.Module]:
-    """Inside the block the frozen bf16 weights are fp32 again (exactly: every bf16 value is a float32 value), so an
-    export holds fp32 weights that plain timm loads as always; after it they are bf16 again, bitwise as before.
+    """Inside the block the frozen bf16 weights are fp32 again, exactly (for an export plain timm loads); bf16 after.
 
     >>> from tiny_transformers.models import build_model
     >>> from tiny_transformers.config import ModelConfig
@@ -95,12 +86,8 @@ def backbone_in_fp32(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def fp8_unavailable() -> str | None:
-    """Why ``model.backbone_dtype fp8`` cannot run in this process, as the end of a sentence, or None when it can:
-    it needs torchao and a CUDA GPU of compute capability 8.9 or newer (this process's, ``LOCAL_RANK``).
-
-    >>> fp8_unavailable()  # on a machine without a GPU, torchao installed  # doctest: +SKIP
-    'a CUDA GPU of compute capability 8.9 or newer (H100, H200, L4, RTX 4090), and this machine has no CUDA GPU'
-    """
+    """Why ``model.backbone_dtype fp8`` cannot run in this process (``LOCAL_RANK``'s GPU), as the end of a sentence
+    (e.g. "a CUDA GPU of compute capability 8.9 or newer (...), and this machine has no CUDA GPU"), or None."""
     gpu = "a CUDA GPU of compute capability 8.9 or newer (H100, H200, L4, RTX 4090)"
     if importlib.util.find_spec("torchao") is None:  # found, not imported: importing torchao takes seconds
         return "torchao, which is not installed (pip install 'tiny_transformers[fp8]')"
@@ -115,14 +102,9 @@ def fp8_unavailable() -> str | None:
 
 
 class Float8Forward:
-    """The forward of a frozen ``nn.Linear`` through torchao's fp8 copy of its weight: the weight in float8 (e4m3)
-    with one scale per output row, each input row scaled and cast to float8 at every call (torchao's
-    ``Float8DynamicActivationFloat8WeightConfig`` with ``PerRow``, its more accurate granularity), the product on
-    the fp8 tensor cores (``torch._scaled_mm``), out in bf16.
-
-    The copy lives outside the module tree: the module keeps its own (bf16) weight, so its state_dict, checkpoints
-    and exports are those of ``model.backbone_dtype bf16``. ``quantized`` is False where torchao leaves the weight
-    as it is (a dimension not a multiple of 16, which the fp8 matmul needs); such a layer stays bf16.
+    """A frozen ``nn.Linear``'s forward through torchao's fp8 copy of its weight (dynamic activations, ``PerRow``
+    scales), kept outside the module tree so that state_dict, checkpoints and exports stay bf16's. ``quantized`` is
+    False where torchao leaves the weight as it is (a dimension not a multiple of 16); such a layer stays bf16.
     """
 
     def __init__(self, linear: nn.Linear) -> None:
@@ -144,17 +126,9 @@ class Float8Forward:
 
 
 def fp8_backbone(model: nn.Module, *copies: nn.Module) -> int:
-    """Compute the frozen linear layers of ``model`` in fp8 (:class:`Float8Forward`), in place, and the same layers
-    of each of ``copies`` (an EMA's copy of the model) with the same fp8 weights; returns how many layers. Call it
-    once the model is on its GPU: torchao quantizes on the device the weights are on. Convolutions (a ViT's patch
-    embedding) and layers torchao cannot run in fp8 keep their bf16 weights (:func:`cast_backbone`).
-
-    >>> from tiny_transformers.models import build_model
-    >>> from tiny_transformers.config import ModelConfig
-    >>> model = build_model(ModelConfig(name="test_vit", pretrained=False), num_classes=4, image_size=32)
-    >>> fp8_backbone(model.cuda())  # on an H100; its 24 linear layers, not its patch embedding's conv  # doctest: +SKIP
-    24
-    """
+    """Compute the frozen linear layers of ``model`` and of ``copies`` (an EMA's) in fp8 with the same fp8 weights, in
+    place; returns how many layers (test_vit's 24, not its patch embedding's conv). Call it once the model is on its
+    GPU (torchao quantizes where the weights are)."""
     layers = 0
     for name, module in frozen_matmul_modules(model):
         if isinstance(module, nn.Linear) and (forward := Float8Forward(module)).quantized:
@@ -165,20 +139,11 @@ def fp8_backbone(model: nn.Module, *copies: nn.Module) -> int:
 
 
 class CompiledFeatures:
-    """``model.forward_features`` compiled once per run at fixed batch sizes; installed by :func:`compile_backbone`.
+    """``model.forward_features`` compiled once per mode (train, eval: two graphs per run) at fixed batch sizes.
 
-    Shapes are kept fixed by padding: a batch smaller than its mode's size (the last, ragged micro-batch of an epoch
-    or of the evaluation, the 1-image pass of a process without data) is padded with zeros to that size and the
-    padded rows are dropped from the features, so no loss or metric sees them. Padding was chosen over marking the
-    batch dimension dynamic because a dynamic graph serves every batch with kernels not specialised to the batch
-    size (and dynamo would first compile the static graph, then recompile a dynamic one at the first ragged batch:
-    two compiles where one will do; compile times: docs/benchmarks.md); the price is one padded batch per epoch and
-    per evaluation, under 1/100 of an epoch of Tiny ImageNet (100,000 images in micro-batches of 64-128). A batch
-    larger than its mode's size runs eager rather than compile again.
-
-    Train and eval mode are two graphs (drop path and dropout read ``module.training``, which dynamo guards on), each
-    compiled once and reused every epoch: two compiles per run. The frozen backbone runs under ``torch.no_grad`` in
-    both, so the evaluation's no-grad pass does not add a third (nothing in it requires grad: the same results).
+    A smaller batch (a ragged last one) is padded with zeros and the padded rows dropped rather than made dynamic
+    (why: docs/benchmarks.md, "Head mode's options"); a larger one runs eager. Always under ``torch.no_grad``, so
+    the evaluation's no-grad pass adds no third graph.
     """
 
     def __init__(self, model: nn.Module, train_batch: int, eval_batch: int) -> None:
@@ -199,14 +164,12 @@ class CompiledFeatures:
             return self.compiled(x, **kwargs)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> CompiledFeatures:
-        # A copy of the model (an EMA, a report's copy) compiles its own forward, bound to the copy's weights; the
-        # copy of the model is already in memo when its __dict__ (this object) is copied.
+        # A copy of the model (an EMA's) compiles its own forward, bound to the copy (already in memo).
         return CompiledFeatures(copy.deepcopy(self.model, memo), self.sizes[True], self.sizes[False])
 
 
 def compile_backbone(model: nn.Module, train_batch: int, eval_batch: int) -> CompiledFeatures:
-    """Compile the frozen backbone's forward (``forward_features``) of a head-mode timm model, in place: the head and
-    the loss stay eager, the module tree and state_dict keys are unchanged. Returns the installed wrapper.
+    """Compile a head-mode timm model's frozen ``forward_features`` in place (head and loss stay eager).
 
     >>> from tiny_transformers.models import build_model
     >>> from tiny_transformers.config import ModelConfig
@@ -220,11 +183,9 @@ def compile_backbone(model: nn.Module, train_batch: int, eval_batch: int) -> Com
 
 
 def speed_up_backbone(model: nn.Module, config: FinetuneConfig) -> None:
-    """Apply the backbone's speed options of ``config`` to a freshly built model, before Accelerate prepares it:
-    ``model.backbone_dtype`` bf16 (and fp8, whose fp8 copies :func:`fp8_backbone` makes later, on the GPU) casts the
-    frozen weights; ``train.compile`` compiles the backbone's forward in head mode (:func:`compile_backbone`) and the
-    whole model in place in full mode (``nn.Module.compile``: same module, same state_dict keys, so checkpoints and
-    exports are unchanged).
+    """Apply ``config``'s backbone speed options to a freshly built model, before ``prepare``: the bf16 cast (fp8's
+    copies come later, on the GPU: :func:`fp8_backbone`) and ``train.compile`` (head mode: the backbone; full mode:
+    ``nn.Module.compile``, same state_dict keys).
 
     >>> from tiny_transformers.config import FinetuneConfig, ModelConfig
     >>> from tiny_transformers.models import build_model
@@ -234,7 +195,7 @@ def speed_up_backbone(model: nn.Module, config: FinetuneConfig) -> None:
     torch.bfloat16
     """
     t = config.train
-    if config.model.backbone_dtype in ("bf16", "fp8"):  # fp8: torchao's copies come later, on the GPU (fp8_backbone)
+    if config.model.backbone_dtype in ("bf16", "fp8"):
         cast_backbone(model, torch.bfloat16)
     if t.compile and config.model.train_mode == "head":
         compile_backbone(model, t.micro_batch_size, t.eval_batch_size or t.micro_batch_size)

@@ -1,9 +1,6 @@
-"""Training checkpoints: Accelerate's ``save_state`` written atomically, found again, resumed safely.
-
-Layout of ``output_dir/checkpoints/step_00001234/``: what ``accelerator.save_state`` writes (model, optimizer,
-scaler, RNG, EMA; no scheduler: the lr is recomputed) plus ``trainer_state.json``, written last. A checkpoint is written
-into ``.tmp-step_...`` and renamed into place only when complete, so a run killed mid-write leaves a
-temporary folder that is never loaded (and is cleaned up by the next save).
+"""Training checkpoints: ``output_dir/checkpoints/step_00001234/`` holds what ``accelerator.save_state`` writes (model,
+optimizer, scaler, RNG, EMA; no scheduler: the lr is recomputed) plus ``trainer_state.json``, written last; written
+into ``.tmp-step_...`` and renamed when complete, so a run killed mid-write leaves nothing that is loaded.
 """
 
 from __future__ import annotations
@@ -34,20 +31,14 @@ class CorruptCheckpoint(CheckpointError):
     """A checkpoint whose trainer state cannot be read (a resume falls back to the previous one)."""
 
 
-FORMAT_VERSION = 2  # written; bump when the checkpoint contents change incompatibly
-# 1: before the EMA (the only custom state now) and when the torch scheduler was saved; its files still load
-# (the scheduler's is ignored: the lr is recomputed from the updates done)
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 2  # bump when the checkpoint contents change incompatibly
+READABLE_VERSIONS = (1, 2)  # 1 saved the torch scheduler too, which is ignored
 
 
 class RunningLoss:
-    """The training loss of the unfinished epoch: a sum over its images and their count.
-
-    New losses are added on the device and read only when someone needs the number (:meth:`mean`, a checkpoint):
-    reading it every step would be a host-device sync that lets the GPU run dry while the CPU prepares the next
-    micro-batch. float32 per-image sums are added in float64. The sum turns non-finite with any step's loss, so
-    checking it once at a checkpoint or an epoch's end catches a divergence anywhere before; the first
-    non-finite step and the last finite loss are kept on the device too (:meth:`divergence`), for the message.
+    """The training loss of the unfinished epoch (a float64 sum over its images, and their count), kept on the device
+    and read only when needed: a read per step would let the GPU run dry. A non-finite step makes the sum non-finite,
+    so one check per checkpoint or epoch catches it; :meth:`divergence` says where, for the message.
 
     >>> loss = RunningLoss()
     >>> loss.add(torch.tensor([1.0, 3.0]).sum(), images=2, step=0)
@@ -110,14 +101,23 @@ class RunningLoss:
         return self.total / max(self.images, 1)
 
     def peek_both(self) -> tuple[float, float | None]:
-        """(mean loss, mean gradient norm or None) for a log line or the progress bar, in one host-device read,
-        leaving the device-side sums where they are (the logged numbers do not depend on how often anyone looked)."""
+        """(mean loss, mean gradient norm or None) in one host-device read, leaving the device-side sums as they are
+        (the logged numbers do not depend on how often anyone looked)."""
         parts = [t for t in (self._pending, self._norms) if t is not None]
         values = torch.stack([t.to(torch.float64) for t in parts]).tolist() if parts else []
         pending = values[0] if self._pending is not None else 0.0
         norms = values[-1] if self._norms is not None else 0.0
         loss = (self.total + pending) / max(self.images, 1)
         return loss, ((self.grad_norm_total + norms) / self.grad_norms if self.grad_norms else None)
+
+
+# trainer_state.json's names of the RunningLoss attributes it saves
+_RUNNING = {
+    "running_loss_sum": "total",
+    "running_samples": "images",
+    "running_grad_norm_sum": "grad_norm_total",
+    "running_grad_norms": "grad_norms",
+}
 
 
 @dataclass
@@ -136,31 +136,25 @@ class TrainerState:
         """Plain data for ``trainer_state.json`` (the running loss read from the device first)."""
         self.loss.settle()
         self.loss.mean_grad_norm()  # settles the norms too
-        fields = {name: getattr(self, name) for name in ("epoch", "step_in_epoch", "global_step", "best_top1")}
-        fields["data_sizes"] = self.data_sizes
-        return {**fields, "history": list(self.history), "running_loss_sum": self.loss.total,
-                "running_samples": self.loss.images, "running_grad_norm_sum": self.loss.grad_norm_total,
-                "running_grad_norms": self.loss.grad_norms}  # fmt: skip
+        names = ("epoch", "step_in_epoch", "global_step", "best_top1", "data_sizes")
+        fields = {name: getattr(self, name) for name in names}
+        return {**fields, "history": list(self.history), **{key: getattr(self.loss, a) for key, a in _RUNNING.items()}}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainerState:
         """The state :meth:`to_dict` wrote; TypeError naming the field when one has the wrong type."""
         data = dict(data)
-        types = {"epoch": int, "step_in_epoch": int, "global_step": int, "best_top1": (int, float), "history": list,
-                 "running_loss_sum": (int, float), "running_samples": int, "running_grad_norm_sum": (int, float),
-                 "running_grad_norms": int}  # fmt: skip
+        ints = ("epoch", "step_in_epoch", "global_step", "running_samples", "running_grad_norms")
+        numbers = ("best_top1", "running_loss_sum", "running_grad_norm_sum")
+        types = {**dict.fromkeys(ints, int), **dict.fromkeys(numbers, (int, float)), "history": list}
         for name, kind in types.items():
             value = data.get(name, 0)
             if isinstance(value, bool) or not isinstance(value, kind):
                 raise TypeError(f"{name} is {json.dumps(value)[:40]}, not a {getattr(kind, '__name__', 'number')}")
         if not all(isinstance(record, dict) for record in data.get("history", [])):
             raise TypeError("history holds something else than epoch records")
-        loss = RunningLoss(
-            data.pop("running_loss_sum", 0.0),
-            data.pop("running_samples", 0),
-            data.pop("running_grad_norm_sum", 0.0),  # absent from checkpoints written before clipping existed
-            data.pop("running_grad_norms", 0),
-        )
+        # the gradient norms are absent from checkpoints written before clipping existed
+        loss = RunningLoss(**{attribute: data.pop(key, 0) for key, attribute in _RUNNING.items()})
         return cls(**data, loss=loss)
 
     def check_data(self, train: int, eval_: int, source: str) -> None:
@@ -193,10 +187,7 @@ def is_checkpoint(folder: Path) -> bool:
 
 def list_checkpoints(output_dir: Path) -> list[Path]:
     """Complete checkpoints in ``output_dir``, oldest first."""
-    root = RunDir(output_dir).checkpoints
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.glob("step_*") if is_checkpoint(p))
+    return sorted(p for p in RunDir(output_dir).checkpoints.glob("step_*") if is_checkpoint(p))  # none: no folder
 
 
 def read_state(folder: Path) -> tuple[TrainerState, dict[str, Any]]:
@@ -234,11 +225,8 @@ def checkpoint_labels(folder: Path) -> tuple[list[str], list[str]] | None:
 
 
 def find_resume_checkpoint(config: FinetuneConfig, output_dir: Path) -> Path | None:
-    """The checkpoint to resume from per ``train.resume``; checks it belongs to this run's trajectory.
-
-    ``hf-hub:owner/name`` (``hub``: ``hf-hub:<hub.model_id>``) downloads the repo's ``last-checkpoint/`` into
-    ``<output_dir>/checkpoints/step_XXXXXXXX/`` first (:func:`checkpoint_from_hub`).
-    """
+    """The checkpoint to resume from per ``train.resume`` (a Hub one downloaded first: :func:`checkpoint_from_hub`),
+    checked to belong to this run's trajectory."""
     resume = config.train.resume
     if resume == "never":
         if list_checkpoints(output_dir):
@@ -260,14 +248,20 @@ def find_resume_checkpoint(config: FinetuneConfig, output_dir: Path) -> Path | N
         state, saved_config = read_state(folder)
     if folder is None:
         return None
-    _refuse_another_trajectory(f"Checkpoint '{folder}'", saved_config, config)
-    _refuse_past_the_end(f"Checkpoint '{folder}'", state, config)
+    _refuse_unresumable(f"Checkpoint '{folder}'", state, saved_config, config)
     return folder
 
 
-def _refuse_past_the_end(name: str, state: TrainerState, config: FinetuneConfig) -> None:
-    """A checkpoint past ``train.epochs`` is refused: resuming it would report the shorter run's last epoch while
-    ``last/`` and ``best/`` held weights trained further."""
+def _refuse_unresumable(name: str, state: TrainerState, saved_config: dict[str, Any], config: FinetuneConfig) -> None:
+    """Refuse a checkpoint of another trajectory, or one past ``train.epochs`` (resuming it would report the shorter
+    run's last epoch while ``last/`` and ``best/`` held weights trained further)."""
+    differences = trajectory_differences(saved_config, config)
+    if differences:
+        raise CheckpointError(
+            f"{name} was written with a different config ({', '.join(differences)}); resuming would "
+            f"change the run ({describe_differences(saved_config, config, differences)}). Restore those values, or "
+            "start afresh in a new train.output_dir."
+        )
     epochs, reached = config.train.epochs, state.epoch + (state.step_in_epoch > 0)
     if reached > epochs:
         where = (
@@ -279,35 +273,16 @@ def _refuse_past_the_end(name: str, state: TrainerState, config: FinetuneConfig)
         )
 
 
-def _refuse_another_trajectory(name: str, saved_config: dict[str, Any], config: FinetuneConfig) -> None:
-    differences = trajectory_differences(saved_config, config)
-    if differences:
-        raise CheckpointError(
-            f"{name} was written with a different config ({', '.join(differences)}); resuming would "
-            f"change the run ({describe_differences(saved_config, config, differences)}). Restore those values, or "
-            "start afresh in a new train.output_dir."
-        )
-
-
-def hub_resume_repo(config: FinetuneConfig) -> str | None:
-    """The Hub repo that ``train.resume`` names (``hf-hub:owner/name``, or ``hub`` for ``hub.model_id``), or None."""
-    resume = config.train.resume
-    if resume == "hub":
-        return config.hub.model_id
-    return hub_io.hub_repo(resume)
-
-
 def checkpoint_from_hub(config: FinetuneConfig, output_dir: Path) -> Path:
     """Download the ``last-checkpoint/`` that ``hub.strategy checkpoint`` pushed to the repo ``train.resume`` names
-    into ``<output_dir>/checkpoints/step_XXXXXXXX/`` (its step from its trainer state) and return that folder; a
-    checkpoint of another trajectory is refused before anything is put in place.
+    (``hub``: ``hub.model_id``) into ``<output_dir>/checkpoints/step_XXXXXXXX/`` and return that folder; another
+    trajectory's is refused before anything is put in place, a local complete one of the same step used as it is.
 
-    Only the launch's main process downloads. The others return a placeholder without waiting: nothing reads it
-    before the process group exists (which the main process joins after its download), and ``train._resume``
-    then loads the main process's folder on every process. A local complete checkpoint of the same step is used
-    as it is (it is the same point of the same trajectory).
+    Only the launch's main process downloads; the others return a placeholder that nothing reads before the process
+    group exists (``train._resume`` then loads the main process's folder on every process).
     """
-    repo_id = hub_resume_repo(config)
+    resume = config.train.resume
+    repo_id = config.hub.model_id if resume == "hub" else hub_io.hub_repo(resume)
     root = RunDir(output_dir).checkpoints
     if not is_main_launch_process():
         return root / "from-hub"
@@ -318,8 +293,7 @@ def checkpoint_from_hub(config: FinetuneConfig, output_dir: Path) -> Path:
         downloaded = hub_io.download_checkpoint(str(repo_id), staging)
         state, saved_config = read_state(downloaded)
         name = f"The Hub checkpoint 'hf-hub:{repo_id}' ({hub_io.CHECKPOINT_DIR}/, step {state.global_step})"
-        _refuse_another_trajectory(name, saved_config, config)
-        _refuse_past_the_end(name, state, config)
+        _refuse_unresumable(name, state, saved_config, config)
         final = root / f"step_{state.global_step:08d}"
         if is_checkpoint(final):
             print(f"{name} is already here as {final}; resuming from it", flush=True)
@@ -351,10 +325,8 @@ def save_checkpoint(
     keep: int,
     labels: tuple[list[str], list[str]],
 ) -> Path:
-    """Write a complete checkpoint atomically and keep the ``keep`` newest. Call on every process.
-
-    ``labels`` (class ids, class names) go into the checkpoint, so it can be evaluated wherever it is copied.
-    """
+    """Write a complete checkpoint atomically and keep the ``keep`` newest; call on every process. ``labels`` (class
+    ids, names) go into it, so it can be evaluated wherever it is copied."""
     root = RunDir(output_dir).checkpoints
     final = root / f"step_{state.global_step:08d}"
     temporary = root / f".tmp-step_{state.global_step:08d}"

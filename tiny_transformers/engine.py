@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -22,7 +23,7 @@ from .checkpoint import TrainerState
 from .config import DistillConfig, FinetuneConfig
 from .data import DataBundle, DecodeTransform, collate, worker_options
 from .errors import ConfigError
-from .features import EvalFeatures, FeatureCache, capture, head_forward, head_logits
+from .features import EvalFeatures, FeatureCache, capture_head_inputs, head_forward, head_logits
 from .metrics import TopKScores
 from .models import unwrap_logits
 from .plan import Plan
@@ -31,12 +32,9 @@ from .sampler import derive_seed, window_sample_count
 
 @contextlib.contextmanager
 def keyed_rng(device: torch.device, *key: int, python: bool = True, numpy: bool = True) -> Iterator[None]:
-    """Seed Python, NumPy and torch (CPU and ``device``) from ``key`` inside the block, restoring them after.
-
-    Mixup, CutMix, random erasing and drop path draw from these global generators; keying them by
-    (seed, epoch, global micro-batch) makes every draw independent of process count and of resumes.
-    ``python=False`` / ``numpy=False`` leave that generator alone, for blocks that draw nothing from it:
-    saving and restoring NumPy's state alone costs ~0.1 ms, paid on every micro-batch.
+    """Seed Python, NumPy and torch (CPU and ``device``) from ``key`` inside the block, restoring them after: keyed by
+    (seed, epoch, global micro-batch), augmentation and drop path draw the same on any process count and resume.
+    ``python=False`` / ``numpy=False`` skip a generator the block does not draw from (its cost: docs/benchmarks.md).
 
     >>> with keyed_rng(torch.device("cpu"), 0, 1): a = torch.rand(1)
     >>> with keyed_rng(torch.device("cpu"), 0, 1, numpy=False): b = torch.rand(1)
@@ -52,8 +50,7 @@ def keyed_rng(device: torch.device, *key: int, python: bool = True, numpy: bool 
             random.seed(seed)
         if numpy:
             np.random.seed(seed % 2**32)
-        # The draws of torch.manual_seed(seed), without its cost: on a CUDA build it also queues seeds for
-        # every other backend, formatting a stack trace each time (~0.15 ms, run once per micro-batch).
+        # torch.manual_seed(seed)'s draws without its per-backend seeding cost (docs/benchmarks.md)
         torch.default_generator.manual_seed(seed)
         if device.type == "cuda":
             torch.cuda.manual_seed(seed)  # the current device: the one this process trains on
@@ -67,9 +64,7 @@ def keyed_rng(device: torch.device, *key: int, python: bool = True, numpy: bool 
 
 
 class Training(Protocol):
-    """What :func:`train_steps` needs of a run (``train.Run`` has it): prepared model and optimizer, the per-update
-    schedule, the batch augmentation, the plan, the state it advances, the config, and the optional EMA and
-    teacher."""
+    """What :func:`train_steps` needs of a run (``train.Run`` has it)."""
 
     accelerator: Accelerator
     model: nn.Module
@@ -85,18 +80,11 @@ class Training(Protocol):
 
 
 def train_steps(run: Training, loader: torch.utils.data.DataLoader) -> Iterator[int]:
-    """Run the optimizer steps of ``run.state.epoch`` from ``state.step_in_epoch``, yielding after each update.
+    """Run the optimizer steps of ``run.state.epoch`` from ``state.step_in_epoch``, yielding after each update with
+    ``state`` up to date (``for _ in train_steps(run, run.train_loader())``: the caller may checkpoint or stop there).
 
-    ``state`` is up to date at every yield (its step counters, running loss and gradient norm), so the caller can
-    save a checkpoint or stop between two updates; the epoch is over when the generator is exhausted.
-
-    Each process runs ``plan.accumulation_steps`` micro-batches per optimizer step. A micro-batch's loss is
-    the sum of its per-image losses divided by the images in the whole window (all processes), times the
-    process count that DDP's gradient averaging divides by again: every image weighs 1/window, whatever
-    the layout. Clipping, the schedule and the EMA act once per update, on the whole window's gradient.
-
-    >>> for updates_done in train_steps(run, run.train_loader()):
-    ...     pass  # doctest: +SKIP
+    A micro-batch's loss is its per-image sum divided by the images of the whole window (all processes), times the
+    process count that DDP's averaging divides by again: every image weighs 1/window, whatever the layout.
     """
     accelerator, model, state, plan = run.accelerator, run.model, run.state, run.plan
     model.train()
@@ -128,12 +116,12 @@ def train_steps(run: Training, loader: torch.utils.data.DataLoader) -> Iterator[
             progress.advance(window_images)
             yield state.global_step
     finally:
-        progress.close()
+        progress.bar.close()
 
 
 def _micro_batches(run: Training, loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor, list | None]]:
-    """This process's micro-batches on the device, with their rows of the train split when the training feature
-    cache needs them (the loader's batch sampler, iterated alongside: the same lists in the same order)."""
+    """This process's micro-batches on the device, with their rows of the train split for the training feature cache
+    (the loader's batch sampler, iterated alongside)."""
     device = run.accelerator.device
     order = iter(loader.batch_sampler) if run.features is not None and run.features.train is not None else None
     host = run.augment.host_randaugment is not None  # timm's RandAugment takes host images
@@ -144,16 +132,12 @@ def _micro_batches(run: Training, loader: DataLoader) -> Iterator[tuple[torch.Te
 
 def _empty_micro_batch(run: Training) -> tuple[torch.Tensor, torch.Tensor, None]:
     size, device = run.augment.image_size, run.accelerator.device
-    return (
-        torch.zeros(1, 3, size, size, dtype=torch.uint8, device=device),
-        torch.zeros(1, dtype=torch.long, device=device),
-        None,
-    )
+    images = torch.zeros(1, 3, size, size, dtype=torch.uint8, device=device)
+    return images, torch.zeros(1, dtype=torch.long, device=device), None
 
 
 def _update(run: Training, step: int) -> None:
-    """One optimizer update after the window's micro-batches: clipping (its norm kept), the step, the counters, the
-    schedule's lr for the next update and the EMA."""
+    """One optimizer update after the window's micro-batches: clipping, the step, the counters, the lr, the EMA."""
     state, clip = run.state, run.config.optim.clip_grad
     if clip:
         state.loss.add_grad_norm(run.accelerator.clip_grad_norm_(run.model.parameters(), clip))  # norm before
@@ -166,8 +150,7 @@ def _update(run: Training, step: int) -> None:
 
 
 class _Progress:
-    """The epoch's tqdm bar on the main process: loss, lr and images/s, redrawn at most once a second (the loss
-    shown costs a host-device read)."""
+    """The epoch's tqdm bar on the main process: loss, lr and images/s, at most once a second (a host-device read)."""
 
     def __init__(self, run: Training) -> None:
         self.run, self.images, self.shown, self.started = run, 0, 0.0, time.perf_counter()
@@ -192,15 +175,10 @@ class _Progress:
             )
         self.bar.update(1)
 
-    def close(self) -> None:
-        self.bar.close()
-
 
 def _forward(run: Training, images: torch.Tensor, labels: torch.Tensor, rows: list | None):
-    """The model's output, the soft targets and the teacher's logits of one micro-batch, under the training
-    autocast. With the training feature cache (features.py; ``rows``: the micro-batch's rows of the train split), a
-    micro-batch whose head inputs are kept runs only the head; one whose are not runs the whole model and keeps
-    them."""
+    """The model's output, the soft targets and the teacher's logits of one micro-batch, under the training autocast;
+    with the training feature cache, only the head when its inputs are kept, else the whole model, keeping them."""
     accelerator, model, augment = run.accelerator, run.model, run.augment
     cache = run.features.train if rows is not None else None
     kept = cache.lookup(rows) if cache is not None else None
@@ -209,21 +187,18 @@ def _forward(run: Training, images: torch.Tensor, labels: torch.Tensor, rows: li
             return model(kept), augment.targets(labels), None
     x, targets = augment.train(images, labels)
     inner = accelerator.unwrap_model(model)
-    with accelerator.autocast(), capture(inner, cache is not None) as captured:
+    with accelerator.autocast(), capture_head_inputs(inner, cache is not None) as captured:
         output = model(x)
         if captured is not None:
             cache.keep(inner, rows, captured, output)
-        return output, targets, _teacher_logits(run.teacher, x)
+        with torch.no_grad():
+            teacher_logits = None if run.teacher is None else unwrap_logits(run.teacher(x))
+        return output, targets, teacher_logits
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
     """The base learning rate now: the largest group's (with layer decay the head's, at scale 1)."""
     return max(group["lr"] for group in optimizer.param_groups)
-
-
-@torch.no_grad()
-def _teacher_logits(teacher: nn.Module | None, x: torch.Tensor) -> torch.Tensor | None:
-    return None if teacher is None else unwrap_logits(teacher(x))
 
 
 def loss_fn_per_image(logits: torch.Tensor, soft_targets: torch.Tensor) -> torch.Tensor:
@@ -237,12 +212,9 @@ def loss_per_image(
     teacher_logits: torch.Tensor | None = None,
     distill: DistillConfig | None = None,
 ) -> torch.Tensor:
-    """The training loss of each image, in float32.
-
-    Without a teacher: soft-target cross-entropy of the logits (both heads averaged for distilled DeiT). With one,
-    DeiT's ``DistillationLoss``: ``(1 - alpha) x`` the class head's loss on the (mixed) targets ``+ alpha x`` the
-    distillation head's on the teacher's answer for the same augmented image: its top-1 class (``hard``) or its
-    probabilities at temperature T (``soft``: KL divergence x T^2 / classes, as DeiT divides by numel).
+    """The training loss of each image, in float32: soft-target cross-entropy, or with a teacher DeiT's
+    ``DistillationLoss`` (the distillation head on the teacher's top-1 class, ``hard``, or its probabilities at
+    temperature T, ``soft``: KL x T^2 / classes, as DeiT divides by numel).
 
     >>> cls, dist = torch.zeros(1, 3), torch.tensor([[0.0, 0.0, 9.0]])
     >>> teacher = torch.tensor([[0.0, 0.0, 5.0]])  # the teacher says class 2
@@ -276,15 +248,13 @@ def evaluate(
     features: EvalFeatures | None = None,
     metric: TopKScores | None = None,
 ) -> dict:
-    """Top-1, top-5 (percent) and mean cross-entropy over the whole eval split, each image counted once.
+    """Top-1, top-5 (percent) and mean cross-entropy over the whole eval split, each image counted once on any
+    number of processes (``gather_for_metrics``).
 
-    ``gather_for_metrics`` drops the duplicates that even sharding adds on the last batch, so the
-    count equals the split's size on any number of processes. With ``collect_predictions`` the
-    result also holds ``predictions`` and ``references`` (top-1 class per image, in split order).
-    ``autocast=False`` evaluates in fp32 whatever the training precision (the official code's evaluation).
-    ``features`` (head mode's cache, features.py): an empty one is filled by this pass, a full one replaces the
-    frozen backbone, so that only the head runs. ``metric``: what scores the pass (default: :class:`TopKScores`;
-    the ``evaluate`` command passes ``metrics.TopKAccuracy``, the same scores as an ``evaluate`` Metric).
+    ``collect_predictions`` adds ``predictions`` and ``references`` (top-1 per image, in split order);
+    ``autocast=False`` evaluates in fp32; ``features`` (head mode's cache): an empty one is filled, a full one runs
+    only the head; ``metric`` scores the pass (default :class:`TopKScores`; the ``evaluate`` command's is
+    ``metrics.TopKAccuracy``).
     """
     model.eval()
     metric = metric or TopKScores(k=min(5, num_classes))  # on the device: no host read per batch
@@ -318,7 +288,8 @@ def evaluate(
         features.finish()
     computed = metric.compute() if accelerator.is_main_process else {}
     scores = ("top1", f"top{metric.k}", "loss", "count")
-    result = _broadcast(accelerator, dict(zip(("top1", "top5", "loss", "count"), map(computed.get, scores))))
+    # the main process's scores on every process, so that each returns the same FinetuneResult
+    result = broadcast_object_list([dict(zip(("top1", "top5", "loss", "count"), map(computed.get, scores)))])[0]
     if collect_predictions:
         result["predictions"] = torch.cat(top1_predictions).tolist() if top1_predictions else []
         result["references"] = torch.cat(references).tolist() if references else []
@@ -327,15 +298,16 @@ def evaluate(
 
 
 def _model_logits(accelerator, model, loader, augment, autocast, features) -> Iterator[tuple]:
-    """(fp32 logits, labels, None) per batch of the loader, through the whole model; with ``features`` (empty),
-    each batch's head inputs are kept (the first batch's checked against the model's own output)."""
+    """(fp32 logits, labels, None) per batch of the loader, through the whole model, keeping head inputs in
+    ``features`` (empty)."""
     inner = accelerator.unwrap_model(model)
     if features is not None:
         features.start()
     for images, labels in loader:
         x = augment.resize_normalize(images)
         keeping = features is not None and features.enabled
-        with accelerator.autocast() if autocast else own_forward(accelerator, model), capture(inner, keeping) as kept:
+        precision = accelerator.autocast() if autocast else own_forward(accelerator, model)
+        with precision, capture_head_inputs(inner, keeping) as kept:
             output = model(x)
             if keeping:
                 features.add(inner, kept, output, labels)
@@ -352,18 +324,13 @@ def _cached_logits(accelerator, model, autocast, features) -> Iterator[tuple]:
 
 
 def usable_cores() -> int:
-    """The CPU cores this process may run on: its affinity where the OS reports one (a container or ``taskset`` limits
-    it), else every core.
-
-    >>> usable_cores() >= 1
-    True
-    """
+    """The CPU cores this process may run on: its affinity (a container, ``taskset``) where the OS reports one."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def loader_workers(num_workers: int | None) -> int:
-    """``data.num_workers``, or for None (auto) up to 4 loader workers per training process, within this process's
-    usable cores shared by the launch's processes on this machine: more make torch warn and only contend.
+    """``data.num_workers``, or for None up to 4 loader workers per process within the usable cores this machine's
+    processes share (more make torch warn and only contend).
 
     >>> loader_workers(2), loader_workers(None) == max(1, min(4, usable_cores()))
     (2, True)
@@ -375,12 +342,8 @@ def loader_workers(num_workers: int | None) -> int:
 
 
 def cpu_threads_warnings(num_processes: int) -> list[str]:
-    """A warning when one training process computes on the CPU (no CUDA device: the library's Accelerator then runs
-    on the CPU) with fewer threads than it has cores, else none.
-
-    ``accelerate launch`` sets OMP_NUM_THREADS=1 on a machine without a GPU unless told otherwise, which suits several
-    processes but leaves one process on one core: on 2 cores a real epoch of a recipe took 1.97x its projection, and
-    1.17x once given both (docs/benchmarks.md).
+    """A warning when one training process computes on the CPU with fewer threads than cores (``accelerate launch``
+    sets OMP_NUM_THREADS=1 without a GPU: what it costs, docs/benchmarks.md), else none.
 
     >>> cpu_threads_warnings(num_processes=2)  # several processes: one thread each is as it should be
     []
@@ -398,22 +361,12 @@ def cpu_threads_warnings(num_processes: int) -> list[str]:
 
 @contextlib.contextmanager
 def own_forward(accelerator: Accelerator, model: torch.nn.Module) -> Iterator[None]:
-    """Inside the block the prepared ``model`` runs its own forward, without the training autocast.
+    """Inside the block the prepared ``model`` runs its own forward, without the training autocast
+    (``train.eval_precision fp32``).
 
-    ``Accelerator.prepare`` wraps a model's forward in the run's autocast (bf16/fp16) whatever context the caller
-    sets, so a plain fp32 context still evaluated a bf16 run in bf16 (on one ``nn.Linear(64, 64)``, outputs 5e-3 off
-    fp32; tests/test_backbone.py). The official code evaluated in fp32 (``train.eval_precision fp32``). Accelerate's
-    only public way back, ``unwrap_model(keep_fp32_wrapper=False)``, removes the wrapper for good, and training needs
-    it again after the evaluation; so the forward it kept (``_original_forward``, set by ``prepare_model``) is put
-    back for the block alone. A model that was not wrapped (no mixed precision) is left as it is.
-
-    >>> accelerator = Accelerator(cpu=True, mixed_precision="bf16")  # doctest: +SKIP
-    >>> model = accelerator.prepare(torch.nn.Linear(4, 4))  # doctest: +SKIP
-    >>> with own_forward(accelerator, model):  # doctest: +SKIP
-    ...     torch.equal(model(x), torch.nn.functional.linear(x, model.weight, model.bias))
-    True
-
-    (Skipped as a doctest: Accelerate fixes the precision once per process. Tested in tests/test_backbone.py.)
+    ``prepare`` wraps the forward in the run's autocast whatever context the caller sets, and Accelerate's only way
+    back (``unwrap_model(keep_fp32_wrapper=False)``) is for good; so the forward it kept (``_original_forward``) is
+    put back for the block alone (tested in tests/test_backbone.py: Accelerate fixes the precision once per process).
     """
     inner = accelerator.unwrap_model(model)  # under DDP the wrapper sits on the module inside it
     original = inner.__dict__.get("_original_forward")
@@ -428,38 +381,33 @@ def own_forward(accelerator: Accelerator, model: torch.nn.Module) -> Iterator[No
         inner.forward = wrapped
 
 
-def _broadcast(accelerator: Accelerator, result: dict) -> dict:
-    """The main process's metrics on every process (so each returns the same FinetuneResult)."""
-    if accelerator.num_processes == 1:
-        return result
-    from accelerate.utils import broadcast_object_list
-
-    payload = [result]
-    broadcast_object_list(payload, from_process=0)
-    return payload[0]
-
-
-def eval_loader(data: DataBundle, config: FinetuneConfig, native_size: int, accelerator: Accelerator) -> DataLoader:
-    """The eval split in order, decoded to ``native_size`` uint8, for :func:`evaluate` (not yet prepared by
-    Accelerate: ``accelerator.prepare`` shards it)."""
+def data_loader(
+    split: Any, native_size: int, config: FinetuneConfig, accelerator: Accelerator, **order: Any
+) -> DataLoader:
+    """``split`` decoded to ``native_size`` uint8 on :func:`loader_workers` workers, started once per run; ``order``:
+    the loader's ``batch_size`` or ``batch_sampler``."""
     workers = loader_workers(config.data.num_workers)
     return DataLoader(
-        data.eval.with_transform(DecodeTransform(native_size)),
-        batch_size=config.train.eval_batch_size or config.train.micro_batch_size,
+        split.with_transform(DecodeTransform(native_size)),
         num_workers=workers,
         collate_fn=collate,
         pin_memory=accelerator.device.type == "cuda",
-        persistent_workers=workers > 0,  # one evaluation per epoch: start the workers once
-        **worker_options(workers),  # a group signal (SLURM) is the main process's to handle
+        persistent_workers=workers > 0,
+        **worker_options(workers),  # a group signal (SLURM) is the main process's to handle, not a worker's
+        **order,
     )
 
 
-def check_process_precision(mixed_precision: str, source: str | None = None, fix: str | None = None) -> None:
-    """Refuse, with the fix, a precision other than the one this Python process already trained or evaluated in.
+def eval_loader(data: DataBundle, config: FinetuneConfig, native_size: int, accelerator: Accelerator) -> DataLoader:
+    """The eval split in order, decoded to ``native_size`` uint8, for :func:`evaluate` (``prepare`` shards it)."""
+    batch_size = config.train.eval_batch_size or config.train.micro_batch_size
+    return data_loader(data.eval, native_size, config, accelerator, batch_size=batch_size)
 
-    Accelerate fixes the autocast precision once per process; a second ``finetune()`` in a notebook with
-    another ``train.mixed_precision`` would otherwise fail deep inside ``Accelerator()`` after the data loaded.
-    ``source`` says where ``mixed_precision`` came from and ``fix`` (``{current}``: the process's) what changes it.
+
+def check_process_precision(mixed_precision: str, source: str | None = None, fix: str | None = None) -> None:
+    """Refuse, with the fix, a precision other than the one this Python process already runs with (Accelerate fixes
+    it once per process: a notebook's second ``finetune()`` would fail deep inside ``Accelerator()``). ``source``
+    says where ``mixed_precision`` came from and ``fix`` (``{current}``: the process's) what changes it.
     """
     from accelerate.state import AcceleratorState, is_initialized
 

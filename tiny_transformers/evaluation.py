@@ -1,8 +1,5 @@
-"""``evaluate_checkpoint(config)``: the scores of any trained model on a dataset, fed and scored as in training.
-
-A trained model is an exported folder (``best/``, ``last/``, ``export/``), a run's output dir (its ``best/``), a
-training checkpoint or a Hub id; what it records (image size, normalization, preprocessing, autocast, classes)
-decides how the images are fed.
+"""``evaluate_checkpoint(config)``: the scores of any trained model on a dataset, fed and scored as in training (as
+its folder records: image size, normalization, preprocessing, autocast, classes).
 """
 
 from __future__ import annotations
@@ -24,19 +21,12 @@ from .weights import TrainedWeights, build_trained_model, describe_trained_weigh
 
 
 def evaluate_checkpoint(config: FinetuneConfig, mixed_precision: str | None = None) -> dict[str, Any]:
-    """Top-1, top-5 and loss of the trained model at ``config.model.checkpoint`` on ``config.data``'s eval split.
+    """Top-1, top-5 and loss of the trained model at ``config.model.checkpoint`` (an exported folder, a run's output
+    dir, a training checkpoint or ``hf-hub:owner/name``) on ``config.data``'s eval split, with per-image
+    ``predictions``, ``references`` and the ``class_ids``/``class_names`` they index; refuses other classes.
 
-    ``mixed_precision`` (``bf16``, ``fp16``, ``no``) is the autocast to evaluate under; by default the one the
-    weights were trained with, as their folder records it (fp32 on a machine without CUDA for an fp16 run), so
-    the run's own numbers come back (bf16 on a model trained in fp32 moves the loss and can flip a top-1).
-    ``config.train.mixed_precision`` is used only when the weights record none (plain timm folders).
-
-    ``model.checkpoint`` is an exported folder (``best/``, ``last/``, ``export/``), a training checkpoint
-    folder or ``hf-hub:owner/name``. The result also holds per-image ``predictions`` and ``references`` and
-    the ``class_ids``/``class_names`` they index.
-
-    Uses the image size and normalization the model was trained with; refuses data whose classes differ
-    from the ones the head was trained on (that would be a silently wrong score).
+    ``mixed_precision`` (``bf16``, ``fp16``, ``no``): by default the autocast the weights record (:func:`_precision`),
+    so that the run's own numbers come back; ``config.train.mixed_precision`` only when they record none.
 
     >>> cfg = FinetuneConfig()
     >>> cfg.model.checkpoint, cfg.data.source = "outputs/run/best", "./tiny-imagenet-200"
@@ -65,10 +55,10 @@ def evaluate_checkpoint(config: FinetuneConfig, mixed_precision: str | None = No
     # decoded as in training: the run recorded its native size (64 for Tiny ImageNet)
     loader = eval_loader(data, config, weights.native_size or config.data.native_size, accelerator)
     model, loader = accelerator.prepare(model, loader)
+    preprocess = weights.preprocess or "default"
     augment = BatchAugment(
-        weights.image_size, weights.mean, weights.std, data.num_classes, AugmentConfig(), accelerator.device,
-        weights.preprocess or "default",
-    )  # fmt: skip
+        weights.image_size, weights.mean, weights.std, data.num_classes, AugmentConfig(), accelerator.device, preprocess
+    )
     scores = metrics.TopKAccuracy(k=min(5, data.num_classes))  # an `evaluate` Metric: the same numbers as training's
     result = evaluate(accelerator, model, loader, augment, data.num_classes, config.train.progress, True, metric=scores)
     result["class_ids"] = data.class_ids

@@ -1,19 +1,8 @@
-"""Head mode's feature cache (``train.cache_features``): what the frozen backbone hands the head, computed once.
-
-In head mode only the classifier head(s) train. What reaches them from the frozen part (a ViT's class token after
-its norm, distilled DeiT's two tokens, Swin's pooled features: each head module's input, whatever the family) is
-the same every time an image passes in eval mode, and in train mode when nothing random happens before the head.
-So the first evaluation of a run keeps each validation batch's head inputs and every later evaluation (raw weights
-and EMA) runs only the head on them; and a run whose training input is deterministic keeps each training image's
-head inputs in its first epoch and later epochs run only the head.
-
-The results are bitwise those of the uncached run: every head pass sees the very tensors the full forward handed
-it, in batches of the same size (a matmul's rows can round differently at another batch size, so evaluation
-replays its own batches, and training serves a micro-batch from the cache only when each of its images was computed
-in a full micro-batch, recomputing the epoch's ragged last one). The first cached batch is checked against the
-model's own output; a model whose output is not its head's (an unusual family) computes every feature every time,
-said in one line. The features live where the model does (device memory) and are never part of a checkpoint: a
-resumed run computes them again. Costs per paper model: docs/benchmarks.md#feature-cache.
+"""Head mode's feature cache (``train.cache_features``): each head module's input from the frozen backbone, computed
+once: at the first evaluation (replayed by every later one, raw and EMA) and, when nothing random happens before the
+head, in the first epoch. Bitwise the uncached run's: the head sees the very tensors, in batches of the same size (a
+matmul's rows can round differently at another size), and the first batch is checked against the model's output.
+Never checkpointed: a resumed run computes them again. Costs: docs/benchmarks.md#feature-cache.
 """
 
 from __future__ import annotations
@@ -21,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator, Sequence
+from functools import partial
 
 import torch
 from torch import nn
@@ -33,8 +23,8 @@ Features = tuple[torch.Tensor, ...]  # one tensor per head module: its input, a 
 
 
 def head_logits(model: nn.Module, features: Features) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """The model's output computed from its heads' inputs alone, as its own forward combines them: one head's
-    output, or distilled DeiT's two heads averaged (in train mode with distillation, the pair).
+    """The model's output from its heads' inputs alone, combined as its forward does (distilled DeiT: averaged, or
+    the pair in distilled training).
 
     >>> import timm
     >>> model = timm.create_model("test_vit", pretrained=False, num_classes=3).eval()
@@ -65,18 +55,18 @@ class _Captured:
 
 
 @contextlib.contextmanager
-def capture_head_inputs(model: nn.Module) -> Iterator[_Captured]:
-    """Inside the block, each forward of ``model`` records the input of each head module (a contiguous copy, so
-    that a ViT's class-token view does not keep the whole token tensor alive)."""
+def capture_head_inputs(model: nn.Module, on: bool = True) -> Iterator[_Captured | None]:
+    """Inside the block (when ``on``; else it yields None), each forward of ``model`` records each head module's input
+    (a copy, so that a ViT's class-token view does not keep the whole token tensor alive)."""
+    if not on:
+        yield None
+        return
     captured = _Captured(len(head_modules(model)))
 
-    def hook(index: int):
-        def record(_module: nn.Module, args: tuple) -> None:
-            captured.inputs[index] = args[0].detach().clone()
+    def record(index: int, _module: nn.Module, args: tuple) -> None:
+        captured.inputs[index] = args[0].detach().clone()
 
-        return record
-
-    handles = [head.register_forward_pre_hook(hook(i)) for i, head in enumerate(head_modules(model))]
+    handles = [head.register_forward_pre_hook(partial(record, i)) for i, head in enumerate(head_modules(model))]
     try:
         yield captured
     finally:
@@ -100,9 +90,8 @@ def _stochastic_modules(model: nn.Module) -> list[str]:
 
 
 def training_cache_off(config: FinetuneConfig) -> str | None:
-    """Why a head-mode run's training features cannot be kept (the first reason, as the end of a sentence), or
-    None when its input to the head is deterministic. The model's own stochastic modules are checked when it is
-    built (:meth:`FeatureCache.for_run`).
+    """Why a head-mode run's training features cannot be kept (the first reason, as the end of a sentence), or None
+    (the model's own random layers are checked in :meth:`FeatureCache.for_run`).
 
     >>> from tiny_transformers.config import paper_config
     >>> training_cache_off(paper_config("vit_l"))
@@ -122,10 +111,8 @@ def training_cache_off(config: FinetuneConfig) -> str | None:
 
 
 class EvalFeatures:
-    """This process's evaluation batches as head inputs, in loader order, kept by the first evaluation.
-
-    ``batches`` holds (features, labels, rows kept after the gather): a later pass gathers the same tensors and
-    drops what ``gather_for_metrics`` dropped at the first (the duplicates that even sharding adds)."""
+    """This process's evaluation batches as head inputs, in loader order, kept by the first evaluation, each with the
+    rows ``gather_for_metrics`` kept of it (a later pass drops the same duplicates)."""
 
     def __init__(self) -> None:
         self.batches: list[list] = []  # [features, labels, rows kept]
@@ -154,8 +141,8 @@ class EvalFeatures:
 
 
 class TrainFeatures:
-    """Each training image's head inputs, computed in a full micro-batch of the first epoch (or of the first epoch
-    it was in one), indexed by its row in the train split; served only to full micro-batches of later epochs."""
+    """Each training image's head inputs from a full micro-batch, by its row in the train split; served only to full
+    micro-batches (the ragged one is recomputed every epoch)."""
 
     def __init__(self, train_samples: int, micro_batch_size: int) -> None:
         self.size, self.micro_batch_size = train_samples, micro_batch_size
@@ -174,8 +161,7 @@ class TrainFeatures:
         return tuple(s[rows.to(s.device)].to(self.device, non_blocking=True) for s in self.store)
 
     def keep(self, model: nn.Module, indices: Sequence[int], captured: _Captured, output: torch.Tensor) -> None:
-        """Keep the head inputs of a full micro-batch (call inside the forward's precision context; a ragged
-        micro-batch is recomputed every epoch); the first is checked against the model's ``output``."""
+        """Keep a full micro-batch's head inputs (inside the forward's precision context); the first is checked."""
         if len(indices) != self.micro_batch_size or not self.enabled:
             return
         features = captured.features()
@@ -192,8 +178,7 @@ class TrainFeatures:
 
 
 def _allocate(features: Features, rows: int) -> list[torch.Tensor]:
-    """One (rows, ...) tensor per head input, on the model's device, or in (pinned) host memory where the device
-    has no room for them (the paper models' training features take 0.15-0.6 GB: docs/benchmarks.md#feature-cache)."""
+    """One (rows, ...) tensor per head input, on the model's device, or in (pinned) host memory where it has no room."""
     try:
         return [f.new_empty((rows, *f.shape[1:])) for f in features]
     except torch.OutOfMemoryError:
@@ -203,10 +188,9 @@ def _allocate(features: Features, rows: int) -> list[torch.Tensor]:
 
 @contextlib.contextmanager
 def head_forward(model: nn.Module) -> Iterator[None]:
-    """Inside the block ``model`` (the module a DDP wrapper holds, when there is one) takes a micro-batch's head
-    inputs and runs only its head(s); called through the prepared model, DDP all-reduces the head's gradients as
-    for a full forward. The block must set the training precision itself (``accelerator.autocast()``): the forward
-    Accelerate wrapped in it is set aside meanwhile."""
+    """Inside the block ``model`` (the module inside DDP) takes head inputs and runs only its head(s); called through
+    the prepared model, DDP still all-reduces the gradients. The block sets the autocast itself: Accelerate's
+    wrapped forward is set aside meanwhile."""
     own = model.__dict__.get("forward")  # Accelerate's autocast wrapper, when it made one
     model.forward = lambda features: head_logits(model, features)
     try:
@@ -229,12 +213,10 @@ class FeatureCache:
     def for_run(
         cls, config: FinetuneConfig, model: nn.Module, train_samples: int, micro_batch_size: int
     ) -> tuple[FeatureCache | None, str]:
-        """The cache of a run (None in full mode or with ``train.cache_features false``) and the plan's line
-        saying what it keeps, and why training features are not kept when they are not."""
-        if config.model.train_mode != "head" or not config.train.cache_features:
-            why = (
-                f"{config.model.train_mode} mode" if config.model.train_mode != "head" else "train.cache_features false"
-            )
+        """The cache of a run (None in full mode or with ``train.cache_features false``) and the plan's line on it."""
+        mode = config.model.train_mode
+        if mode != "head" or not config.train.cache_features:
+            why = f"{mode} mode" if mode != "head" else "train.cache_features false"
             return None, f"feature cache: off ({why}): every feature computed every time"
         off = training_cache_off(config)
         if off is None and (stochastic := _stochastic_modules(model)):
@@ -249,8 +231,8 @@ class FeatureCache:
 
 
 def check_head_alone(model: nn.Module, features: Features, output: torch.Tensor) -> bool:
-    """Whether the head alone reproduces the model's ``output`` bitwise from ``features`` (call it in the forward's
-    precision context); when not, says once that the cache is off for the run."""
+    """Whether the head alone reproduces ``output`` bitwise from ``features`` (in the forward's precision context);
+    when not, says once that the cache is off."""
     with torch.no_grad():
         alone = unwrap_logits(head_logits(model, features))
     if torch.equal(alone.float(), unwrap_logits(output).float()):
@@ -263,13 +245,3 @@ def check_head_alone(model: nn.Module, features: Features, output: torch.Tensor)
             flush=True,
         )
     return False
-
-
-@contextlib.contextmanager
-def capture(model: nn.Module, on: bool = True) -> Iterator[_Captured | None]:
-    """:func:`capture_head_inputs` when ``on``, else nothing."""
-    if not on:
-        yield None
-        return
-    with capture_head_inputs(model) as captured:
-        yield captured

@@ -1,9 +1,6 @@
-"""Top-k accuracy and mean loss of an evaluation pass.
-
-:class:`TopKScores` is what training's per-epoch evaluation uses: kept on the device, no host work per batch, one host
-read per pass. ``TopKAccuracy``, the same scores as an ``evaluate`` Metric defined here (no Hub download, works
-offline), scores the ``evaluate`` command (``evaluation.evaluate_checkpoint``); it is built on first use, since
-importing ``evaluate`` also imports ``transformers``' pipelines, seconds that a training run does not need.
+"""Top-k accuracy and mean loss of an evaluation pass: :class:`TopKScores` on the device for training's evaluations,
+``TopKAccuracy`` (the same scores as a local ``evaluate`` Metric) for the ``evaluate`` command, defined on first use:
+importing ``evaluate`` imports ``transformers``' pipelines, seconds a training run does not need.
 """
 
 from __future__ import annotations
@@ -15,10 +12,8 @@ import torch
 
 
 class TopKScores:
-    """Top-1 and top-k accuracy in percent (0-100) and the mean loss, accumulated on the batches' device.
-
-    ``add`` keeps each sample's hits and loss as device tensors (no host read); ``compute`` reads them once and
-    reduces them exactly as :class:`TopKAccuracy` does (the loss mean in float64, NumPy's summation).
+    """Top-1 and top-k accuracy in percent (0-100) and the mean loss, kept on the batches' device and read once by
+    ``compute``, reduced as ``TopKAccuracy`` does (the loss mean in float64, NumPy's summation).
 
     >>> scores = TopKScores(k=2)
     >>> scores.add(torch.tensor([[3, 1], [0, 2]]), torch.tensor([1, 0]), torch.tensor([0.5, 1.5]))
@@ -54,19 +49,16 @@ def _scores(hits: np.ndarray, losses: np.ndarray, k: int) -> dict[str, Any]:
     }
 
 
-def _topk_accuracy_class() -> type:
+def __getattr__(name: str) -> Any:
     """``TopKAccuracy``, defined on first use (importing ``evaluate`` costs seconds)."""
+    if name != "TopKAccuracy":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     import datasets
     import evaluate
 
     class TopKAccuracy(evaluate.Metric):
-        """Top-1 and top-k accuracy in percent (0-100) and the mean loss, from each sample's k best classes.
-
-        >>> metric = TopKAccuracy(k=2)
-        >>> metric.add_batch(predictions=[[3, 1], [0, 2]], references=[1, 0], losses=[0.5, 1.5])
-        >>> metric.compute()
-        {'top1': 50.0, 'top2': 100.0, 'loss': 1.0, 'count': 2}
-        """
+        """Top-1 and top-k accuracy in percent (0-100) and the mean loss, from each sample's k best classes (fed by
+        ``add_batch`` or :meth:`add`; the same numbers as :class:`TopKScores`: tests/test_metrics.py)."""
 
         def __init__(self, k: int = 5, **kwargs) -> None:
             self.k = k
@@ -100,12 +92,5 @@ def _topk_accuracy_class() -> type:
             return _scores(hits, np.asarray(losses, dtype=np.float64), self.k)
 
     TopKAccuracy.__module__ = __name__
+    globals()[name] = TopKAccuracy
     return TopKAccuracy
-
-
-def __getattr__(name: str) -> Any:
-    if name == "TopKAccuracy":
-        cls = _topk_accuracy_class()
-        globals()[name] = cls
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

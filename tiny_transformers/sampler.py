@@ -1,10 +1,8 @@
 """The order in which training images reach each process: the same global order on 1 or N processes.
 
-An epoch is a seeded permutation of the training set cut into global micro-batches of
-``micro_batch_size``. Optimizer step ``s`` consumes global micro-batches ``[s*k*n, (s+1)*k*n)``
-(k accumulation steps, n processes); process ``r`` takes those with index ``g % n == r``. A run on
-1 process with accumulation k*n therefore sees exactly the micro-batches that n processes with
-accumulation k see, in the same steps, and a resumed run starts at any step without replaying data.
+An epoch is a seeded permutation of the training set cut into global micro-batches. Optimizer step ``s`` consumes
+global micro-batches ``[s*k*n, (s+1)*k*n)`` (k accumulation steps, n processes), rank ``r`` those with ``g % n == r``:
+1 process with accumulation k*n sees what n processes with k see, in the same steps, and a resume starts at any step.
 """
 
 from __future__ import annotations
@@ -44,15 +42,8 @@ class MicroBatchSampler(Sampler[list[int]]):
         self.start_step = start_step
 
     def move_to(self, epoch: int, start_step: int = 0) -> None:
-        """Yield ``epoch``'s micro-batches from ``start_step`` on at the next iteration (a loader kept across epochs).
-
-        >>> from tiny_transformers.config import FinetuneConfig, TrainConfig
-        >>> plan = Plan.build(FinetuneConfig(train=TrainConfig(batch_size=2, micro_batch_size=2)), 1, train_samples=8)
-        >>> sampler = MicroBatchSampler(plan, rank=0, seed=0, epoch=0)
-        >>> sampler.move_to(1, start_step=3)
-        >>> list(sampler) == list(MicroBatchSampler(plan, rank=0, seed=0, epoch=1, start_step=3))
-        True
-        """
+        """Yield ``epoch``'s micro-batches from ``start_step`` on at the next iteration (a loader kept across epochs;
+        tests/test_sampler.py)."""
         self.epoch, self.start_step = epoch, start_step
 
     def global_indices(self) -> list[int]:

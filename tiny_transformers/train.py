@@ -33,26 +33,20 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import FinetuneConfig, flat_config
-from .data import DataBundle, DecodeTransform, collate, load_data, verify_images, worker_options
+from .data import DataBundle, load_data, verify_images
 from .engine import (
     check_process_precision,
     cpu_threads_warnings,
     current_lr,
+    data_loader,
     eval_loader,
     evaluate,
-    loader_workers,
     train_steps,
 )
 from .errors import CheckpointError, ConfigError, TrainingDiverged, TrainingInterrupted
 from .features import FeatureCache
 from .lora import check_targets, is_lora, plain_model, save_adapter
-from .models import (
-    build_model,
-    check_image_size,
-    check_teacher,
-    count_parameters,
-    normalization,
-)
+from .models import build_model, check_image_size, check_teacher, count_parameters, normalization
 from .optim import build_optimizer, build_schedule
 from .plan import Plan
 from .publish import BackgroundPublisher, push_warnings
@@ -91,11 +85,8 @@ class FinetuneResult:
 
 
 def finetune(config: FinetuneConfig, command: str | None = None) -> FinetuneResult:
-    """Fine-tune ``config.model`` on ``config.data`` and return what it measured; resumable and multi-process.
-
-    Works the same from a script under ``accelerate launch``, from ``python``, and from a notebook.
-    ``command`` is the command line that started the run, printed in the message of a stopped run as the way
-    to resume it (``run`` and the ``tiny-transformers`` command pass their own).
+    """Fine-tune ``config.model`` on ``config.data`` and return what it measured; resumable and multi-process, the
+    same under ``accelerate launch``, ``python`` or a notebook. ``command``: how a stopped run's message says to resume.
 
     >>> from tiny_transformers import FinetuneConfig, finetune
     >>> cfg = FinetuneConfig()
@@ -116,7 +107,7 @@ def finetune(config: FinetuneConfig, command: str | None = None) -> FinetuneResu
         if finished := _finished_result(folder, config):
             return finished  # nothing to train: resuming would only rewrite last/ and the report
         run = build_run(config, folder)
-        accelerator, state, plan, train = run.accelerator, run.state, run.plan, config.train
+        accelerator, state, plan, train, hub = run.accelerator, run.state, run.plan, config.train, config.hub
         for epoch in range(state.epoch, train.epochs):
             started, first_step = time.perf_counter(), state.step_in_epoch
             for _ in train_steps(run, run.train_loader()):
@@ -127,7 +118,7 @@ def finetune(config: FinetuneConfig, command: str | None = None) -> FinetuneResu
                 if stopping or (every and state.global_step % every == 0 and mid_epoch):
                     checkpoint = run.save_checkpoint()  # mid-epoch; the epoch's end is saved after its evaluation
                 if stopping:  # preempted: the checkpoint leaves the machine too, within train.preempt_seconds
-                    if config.hub.push and config.hub.strategy == "checkpoint" and accelerator.is_main_process:
+                    if hub.push and hub.strategy == "checkpoint" and accelerator.is_main_process:
                         pushes.submit(checkpoint)
                     pushes.wait(timeout=stop.seconds_left(train.preempt_seconds))
                     accelerator.wait_for_everyone()  # no process exits first: its launcher would kill the pusher
@@ -145,7 +136,6 @@ def finetune(config: FinetuneConfig, command: str | None = None) -> FinetuneResu
                 if improved:
                     run.export("best", ema=ema_is_better(state.history[-1]))
             checkpoint = run.save_checkpoint()
-            hub = config.hub
             if hub.push and hub.strategy != "end" and epoch + 1 < train.epochs and accelerator.is_main_process:
                 if hub.weights == "last":  # the pushed weights must be this epoch's, as the card's numbers are
                     run.export("last", ema=run.ema is not None)
@@ -166,40 +156,26 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: CosineLRScheduler  # per optimizer update: step_update(updates done)
     augment: BatchAugment
-    train_data: Any  # the train split with the loader-worker transform
     eval_loader: DataLoader
     state: TrainerState
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
     ema: ModelEmaV3 | None = None  # with train.ema_decay
     teacher: torch.nn.Module | None = None  # with distill.teacher
     loader: DataLoader | None = None  # the training loader, made by the first train_loader() and kept
     features: FeatureCache | None = None  # head mode's kept backbone features (train.cache_features)
 
     def train_loader(self) -> DataLoader:
-        """This process's micro-batches of ``state.epoch``, from ``state.step_in_epoch`` on (see sampler.py).
-
-        One loader for the whole run: its sampler is moved to the epoch and step before each pass, and its workers
-        persist between epochs (a worker's start costs about a second of imports on a small job, once per epoch)."""
-        t, rank = self.config.train, self.accelerator.process_index
-        workers = loader_workers(self.config.data.num_workers)  # None: what this machine's cores fit
+        """This process's micro-batches of ``state.epoch``, from ``state.step_in_epoch`` on (see sampler.py), from one
+        loader for the whole run: its workers persist between epochs (each start costs a second of imports)."""
         if self.loader is None:
-            sampler = MicroBatchSampler(self.plan, rank, t.seed, self.state.epoch, self.state.step_in_epoch)
-            self.loader = DataLoader(
-                self.train_data,
-                batch_sampler=sampler,
-                num_workers=workers,
-                collate_fn=collate,
-                pin_memory=self.accelerator.device.type == "cuda",
-                persistent_workers=workers > 0,
-                **worker_options(workers),  # a group signal (SLURM) stops the run here, not in a worker
-            )
+            rank, seed, native = self.accelerator.process_index, self.config.train.seed, self.config.data.native_size
+            sampler = MicroBatchSampler(self.plan, rank, seed, self.state.epoch, self.state.step_in_epoch)
+            self.loader = data_loader(self.data.train, native, self.config, self.accelerator, batch_sampler=sampler)
         self.loader.batch_sampler.move_to(self.state.epoch, self.state.step_in_epoch)
         return self.loader
 
     def log_steps(self, steps: int, seconds: float) -> None:
-        """The epoch's running train loss, the lr, the gradient norm (with clipping) and images/s to the trackers, at
-        the current update (one host-device read: the loss and the norm come back together)."""
+        """The epoch's running train loss, the lr, the gradient norm (with clipping) and images/s to the trackers (one
+        host-device read)."""
         loss, grad_norm = self.state.loss.peek_both()
         images = min(steps * self.plan.effective_batch_size, self.plan.images_per_epoch)
         # "step/..." beside the per-epoch tags, so that no tag is logged twice at an epoch's last update
@@ -209,9 +185,8 @@ class Run:
         self.accelerator.log(values, step=self.state.global_step)
 
     def evaluate_epoch(self, epoch: int, started: float) -> EpochRecord:
-        """The finished epoch's record for metrics.jsonl: train loss (all processes), eval loss, top-1/top-5 of the
-        raw weights and, with an EMA, of the EMA; lr, grad norm (with clipping), seconds. Stops with
-        :class:`TrainingDiverged` before anything of the epoch is logged, exported or saved."""
+        """The finished epoch's record for metrics.jsonl (raw weights and EMA); stops with :class:`TrainingDiverged`
+        before anything of the epoch is logged, exported or saved."""
         raw = self.evaluate(self.model)
         ema = self.evaluate(self.ema.module) if self.ema is not None else {}
         self.check_finite(raw["loss"])
@@ -234,14 +209,10 @@ class Run:
     def log_epoch(self, record: EpochRecord) -> None:
         """The epoch's record to the trackers (at its last update) and one line on the console."""
         self.accelerator.log({k: v for k, v in record.as_dict().items() if k != "epoch"}, step=record.step)
+        ema = "" if record.ema_top1 is None else f"; EMA top-1 {record.ema_top1:.2f}%, top-5 {record.ema_top5:.2f}%"
         self.accelerator.print(
             f"epoch {record.epoch}/{self.config.train.epochs}: train loss {record.train_loss:.4f}, eval loss "
-            f"{record.eval_loss:.4f}, top-1 {record.top1:.2f}%, top-5 {record.top5:.2f}%"
-            + (
-                f"; EMA top-1 {record.ema_top1:.2f}%, top-5 {record.ema_top5:.2f}%"
-                if record.ema_top1 is not None
-                else ""
-            )
+            f"{record.eval_loss:.4f}, top-1 {record.top1:.2f}%, top-5 {record.top5:.2f}%{ema}"
         )
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, Any]:
@@ -277,7 +248,7 @@ class Run:
             return
         self.accelerator.end_training()
         step, last = loss.divergence()
-        t, optim = self.config.train, self.config.optim
+        fp16 = ", or with --train.mixed_precision bf16 (fp16 overflows sooner)"
         where = f"at optimizer step {step + 1}" if step is not None else f"in epoch {self.state.epoch + 1}"
         lr = max(self.scheduler._get_lr(step if step is not None else self.state.global_step))  # timm's lr(step)
         kept = list_checkpoints(self.folder.root)
@@ -285,12 +256,8 @@ class Run:
             f"Training diverged: the loss became non-finite {where} (the last finite loss was "
             f"{'none' if last is None else f'{last:.4g}'}, the learning rate there {lr:.3g}); nothing was exported "
             f"and {f'the last good checkpoint {kept[-1]} is kept' if kept else 'no checkpoint was written'}. Start "
-            f"again in a new train.output_dir with a lower optim.lr (e.g. --optim.lr {optim.lr / 10:g})"
-            + (
-                ", or with --train.mixed_precision bf16 (fp16 overflows sooner)."
-                if t.mixed_precision == "fp16"
-                else "."
-            )
+            f"again in a new train.output_dir with a lower optim.lr (e.g. --optim.lr {self.config.optim.lr / 10:g})"
+            f"{fp16 if self.config.train.mixed_precision == 'fp16' else ''}."
         )
 
     def export(self, which: str, ema: bool = False) -> None:
@@ -298,19 +265,26 @@ class Run:
         config.json records which (main process only). In lora mode the adapters are merged into the exported
         weights, and written alone into its ``adapter/`` too."""
         trained = self.ema.module if ema else self.accelerator.unwrap_model(self.model)
+        d, t = self.config.data, self.config.train
         model = plain_model(trained)  # lora mode: a merged copy
         if is_lora(trained):
             save_adapter(trained, self.folder.adapter(which))
         with backbone_in_fp32(model):  # a bf16 backbone (model.backbone_dtype) is exported in fp32, exactly
             save_for_timm(
-                model, self.folder.weights(which), self.data.class_ids, self.data.class_names,
-                self.config.data.image_size, self.mean, self.std, native_size=self.config.data.native_size,
-                mixed_precision=self.config.train.mixed_precision,
+                model,
+                self.folder.weights(which),
+                self.data.class_ids,
+                self.data.class_names,
+                d.image_size,
+                self.augment.mean,
+                self.augment.std,
+                native_size=d.native_size,
+                mixed_precision=t.mixed_precision,
                 weights=None if self.ema is None else ("ema" if ema else "raw"),  # recorded when there is a choice
                 # recorded when not the default, so that evaluate and predict feed and score the model the same way
-                preprocess=None if self.config.data.preprocess == "default" else self.config.data.preprocess,
-                eval_precision=None if self.config.train.eval_precision == "autocast" else "fp32",
-            )  # fmt: skip
+                preprocess=None if d.preprocess == "default" else d.preprocess,
+                eval_precision=None if t.eval_precision == "autocast" else "fp32",
+            )
 
 
 def _finished_result(folder: RunDir, config: FinetuneConfig) -> FinetuneResult | None:
@@ -340,32 +314,27 @@ def _result(history: list[dict[str, Any]], output_dir: Path, best_top1: float) -
     records = history or [{"epoch": 0, "top1": nan, "top5": nan, "eval_loss": nan}]
     last, best = saved_scores(records[-1], "last"), saved_scores(best_record(records), "best")
     return FinetuneResult(
-        top1=last["top1"], top5=last["top5"], loss=last["eval_loss"], best_top1=best_top1,
-        epochs_completed=len(history), output_dir=output_dir, history=list(history), weights=last["weights"],
+        top1=last["top1"],
+        top5=last["top5"],
+        loss=last["eval_loss"],
+        best_top1=best_top1,
+        epochs_completed=len(history),
+        output_dir=output_dir,
+        history=list(history),
+        weights=last["weights"],
         best_weights=best["weights"],
-    )  # fmt: skip
+    )
 
 
 def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
-    """Data, plan, model, optimizer, schedule and accelerator of ``config``, resumed from its checkpoint if any.
-
-    Writes ``config.json`` and ``labels.json``, prints what will run (the derived numbers included) and starts
-    the trackers. Call after :func:`~tiny_transformers.validation.validate`.
-    """
+    """Data, plan, model, optimizer, schedule and accelerator of ``config``, resumed from its checkpoint if any; the
+    start written and printed (:func:`_announce`). Call after :func:`~tiny_transformers.validation.validate`."""
     resume_from = find_resume_checkpoint(config, folder.root)
     claim(folder, config, resuming=resume_from is not None)
-    check_image_size(config.model, config.data.image_size)  # a size the model cannot see whole, before the data loads
-    check_teacher(config.model, config.distill.teacher)  # a teacher for a student without one, before the data loads
-    check_targets(config.model)  # lora mode's model.lora_targets naming no layer, before the data loads
-    data = load_data(config.data)
-    if not config.data.skip_corrupt:  # a broken eval image found now costs nothing; after an epoch, the epoch
-        verify_images(data.eval, "eval", config.data.native_size, config.train.progress and is_main_launch_process())
-    if resume_from:
-        _check_same_classes(folder, data, config)
+    data = _load_data(config, folder, resume_from)
     plan = Plan.build(config, world_size_from_env(), len(data.train))
 
     set_seed(config.train.seed)  # the new head's initialisation, identical on every process
-    # model.fast_attention's swap too
     model = build_model(config.model, data.num_classes, config.data.image_size, teacher=config.distill.teacher)
     if config.model.head_from and resume_from is None:  # probe, then fine-tune (a resumed run's head is checkpointed)
         load_probe_head(model, config.model.head_from, config.model.name, data.class_ids, config.data)
@@ -384,9 +353,8 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
         project_dir=str(folder.root),
     )
     evaluation = eval_loader(data, config, config.data.native_size, accelerator)
-    # The scheduler is neither prepared nor checkpointed: its lr is a function of the updates done and of the plan
-    # (timm's t_in_epochs=False), set once per update, so 1 or N processes agree and a resumed run with more
-    # train.epochs follows the new, longer cosine instead of the one it started with.
+    # The scheduler is neither prepared nor checkpointed: its lr is a function of the updates done and of the plan, so
+    # 1 or N processes agree and a resumed run with more train.epochs follows the new, longer cosine.
     model, optimizer, evaluation = accelerator.prepare(model, optimizer, evaluation)
     teacher = _on_device(accelerator, config, model, ema, data, (mean, std))
     augment = BatchAugment(
@@ -398,13 +366,36 @@ def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
     state.check_data(len(data.train), len(data.eval), config.data.source)  # recorded, or the same as recorded
     scheduler.step_update(state.global_step)
     run = Run(
-        config=config, folder=folder, data=data, plan=plan, accelerator=accelerator, model=model, optimizer=optimizer,
-        scheduler=scheduler, augment=augment, eval_loader=evaluation, state=state, mean=mean, std=std, ema=ema,
-        teacher=teacher, features=features,
-        train_data=data.train.with_transform(DecodeTransform(config.data.native_size)),  # decoding only
-    )  # fmt: skip
+        config=config,
+        folder=folder,
+        data=data,
+        plan=plan,
+        accelerator=accelerator,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        augment=augment,
+        eval_loader=evaluation,
+        state=state,
+        ema=ema,
+        teacher=teacher,
+        features=features,
+    )
     _announce(run, resume_from, cache_line)
     return run
+
+
+def _load_data(config: FinetuneConfig, folder: RunDir, resume_from: Path | None) -> DataBundle:
+    """The run's data, after the checks that need none (each cheaper before it loads) and with the checks it allows."""
+    check_image_size(config.model, config.data.image_size)  # a size the model cannot see whole
+    check_teacher(config.model, config.distill.teacher)  # a teacher for a student without one
+    check_targets(config.model)  # lora mode's model.lora_targets naming no layer
+    data = load_data(config.data)
+    if not config.data.skip_corrupt:  # a broken eval image found now costs nothing; after an epoch, the epoch
+        verify_images(data.eval, "eval", config.data.native_size, config.train.progress and is_main_launch_process())
+    if resume_from:
+        _check_same_classes(folder, data, config)
+    return data
 
 
 def _on_device(
@@ -415,9 +406,8 @@ def _on_device(
     data: DataBundle,
     normalized: tuple[tuple[float, ...], tuple[float, ...]],
 ) -> torch.nn.Module | None:
-    """What goes on the device after ``prepare``: the EMA (checkpointed with the run), model.backbone_dtype fp8's
-    copies (torchao quantizes where the weights are; the EMA shares them) and the teacher, which is returned: it
-    sees the student's batch (``normalized``: its mean and std) converted to its own recorded mean/std."""
+    """What goes on the device after ``prepare``: the EMA (checkpointed), fp8's copies (shared with the EMA) and the
+    teacher, returned, which converts the student's batch (``normalized``: its mean and std) to its own."""
     if ema is not None:
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
@@ -441,15 +431,13 @@ def _announce(run: Run, resume_from: Path | None, cache_line: str) -> None:
     total, trainable = count_parameters(accelerator.unwrap_model(run.model))
     if accelerator.is_main_process:
         run.folder.write_start(config, data.class_ids, data.class_names, data.source_kind)
+    at = f"epoch {state.epoch + 1}, step {state.step_in_epoch}"
+    resuming = f"\nresuming from {resume_from.name}: {at}" if resume_from else ""
     accelerator.print(
         f"tiny_transformers: {config.model.name} ({_count(total)} parameters, {_count(trainable)} trainable, "
         f"{config.model.train_mode} mode) on {data.source_kind} data: {len(data.train)} train / {len(data.eval)} "
         f"eval images, {data.num_classes} classes\n{run.plan.describe()}\n{cache_line}\noutputs: {run.folder.root}"
-        + (
-            f"\nresuming from {resume_from.name}: epoch {state.epoch + 1}, step {state.step_in_epoch}"
-            if resume_from
-            else ""
-        )
+        f"{resuming}"
     )
     resumed_at = state.global_step if resume_from else None
     main, log_with = accelerator.is_main_process, config.train.log_with
@@ -467,9 +455,16 @@ def finish(run: Run, pushes: BackgroundPublisher | None = None) -> FinetuneResul
     if accelerator.is_main_process:
         run.export("last", ema=run.ema is not None)
         write_run_report(
-            run.folder.root, run.config, state.history, last_weights, run.data.eval, run.data.class_names,
-            run.augment.resize_normalize, accelerator.autocast, weights="ema" if run.ema is not None else None,
-        )  # fmt: skip
+            run.folder.root,
+            run.config,
+            state.history,
+            last_weights,
+            run.data.eval,
+            run.data.class_names,
+            run.augment.resize_normalize,
+            accelerator.autocast,
+            weights="ema" if run.ema is not None else None,
+        )
         pushes = pushes or BackgroundPublisher(run.folder.root, run.config.hub)
         if run.config.hub.push:
             pushes.submit()
