@@ -61,6 +61,17 @@ def optimizer_lrs(checkpoint: Path) -> list[float]:
     return [group["lr"] for group in torch.load(checkpoint / "optimizer.bin", weights_only=False)["param_groups"]]
 
 
+LOGGING = ("--train.log_with", "tensorboard", "--train.log_every", "1")
+
+
+def scalars(folder: Path, tag: str) -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))  # applies the purge that a resumed writer records
+    events.Reload()
+    return [event.step for event in events.Scalars(tag)]
+
+
 def ema(checkpoint: Path) -> dict[str, torch.Tensor]:
     return torch.load(checkpoint / "custom_checkpoint_0.pkl", weights_only=False)
 
@@ -234,11 +245,11 @@ def kill(process, sig=signal.SIGKILL):
     return process.communicate(timeout=120)
 
 
-def stop_plain_python_run_with_sigterm(source: Path, out: Path) -> None:
-    """`python recipes/vit_l.py ...` (full mode, ``FULL``) stopped by SIGTERM once it wrote 2 checkpoints: it saves a
+def stop_plain_python_run_with_sigterm(source: Path, out: Path, *extra: str) -> None:
+    """`python recipes/vit_l.py ...` (full mode) stopped by SIGTERM once it wrote 2 checkpoints: it saves a
     checkpoint, prints where it stopped and the resume command, and exits with the documented status of an
     interrupted run, 143 (128 + SIGTERM)."""
-    launched = command(source, out, 1, *FULL)
+    launched = command(source, out, 1, *extra)
     recipe = launched.index(str(ROOT / "recipes" / "vit_l.py"))
     process = subprocess.Popen(
         [sys.executable, *launched[recipe:]], stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True
@@ -252,15 +263,17 @@ def stop_plain_python_run_with_sigterm(source: Path, out: Path) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_sigterm_and_sigkill_anywhere_then_resume_ends_with_the_same_weights(data, references, mode, tmp_path):
+def test_sigterm_and_sigkill_anywhere_then_resume_ends_with_the_same_weights_and_logs_each_step_once(
+    data, references, mode, tmp_path
+):
     """One run interrupted again and again, then resumed to the end: bitwise the uninterrupted run. Full mode
     (``FULL``) starts as `python recipes/vit_l.py` stopped by SIGTERM (a checkpoint, the resume command, status 143:
     stop_plain_python_run_with_sigterm), and ends with the same raw and EMA weights and the same learning rate at
     every update; both modes are SIGKILLed at a random step after the third update and while a checkpoint is being
-    written."""
-    out, reference, extra = tmp_path / "out", references(mode), loop(mode)
+    written. The run logs to TensorBoard: each process continues the same run, and each update is logged once."""
+    out, reference, extra = tmp_path / "out", references(mode), (*loop(mode), *LOGGING)
     if mode == "full":  # 0. stopped by SIGTERM under plain python
-        stop_plain_python_run_with_sigterm(data, out)
+        stop_plain_python_run_with_sigterm(data, out, *extra)
     # 1. (resumed and) killed at a random step after the third update
     process = start(data, out, 1, *extra, mode=mode)
     seen = len(checkpoints(out))
@@ -292,6 +305,15 @@ def test_sigterm_and_sigkill_anywhere_then_resume_ends_with_the_same_weights(dat
         for step in range(1, STEPS_PER_EPOCH * EPOCHS + 1):  # the schedule, resumed, is the same schedule
             name = f"step_{step:08d}"
             assert optimizer_lrs(out / "checkpoints" / name) == optimizer_lrs(reference / "checkpoints" / name)
+    # the trackers followed it: one TensorBoard run, continued by each process in the same folder
+    logs, starts = out / "tiny_transformers", 4 if mode == "full" else 3
+    assert len(list(logs.glob("events.out.tfevents.*"))) == starts
+    steps = STEPS_PER_EPOCH * EPOCHS
+    for tag in ("step/train_loss", "step/lr", "step/images_per_s"):
+        assert scalars(logs, tag) == list(range(1, steps + 1)), tag  # each update once, none lost
+    for tag in ("top1", "lr", "train_loss"):
+        assert scalars(logs, tag) == [STEPS_PER_EPOCH, steps], tag
+    assert json.loads((out / "trackers.json").read_text())["wandb_id"]  # kept for W&B to resume the same run
 
 
 def test_two_processes_stopped_by_sigterm_then_killed_resume_on_one_process_continuing_the_trajectory(
