@@ -8,6 +8,7 @@ decay, warmup, clipping, an EMA, gradient checkpointing: ``FULL``); the SIGKILL 
 many guarantees as it can: a run is stopped, killed and resumed in one chain rather than once per test.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -18,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import timm
 import torch
@@ -241,7 +243,14 @@ def checkpoints(out: Path) -> list[str]:
 
 
 def kill(process, sig=signal.SIGKILL):
+    """``sig`` to the run's process group; a SIGKILL to every process of the run as well: torch's launcher starts each
+    of several processes in a session of its own, out of the group (a SIGTERM reaches them through the launcher,
+    which forwards it; a SIGKILLed launcher forwards nothing, and its processes would train on to the end)."""
+    run_processes = psutil.Process(process.pid).children(recursive=True) if sig == signal.SIGKILL else []
     os.killpg(process.pid, sig)
+    for child in run_processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
     return process.communicate(timeout=120)
 
 
@@ -332,7 +341,7 @@ def test_two_processes_stopped_by_sigterm_then_killed_resume_on_one_process_cont
     seen = len(checkpoints(out))
     wait_for(lambda: len(checkpoints(out)) >= max(4, seen + 1), process)
     kill(process)
-    run(data, out, 1, *FULL)  # ...then one
+    assert "resuming from step_" in run(data, out, 1, *FULL).stdout  # ...then one
     assert_close(weights(out / "last"), weights(reference / "last"), rel=1e-5)
 
 
