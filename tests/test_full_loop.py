@@ -1,7 +1,9 @@
-"""Full fine-tuning keeps every guarantee of the loop: layer decay, warmup, clipping, EMA and gradient checkpointing
-on, 1 vs 2 processes give the same raw and EMA weights, a SIGKILL anywhere resumes bitwise, the learning rate
-follows the formula at every update (and a longer run after resume follows the new cosine), the distillation
-head learns the teacher's answers on the same augmented images, and EMA exports load in timm and transformers."""
+"""Full fine-tuning keeps every guarantee of the loop: a longer run after resume follows the new cosine, the
+distillation head learns the teacher's answers on the same augmented images, and EMA exports load in timm and
+transformers. The launched guarantees of full fine-tuning (layer decay, warmup, clipping, EMA and gradient
+checkpointing on: 1 vs 2 processes give the same raw and EMA weights, a SIGKILL anywhere resumes bitwise, the learning
+rate follows the formula at every update) share their runs with tests/test_resilience.py, whose full mode has them
+all on."""
 
 import dataclasses
 import json
@@ -20,93 +22,9 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_finetune import tiny_config  # noqa: E402
-from test_resilience import (  # noqa: E402
-    EPOCHS,
-    STEPS_PER_EPOCH,
-    assert_close,
-    checkpoints,
-    data,  # noqa: F401 - the module's data fixture
-    kill,
-    run,
-    start,
-    wait_for,
-    weights,
-)
+from test_resilience import LR, WARMUP_LR, ema, expected_lr, optimizer_lrs  # noqa: E402
 
 from tiny_transformers import engine, finetune  # noqa: E402
-
-LR, WARMUP_LR, WARMUP_EPOCHS = 1e-3, 1e-5, 0.5  # the recipe's lr; half an epoch of warmup: round(2.5) = 2 updates
-FULL = (
-    "--optim.layer_decay", "0.75", "--optim.warmup_epochs", str(WARMUP_EPOCHS), "--optim.warmup_lr", str(WARMUP_LR),
-    "--optim.clip_grad", "0.05", "--train.ema_decay", "0.9", "--model.grad_checkpointing", "true",
-)  # fmt: skip
-
-
-def expected_lr(updates_done: int, total: int, warmup: int = 2) -> float:
-    """The lr of the next update, written out: linear warmup, then the cosine over the remaining updates."""
-    if updates_done < warmup:
-        return WARMUP_LR + updates_done * (LR - WARMUP_LR) / warmup
-    progress = min(updates_done - warmup, total - warmup) / (total - warmup)
-    return 0.5 * LR * (1 + math.cos(math.pi * progress))
-
-
-def optimizer_lrs(checkpoint: Path) -> list[float]:
-    return [group["lr"] for group in torch.load(checkpoint / "optimizer.bin", weights_only=False)["param_groups"]]
-
-
-def ema(checkpoint: Path) -> dict[str, torch.Tensor]:
-    return torch.load(checkpoint / "custom_checkpoint_0.pkl", weights_only=False)
-
-
-@pytest.fixture(scope="module")
-def full_reference(data, tmp_path_factory):  # noqa: F811
-    out = tmp_path_factory.mktemp("full") / "out"
-    run(data, out, 1, *FULL)
-    return out
-
-
-@pytest.mark.slow
-def test_the_learning_rate_follows_warmup_then_cosine_at_every_update(full_reference):
-    steps = STEPS_PER_EPOCH * EPOCHS
-    for step in range(1, steps + 1):
-        lrs = optimizer_lrs(full_reference / "checkpoints" / f"step_{step:08d}")
-        assert max(lrs) == pytest.approx(expected_lr(step, steps), rel=1e-9, abs=1e-15), step
-    # layer decay: the head's group runs at the base lr, the lowest at 0.75 ** depth of it
-    lrs = optimizer_lrs(full_reference / "checkpoints" / "step_00000003")
-    depth = len(timm.create_model("test_vit").blocks) + 1  # the blocks, plus the embeddings below them
-    assert min(lrs) == pytest.approx(max(lrs) * 0.75**depth, rel=1e-9)
-
-
-@pytest.mark.xdist_group("two_processes")  # two processes bind the launcher's port: one such test at a time
-@pytest.mark.slow
-def test_full_finetuning_gives_the_same_raw_and_ema_weights_on_two_processes(data, full_reference, tmp_path):  # noqa: F811
-    out = tmp_path / "out"
-    run(data, out, 2, *FULL)
-    for step in range(1, STEPS_PER_EPOCH * EPOCHS + 1):
-        name = f"step_{step:08d}"
-        assert_close(weights(out / "checkpoints" / name), weights(full_reference / "checkpoints" / name), rel=1e-5)
-        assert_close(ema(out / "checkpoints" / name), ema(full_reference / "checkpoints" / name), rel=1e-5)
-        assert optimizer_lrs(out / "checkpoints" / name) == optimizer_lrs(full_reference / "checkpoints" / name)
-    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert all(0 < h["grad_norm"] and {"ema_top1", "ema_top5", "ema_loss"} <= set(h) for h in history)
-
-
-@pytest.mark.slow
-def test_sigkill_during_full_finetuning_resumes_to_the_same_raw_and_ema_weights(data, full_reference, tmp_path):  # noqa: F811
-    out = tmp_path / "out"
-    process = start(data, out, 1, *FULL)
-    wait_for(lambda: len(checkpoints(out)) >= 3, process)
-    kill(process)
-    done = run(data, out, 1, *FULL)
-    assert "resuming from step_" in done.stdout
-    final = f"step_{STEPS_PER_EPOCH * EPOCHS:08d}"
-    assert_close(weights(out / "checkpoints" / final), weights(full_reference / "checkpoints" / final))  # bitwise
-    assert_close(ema(out / "checkpoints" / final), ema(full_reference / "checkpoints" / final))
-    assert_close(weights(out / "last"), weights(full_reference / "last"))  # last/ holds the EMA
-    for step in range(1, STEPS_PER_EPOCH * EPOCHS + 1):  # the schedule, resumed, is the same schedule
-        assert optimizer_lrs(out / "checkpoints" / f"step_{step:08d}") == optimizer_lrs(
-            full_reference / "checkpoints" / f"step_{step:08d}"
-        )
 
 
 @pytest.mark.parametrize("extra", [{}, {"warmup_epochs": 0.5, "warmup_lr": WARMUP_LR}], ids=["paper", "warmup"])
