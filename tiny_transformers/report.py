@@ -41,9 +41,6 @@ _WRONG = "#c62828"  # red: title and frame of a wrong prediction
 _RIGHT = "#1b5e20"
 
 
-# Training curves
-
-
 def training_curves_figure(
     history: Sequence[dict[str, Any]], x: Literal["epoch", "step"] = "epoch", config: FinetuneConfig | None = None
 ):
@@ -110,9 +107,6 @@ def plot_training_curves(
     with writing(path):  # No bbox_inches="tight": the PNG keeps the figure's exact pixel size.
         training_curves_figure(history, x, config).savefig(path, dpi=CURVES_DPI)
     return path
-
-
-# Prediction grid
 
 
 def _short(name: str, limit: int = 24) -> str:
@@ -233,10 +227,7 @@ def sample_predictions(
     autocast: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
 ) -> tuple[np.ndarray, list[int], list[int]]:
     """(uint8 images (N, 3, S, S), true labels, top-1 predictions) of the :func:`grid_sample` of ``eval_dataset``,
-    with evaluation's ``preprocess`` and ``autocast``, so the predictions are the ones evaluation counts.
-
-    >>> images, labels, predicted = sample_predictions(model, data.eval, 64, augment.resize_normalize)  # doctest: +SKIP
-    """
+    with evaluation's ``preprocess`` and ``autocast``, so the predictions are the ones evaluation counts."""
     indices = grid_sample(len(eval_dataset), count, seed)
     rows = eval_dataset[indices]  # raw rows: Image(decode=False) dicts and int labels
     images = torch.stack([decode_image(image, native_size) for image in rows["image"]])
@@ -250,9 +241,6 @@ def sample_predictions(
     finally:
         model.train(was_training)
     return images.numpy(), [int(label) for label in rows["label"]], predicted
-
-
-# results.md and the per-class table
 
 
 def results_table(config: FinetuneConfig, history: Sequence[dict[str, Any]]) -> str:
@@ -372,9 +360,6 @@ def write_per_class_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Pat
     return write_atomic(path, text.getvalue())
 
 
-# Everything at the end of a run
-
-
 def write_run_report(
     output_dir: str | Path,
     config: FinetuneConfig,
@@ -387,12 +372,8 @@ def write_run_report(
     weights: str | None = None,
 ) -> dict[str, Path]:
     """Write the training curves, the prediction grid of ``model`` (``last/``'s weights: ``weights``, ``ema`` or
-    ``raw`` when the run has a choice, captions it) and ``results.md``; returns the written paths by kind.
-
-    >>> write_run_report("outputs/run", config, result.history, model, data.eval, data.class_names,
-    ...                  augment.resize_normalize, accelerator.autocast)  # doctest: +SKIP
-    {'curves': PosixPath('outputs/run/training_curves.png'), ...}
-    """
+    ``raw`` when the run has a choice, captions it) and ``results.md``; returns the written paths by kind
+    (``{'curves': ..., 'results': ..., 'grid': ...}``)."""
     run = RunDir(Path(output_dir))
     written: dict[str, Path] = {}
     if history:
