@@ -268,11 +268,8 @@ def run_ablation(
 ) -> list[tuple[str, str]]:
     """Train each row's config in turn (finished ones skipped, interrupted ones resumed), then write the report.
 
-    Returns the failed rows (name, sentence); a stop signal (``TrainingInterrupted``) ends the whole ablation.
-
-    >>> run_ablation([(row, cli.row_config(base, row, root)) for row in rows], "swin_l", root)  # doctest: +SKIP
-    [('no_mixup', 'data.source ... does not exist; ...')]
-    """
+    Returns the failed rows (name, sentence), e.g. ``[('no_mixup', 'data.source ... does not exist; ...')]``; a
+    stop signal (``TrainingInterrupted``) ends the whole ablation."""
     from .stop import StopSignals
     from .train import TrainingInterrupted, finetune
 
@@ -308,9 +305,6 @@ def run_ablation(
     if failed:
         print(f"ablation: failed row(s): {', '.join(name for name, _ in failed)}", file=sys.stderr, flush=True)
     return failed
-
-
-# The report
 
 
 @dataclass(frozen=True)
