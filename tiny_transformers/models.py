@@ -18,7 +18,7 @@ from . import hub
 from .attention import use_fast_attention
 from .config import ModelConfig
 from .errors import ConfigError, ModelError
-from .lora import add_lora
+from .lora import add_lora, head_names
 from .paper import PAPER_MODELS, resolve_model_name
 from .rundir import CONFIG_FILE, WEIGHTS_FILE
 
@@ -47,9 +47,7 @@ def _create(timm_name: str, image_size: int, **kwargs) -> nn.Module:
 
 
 def _is_classifier_key(key: str, model: nn.Module) -> bool:
-    classifier = model.pretrained_cfg.get("classifier", "head")
-    names = classifier if isinstance(classifier, (list, tuple)) else [classifier]
-    return any(key.startswith(f"{name}.") for name in names)
+    return any(key.startswith(f"{name}.") for name in head_names(model))
 
 
 def _load_weights_file(
