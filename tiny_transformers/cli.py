@@ -150,23 +150,20 @@ def parse_config(
 
 
 @contextlib.contextmanager
-def _closed_pipe_ends_quietly() -> Iterator[None]:
-    """A reader of stdout that leaves early (``--print-config | head``): exit 141 (128 + SIGPIPE), no traceback."""
+def _quiet_exits() -> Iterator[None]:
+    """A :class:`TinyTransformersError` exits with its one sentence and ``exit_status`` (a stopped run: 143 or 130),
+    else 2; a reader of stdout that leaves early (``--print-config | head``) with 141 (128 + SIGPIPE): no traceback."""
     try:
         yield
         sys.stdout.flush()  # inside: a pipe closed during the interpreter's own last flush is met here
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # that last flush now writes nowhere
         sys.exit(141)
-
-
-def _fail(error: BaseException) -> typing.NoReturn:
-    """Exit with the error's one sentence and its ``exit_status`` (a stopped run: 143 or 130), else 2."""
-    status = getattr(error, "exit_status", 2)
-    if isinstance(error, TinyTransformersError) and error.every_process and not is_main_launch_process():
-        sys.exit(status)  # the launch's first process prints the same sentence
-    print(f"{'stopped' if status != 2 else 'error'}: {clean_message(error)}", file=sys.stderr)
-    sys.exit(status)
+    except TinyTransformersError as error:  # every command's problems
+        status = getattr(error, "exit_status", 2)
+        if not error.every_process or is_main_launch_process():  # else the launch's first process prints it
+            print(f"{'stopped' if status != 2 else 'error'}: {clean_message(error)}", file=sys.stderr)
+        sys.exit(status)
 
 
 def run(
@@ -187,17 +184,14 @@ def run(
     args = sys.argv[1:] if args is None else list(args)
     if command is None:
         command = shlex.join(["accelerate", "launch", *sys.argv]) if sys.argv[0].endswith(".py") else None
-    with _closed_pipe_ends_quietly():  # `recipes/x.py --print-config | head` as the console script's commands
+    with _quiet_exits():  # as the console script's commands
         config, show = parse_config(config, args, prog or sys.argv[0], description)
         if show:
             print(config.to_json())
             return None
         from .train import finetune
 
-        try:
-            return finetune(config, command)
-        except TinyTransformersError as error:
-            _fail(error)
+        return finetune(config, command)
 
 
 def _train(args: list[str]) -> None:
@@ -585,11 +579,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             file=sys.stderr,
         )
         sys.exit(2)
-    with _closed_pipe_ends_quietly():
-        try:
-            command(argv[1:])
-        except TinyTransformersError as error:  # every command's problems: one sentence, no traceback
-            _fail(error)
+    with _quiet_exits():
+        command(argv[1:])
 
 
 if __name__ == "__main__":
