@@ -441,7 +441,7 @@ def push_warnings(output_dir: str | Path, hub: HubConfig) -> list[str]:
         return []
     if hub_io.offline():
         why = "HF_HUB_OFFLINE is set, so the push will fail; unset it before training ends"
-    elif hub_io.token() is None:
+    elif hub_io.get_token() is None:  # huggingface_hub's: HF_TOKEN or the stored login
         why = f"no Hugging Face token was found, so the push will fail; {hub_io.LOGIN_HINT}"
     else:
         return []
