@@ -111,15 +111,12 @@ def read_text(path: Path) -> str:
 
 
 def _read_words(path: Path) -> dict[str, str]:
-    """wnid -> the first name in words.txt ('goldfish, Carassius auratus' -> 'goldfish'), short for reports."""
-    names: dict[str, str] = {}
+    """wnid -> the first name in words.txt ('goldfish, Carassius auratus' -> 'goldfish'), short for reports; read
+    leniently (names only: undecodable bytes replaced, lines without a tab skipped)."""
     if not path.is_file():
-        return names
-    for line in path.read_text(encoding="utf-8-sig", errors="replace").splitlines():  # names only: lenient
-        wnid, _, text = line.partition("\t")
-        if wnid.strip() and text.strip():
-            names[wnid.strip()] = text.split(",")[0].strip()
-    return names
+        return {}
+    lines = (line.partition("\t") for line in path.read_text(encoding="utf-8-sig", errors="replace").splitlines())
+    return {wnid.strip(): text.split(",")[0].strip() for wnid, _, text in lines if wnid.strip() and text.strip()}
 
 
 def load_stanford(root: Path, kind: str) -> Raw:
