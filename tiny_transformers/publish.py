@@ -1,10 +1,6 @@
 """Sharing a finished run: a timm-compatible folder with a model card (:data:`EXPORT_FILES`), exported locally or
-pushed to the Hub (docs/publishing.md says what goes where, and when).
-
-An export replaces only a previous export (its mark :data:`~tiny_transformers.rundir.EXPORT_MARKER`, never uploaded,
-or the run's own ``export/``) and is swapped in whole. A push never changes a local file; a failed one raises
-:class:`PublishError` naming the cause and the retry command. :class:`BackgroundPublisher` pushes during training.
-"""
+pushed to the Hub, after training or during it (:class:`BackgroundPublisher`); docs/publishing.md says what goes
+where, and when, and each function below the rule it keeps."""
 
 from __future__ import annotations
 
