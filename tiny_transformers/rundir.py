@@ -1,9 +1,6 @@
 """The run folder (``train.output_dir``): the one module that knows where a run keeps each file (README.md's
-"Outputs" lists them), and reads, writes and locks them.
-
-Every small file is written whole or not at all (:func:`write_atomic`) and read back through :func:`read_json`
-(a damaged file is one sentence naming it and the fix); no other module spells a file name of the run folder.
-"""
+"Outputs" lists them; no other module spells their names), and reads, writes and locks them, through runfiles.py
+(written whole or not at all, a damaged file one sentence naming it and the fix)."""
 
 from __future__ import annotations
 
