@@ -265,13 +265,11 @@ class EvaluateArgs:
 
 def _options_of(cls: type, config: FinetuneConfig) -> typing.Any:
     """A command's options ``cls``, its sections (some config fields, same names) filled from ``config``."""
-    hints = typing.get_type_hints(cls)
-    sections = [f.name for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name])]
-    offered = {name: [f.name for f in dataclasses.fields(hints[name])] for name in sections}
     return cls(
         **{
-            name: hints[name](**{f: getattr(getattr(config, name), f) for f in fields})
-            for name, fields in offered.items()
+            name: hint(**{f.name: getattr(getattr(config, name), f.name) for f in dataclasses.fields(hint)})
+            for name, hint in typing.get_type_hints(cls).items()
+            if dataclasses.is_dataclass(hint)
         }
     )
 
