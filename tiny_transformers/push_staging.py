@@ -4,6 +4,7 @@ removal of what a process that died mid-upload left (also for the export's tempo
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -63,10 +64,8 @@ def remove_abandoned(output_dir: str | Path, remove_empty: bool = True) -> list[
             flush=True,
         )
     if remove_empty:
-        try:
+        with contextlib.suppress(OSError):
             staging.rmdir()  # only when empty: a `push` command or another run's push may be using it
-        except OSError:
-            pass
     return removed
 
 
