@@ -178,10 +178,8 @@ def prediction_grid_figure(
         ax.imshow(image, interpolation="nearest", aspect="auto")
         ax.set(xticks=[], yticks=[])
         wrong = truth != predicted
-        colour = _WRONG if wrong else _RIGHT
-        ax.set_title(
-            f"true: {_short(truth)}\npred: {_short(predicted)}", fontsize=8, color=colour, pad=3, linespacing=1.2
-        )
+        title = f"true: {_short(truth)}\npred: {_short(predicted)}"
+        ax.set_title(title, fontsize=8, color=_WRONG if wrong else _RIGHT, pad=3, linespacing=1.2)
         ax.spines[:].set(visible=wrong, color=_WRONG, linewidth=3)
     return fig
 
