@@ -194,6 +194,12 @@ def run(
         return finetune(config, command)
 
 
+def _usage(text: str) -> typing.NoReturn:
+    """A command line that cannot run: ``text`` (its usage, or the error) on stderr, exit status 2."""
+    print(text, file=sys.stderr)
+    sys.exit(2)
+
+
 def _train(args: list[str]) -> None:
     """``train NAME``: the paper recipe of NAME (or defaults for any timm model) with the overrides applied."""
     names = f"NAME is a paper recipe ({', '.join(PAPER_MODELS)}) or any timm model name"
@@ -204,12 +210,10 @@ def _train(args: list[str]) -> None:
         )
         parse_config(FinetuneConfig(), args, "tiny-transformers train NAME", description)
     if not args or args[0].startswith("-"):
-        print(
+        _usage(
             f"usage: tiny-transformers train NAME [--section.field VALUE ...]\n{names}; tiny-transformers train "
-            "--help lists every field",
-            file=sys.stderr,
+            "--help lists every field"
         )
-        sys.exit(2)
     name, overrides = args[0], args[1:]
     paper = paper_model_for(name)  # a short name (swin_l) or the timm name of one of the paper's four models
     if paper is not None:
@@ -372,8 +376,7 @@ def _publish_args(command: str, args: list[str]) -> tuple[Path, HubConfig, str |
     if not args or args[0].startswith("-"):
         if args and args[0] in ("-h", "--help"):
             _parse(cls, _options_of(cls, FinetuneConfig()), ["--help"], f"tiny-transformers {command} OUTPUT_DIR")
-        print(f"{usage}\nOUTPUT_DIR: the train.output_dir of a finished run", file=sys.stderr)
-        sys.exit(2)
+        _usage(f"{usage}\nOUTPUT_DIR: the train.output_dir of a finished run")
     output_dir = Path(args[0]).expanduser()
     config = FinetuneConfig()
     # the run's hub settings are the defaults, so `push OUTPUT_DIR` retries as configured (no run: push_run says so)
@@ -502,13 +505,11 @@ def _ablate(args: list[str]) -> None:
     name = args[0] if args and not args[0].startswith("-") else None
     rest = args[1:] if name else args
     if name is None and not any(_option(a) in ("--report", "--help", "-h") for a in rest):
-        print(
+        _usage(
             f"usage: {prog} NAME [--rows ROW ...] [--grid] [--sweep FIELD=V1,V2 ...] [--print-commands] [--root "
             f"FOLDER] [--section.field VALUE ...]\n       {prog} --report ROOT\nNAME: {', '.join(PAPER_MODELS)} (or "
-            "its timm name)",
-            file=sys.stderr,
+            "its timm name)"
         )
-        sys.exit(2)
     paper = ablation.paper_model(name) if name else None
     default = paper_config(paper.short_name) if paper else FinetuneConfig()
     options = _parse(AblateArgs, AblateArgs(**vars(default)), rest, f"{prog} {name or ''}".strip())
@@ -539,12 +540,10 @@ def _ablate(args: list[str]) -> None:
 
 def _benchmark(args: list[str]) -> None:
     """``benchmark`` lives in the repository, not the package: say so."""
-    print(
+    _usage(
         "error: the benchmarks live beside the library in the repository, not in the installed package; "
-        "run them from a checkout with `python -m benchmarks --quick` (docs/benchmarks.md).",
-        file=sys.stderr,
+        "run them from a checkout with `python -m benchmarks --quick` (docs/benchmarks.md)."
     )
-    sys.exit(2)
 
 
 COMMANDS = {
@@ -572,11 +571,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if command is None:
         close = difflib.get_close_matches(argv[0], list(COMMANDS), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        print(
-            f"error: unknown command '{argv[0]}'; choose one of {', '.join(COMMANDS)}.{hint}\n\n{USAGE}",
-            file=sys.stderr,
-        )
-        sys.exit(2)
+        _usage(f"error: unknown command '{argv[0]}'; choose one of {', '.join(COMMANDS)}.{hint}\n\n{USAGE}")
     with _quiet_exits():
         command(argv[1:])
 
