@@ -67,9 +67,8 @@ class BatchAugment:
                 label_smoothing=augment.label_smoothing,
                 num_classes=num_classes,
             )
-        self.erasing = None
-        if augment.random_erasing > 0:
-            self.erasing = RandomErasing(probability=augment.random_erasing, mode="pixel", device=str(device))
+        erasing = augment.random_erasing
+        self.erasing = RandomErasing(probability=erasing, mode="pixel", device=str(device)) if erasing > 0 else None
         # the host generators train() draws from besides torch's (for engine.keyed_rng): timm's Mixup/CutMix NumPy's,
         # its RandomErasing Python's `random`, its RandAugment both
         host = self.host_randaugment is not None
