@@ -58,8 +58,7 @@ class Predictor:
     @classmethod
     def load(cls, location: str | Path, device: str | torch.device | None = None) -> Predictor:
         """From an exported folder, a run's output dir (its ``best/``), a training checkpoint or ``hf-hub:id``."""
-        location, local = str(location), hub_repo(location) is None
-        if local and not Path(location).expanduser().exists():
+        if hub_repo(location) is None and not Path(location).expanduser().exists():
             raise ModelError(
                 f"model.checkpoint '{location}' does not exist; give an exported folder, a run's output dir or "
                 "hf-hub:owner/name."
