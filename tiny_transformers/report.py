@@ -352,8 +352,7 @@ def write_per_class_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Pat
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=PER_CLASS_COLUMNS)
     writer.writeheader()
-    for row in rows:
-        writer.writerow({**row, "top1": "" if row["top1"] is None else f"{row['top1']:.4f}"})
+    writer.writerows({**row, "top1": "" if row["top1"] is None else f"{row['top1']:.4f}"} for row in rows)
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_atomic(path, text.getvalue())
 
