@@ -279,10 +279,8 @@ class _Snapshot:
 
 
 class BackgroundPublisher:
-    """Pushes during training without stopping it (docs/publishing.md, Background pushes): :meth:`submit` takes a
-    snapshot and returns; one worker thread exports and uploads it. One upload in flight, a newer pending push
-    replaces an older one (latest wins); :meth:`wait`, also on leaving the ``with`` block, returns every push's
-    :class:`PushResult`. A failed push never raises and never touches the run's files.
+    """Pushes during training without stopping it: one upload in flight, the newest pending push replacing an older
+    one; a failed push never raises and never touches the run's files (docs/publishing.md, Background pushes).
 
     >>> with BackgroundPublisher("outputs/run", HubConfig(push=True, model_id="me/vit")) as pushes:  # doctest: +SKIP
     ...     pushes.submit()  # after an epoch: the snapshot is taken now, the upload runs in the background
