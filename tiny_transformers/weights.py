@@ -42,12 +42,11 @@ def save_for_timm(
     """Write ``model.safetensors`` + ``config.json``, loadable by ``timm.create_model("local-dir:<folder>", True)``,
     with the class ids and names, the preprocessing and (under ``tiny_transformers``, a key timm ignores) what else
     training recorded, so that ``predict`` and ``evaluate`` feed new images the same way."""
-    descriptions = dict(zip(class_ids, class_names))
     with writing(Path(folder) / WEIGHTS_FILE):  # a full disk or read-only folder: one sentence naming the file
         timm.models.save_for_hf(
             model,
             str(folder),
-            model_config={"label_names": list(class_ids), "label_descriptions": descriptions},
+            model_config={"label_names": list(class_ids), "label_descriptions": dict(zip(class_ids, class_names))},
             safe_serialization=True,
             data_config={
                 "input_size": (3, image_size, image_size),
