@@ -21,7 +21,6 @@ from filelock import FileLock, Timeout
 
 from .config import FinetuneConfig, trajectory_differences
 from .errors import ConfigError, PublishError, TinyTransformersError
-from .paper import PaperModel, paper_model_for
 from .runfiles import RunFileError, read_json, write_atomic
 
 CONFIG_FILE = "config.json"  # the run's config in its folder; timm's model config in a weights folder
@@ -232,11 +231,6 @@ class RunSummary:
     def record_for(self, weights: Literal["last", "best"]) -> dict[str, Any]:
         """The metrics of the weights in ``last/`` or ``best/`` (:func:`saved_scores`)."""
         return saved_scores(best_record(self.history) if weights == "best" else self.history[-1], weights)
-
-    @property
-    def paper(self) -> PaperModel | None:
-        """The paper's model this run trained, when it is one of the four."""
-        return paper_model_for(self.config.model.name)
 
 
 @dataclass
