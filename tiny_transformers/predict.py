@@ -139,11 +139,9 @@ def find_images(inputs: Iterable[str | Path]) -> list[Path]:
 def format_predictions(predictions: Sequence[Prediction]) -> str:
     """Human-readable lines: the file, then one line per class with its probability."""
     lines = []
-    for prediction in predictions:
-        lines.append(prediction.file)
-        for rank, (class_id, name, p) in enumerate(
-            zip(prediction.class_ids, prediction.names, prediction.probabilities), 1
-        ):
+    for image in predictions:
+        lines.append(image.file)
+        for rank, (class_id, name, p) in enumerate(zip(image.class_ids, image.names, image.probabilities), 1):
             label = name if name == class_id else f"{name} ({class_id})"
             lines.append(f"  {rank}. {label:<40} {100 * p:6.2f}%")
     return "\n".join(lines)
