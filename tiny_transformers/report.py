@@ -54,9 +54,7 @@ def training_curves_figure(
     """
     from matplotlib.figure import Figure
 
-    fig = Figure(
-        figsize=(CURVES_SIZE[0] / CURVES_DPI, CURVES_SIZE[1] / CURVES_DPI), dpi=CURVES_DPI, layout="constrained"
-    )
+    fig = Figure(figsize=tuple(pixels / CURVES_DPI for pixels in CURVES_SIZE), dpi=CURVES_DPI, layout="constrained")
     loss_ax, acc_ax, lr_ax = fig.subplots(1, 3)
     xs = [record[x] for record in history]
     style = dict(marker="o", markersize=4, linewidth=1.5)
