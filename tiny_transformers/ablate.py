@@ -141,9 +141,7 @@ def select_rows(names: Sequence[str] = (), grid: bool = False) -> list[AblationR
             f"{grid_row_name(*DEFAULT_CELL)} is default)."
         )
     chosen = {ALIASES.get(name, name) for name in names} or set(ABLATION_ROWS)
-    if grid:
-        chosen |= set(GRID_ROWS)
-    return [row for name, row in ALL_ROWS.items() if name in chosen]
+    return [row for name, row in ALL_ROWS.items() if name in chosen or (grid and name in GRID_ROWS)]
 
 
 def check_overrides(options: Iterable[str], rows: Sequence[AblationRow]) -> None:
