@@ -225,11 +225,10 @@ def build_teacher(
     preprocess: str | None = None,
     native_size: int | None = None,
 ) -> nn.Module:
-    """The frozen, eval-mode teacher of distillation: any location :func:`describe_trained_weights` reads, or a timm
-    model name (its pretrained weights). Refused in one sentence when its classes, label order (``class_ids``),
-    image size, ``preprocess`` or ``native_size`` differ from the student's data; with ``student`` (the student's
-    (mean, std)), another mean/std is converted on the device (:class:`TeacherInput`). E.g.
-    ``build_teacher("outputs/swin_l/best", num_classes=200, image_size=384)``."""
+    """The frozen, eval-mode teacher of distillation, e.g. ``build_teacher("outputs/swin_l/best", 200, 384)``: any
+    location :func:`describe_trained_weights` reads, or a timm model name (its pretrained weights). Refused when its
+    classes, label order or inputs differ from the student's (:func:`_check_teacher`); another mean/std than
+    ``student``'s is converted on the device (:class:`TeacherInput`)."""
     what = f"distill.teacher '{location}'"
     folder = Path(location).expanduser()
     if hub.hub_repo(location) is not None or folder.exists():
@@ -322,10 +321,9 @@ def _timm_teacher(what: str, timm_name: str, num_classes: int, image_size: int) 
 def load_probe_head(
     model: nn.Module, location: str | Path, model_name: str, class_ids: list[str], data: DataConfig
 ) -> Path:
-    """Put the trained head(s) of a head-mode run (``model.head_from``: a run folder's ``best/`` or an exported
-    folder) into ``model`` on its pretrained backbone: fine-tuning starts where the probe ended. Returns the folder
-    used (``outputs/vit_l/best`` for ``outputs/vit_l``). Refused in one sentence: no weights, another model,
-    classes, inputs or head shape, or a full run."""
+    """Put the trained head(s) of a head-mode run (``model.head_from``: a run folder, read as its ``best/``, or an
+    exported folder) into ``model`` on its pretrained backbone, so fine-tuning starts where the probe ended; returns
+    that folder. Refused in one sentence: no weights, a full run, another model, classes, inputs or head shape."""
     folder = trained_folder(location)
     if not (folder / WEIGHTS_FILE).is_file() or not (folder / CONFIG_FILE).is_file():
         raise ConfigError(
