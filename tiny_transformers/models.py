@@ -54,8 +54,7 @@ def _load_weights_file(
     model: nn.Module, path: Path, keep_head: bool, trained_size: int | None = None, trained_head: bool = False
 ) -> None:
     """Load a .safetensors/.pth state dict; drop classifier weights whose shape no longer fits (1000 -> N classes).
-    ``trained_size``, when recorded, names the fix of a size mismatch; ``trained_head`` (inference) refuses a head
-    of another size."""
+    ``trained_size`` (when recorded) names a size mismatch's fix; ``trained_head`` (inference) refuses another size."""
     try:
         state = timm.models.load_state_dict(str(path))
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same sentence
