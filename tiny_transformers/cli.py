@@ -95,11 +95,9 @@ def _option(arg: str) -> str:
 
 
 def _bare_booleans(cls: type, args: Sequence[str]) -> list[str]:
-    """``--json`` alone becomes ``--json true`` and ``--model.no-pretrained`` ``--model.pretrained false``.
-
-    A boolean is bare when the next word is missing, an option, or (where ``cls`` takes positional words, as
-    ``predict`` its images) no truth value; ``--json=no`` and words after ``--`` are left alone.
-    """
+    """``--json`` alone becomes ``--json true`` and ``--model.no-pretrained`` ``--model.pretrained false``: a boolean
+    is bare when the next word is missing, an option, or (where ``cls`` takes positional words, as ``predict`` its
+    images) no truth value; ``--json=no`` and words after ``--`` are left alone."""
     booleans = _bool_options(cls)
     negations = {f"--{prefix}{dot}no_{name}": b for b in booleans for prefix, dot, name in [b[2:].rpartition(".")]}
     hints = typing.get_type_hints(cls, include_extras=True).values()
