@@ -264,9 +264,8 @@ def run_ablation(
     command: str | None = None,
     sweep: Sequence[tuple[str, Sequence[str]]] = (),
 ) -> list[tuple[str, str]]:
-    """Train each row's config in turn (finished ones skipped, interrupted ones resumed), then write the report.
-
-    Returns the failed rows (name, sentence), e.g. ``[('no_mixup', 'data.source ... does not exist; ...')]``; a
+    """Train each row's config in turn (finished ones skipped, interrupted ones resumed), then write the report;
+    returns the failed rows (name, sentence), e.g. ``[('no_mixup', 'data.source ... does not exist; ...')]``. A
     stop signal (``TrainingInterrupted``) ends the whole ablation."""
     from .stop import StopSignals
     from .train import TrainingInterrupted, finetune
