@@ -86,7 +86,8 @@ def upload_folder(
     """Create ``repo_id`` when missing (``private``) and upload the ``files`` of ``folder`` (names or patterns) in one
     atomic commit that also deletes the repo's files matching ``delete`` and not uploaded again; returns the commit
     URL (``https://huggingface.co/me/vit/commit/3f2c...``). Errors are huggingface_hub's own (:func:`explain`).
-    (hf_xet splits a folder of over 256 files into several commits; these hold about fifteen.)"""
+    (hf_xet splits a folder of over 256 files into several commits; these hold about fifteen.)
+    """
     api = HfApi()
     api.create_repo(repo_id, private=private, repo_type="model", exist_ok=True)
     info = api.upload_folder(
