@@ -24,10 +24,8 @@ __all__ = ["BatchRandAugment", "resize_uint8"]
 
 
 def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 (B, C, h, w) -> uint8 (B, C, size, size): bicubic (a = -0.75), no antialias, clamped and rounded.
-
-    The official code's ``Resize(size, BICUBIC)`` on uint8 tensors (torchvision 0.13: no antialias), bit for bit
-    on CPU; its images are square, so the shorter-edge ``Resize(384)`` is 384x384.
+    """uint8 (B, C, h, w) -> uint8 (B, C, size, size): bicubic (a = -0.75), no antialias, clamped and rounded, bit
+    for bit the official code's ``Resize(size, BICUBIC)`` (torchvision 0.13) of its square images on CPU.
 
     >>> x = torch.full((2, 3, 64, 64), 255, dtype=torch.uint8)
     >>> y = resize_uint8(x, 384)
