@@ -41,14 +41,12 @@ def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
     return x.clamp_(0, 255).round_().to(torch.uint8)
 
 
-# ops that leave every pixel as it is at magnitude 0 (Posterize: at 8 bits), skipped by the batch
+# ops that leave every pixel as it is at magnitude 0 (Identity's is always 0; Posterize: at 8 bits): skipped
 _IDENTITY_AT_ZERO = {"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color", "Contrast"}
-_IDENTITY_AT_ZERO |= {"Sharpness"}
+_IDENTITY_AT_ZERO |= {"Sharpness", "Identity"}
 
 
 def _is_identity(name: str, magnitude: float) -> bool:
-    if name == "Identity":
-        return True
     if name in ("TranslateX", "TranslateY"):
         return int(magnitude) == 0  # torchvision translates by int(magnitude) pixels
     if name == "Posterize":
