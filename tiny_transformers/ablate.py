@@ -367,11 +367,8 @@ def _number(value: float | None) -> str:
 
 
 def _epochs(result: RowResult) -> str:
-    if result.status == "finished":
-        return str(result.epochs_done)
-    if result.status == "unfinished":
-        return f"{result.epochs_done} of {result.epochs} (unfinished)"
-    return "not started"
+    done = {"finished": str(result.epochs_done), "unfinished": f"{result.epochs_done} of {result.epochs} (unfinished)"}
+    return done.get(result.status, "not started")
 
 
 def ablation_markdown(
