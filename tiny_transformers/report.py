@@ -373,8 +373,7 @@ def write_run_report(
     written: dict[str, Path] = {}
     if history:
         written["curves"] = plot_training_curves(history, run.file(CURVES_FILE), config=config)
-        write_atomic(run.file(RESULTS_FILE), results_markdown(config, history))
-        written["results"] = run.file(RESULTS_FILE)
+        written["results"] = write_atomic(run.file(RESULTS_FILE), results_markdown(config, history))
     if len(eval_dataset):
         images, labels, predicted = sample_predictions(
             model, eval_dataset, config.data.native_size, preprocess, GRID_IMAGES, config.train.seed, autocast
