@@ -21,7 +21,7 @@ from pathlib import Path
 
 import tyro
 
-from .config import FinetuneConfig, HubConfig, paper_config
+from .config import FinetuneConfig, HubConfig, ModelConfig, TrainConfig, paper_config
 from .errors import ConfigError, TinyTransformersError, clean_message
 from .paper import PAPER_MODELS, paper_model_for
 from .rundir import PER_CLASS_FILE, RunDir, is_main_launch_process, json_line
@@ -218,9 +218,7 @@ def _train(args: list[str]) -> None:
         default = paper_config(paper.short_name)
         note = f"{name}: the paper's {paper.title}, trained with its recipe (recipes/{paper.short_name}.py)"
     else:
-        default = FinetuneConfig()
-        default.model.name = name
-        default.train.output_dir = f"outputs/{name}"
+        default = FinetuneConfig(model=ModelConfig(name=name), train=TrainConfig(output_dir=f"outputs/{name}"))
         note = f"{name}: not one of the paper's models, trained with the library's defaults (docs/config.md)"
     if "--print-config" not in overrides and not {"-h", "--help"} & set(overrides):
         print(f"tiny_transformers: {note}", file=sys.stderr)
