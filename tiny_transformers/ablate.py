@@ -253,8 +253,7 @@ def write_manifest(root: Path, model: str, sweep: Sequence[tuple[str, Sequence[s
 def read_manifest(root: Path) -> dict:
     """``root/ablation.json`` as written by :func:`write_manifest`; empty when there is none."""
     manifest = root / MANIFEST_FILE
-    data = read_json(manifest, fix=_MANIFEST_FIX) if manifest.is_file() else {}
-    return data if isinstance(data, dict) else {}
+    return read_json(manifest, fix=_MANIFEST_FIX) if manifest.is_file() else {}  # read_json refuses a non-object
 
 
 def run_ablation(
