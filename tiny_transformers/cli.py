@@ -319,14 +319,10 @@ def _evaluate(args: list[str]) -> None:
 
 def _refuse_foreign_output(path: Path, header: str) -> None:
     """``evaluate --output`` replaces only a per-class table it wrote (its header line), never another file."""
-    if not path.exists():
-        return
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            first = handle.readline().strip()
-    except OSError:
-        first = ""
-    if first != header:
+    first = ""  # also for a file that cannot be read
+    with contextlib.suppress(OSError), open(path, encoding="utf-8", errors="replace") as handle:
+        first = handle.readline().strip()
+    if path.exists() and first != header:
         raise TinyTransformersError(
             f"--output '{path}' already exists and is not a per-class table that evaluate wrote (its first line is "
             f"not '{header}'); give a new file name, or move that file away first."
