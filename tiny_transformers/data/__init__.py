@@ -1,8 +1,8 @@
 """Tiny ImageNet from any of its usual homes, as two ``datasets.Dataset`` splits of undecoded images.
 
 :mod:`.sources` (with :mod:`.stanford` and :mod:`.builders`) recognises and normalises ``data.source`` once, in
-the main process; :mod:`.images` decodes in every ``DataLoader`` worker: ``DataLoader(load_data(cfg).train
-.with_transform(DecodeTransform(64)), batch_size=64, collate_fn=collate)``.
+the main process; :mod:`.images` decodes in every ``DataLoader`` worker
+(``load_data(cfg).train.with_transform(DecodeTransform(64))``, ``collate_fn=collate``).
 """
 
 from .images import IMAGE_EXTENSIONS, DecodeTransform, collate, decode_image, worker_options
