@@ -173,9 +173,8 @@ class TrainConfig:
     # EMA of the weights (timm's ModelEmaV3), updated every optimizer update, evaluated every epoch; 0: off; e.g. 0.9998
     ema_decay: float = 0.0
     ema_warmup: bool = False  # ramp the EMA decay up over the first updates (timm's use_warmup)
-    # head mode: keep what the frozen backbone hands the head (features.py), computed once per run (the training
-    # images' only when nothing random comes before the head); the same scores and weights, bitwise. false: every
-    # feature computed every time
+    # head mode: compute what the frozen backbone hands the head once per run (features.py; the training images'
+    # only when nothing random comes before the head), the same scores and weights bitwise; false: every time
     cache_features: bool = resumable(True)
 
 
