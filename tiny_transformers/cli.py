@@ -141,7 +141,6 @@ def parse_config(
     >>> cfg.train.epochs, cfg.model.pretrained, cfg.hub.push, show
     (2, False, True, False)
     """
-    args = list(args)
     description = description or "Fine-tune: every config field below is an option (the defaults are this recipe's)."
     overrides = [a for a in args if a != "--print-config"]
     return _parse(FinetuneConfig, default, overrides, prog, description), "--print-config" in args
