@@ -4,6 +4,7 @@ where, and when, and each function below the rule it keeps."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shlex
@@ -278,7 +279,7 @@ class _Snapshot:
         return f"the push after epoch {self.epochs}"
 
 
-class BackgroundPublisher:
+class BackgroundPublisher(contextlib.AbstractContextManager):
     """Pushes during training without stopping it: one upload in flight, the newest pending push replacing an older
     one; a failed push never raises and never touches the run's files (docs/publishing.md, Background pushes).
 
@@ -295,9 +296,6 @@ class BackgroundPublisher:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None  # the worker, while there is a push to send
         self._submitted = 0
-
-    def __enter__(self) -> BackgroundPublisher:
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.wait()
