@@ -224,8 +224,7 @@ def sample_predictions(
 ) -> tuple[np.ndarray, list[int], list[int]]:
     """(uint8 images (N, 3, S, S), true labels, top-1 predictions) of the :func:`grid_sample` of ``eval_dataset``,
     with evaluation's ``preprocess`` and ``autocast``, so the predictions are the ones evaluation counts."""
-    indices = grid_sample(len(eval_dataset), count, seed)
-    rows = eval_dataset[indices]  # raw rows: Image(decode=False) dicts and int labels
+    rows = eval_dataset[grid_sample(len(eval_dataset), count, seed)]  # raw rows: Image(decode=False) dicts, int labels
     images = torch.stack([decode_image(image, native_size) for image in rows["image"]])
     parameter = next(model.parameters())
     was_training = model.training
