@@ -28,8 +28,7 @@ def _timm_name(name: str) -> str:
     timm_name = resolve_model_name(name)
     if timm.is_model(timm_name):
         return timm_name
-    known = list(PAPER_MODELS) + timm.list_models()
-    close = difflib.get_close_matches(timm_name, known, n=3, cutoff=0.6)
+    close = difflib.get_close_matches(timm_name, [*PAPER_MODELS, *timm.list_models()], n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(close)}?" if close else " See timm.list_models() for the names."
     raise ModelError(
         f"model.name '{timm_name}' is neither a paper model ({', '.join(PAPER_MODELS)}) nor a timm model.{hint}"
