@@ -228,8 +228,7 @@ class FinetuneConfig:
         for section, values in upgrade(data).items():
             if section not in sections:
                 raise ConfigError(f"Unknown config section '{section}'; expected one of {sorted(sections)}.")
-            known = {f.name for f in dataclasses.fields(sections[section])}
-            unknown = sorted(set(values) - known)
+            unknown = sorted(set(values) - {f.name for f in dataclasses.fields(sections[section])})
             if unknown:
                 raise ConfigError(f"Unknown config field(s) {', '.join(f'{section}.{k}' for k in unknown)}.")
             # JSON has no tuples: the tuple fields (train.log_with, model.lora_targets) come back as lists
