@@ -148,14 +148,13 @@ def make_stanford(
     words += [(w, f"{_NAMES[i % len(_NAMES)]}, alias {i}") for i, w in enumerate(wnids)]
     box = (0, 0, size - 1, size - 1)
 
-    train, flat = [], 0
+    train = []
     for label, wnid in enumerate(wnids):
         for i in range(n_train):
-            kind = _TRAIN_SPECIALS.get(flat, "RGB")
+            kind = _TRAIN_SPECIALS.get(label * n_train + i, "RGB")  # by position among all training images
             height, width = (size - 8, size + 8) if kind == "odd-size" else (size, size)
             suffix, data = _encode_kind(_pixels(rng, label, n_classes, height, width), kind)
             train.append(StanfordImage(wnid, f"{wnid}_{i}{suffix}", data, box))
-            flat += 1
     val = []
     for i in range(n_val * n_classes):
         label = (i * 3 + 1) % n_classes  # interleaved classes, as the real val set
