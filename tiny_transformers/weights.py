@@ -253,8 +253,7 @@ def build_teacher(
         )
     if student is not None and tuple(map(tuple, student)) != tuple(map(tuple, own)):
         model = TeacherInput(model, student, own)
-    model.requires_grad_(False)
-    return model.eval()
+    return model.requires_grad_(False).eval()
 
 
 def _check_teacher(
