@@ -29,13 +29,8 @@ class Prediction:
     probabilities: list[float]
 
     def to_dict(self) -> dict:
-        return {
-            "file": self.file,
-            "predictions": [
-                {"class_id": c, "name": n, "probability": p}
-                for c, n, p in zip(self.class_ids, self.names, self.probabilities)
-            ],
-        }
+        ranked = zip(self.class_ids, self.names, self.probabilities)
+        return {"file": self.file, "predictions": [{"class_id": c, "name": n, "probability": p} for c, n, p in ranked]}
 
 
 @dataclass
