@@ -313,6 +313,9 @@ def public_value(value: Any) -> Any:
     return value
 
 
+PER_CLASS_COLUMNS = ["class_id", "class_name", "images", "correct", "top1"]  # the header evaluate recognises
+
+
 def per_class_accuracy(
     references: Sequence[int], predictions: Sequence[int], class_ids: Sequence[str], class_names: Sequence[str]
 ) -> list[dict[str, Any]]:
@@ -325,18 +328,9 @@ def per_class_accuracy(
     hits = np.asarray(references) == np.asarray(predictions)
     correct = np.bincount(np.asarray(references, dtype=np.int64)[hits], minlength=len(class_ids))
     return [
-        {
-            "class_id": class_id,
-            "class_name": name,
-            "images": int(images[i]),
-            "correct": int(correct[i]),
-            "top1": float(correct[i] / images[i] * 100) if images[i] else None,
-        }
-        for i, (class_id, name) in enumerate(zip(class_ids, class_names))
+        dict(zip(PER_CLASS_COLUMNS, (class_id, name, int(n), int(k), float(k / n * 100) if n else None)))
+        for class_id, name, n, k in zip(class_ids, class_names, images, correct)
     ]
-
-
-PER_CLASS_COLUMNS = ["class_id", "class_name", "images", "correct", "top1"]  # the header evaluate recognises
 
 
 def write_per_class_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
