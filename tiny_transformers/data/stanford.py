@@ -99,8 +99,7 @@ def extract_stanford_zip(zip_path: Path) -> Path:
 
 def read_text(path: Path) -> str:
     """A UTF-8 file's text without a leading byte-order mark, or a DataError naming the line of a non-UTF-8 byte."""
-    data = path.read_bytes()
-    body = data[len(codecs.BOM_UTF8) :] if data.startswith(codecs.BOM_UTF8) else data
+    body = path.read_bytes().removeprefix(codecs.BOM_UTF8)
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError as error:
