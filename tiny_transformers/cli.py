@@ -244,8 +244,7 @@ class EvaluateData:
 
 @dataclasses.dataclass
 class EvaluateTrain:
-    # the autocast to evaluate under; default: the one the weights record, so that the run's own numbers come
-    # back (fp32 for an fp16 run on a machine without CUDA)
+    # the autocast to evaluate under; default: the weights' own, so the run's numbers come back (no CUDA: fp16 -> fp32)
     mixed_precision: typing.Literal["bf16", "fp16", "no"] | None
     eval_batch_size: int | None  # images per forward pass; default: 64
     progress: bool  # a progress bar
