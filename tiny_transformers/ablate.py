@@ -141,9 +141,7 @@ def select_rows(names: Sequence[str] = (), grid: bool = False) -> list[AblationR
             f"{grid_row_name(*DEFAULT_CELL)} is default)."
         )
     chosen = {ALIASES.get(name, name) for name in names} or set(ABLATION_ROWS)
-    if grid:
-        chosen |= set(GRID_ROWS)
-    return [row for name, row in ALL_ROWS.items() if name in chosen]
+    return [row for name, row in ALL_ROWS.items() if name in chosen or (grid and name in GRID_ROWS)]
 
 
 def check_overrides(options: Iterable[str], rows: Sequence[AblationRow]) -> None:
@@ -255,8 +253,7 @@ def write_manifest(root: Path, model: str, sweep: Sequence[tuple[str, Sequence[s
 def read_manifest(root: Path) -> dict:
     """``root/ablation.json`` as written by :func:`write_manifest`; empty when there is none."""
     manifest = root / MANIFEST_FILE
-    data = read_json(manifest, fix=_MANIFEST_FIX) if manifest.is_file() else {}
-    return data if isinstance(data, dict) else {}
+    return read_json(manifest, fix=_MANIFEST_FIX) if manifest.is_file() else {}  # read_json refuses a non-object
 
 
 def run_ablation(
@@ -266,13 +263,9 @@ def run_ablation(
     command: str | None = None,
     sweep: Sequence[tuple[str, Sequence[str]]] = (),
 ) -> list[tuple[str, str]]:
-    """Train each row's config in turn (finished ones skipped, interrupted ones resumed), then write the report.
-
-    Returns the failed rows (name, sentence); a stop signal (``TrainingInterrupted``) ends the whole ablation.
-
-    >>> run_ablation([(row, cli.row_config(base, row, root)) for row in rows], "swin_l", root)  # doctest: +SKIP
-    [('no_mixup', 'data.source ... does not exist; ...')]
-    """
+    """Train each row's config in turn (finished ones skipped, interrupted ones resumed), then write the report;
+    returns the failed rows (name, sentence), e.g. ``[('no_mixup', 'data.source ... does not exist; ...')]``. A
+    stop signal (``TrainingInterrupted``) ends the whole ablation."""
     from .stop import StopSignals
     from .train import TrainingInterrupted, finetune
 
@@ -308,9 +301,6 @@ def run_ablation(
     if failed:
         print(f"ablation: failed row(s): {', '.join(name for name, _ in failed)}", file=sys.stderr, flush=True)
     return failed
-
-
-# The report
 
 
 @dataclass(frozen=True)
@@ -376,11 +366,8 @@ def _number(value: float | None) -> str:
 
 
 def _epochs(result: RowResult) -> str:
-    if result.status == "finished":
-        return str(result.epochs_done)
-    if result.status == "unfinished":
-        return f"{result.epochs_done} of {result.epochs} (unfinished)"
-    return "not started"
+    done = {"finished": str(result.epochs_done), "unfinished": f"{result.epochs_done} of {result.epochs} (unfinished)"}
+    return done.get(result.status, "not started")
 
 
 def ablation_markdown(

@@ -1,9 +1,6 @@
-"""Batch transforms on the training device: upscale, RandAugment, normalize, Mixup/CutMix, random erasing.
-
-The loader hands over 64x64 uint8 images (12 KB each); growing them to 384x384 float (1.77 MB each) happens here,
-batched, on the device that trains, with timm's Mixup/CutMix and random erasing, and RandAugment batched
-(randaugment.py) or timm's per PIL image on the host (``augment.timm_randaugment``).
-"""
+"""Batch transforms on the training device: upscale, RandAugment (randaugment.py's batched, or timm's per PIL image
+on the host), normalize, timm's Mixup/CutMix and random erasing. The loader hands over 64x64 uint8 images (12 KB
+each): they grow to 384x384 float (1.77 MB each) only here, batched, on the device that trains."""
 
 from __future__ import annotations
 
@@ -67,9 +64,8 @@ class BatchAugment:
                 label_smoothing=augment.label_smoothing,
                 num_classes=num_classes,
             )
-        self.erasing = None
-        if augment.random_erasing > 0:
-            self.erasing = RandomErasing(probability=augment.random_erasing, mode="pixel", device=str(device))
+        erasing = augment.random_erasing
+        self.erasing = RandomErasing(probability=erasing, mode="pixel", device=str(device)) if erasing > 0 else None
         # the host generators train() draws from besides torch's (for engine.keyed_rng): timm's Mixup/CutMix NumPy's,
         # its RandomErasing Python's `random`, its RandAugment both
         host = self.host_randaugment is not None

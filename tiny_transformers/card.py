@@ -15,7 +15,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from .config import HubConfig
 from .errors import PublishError
 from .hub import is_hub_id
-from .paper import CITATION, resolve_model_name
+from .paper import CITATION, paper_model_for, resolve_model_name
 from .report import public_value, results_table
 from .rundir import CONFIG_FILE, CURVES_FILE, WEIGHTS_FILE, RunSummary
 from .runfiles import read_json
@@ -72,6 +72,7 @@ def model_card(run: RunSummary, hub: HubConfig | None = None) -> ModelCard:
     hub = hub or HubConfig()
     config, record = run.config, run.record_for(hub.weights)
     timm_name = resolve_model_name(config.model.name)
+    paper = paper_model_for(config.model.name)
     name = hub.model_id or run.output_dir.name
     # A Hub id when the run trained on one (as recorded; guessed from the string for older runs); a local copy is
     # no Hub dataset: no `datasets` entry, no model-index result (the body's table still gives the numbers).
@@ -94,7 +95,7 @@ def model_card(run: RunSummary, hub: HubConfig | None = None) -> ModelCard:
         metadata,
         template_path=str(TEMPLATE),
         name=name,
-        title=run.paper.title if run.paper else timm_name,
+        title=paper.title if paper else timm_name,
         timm_name=timm_name,
         model_name_short=config.model.name,
         num_classes=len(run.class_ids),
@@ -104,7 +105,7 @@ def model_card(run: RunSummary, hub: HubConfig | None = None) -> ModelCard:
         source=dataset_id or f"…/{Path(config.data.source).name}",  # a local path is private: its last part
         reported_row="final" if hub.weights == "last" else "best top-1",
         results_table=results_table(config, run.history),
-        paper_number=run.paper is not None,
+        paper_number=paper is not None,
         load_id=f"hf-hub:{hub.model_id}" if hub.model_id else "local-dir:path/to/this/folder",
         pipeline_id=hub.model_id or "path/to/this/folder",
         checkpoint=f"hf-hub:{hub.model_id}" if hub.model_id else "path/to/this/folder",

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import tyro
 
-from .config import FinetuneConfig, HubConfig, paper_config
+from .config import FinetuneConfig, HubConfig, ModelConfig, TrainConfig, paper_config
 from .errors import ConfigError, TinyTransformersError, clean_message
 from .paper import PAPER_MODELS, paper_model_for
 from .rundir import PER_CLASS_FILE, RunDir, is_main_launch_process, json_line
@@ -95,11 +95,9 @@ def _option(arg: str) -> str:
 
 
 def _bare_booleans(cls: type, args: Sequence[str]) -> list[str]:
-    """``--json`` alone becomes ``--json true`` and ``--model.no-pretrained`` ``--model.pretrained false``.
-
-    A boolean is bare when the next word is missing, an option, or (where ``cls`` takes positional words, as
-    ``predict`` its images) no truth value; ``--json=no`` and words after ``--`` are left alone.
-    """
+    """``--json`` alone becomes ``--json true`` and ``--model.no-pretrained`` ``--model.pretrained false``: a boolean
+    is bare when the next word is missing, an option, or (where ``cls`` takes positional words, as ``predict`` its
+    images) no truth value; ``--json=no`` and words after ``--`` are left alone."""
     booleans = _bool_options(cls)
     negations = {f"--{prefix}{dot}no_{name}": b for b in booleans for prefix, dot, name in [b[2:].rpartition(".")]}
     hints = typing.get_type_hints(cls, include_extras=True).values()
@@ -143,30 +141,26 @@ def parse_config(
     >>> cfg.train.epochs, cfg.model.pretrained, cfg.hub.push, show
     (2, False, True, False)
     """
-    args = list(args)
     description = description or "Fine-tune: every config field below is an option (the defaults are this recipe's)."
     overrides = [a for a in args if a != "--print-config"]
     return _parse(FinetuneConfig, default, overrides, prog, description), "--print-config" in args
 
 
 @contextlib.contextmanager
-def _closed_pipe_ends_quietly() -> Iterator[None]:
-    """A reader of stdout that leaves early (``--print-config | head``): exit 141 (128 + SIGPIPE), no traceback."""
+def _quiet_exits() -> Iterator[None]:
+    """A :class:`TinyTransformersError` exits with its one sentence and ``exit_status`` (a stopped run: 143 or 130),
+    else 2; a reader of stdout that leaves early (``--print-config | head``) with 141 (128 + SIGPIPE): no traceback."""
     try:
         yield
         sys.stdout.flush()  # inside: a pipe closed during the interpreter's own last flush is met here
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # that last flush now writes nowhere
         sys.exit(141)
-
-
-def _fail(error: BaseException) -> typing.NoReturn:
-    """Exit with the error's one sentence and its ``exit_status`` (a stopped run: 143 or 130), else 2."""
-    status = getattr(error, "exit_status", 2)
-    if isinstance(error, TinyTransformersError) and error.every_process and not is_main_launch_process():
-        sys.exit(status)  # the launch's first process prints the same sentence
-    print(f"{'stopped' if status != 2 else 'error'}: {clean_message(error)}", file=sys.stderr)
-    sys.exit(status)
+    except TinyTransformersError as error:  # every command's problems
+        status = getattr(error, "exit_status", 2)
+        if not error.every_process or is_main_launch_process():  # else the launch's first process prints it
+            print(f"{'stopped' if status != 2 else 'error'}: {clean_message(error)}", file=sys.stderr)
+        sys.exit(status)
 
 
 def run(
@@ -187,17 +181,20 @@ def run(
     args = sys.argv[1:] if args is None else list(args)
     if command is None:
         command = shlex.join(["accelerate", "launch", *sys.argv]) if sys.argv[0].endswith(".py") else None
-    with _closed_pipe_ends_quietly():  # `recipes/x.py --print-config | head` as the console script's commands
+    with _quiet_exits():  # as the console script's commands
         config, show = parse_config(config, args, prog or sys.argv[0], description)
         if show:
             print(config.to_json())
             return None
         from .train import finetune
 
-        try:
-            return finetune(config, command)
-        except TinyTransformersError as error:
-            _fail(error)
+        return finetune(config, command)
+
+
+def _usage(text: str) -> typing.NoReturn:
+    """A command line that cannot run: ``text`` (its usage, or the error) on stderr, exit status 2."""
+    print(text, file=sys.stderr)
+    sys.exit(2)
 
 
 def _train(args: list[str]) -> None:
@@ -210,21 +207,17 @@ def _train(args: list[str]) -> None:
         )
         parse_config(FinetuneConfig(), args, "tiny-transformers train NAME", description)
     if not args or args[0].startswith("-"):
-        print(
+        _usage(
             f"usage: tiny-transformers train NAME [--section.field VALUE ...]\n{names}; tiny-transformers train "
-            "--help lists every field",
-            file=sys.stderr,
+            "--help lists every field"
         )
-        sys.exit(2)
     name, overrides = args[0], args[1:]
     paper = paper_model_for(name)  # a short name (swin_l) or the timm name of one of the paper's four models
     if paper is not None:
         default = paper_config(paper.short_name)
         note = f"{name}: the paper's {paper.title}, trained with its recipe (recipes/{paper.short_name}.py)"
     else:
-        default = FinetuneConfig()
-        default.model.name = name
-        default.train.output_dir = f"outputs/{name}"
+        default = FinetuneConfig(model=ModelConfig(name=name), train=TrainConfig(output_dir=f"outputs/{name}"))
         note = f"{name}: not one of the paper's models, trained with the library's defaults (docs/config.md)"
     if "--print-config" not in overrides and not {"-h", "--help"} & set(overrides):
         print(f"tiny_transformers: {note}", file=sys.stderr)
@@ -251,8 +244,7 @@ class EvaluateData:
 
 @dataclasses.dataclass
 class EvaluateTrain:
-    # the autocast to evaluate under; default: the one the weights record, so that the run's own numbers come
-    # back (fp32 for an fp16 run on a machine without CUDA)
+    # the autocast to evaluate under; default: the weights' own, so the run's numbers come back (no CUDA: fp16 -> fp32)
     mixed_precision: typing.Literal["bf16", "fp16", "no"] | None
     eval_batch_size: int | None  # images per forward pass; default: 64
     progress: bool  # a progress bar
@@ -271,13 +263,11 @@ class EvaluateArgs:
 
 def _options_of(cls: type, config: FinetuneConfig) -> typing.Any:
     """A command's options ``cls``, its sections (some config fields, same names) filled from ``config``."""
-    hints = typing.get_type_hints(cls)
-    sections = [f.name for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name])]
-    offered = {name: [f.name for f in dataclasses.fields(hints[name])] for name in sections}
     return cls(
         **{
-            name: hints[name](**{f: getattr(getattr(config, name), f) for f in fields})
-            for name, fields in offered.items()
+            name: hint(**{f.name: getattr(getattr(config, name), f.name) for f in dataclasses.fields(hint)})
+            for name, hint in typing.get_type_hints(cls).items()
+            if dataclasses.is_dataclass(hint)
         }
     )
 
@@ -327,14 +317,10 @@ def _evaluate(args: list[str]) -> None:
 
 def _refuse_foreign_output(path: Path, header: str) -> None:
     """``evaluate --output`` replaces only a per-class table it wrote (its header line), never another file."""
-    if not path.exists():
-        return
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            first = handle.readline().strip()
-    except OSError:
-        first = ""
-    if first != header:
+    first = ""  # also for a file that cannot be read
+    with contextlib.suppress(OSError), open(path, encoding="utf-8", errors="replace") as handle:
+        first = handle.readline().strip()
+    if path.exists() and first != header:
         raise TinyTransformersError(
             f"--output '{path}' already exists and is not a per-class table that evaluate wrote (its first line is "
             f"not '{header}'); give a new file name, or move that file away first."
@@ -380,8 +366,7 @@ def _publish_args(command: str, args: list[str]) -> tuple[Path, HubConfig, str |
     if not args or args[0].startswith("-"):
         if args and args[0] in ("-h", "--help"):
             _parse(cls, _options_of(cls, FinetuneConfig()), ["--help"], f"tiny-transformers {command} OUTPUT_DIR")
-        print(f"{usage}\nOUTPUT_DIR: the train.output_dir of a finished run", file=sys.stderr)
-        sys.exit(2)
+        _usage(f"{usage}\nOUTPUT_DIR: the train.output_dir of a finished run")
     output_dir = Path(args[0]).expanduser()
     config = FinetuneConfig()
     # the run's hub settings are the defaults, so `push OUTPUT_DIR` retries as configured (no run: push_run says so)
@@ -510,13 +495,11 @@ def _ablate(args: list[str]) -> None:
     name = args[0] if args and not args[0].startswith("-") else None
     rest = args[1:] if name else args
     if name is None and not any(_option(a) in ("--report", "--help", "-h") for a in rest):
-        print(
+        _usage(
             f"usage: {prog} NAME [--rows ROW ...] [--grid] [--sweep FIELD=V1,V2 ...] [--print-commands] [--root "
             f"FOLDER] [--section.field VALUE ...]\n       {prog} --report ROOT\nNAME: {', '.join(PAPER_MODELS)} (or "
-            "its timm name)",
-            file=sys.stderr,
+            "its timm name)"
         )
-        sys.exit(2)
     paper = ablation.paper_model(name) if name else None
     default = paper_config(paper.short_name) if paper else FinetuneConfig()
     options = _parse(AblateArgs, AblateArgs(**vars(default)), rest, f"{prog} {name or ''}".strip())
@@ -547,12 +530,10 @@ def _ablate(args: list[str]) -> None:
 
 def _benchmark(args: list[str]) -> None:
     """``benchmark`` lives in the repository, not the package: say so."""
-    print(
+    _usage(
         "error: the benchmarks live beside the library in the repository, not in the installed package; "
-        "run them from a checkout with `python -m benchmarks --quick` (docs/benchmarks.md).",
-        file=sys.stderr,
+        "run them from a checkout with `python -m benchmarks --quick` (docs/benchmarks.md)."
     )
-    sys.exit(2)
 
 
 COMMANDS = {
@@ -580,16 +561,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if command is None:
         close = difflib.get_close_matches(argv[0], list(COMMANDS), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        print(
-            f"error: unknown command '{argv[0]}'; choose one of {', '.join(COMMANDS)}.{hint}\n\n{USAGE}",
-            file=sys.stderr,
-        )
-        sys.exit(2)
-    with _closed_pipe_ends_quietly():
-        try:
-            command(argv[1:])
-        except TinyTransformersError as error:  # every command's problems: one sentence, no traceback
-            _fail(error)
+        _usage(f"error: unknown command '{argv[0]}'; choose one of {', '.join(COMMANDS)}.{hint}\n\n{USAGE}")
+    with _quiet_exits():
+        command(argv[1:])
 
 
 if __name__ == "__main__":

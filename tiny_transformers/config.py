@@ -173,9 +173,8 @@ class TrainConfig:
     # EMA of the weights (timm's ModelEmaV3), updated every optimizer update, evaluated every epoch; 0: off; e.g. 0.9998
     ema_decay: float = 0.0
     ema_warmup: bool = False  # ramp the EMA decay up over the first updates (timm's use_warmup)
-    # head mode: keep what the frozen backbone hands the head (features.py), computed once per run (the training
-    # images' only when nothing random comes before the head); the same scores and weights, bitwise. false: every
-    # feature computed every time
+    # head mode: compute what the frozen backbone hands the head once per run (features.py; the training images'
+    # only when nothing random comes before the head), the same scores and weights bitwise; false: every time
     cache_features: bool = resumable(True)
 
 
@@ -229,8 +228,7 @@ class FinetuneConfig:
         for section, values in upgrade(data).items():
             if section not in sections:
                 raise ConfigError(f"Unknown config section '{section}'; expected one of {sorted(sections)}.")
-            known = {f.name for f in dataclasses.fields(sections[section])}
-            unknown = sorted(set(values) - known)
+            unknown = sorted(set(values) - {f.name for f in dataclasses.fields(sections[section])})
             if unknown:
                 raise ConfigError(f"Unknown config field(s) {', '.join(f'{section}.{k}' for k in unknown)}.")
             # JSON has no tuples: the tuple fields (train.log_with, model.lora_targets) come back as lists

@@ -60,6 +60,5 @@ def clean_message(error: BaseException) -> str:
     """The user-facing sentence of ``error``; from a DataLoader worker's pasted traceback, its last line's."""
     text = str(error)
     if "Original Traceback" in text:
-        last = text.strip().splitlines()[-1]
-        text = last.split(": ", 1)[1] if ": " in last else last
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]  # the last line, less its "module.Error: "
     return text

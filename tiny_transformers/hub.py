@@ -101,11 +101,6 @@ def upload_folder(
     return str(getattr(info, "commit_url", None) or f"https://huggingface.co/{repo_id}")
 
 
-def token() -> str | None:
-    """The Hugging Face token huggingface_hub would send (``HF_TOKEN`` or the stored login), or None."""
-    return get_token()
-
-
 def _status(error: BaseException) -> int | None:
     return getattr(getattr(error, "response", None), "status_code", None)
 

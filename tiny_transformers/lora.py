@@ -124,9 +124,7 @@ def plain_model(model: nn.Module) -> nn.Module:
     >>> plain_model(model).state_dict().keys() == timm.create_model("test_vit", num_classes=4).state_dict().keys()
     True
     """
-    if not is_lora(model):
-        return model
-    return copy.deepcopy(model).merge_and_unload()
+    return copy.deepcopy(model).merge_and_unload() if is_lora(model) else model
 
 
 def save_adapter(model: nn.Module, folder: Path) -> None:

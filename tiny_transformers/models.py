@@ -18,7 +18,7 @@ from . import hub
 from .attention import use_fast_attention
 from .config import ModelConfig
 from .errors import ConfigError, ModelError
-from .lora import add_lora
+from .lora import add_lora, head_names
 from .paper import PAPER_MODELS, resolve_model_name
 from .rundir import CONFIG_FILE, WEIGHTS_FILE
 
@@ -28,8 +28,7 @@ def _timm_name(name: str) -> str:
     timm_name = resolve_model_name(name)
     if timm.is_model(timm_name):
         return timm_name
-    known = list(PAPER_MODELS) + timm.list_models()
-    close = difflib.get_close_matches(timm_name, known, n=3, cutoff=0.6)
+    close = difflib.get_close_matches(timm_name, [*PAPER_MODELS, *timm.list_models()], n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(close)}?" if close else " See timm.list_models() for the names."
     raise ModelError(
         f"model.name '{timm_name}' is neither a paper model ({', '.join(PAPER_MODELS)}) nor a timm model.{hint}"
@@ -47,17 +46,14 @@ def _create(timm_name: str, image_size: int, **kwargs) -> nn.Module:
 
 
 def _is_classifier_key(key: str, model: nn.Module) -> bool:
-    classifier = model.pretrained_cfg.get("classifier", "head")
-    names = classifier if isinstance(classifier, (list, tuple)) else [classifier]
-    return any(key.startswith(f"{name}.") for name in names)
+    return any(key.startswith(f"{name}.") for name in head_names(model))
 
 
 def _load_weights_file(
     model: nn.Module, path: Path, keep_head: bool, trained_size: int | None = None, trained_head: bool = False
 ) -> None:
     """Load a .safetensors/.pth state dict; drop classifier weights whose shape no longer fits (1000 -> N classes).
-    ``trained_size``, when recorded, names the fix of a size mismatch; ``trained_head`` (inference) refuses a head
-    of another size."""
+    ``trained_size`` (when recorded) names a size mismatch's fix; ``trained_head`` (inference) refuses another size."""
     try:
         state = timm.models.load_state_dict(str(path))
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same sentence

@@ -29,13 +29,8 @@ class Prediction:
     probabilities: list[float]
 
     def to_dict(self) -> dict:
-        return {
-            "file": self.file,
-            "predictions": [
-                {"class_id": c, "name": n, "probability": p}
-                for c, n, p in zip(self.class_ids, self.names, self.probabilities)
-            ],
-        }
+        ranked = zip(self.class_ids, self.names, self.probabilities)
+        return {"file": self.file, "predictions": [{"class_id": c, "name": n, "probability": p} for c, n, p in ranked]}
 
 
 @dataclass
@@ -58,8 +53,7 @@ class Predictor:
     @classmethod
     def load(cls, location: str | Path, device: str | torch.device | None = None) -> Predictor:
         """From an exported folder, a run's output dir (its ``best/``), a training checkpoint or ``hf-hub:id``."""
-        location, local = str(location), hub_repo(location) is None
-        if local and not Path(location).expanduser().exists():
+        if hub_repo(location) is None and not Path(location).expanduser().exists():
             raise ModelError(
                 f"model.checkpoint '{location}' does not exist; give an exported folder, a run's output dir or "
                 "hf-hub:owner/name."
@@ -140,11 +134,9 @@ def find_images(inputs: Iterable[str | Path]) -> list[Path]:
 def format_predictions(predictions: Sequence[Prediction]) -> str:
     """Human-readable lines: the file, then one line per class with its probability."""
     lines = []
-    for prediction in predictions:
-        lines.append(prediction.file)
-        for rank, (class_id, name, p) in enumerate(
-            zip(prediction.class_ids, prediction.names, prediction.probabilities), 1
-        ):
+    for image in predictions:
+        lines.append(image.file)
+        for rank, (class_id, name, p) in enumerate(zip(image.class_ids, image.names, image.probabilities), 1):
             label = name if name == class_id else f"{name} ({class_id})"
             lines.append(f"  {rank}. {label:<40} {100 * p:6.2f}%")
     return "\n".join(lines)

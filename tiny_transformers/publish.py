@@ -1,13 +1,10 @@
 """Sharing a finished run: a timm-compatible folder with a model card (:data:`EXPORT_FILES`), exported locally or
-pushed to the Hub (docs/publishing.md says what goes where, and when).
-
-An export replaces only a previous export (its mark :data:`~tiny_transformers.rundir.EXPORT_MARKER`, never uploaded,
-or the run's own ``export/``) and is swapped in whole. A push never changes a local file; a failed one raises
-:class:`PublishError` naming the cause and the retry command. :class:`BackgroundPublisher` pushes during training.
-"""
+pushed to the Hub, after training or during it (:class:`BackgroundPublisher`); docs/publishing.md says what goes
+where, and when, and each function below the rule it keeps."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shlex
@@ -282,11 +279,9 @@ class _Snapshot:
         return f"the push after epoch {self.epochs}"
 
 
-class BackgroundPublisher:
-    """Pushes during training without stopping it (docs/publishing.md, Background pushes): :meth:`submit` takes a
-    snapshot and returns; one worker thread exports and uploads it. One upload in flight, a newer pending push
-    replaces an older one (latest wins); :meth:`wait`, also on leaving the ``with`` block, returns every push's
-    :class:`PushResult`. A failed push never raises and never touches the run's files.
+class BackgroundPublisher(contextlib.AbstractContextManager):
+    """Pushes during training without stopping it: one upload in flight, the newest pending push replacing an older
+    one; a failed push never raises and never touches the run's files (docs/publishing.md, Background pushes).
 
     >>> with BackgroundPublisher("outputs/run", HubConfig(push=True, model_id="me/vit")) as pushes:  # doctest: +SKIP
     ...     pushes.submit()  # after an epoch: the snapshot is taken now, the upload runs in the background
@@ -301,9 +296,6 @@ class BackgroundPublisher:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None  # the worker, while there is a push to send
         self._submitted = 0
-
-    def __enter__(self) -> BackgroundPublisher:
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.wait()
@@ -441,7 +433,7 @@ def push_warnings(output_dir: str | Path, hub: HubConfig) -> list[str]:
         return []
     if hub_io.offline():
         why = "HF_HUB_OFFLINE is set, so the push will fail; unset it before training ends"
-    elif hub_io.token() is None:
+    elif hub_io.get_token() is None:  # huggingface_hub's: HF_TOKEN or the stored login
         why = f"no Hugging Face token was found, so the push will fail; {hub_io.LOGIN_HINT}"
     else:
         return []

@@ -4,6 +4,7 @@ removal of what a process that died mid-upload left (also for the export's tempo
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -50,9 +51,8 @@ def new_staging(output_dir: Path, kind: str) -> Path:
 
 
 def remove_abandoned(output_dir: str | Path, remove_empty: bool = True) -> list[Path]:
-    """Remove what pushes left under the run's ``.hub-push/`` when their process ended mid-upload (a snapshot holds
-    a copy of the weights), by :func:`remove_dead_owners`, and says so (docs/publishing.md shows the line); with
-    ``remove_empty``, the folder too when empty. Returns what was removed."""
+    """Remove, and say so, what pushes left under the run's ``.hub-push/`` when their process ended mid-upload (a
+    snapshot holds a copy of the weights), with ``remove_empty`` that folder too when empty; returns what it removed."""
     staging = RunDir(Path(output_dir)).push_staging
     removed = remove_dead_owners(staging, "[a-z]+-")
     if removed:
@@ -63,10 +63,8 @@ def remove_abandoned(output_dir: str | Path, remove_empty: bool = True) -> list[
             flush=True,
         )
     if remove_empty:
-        try:
+        with contextlib.suppress(OSError):
             staging.rmdir()  # only when empty: a `push` command or another run's push may be using it
-        except OSError:
-            pass
     return removed
 
 

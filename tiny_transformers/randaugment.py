@@ -24,10 +24,8 @@ __all__ = ["BatchRandAugment", "resize_uint8"]
 
 
 def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 (B, C, h, w) -> uint8 (B, C, size, size): bicubic (a = -0.75), no antialias, clamped and rounded.
-
-    The official code's ``Resize(size, BICUBIC)`` on uint8 tensors (torchvision 0.13: no antialias), bit for bit
-    on CPU; its images are square, so the shorter-edge ``Resize(384)`` is 384x384.
+    """uint8 (B, C, h, w) -> uint8 (B, C, size, size): bicubic (a = -0.75), no antialias, clamped and rounded, bit
+    for bit the official code's ``Resize(size, BICUBIC)`` (torchvision 0.13) of its square images on CPU.
 
     >>> x = torch.full((2, 3, 64, 64), 255, dtype=torch.uint8)
     >>> y = resize_uint8(x, 384)
@@ -43,14 +41,12 @@ def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
     return x.clamp_(0, 255).round_().to(torch.uint8)
 
 
-# ops that leave every pixel as it is at magnitude 0 (Posterize: at 8 bits), skipped by the batch
+# ops that leave every pixel as it is at magnitude 0 (Identity's is always 0; Posterize: at 8 bits): skipped
 _IDENTITY_AT_ZERO = {"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color", "Contrast"}
-_IDENTITY_AT_ZERO |= {"Sharpness"}
+_IDENTITY_AT_ZERO |= {"Sharpness", "Identity"}
 
 
 def _is_identity(name: str, magnitude: float) -> bool:
-    if name == "Identity":
-        return True
     if name in ("TranslateX", "TranslateY"):
         return int(magnitude) == 0  # torchvision translates by int(magnitude) pixels
     if name == "Posterize":

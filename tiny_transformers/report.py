@@ -41,9 +41,6 @@ _WRONG = "#c62828"  # red: title and frame of a wrong prediction
 _RIGHT = "#1b5e20"
 
 
-# Training curves
-
-
 def training_curves_figure(
     history: Sequence[dict[str, Any]], x: Literal["epoch", "step"] = "epoch", config: FinetuneConfig | None = None
 ):
@@ -57,9 +54,7 @@ def training_curves_figure(
     """
     from matplotlib.figure import Figure
 
-    fig = Figure(
-        figsize=(CURVES_SIZE[0] / CURVES_DPI, CURVES_SIZE[1] / CURVES_DPI), dpi=CURVES_DPI, layout="constrained"
-    )
+    fig = Figure(figsize=tuple(pixels / CURVES_DPI for pixels in CURVES_SIZE), dpi=CURVES_DPI, layout="constrained")
     loss_ax, acc_ax, lr_ax = fig.subplots(1, 3)
     xs = [record[x] for record in history]
     style = dict(marker="o", markersize=4, linewidth=1.5)
@@ -110,9 +105,6 @@ def plot_training_curves(
     with writing(path):  # No bbox_inches="tight": the PNG keeps the figure's exact pixel size.
         training_curves_figure(history, x, config).savefig(path, dpi=CURVES_DPI)
     return path
-
-
-# Prediction grid
 
 
 def _short(name: str, limit: int = 24) -> str:
@@ -184,10 +176,8 @@ def prediction_grid_figure(
         ax.imshow(image, interpolation="nearest", aspect="auto")
         ax.set(xticks=[], yticks=[])
         wrong = truth != predicted
-        colour = _WRONG if wrong else _RIGHT
-        ax.set_title(
-            f"true: {_short(truth)}\npred: {_short(predicted)}", fontsize=8, color=colour, pad=3, linespacing=1.2
-        )
+        title = f"true: {_short(truth)}\npred: {_short(predicted)}"
+        ax.set_title(title, fontsize=8, color=_WRONG if wrong else _RIGHT, pad=3, linespacing=1.2)
         ax.spines[:].set(visible=wrong, color=_WRONG, linewidth=3)
     return fig
 
@@ -233,12 +223,8 @@ def sample_predictions(
     autocast: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
 ) -> tuple[np.ndarray, list[int], list[int]]:
     """(uint8 images (N, 3, S, S), true labels, top-1 predictions) of the :func:`grid_sample` of ``eval_dataset``,
-    with evaluation's ``preprocess`` and ``autocast``, so the predictions are the ones evaluation counts.
-
-    >>> images, labels, predicted = sample_predictions(model, data.eval, 64, augment.resize_normalize)  # doctest: +SKIP
-    """
-    indices = grid_sample(len(eval_dataset), count, seed)
-    rows = eval_dataset[indices]  # raw rows: Image(decode=False) dicts and int labels
+    with evaluation's ``preprocess`` and ``autocast``, so the predictions are the ones evaluation counts."""
+    rows = eval_dataset[grid_sample(len(eval_dataset), count, seed)]  # raw rows: Image(decode=False) dicts, int labels
     images = torch.stack([decode_image(image, native_size) for image in rows["image"]])
     parameter = next(model.parameters())
     was_training = model.training
@@ -250,9 +236,6 @@ def sample_predictions(
     finally:
         model.train(was_training)
     return images.numpy(), [int(label) for label in rows["label"]], predicted
-
-
-# results.md and the per-class table
 
 
 def results_table(config: FinetuneConfig, history: Sequence[dict[str, Any]]) -> str:
@@ -330,6 +313,9 @@ def public_value(value: Any) -> Any:
     return value
 
 
+PER_CLASS_COLUMNS = ["class_id", "class_name", "images", "correct", "top1"]  # the header evaluate recognises
+
+
 def per_class_accuracy(
     references: Sequence[int], predictions: Sequence[int], class_ids: Sequence[str], class_names: Sequence[str]
 ) -> list[dict[str, Any]]:
@@ -342,18 +328,9 @@ def per_class_accuracy(
     hits = np.asarray(references) == np.asarray(predictions)
     correct = np.bincount(np.asarray(references, dtype=np.int64)[hits], minlength=len(class_ids))
     return [
-        {
-            "class_id": class_id,
-            "class_name": name,
-            "images": int(images[i]),
-            "correct": int(correct[i]),
-            "top1": float(correct[i] / images[i] * 100) if images[i] else None,
-        }
-        for i, (class_id, name) in enumerate(zip(class_ids, class_names))
+        dict(zip(PER_CLASS_COLUMNS, (class_id, name, int(n), int(k), float(k / n * 100) if n else None)))
+        for class_id, name, n, k in zip(class_ids, class_names, images, correct)
     ]
-
-
-PER_CLASS_COLUMNS = ["class_id", "class_name", "images", "correct", "top1"]  # the header evaluate recognises
 
 
 def write_per_class_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
@@ -366,13 +343,9 @@ def write_per_class_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Pat
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=PER_CLASS_COLUMNS)
     writer.writeheader()
-    for row in rows:
-        writer.writerow({**row, "top1": "" if row["top1"] is None else f"{row['top1']:.4f}"})
+    writer.writerows({**row, "top1": "" if row["top1"] is None else f"{row['top1']:.4f}"} for row in rows)
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_atomic(path, text.getvalue())
-
-
-# Everything at the end of a run
 
 
 def write_run_report(
@@ -387,18 +360,13 @@ def write_run_report(
     weights: str | None = None,
 ) -> dict[str, Path]:
     """Write the training curves, the prediction grid of ``model`` (``last/``'s weights: ``weights``, ``ema`` or
-    ``raw`` when the run has a choice, captions it) and ``results.md``; returns the written paths by kind.
-
-    >>> write_run_report("outputs/run", config, result.history, model, data.eval, data.class_names,
-    ...                  augment.resize_normalize, accelerator.autocast)  # doctest: +SKIP
-    {'curves': PosixPath('outputs/run/training_curves.png'), ...}
-    """
+    ``raw`` when the run has a choice, captions it) and ``results.md``; returns the written paths by kind
+    (``{'curves': ..., 'results': ..., 'grid': ...}``)."""
     run = RunDir(Path(output_dir))
     written: dict[str, Path] = {}
     if history:
         written["curves"] = plot_training_curves(history, run.file(CURVES_FILE), config=config)
-        write_atomic(run.file(RESULTS_FILE), results_markdown(config, history))
-        written["results"] = run.file(RESULTS_FILE)
+        written["results"] = write_atomic(run.file(RESULTS_FILE), results_markdown(config, history))
     if len(eval_dataset):
         images, labels, predicted = sample_predictions(
             model, eval_dataset, config.data.native_size, preprocess, GRID_IMAGES, config.train.seed, autocast

@@ -1,9 +1,6 @@
 """The run folder (``train.output_dir``): the one module that knows where a run keeps each file (README.md's
-"Outputs" lists them), and reads, writes and locks them.
-
-Every small file is written whole or not at all (:func:`write_atomic`) and read back through :func:`read_json`
-(a damaged file is one sentence naming it and the fix); no other module spells a file name of the run folder.
-"""
+"Outputs" lists them; no other module spells their names), and reads, writes and locks them, through runfiles.py
+(written whole or not at all, a damaged file one sentence naming it and the fix)."""
 
 from __future__ import annotations
 
@@ -24,7 +21,6 @@ from filelock import FileLock, Timeout
 
 from .config import FinetuneConfig, trajectory_differences
 from .errors import ConfigError, PublishError, TinyTransformersError
-from .paper import PaperModel, paper_model_for
 from .runfiles import RunFileError, read_json, write_atomic
 
 CONFIG_FILE = "config.json"  # the run's config in its folder; timm's model config in a weights folder
@@ -235,11 +231,6 @@ class RunSummary:
     def record_for(self, weights: Literal["last", "best"]) -> dict[str, Any]:
         """The metrics of the weights in ``last/`` or ``best/`` (:func:`saved_scores`)."""
         return saved_scores(best_record(self.history) if weights == "best" else self.history[-1], weights)
-
-    @property
-    def paper(self) -> PaperModel | None:
-        """The paper's model this run trained, when it is one of the four."""
-        return paper_model_for(self.config.model.name)
 
 
 @dataclass

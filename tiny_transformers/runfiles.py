@@ -39,8 +39,7 @@ def write_errno(error: BaseException) -> int | None:
         return write_errno(error.__cause__)
     if isinstance(getattr(error, "errno", None), int):
         return error.errno  # type: ignore[attr-defined]
-    found = re.search(r"os error (\d+)", str(error))  # safetensors: "... (os error 28)"
-    if found:
+    if found := re.search(r"os error (\d+)", str(error)):  # safetensors: "... (os error 28)"
         return int(found.group(1))
     # torch's serializer: "file write failed", "unexpected pos" when the disk filled up under it
     text = str(error)

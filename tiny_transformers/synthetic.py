@@ -67,12 +67,10 @@ def write_stanford_layout(
     train_boxes: bool = False,
     exist_ok: bool = False,
 ) -> Path:
-    """Write a Stanford ``tiny-imagenet-200``-style folder at ``folder``, files in the order given, and return it.
-
-    ``words``: the (wnid, names) lines of words.txt (none: no file); ``test``: (file name, bytes) pairs. Written
-    under a temporary name and renamed, so several processes may write it at once (the first to finish wins); a
-    folder already there is an error unless ``exist_ok`` (then it is kept as it is).
-    """
+    """Write a Stanford ``tiny-imagenet-200``-style folder at ``folder`` and return it; files in the order given,
+    ``words`` the (wnid, names) lines of words.txt (none: no file), ``test`` (file name, bytes) pairs. Renamed into
+    place when whole, so several processes may write it at once (the first to finish wins); a folder already there
+    is an error unless ``exist_ok`` (then it is kept as it is)."""
     folder = Path(folder)
     if folder.exists():
         if exist_ok:
@@ -139,11 +137,9 @@ def _encode_kind(array: np.ndarray, kind: str) -> tuple[str, bytes]:
 def make_stanford(
     root: Path, n_classes: int = 4, n_train: int = 6, n_val: int = 3, size: int = 64, seed: int = 0
 ) -> Path:
-    """Write ``root/tiny-imagenet-200`` in the Stanford layout and return that folder.
-
-    wnids.txt is not sorted, words.txt has an unrelated line; among the training images (when there are enough)
-    are greyscale and CMYK JPEGs, palette and RGBA PNGs, a .jpg and one not size x size; the first val image is grey.
-    """
+    """Write ``root/tiny-imagenet-200`` in the Stanford layout and return that folder: wnids.txt not sorted,
+    words.txt with an unrelated line; among the training images (when there are enough) greyscale and CMYK JPEGs,
+    palette and RGBA PNGs, a .jpg and one not size x size; the first val image grey."""
     rng = np.random.default_rng(seed)
     wnids = sorted({f"n0{(1443537 + 7919 * i * (i + 3)) % 10**7:07d}" for i in range(n_classes)})
     assert len(wnids) == n_classes
@@ -152,14 +148,13 @@ def make_stanford(
     words += [(w, f"{_NAMES[i % len(_NAMES)]}, alias {i}") for i, w in enumerate(wnids)]
     box = (0, 0, size - 1, size - 1)
 
-    train, flat = [], 0
+    train = []
     for label, wnid in enumerate(wnids):
         for i in range(n_train):
-            kind = _TRAIN_SPECIALS.get(flat, "RGB")
+            kind = _TRAIN_SPECIALS.get(label * n_train + i, "RGB")  # by position among all training images
             height, width = (size - 8, size + 8) if kind == "odd-size" else (size, size)
             suffix, data = _encode_kind(_pixels(rng, label, n_classes, height, width), kind)
             train.append(StanfordImage(wnid, f"{wnid}_{i}{suffix}", data, box))
-            flat += 1
     val = []
     for i in range(n_val * n_classes):
         label = (i * 3 + 1) % n_classes  # interleaved classes, as the real val set

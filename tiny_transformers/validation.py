@@ -15,7 +15,6 @@ from pathlib import Path
 from .config import (
     AugmentConfig,
     DataConfig,
-    DistillConfig,
     FinetuneConfig,
     HubConfig,
     ModelConfig,
@@ -69,7 +68,7 @@ def validate(config: FinetuneConfig, num_processes: int | None = None, cuda_avai
     _validate_model(config.model)
     _validate_data(config.data)
     _validate_augment(config.augment)
-    _validate_distill(config.distill)
+    _check_ranges("distill", config.distill, positive="temperature", fraction="alpha")
     _validate_optim(config.optim)
     _validate_train(config.train, num_processes or world_size_from_env())
     validate_hub(config.hub)
@@ -187,10 +186,6 @@ def _validate_augment(a: AugmentConfig) -> None:
             f"augment.timm_randaugment {a.timm_randaugment} and augment.randaugment_ops {a.randaugment_ops} both ask "
             "for RandAugment; keep one (--augment.randaugment_ops 0 or --augment.timm_randaugment None)."
         )
-
-
-def _validate_distill(d: DistillConfig) -> None:
-    _check_ranges("distill", d, positive="temperature", fraction="alpha")
 
 
 def _validate_optim(o: OptimConfig) -> None:

@@ -42,12 +42,11 @@ def save_for_timm(
     """Write ``model.safetensors`` + ``config.json``, loadable by ``timm.create_model("local-dir:<folder>", True)``,
     with the class ids and names, the preprocessing and (under ``tiny_transformers``, a key timm ignores) what else
     training recorded, so that ``predict`` and ``evaluate`` feed new images the same way."""
-    descriptions = dict(zip(class_ids, class_names))
     with writing(Path(folder) / WEIGHTS_FILE):  # a full disk or read-only folder: one sentence naming the file
         timm.models.save_for_hf(
             model,
             str(folder),
-            model_config={"label_names": list(class_ids), "label_descriptions": descriptions},
+            model_config={"label_names": list(class_ids), "label_descriptions": dict(zip(class_ids, class_names))},
             safe_serialization=True,
             data_config={
                 "input_size": (3, image_size, image_size),
@@ -226,11 +225,10 @@ def build_teacher(
     preprocess: str | None = None,
     native_size: int | None = None,
 ) -> nn.Module:
-    """The frozen, eval-mode teacher of distillation: any location :func:`describe_trained_weights` reads, or a timm
-    model name (its pretrained weights). Refused in one sentence when its classes, label order (``class_ids``),
-    image size, ``preprocess`` or ``native_size`` differ from the student's data; with ``student`` (the student's
-    (mean, std)), another mean/std is converted on the device (:class:`TeacherInput`). E.g.
-    ``build_teacher("outputs/swin_l/best", num_classes=200, image_size=384)``."""
+    """The frozen, eval-mode teacher of distillation, e.g. ``build_teacher("outputs/swin_l/best", 200, 384)``: any
+    location :func:`describe_trained_weights` reads, or a timm model name (its pretrained weights). Refused when its
+    classes, label order or inputs differ from the student's (:func:`_check_teacher`); another mean/std than
+    ``student``'s is converted on the device (:class:`TeacherInput`)."""
     what = f"distill.teacher '{location}'"
     folder = Path(location).expanduser()
     if hub.hub_repo(location) is not None or folder.exists():
@@ -255,8 +253,7 @@ def build_teacher(
         )
     if student is not None and tuple(map(tuple, student)) != tuple(map(tuple, own)):
         model = TeacherInput(model, student, own)
-    model.requires_grad_(False)
-    return model.eval()
+    return model.requires_grad_(False).eval()
 
 
 def _check_teacher(
@@ -323,10 +320,9 @@ def _timm_teacher(what: str, timm_name: str, num_classes: int, image_size: int) 
 def load_probe_head(
     model: nn.Module, location: str | Path, model_name: str, class_ids: list[str], data: DataConfig
 ) -> Path:
-    """Put the trained head(s) of a head-mode run (``model.head_from``: a run folder's ``best/`` or an exported
-    folder) into ``model`` on its pretrained backbone: fine-tuning starts where the probe ended. Returns the folder
-    used (``outputs/vit_l/best`` for ``outputs/vit_l``). Refused in one sentence: no weights, another model,
-    classes, inputs or head shape, or a full run."""
+    """Put the trained head(s) of a head-mode run (``model.head_from``: a run folder, read as its ``best/``, or an
+    exported folder) into ``model`` on its pretrained backbone, so fine-tuning starts where the probe ended; returns
+    that folder. Refused in one sentence: no weights, a full run, another model, classes, inputs or head shape."""
     folder = trained_folder(location)
     if not (folder / WEIGHTS_FILE).is_file() or not (folder / CONFIG_FILE).is_file():
         raise ConfigError(

@@ -1,11 +1,8 @@
 """Tiny ImageNet from any of its usual homes, as two ``datasets.Dataset`` splits of undecoded images.
 
 :mod:`.sources` (with :mod:`.stanford` and :mod:`.builders`) recognises and normalises ``data.source`` once, in
-the main process; :mod:`.images` decodes in every ``DataLoader`` worker.
-
->>> bundle = load_data(DataConfig(source="./tiny-imagenet-200"))  # doctest: +SKIP
->>> loader = DataLoader(bundle.train.with_transform(DecodeTransform(64)), batch_size=64,
-...                     collate_fn=collate)  # doctest: +SKIP
+the main process; :mod:`.images` decodes in every ``DataLoader`` worker
+(``load_data(cfg).train.with_transform(DecodeTransform(64))``, ``collate_fn=collate``).
 """
 
 from .images import IMAGE_EXTENSIONS, DecodeTransform, collate, decode_image, worker_options

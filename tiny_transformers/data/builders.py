@@ -169,8 +169,7 @@ def _label_kind(file: str) -> tuple[str, str] | None:
 def _refuse_mixed_label_kinds(files: list[str]) -> None:
     """datasets casts every split to the first file's label type and fails on another ("An error occurred while
     generating the dataset"): name the two files and the two kinds instead."""
-    kinds = {file: _label_kind(file) for file in files}
-    known = [(file, kind) for file, kind in kinds.items() if kind is not None]
+    known = [(file, kind) for file in files if (kind := _label_kind(file)) is not None]
     for file, kind in known[1:]:
         first, first_kind = known[0]
         if kind[1] != first_kind[1]:

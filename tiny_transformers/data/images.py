@@ -109,12 +109,10 @@ _STOPS = {signal.SIGTERM, signal.SIGINT}
 
 
 def ignore_stop_signals(worker_id: int) -> None:
-    """The ``worker_init_fn`` of the library's loaders: the worker leaves SIGTERM and SIGINT to the main process.
-
-    A scheduler signals the whole process group, and a worker dying of it would take the main process down before
-    its stop checkpoint: SIGINT is ignored; SIGTERM (blocked since start, :data:`WORKER_CONTEXT`) ends the worker
-    only when the main process sends it (multiprocessing's ``terminate`` at its exit).
-    """
+    """The loaders' ``worker_init_fn``: the worker leaves SIGTERM and SIGINT to the main process, as a scheduler
+    signals the whole process group and a dying worker would take the main process down before its stop checkpoint.
+    SIGINT is ignored; SIGTERM (blocked since start, :data:`WORKER_CONTEXT`) ends the worker only when the main
+    process sends it (multiprocessing's ``terminate`` at its exit)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     threading.Thread(target=_exit_on_sigterm_from_parent, name="sigterm-from-parent", daemon=True).start()
