@@ -121,7 +121,14 @@ def _load_data(cfg: DataConfig) -> DataBundle:
                 raise DataError(f"Every image of the {split_name} split of data.source '{source}' is unreadable.")
 
     class_names = [(raw.names_by_id or {}).get(class_id, class_id) for class_id in class_ids]
-    return DataBundle(train, eval_, class_ids, class_names, raw.kind, skipped)  # in DataBundle's field order
+    return DataBundle(
+        train=train,
+        eval=eval_,
+        class_ids=class_ids,
+        class_names=class_names,
+        source_kind=raw.kind,
+        skipped_corrupt=skipped,
+    )
 
 
 def _unwritable_cache(error: BaseException, source: str) -> DataError | None:
