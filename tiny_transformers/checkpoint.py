@@ -131,12 +131,14 @@ class TrainerState:
     history: list[dict[str, Any]] = field(default_factory=list)  # one dict of metrics per finished epoch
     loss: RunningLoss = field(default_factory=RunningLoss)  # training loss of the unfinished epoch
     data_sizes: list[int] | None = None  # [train, eval] images of the run's data (None: not recorded yet)
+    # each process's [loss sum, images] of the unfinished epoch, gathered when saved: each trains on its own images
+    loss_by_process: list[list[float]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``trainer_state.json`` (the running loss read from the device first)."""
         self.loss.settle()
         self.loss.mean_grad_norm()  # settles the norms too
-        names = ("epoch", "step_in_epoch", "global_step", "best_top1", "data_sizes")
+        names = ("epoch", "step_in_epoch", "global_step", "best_top1", "data_sizes", "loss_by_process")
         fields = {name: getattr(self, name) for name in names}
         return {**fields, "history": list(self.history), **{key: getattr(self.loss, a) for key, a in _RUNNING.items()}}
 
@@ -334,6 +336,9 @@ def save_checkpoint(
         root.mkdir(parents=True, exist_ok=True)
         for stale in root.glob(".tmp-step_*"):
             shutil.rmtree(stale, ignore_errors=True)
+    state.loss.settle()
+    mine = torch.tensor([[state.loss.total, state.loss.images]], dtype=torch.float64, device=accelerator.device)
+    state.loss_by_process = accelerator.gather(mine).tolist()
     accelerator.wait_for_everyone()
     try:
         accelerator.save_state(str(temporary))
@@ -372,4 +377,12 @@ def load_checkpoint(accelerator: Accelerator, folder: Path) -> TrainerState:
             f"Checkpoint '{folder}' could not be loaded ({type(error).__name__}: {error}); delete it to fall back "
             "to the previous one, or start afresh in a new train.output_dir."
         ) from error
+    shares, processes = state.loss_by_process, accelerator.num_processes
+    if shares is not None:  # None: an older checkpoint, which holds the main process's share alone
+        if len(shares) != processes:  # another process count: the main process carries the whole sum
+            shares = [[sum(s[0] for s in shares), sum(s[1] for s in shares)]] + [[0.0, 0]] * (processes - 1)
+        state.loss.total, state.loss.images = (
+            shares[accelerator.process_index][0],
+            int(shares[accelerator.process_index][1]),
+        )
     return state
