@@ -343,6 +343,11 @@ def test_two_processes_stopped_by_sigterm_then_killed_resume_on_one_process_cont
     kill(process)
     assert "resuming from step_" in run(data, out, 1, *FULL).stdout  # ...then one
     assert_close(weights(out / "last"), weights(reference / "last"), rel=1e-5)
+    # the epochs' training loss counts both processes' images once, across the stop and the kill
+    losses = [
+        [json.loads(x)["train_loss"] for x in (d / "metrics.jsonl").read_text().splitlines()] for d in (out, reference)
+    ]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
 
 def test_processes_that_cannot_see_the_main_processs_checkpoint_stop_the_run_naming_them(data, reference, tmp_path):
