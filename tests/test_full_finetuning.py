@@ -31,7 +31,7 @@ from tiny_transformers.models import (
 )
 from tiny_transformers.optim import build_optimizer
 from tiny_transformers.paper import PAPER_MODELS
-from tiny_transformers.weights import build_teacher
+from tiny_transformers.weights import TeacherInput, build_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODELS = [("test_vit", 32), ("swin_tiny_patch4_window7_224", 64)]  # timm's smallest ViT; a Swin at 64 px
@@ -210,23 +210,22 @@ def test_the_teacher_sees_the_students_images_normalised_as_it_was_trained(
     """A teacher saved with mean/std 0.5 under a student normalised with ImageNet's: in the run, its logits are the
     plain timm model's on the same images normalised with 0.5 (converted on the device from the student's batch).
     A teacher recorded with a preprocessing the student's batch cannot be converted from is refused."""
-    from tiny_transformers import engine
     from tiny_transformers.config import DistillConfig
-    from tiny_transformers.models import IMAGENET_MEAN, IMAGENET_STD
+    from tiny_transformers.models import IMAGENET_MEAN, IMAGENET_STD, unwrap_logits
     from tiny_transformers.weights import build_trained_model, describe_trained_weights, save_for_timm
 
     recorded = describe_trained_weights(str(teacher_run / "last"))
     half, folder = (0.5,) * 3, tmp_path / "teacher"
     model, ids, names = build_trained_model(recorded), recorded.class_ids, recorded.class_names
     save_for_timm(model, folder, ids, names, 32, half, half, native_size=recorded.native_size)
-    seen, real = [], engine._teacher_logits
+    seen, real = [], TeacherInput.forward
 
-    def teacher_logits(teacher, x):
-        logits = real(teacher, x)
-        seen.append((x.clone(), logits))
-        return logits
+    def teacher_forward(teacher, x):  # what the training loop feeds the teacher, and the logits it gets back
+        output = real(teacher, x)
+        seen.append((x.clone(), unwrap_logits(output).detach()))
+        return output
 
-    monkeypatch.setattr(engine, "_teacher_logits", teacher_logits)
+    monkeypatch.setattr(TeacherInput, "forward", teacher_forward)
     config = _tiny_run(stanford_dir, tmp_path / "student", name="deit_tiny_distilled_patch16_224")
     config.distill = DistillConfig(teacher=str(folder))
     finetune(config)
