@@ -190,7 +190,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def launch(source: Path, out: Path, processes: int, *extra: str) -> list[str]:
     """The vit_l recipe as a tiny linear probe with an EMA: 38 training images in micro-batches of 4 (a ragged
     last one of 2), 11 evaluation images (on 2 processes the last batch is padded with a duplicate)."""
-    layout = ["--multi_gpu"] if processes > 1 else []
+    layout = ["--multi_gpu", "--main_process_port", "0"] if processes > 1 else []  # 0: a free port
     return [
         sys.executable, "-m", "accelerate.commands.launch", *layout, "--num_processes", str(processes),
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "recipes" / "vit_l.py"),
@@ -214,7 +214,6 @@ def probe_data(data_tools, tmp_path_factory):
     return data_tools.make_stanford(tmp_path_factory.mktemp("probe"), n_train=10, n_val=3)
 
 
-@pytest.mark.xdist_group("two_processes")  # two processes bind the launcher's port: one such test at a time
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["no", "bf16"])
 def test_two_processes_cached_and_uncached_give_the_same_scores_and_weights_also_when_killed_and_resumed(
