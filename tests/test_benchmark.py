@@ -23,6 +23,10 @@ def positive(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
+# the tests reading quick_run, on one worker of `pytest -n 2 --dist loadgroup`: each worker would run it once
+QUICK_RUN_GROUP = pytest.mark.xdist_group("benchmark_quick_run")
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     """One `--quick` run of the whole command (data path, loop overhead, test_vit throughput), its JSON and report:
@@ -34,6 +38,7 @@ def quick_run(tmp_path_factory):
     return json.loads(path.read_text()), printed.getvalue()
 
 
+@QUICK_RUN_GROUP
 def test_machine_is_described(quick_run):
     results, report = quick_run
     machine = results["machine"]
@@ -43,6 +48,7 @@ def test_machine_is_described(quick_run):
     assert "command: python -m benchmarks --quick --json" in report
 
 
+@QUICK_RUN_GROUP
 def test_data_path_figures(quick_run):
     results, report = quick_run
     (data,) = results["data_path"]  # --quick: 0 workers only
@@ -58,6 +64,7 @@ def test_data_path_figures(quick_run):
     assert "ready for the model  paper" in report and "loader output only   paper" in report
 
 
+@QUICK_RUN_GROUP
 def test_loop_overhead_figures(quick_run):
     results, report = quick_run
     loop = results["loop_overhead"]
@@ -74,6 +81,7 @@ def test_loop_overhead_figures(quick_run):
     assert "2. loop overhead" in report and "finetune()" in report and "bare PyTorch loop" in report
 
 
+@QUICK_RUN_GROUP
 def test_training_throughput_figures(quick_run):
     results, report = quick_run
     (model,) = results["training"]
@@ -164,6 +172,7 @@ def test_a_boolean_option_refuses_other_values(capsys):
     assert "maybe" in capsys.readouterr().err
 
 
+@QUICK_RUN_GROUP
 def test_the_recipe_projection_is_the_formula_of_the_measured_speeds(quick_run):
     results, report = quick_run
     (model,) = results["training"]
