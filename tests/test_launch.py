@@ -147,9 +147,13 @@ def test_an_fp16_recipe_without_a_gpu_says_its_fix_once(tmp_path):
     assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
-def test_the_demo_writes_under_the_current_directory_and_names_its_extra(tmp_path):
+def test_the_demo_writes_under_the_current_directory_and_names_its_extra(tmp_path, monkeypatch, capsys):
     """README's first run, `python recipes/demo.py` (one epoch here), from another folder than the checkout: its data
-    and its run land in outputs/ there; without scikit-learn (the demo extra) it says so in one sentence."""
+    and its run land in outputs/ there; the same command again (run here as Python runs a file: runpy as __main__,
+    its command line in sys.argv, that folder current) says the run is finished; without scikit-learn (the demo
+    extra) it says so in one sentence."""
+    import runpy
+
     demo = str(ROOT / "recipes" / "demo.py")
     done = subprocess.run(
         [sys.executable, demo, "--train.epochs", "1", "--train.progress", "false"],
@@ -159,9 +163,16 @@ def test_the_demo_writes_under_the_current_directory_and_names_its_extra(tmp_pat
     assert (tmp_path / "outputs" / "demo-data" / "digits-200" / "wnids.txt").is_file()
     assert (tmp_path / "outputs" / "demo" / "finished.json").is_file()
     assert f"outputs in {tmp_path / 'outputs' / 'demo'}" in done.stdout
-    again = subprocess.run(done.args, capture_output=True, text=True, timeout=300, cwd=tmp_path)  # a finished run
-    assert again.returncode == 0 and "resuming" not in again.stdout, again.stderr[-3000:]
-    assert f"the run in {tmp_path / 'outputs' / 'demo'} is already finished (1 epochs" in again.stdout
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", done.args[1:])  # a finished run
+    returncode = 0
+    try:
+        runpy.run_path(demo, run_name="__main__")
+    except SystemExit as exit_:
+        returncode = exit_.code
+    again = capsys.readouterr()
+    assert returncode == 0 and "resuming" not in again.out, again.err[-3000:]
+    assert f"the run in {tmp_path / 'outputs' / 'demo'} is already finished (1 epochs" in again.out
     hidden = f"import runpy, sys; sys.modules['sklearn'] = None; sys.argv = [{demo!r}]; runpy.run_path({demo!r})"
     missing = subprocess.run([sys.executable, "-c", hidden], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert missing.returncode == 1 and missing.stderr.strip() == (
