@@ -14,7 +14,7 @@ import weakref
 import pytest
 import torch
 
-from benchmarks import main, parse_settings, run_benchmark, saved_for_backward_bytes
+from benchmarks import main, parse_settings, saved_for_backward_bytes
 from tiny_transformers.config import ModelConfig
 from tiny_transformers.models import build_model, head_modules
 
@@ -23,19 +23,34 @@ def positive(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
+# the tests reading quick_run, on one worker of `pytest -n 2 --dist loadgroup`: each worker would run it once
+QUICK_RUN_GROUP = pytest.mark.xdist_group("benchmark_quick_run")
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    """One `--quick` run of the whole command (data path, loop overhead, test_vit throughput), its JSON and report:
-    `python -m benchmarks --quick --json PATH` calls main() with these arguments."""
+    """One `--quick` run of the whole command (data path, loop overhead, test_vit throughput, and its speed options
+    without compile), its JSON and report: `python -m benchmarks --quick --json PATH --sections ... --no-compile`
+    calls main() with these arguments; and what the JSON file held after each write (after every measurement)."""
+    import benchmarks.cli
+
     path = tmp_path_factory.mktemp("bench") / "bench.json"
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        main(["--quick", "--json", str(path)])
-    return json.loads(path.read_text()), printed.getvalue()
+    printed, written = io.StringIO(), []
+
+    def write_json(target, results):  # main's writer, then a copy of what the file holds
+        real_write_json(target, results)
+        written.append(json.loads(path.read_text()))
+
+    real_write_json = benchmarks.cli.write_json
+    with contextlib.redirect_stdout(printed), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(benchmarks.cli, "write_json", write_json)
+        main(["--quick", "--json", str(path), "--sections", "data", "loop", "train", "options", "--no-compile"])
+    return json.loads(path.read_text()), printed.getvalue(), written
 
 
+@QUICK_RUN_GROUP
 def test_machine_is_described(quick_run):
-    results, report = quick_run
+    results, report, _ = quick_run
     machine = results["machine"]
     assert machine["cpu"] and positive(machine["cpu_cores"]) and machine["torch"] == torch.__version__
     assert machine["gpu"] is None and results["device"] == "cpu"  # this suite runs on CPUs
@@ -43,8 +58,9 @@ def test_machine_is_described(quick_run):
     assert "command: python -m benchmarks --quick --json" in report
 
 
+@QUICK_RUN_GROUP
 def test_data_path_figures(quick_run):
-    results, report = quick_run
+    results, report, _ = quick_run
     (data,) = results["data_path"]  # --quick: 0 workers only
     assert data["num_workers"] == 0 and data["image_size"] == 384 and data["native_size"] == 64
     for measure in ("ready", "loader_only"):
@@ -58,8 +74,9 @@ def test_data_path_figures(quick_run):
     assert "ready for the model  paper" in report and "loader output only   paper" in report
 
 
+@QUICK_RUN_GROUP
 def test_loop_overhead_figures(quick_run):
-    results, report = quick_run
+    results, report, _ = quick_run
     loop = results["loop_overhead"]
     for key in (
         "finetune_cpu_seconds_per_step",
@@ -74,8 +91,9 @@ def test_loop_overhead_figures(quick_run):
     assert "2. loop overhead" in report and "finetune()" in report and "bare PyTorch loop" in report
 
 
+@QUICK_RUN_GROUP
 def test_training_throughput_figures(quick_run):
-    results, report = quick_run
+    results, report, _ = quick_run
     (model,) = results["training"]
     assert model["model"] == "test_vit" and positive(model["inference"]["images_per_s"])
     for mode in ("head", "full"):
@@ -128,12 +146,13 @@ def test_sections_and_json_are_optional(capsys):
     assert "3. training throughput: test_vit" in capsys.readouterr().out
 
 
-def test_results_are_reported_after_every_measurement():
+@QUICK_RUN_GROUP
+def test_results_are_reported_after_every_measurement(quick_run):
     """A run cut short keeps what it measured: the partial results (what --json writes) grow one measurement
     at a time, inference before head mode, and each speed option as soon as it is measured."""
-    snapshots = []
-    settings = parse_settings(["--quick", "--sections", "train", "options", "--model", "test_vit", "--no-compile"])
-    final = run_benchmark(settings, on_progress=lambda partial: snapshots.append(json.loads(json.dumps(partial))))
+    final, _, written = quick_run
+    assert written[-1] == final  # main writes the whole results once more at the end
+    snapshots = written[:-1]  # the writes after each measurement
     trained = [set(s["training"][0]) & {"inference", "head", "full"} for s in snapshots if "training" in s]
     assert trained[:3] == [{"inference"}, {"inference", "head"}, {"inference", "head", "full"}]
     options = [[o["option"] for o in s["options"]] for s in snapshots if "options" in s]
@@ -164,8 +183,9 @@ def test_a_boolean_option_refuses_other_values(capsys):
     assert "maybe" in capsys.readouterr().err
 
 
+@QUICK_RUN_GROUP
 def test_the_recipe_projection_is_the_formula_of_the_measured_speeds(quick_run):
-    results, report = quick_run
+    results, report, _ = quick_run
     (model,) = results["training"]
     expected = 30 * (100_000 / model["head"]["images_per_s"] + 10_000 / model["inference"]["images_per_s"]) / 60
     assert model["projected_recipe_minutes"] == pytest.approx(expected)

@@ -365,11 +365,17 @@ def test_the_distillation_recipe_refuses_to_start_without_a_teacher():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", list(RECIPES))
-def test_full_recipe_runs_one_optimizer_step_on_a_tiny_stand_in(path, stanford_dir, teacher_run, tmp_path):
+def test_full_recipe_runs_one_optimizer_step_on_a_tiny_stand_in(
+    path, stanford_dir, teacher_run, tmp_path, monkeypatch, capsys
+):
+    """`python recipes/<path> ...` as Python runs a file (runpy, as __main__, with that command line in sys.argv), in
+    this process whose imports are paid; test_full_recipe_prints_its_values runs each file in a process of its own.
+    It exits with no error and trains one optimizer step, writing last/."""
+    import runpy
+
     distilled = RECIPES[path] == "deit_b_distilled"
     out = tmp_path / "out"
-    done = _recipe(
-        path,
+    args = [
         "--model.name", "deit_tiny_distilled_patch16_224" if distilled else "test_vit",
         "--model.pretrained", "false",
         *(("--distill.teacher", str(teacher_run / "best")) if path == "deit_b_from_swin.py" else ()),
@@ -378,9 +384,15 @@ def test_full_recipe_runs_one_optimizer_step_on_a_tiny_stand_in(path, stanford_d
         "--train.epochs", "1", "--train.batch_size", "8", "--train.micro_batch_size", "4",
         "--train.mixed_precision", "no", "--train.progress", "false", "--train.output_dir", str(out),
         "--optim.warmup_epochs", "0.5",  # the recipes warm up for 5 of 30 epochs; one epoch needs a shorter warmup
-        timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    ]  # fmt: skip
+    recipe = str(ROOT / "recipes" / path)
+    monkeypatch.setattr(sys, "argv", [recipe, *args])
+    returncode = 0
+    try:
+        runpy.run_path(recipe, run_name="__main__")
+    except SystemExit as exit_:  # what ends the process with a status: a refusal or a stop
+        returncode = exit_.code
+    assert returncode == 0, capsys.readouterr().err[-3000:]
     assert (out / "last" / "model.safetensors").is_file()
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["step"] == 1  # 8 images, batch 8: one optimizer step
