@@ -128,8 +128,8 @@ def bf16_process() -> Iterator[None]:
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """`--dist loadgroup` keeps an `xdist_group` on one worker by the "@group" suffix xdist 3.8 gives a test's id
-    through ``item._nodeid``, which pytest 9 no longer reads (its id is ``item._id``): without this each marked test
-    went to either worker, two `two_processes` tests at once. No effect once xdist sets the suffix itself."""
+    through ``item._nodeid``, which pytest 9.2 no longer reads (its id is ``item._id``; pytest-xdist#1386): without
+    this each marked test went to either worker. No effect once xdist sets the suffix itself."""
     if not getattr(config.option, "loadgroup", False):  # set on xdist's workers under --dist loadgroup
         return
     from _pytest.nodeid import coerce_node_id

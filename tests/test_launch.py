@@ -63,8 +63,8 @@ def launch(
         "--dynamo_backend",
         "no",
     ]
-    if processes > 1:
-        layout = ["--multi_gpu", *layout]
+    if processes > 1:  # port 0: accelerate picks a free one, so two such launches can run at once
+        layout = ["--multi_gpu", "--main_process_port", "0", *layout]
     if threads:
         layout += ["--num_cpu_threads_per_process", str(threads)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -128,7 +128,6 @@ def test_bad_input_is_one_sentence_not_a_traceback(tmp_path):
     assert "CalledProcessError" in launched.stderr  # accelerate's, printed after the child's sentence unless -q
 
 
-@pytest.mark.xdist_group("two_processes")  # two processes bind the launcher's port: one such test at a time
 @pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 runs where there is a GPU")
 def test_an_fp16_recipe_without_a_gpu_says_its_fix_once(tmp_path):
     """The user's command on a CPU: the sentence once (the first process of a launch says it), naming the override;

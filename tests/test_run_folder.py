@@ -535,14 +535,13 @@ def test_evaluate_output_refuses_a_file_it_did_not_write_and_replaces_its_own(fi
     assert len(table.read_text().splitlines()) == 1 + 4  # a row per class
 
 
-@pytest.mark.xdist_group("two_processes")  # two processes bind the launcher's port: one such test at a time
 @pytest.mark.slow
 def test_evaluate_under_a_two_process_launch_prints_and_writes_once(finished, stanford_dir, tmp_path):
     import subprocess
 
     table = tmp_path / "classes.csv"
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--main_process_port", "0",
+              "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
               "-m", "tiny_transformers.cli"]  # fmt: skip
     done = subprocess.run(
         [*launch, *evaluate_args(finished, stanford_dir, table)], capture_output=True, text=True, timeout=300,

@@ -259,7 +259,6 @@ def start_slurm_job(tmp_path: Path, source: Path) -> tuple[subprocess.Popen, Pat
     return job, out, tmp_path / "requeued"
 
 
-@pytest.mark.xdist_group("two_processes")  # two processes bind the launcher's port: one such test at a time
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", ["USR1 to the batch shell (the time limit)", "SIGTERM to every process (preemption)"])
 def test_the_slurm_script_of_docs_scaling_stops_its_two_process_launch_with_one_checkpoint(longer_data, tmp_path, stop):
