@@ -23,8 +23,8 @@ def positive(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
-# the tests reading quick_run, on one worker of `pytest -n 2 --dist loadgroup`: each worker would run it once
-QUICK_RUN_GROUP = pytest.mark.xdist_group("benchmark_quick_run")
+# a whole benchmark run (seconds of model work in this process): the whole suite's, not the fast tier's
+BENCHMARK_RUN = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def quick_run(tmp_path_factory):
     return json.loads(path.read_text()), printed.getvalue(), written
 
 
-@QUICK_RUN_GROUP
+@BENCHMARK_RUN
 def test_machine_is_described(quick_run):
     results, report, _ = quick_run
     machine = results["machine"]
@@ -58,7 +58,7 @@ def test_machine_is_described(quick_run):
     assert "command: python -m benchmarks --quick --json" in report
 
 
-@QUICK_RUN_GROUP
+@BENCHMARK_RUN
 def test_data_path_figures(quick_run):
     results, report, _ = quick_run
     (data,) = results["data_path"]  # --quick: 0 workers only
@@ -74,7 +74,7 @@ def test_data_path_figures(quick_run):
     assert "ready for the model  paper" in report and "loader output only   paper" in report
 
 
-@QUICK_RUN_GROUP
+@BENCHMARK_RUN
 def test_loop_overhead_figures(quick_run):
     results, report, _ = quick_run
     loop = results["loop_overhead"]
@@ -91,7 +91,7 @@ def test_loop_overhead_figures(quick_run):
     assert "2. loop overhead" in report and "finetune()" in report and "bare PyTorch loop" in report
 
 
-@QUICK_RUN_GROUP
+@BENCHMARK_RUN
 def test_training_throughput_figures(quick_run):
     results, report, _ = quick_run
     (model,) = results["training"]
@@ -146,7 +146,7 @@ def test_sections_and_json_are_optional(capsys):
     assert "3. training throughput: test_vit" in capsys.readouterr().out
 
 
-@QUICK_RUN_GROUP
+@BENCHMARK_RUN
 def test_results_are_reported_after_every_measurement(quick_run):
     """A run cut short keeps what it measured: the partial results (what --json writes) grow one measurement
     at a time, inference before head mode, and each speed option as soon as it is measured."""
@@ -183,7 +183,7 @@ def test_a_boolean_option_refuses_other_values(capsys):
     assert "maybe" in capsys.readouterr().err
 
 
-@QUICK_RUN_GROUP
+@BENCHMARK_RUN
 def test_the_recipe_projection_is_the_formula_of_the_measured_speeds(quick_run):
     results, report, _ = quick_run
     (model,) = results["training"]
@@ -195,6 +195,7 @@ def test_the_recipe_projection_is_the_formula_of_the_measured_speeds(quick_run):
     )
 
 
+@BENCHMARK_RUN
 def test_head_mode_options_are_measured_per_model(capsys, bf16_process):
     """The head_options section of benchmarks/gpu.sh, in its CPU smoke form (compile left out: it is timed on the
     GPU; tests/test_backbone.py covers its correctness): each option against its default, per model, in the JSON
@@ -224,6 +225,7 @@ def test_head_mode_options_are_measured_per_model(capsys, bf16_process):
     ) in report
 
 
+@BENCHMARK_RUN
 def test_fp8_is_measured_against_bf16_with_its_agreement_where_the_machine_runs_it(
     capsys, fp8_on_this_cpu, bf16_process
 ):
@@ -255,6 +257,7 @@ def test_versus_timm_skips_without_timms_train_py(tmp_path, capsys):
     assert versus_timm([]) is None and "pass --timm-train PATH" in capsys.readouterr().out
 
 
+@BENCHMARK_RUN
 def test_the_recipes_are_measured_as_their_configs_run_them_and_projected(tmp_path, capsys, monkeypatch, bf16_process):
     """`--sections recipes` (benchmarks/gpu.sh's projection of the paper's table) on the real recipe files, made tiny
     by overrides: each recipe's training step runs at its micro-batch with its preprocessing and its evaluation in
