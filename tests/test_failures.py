@@ -244,12 +244,17 @@ def test_an_image_size_the_model_cannot_see_whole_is_refused_before_the_data_loa
     assert not (tmp_path / "out").exists()
 
 
+# the tests reading finished, on one worker of `pytest -n 2 --dist loadgroup`: each worker would train it once
+FINISHED_GROUP = pytest.mark.xdist_group("failures_finished")
+
+
 @pytest.fixture(scope="module")
 def finished(stanford_dir, tmp_path_factory):
     """A one-epoch run that the command-line cases below read (they never change it)."""
     return finetune(tiny_config(stanford_dir, tmp_path_factory.mktemp("finished") / "out", epochs=1))
 
 
+@FINISHED_GROUP
 def test_the_librarys_own_weights_at_another_image_size_name_the_size_they_need(finished, stanford_dir, tmp_path):
     from tiny_transformers.errors import ModelError
 
@@ -262,6 +267,7 @@ def test_the_librarys_own_weights_at_another_image_size_name_the_size_they_need(
         finetune(config)
 
 
+@FINISHED_GROUP
 @pytest.mark.parametrize(("option", "value"), [("--top_k", "0"), ("--top_k", "-2"), ("--batch_size", "0")])
 def test_predict_with_a_count_below_one_is_one_sentence(finished, stanford_dir, capsys, option, value):
     from tiny_transformers.cli import main
@@ -275,6 +281,7 @@ def test_predict_with_a_count_below_one_is_one_sentence(finished, stanford_dir, 
     )
 
 
+@FINISHED_GROUP
 def test_evaluate_to_an_unwritable_output_prints_the_scores_then_the_error(finished, stanford_dir, capsys):
     from tiny_transformers.cli import main
 
@@ -287,6 +294,7 @@ def test_evaluate_to_an_unwritable_output_prints_the_scores_then_the_error(finis
     assert "error: --output '/proc/no/classes.csv' cannot be written" in printed.err
 
 
+@FINISHED_GROUP
 def test_export_to_a_folder_that_cannot_be_written_is_one_sentence(finished, capsys):
     from tiny_transformers.cli import main
 
@@ -296,6 +304,7 @@ def test_export_to_a_folder_that_cannot_be_written_is_one_sentence(finished, cap
     assert "error: Cannot write the export to '/proc/tiny-transformers-export'" in capsys.readouterr().err
 
 
+@FINISHED_GROUP
 def test_weights_with_nan_are_never_exported(finished, tmp_path):
     from safetensors.torch import load_file, save_file
 
