@@ -25,6 +25,8 @@ def positive(value) -> bool:
 
 # a whole benchmark run (seconds of model work in this process): the whole suite's, not the fast tier's
 BENCHMARK_RUN = pytest.mark.slow
+# the tests reading quick_run, on one worker of `pytest -n 2 --dist loadgroup`: each worker would run it once
+QUICK_RUN_GROUP = pytest.mark.xdist_group("benchmark_quick_run")
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +50,7 @@ def quick_run(tmp_path_factory):
     return json.loads(path.read_text()), printed.getvalue(), written
 
 
+@QUICK_RUN_GROUP
 @BENCHMARK_RUN
 def test_machine_is_described(quick_run):
     results, report, _ = quick_run
@@ -58,6 +61,7 @@ def test_machine_is_described(quick_run):
     assert "command: python -m benchmarks --quick --json" in report
 
 
+@QUICK_RUN_GROUP
 @BENCHMARK_RUN
 def test_data_path_figures(quick_run):
     results, report, _ = quick_run
@@ -74,6 +78,7 @@ def test_data_path_figures(quick_run):
     assert "ready for the model  paper" in report and "loader output only   paper" in report
 
 
+@QUICK_RUN_GROUP
 @BENCHMARK_RUN
 def test_loop_overhead_figures(quick_run):
     results, report, _ = quick_run
@@ -91,6 +96,7 @@ def test_loop_overhead_figures(quick_run):
     assert "2. loop overhead" in report and "finetune()" in report and "bare PyTorch loop" in report
 
 
+@QUICK_RUN_GROUP
 @BENCHMARK_RUN
 def test_training_throughput_figures(quick_run):
     results, report, _ = quick_run
@@ -146,6 +152,7 @@ def test_sections_and_json_are_optional(capsys):
     assert "3. training throughput: test_vit" in capsys.readouterr().out
 
 
+@QUICK_RUN_GROUP
 @BENCHMARK_RUN
 def test_results_are_reported_after_every_measurement(quick_run):
     """A run cut short keeps what it measured: the partial results (what --json writes) grow one measurement
@@ -183,6 +190,7 @@ def test_a_boolean_option_refuses_other_values(capsys):
     assert "maybe" in capsys.readouterr().err
 
 
+@QUICK_RUN_GROUP
 @BENCHMARK_RUN
 def test_the_recipe_projection_is_the_formula_of_the_measured_speeds(quick_run):
     results, report, _ = quick_run
