@@ -452,6 +452,28 @@ def test_a_held_lock_is_refused_at_once_naming_the_holder_and_left_as_it_was(tmp
     assert not folder.root.exists()  # created by the lock, released empty: no trace
 
 
+def test_a_lock_just_taken_is_refused_naming_the_holder_once_it_has_written_its_entry(tmp_path):
+    """The holder takes the flock, then writes its entry: a run refused in between names it all the same (it waits up
+    to a second for the entry, instead of saying "pid ?")."""
+    import socket
+    import threading
+
+    from filelock import FileLock
+
+    from tiny_transformers.rundir import RunFolderBusy, RunLock
+
+    folder = RunDir(tmp_path / "out")
+    folder.root.mkdir()
+    entry = {"host": socket.gethostname(), "pid": os.getppid(), "started": "2026-12-05 10:00:00"}
+    with FileLock(folder.root / ".lock", timeout=0):  # held, its entry not written yet
+        later = threading.Timer(0.2, lambda: (folder.root / ".lock").write_text(json.dumps(entry)))
+        later.start()
+        with pytest.raises(RunFolderBusy, match=rf"pid {entry['pid']}, started 2026-12-05 10:00:00\)"):
+            with RunLock(folder):
+                pass
+        later.join()
+
+
 # --------------------------------------------------------------------------------------------------
 # export --to: only over its own folder, and the previous export kept until the new one is complete
 # --------------------------------------------------------------------------------------------------

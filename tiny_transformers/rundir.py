@@ -360,7 +360,7 @@ class RunLock:
         try:
             self.lock.acquire()
         except Timeout:
-            self._refuse(self._holder() or {})
+            self._refuse(self._written_holder())
         left = self._holder() if existed else {}  # what a previous holder left: None when empty or unreadable
         said = "whose contents are unreadable (a run killed while it took the folder)" if left is None else ""
         if left and left.get("host") == self.mine["host"]:  # we hold the flock: its own pid is an earlier process
@@ -393,6 +393,13 @@ class RunLock:
             f"pid {holder.get('pid', '?')}, started {holder.get('started', '?')}); wait for it to finish or "
             f"choose another train.output_dir (delete {self.path} only if that run is gone)."
         )
+
+    def _written_holder(self) -> dict[str, Any]:
+        """The holder's entry, waited for up to a second: a run that has just taken the lock writes it just after."""
+        deadline = time.monotonic() + 1.0
+        while not (holder := self._holder()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return holder or {}
 
     def _holder(self) -> dict[str, Any] | None:
         """The holder the lock file names; None when it is empty or unreadable."""
