@@ -283,8 +283,7 @@ def checkpoint_from_hub(config: FinetuneConfig, output_dir: Path) -> Path:
     Only the launch's main process downloads; the others return a placeholder that nothing reads before the process
     group exists (``train._resume`` then loads the main process's folder on every process).
     """
-    resume = config.train.resume
-    repo_id = config.hub.model_id if resume == "hub" else hub_io.hub_repo(resume)
+    repo_id = hub_io.resume_repo(config.train.resume, config.hub.model_id)
     root = RunDir(output_dir).checkpoints
     if not is_main_launch_process():
         return root / "from-hub"
@@ -381,8 +380,6 @@ def load_checkpoint(accelerator: Accelerator, folder: Path) -> TrainerState:
     if shares is not None:  # None: an older checkpoint, which holds the main process's share alone
         if len(shares) != processes:  # another process count: the main process carries the whole sum
             shares = [[sum(s[0] for s in shares), sum(s[1] for s in shares)]] + [[0.0, 0]] * (processes - 1)
-        state.loss.total, state.loss.images = (
-            shares[accelerator.process_index][0],
-            int(shares[accelerator.process_index][1]),
-        )
+        total, images = shares[accelerator.process_index]
+        state.loss.total, state.loss.images = total, int(images)
     return state

@@ -31,6 +31,16 @@ def hub_repo(location: str | Path) -> str | None:
     return text[len(HUB_PREFIX) :] if text.startswith(HUB_PREFIX) else None
 
 
+def resume_repo(resume: str, model_id: str | None) -> str | None:
+    """The Hub repo ``train.resume`` names (``hf-hub:owner/name``, or ``hub`` for ``model_id``: ``hub.model_id``), or
+    None for a local checkpoint, ``auto`` or ``never``.
+
+    >>> resume_repo("hf-hub:me/run", None), resume_repo("hub", "me/other"), resume_repo("auto", "me/other")
+    ('me/run', 'me/other', None)
+    """
+    return model_id if resume == "hub" else hub_repo(resume)
+
+
 def is_repo_id(text: str) -> bool:
     """Whether ``text`` is an ``owner/name`` model id as huggingface_hub's ``validate_repo_id`` accepts it.
 

@@ -22,7 +22,7 @@ from .config import (
     TrainConfig,
 )
 from .errors import ConfigError
-from .hub import hub_repo, is_repo_id
+from .hub import hub_repo, is_repo_id, resume_repo
 
 
 def world_size_from_env() -> int:
@@ -308,7 +308,7 @@ def _validate_across_sections(config: FinetuneConfig, cuda_available: bool | Non
         )
     if o.fused or t.compile:
         _check_speed_options(o, t, cuda_available)
-    rid = (config.hub.model_id or "") if t.resume == "hub" else hub_repo(t.resume)
+    rid = resume_repo(t.resume, config.hub.model_id or "")  # "": hub with no hub.model_id, which names no repo
     if t.resume not in ("auto", "never") and not (is_repo_id(rid) if rid else Path(t.resume).expanduser().exists()):
         raise ConfigError(
             f"train.resume '{t.resume}' {'does not exist' if rid is None else 'names no Hub repo'}; give a checkpoint "
