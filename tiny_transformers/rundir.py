@@ -39,6 +39,7 @@ TRACKERS_FILE = "trackers.json"  # the W&B run id a resumed run continues
 PER_CLASS_FILE = "per_class_accuracy.csv"  # written by `evaluate` into the working directory unless --output
 LOCK_FILE = ".lock"  # {"host", "pid", "started"} of the run that holds the folder
 MARKER_FILE = ".tiny_transformers_run"  # written when a run starts: this folder is a run folder
+WRITE_PROBE = ".write-test-"  # + pid: the main process's writability check, which the other processes' claim() may see
 EXPORT_MARKER = ".tiny_transformers_export"  # in a folder `export` wrote (never uploaded): it may replace it
 FINISHED_FILE = "finished.json"  # {"epochs": N}: written last, after last/, the report and metrics.jsonl
 PUSH_STAGING_DIR = ".hub-push"  # snapshots and upload folders of Hub pushes (push_staging.py)
@@ -430,7 +431,7 @@ def _make_folder(root: Path) -> None:
         raise ConfigError(f"train.output_dir '{root}' is a file, not a folder; choose a folder for the run's outputs.")
     try:
         root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".write-test-{os.getpid()}"
+        probe = root / f"{WRITE_PROBE}{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as error:
@@ -444,7 +445,9 @@ def claim(folder: RunDir, config: FinetuneConfig, resuming: bool) -> None:
     """Refuse a folder this run must not write into: one no run made (no marker of :meth:`RunDir.write_start`, no
     checkpoint), or a fresh start over another run's results (they would mix with the new run's)."""
     root = folder.root
-    present = sorted(p.name for p in root.iterdir() if p.name not in (LOCK_FILE,)) if root.is_dir() else []
+    # the lock and a write probe may be the main process's, made while the other processes of its launch get here
+    names = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+    present = [name for name in names if name != LOCK_FILE and not name.startswith(WRITE_PROBE)]
     ours = (root / MARKER_FILE).is_file() or any(folder.checkpoints.glob("step_*/trainer_state.json"))
     if present and not ours:
         raise ConfigError(
