@@ -475,16 +475,24 @@ def test_a_lock_just_taken_is_refused_naming_the_holder_once_it_has_written_its_
         later.join()
 
 
-@pytest.mark.parametrize("left", [[".lock"], [".lock", ".write-test-4242"]])
+@pytest.mark.parametrize(
+    "left", [[".lock"], [".lock", ".write-test-4242"], [".lock", "checkpoints/"], [".lock", "checkpoints/.tmp-hub/x"]]
+)
 def test_a_folder_holding_only_what_the_main_process_makes_first_is_claimed(stanford_dir, tmp_path, left):
-    """In a launch every process claims the folder while the main one takes it (the lock, then a writability probe):
-    those files are no foreign run's. A two-process run saw the probe and refused its own folder."""
+    """In a launch every process claims the folder while the main one takes it (the lock, a writability probe) and
+    downloads a Hub checkpoint to resume: those files are no foreign run's. A two-process run saw the probe and
+    refused its own folder."""
     from tiny_transformers.rundir import claim
 
     folder = RunDir(tmp_path / "out")
     folder.root.mkdir()
     for name in left:
-        (folder.root / name).write_text("")
+        path = folder.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if name.endswith("/"):
+            path.mkdir()
+        else:
+            path.write_text("")
     claim(folder, tiny_config(stanford_dir, folder.root), resuming=False)  # no ConfigError
     (folder.root / "notes.txt").write_text("a user's")
     with pytest.raises(ConfigError, match=r"holds files that no tiny_transformers run wrote \(notes.txt\); train "):

@@ -21,7 +21,7 @@ from accelerate import Accelerator
 from . import hub as hub_io
 from .config import FinetuneConfig, describe_differences, trajectory_differences
 from .errors import CheckpointError
-from .rundir import RunDir, epoch_score, is_main_launch_process
+from .rundir import HUB_STAGING, RunDir, epoch_score, is_main_launch_process
 from .runfiles import RunFileError, read_json, write_atomic, write_errno
 
 STATE_FILE = "trainer_state.json"
@@ -287,7 +287,7 @@ def checkpoint_from_hub(config: FinetuneConfig, output_dir: Path) -> Path:
     root = RunDir(output_dir).checkpoints
     if not is_main_launch_process():
         return root / "from-hub"
-    staging = root / ".tmp-hub"
+    staging = root / HUB_STAGING
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:

@@ -39,7 +39,8 @@ TRACKERS_FILE = "trackers.json"  # the W&B run id a resumed run continues
 PER_CLASS_FILE = "per_class_accuracy.csv"  # written by `evaluate` into the working directory unless --output
 LOCK_FILE = ".lock"  # {"host", "pid", "started"} of the run that holds the folder
 MARKER_FILE = ".tiny_transformers_run"  # written when a run starts: this folder is a run folder
-WRITE_PROBE = ".write-test-"  # + pid: the main process's writability check, which the other processes' claim() may see
+HUB_STAGING = ".tmp-hub"  # in checkpoints/: a Hub checkpoint being downloaded (checkpoint.checkpoint_from_hub)
+WRITE_PROBE = ".write-test-"  # + pid: the main process checks that it can write the run folder (_make_folder)
 EXPORT_MARKER = ".tiny_transformers_export"  # in a folder `export` wrote (never uploaded): it may replace it
 FINISHED_FILE = "finished.json"  # {"epochs": N}: written last, after last/, the report and metrics.jsonl
 PUSH_STAGING_DIR = ".hub-push"  # snapshots and upload folders of Hub pushes (push_staging.py)
@@ -441,13 +442,20 @@ def _make_folder(root: Path) -> None:
         ) from error
 
 
+def _made_first(path: Path) -> bool:
+    """Whether ``path`` in a run folder is what the launch's main process makes while the others claim it: the lock, its
+    write probe, a Hub checkpoint's download (``checkpoints/`` holding only that, until it is renamed into a
+    ``step_`` folder, which marks the run as ours)."""
+    if path.name == LOCK_FILE or path.name.startswith(WRITE_PROBE):
+        return True
+    return path.name == CHECKPOINTS_DIR and path.is_dir() and {p.name for p in path.iterdir()} <= {HUB_STAGING}
+
+
 def claim(folder: RunDir, config: FinetuneConfig, resuming: bool) -> None:
     """Refuse a folder this run must not write into: one no run made (no marker of :meth:`RunDir.write_start`, no
     checkpoint), or a fresh start over another run's results (they would mix with the new run's)."""
     root = folder.root
-    # the lock and a write probe may be the main process's, made while the other processes of its launch get here
-    names = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
-    present = [name for name in names if name != LOCK_FILE and not name.startswith(WRITE_PROBE)]
+    present = sorted(p.name for p in root.iterdir() if not _made_first(p)) if root.is_dir() else []
     ours = (root / MARKER_FILE).is_file() or any(folder.checkpoints.glob("step_*/trainer_state.json"))
     if present and not ours:
         raise ConfigError(
