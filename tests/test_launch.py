@@ -105,7 +105,7 @@ def test_recipe_trains_one_short_epoch_under_accelerate_launch_and_warns_of_one_
 def test_bad_input_is_one_sentence_not_a_traceback(tmp_path):
     """A missing data.source: one sentence from `python recipes/swin_l.py`; under `accelerate launch` (no -q) the same
     sentence once, then the launcher's own CalledProcessError traceback (what -q drops: the fp16 test below), and no
-    traceback from this library."""
+    traceback from this library; on two processes, the sentence once too."""
     args = [
         str(ROOT / "recipes" / "swin_l.py"),
         "--data.source",
@@ -126,6 +126,10 @@ def test_bad_input_is_one_sentence_not_a_traceback(tmp_path):
     assert f'File "{ROOT / "tiny_transformers"}' not in launched.stderr
     assert launched.stderr.splitlines().count(lines[0]) == 1, launched.stderr[-3000:]
     assert "CalledProcessError" in launched.stderr  # accelerate's, printed after the child's sentence unless -q
+    # two processes find the same missing folder before their process group exists: one of them says it
+    two = launch(["-q", *args], processes=2)
+    assert two.returncode != 0 and two.stderr.splitlines().count(lines[0]) == 1, two.stderr[-3000:]
+    assert f'File "{ROOT / "tiny_transformers"}' not in two.stderr and not (tmp_path / "out").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 runs where there is a GPU")

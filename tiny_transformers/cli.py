@@ -158,7 +158,7 @@ def _quiet_exits() -> Iterator[None]:
         sys.exit(141)
     except TinyTransformersError as error:  # every command's problems
         status = getattr(error, "exit_status", 2)
-        if not error.every_process or is_main_launch_process():  # else the launch's first process prints it
+        if not error.every_process or int(os.environ.get("LOCAL_RANK", "0")) == 0:  # one process per host says it
             print(f"{'stopped' if status != 2 else 'error'}: {clean_message(error)}", file=sys.stderr)
         sys.exit(status)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class TinyTransformersError(Exception):
     """Base class for problems with the user's input; the command line prints only its one sentence.
@@ -14,13 +17,28 @@ class TinyTransformersError(Exception):
     "Cannot read image 'x.JPEG'."
     """
 
-    every_process = False  # True: every process of a launch raised it (a config check); the first one prints it
+    every_process = False  # True: every process of a launch raised it (raised_on_every_process); one per host says it
 
     def __init__(self, *args: object) -> None:
         self.worker_traceback: str | None = None
         if args and isinstance(args[0], str) and "Original Traceback" in args[0]:
             self.worker_traceback, args = args[0], (clean_message(args[0]), *args[1:])
         super().__init__(*args)
+
+
+@contextmanager
+def raised_on_every_process() -> Iterator[None]:
+    """Mark what is raised inside as raised by every process of a launch: the same checks of the same config and files,
+    made before the process group exists; each host's first process says it, the others exit quietly.
+
+    >>> with raised_on_every_process():  # doctest: +SKIP
+    ...     validate(config)
+    """
+    try:
+        yield
+    except TinyTransformersError as error:
+        error.every_process = True
+        raise
 
 
 class ConfigError(TinyTransformersError, ValueError):

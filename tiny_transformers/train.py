@@ -43,7 +43,7 @@ from .engine import (
     evaluate,
     train_steps,
 )
-from .errors import CheckpointError, ConfigError, TrainingDiverged, TrainingInterrupted
+from .errors import CheckpointError, TrainingDiverged, TrainingInterrupted, raised_on_every_process
 from .features import FeatureCache
 from .lora import check_targets, is_lora, plain_model, save_adapter
 from .models import build_model, check_image_size, check_teacher, count_parameters, normalization
@@ -95,12 +95,9 @@ def finetune(config: FinetuneConfig, command: str | None = None) -> FinetuneResu
     >>> result.top1  # doctest: +SKIP
     91.2
     """
-    try:
+    with raised_on_every_process():
         validate(config)  # every check that needs no data, before any process group starts
-    except ConfigError as error:
-        error.every_process = True  # the config alone fails it, so each process of a launch does: one says it
-        raise
-    check_process_precision(config.train.mixed_precision)
+        check_process_precision(config.train.mixed_precision)
     folder = RunDir(Path(config.train.output_dir).expanduser().resolve())
     pushes = BackgroundPublisher(folder.root, config.hub)  # Hub uploads off the training path; waited for on any exit
     with RunLock(folder, enabled=is_main_launch_process()), StopSignals() as stop, pushes:  # released on any exit
@@ -329,19 +326,22 @@ def _result(history: list[dict[str, Any]], output_dir: Path, best_top1: float) -
 def build_run(config: FinetuneConfig, folder: RunDir) -> Run:
     """Data, plan, model, optimizer, schedule and accelerator of ``config``, resumed from its checkpoint if any; the
     start written and printed (:func:`_announce`). Call after :func:`~tiny_transformers.validation.validate`."""
-    resume_from = find_resume_checkpoint(config, folder.root)
-    claim(folder, config, resuming=resume_from is not None)
-    data = _load_data(config, folder, resume_from)
-    plan = Plan.build(config, world_size_from_env(), len(data.train))
+    # before the process group exists every process checks the same config and files (the main process alone downloads
+    # a Hub checkpoint, and says what fails in it)
+    with raised_on_every_process():
+        resume_from = find_resume_checkpoint(config, folder.root)
+        claim(folder, config, resuming=resume_from is not None)
+        data = _load_data(config, folder, resume_from)
+        plan = Plan.build(config, world_size_from_env(), len(data.train))
 
-    set_seed(config.train.seed)  # the new head's initialisation, identical on every process
-    model = build_model(config.model, data.num_classes, config.data.image_size, teacher=config.distill.teacher)
-    if config.model.head_from and resume_from is None:  # probe, then fine-tune (a resumed run's head is checkpointed)
-        load_probe_head(model, config.model.head_from, config.model.name, data.class_ids, config.data)
-    speed_up_backbone(model, config)  # model.backbone_dtype bf16/fp8's cast and train.compile (full: the whole model)
-    mean, std = normalization(model, config.data.normalization)
-    features, cache_line = FeatureCache.for_run(config, model, len(data.train), plan.micro_batch_size)
-    optimizer = build_optimizer(config.optim, model)
+        set_seed(config.train.seed)  # the new head's initialisation, identical on every process
+        model = build_model(config.model, data.num_classes, config.data.image_size, teacher=config.distill.teacher)
+        if config.model.head_from and resume_from is None:  # probe, then fine-tune (a resumed run's head is saved)
+            load_probe_head(model, config.model.head_from, config.model.name, data.class_ids, config.data)
+        speed_up_backbone(model, config)  # model.backbone_dtype bf16/fp8's cast and train.compile (full: all of it)
+        mean, std = normalization(model, config.data.normalization)
+        features, cache_line = FeatureCache.for_run(config, model, len(data.train), plan.micro_batch_size)
+        optimizer = build_optimizer(config.optim, model)
     scheduler = build_schedule(optimizer, config.optim, plan)
     ema = ModelEmaV3(model, config.train.ema_decay, use_warmup=config.train.ema_warmup, stochastic_rounding=False)
     ema = ema if config.train.ema_decay else None
