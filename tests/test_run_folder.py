@@ -177,6 +177,7 @@ def test_a_resume_over_damaged_small_files_names_the_one_it_needs_or_writes_them
     with pytest.raises(RunFileError) as damaged:
         finetune(_same_config(finished, run))
     assert str(damaged.value).startswith(f"'{run / 'labels.json'}' is truncated or not valid JSON (")
+    assert damaged.value.every_process  # every process of a launch reads it: one per machine says it
     assert str(damaged.value).endswith(
         "restore it from a copy, or delete it and run the training command again (it resumes from the newest "
         "checkpoint and writes labels.json anew)."
@@ -188,6 +189,16 @@ def test_a_resume_over_damaged_small_files_names_the_one_it_needs_or_writes_them
     assert RunDir(run).read_config() == _same_config(finished, run)  # written anew at the start
     assert [r["top1"] for r in RunDir(run).read_metrics()] == [r["top1"] for r in finished.history]
     assert json.loads((run / "finished.json").read_text()) == {"epochs": 2}
+
+
+def test_a_damaged_finished_marker_is_named_once_per_machine(finished, tmp_path):
+    """finished.json says whether there is anything to train; damaged, it is named with its fix, and every process of a
+    launch finds it, so the first process of each machine says it (errors.raised_on_every_process)."""
+    run = copy_run(finished, tmp_path)
+    (run / "finished.json").write_text('{"epo')
+    with pytest.raises(RunFileError, match=rf"^'{run / 'finished.json'}' is truncated or not valid JSON") as damaged:
+        finetune(_same_config(finished, run))
+    assert damaged.value.every_process
 
 
 @pytest.mark.parametrize("value", [{"epoch": "2"}, {"history": {"epoch": 1}}, {"best_top1": [1]}, []])

@@ -288,9 +288,10 @@ def _finished_result(folder: RunDir, config: FinetuneConfig) -> FinetuneResult |
     """The recorded result, said aloud, when ``folder`` holds this config's run finished (``finished.json``, the same
     trajectory, as many epochs) and ``train.resume`` is auto; None when there is something to train."""
     epochs = config.train.epochs
-    if config.train.resume != "auto" or folder.finished_epochs() != epochs or folder.trajectory_changes(config):
-        return None
-    history = folder.read_metrics()
+    with raised_on_every_process():  # a damaged finished.json or metrics.jsonl: every process reads it
+        if config.train.resume != "auto" or folder.finished_epochs() != epochs or folder.trajectory_changes(config):
+            return None
+        history = folder.read_metrics()
     result = _result(history, folder.root, epoch_score(best_record(history)))
     if is_main_launch_process():
         results = [p.name for p in (folder.weights("best"), folder.weights("last"), folder.file(RESULTS_FILE))]
