@@ -177,8 +177,11 @@ def test_a_checkpoint_copied_out_of_its_run_still_checks_its_classes(stanford_di
     other = stanford_factory(tmp_path / "other", n_classes=3)
     config = tiny_config(other, tmp_path / "unused")
     config.model.checkpoint = str(moved)
-    with pytest.raises(DataError, match=r"\(3, starting .*\) are not the 4 classes model.checkpoint was trained on"):
+    with pytest.raises(
+        DataError, match=r"\(3, starting .*\) are not the 4 classes model.checkpoint was trained on"
+    ) as refused:
         evaluate_checkpoint(config)
+    assert refused.value.every_process  # found by every process of an `evaluate` launch: one per machine says it
 
 
 def test_a_corrupt_newest_trainer_state_falls_back_and_says_which_it_loads(stanford_dir, tmp_path, capsys):

@@ -15,7 +15,7 @@ from .augment import BatchAugment
 from .config import AugmentConfig, FinetuneConfig
 from .data import load_data
 from .engine import check_process_precision, eval_loader, evaluate
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, raised_on_every_process
 from .validation import validate
 from .weights import TrainedWeights, build_trained_model, describe_trained_weights
 
@@ -33,24 +33,25 @@ def evaluate_checkpoint(config: FinetuneConfig, mixed_precision: str | None = No
     >>> evaluate_checkpoint(cfg)["top1"]  # doctest: +SKIP
     86.5
     """
-    if not config.model.checkpoint:
-        raise ConfigError(
-            "evaluate needs --model.checkpoint: a run's output dir (its best/), an exported folder (e.g. "
-            "outputs/run/last) or a checkpoint."
-        )
-    weights = describe_trained_weights(config.model.checkpoint)
-    precision, source = _precision(mixed_precision, weights, config)
-    config = dataclasses.replace(config, train=dataclasses.replace(config.train, mixed_precision=precision))
-    validate(config)
-    check_process_precision(precision, source, fix="pass mixed_precision='{current}' to evaluate_checkpoint,")
-    data = load_data(config.data)
-    if weights.class_ids is not None and list(weights.class_ids) != list(data.class_ids):
-        raise DataError(
-            f"The classes of data.source '{config.data.source}' ({data.num_classes}, starting {data.class_ids[:3]}) "
-            f"are not the {len(weights.class_ids)} classes model.checkpoint was trained on (starting "
-            f"{weights.class_ids[:3]}); evaluate on the dataset it was trained with."
-        )
-    model = build_trained_model(weights, data.num_classes)
+    with raised_on_every_process():  # before the process group exists every process checks the same things
+        if not config.model.checkpoint:
+            raise ConfigError(
+                "evaluate needs --model.checkpoint: a run's output dir (its best/), an exported folder (e.g. "
+                "outputs/run/last) or a checkpoint."
+            )
+        weights = describe_trained_weights(config.model.checkpoint)
+        precision, source = _precision(mixed_precision, weights, config)
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, mixed_precision=precision))
+        validate(config)
+        check_process_precision(precision, source, fix="pass mixed_precision='{current}' to evaluate_checkpoint,")
+        data = load_data(config.data)
+        if weights.class_ids is not None and list(weights.class_ids) != list(data.class_ids):
+            raise DataError(
+                f"The classes of data.source '{config.data.source}' ({data.num_classes}, starting "
+                f"{data.class_ids[:3]}) are not the {len(weights.class_ids)} classes model.checkpoint was trained on "
+                f"(starting {weights.class_ids[:3]}); evaluate on the dataset it was trained with."
+            )
+        model = build_trained_model(weights, data.num_classes)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision)
     # decoded as in training: the run recorded its native size (64 for Tiny ImageNet)
     loader = eval_loader(data, config, weights.native_size or config.data.native_size, accelerator)
